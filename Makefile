@@ -1,0 +1,83 @@
+# infergate -- build, test, demo, bench.
+#
+#   make            ./infergate and the mock upstream (release, -O2 -g)
+#   make asan       the same under ASan+UBSan, in build/asan/
+#   make test       Debian deps, both builds, unit + e2e tests on both
+#   make demo       Debian deps, build, mocks + gateway from conf/, a few requests
+#   make bench      wrk: direct vs nginx vs infergate on the same mocks
+
+PKGS      := libevent libevent_pthreads libcurl jansson yaml-0.1 hiredis
+CC        ?= cc
+WARN      := -Wall -Wextra -Werror
+CSTD      := -std=c11 -D_GNU_SOURCE
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+
+REL_FLAGS  := -O2 -g
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+SRC      := $(wildcard src/*.c)
+LIBSRC   := $(filter-out src/main.c,$(SRC))
+MOCKSRC  := $(wildcard tests/mock/*.c)
+UNITSRC  := $(wildcard tests/unit/test_*.c)
+
+REL_OBJ  := $(LIBSRC:src/%.c=build/release/%.o)
+ASAN_OBJ := $(LIBSRC:src/%.c=build/asan/%.o)
+REL_UNIT := $(UNITSRC:tests/unit/%.c=build/release/unit/%)
+ASAN_UNIT:= $(UNITSRC:tests/unit/%.c=build/asan/unit/%)
+
+PYTEST   := /usr/bin/python3 -m pytest
+
+.PHONY: all asan deps test unit e2e demo bench clean
+all: infergate build/release/infergate-mock
+
+build/release/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+build/asan/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+infergate: build/release/main.o $(REL_OBJ)
+	$(CC) $(REL_FLAGS) $^ -o $@ $(PKG_LIBS)
+
+build/asan/infergate: build/asan/main.o $(ASAN_OBJ)
+	$(CC) $(ASAN_FLAGS) $^ -o $@ $(PKG_LIBS)
+
+build/release/infergate-mock: $(MOCKSRC) $(wildcard tests/mock/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) $(MOCKSRC) -o $@ $(PKG_LIBS)
+
+build/asan/infergate-mock: $(MOCKSRC) $(wildcard tests/mock/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) $(MOCKSRC) -o $@ $(PKG_LIBS)
+
+build/release/unit/%: tests/unit/%.c $(REL_OBJ) $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) -Isrc $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
+
+build/asan/unit/%: tests/unit/%.c $(ASAN_OBJ) $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) -Isrc $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
+
+asan: build/asan/infergate build/asan/infergate-mock
+
+deps:
+	@./scripts/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all asan $(REL_UNIT) $(ASAN_UNIT)
+	@PYTEST="$(PYTEST)" ./scripts/run-tests.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@./scripts/demo.sh
+
+bench:
+	@./scripts/deps.sh --bench
+	@$(MAKE) --no-print-directory all
+	@./scripts/bench.sh
+
+clean:
+	rm -rf build infergate

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Installs every Debian package infergate needs to build, run `make demo`,
+# `make test` and `make bench`. Idempotent: installs only what is missing,
+# and only when run as root; otherwise it names what is missing and fails.
+set -eu
+
+PKGS="build-essential pkg-config curl
+libevent-dev libcurl4-openssl-dev libjansson-dev libyaml-dev libhiredis-dev
+libcmocka-dev python3 python3-pytest python3-jsonschema python3-yaml
+redis-server"
+
+[ "${1:-}" = "--bench" ] && PKGS="$PKGS wrk nginx-light"
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing Debian packages:$missing" >&2
+    echo "deps: run 'sudo $0' or install them with apt-get" >&2
+    exit 1
+fi
+
+echo "deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,264 @@
+/*
+ * admin.c -- status pages, model list, metrics, reload (see admin.h).
+ *
+ * Pages are built with jansson from the current snapshot and the runtime
+ * state. Keys appear only as fingerprint and description.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <jansson.h>
+
+#include "admin.h"
+#include "gateway.h"
+#include "http.h"
+#include "keys.h"
+#include "proxy.h"
+#include "upstream.h"
+
+static void reply_json(struct http_req *req, int status, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+
+    if (s == NULL) {
+        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
+        json_decref(o);
+        return;
+    }
+    http_reply(req, status, "application/json", s, strlen(s));
+    free(s);
+    json_decref(o);
+}
+
+static json_t *strlist(const struct cfg_strlist *l)
+{
+    json_t *a = json_array();
+    size_t i;
+
+    for (i = 0; i < l->n; i++)
+        json_array_append_new(a, json_string(l->v[i]));
+    return a;
+}
+
+static void iso_time(int64_t unix_s, char *buf, size_t len)
+{
+    time_t t = (time_t)unix_s;
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* A host is usable when it can take a request now. Health probes and
+ * breakers (later) narrow this; passive failures mark it degraded. */
+static int host_usable(const struct snapshot *s, size_t i)
+{
+    const struct cfg_host *h = &s->cfg->hosts[i];
+
+    return !h->max_concurrent || s->hs[i]->in_flight < h->max_concurrent;
+}
+
+static const char *host_health(const struct snapshot *s, size_t i)
+{
+    return s->hs[i]->consecutive_failures ? "degraded" : "healthy";
+}
+
+static size_t usable_hosts(const struct snapshot *s)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < s->cfg->nhosts; i++)
+        n += host_usable(s, i);
+    return n;
+}
+
+void admin_health(struct gateway *gw, struct http_req *req)
+{
+    const struct snapshot *s = gw->snap;
+    size_t usable = usable_hosts(s);
+    json_t *o = json_pack("{s:s, s:{s:i, s:i}, s:I, s:I}",
+                          "status", usable ? "healthy" : "unhealthy",
+                          "hosts", "total", (int)s->cfg->nhosts,
+                          "usable", (int)usable,
+                          "generation", (json_int_t)s->generation,
+                          "in_flight", (json_int_t)gw->active);
+
+    reply_json(req, usable ? 200 : 503, o);
+}
+
+static json_t *host_json(const struct snapshot *s, size_t i)
+{
+    const struct cfg_host *h = &s->cfg->hosts[i];
+    const struct host_state *hs = s->hs[i];
+    json_t *labels = json_object();
+    size_t j;
+
+    for (j = 0; j < h->nlabels; j++)
+        json_object_set_new(labels, h->labels[j].name,
+                            json_string(h->labels[j].value));
+    return json_pack("{s:s, s:s, s:s?, s:s?, s:i, s:i, s:i, s:s?, s:o, s:o, s:o,"
+                     " s:s, s:s, s:i, s:f, s:I, s:I, s:I, s:n}",
+                     "name", h->name, "url", h->url,
+                     "region", h->region, "address", h->address,
+                     "priority", h->priority, "weight", h->weight,
+                     "max_concurrent", h->max_concurrent, "keys", h->keys,
+                     "models", strlist(&h->models),
+                     "containers", strlist(&h->containers),
+                     "labels", labels,
+                     "health", host_health(s, i), "breaker", "closed",
+                     "in_flight", hs->in_flight, "latency_ms", hs->ewma_ms,
+                     "requests", (json_int_t)hs->requests,
+                     "failures", (json_int_t)hs->failures,
+                     "consecutive_failures", (json_int_t)hs->consecutive_failures,
+                     "last_check");
+}
+
+static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)
+{
+    const struct cfg_key *k = &s->cfg->keys[i];
+    const struct key_state *ks = s->ks[i];
+    const char *state = keys_state_name(ks, k->active, now);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s?, s:i, s:I}",
+                          "fingerprint", k->fingerprint,
+                          "description", k->description, "state", state,
+                          "pool", k->pool, "weight", k->weight,
+                          "uses", (json_int_t)ks->uses);
+
+    if (o && strcmp(state, "cooling") == 0)
+        json_object_set_new(o, "until_ms",
+                            json_integer(gw_unix_ms() + ks->cooldown_until_ms - now));
+    if (o && ks->disabled)
+        json_object_set_new(o, "reason", json_sprintf("upstream answered %d",
+                                                      ks->last_status));
+    return o;
+}
+
+void admin_status(struct gateway *gw, struct http_req *req)
+{
+    const struct snapshot *s = gw->snap;
+    json_t *hosts = json_array(), *keys = json_array(), *errs = json_array(), *o;
+    int64_t now = gw_now_ms();
+    size_t i, usable = usable_hosts(s);
+    char when[32];
+
+    for (i = 0; i < s->cfg->nhosts; i++)
+        json_array_append_new(hosts, host_json(s, i));
+    for (i = 0; i < s->cfg->nkeys; i++)
+        json_array_append_new(keys, key_json(s, i, now));
+    for (i = 0; i < gw->reload_errs.n; i++)
+        json_array_append_new(errs, json_string(gw->reload_errs.msg[i]));
+    iso_time(gw->reload_unix, when, sizeof(when));
+    o = json_pack("{s:s, s:I, s:I, s:s, s:{s:s, s:b, s:o, s:I, s:I}, s:s,"
+                  " s:{s:i, s:i}, s:I, s:I, s:o, s:o, s:[]}",
+                  "status", usable == s->cfg->nhosts && usable ? "healthy"
+                            : usable ? "degraded" : "unhealthy",
+                  "generation", (json_int_t)s->generation,
+                  "uptime_seconds", (json_int_t)((now - gw->started_ms) / 1000),
+                  "version", "0.1.0",
+                  "last_reload", "time", when, "ok", gw->reload_ok,
+                  "errors", errs, "reloads_ok", (json_int_t)gw->reloads_ok,
+                  "reloads_failed", (json_int_t)gw->reloads_failed,
+                  "strategy", config_strategy_name(s->cfg->routing.strategy),
+                  "counts", "hosts", (int)s->cfg->nhosts, "usable", (int)usable,
+                  "in_flight", (json_int_t)gw->active,
+                  "requests_total", (json_int_t)gw->requests_total,
+                  "hosts", hosts, "keys", keys, "replicas");
+    reply_json(req, 200, o);
+}
+
+void admin_models(struct gateway *gw, struct http_req *req)
+{
+    const struct config *c = gw->snap->cfg;
+    json_t *seen = json_object(), *data = json_array(), *o;
+    const char *name;
+    json_t *v;
+    size_t i, j;
+
+    for (i = 0; i < c->nhosts; i++)
+        for (j = 0; j < c->hosts[i].models.n; j++)
+            json_object_set_new(seen, c->hosts[i].models.v[j], json_true());
+    if (json_object_size(seen) == 0 && c->nhosts > 0) {
+        /* No host lists its models: ask one. */
+        json_decref(seen);
+        json_decref(data);
+        proxy_handle_get(gw, req, "/v1/models");
+        return;
+    }
+    for (i = 0; i < c->nmodels; i++)
+        json_object_set_new(seen, c->models[i].name, json_true());
+    json_object_foreach(seen, name, v)
+        json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", name,
+                                              "object", "model", "created", 0,
+                                              "owned_by", "infergate"));
+    json_decref(seen);
+    o = json_pack("{s:s, s:o}", "object", "list", "data", data);
+    reply_json(req, 200, o);
+}
+
+void admin_metrics(struct gateway *gw, struct http_req *req)
+{
+    const struct snapshot *s = gw->snap;
+    struct evbuffer *b = evbuffer_new();
+    size_t i;
+
+    if (b == NULL) {
+        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    evbuffer_add_printf(b,
+        "# HELP infergate_requests_total Client requests received.\n"
+        "# TYPE infergate_requests_total counter\n"
+        "infergate_requests_total %llu\n"
+        "# HELP infergate_in_flight Proxied requests in flight.\n"
+        "# TYPE infergate_in_flight gauge\n"
+        "infergate_in_flight %zu\n"
+        "# HELP infergate_config_generation Generation of the serving configuration.\n"
+        "# TYPE infergate_config_generation gauge\n"
+        "infergate_config_generation %llu\n"
+        "# HELP infergate_reloads_total Configuration reloads by outcome.\n"
+        "# TYPE infergate_reloads_total counter\n"
+        "infergate_reloads_total{result=\"ok\"} %zu\n"
+        "infergate_reloads_total{result=\"failed\"} %zu\n",
+        (unsigned long long)gw->requests_total, gw->active,
+        (unsigned long long)s->generation, gw->reloads_ok, gw->reloads_failed);
+    evbuffer_add_printf(b,
+        "# HELP infergate_upstream_requests_total Attempts sent to each host.\n"
+        "# TYPE infergate_upstream_requests_total counter\n");
+    for (i = 0; i < s->cfg->nhosts; i++)
+        evbuffer_add_printf(b, "infergate_upstream_requests_total{host=\"%s\"} %llu\n",
+                            s->cfg->hosts[i].name,
+                            (unsigned long long)s->hs[i]->requests);
+    evbuffer_add_printf(b,
+        "# HELP infergate_upstream_failures_total Failed attempts per host.\n"
+        "# TYPE infergate_upstream_failures_total counter\n");
+    for (i = 0; i < s->cfg->nhosts; i++)
+        evbuffer_add_printf(b, "infergate_upstream_failures_total{host=\"%s\"} %llu\n",
+                            s->cfg->hosts[i].name,
+                            (unsigned long long)s->hs[i]->failures);
+    evbuffer_add_printf(b,
+        "# HELP infergate_upstream_in_flight Attempts in flight per host.\n"
+        "# TYPE infergate_upstream_in_flight gauge\n");
+    for (i = 0; i < s->cfg->nhosts; i++)
+        evbuffer_add_printf(b, "infergate_upstream_in_flight{host=\"%s\"} %d\n",
+                            s->cfg->hosts[i].name, s->hs[i]->in_flight);
+    http_reply(req, 200, "text/plain; version=0.0.4",
+               (const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b));
+    evbuffer_free(b);
+}
+
+void admin_reload(struct gateway *gw, struct http_req *req)
+{
+    json_t *errs = json_array();
+    int ok = gateway_reload(gw) == 0;
+    size_t i;
+
+    for (i = 0; i < gw->reload_errs.n; i++)
+        json_array_append_new(errs, json_string(gw->reload_errs.msg[i]));
+    reply_json(req, ok ? 200 : 422,
+               json_pack("{s:b, s:I, s:o}", "ok", ok,
+                         "generation", (json_int_t)gw->snap->generation,
+                         "errors", errs));
+}

@@ -1,0 +1,18 @@
+/*
+ * admin.h -- the gateway's own pages: /health, /status (and its aliases
+ * /v1/providers/status, /admin/providers), /v1/models, /metrics and
+ * POST /admin/reload. They read state and never block.
+ */
+#ifndef INFERGATE_ADMIN_H
+#define INFERGATE_ADMIN_H
+
+struct gateway;
+struct http_req;
+
+void admin_health(struct gateway *gw, struct http_req *req);
+void admin_status(struct gateway *gw, struct http_req *req);
+void admin_models(struct gateway *gw, struct http_req *req);
+void admin_metrics(struct gateway *gw, struct http_req *req);
+void admin_reload(struct gateway *gw, struct http_req *req);
+
+#endif

@@ -1,0 +1,329 @@
+/*
+ * gateway.c -- snapshots, reload and the route table (see gateway.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "admin.h"
+#include "gateway.h"
+#include "http.h"
+#include "log.h"
+#include "proxy.h"
+#include "upstream.h"
+
+#define AUTH_NONE   0
+#define AUTH_CLIENT 1   /* admin.client_keys, when set */
+#define AUTH_ADMIN  2   /* admin.token */
+
+typedef void (*route_fn)(struct gateway *gw, struct http_req *req);
+
+struct route {
+    const char *method;
+    const char *path;
+    int         auth;
+    route_fn    fn;
+};
+
+static const struct route routes[] = {
+    { "POST", "/v1/chat/completions", AUTH_CLIENT, proxy_handle },
+    { "POST", "/v1/completions",      AUTH_CLIENT, proxy_handle },
+    { "POST", "/v1/embeddings",       AUTH_CLIENT, proxy_handle },
+    { "GET",  "/v1/models",           AUTH_CLIENT, admin_models },
+    { "GET",  "/health",              AUTH_NONE,   admin_health },
+    { "GET",  "/status",              AUTH_NONE,   admin_status },
+    { "GET",  "/v1/providers/status", AUTH_CLIENT, admin_status },
+    { "GET",  "/admin/providers",     AUTH_ADMIN,  admin_status },
+    { "GET",  "/metrics",             AUTH_NONE,   admin_metrics },
+    { "POST", "/admin/reload",        AUTH_ADMIN,  admin_reload },
+};
+
+int64_t gw_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t gw_unix_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* --- snapshots ------------------------------------------------------- */
+
+struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
+{
+    struct snapshot *s = calloc(1, sizeof(*s));
+    size_t i;
+
+    if (s == NULL)
+        return NULL;
+    s->refs = 1;
+    s->generation = generation;
+    s->cfg = cfg;
+    s->hs = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->hs));
+    s->ks = calloc(cfg->nkeys ? cfg->nkeys : 1, sizeof(*s->ks));
+    s->rings = keys_build(cfg);
+    if (s->hs == NULL || s->ks == NULL || s->rings == NULL)
+        goto fail;
+    for (i = 0; i < cfg->nhosts; i++)
+        if ((s->hs[i] = state_host_get(cfg->hosts[i].name)) == NULL)
+            goto fail;
+    for (i = 0; i < cfg->nkeys; i++)
+        if ((s->ks[i] = state_key_get(cfg->keys[i].id)) == NULL)
+            goto fail;
+    return s;
+
+fail:
+    s->cfg = NULL;          /* the caller still owns cfg on failure */
+    snapshot_unref(s);
+    return NULL;
+}
+
+void snapshot_ref(struct snapshot *s)
+{
+    s->refs++;
+}
+
+void snapshot_unref(struct snapshot *s)
+{
+    size_t i, nh, nk;
+
+    if (s == NULL || --s->refs > 0)
+        return;
+    nh = s->cfg ? s->cfg->nhosts : 0;
+    nk = s->cfg ? s->cfg->nkeys : 0;
+    for (i = 0; s->hs && i < nh; i++)
+        state_host_put(s->hs[i]);
+    for (i = 0; s->ks && i < nk; i++)
+        state_key_put(s->ks[i]);
+    keys_free(s->rings, nh);
+    free(s->hs);
+    free(s->ks);
+    if (s->cfg)
+        config_unref(s->cfg);
+    free(s);
+}
+
+/* --- routing --------------------------------------------------------- */
+
+static const char *bearer(const struct http_req *req)
+{
+    const char *a = http_req_header(req, "Authorization");
+
+    if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0)
+        return NULL;
+    return a + 7;
+}
+
+/* Compares without an early exit, so timing does not tell how much of a
+ * guessed token was right. */
+static int token_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), i;
+    unsigned char d = la != lb;
+
+    for (i = 0; i < la; i++)
+        d |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+    return d == 0;
+}
+
+static int authorized(struct gateway *gw, struct http_req *req, int auth)
+{
+    const struct config *c = gw->snap->cfg;
+    const char *tok = bearer(req);
+    size_t i;
+
+    if (auth == AUTH_ADMIN) {
+        if (c->admin.token == NULL) {
+            http_reply_error(req, 403, "permission_error", "admin_disabled",
+                             "admin endpoints are disabled: set admin.token");
+            return 0;
+        }
+        if (tok == NULL || !token_equal(tok, c->admin.token)) {
+            http_reply_error(req, 401, "authentication_error", "invalid_admin_token",
+                             "missing or wrong admin token");
+            return 0;
+        }
+        return 1;
+    }
+    if (auth == AUTH_CLIENT && c->admin.client_keys.n > 0) {
+        for (i = 0; tok && i < c->admin.client_keys.n; i++)
+            if (token_equal(tok, c->admin.client_keys.v[i]))
+                return 1;
+        http_reply_error(req, 401, "authentication_error", "invalid_api_key",
+                         "missing or invalid API key");
+        return 0;
+    }
+    return 1;
+}
+
+static void gateway_handle(struct http_req *req, void *arg)
+{
+    struct gateway *gw = arg;
+    const char *path = http_req_path(req), *method = http_req_method(req);
+    int path_known = 0;
+    size_t i;
+
+    gw->requests_total++;
+    for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (strcmp(routes[i].path, path) != 0)
+            continue;
+        path_known = 1;
+        if (strcmp(routes[i].method, method) != 0
+            && !(strcmp(method, "HEAD") == 0 && strcmp(routes[i].method, "GET") == 0))
+            continue;
+        if (!authorized(gw, req, routes[i].auth))
+            return;
+        routes[i].fn(gw, req);
+        return;
+    }
+    if (path_known) {
+        http_reply_error(req, 405, "invalid_request_error", "method_not_allowed",
+                         "method %s not allowed on %s", method, path);
+        return;
+    }
+    http_reply_error(req, 404, "invalid_request_error", "not_found",
+                     "unknown path %s", path);
+}
+
+/* --- lifecycle ------------------------------------------------------- */
+
+static void apply_limits(struct gateway *gw)
+{
+    const struct config *c = gw->snap->cfg;
+    struct http_limits lim;
+
+    lim.max_header_bytes = c->server.max_header_bytes;
+    lim.max_body_bytes = c->server.max_body_bytes;
+    lim.client_timeout_ms = c->server.client_timeout_ms;
+    http_server_set_limits(gw->http, &lim);
+}
+
+int gateway_init(struct gateway *gw, struct event_base *base,
+                 struct config *cfg, const char *conf_dir,
+                 const char *listen_override)
+{
+    char err[256];
+    const char *listen;
+
+    memset(gw, 0, sizeof(*gw));
+    gw->base = base;
+    gw->conf_dir = conf_dir;
+    gw->listen_override = listen_override;
+    gw->started_ms = gw_now_ms();
+    gw->started_unix = gw_unix_ms() / 1000;
+    gw->id_seed = (uint64_t)gw_unix_ms() ^ ((uint64_t)getpid() << 32);
+    gw->reload_ok = 1;
+    gw->reload_unix = gw->started_unix;
+    gw->snap = snapshot_new(cfg, 1);
+    if (gw->snap == NULL) {
+        log_error("out of memory building the configuration snapshot");
+        return -1;
+    }
+    gw->up = upstream_new(base);
+    gw->http = http_server_new(base, gateway_handle, gw);
+    if (gw->up == NULL || gw->http == NULL) {
+        log_error("cannot set up the event loop");
+        return -1;
+    }
+    apply_limits(gw);
+    listen = listen_override ? listen_override : cfg->server.listen;
+    if (http_server_listen(gw->http, listen, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return -1;
+    }
+    log_info("listening on %s, %zu hosts, %zu keys, strategy %s", listen,
+             cfg->nhosts, cfg->nkeys, config_strategy_name(cfg->routing.strategy));
+    return 0;
+}
+
+int gateway_reload(struct gateway *gw)
+{
+    struct cfg_errors errs = { NULL, 0 };
+    struct config *cfg;
+    struct snapshot *s;
+    size_t i;
+
+    gw->reload_unix = gw_unix_ms() / 1000;
+    cfg = config_load(gw->conf_dir, &errs);
+    if (cfg) {
+        const char *old = gw->listen_override ? gw->listen_override
+                                              : gw->snap->cfg->server.listen;
+        const char *new = gw->listen_override ? gw->listen_override
+                                              : cfg->server.listen;
+        if (strcmp(old, new) != 0) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s/policies.yaml: server.listen: changing"
+                     " the listen address needs a restart (running on %s)",
+                     gw->conf_dir, old);
+            errs.msg = malloc(sizeof(char *));
+            if (errs.msg) {
+                errs.msg[0] = strdup(msg);
+                errs.n = errs.msg[0] ? 1 : 0;
+            }
+            config_unref(cfg);
+            cfg = NULL;
+        }
+    }
+    if (cfg == NULL) {
+        for (i = 0; i < errs.n; i++)
+            log_error("reload rejected: %s", errs.msg[i]);
+        log_error("reload failed with %zu problem(s); still serving generation %llu",
+                  errs.n, (unsigned long long)gw->snap->generation);
+        cfg_errors_free(&gw->reload_errs);
+        gw->reload_errs = errs;
+        gw->reload_ok = 0;
+        gw->reloads_failed++;
+        return -1;
+    }
+    s = snapshot_new(cfg, gw->snap->generation + 1);
+    if (s == NULL) {
+        config_unref(cfg);
+        log_error("reload failed: out of memory");
+        gw->reload_ok = 0;
+        gw->reloads_failed++;
+        return -1;
+    }
+    snapshot_unref(gw->snap);
+    gw->snap = s;
+    apply_limits(gw);
+    cfg_errors_free(&gw->reload_errs);
+    gw->reload_ok = 1;
+    gw->reloads_ok++;
+    log_open(cfg->server.log_file, cfg->server.log_level, cfg->server.log_format);
+    log_open_access(cfg->server.access_log, cfg->server.access_log_format);
+    log_info("reloaded: generation %llu, %zu hosts, %zu keys",
+             (unsigned long long)s->generation, cfg->nhosts, cfg->nkeys);
+    return 0;
+}
+
+void gateway_drain(struct gateway *gw)
+{
+    gw->draining = 1;
+    http_server_stop(gw->http);
+}
+
+int gateway_idle(const struct gateway *gw)
+{
+    return gw->active == 0 && http_server_requests(gw->http) == 0;
+}
+
+void gateway_free(struct gateway *gw)
+{
+    proxy_abort_all(gw);
+    http_server_free(gw->http);
+    upstream_free(gw->up);
+    snapshot_unref(gw->snap);
+    cfg_errors_free(&gw->reload_errs);
+}

@@ -1,0 +1,76 @@
+/*
+ * gateway.h -- the running gateway: current snapshot, reload, routing of
+ * client requests to the proxy or the status pages.
+ *
+ * A `struct snapshot` wraps one immutable `struct config` with what is
+ * derived from it once (key rings) and pointers to the runtime state of
+ * its hosts and keys. Requests take a reference for their whole life;
+ * a reload installs a new snapshot and the old one is freed when its last
+ * request ends.
+ */
+#ifndef INFERGATE_GATEWAY_H
+#define INFERGATE_GATEWAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "keys.h"
+#include "state.h"
+
+struct event_base;
+struct http_server;
+struct upstream;
+
+struct snapshot {
+    int                 refs;
+    uint64_t            generation;
+    struct config      *cfg;        /* owned */
+    struct host_state **hs;         /* [cfg->nhosts], one ref each */
+    struct key_state  **ks;         /* [cfg->nkeys], one ref each */
+    struct keys_ring   *rings;      /* [cfg->nhosts] */
+};
+
+#define GW_MAX_RELOAD_ERRORS 64
+
+struct gateway {
+    struct event_base  *base;
+    struct http_server *http;
+    struct upstream    *up;
+    struct snapshot    *snap;        /* current; the gateway holds one ref */
+    const char         *conf_dir;
+    const char         *listen_override;
+    int64_t             started_ms;  /* monotonic */
+    int64_t             started_unix;
+    uint64_t            rr;          /* round-robin cursor, kept across reloads */
+    uint64_t            next_id;     /* request id counter */
+    uint64_t            id_seed;
+    size_t              active;      /* proxied requests in flight */
+    int                 draining;
+    /* last reload */
+    int64_t             reload_unix;
+    int                 reload_ok;
+    size_t              reloads_ok, reloads_failed;
+    struct cfg_errors   reload_errs;
+    /* counters */
+    uint64_t            requests_total;
+};
+
+int64_t gw_now_ms(void);      /* monotonic milliseconds */
+int64_t gw_unix_ms(void);     /* wall clock milliseconds */
+
+struct snapshot *snapshot_new(struct config *cfg, uint64_t generation);
+void snapshot_ref(struct snapshot *s);
+void snapshot_unref(struct snapshot *s);
+
+int  gateway_init(struct gateway *gw, struct event_base *base,
+                  struct config *cfg, const char *conf_dir,
+                  const char *listen_override);
+/* Re-reads the three files; on error keeps the current snapshot.
+ * Returns 0 on success, -1 with gw->reload_errs filled. */
+int  gateway_reload(struct gateway *gw);
+void gateway_drain(struct gateway *gw);      /* stop accepting */
+int  gateway_idle(const struct gateway *gw); /* nothing in flight */
+void gateway_free(struct gateway *gw);
+
+#endif

@@ -1,0 +1,940 @@
+/*
+ * http.c -- the client-facing HTTP/1.1 server (see http.h).
+ *
+ * One `struct http_conn` per accepted socket, one `struct http_req` per
+ * request on it. A connection reads a request head line by line, then its
+ * body (Content-Length or chunked), hands the request to the handler and
+ * reads nothing more until the reply is finished (no pipelining: extra
+ * bytes wait in the input buffer, capped by a read watermark). While the
+ * handler works the socket stays readable so a client that hangs up is
+ * noticed at once.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <jansson.h>
+
+#include "http.h"
+
+#define HTTP_MAX_HEADERS    100
+#define HTTP_MAX_LISTENERS  4
+
+enum conn_state {
+    CONN_READ_HEAD = 0,   /* waiting for / reading a request head */
+    CONN_READ_BODY,       /* Content-Length body */
+    CONN_READ_CHUNK_SIZE, /* chunked body: size line */
+    CONN_READ_CHUNK_DATA, /* chunked body: data + CRLF */
+    CONN_READ_TRAILER,    /* chunked body: trailer lines */
+    CONN_HANDLING,        /* the handler owns the request */
+    CONN_FLUSHING,        /* reply complete, output draining */
+    CONN_LINGER,          /* error sent, write side shut, input discarded */
+};
+
+#define HTTP_LINGER_MS 2000
+
+struct http_header {
+    char *name;
+    char *value;
+};
+
+struct http_req {
+    struct http_conn   *conn;         /* NULL once detached */
+    struct http_server *srv;
+    char               *method;
+    char               *target;       /* path, NUL at the '?' */
+    char               *query;
+    int                 minor;        /* HTTP/1.x */
+    int                 keepalive;
+    struct http_header  hdr[HTTP_MAX_HEADERS];
+    size_t              nhdr;
+    char               *body;
+    size_t              body_len;
+    size_t              body_cap;
+    size_t              chunk_left;
+    struct evbuffer    *resp_hdrs;    /* extra response header lines */
+    int                 streaming;    /* chunked reply started */
+    http_req_cb         close_cb;
+    void               *close_arg;
+    http_req_cb         drain_cb;
+    void               *drain_arg;
+};
+
+struct http_conn {
+    struct http_server *srv;
+    struct bufferevent *bev;
+    enum conn_state     state;
+    struct http_req    *req;
+    size_t              head_bytes;
+    int                 close_after;  /* close once output drained */
+    int                 linger;       /* ...after discarding unread input */
+    char                peer[64];
+    struct http_conn   *prev, *next;
+};
+
+struct http_server {
+    struct event_base     *base;
+    http_handler           handler;
+    void                  *arg;
+    struct evconnlistener *lev[HTTP_MAX_LISTENERS];
+    size_t                 nlev;
+    struct http_limits     lim;
+    struct http_conn      *conns;
+    size_t                 nconns;
+    size_t                 nreqs;         /* requests owned by the handler */
+    int                    stopping;
+};
+
+static const struct http_limits default_limits = {
+    16 * 1024, 4 * 1024 * 1024, 60000
+};
+
+static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_write_cb(struct bufferevent *bev, void *arg);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void conn_free(struct http_conn *c);
+
+/* --- status text ---------------------------------------------------- */
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default:  return status < 300 ? "OK" : status < 500 ? "Error" : "Server Error";
+    }
+}
+
+/* --- requests ------------------------------------------------------- */
+
+static struct http_req *req_new(struct http_conn *c)
+{
+    struct http_req *r = calloc(1, sizeof(*r));
+
+    if (r == NULL)
+        return NULL;
+    r->conn = c;
+    r->srv = c->srv;
+    r->resp_hdrs = evbuffer_new();
+    if (r->resp_hdrs == NULL) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void req_free(struct http_req *r)
+{
+    size_t i;
+
+    if (r == NULL)
+        return;
+    for (i = 0; i < r->nhdr; i++) {
+        free(r->hdr[i].name);
+        free(r->hdr[i].value);
+    }
+    free(r->method);
+    free(r->target);
+    free(r->body);
+    evbuffer_free(r->resp_hdrs);
+    free(r);
+}
+
+const char *http_req_method(const struct http_req *r) { return r->method; }
+const char *http_req_path(const struct http_req *r) { return r->target; }
+const char *http_req_query(const struct http_req *r) { return r->query; }
+size_t http_req_nheaders(const struct http_req *r) { return r->nhdr; }
+int http_req_detached(const struct http_req *r) { return r->conn == NULL; }
+
+const char *http_req_peer(const struct http_req *r)
+{
+    return r->conn ? r->conn->peer : "-";
+}
+
+void http_req_header_at(const struct http_req *r, size_t i,
+                        const char **name, const char **value)
+{
+    *name = r->hdr[i].name;
+    *value = r->hdr[i].value;
+}
+
+const char *http_req_header(const struct http_req *r, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < r->nhdr; i++)
+        if (strcasecmp(r->hdr[i].name, name) == 0)
+            return r->hdr[i].value;
+    return NULL;
+}
+
+const char *http_req_body(const struct http_req *r, size_t *len)
+{
+    *len = r->body_len;
+    return r->body ? r->body : "";
+}
+
+void http_req_on_close(struct http_req *r, http_req_cb cb, void *arg)
+{
+    r->close_cb = cb;
+    r->close_arg = arg;
+}
+
+void http_req_on_drain(struct http_req *r, http_req_cb cb, void *arg)
+{
+    r->drain_cb = cb;
+    r->drain_arg = arg;
+}
+
+size_t http_req_pending_output(const struct http_req *r)
+{
+    if (r->conn == NULL)
+        return 0;
+    return evbuffer_get_length(bufferevent_get_output(r->conn->bev));
+}
+
+/* --- responses ------------------------------------------------------ */
+
+void http_resp_header(struct http_req *r, const char *name, const char *value)
+{
+    /* CR/LF in a value would split the header: drop such values. */
+    if (strpbrk(value, "\r\n") || strpbrk(name, "\r\n:"))
+        return;
+    evbuffer_add_printf(r->resp_hdrs, "%s: %s\r\n", name, value);
+}
+
+static void write_head(struct http_req *r, int status, const char *ctype,
+                       long long clen)
+{
+    struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nServer: infergate\r\n",
+                        status, http_status_text(status));
+    if (ctype)
+        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+    if (clen >= 0)
+        evbuffer_add_printf(out, "Content-Length: %lld\r\n", clen);
+    else if (r->minor >= 1)
+        evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+    evbuffer_add_buffer(out, r->resp_hdrs);
+    evbuffer_add_printf(out, "Connection: %s\r\n\r\n",
+                        r->keepalive ? "keep-alive" : "close");
+}
+
+/* The reply is complete: the connection drains its output, then reads the
+ * next request or closes. A detached request is simply freed. */
+static void req_finish(struct http_req *r)
+{
+    struct http_conn *c = r->conn;
+
+    r->srv->nreqs--;
+    if (c == NULL) {
+        req_free(r);
+        return;
+    }
+    c->req = NULL;
+    if (!r->keepalive || c->srv->stopping)
+        c->close_after = 1;
+    req_free(r);
+    c->state = CONN_FLUSHING;
+    bufferevent_enable(c->bev, EV_WRITE);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_write_cb(c->bev, c);
+}
+
+void http_reply(struct http_req *r, int status, const char *ctype,
+                const char *body, size_t len)
+{
+    if (r->conn && !r->streaming) {
+        write_head(r, status, ctype, (long long)len);
+        if (len && strcmp(r->method, "HEAD") != 0)
+            evbuffer_add(bufferevent_get_output(r->conn->bev), body, len);
+    }
+    req_finish(r);
+}
+
+void http_reply_error(struct http_req *r, int status, const char *type,
+                      const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    json_t *o;
+    char *s;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    o = json_pack("{s:{s:s, s:s, s:s?}}", "error", "message", msg,
+                  "type", type, "code", code);
+    s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (s == NULL) {
+        static const char fallback[] =
+            "{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\"}}";
+        http_reply(r, status, "application/json", fallback, sizeof(fallback) - 1);
+    } else {
+        http_reply(r, status, "application/json", s, strlen(s));
+    }
+    free(s);
+    json_decref(o);
+}
+
+void http_stream_start(struct http_req *r, int status, const char *ctype)
+{
+    if (r->streaming)
+        return;
+    r->streaming = 1;
+    if (r->minor == 0)
+        r->keepalive = 0;   /* HTTP/1.0: the end of the body is the close */
+    if (r->conn)
+        write_head(r, status, ctype, -1);
+}
+
+size_t http_stream_write(struct http_req *r, const char *data, size_t len)
+{
+    struct evbuffer *out;
+
+    if (r->conn == NULL)
+        return 0;
+    out = bufferevent_get_output(r->conn->bev);
+    if (len == 0)
+        return evbuffer_get_length(out);
+    if (r->minor >= 1) {
+        evbuffer_add_printf(out, "%zx\r\n", len);
+        evbuffer_add(out, data, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else {
+        evbuffer_add(out, data, len);
+    }
+    return evbuffer_get_length(out);
+}
+
+void http_stream_end(struct http_req *r)
+{
+    if (r->conn && r->streaming && r->minor >= 1)
+        evbuffer_add(bufferevent_get_output(r->conn->bev), "0\r\n\r\n", 5);
+    req_finish(r);
+}
+
+/* An error detected while reading a request: answer it and close. */
+static void conn_fail(struct http_conn *c, int status, const char *code,
+                      const char *msg)
+{
+    struct http_req *r = c->req;
+
+    if (r == NULL) {
+        r = req_new(c);
+        if (r == NULL) {
+            conn_free(c);
+            return;
+        }
+        c->req = r;
+    }
+    if (r->method == NULL)
+        r->method = strdup("GET");
+    r->keepalive = 0;
+    r->minor = 1;
+    c->linger = 1;
+    c->state = CONN_HANDLING;
+    c->srv->nreqs++;
+    http_reply_error(r, status, "invalid_request_error", code, "%s", msg);
+}
+
+/* --- request parsing ------------------------------------------------ */
+
+static int parse_request_line(struct http_req *r, char *line)
+{
+    char *sp1 = strchr(line, ' '), *sp2, *q;
+
+    if (sp1 == NULL)
+        return -1;
+    sp2 = strchr(sp1 + 1, ' ');
+    if (sp2 == NULL)
+        return -1;
+    *sp1 = *sp2 = '\0';
+    if (strncmp(sp2 + 1, "HTTP/1.", 7) != 0 || !isdigit((unsigned char)sp2[8])
+        || sp2[9] != '\0')
+        return -1;
+    r->minor = sp2[8] - '0';
+    r->keepalive = r->minor >= 1;
+    if (line[0] == '\0' || sp1[1] != '/')
+        return -1;
+    r->method = strdup(line);
+    r->target = strdup(sp1 + 1);
+    if (r->method == NULL || r->target == NULL)
+        return -1;
+    q = strchr(r->target, '?');
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    }
+    return 0;
+}
+
+static int parse_header_line(struct http_req *r, char *line)
+{
+    char *colon = strchr(line, ':'), *v, *end;
+
+    if (colon == NULL || colon == line || r->nhdr == HTTP_MAX_HEADERS)
+        return -1;
+    *colon = '\0';
+    for (v = line; v < colon; v++)
+        if (*v == ' ' || *v == '\t')
+            return -1;   /* no white space inside or before the name */
+    v = colon + 1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    end = v + strlen(v);
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+        *--end = '\0';
+    r->hdr[r->nhdr].name = strdup(line);
+    r->hdr[r->nhdr].value = strdup(v);
+    if (r->hdr[r->nhdr].name == NULL || r->hdr[r->nhdr].value == NULL)
+        return -1;
+    r->nhdr++;
+    return 0;
+}
+
+static int body_append(struct http_req *r, struct evbuffer *in, size_t n)
+{
+    if (r->body_len + n + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 1024;
+        char *nb;
+
+        while (cap < r->body_len + n + 1)
+            cap *= 2;
+        nb = realloc(r->body, cap);
+        if (nb == NULL)
+            return -1;
+        r->body = nb;
+        r->body_cap = cap;
+    }
+    evbuffer_remove(in, r->body + r->body_len, n);
+    r->body_len += n;
+    r->body[r->body_len] = '\0';
+    return 0;
+}
+
+static void dispatch(struct http_conn *c)
+{
+    struct http_req *r = c->req;
+    struct timeval tv;
+
+    c->state = CONN_HANDLING;
+    c->srv->nreqs++;
+    /* The handler may take long (upstream time): no read timeout now,
+     * but keep reading so a hang-up is seen. */
+    tv.tv_sec = c->srv->lim.client_timeout_ms / 1000;
+    tv.tv_usec = (c->srv->lim.client_timeout_ms % 1000) * 1000;
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
+    if (r->body == NULL)
+        r->body_len = 0;
+    c->srv->handler(r, c->srv->arg);
+}
+
+/* Decides how the body comes, after the head. Returns -1 when c failed. */
+static int head_done(struct http_conn *c)
+{
+    struct http_req *r = c->req;
+    const char *te = http_req_header(r, "Transfer-Encoding");
+    const char *cl = http_req_header(r, "Content-Length");
+    const char *conn = http_req_header(r, "Connection");
+    const char *expect = http_req_header(r, "Expect");
+    size_t max = c->srv->lim.max_body_bytes;
+
+    if (conn) {
+        if (strcasecmp(conn, "close") == 0)
+            r->keepalive = 0;
+        else if (strcasecmp(conn, "keep-alive") == 0)
+            r->keepalive = 1;
+    }
+    if (r->minor == 1 && http_req_header(r, "Host") == NULL) {
+        conn_fail(c, 400, "bad_request", "missing Host header");
+        return -1;
+    }
+    if (te && cl) {
+        conn_fail(c, 400, "bad_request",
+                  "both Transfer-Encoding and Content-Length");
+        return -1;
+    }
+    if (te) {
+        if (strcasecmp(te, "chunked") != 0) {
+            conn_fail(c, 501, "not_implemented", "unsupported Transfer-Encoding");
+            return -1;
+        }
+        c->state = CONN_READ_CHUNK_SIZE;
+    } else if (cl) {
+        char *end;
+        unsigned long long n;
+
+        errno = 0;
+        n = strtoull(cl, &end, 10);
+        if (errno || end == cl || *end != '\0' || !isdigit((unsigned char)cl[0])) {
+            conn_fail(c, 400, "bad_request", "malformed Content-Length");
+            return -1;
+        }
+        if (n > max) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "request body exceeds %zu bytes", max);
+            conn_fail(c, 413, "request_too_large", msg);
+            return -1;
+        }
+        r->chunk_left = (size_t)n;
+        c->state = CONN_READ_BODY;
+    } else {
+        dispatch(c);
+        return 0;
+    }
+    if (expect && strcasecmp(expect, "100-continue") == 0 && r->minor >= 1)
+        evbuffer_add_printf(bufferevent_get_output(c->bev),
+                            "HTTP/1.1 100 Continue\r\n\r\n");
+    return 0;
+}
+
+/* Reads a CRLF line, counting it against the head limit. Returns NULL when
+ * the line is not complete yet (and *over when the limit is passed). */
+static char *read_line(struct http_conn *c, struct evbuffer *in, int *over)
+{
+    size_t len;
+    char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+
+    *over = 0;
+    if (line == NULL) {
+        if (c->head_bytes + evbuffer_get_length(in) > c->srv->lim.max_header_bytes)
+            *over = 1;
+        return NULL;
+    }
+    c->head_bytes += len + 2;
+    if (c->head_bytes > c->srv->lim.max_header_bytes) {
+        free(line);
+        *over = 1;
+        return NULL;
+    }
+    return line;
+}
+
+/* Runs the read state machine as far as the buffered input allows. */
+static void conn_process(struct http_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct http_req *r;
+    char *line;
+    int over;
+
+    for (;;) {
+        switch (c->state) {
+        case CONN_READ_HEAD:
+            if (c->srv->stopping && c->req == NULL) {
+                conn_free(c);
+                return;
+            }
+            line = read_line(c, in, &over);
+            if (line == NULL) {
+                if (over)
+                    conn_fail(c, 431, "headers_too_large",
+                              "request headers too large");
+                return;
+            }
+            if (c->req == NULL) {
+                if (line[0] == '\0') {     /* stray CRLF between requests */
+                    free(line);
+                    c->head_bytes = 0;
+                    continue;
+                }
+                c->req = req_new(c);
+                if (c->req == NULL || parse_request_line(c->req, line) < 0) {
+                    free(line);
+                    if (c->req == NULL) {
+                        conn_free(c);
+                        return;
+                    }
+                    conn_fail(c, 400, "bad_request", "malformed request line");
+                    return;
+                }
+                free(line);
+                continue;
+            }
+            if (line[0] == '\0') {
+                free(line);
+                if (head_done(c) < 0 || c->state == CONN_HANDLING)
+                    return;
+                continue;
+            }
+            if (parse_header_line(c->req, line) < 0) {
+                free(line);
+                conn_fail(c, 400, "bad_request", "malformed header line");
+                return;
+            }
+            free(line);
+            continue;
+
+        case CONN_READ_BODY:
+            r = c->req;
+            if (r->chunk_left) {
+                size_t n = evbuffer_get_length(in);
+                if (n > r->chunk_left)
+                    n = r->chunk_left;
+                if (n == 0)
+                    return;
+                if (body_append(r, in, n) < 0) {
+                    conn_free(c);
+                    return;
+                }
+                r->chunk_left -= n;
+                if (r->chunk_left)
+                    return;
+            }
+            dispatch(c);
+            return;
+
+        case CONN_READ_CHUNK_SIZE: {
+            char *end;
+            unsigned long n;
+
+            r = c->req;
+            line = evbuffer_readln(in, NULL, EVBUFFER_EOL_CRLF);
+            if (line == NULL) {
+                if (evbuffer_get_length(in) > 64)
+                    conn_fail(c, 400, "bad_request", "malformed chunk size");
+                return;
+            }
+            errno = 0;
+            n = strtoul(line, &end, 16);
+            if (errno || end == line || (*end != '\0' && *end != ';')) {
+                free(line);
+                conn_fail(c, 400, "bad_request", "malformed chunk size");
+                return;
+            }
+            free(line);
+            if (n > c->srv->lim.max_body_bytes
+                || r->body_len + n > c->srv->lim.max_body_bytes) {
+                char msg[128];
+                snprintf(msg, sizeof(msg), "request body exceeds %zu bytes",
+                         c->srv->lim.max_body_bytes);
+                conn_fail(c, 413, "request_too_large", msg);
+                return;
+            }
+            r->chunk_left = n;
+            c->state = n ? CONN_READ_CHUNK_DATA : CONN_READ_TRAILER;
+            continue;
+        }
+
+        case CONN_READ_CHUNK_DATA:
+            r = c->req;
+            if (r->chunk_left) {
+                size_t n = evbuffer_get_length(in);
+                if (n > r->chunk_left)
+                    n = r->chunk_left;
+                if (n == 0)
+                    return;
+                if (body_append(r, in, n) < 0) {
+                    conn_free(c);
+                    return;
+                }
+                r->chunk_left -= n;
+                if (r->chunk_left)
+                    return;
+            }
+            if (evbuffer_get_length(in) < 2)
+                return;
+            {
+                char crlf[2];
+                evbuffer_remove(in, crlf, 2);
+                if (crlf[0] != '\r' || crlf[1] != '\n') {
+                    conn_fail(c, 400, "bad_request", "malformed chunk");
+                    return;
+                }
+            }
+            c->state = CONN_READ_CHUNK_SIZE;
+            continue;
+
+        case CONN_READ_TRAILER:
+            line = read_line(c, in, &over);
+            if (line == NULL) {
+                if (over)
+                    conn_fail(c, 431, "headers_too_large", "trailer too large");
+                return;
+            }
+            if (line[0] == '\0') {
+                free(line);
+                dispatch(c);
+                return;
+            }
+            free(line);
+            continue;
+
+        case CONN_LINGER:
+            evbuffer_drain(in, evbuffer_get_length(in));
+            return;
+        case CONN_HANDLING:
+        case CONN_FLUSHING:
+            return;
+        }
+    }
+}
+
+/* --- connection events ---------------------------------------------- */
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    conn_process(arg);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct http_conn *c = arg;
+    struct timeval tv;
+
+    (void)bev;
+    if (c->state == CONN_HANDLING) {
+        struct http_req *r = c->req;
+        if (r && r->drain_cb) {
+            http_req_cb cb = r->drain_cb;
+            r->drain_cb = NULL;
+            cb(r, r->drain_arg);
+        }
+        return;
+    }
+    if (c->state != CONN_FLUSHING)
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+        return;
+    if (c->close_after && c->linger) {
+        /* The client may still be sending the body we refused: read and
+         * drop it for a moment so it sees our answer, not a reset. */
+        c->state = CONN_LINGER;
+        shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+        tv.tv_sec = HTTP_LINGER_MS / 1000;
+        tv.tv_usec = (HTTP_LINGER_MS % 1000) * 1000;
+        bufferevent_set_timeouts(c->bev, &tv, NULL);
+        bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+        bufferevent_enable(c->bev, EV_READ);
+        conn_process(c);
+        return;
+    }
+    if (c->close_after) {
+        conn_free(c);
+        return;
+    }
+    /* Next request on this keep-alive connection. */
+    c->state = CONN_READ_HEAD;
+    c->head_bytes = 0;
+    tv.tv_sec = c->srv->lim.client_timeout_ms / 1000;
+    tv.tv_usec = (c->srv->lim.client_timeout_ms % 1000) * 1000;
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        conn_process(c);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct http_conn *c = arg;
+
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED)
+        return;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)
+        && c->req && c->state != CONN_HANDLING && c->state != CONN_FLUSHING) {
+        /* Slow client in the middle of a request: tell it why. */
+        bufferevent_disable(c->bev, EV_READ);
+        conn_fail(c, 408, "request_timeout", "request not received in time");
+        return;
+    }
+    conn_free(c);
+}
+
+/* Frees the connection; a request the handler still owns is detached and
+ * its owner told through the close callback. */
+static void conn_free(struct http_conn *c)
+{
+    struct http_server *s = c->srv;
+    struct http_req *r = c->req;
+
+    if (r) {
+        c->req = NULL;
+        if (c->state == CONN_HANDLING) {
+            r->conn = NULL;
+            if (r->close_cb)
+                r->close_cb(r, r->close_arg);
+        } else {
+            req_free(r);
+        }
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    bufferevent_free(c->bev);
+    free(c);
+}
+
+static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
+                      struct sockaddr *sa, int salen, void *arg)
+{
+    struct http_server *s = arg;
+    struct http_conn *c;
+    struct timeval tv;
+    int one = 1;
+
+    (void)lev;
+    (void)salen;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) {
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+        char ip[INET6_ADDRSTRLEN] = "?";
+        int port;
+        if (sa->sa_family == AF_INET) {
+            struct sockaddr_in *in = (struct sockaddr_in *)sa;
+            evutil_inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+            port = ntohs(in->sin_port);
+        } else {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+            evutil_inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+            port = ntohs(in6->sin6_port);
+        }
+        snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+    }
+    c->srv = s;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    /* Cap what a client may queue while its request is handled. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0,
+                             s->lim.max_header_bytes + s->lim.max_body_bytes + 4096);
+    tv.tv_sec = s->lim.client_timeout_ms / 1000;
+    tv.tv_usec = (s->lim.client_timeout_ms % 1000) * 1000;
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* --- server --------------------------------------------------------- */
+
+struct http_server *http_server_new(struct event_base *base, http_handler h,
+                                    void *arg)
+{
+    struct http_server *s = calloc(1, sizeof(*s));
+
+    if (s == NULL)
+        return NULL;
+    s->base = base;
+    s->handler = h;
+    s->arg = arg;
+    s->lim = default_limits;
+    return s;
+}
+
+void http_server_set_limits(struct http_server *s, const struct http_limits *l)
+{
+    s->lim = *l;
+}
+
+int http_server_listen(struct http_server *s, const char *addr,
+                       char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    struct evconnlistener *lev;
+
+    if (s->nlev == HTTP_MAX_LISTENERS) {
+        snprintf(err, errlen, "too many listeners");
+        return -1;
+    }
+    memset(&ss, 0, sizeof(ss));
+    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) < 0) {
+        snprintf(err, errlen, "bad listen address \"%s\"", addr);
+        return -1;
+    }
+    lev = evconnlistener_new_bind(s->base, accept_cb, s,
+                                  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE
+                                  | LEV_OPT_CLOSE_ON_EXEC, 1024,
+                                  (struct sockaddr *)&ss, sslen);
+    if (lev == NULL) {
+        snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
+        return -1;
+    }
+    s->lev[s->nlev++] = lev;
+    return 0;
+}
+
+void http_server_stop(struct http_server *s)
+{
+    struct http_conn *c, *next;
+    size_t i;
+
+    s->stopping = 1;
+    for (i = 0; i < s->nlev; i++)
+        evconnlistener_free(s->lev[i]);
+    s->nlev = 0;
+    for (c = s->conns; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_READ_HEAD && c->req == NULL)
+            conn_free(c);
+    }
+}
+
+size_t http_server_connections(const struct http_server *s) { return s->nconns; }
+size_t http_server_requests(const struct http_server *s) { return s->nreqs; }
+
+void http_server_free(struct http_server *s)
+{
+    size_t i;
+
+    if (s == NULL)
+        return;
+    for (i = 0; i < s->nlev; i++)
+        evconnlistener_free(s->lev[i]);
+    while (s->conns)
+        conn_free(s->conns);
+    free(s);
+}

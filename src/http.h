@@ -1,0 +1,82 @@
+/*
+ * http.h -- the client-facing HTTP/1.1 server.
+ *
+ * A small HTTP/1.1 server on libevent bufferevents: keep-alive, request
+ * limits (header bytes, body bytes, idle time) answered with OpenAI-shaped
+ * errors, Content-Length and chunked request bodies, `Expect: 100-continue`,
+ * and replies that are either whole (Content-Length) or streamed (chunked)
+ * with backpressure.
+ *
+ * Ownership: the server hands each complete request to the handler, which
+ * then owns it until it calls exactly one finishing function:
+ * http_reply(), http_reply_error() or http_stream_end(). If the client goes
+ * away first, the close callback (if set) runs, the request is "detached"
+ * and every later write on it is a no-op; the finishing call frees it.
+ */
+#ifndef INFERGATE_HTTP_H
+#define INFERGATE_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct http_server;
+struct http_req;
+
+typedef void (*http_handler)(struct http_req *req, void *arg);
+typedef void (*http_req_cb)(struct http_req *req, void *arg);
+
+struct http_limits {
+    size_t  max_header_bytes;
+    size_t  max_body_bytes;
+    int64_t client_timeout_ms;
+};
+
+struct http_server *http_server_new(struct event_base *base, http_handler h,
+                                    void *arg);
+/* Binds "ADDR:PORT" or "[V6]:PORT". Returns -1 with a message in err. */
+int    http_server_listen(struct http_server *s, const char *addr,
+                          char *err, size_t errlen);
+void   http_server_set_limits(struct http_server *s, const struct http_limits *l);
+/* Stops accepting; idle keep-alive connections are closed, busy ones
+ * are closed after their current response. */
+void   http_server_stop(struct http_server *s);
+/* Connections open (busy or idle) and requests in the handler's hands. */
+size_t http_server_connections(const struct http_server *s);
+size_t http_server_requests(const struct http_server *s);
+void   http_server_free(struct http_server *s);
+
+/* Request, valid until the finishing call. Header lookup is case-insensitive. */
+const char *http_req_method(const struct http_req *r);
+const char *http_req_path(const struct http_req *r);   /* without query */
+const char *http_req_query(const struct http_req *r);  /* NULL if none */
+const char *http_req_header(const struct http_req *r, const char *name);
+size_t      http_req_nheaders(const struct http_req *r);
+void        http_req_header_at(const struct http_req *r, size_t i,
+                               const char **name, const char **value);
+const char *http_req_body(const struct http_req *r, size_t *len); /* NUL-terminated */
+const char *http_req_peer(const struct http_req *r);
+int         http_req_detached(const struct http_req *r);
+
+void http_req_on_close(struct http_req *r, http_req_cb cb, void *arg);
+
+/* Response. Headers are added before http_reply or http_stream_start. */
+void   http_resp_header(struct http_req *r, const char *name, const char *value);
+void   http_reply(struct http_req *r, int status, const char *ctype,
+                  const char *body, size_t len);
+/* {"error": {"message", "type", "code"}} with the given status. */
+void   http_reply_error(struct http_req *r, int status, const char *type,
+                        const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+void   http_stream_start(struct http_req *r, int status, const char *ctype);
+/* Queues data; returns bytes now waiting to go to the client. */
+size_t http_stream_write(struct http_req *r, const char *data, size_t len);
+void   http_stream_end(struct http_req *r);
+/* Called once when all queued output has been written. */
+void   http_req_on_drain(struct http_req *r, http_req_cb cb, void *arg);
+size_t http_req_pending_output(const struct http_req *r);
+
+const char *http_status_text(int status);
+
+#endif

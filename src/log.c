@@ -1,0 +1,196 @@
+/*
+ * log.c -- error log and access log (see log.h).
+ *
+ * Writes are plain stdio to a line-buffered FILE: the logs are small lines
+ * and a local file or pipe; this is the same trade nginx makes for its
+ * error log. JSON lines go through jansson so every string is escaped.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/time.h>
+
+#include <jansson.h>
+
+#include "log.h"
+
+struct log_sink {
+    FILE               *fp;
+    char               *path;      /* NULL = stderr/stdout */
+    enum cfg_log_format fmt;
+};
+
+static struct log_sink elog = { NULL, NULL, LOGF_TEXT };
+static struct log_sink alog = { NULL, NULL, LOGF_TEXT };
+static enum cfg_log_level min_level = LOGL_INFO;
+
+static const char *level_names[] = { "debug", "info", "warn", "error" };
+
+static void sink_close(struct log_sink *s)
+{
+    if (s->fp && s->fp != stderr && s->fp != stdout)
+        fclose(s->fp);
+    s->fp = NULL;
+}
+
+static int sink_open(struct log_sink *s, FILE *dflt)
+{
+    FILE *fp;
+
+    if (s->path == NULL) {
+        s->fp = dflt;
+        return 0;
+    }
+    fp = fopen(s->path, "a");
+    if (fp == NULL)
+        return -1;
+    setvbuf(fp, NULL, _IOLBF, 0);
+    s->fp = fp;
+    return 0;
+}
+
+static int sink_set(struct log_sink *s, const char *file, FILE *dflt,
+                    enum cfg_log_format fmt)
+{
+    struct log_sink next = { NULL, NULL, fmt };
+
+    if (file && strcmp(file, "-") != 0)
+        next.path = strdup(file);
+    if (sink_open(&next, dflt) < 0) {
+        free(next.path);
+        return -1;
+    }
+    sink_close(s);
+    free(s->path);
+    *s = next;
+    return 0;
+}
+
+int log_open(const char *file, enum cfg_log_level level, enum cfg_log_format fmt)
+{
+    min_level = level;
+    return sink_set(&elog, file, stderr, fmt);
+}
+
+int log_open_access(const char *file, enum cfg_log_format fmt)
+{
+    if (file == NULL) {
+        sink_close(&alog);
+        free(alog.path);
+        alog.path = NULL;
+        return 0;
+    }
+    return sink_set(&alog, file, stdout, fmt);
+}
+
+int log_reopen(void)
+{
+    int rc = 0;
+
+    if (elog.path) {
+        sink_close(&elog);
+        if (sink_open(&elog, stderr) < 0) {
+            elog.fp = stderr;
+            rc = -1;
+        }
+    }
+    if (alog.path) {
+        sink_close(&alog);
+        if (sink_open(&alog, stdout) < 0)
+            rc = -1;
+    }
+    return rc;
+}
+
+void log_close(void)
+{
+    sink_close(&elog);
+    sink_close(&alog);
+    free(elog.path);
+    free(alog.path);
+    elog.path = alog.path = NULL;
+}
+
+int log_enabled(enum cfg_log_level level)
+{
+    return level >= min_level;
+}
+
+static void timestamp(char *buf, size_t len)
+{
+    struct timeval tv;
+    struct tm tm;
+    size_t n;
+
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, len - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+}
+
+void log_msg(enum cfg_log_level level, const char *fmt, ...)
+{
+    char msg[2048], ts[40];
+    FILE *fp = elog.fp ? elog.fp : stderr;
+    va_list ap;
+
+    if (level < min_level)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    timestamp(ts, sizeof(ts));
+
+    if (elog.fmt == LOGF_JSON) {
+        json_t *o = json_pack("{s:s, s:s, s:s}", "time", ts,
+                              "level", level_names[level], "msg", msg);
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (s)
+            fprintf(fp, "%s\n", s);
+        free(s);
+        json_decref(o);
+        return;
+    }
+    fprintf(fp, "%s [%s] %s\n", ts, level_names[level], msg);
+}
+
+static const char *dash(const char *s)
+{
+    return s && *s ? s : "-";
+}
+
+void log_access(const struct log_access *a)
+{
+    char ts[40];
+
+    if (alog.fp == NULL)
+        return;
+    timestamp(ts, sizeof(ts));
+    if (alog.fmt == LOGF_JSON) {
+        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?,"
+                              " s:i, s:i, s:b, s:f, s:f, s:I}",
+                              "time", ts, "request_id", a->request_id,
+                              "method", a->method, "path", a->path,
+                              "model", a->model, "host", a->host,
+                              "key", a->key_fp, "peer", a->peer,
+                              "status", a->status, "attempts", a->attempts,
+                              "stream", a->stream, "ttfb_ms", a->ttfb_ms,
+                              "total_ms", a->total_ms,
+                              "bytes", (json_int_t)a->bytes_out);
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (s)
+            fprintf(alog.fp, "%s\n", s);
+        free(s);
+        json_decref(o);
+        return;
+    }
+    fprintf(alog.fp, "%s %s %s \"%s %s\" %d model=%s host=%s key=%s attempts=%d"
+            " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu\n",
+            ts, dash(a->peer), dash(a->request_id), dash(a->method),
+            dash(a->path), a->status, dash(a->model), dash(a->host),
+            dash(a->key_fp), a->attempts, a->stream, a->ttfb_ms, a->total_ms,
+            a->bytes_out);
+}

@@ -1,0 +1,66 @@
+/*
+ * state.h -- runtime state of hosts and keys, kept across reloads.
+ *
+ * The config snapshot says what hosts and keys exist; this table says how
+ * they are doing: in-flight requests, counters, key cooldowns and
+ * disables. Entries are keyed by host name and key id (a hash of the
+ * secret, never the secret) and reference counted: each snapshot that
+ * names an entry holds a reference, so a reload keeps the state of what is
+ * still configured and a removed host's state lives until the last
+ * snapshot (and so the last request) that knew it is gone.
+ */
+#ifndef INFERGATE_STATE_H
+#define INFERGATE_STATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "balance.h"
+#include "breaker.h"
+#include "config.h"
+
+/* Common head of every table entry. */
+struct state_entry {
+    char               *key;     /* host name or key id */
+    int                 refs;
+    struct state_entry *next;    /* hash chain */
+};
+
+/* Health as probes and request outcomes see it. */
+enum host_health { HEALTH_HEALTHY = 0, HEALTH_DEGRADED, HEALTH_UNHEALTHY };
+
+struct host_state {
+    struct state_entry e;        /* e.key is the host name */
+    /* What balance.c reads: usable, in_flight, max_concurrent, pending,
+     * ewma_ms (time to first byte), share. The snapshot points at it. */
+    struct balance_live live;
+    struct breaker br;           /* breaker_init'ed on creation */
+    uint64_t  requests;          /* attempts sent */
+    uint64_t  failures;          /* attempts that failed (network, 5xx...) */
+    uint64_t  consecutive_failures;
+    uint64_t  rr;                /* key rotation cursor */
+    /* health.c */
+    enum host_health health;
+    int       probe_successes;   /* consecutive, toward healthy_threshold */
+    int       probe_failures;    /* consecutive, toward unhealthy_threshold */
+    int64_t   last_check_unix_ms;/* 0 = never probed */
+    char      last_error[128];   /* last probe or request failure, "" if none */
+    struct cfg_strlist models_found;     /* discover_models, owned */
+    struct cfg_strlist containers_found; /* Infernet /info, owned */
+};
+
+struct key_state {
+    struct state_entry e;        /* e.key is the key id */
+    uint64_t  uses;
+    int       disabled;          /* until reload */
+    int64_t   cooldown_until_ms;
+    int       last_status;       /* upstream status that changed its state */
+};
+
+struct host_state *state_host_get(const char *name);   /* +1 ref, creates */
+void state_host_put(struct host_state *h);              /* -1 ref, frees at 0 */
+struct key_state *state_key_get(const char *id);
+void state_key_put(struct key_state *k);
+size_t state_hosts_count(void);
+
+#endif

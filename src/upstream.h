@@ -1,0 +1,79 @@
+/*
+ * upstream.h -- outgoing HTTP transfers: libcurl's multi interface driven
+ * by the libevent loop.
+ *
+ * One `struct upstream` per event loop owns a curl multi handle, whose
+ * connection cache keeps upstream connections alive and reuses them; DNS
+ * goes through curl's threaded resolver, so nothing blocks the loop.
+ *
+ * Callbacks: on_headers and on_data run inside curl callbacks and must not
+ * call upstream_cancel() on their own transfer (return UPSTREAM_ABORT
+ * instead); on_done runs outside curl and may do anything. A transfer is
+ * freed right after on_done returns, or by upstream_cancel() (then on_done
+ * is not called).
+ */
+#ifndef INFERGATE_UPSTREAM_H
+#define INFERGATE_UPSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct upstream;
+struct upstream_xfer;
+
+enum upstream_verdict { UPSTREAM_CONTINUE = 0, UPSTREAM_PAUSE, UPSTREAM_ABORT };
+
+/* How a transfer ended, classified for retry decisions. */
+enum upstream_result {
+    UPSTREAM_OK = 0,          /* a complete HTTP response (any status) */
+    UPSTREAM_ERR_CONNECT,     /* refused, unreachable, DNS */
+    UPSTREAM_ERR_TIMEOUT,     /* curl's own timeouts */
+    UPSTREAM_ERR_PROTOCOL,    /* garbage, reset, truncated body */
+    UPSTREAM_ERR_ABORTED,     /* a callback said UPSTREAM_ABORT */
+};
+
+struct upstream_cbs {
+    /* The final response head (1xx skipped); status is the HTTP code. */
+    enum upstream_verdict (*on_headers)(void *arg, struct upstream_xfer *x,
+                                        int status);
+    enum upstream_verdict (*on_data)(void *arg, const char *data, size_t len);
+    void (*on_done)(void *arg, enum upstream_result res, const char *errmsg);
+};
+
+struct upstream_header {
+    const char *name;
+    const char *value;
+};
+
+struct upstream_req {
+    const char *url;
+    const char *method;           /* "GET" or "POST" */
+    const struct upstream_header *headers;  /* copied */
+    size_t      nheaders;
+    const char *body;             /* not copied: keep alive until done */
+    size_t      body_len;
+    int64_t     connect_timeout_ms;
+    int64_t     total_timeout_ms; /* 0 = none */
+};
+
+struct upstream *upstream_new(struct event_base *base);
+void upstream_free(struct upstream *u);     /* cancels what is left */
+size_t upstream_active(const struct upstream *u);
+
+struct upstream_xfer *upstream_start(struct upstream *u,
+                                     const struct upstream_req *req,
+                                     const struct upstream_cbs *cbs,
+                                     void *arg);
+void upstream_pause(struct upstream_xfer *x);
+void upstream_resume(struct upstream_xfer *x);
+void upstream_cancel(struct upstream_xfer *x);
+
+/* Response headers of the final head, valid until the transfer is freed. */
+const char *upstream_resp_header(const struct upstream_xfer *x, const char *name);
+size_t upstream_resp_nheaders(const struct upstream_xfer *x);
+void upstream_resp_header_at(const struct upstream_xfer *x, size_t i,
+                             const char **name, const char **value);
+const char *upstream_result_name(enum upstream_result r);
+
+#endif

@@ -1,0 +1,215 @@
+"""Shared fixtures for the end-to-end tests.
+
+Everything here starts real processes on loopback ports: the gateway binary
+($INFERGATE_BIN, default ./infergate), the C mock upstream ($MOCK_BIN,
+default build/release/infergate-mock) and, where a test needs it, a real
+redis-server. Nothing is mocked at the socket level, and waits poll for a
+condition with a deadline instead of sleeping a fixed time.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+INFERGATE_BIN = os.path.abspath(os.path.join(ROOT, os.environ.get("INFERGATE_BIN", "infergate")))
+MOCK_BIN = os.path.abspath(os.path.join(ROOT, os.environ.get("MOCK_BIN", "build/release/infergate-mock")))
+SANITIZED = os.environ.get("INFERGATE_SANITIZED") == "1"
+SAN_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=23",
+}
+
+
+def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
+    """Polls cond() until it returns a truthy value; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(interval)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_request(port, method, path, body=None, headers=None, timeout=30):
+    """One request on a fresh connection: (status, headers dict lowercased, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    hdrs = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    elif isinstance(body, str):
+        body = body.encode()
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def proc_env():
+    env = dict(os.environ)
+    env.update(SAN_ENV)
+    return env
+
+
+class Mock:
+    """One infergate-mock process."""
+
+    def __init__(self, name, *args):
+        self.name = name
+        self.proc = subprocess.Popen(
+            [MOCK_BIN, "--listen", "127.0.0.1:0", "--name", name, "--quiet", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=proc_env(), text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("listening "):
+            self.proc.kill()
+            raise RuntimeError("mock %s did not start: %r %s" % (name, line, self.proc.stderr.read()))
+        self.port = int(line.rsplit(":", 1)[1])
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def control(self, path, body=None):
+        st, _, data = http_request(self.port, "POST" if body is not None or path != "stats" else "GET",
+                                   "/_mock/" + path, body=body)
+        assert st == 200, data
+        return json.loads(data)
+
+    def config(self, **kw):
+        return self.control("config", kw)
+
+    def reset(self):
+        return self.control("reset", {})
+
+    def stats(self):
+        st, _, data = http_request(self.port, "GET", "/_mock/stats")
+        assert st == 200, data
+        return json.loads(data)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        err = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return err
+
+
+def write_conf(d, hosts, keys=None, policies=""):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "hosts.json"), "w") as f:
+        json.dump({"hosts": hosts}, f, indent=2)
+    if keys is not None:
+        with open(os.path.join(d, "api-keys.json"), "w") as f:
+            json.dump({"apiKeys": keys}, f, indent=2)
+    with open(os.path.join(d, "policies.yaml"), "w") as f:
+        f.write(policies)
+
+
+class Gateway:
+    """The real gateway binary, started on a free loopback port."""
+
+    def __init__(self, conf_dir, extra_args=()):
+        self.conf_dir = conf_dir
+        self.port = free_port()
+        self.log_path = os.path.join(conf_dir, "gateway.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [INFERGATE_BIN, "-c", conf_dir, "-l", "127.0.0.1:%d" % self.port, *extra_args],
+            stdout=self.log, stderr=subprocess.STDOUT, env=proc_env())
+        wait_for(self._up, timeout=15, what="gateway to listen")
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("gateway exited early:\n" + self.output())
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def request(self, method, path, body=None, headers=None, timeout=30):
+        return http_request(self.port, method, path, body, headers, timeout)
+
+    def chat(self, model="mock-model", stream=False, headers=None, **extra):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        body.update(extra)
+        return self.request("POST", "/v1/chat/completions", body, headers)
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, expect_rc=0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("gateway did not stop on SIGTERM")
+        out = self.output()
+        self.log.close()
+        assert "Sanitizer" not in out and "runtime error" not in out, out[-4000:]
+        assert self.proc.returncode == expect_rc, (self.proc.returncode, out[-4000:])
+        return out
+
+
+@pytest.fixture
+def mocks():
+    """Factory: mocks(n) starts n mock upstreams named m0..m{n-1}."""
+    started = []
+
+    def make(n, *args):
+        for i in range(n):
+            started.append(Mock("m%d" % len(started), *args))
+        return started[-n:]
+
+    yield make
+    for m in started:
+        err = m.stop()
+        assert "Sanitizer" not in err and "runtime error" not in err, err
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """Factory: gateway(hosts, keys, policies) writes a conf dir and starts the gateway."""
+    started = []
+
+    def make(hosts, keys=None, policies="", extra_args=()):
+        d = str(tmp_path / ("conf%d" % len(started)))
+        write_conf(d, hosts, keys, policies)
+        g = Gateway(d, extra_args)
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        if g.proc.poll() is None or not g.log.closed:
+            g.stop()

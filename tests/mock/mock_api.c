@@ -1,0 +1,735 @@
+/*
+ * mock_api.c -- the endpoints an upstream serves: the OpenAI ones under
+ * /v1/ and the Infernet node's /info, with the injected faults.
+ *
+ * Every request gets a `struct op` while it is ours: what to answer is
+ * decided when the request arrives (faults are sampled then), the answer
+ * may wait on a timer (delay, SSE chunk interval) or forever (hang). Ops
+ * sit on one list so shutdown can forget them before evhttp_free() frees
+ * their requests and connections.
+ *
+ * Disconnects. evhttp only watches a server connection for close while it
+ * writes, so:
+ *  - while an op waits before its headers (delay, hang), an EV_READ event
+ *    of our own on the socket peeks: EOF means the client gave up, and we
+ *    free the connection (which frees the request);
+ *  - once writing (SSE), evhttp sees the EOF, detaches the request from the
+ *    connection and frees the connection; its close callback tells us, and
+ *    the detached request is ours to free.
+ * A connection's close callback points at its op only while the op lives.
+ *
+ * close_after_chunks and drop close the connection on purpose: the last
+ * chunk is sent with a "drained" callback, and only once it has left the
+ * buffer is the connection freed (a FIN, no terminating chunk).
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "mock.h"
+
+#define DEFAULT_MODEL  "mock-model"
+#define EMBEDDING_DIM  8
+#define GARBAGE_BODY   "<<garbage>>"
+
+enum ep { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_VERIFY, EP_MODELS, EP_INFO };
+
+struct ep_def {
+    const char           *path;
+    enum ep               ep;
+    enum evhttp_cmd_type  method;
+};
+
+static const struct ep_def endpoints[] = {
+    { "/v1/chat/completions", EP_CHAT,        EVHTTP_REQ_POST },
+    { "/v1/completions",      EP_COMPLETIONS, EVHTTP_REQ_POST },
+    { "/v1/embeddings",       EP_EMBEDDINGS,  EVHTTP_REQ_POST },
+    { "/v1/verify",           EP_VERIFY,      EVHTTP_REQ_POST },
+    { "/v1/models",           EP_MODELS,      EVHTTP_REQ_GET },
+    { "/info",                EP_INFO,        EVHTTP_REQ_GET },
+    { "/api/info",            EP_INFO,        EVHTTP_REQ_GET },
+};
+
+enum stage { ST_NEW, ST_WAIT, ST_STREAM, ST_DROP };
+
+struct op {
+    struct op                *prev, *next;
+    struct evhttp_request    *req;
+    struct evhttp_connection *evcon;
+    struct event             *timer;      /* delay, chunk interval, drop */
+    struct event             *watch;      /* close detection before headers */
+    enum ep                   ep;
+    enum stage                stage;
+    /* the answer, decided on arrival */
+    int   status;                         /* != 200: error answer */
+    const char *err_type, *err_code;
+    char  err_msg[192];
+    int   retry_after;
+    int   garbage, drop;
+    int   stream, chunks, interval_ms, close_after, sent;
+    int   items;                          /* embeddings: inputs */
+    int   prompt_tokens;
+    unsigned long long seq;
+    char *model_json;                     /* model as a quoted JSON string */
+    char *verify_id;
+    int   verified;
+};
+
+static struct op *ops;
+
+/* ---- op lifecycle --------------------------------------------------- */
+
+static void on_close(struct evhttp_connection *evcon, void *arg);
+
+static struct op *op_new(struct evhttp_request *req, enum ep ep)
+{
+    struct op *op = calloc(1, sizeof(*op));
+
+    if (op == NULL)
+        return NULL;
+    op->req = req;
+    op->evcon = evhttp_request_get_connection(req);
+    op->ep = ep;
+    op->status = 200;
+    op->next = ops;
+    if (ops)
+        ops->prev = op;
+    ops = op;
+    evhttp_connection_set_closecb(op->evcon, on_close, op);
+    mock.in_flight++;
+    return op;
+}
+
+/* Forgets op; its request and connection are left alone. */
+static void op_free(struct op *op)
+{
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        ops = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    if (op->timer)
+        event_free(op->timer);
+    if (op->watch)
+        event_free(op->watch);
+    if (op->evcon)
+        evhttp_connection_set_closecb(op->evcon, NULL, NULL);
+    free(op->model_json);
+    free(op->verify_id);
+    mock.in_flight--;
+    free(op);
+}
+
+void mock_api_shutdown(void)
+{
+    while (ops)
+        op_free(ops);
+}
+
+/* Drops op's connection without (more of) an answer; frees the request. */
+static void op_close_conn(struct op *op)
+{
+    struct evhttp_connection *evcon = op->evcon;
+
+    op_free(op);
+    evhttp_connection_free(evcon);
+}
+
+/* evhttp is freeing the connection: the client went away mid-answer. */
+static void on_close(struct evhttp_connection *evcon, void *arg)
+{
+    struct op *op = arg;
+    struct evhttp_request *req = op->req;
+
+    (void)evcon;
+    mock.stats.disconnects++;
+    if (mock.verbose)
+        mock_notice("client gone: %s", evhttp_request_get_uri(req));
+    op_free(op);
+    if (evhttp_request_get_connection(req) == NULL)
+        evhttp_request_free(req);       /* detached by evhttp: ours */
+}
+
+/* Our own EOF watch while nothing is being written. */
+static void on_watch(evutil_socket_t fd, short what, void *arg)
+{
+    struct op *op = arg;
+    char c;
+    ssize_t n;
+
+    (void)what;
+    n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0)
+        return;                         /* pipelined bytes: stop watching */
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        event_add(op->watch, NULL);
+        return;
+    }
+    mock.stats.disconnects++;
+    if (mock.verbose)
+        mock_notice("client gone: %s", evhttp_request_get_uri(op->req));
+    op_close_conn(op);
+}
+
+static void watch_start(struct op *op)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(op->evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+
+    if (fd < 0)
+        return;
+    op->watch = event_new(mock.base, fd, EV_READ, on_watch, op);
+    if (op->watch)
+        event_add(op->watch, NULL);
+}
+
+static void watch_stop(struct op *op)
+{
+    if (op->watch) {
+        event_free(op->watch);
+        op->watch = NULL;
+    }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+static int timer_arm(struct op *op, int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+    if (op->timer == NULL)
+        op->timer = evtimer_new(mock.base, on_timer, op);
+    return op->timer ? evtimer_add(op->timer, &tv) : -1;
+}
+
+/* ---- answers -------------------------------------------------------- */
+
+/* Sends the body already in the output buffer and forgets op. */
+static void op_finish(struct op *op, int code, const char *ctype)
+{
+    struct evhttp_request *req = op->req;
+
+    if (code != 200 && op->retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", op->retry_after);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+    }
+    mock_count_status(code);
+    if (mock.verbose)
+        mock_notice("%s %d", evhttp_request_get_uri(req), code);
+    op_free(op);
+    mock_reply(req, code, ctype);
+}
+
+static void op_error(struct op *op, int code, const char *msg, const char *type,
+                     const char *errcode)
+{
+    mock_add_error(evhttp_request_get_output_buffer(op->req), msg, type, errcode);
+    op_finish(op, code, "application/json");
+}
+
+static void set_error(struct op *op, int status, const char *type, const char *code,
+                      const char *msg)
+{
+    op->status = status;
+    op->err_type = type;
+    op->err_code = code;
+    snprintf(op->err_msg, sizeof(op->err_msg), "%s", msg);
+}
+
+/* An injected status, shaped as an OpenAI error of that kind. */
+static void set_injected(struct op *op, int status, const char *why)
+{
+    char msg[160];
+    const char *type = status < 500 ? "invalid_request_error" : "server_error";
+    const char *code = "mock_injected";
+
+    switch (status) {
+    case 401: code = "invalid_api_key"; break;
+    case 402: type = "insufficient_quota"; code = "insufficient_quota"; break;
+    case 403: code = "permission_denied"; break;
+    case 404: code = "not_found"; break;
+    case 429: type = "rate_limit_error"; code = "rate_limit_exceeded"; break;
+    }
+    snprintf(msg, sizeof(msg), "mock %s: %s %d", mock.name, why, status);
+    set_error(op, status, type, code, msg);
+    op->retry_after = mock.conf.retry_after;
+}
+
+static void add_usage(struct evbuffer *b, int prompt, int completion)
+{
+    evbuffer_add_printf(b, ",\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+                        "\"total_tokens\":%d}}", prompt, completion, prompt + completion);
+}
+
+static void answer_chat(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+
+    op->seq = ++mock.seq;
+    evbuffer_add_printf(b, "{\"id\":\"chatcmpl-%s-%llu\",\"object\":\"chat.completion\","
+                        "\"created\":%lld,\"model\":%s,\"choices\":[{\"index\":0,"
+                        "\"message\":{\"role\":\"assistant\",\"content\":\"Hello from %s\"},"
+                        "\"finish_reason\":\"stop\"}]",
+                        mock.name, op->seq, (long long)time(NULL), op->model_json, mock.name);
+    add_usage(b, op->prompt_tokens, 3);
+    op_finish(op, 200, "application/json");
+}
+
+static void answer_completion(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+
+    op->seq = ++mock.seq;
+    evbuffer_add_printf(b, "{\"id\":\"cmpl-%s-%llu\",\"object\":\"text_completion\","
+                        "\"created\":%lld,\"model\":%s,\"choices\":[{\"index\":0,"
+                        "\"text\":\"Hello from %s\",\"logprobs\":null,"
+                        "\"finish_reason\":\"stop\"}]",
+                        mock.name, op->seq, (long long)time(NULL), op->model_json, mock.name);
+    add_usage(b, op->prompt_tokens, 3);
+    op_finish(op, 200, "application/json");
+}
+
+static void answer_embeddings(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+    int i, j;
+
+    evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[");
+    for (i = 0; i < op->items; i++) {
+        evbuffer_add_printf(b, "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":[",
+                            i ? "," : "", i);
+        for (j = 0; j < EMBEDDING_DIM; j++)
+            evbuffer_add_printf(b, "%s%s0.%d", j ? "," : "", (i + j) % 2 ? "-" : "",
+                                (i + j) % 9 + 1);
+        evbuffer_add(b, "]}", 2);
+    }
+    evbuffer_add_printf(b, "],\"model\":%s,\"usage\":{\"prompt_tokens\":%d,"
+                        "\"total_tokens\":%d}}", op->model_json, op->prompt_tokens,
+                        op->prompt_tokens);
+    op_finish(op, 200, "application/json");
+}
+
+static void answer_verify(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+
+    if (!op->verified) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "mock %s: id not issued here", mock.name);
+        op_error(op, 404, msg, "invalid_request_error", "not_found");
+        return;
+    }
+    evbuffer_add(b, "{\"id\":", 6);
+    mock_add_json_str(b, op->verify_id);
+    evbuffer_add_printf(b, ",\"verified\":true,\"served_by\":\"%s\"}", mock.name);
+    op_finish(op, 200, "application/json");
+}
+
+/* ---- SSE ------------------------------------------------------------ */
+
+static void on_drained(struct evhttp_connection *evcon, void *arg)
+{
+    struct op *op = arg;
+
+    (void)evcon;
+    mock.stats.drops++;
+    if (mock.verbose)
+        mock_notice("%s dropped after %d chunks", evhttp_request_get_uri(op->req), op->sent);
+    op_close_conn(op);
+}
+
+static void stream_end(struct op *op)
+{
+    struct evhttp_request *req = op->req;
+
+    evbuffer_add(mock.scratch, "data: [DONE]\n\n", 14);
+    evhttp_send_reply_chunk(req, mock.scratch);
+    mock.stats.streams_completed++;
+    op_free(op);
+    evhttp_send_reply_end(req);
+}
+
+/* Sends chunks until the stream ends, drops, or must wait an interval. */
+static void stream_next(struct op *op)
+{
+    for (;;) {
+        if (op->sent >= op->chunks) {
+            stream_end(op);
+            return;
+        }
+        if (op->ep == EP_CHAT)
+            evbuffer_add_printf(mock.scratch, "data: {\"id\":\"chatcmpl-%s-%llu\","
+                                "\"object\":\"chat.completion.chunk\",\"model\":%s,"
+                                "\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+                                "\"tok%d \"}}]}\n\n",
+                                mock.name, op->seq, op->model_json, op->sent);
+        else
+            evbuffer_add_printf(mock.scratch, "data: {\"id\":\"cmpl-%s-%llu\","
+                                "\"object\":\"text_completion\",\"model\":%s,"
+                                "\"choices\":[{\"index\":0,\"text\":\"tok%d \"}]}\n\n",
+                                mock.name, op->seq, op->model_json, op->sent);
+        op->sent++;
+        if (op->close_after > 0 && op->sent == op->close_after) {
+            evhttp_send_reply_chunk_with_cb(op->req, mock.scratch, on_drained, op);
+            return;
+        }
+        evhttp_send_reply_chunk(op->req, mock.scratch);
+        if (op->interval_ms > 0 && op->sent < op->chunks) {
+            if (timer_arm(op, op->interval_ms) == 0)
+                return;
+        }
+    }
+}
+
+static void stream_start(struct op *op)
+{
+    struct evhttp_request *req = op->req;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+
+    op->seq = ++mock.seq;
+    op->stage = ST_STREAM;
+    evhttp_add_header(h, "Content-Type", "text/event-stream");
+    evhttp_add_header(h, "Cache-Control", "no-cache");
+    evhttp_add_header(h, "X-Mock-Name", mock.name);
+    mock_count_status(200);
+    if (mock.verbose)
+        mock_notice("%s 200 stream", evhttp_request_get_uri(req));
+    evhttp_send_reply_start(req, 200, NULL);
+    stream_next(op);
+}
+
+/* ---- dispatch ------------------------------------------------------- */
+
+/* Answers op now; it was decided on arrival. */
+static void op_respond(struct op *op)
+{
+    if (op->drop) {
+        op->stage = ST_DROP;             /* close from the loop, not from here */
+        if (timer_arm(op, 0) != 0)
+            op_close_conn(op);
+        return;
+    }
+    if (op->status != 200) {
+        op_error(op, op->status, op->err_msg, op->err_type, op->err_code);
+        return;
+    }
+    if (op->garbage) {
+        evbuffer_add(evhttp_request_get_output_buffer(op->req), GARBAGE_BODY,
+                     sizeof(GARBAGE_BODY) - 1);
+        op_finish(op, 200, "application/json");
+        return;
+    }
+    switch (op->ep) {
+    case EP_MODELS:
+        evbuffer_add(evhttp_request_get_output_buffer(op->req), mock.models_body,
+                     strlen(mock.models_body));
+        op_finish(op, 200, "application/json");
+        return;
+    case EP_INFO:
+        evbuffer_add(evhttp_request_get_output_buffer(op->req), mock.info_body,
+                     strlen(mock.info_body));
+        op_finish(op, 200, "application/json");
+        return;
+    case EP_CHAT:
+    case EP_COMPLETIONS:
+        if (op->stream)
+            stream_start(op);
+        else if (op->ep == EP_CHAT)
+            answer_chat(op);
+        else
+            answer_completion(op);
+        return;
+    case EP_EMBEDDINGS:
+        answer_embeddings(op);
+        return;
+    case EP_VERIFY:
+        answer_verify(op);
+        return;
+    }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct op *op = arg;
+
+    (void)fd;
+    (void)what;
+    switch (op->stage) {
+    case ST_WAIT:
+        watch_stop(op);
+        op->stage = ST_NEW;
+        op_respond(op);
+        return;
+    case ST_STREAM:
+        stream_next(op);
+        return;
+    case ST_DROP:
+        mock.stats.drops++;
+        op_close_conn(op);
+        return;
+    case ST_NEW:
+        return;
+    }
+}
+
+/* Answers now, after delay_ms, or never (hang). */
+static void op_start(struct op *op, int delay_ms, int hang)
+{
+    if (!hang && delay_ms <= 0) {
+        op_respond(op);
+        return;
+    }
+    op->stage = ST_WAIT;
+    watch_start(op);
+    if (!hang && timer_arm(op, delay_ms) != 0)
+        op_respond(op);
+}
+
+/* Was id issued by this process, within the last MOCK_VERIFY_WINDOW ids? */
+static int id_issued(const char *id)
+{
+    size_t nl = strlen(mock.name);
+    unsigned long long n;
+    const char *p;
+    char *end;
+
+    if (strncmp(id, "chatcmpl-", 9) == 0)
+        p = id + 9;
+    else if (strncmp(id, "cmpl-", 5) == 0)
+        p = id + 5;
+    else
+        return 0;
+    if (strncmp(p, mock.name, nl) != 0 || p[nl] != '-')
+        return 0;
+    p += nl + 1;
+    if (!isdigit((unsigned char)p[0]) || p[0] == '0')
+        return 0;
+    errno = 0;
+    n = strtoull(p, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return 0;
+    return n <= mock.seq && mock.seq - n < MOCK_VERIFY_WINDOW;
+}
+
+static int model_known(const char *model)
+{
+    json_t *x;
+    size_t i;
+
+    json_array_foreach(mock.conf.models, i, x)
+        if (strcmp(json_string_value(x), model) == 0)
+            return 1;
+    return 0;
+}
+
+/* The Authorization bearer token, "" when there is none. */
+static const char *bearer(struct evhttp_request *req)
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req),
+                                       "Authorization");
+
+    if (h == NULL)
+        return "";
+    while (*h == ' ')
+        h++;
+    if (strncasecmp(h, "Bearer ", 7) == 0)
+        for (h += 7; *h == ' '; h++)
+            ;
+    return h;
+}
+
+/* Reads what the answer needs from the body; may set a 400/404 answer. */
+static int op_read_body(struct op *op, json_t *root, const char *model)
+{
+    struct evbuffer *b = mock.scratch;
+    json_t *v;
+    size_t len;
+
+    evbuffer_drain(b, evbuffer_get_length(b));
+    mock_add_json_str(b, model ? model : DEFAULT_MODEL);
+    len = evbuffer_get_length(b);
+    op->model_json = malloc(len + 1);
+    if (op->model_json == NULL)
+        return -1;
+    evbuffer_remove(b, op->model_json, len);
+    op->model_json[len] = '\0';
+
+    if (root == NULL) {
+        set_error(op, 400, "invalid_request_error", "invalid_json",
+                  "request body is not a JSON object");
+        return 0;
+    }
+    switch (op->ep) {
+    case EP_CHAT:
+    case EP_COMPLETIONS:
+        op->stream = json_is_true(json_object_get(root, "stream"));
+        break;
+    case EP_EMBEDDINGS:
+        v = json_object_get(root, "input");
+        if (json_is_string(v))
+            op->items = 1;
+        else if (json_is_array(v) && json_array_size(v) > 0)
+            op->items = json_is_integer(json_array_get(v, 0)) ? 1 : (int)json_array_size(v);
+        else
+            set_error(op, 400, "invalid_request_error", "invalid_input",
+                      "input must be a string or a non-empty array");
+        break;
+    case EP_VERIFY:
+        v = json_object_get(root, "id");
+        if (!json_is_string(v)) {
+            set_error(op, 400, "invalid_request_error", "invalid_id",
+                      "body must be {\"id\": \"<chat id>\"}");
+            break;
+        }
+        op->verify_id = strdup(json_string_value(v));
+        if (op->verify_id == NULL)
+            return -1;
+        op->verified = id_issued(op->verify_id);
+        break;
+    default:
+        break;
+    }
+    if (op->status == 200 && mock.conf.strict_models &&
+        (op->ep == EP_CHAT || op->ep == EP_COMPLETIONS || op->ep == EP_EMBEDDINGS) &&
+        !model_known(model ? model : DEFAULT_MODEL)) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "The model `%.100s` does not exist", model ? model : "");
+        set_error(op, 404, "invalid_request_error", "model_not_found", msg);
+    }
+    return 0;
+}
+
+/*
+ * Samples the faults for an API call. fail_keys first (no delay, never
+ * counted by fail_next); then, when fail_next is set, the next N calls get
+ * the faults (a plain 500 if none is set) and the faults are cleared after
+ * the Nth. Returns the delay to apply; *hang set when it never answers.
+ */
+static int op_faults(struct op *op, const char *key, int *hang)
+{
+    struct mock_conf *c = &mock.conf;
+    json_t *fk = json_object_get(c->fail_keys, key);
+    int delay, any;
+
+    *hang = 0;
+    if (fk != NULL && json_integer_value(fk) != 200) {
+        set_injected(op, (int)json_integer_value(fk), "key rejected with");
+        return 0;
+    }
+    any = c->status != 200 || c->delay_ms > 0 || c->hang || c->garbage ||
+          c->drop || c->close_after_chunks > 0;
+    if (c->fail_next == 0 && !any)
+        return 0;
+
+    if (c->status != 200 || (c->fail_next > 0 && !any))
+        set_injected(op, c->status != 200 ? c->status : 500, "injected status");
+    else if (c->garbage)
+        op->status = 200;               /* garbage wins over the request's own 400 */
+    op->garbage = c->garbage;
+    op->drop = c->drop;
+    op->close_after = c->close_after_chunks;
+    *hang = c->hang;
+    delay = c->delay_ms;
+
+    if (c->fail_next > 0 && --c->fail_next == 0) {
+        c->status = 200;
+        c->delay_ms = 0;
+        c->hang = c->garbage = c->drop = 0;
+        c->close_after_chunks = 0;
+        mock_notice("fail_next used up: faults cleared");
+    }
+    return delay;
+}
+
+static const struct ep_def *find_ep(const char *path)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++)
+        if (strcmp(path, endpoints[i].path) == 0)
+            return &endpoints[i];
+    return NULL;
+}
+
+static void reply_error_now(struct evhttp_request *req, int code, const char *msg,
+                            const char *errcode)
+{
+    mock_add_error(evhttp_request_get_output_buffer(req), msg,
+                   "invalid_request_error", errcode);
+    mock_count_status(code);
+    mock_reply(req, code, "application/json");
+}
+
+void mock_api(struct evhttp_request *req, const char *path)
+{
+    const struct ep_def *d = find_ep(path);
+    struct evbuffer *in;
+    const char *body, *key, *model = NULL;
+    json_t *root = NULL;
+    struct op *op;
+    size_t len;
+    int delay, hang;
+
+    mock_count(mock.stats.paths, path);
+    if (strncmp(path, "/v1/", 4) == 0)
+        mock.stats.requests++;
+    if (d == NULL) {
+        reply_error_now(req, 404, "unknown path", "not_found");
+        return;
+    }
+    if (evhttp_request_get_command(req) != d->method) {
+        reply_error_now(req, 405, "method not allowed", "method_not_allowed");
+        return;
+    }
+    op = op_new(req, d->ep);
+    if (op == NULL) {
+        reply_error_now(req, 500, "out of memory", "internal_error");
+        return;
+    }
+
+    if (d->ep == EP_MODELS || d->ep == EP_INFO) {
+        if (mock.conf.probe_status != 200)
+            set_injected(op, mock.conf.probe_status, "probe status");
+        op_start(op, mock.conf.probe_delay_ms, 0);
+        return;
+    }
+
+    in = evhttp_request_get_input_buffer(req);
+    len = evbuffer_get_length(in);
+    body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    if (len > 0)
+        root = json_loadb(body, len, 0, NULL);
+    if (root != NULL && !json_is_object(root)) {
+        json_decref(root);
+        root = NULL;
+    }
+    if (root != NULL)
+        model = json_string_value(json_object_get(root, "model"));
+    key = bearer(req);
+    mock_record_call(req, path, key, model, body, len);
+
+    if (op_read_body(op, root, model) != 0) {
+        json_decref(root);
+        op_free(op);
+        reply_error_now(req, 500, "out of memory", "internal_error");
+        return;
+    }
+    json_decref(root);
+    op->prompt_tokens = (int)(len < 400000 ? len / 4 : 100000) + 1;
+    delay = op_faults(op, key, &hang);  /* an injected fault wins over a 400/404 */
+    op->chunks = mock.conf.chunks;
+    op->interval_ms = mock.conf.chunk_interval_ms;
+    op_start(op, delay, hang);
+}
