@@ -52,18 +52,24 @@ static void iso_time(int64_t unix_s, char *buf, size_t len)
     strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* A host is usable when it can take a request now. Health probes and
- * breakers (later) narrow this; passive failures mark it degraded. */
+/* A host is usable when health checks have not marked it down and its
+ * breaker is not open. */
 static int host_usable(const struct snapshot *s, size_t i)
 {
-    const struct cfg_host *h = &s->cfg->hosts[i];
+    const struct host_state *hs = s->hs[i];
 
-    return !h->max_concurrent || s->hs[i]->in_flight < h->max_concurrent;
+    return hs->live.usable && hs->health != HEALTH_UNHEALTHY
+           && breaker_state(&hs->br, gw_now_ms()) != BREAKER_OPEN;
 }
 
 static const char *host_health(const struct snapshot *s, size_t i)
 {
-    return s->hs[i]->consecutive_failures ? "degraded" : "healthy";
+    const struct host_state *hs = s->hs[i];
+
+    if (hs->health == HEALTH_UNHEALTHY || !hs->live.usable)
+        return "unhealthy";
+    return hs->consecutive_failures || hs->health == HEALTH_DEGRADED
+           ? "degraded" : "healthy";
 }
 
 static size_t usable_hosts(const struct snapshot *s)
@@ -108,8 +114,9 @@ static json_t *host_json(const struct snapshot *s, size_t i)
                      "models", strlist(&h->models),
                      "containers", strlist(&h->containers),
                      "labels", labels,
-                     "health", host_health(s, i), "breaker", "closed",
-                     "in_flight", hs->in_flight, "latency_ms", hs->ewma_ms,
+                     "health", host_health(s, i),
+                     "breaker", breaker_state_name(breaker_state(&hs->br, gw_now_ms())),
+                     "in_flight", hs->live.in_flight, "latency_ms", hs->live.ewma_ms,
                      "requests", (json_int_t)hs->requests,
                      "failures", (json_int_t)hs->failures,
                      "consecutive_failures", (json_int_t)hs->consecutive_failures,
@@ -243,7 +250,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
         "# TYPE infergate_upstream_in_flight gauge\n");
     for (i = 0; i < s->cfg->nhosts; i++)
         evbuffer_add_printf(b, "infergate_upstream_in_flight{host=\"%s\"} %d\n",
-                            s->cfg->hosts[i].name, s->hs[i]->in_flight);
+                            s->cfg->hosts[i].name, s->hs[i]->live.in_flight);
     http_reply(req, 200, "text/plain; version=0.0.4",
                (const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b));
     evbuffer_free(b);

@@ -136,7 +136,7 @@ struct balance {
 /* One pick's inputs. */
 struct pick {
     struct balance             *b;
-    const struct balance_live  *live;
+    struct balance_live *const *live;   /* one pointer per node */
     const struct balance_query *q;
     uint64_t                    key;    /* hash of q->hash_key */
 };
@@ -282,7 +282,7 @@ static int passes_filter(const struct balance_query *q, uint32_t node)
 
 static int eligible(const struct pick *pk, uint32_t node)
 {
-    const struct balance_live *l = &pk->live[node];
+    const struct balance_live *l = pk->live[node];
 
     return l->usable && !is_full(l) && !is_excluded(pk->q, node) &&
            passes_filter(pk->q, node);
@@ -291,7 +291,7 @@ static int eligible(const struct pick *pk, uint32_t node)
 /* The recovery accept test: passes with probability `share`. */
 static int takes_share(struct pick *pk, uint32_t node)
 {
-    double s = share_of(&pk->live[node]);
+    double s = share_of(pk->live[node]);
 
     if (s >= 1.0)
         return 1;
@@ -417,7 +417,7 @@ static size_t pick_smooth(struct pick *pk, struct group *g)
 
         if (!eligible(pk, node))
             continue;
-        w = pk->b->weight[node] * share_of(&pk->live[node]);
+        w = pk->b->weight[node] * share_of(pk->live[node]);
         g->current[p] += w;
         total += w;
         if (best == NO_POS || g->current[p] > g->current[best])
@@ -502,7 +502,7 @@ static size_t pick_edf(struct pick *pk, struct group *g)
  * scaling the weight (a rejection test would feed back through the load). */
 static double load_score(const struct pick *pk, uint32_t node)
 {
-    const struct balance_live *l = &pk->live[node];
+    const struct balance_live *l = pk->live[node];
     double load = nonneg(l->in_flight) + 1.0;
     double cap = pk->b->weight[node] * share_of(l);
 
@@ -532,7 +532,7 @@ static size_t pick_least(struct pick *pk, struct group *g)
  * node without a sample yet is compared by in-flight only, and wins ties. */
 static int latency_better(const struct pick *pk, uint32_t a, uint32_t b)
 {
-    const struct balance_live *la = &pk->live[a], *lb = &pk->live[b];
+    const struct balance_live *la = pk->live[a], *lb = pk->live[b];
     int ka = la->ewma_ms > 0.0, kb = lb->ewma_ms > 0.0;
 
     if (ka && kb)
@@ -1163,7 +1163,7 @@ static enum balance_status why_none(const struct pick *pk, const struct pool *p)
 
     for (size_t i = 0; i < p->n; i++) {
         uint32_t node = p->member[i];
-        const struct balance_live *l = &pk->live[node];
+        const struct balance_live *l = pk->live[node];
 
         if (!l->usable || !passes_filter(pk->q, node))
             continue;
@@ -1177,7 +1177,7 @@ static enum balance_status why_none(const struct pick *pk, const struct pool *p)
     return tried ? BALANCE_ALL_TRIED : BALANCE_NONE_USABLE;
 }
 
-int balance_pick(struct balance *b, const struct balance_live *live,
+int balance_pick(struct balance *b, struct balance_live *const *live,
                  const struct balance_query *q, enum balance_status *status)
 {
     static const struct balance_query no_query;

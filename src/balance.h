@@ -120,11 +120,12 @@ void balance_free(struct balance *b);
 
 /*
  * Picks a node for the request `q` (NULL = no constraint) given the live
- * signals `live[0..n-1]`. Returns the node's index, or -1 with the reason
+ * signals `*live[0..n-1]` (pointers, so the entries can live inside the
+ * caller's per-host state). Returns the node's index, or -1 with the reason
  * in `*status` (status may be NULL). Updates the strategy's state; never
  * changes `live`: the caller counts the request in in_flight itself.
  */
-int balance_pick(struct balance *b, const struct balance_live *live,
+int balance_pick(struct balance *b, struct balance_live *const *live,
                  const struct balance_query *q, enum balance_status *status);
 
 /* 1 when some node serves `model` (any node when model is NULL). */

@@ -358,21 +358,13 @@ static void keys_safe_path(char *path)
     *p = '\0';
 }
 
-static void err_at(struct loader *ld, int file, struct doc_pos pos, const char *path,
-                   const char *fmt, ...)
+/* Records one message; `path` is printed as given (see err_at). */
+static void err_raw(struct loader *ld, int file, struct doc_pos pos, const char *path,
+                    const char *msg)
 {
-    char msg[768], text[1280], safe[DOC_PATH_MAX];
+    char text[1280];
     struct perr *e;
-    va_list ap;
 
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (file == FILE_KEYS && path != NULL) {
-        snprintf(safe, sizeof(safe), "%s", path);
-        keys_safe_path(safe);
-        path = safe;
-    }
     if (path == NULL || *path == '\0')
         path = "$";
     if (pos.line > 0)
@@ -388,6 +380,23 @@ static void err_at(struct loader *ld, int file, struct doc_pos pos, const char *
     e->seq = ld->nerrs;
     e->text = xstrdup(text);
     ld->nerrs++;
+}
+
+static void err_at(struct loader *ld, int file, struct doc_pos pos, const char *path,
+                   const char *fmt, ...)
+{
+    char msg[768], safe[DOC_PATH_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (file == FILE_KEYS && path != NULL) {
+        snprintf(safe, sizeof(safe), "%s", path);
+        keys_safe_path(safe);
+        path = safe;
+    }
+    err_raw(ld, file, pos, path, msg);
 }
 
 /* An error about the value at c; silent when that value is already known to
@@ -411,6 +420,55 @@ static void kerr(struct loader *ld, const struct cur *c, const char *key, const 
     va_end(ap);
     doc_path_key(path, sizeof(path), c->path, key);
     err_at(ld, c->file, doc_key_pos(c->doc, c->v, key), path, "%s", msg);
+}
+
+/*
+ * "unknown key" about member `key` of object c, at the key, with the key in
+ * the path. `sug` is the nearest known key (suggest()) or NULL. In
+ * api-keys.json a name in key position may be a secret pasted in the wrong
+ * place, so there the key is named only when it is a near miss of a known
+ * key (a typo: `apiKeys[0].isactive`); anything else stops at the object.
+ */
+static void unknown_key_err(struct loader *ld, const struct cur *c, const char *key,
+                            const char *sug)
+{
+    char path[DOC_PATH_MAX], parent[DOC_PATH_MAX], dym[128], msg[160];
+    struct doc_pos pos = doc_key_pos(c->doc, c->v, key);
+
+    snprintf(msg, sizeof(msg), "unknown key%s", did_you_mean(dym, sizeof(dym), sug));
+    if (c->file != FILE_KEYS) {
+        kerr(ld, c, key, "%s", msg);
+        return;
+    }
+    snprintf(parent, sizeof(parent), "%s", c->path);
+    keys_safe_path(parent);
+    if (sug == NULL || strcmp(parent, c->path) != 0) {
+        err_raw(ld, c->file, pos, parent, msg);     /* stops at the object */
+        return;
+    }
+    doc_path_key(path, sizeof(path), parent, key);
+    err_raw(ld, c->file, pos, path, msg);
+}
+
+/*
+ * "missing required key" about member `key` of object c: the path names the
+ * missing key, the position is the object's (where the key would go).
+ */
+static void merr(struct loader *ld, const struct cur *c, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void merr(struct loader *ld, const struct cur *c, const char *key, const char *fmt, ...)
+{
+    char path[DOC_PATH_MAX], msg[768];
+    va_list ap;
+
+    if (doc_flags(c->doc, c->v) & DOC_INVALID)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    doc_path_key(path, sizeof(path), c->path, key);
+    err_at(ld, c->file, c->pos, path, "%s", msg);
 }
 
 static void cur_root(struct cur *c, int file, struct doc *d)
@@ -682,7 +740,7 @@ static const struct field fields[] = {
     {S_POLICY, "retry.deadline",                    T_DUR,     OFF(retry.deadline_ms),              "60s",           1 * MS, DAY, .flags = 0},
     {S_POLICY, "retry.budget.ratio",                T_NUM,     OFF(retry.budget_ratio),             "0.2",           0,     1, .flags = 0},
     {S_POLICY, "retry.budget.window",               T_DUR,     OFF(retry.budget_window_ms),         "10s",           SEC,   HOUR, .flags = 0},
-    {S_POLICY, "retry.budget.min_retries",          T_INT,     OFF(retry.budget_min_retries),       "3",             0,     1000000, .flags = 0},
+    {S_POLICY, "retry.budget.min_retries",          T_INT,     OFF(retry.budget_min_retries),       "100",           0,     1000000, .flags = 0},
 
     {S_POLICY, "circuit_breaker.enabled",           T_BOOL,    OFF(breaker.enabled),                "true",          0, 0, .flags = 0},
     {S_POLICY, "circuit_breaker.failure_threshold", T_INT,     OFF(breaker.failure_threshold),      "5",             1,     1000, .flags = 0},
@@ -1243,7 +1301,7 @@ static void unknown_key(struct loader *ld, const struct cur *c, const char *key,
                         enum scope sc, const char *prefix, unsigned mask)
 {
     const char *cands[64], *s;
-    char comp[64][48], dym[128];
+    char comp[64][48];
     size_t i, n = 0;
 
     for (i = 0; i < NFIELDS && n < 64; i++) {
@@ -1262,7 +1320,7 @@ static void unknown_key(struct loader *ld, const struct cur *c, const char *key,
         n++;
     }
     s = suggest(key, cands, n);
-    kerr(ld, c, key, "unknown key%s", did_you_mean(dym, sizeof(dym), s));
+    unknown_key_err(ld, c, key, s);
 }
 
 /*
@@ -1316,7 +1374,7 @@ static void walk(struct loader *ld, const struct cur *c, enum scope sc, const ch
         if ((rest = field_under(f, prefix)) == NULL || strchr(rest, '.'))
             continue;
         if (json_object_get(c->v, rest) == NULL)
-            cerr(ld, c, "missing required key \"%s\"", rest);
+            merr(ld, c, rest, "missing required key");
     }
 }
 
@@ -1595,7 +1653,7 @@ static int sp_notifications(struct loader *ld, const struct field *f, const stru
         memset(&nt, 0, sizeof(nt));
         defaults_apply(ld, S_NOTIFY, &nt);
         if (!cur_get(&nc, "type", &tc))
-            cerr(ld, &nc, "missing required key \"type\"");
+            merr(ld, &nc, "type", "missing required key");
         else if (parse_leaf(ld, ftype, &tc, &nt) == 0)
             known = 1;
         if (known)
@@ -1742,7 +1800,7 @@ static void check_affinity(struct loader *ld, const struct cur *root, const char
                            const struct ename *names, enum cfg_affinity by, const char *header)
 {
     json_t *byv;
-    struct cur c, hc;
+    struct cur c;
     int x;
 
     if (!cur_lookup(root, where, &c) || !json_is_object(c.v))
@@ -1752,9 +1810,9 @@ static void check_affinity(struct loader *ld, const struct cur *root, const char
     if (!json_is_string(byv) || enum_lookup(names, json_string_value(byv), &x) < 0)
         return;
     if (by == AFF_HEADER && header == NULL && !json_object_get(c.v, "header"))
-        cerr(ld, &c, "missing required key \"header\" (by is \"header\")");
-    if (by != AFF_HEADER && header != NULL && cur_get(&c, "header", &hc))
-        cerr(ld, &hc, "only used when by is \"header\"");
+        merr(ld, &c, "header", "missing required key (by is \"header\")");
+    if (by != AFF_HEADER && header != NULL && json_object_get(c.v, "header"))
+        kerr(ld, &c, "header", "only used when by is \"header\"");
 }
 
 static void load_policies(struct loader *ld)
@@ -1915,7 +1973,7 @@ static int host_from_object(struct loader *ld, const struct cur *c, struct cfg_h
     }
     if (h->name == NULL && h->url == NULL) {
         if (!json_object_get(c->v, "name") && !json_object_get(c->v, "url"))
-            cerr(ld, c, "missing required key \"name\" (or \"url\")");
+            merr(ld, c, "name", "missing required key \"name\" (or \"url\")");
         return -1;
     }
     if (h->name == NULL) {
@@ -1950,13 +2008,11 @@ static void load_hosts(struct loader *ld)
         return;
     }
     json_object_foreach(root.v, key, v) {
-        char dym[128];
         if (strcmp(key, "hosts") != 0)
-            kerr(ld, &root, key, "unknown key%s",
-                 did_you_mean(dym, sizeof(dym), suggest(key, top, 1)));
+            unknown_key_err(ld, &root, key, suggest(key, top, 1));
     }
     if (!cur_get(&root, "hosts", &hc)) {
-        cerr(ld, &root, "missing required key \"hosts\"");
+        merr(ld, &root, "hosts", "missing required key");
         return;
     }
     if (!json_is_array(hc.v)) {
@@ -2112,13 +2168,11 @@ static void load_keys(struct loader *ld)
         return;
     }
     json_object_foreach(root.v, key, v) {
-        char dym[128];
         if (strcmp(key, "apiKeys") != 0)
-            kerr(ld, &root, key, "unknown key%s",
-                 did_you_mean(dym, sizeof(dym), suggest(key, top, 1)));
+            unknown_key_err(ld, &root, key, suggest(key, top, 1));
     }
     if (!cur_get(&root, "apiKeys", &kc)) {
-        cerr(ld, &root, "missing required key \"apiKeys\"");
+        merr(ld, &root, "apiKeys", "missing required key");
         return;
     }
     if (!json_is_array(kc.v)) {
@@ -2144,7 +2198,7 @@ static void load_keys(struct loader *ld)
         if (has_key && has_file) {
             cerr(ld, &ec, "use either \"key\" or \"key_file\", not both");
         } else if (!has_key && !has_file) {
-            cerr(ld, &ec, "missing required key \"key\" (or \"key_file\")");
+            merr(ld, &ec, "key", "missing required key \"key\" (or \"key_file\")");
         } else if (kt.key_file && cur_get(&ec, "key_file", &fc)) {
             read_key_file(ld, &fc, kt.key_file, &kt.k.secret);
         }
@@ -2167,7 +2221,10 @@ static void load_keys(struct loader *ld)
             if (strcmp(cfg->keys[j].secret, kt.k.secret) == 0)
                 break;
         if (j < cfg->nkeys) {
-            cerr(ld, &ec, "duplicate key (same as apiKeys[%zu])", index[j]);
+            /* at the value that gave the key: `key`, or `key_file` */
+            if (!cur_get(&ec, "key", &fc))
+                cur_get(&ec, "key_file", &fc);
+            cerr(ld, &fc, "duplicate key (same as apiKeys[%zu])", index[j]);
             key_free(&kt.k);
             continue;
         }

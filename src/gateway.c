@@ -61,6 +61,42 @@ int64_t gw_unix_ms(void)
 
 /* --- snapshots ------------------------------------------------------- */
 
+static struct balance *snapshot_balance(const struct config *cfg)
+{
+    struct balance_node_cfg *nodes = calloc(cfg->nhosts ? cfg->nhosts : 1,
+                                            sizeof(*nodes));
+    struct balance *b;
+    size_t i;
+
+    if (nodes == NULL)
+        return NULL;
+    for (i = 0; i < cfg->nhosts; i++) {
+        const struct cfg_host *h = &cfg->hosts[i];
+        nodes[i].name = h->name;
+        nodes[i].weight = h->weight;
+        nodes[i].priority = h->priority;
+        nodes[i].region = h->region;
+        nodes[i].models = (const char *const *)h->models.v;
+        nodes[i].nmodels = h->models.n;
+    }
+    b = balance_new(cfg->routing.strategy, nodes, cfg->nhosts,
+                    (uint64_t)gw_unix_ms() ^ 0x5bd1e995ULL);
+    free(nodes);
+    return b;
+}
+
+/* Makes the snapshot the one that serves: the hosts' live entries and
+ * breakers follow its configuration (state itself is kept). */
+static void snapshot_activate(struct snapshot *s)
+{
+    size_t i;
+
+    for (i = 0; i < s->cfg->nhosts; i++) {
+        s->hs[i]->live.max_concurrent = s->cfg->hosts[i].max_concurrent;
+        breaker_set_params(&s->hs[i]->br, &s->bp);
+    }
+}
+
 struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
 {
     struct snapshot *s = calloc(1, sizeof(*s));
@@ -73,12 +109,18 @@ struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
     s->cfg = cfg;
     s->hs = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->hs));
     s->ks = calloc(cfg->nkeys ? cfg->nkeys : 1, sizeof(*s->ks));
+    s->live = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->live));
     s->rings = keys_build(cfg);
-    if (s->hs == NULL || s->ks == NULL || s->rings == NULL)
+    if (s->hs == NULL || s->ks == NULL || s->rings == NULL || s->live == NULL
+        || (s->bal = snapshot_balance(cfg)) == NULL)
         goto fail;
-    for (i = 0; i < cfg->nhosts; i++)
-        if ((s->hs[i] = state_host_get(cfg->hosts[i].name)) == NULL)
+    retry_params_from_config(cfg, &s->rp);
+    breaker_params_from_config(cfg, &s->bp);
+    for (i = 0; i < cfg->nhosts; i++) {
+        if ((s->hs[i] = state_host_get(cfg->hosts[i].name, &s->bp)) == NULL)
             goto fail;
+        s->live[i] = &s->hs[i]->live;
+    }
     for (i = 0; i < cfg->nkeys; i++)
         if ((s->ks[i] = state_key_get(cfg->keys[i].id)) == NULL)
             goto fail;
@@ -108,6 +150,8 @@ void snapshot_unref(struct snapshot *s)
     for (i = 0; s->ks && i < nk; i++)
         state_key_put(s->ks[i]);
     keys_free(s->rings, nh);
+    balance_free(s->bal);
+    free(s->live);
     free(s->hs);
     free(s->ks);
     if (s->cfg)
@@ -199,6 +243,20 @@ static void gateway_handle(struct http_req *req, void *arg)
 
 /* --- lifecycle ------------------------------------------------------- */
 
+/* Once a second: recovery shares follow the breakers' ramps. */
+static void gateway_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct gateway *gw = arg;
+    const struct snapshot *s = gw->snap;
+    int64_t now = gw_now_ms();
+    size_t i;
+
+    (void)fd;
+    (void)what;
+    for (i = 0; i < s->cfg->nhosts; i++)
+        s->hs[i]->live.share = breaker_share(&s->hs[i]->br, now);
+}
+
 static void apply_limits(struct gateway *gw)
 {
     const struct config *c = gw->snap->cfg;
@@ -226,10 +284,18 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     gw->id_seed = (uint64_t)gw_unix_ms() ^ ((uint64_t)getpid() << 32);
     gw->reload_ok = 1;
     gw->reload_unix = gw->started_unix;
+    gw->rnd = (uint64_t)gw_unix_ms() | 1;
     gw->snap = snapshot_new(cfg, 1);
     if (gw->snap == NULL) {
         log_error("out of memory building the configuration snapshot");
         return -1;
+    }
+    snapshot_activate(gw->snap);
+    retry_budget_init(&gw->budget, &gw->snap->rp);
+    gw->tick = event_new(base, -1, EV_PERSIST, gateway_tick, gw);
+    if (gw->tick) {
+        struct timeval tv = { 1, 0 };
+        event_add(gw->tick, &tv);
     }
     gw->up = upstream_new(base);
     gw->http = http_server_new(base, gateway_handle, gw);
@@ -297,6 +363,8 @@ int gateway_reload(struct gateway *gw)
     }
     snapshot_unref(gw->snap);
     gw->snap = s;
+    snapshot_activate(s);
+    retry_budget_set_params(&gw->budget, &s->rp);
     apply_limits(gw);
     cfg_errors_free(&gw->reload_errs);
     gw->reload_ok = 1;
@@ -322,6 +390,8 @@ int gateway_idle(const struct gateway *gw)
 void gateway_free(struct gateway *gw)
 {
     proxy_abort_all(gw);
+    if (gw->tick)
+        event_free(gw->tick);
     http_server_free(gw->http);
     upstream_free(gw->up);
     snapshot_unref(gw->snap);

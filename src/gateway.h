@@ -14,8 +14,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "balance.h"
+#include "breaker.h"
 #include "config.h"
 #include "keys.h"
+#include "retry.h"
 #include "state.h"
 
 struct event_base;
@@ -29,6 +32,10 @@ struct snapshot {
     struct host_state **hs;         /* [cfg->nhosts], one ref each */
     struct key_state  **ks;         /* [cfg->nkeys], one ref each */
     struct keys_ring   *rings;      /* [cfg->nhosts] */
+    struct balance     *bal;        /* built from cfg->hosts */
+    struct balance_live **live;     /* [cfg->nhosts] = &hs[i]->live */
+    struct retry_params rp;
+    struct breaker_params bp;
 };
 
 #define GW_MAX_RELOAD_ERRORS 64
@@ -42,7 +49,9 @@ struct gateway {
     const char         *listen_override;
     int64_t             started_ms;  /* monotonic */
     int64_t             started_unix;
-    uint64_t            rr;          /* round-robin cursor, kept across reloads */
+    uint64_t            rnd;         /* xorshift state for backoff jitter */
+    struct retry_budget budget;      /* kept across reloads */
+    struct event       *tick;        /* 1 s housekeeping */
     uint64_t            next_id;     /* request id counter */
     uint64_t            id_seed;
     size_t              active;      /* proxied requests in flight */
@@ -54,6 +63,8 @@ struct gateway {
     struct cfg_errors   reload_errs;
     /* counters */
     uint64_t            requests_total;
+    uint64_t            retries_total;
+    uint64_t            budget_exhausted_total;
 };
 
 int64_t gw_now_ms(void);      /* monotonic milliseconds */

@@ -24,11 +24,14 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "balance.h"
+#include "breaker.h"
 #include "gateway.h"
 #include "http.h"
 #include "keys.h"
 #include "log.h"
 #include "proxy.h"
+#include "retry.h"
 #include "upstream.h"
 
 #define PX_MAX_TRIED        32
@@ -66,6 +69,11 @@ struct proxy {
     struct upstream_xfer *xfer;
     struct event         *try_timer;     /* connect + first byte */
     struct event         *deadline_timer;
+    struct event         *backoff_timer;  /* wait before the next attempt */
+    struct breaker_ticket ticket;        /* this attempt's breaker admission */
+    int                   ticket_open;   /* ticket not yet recorded/released */
+    char                 *user;          /* body's "user", for consistent-hash */
+    enum balance_status   pick_status;   /* why the last pick found nothing */
     int64_t               t_start, t_try, t_head;
     int                   host;          /* current attempt's host, -1 none */
     int                   has_key;
@@ -120,13 +128,29 @@ static void px_access_log(struct proxy *p)
     log_access(&a);
 }
 
-/* Ends the current attempt's accounting (in-flight count). */
+/* Ends the current attempt's accounting: in-flight count, first-byte
+ * timer. Its breaker admission is consumed by px_record(). */
 static void px_attempt_end(struct proxy *p)
 {
-    if (p->host >= 0 && p->snap->hs[p->host]->in_flight > 0)
-        p->snap->hs[p->host]->in_flight--;
+    if (p->host >= 0 && p->snap->hs[p->host]->live.in_flight > 0)
+        p->snap->hs[p->host]->live.in_flight--;
     if (p->try_timer)
         evtimer_del(p->try_timer);
+}
+
+/* Drops the attempt in flight without an outcome (client gone, deadline,
+ * shutdown): the breaker gets its admission back, learns nothing. */
+static void px_cancel_attempt(struct proxy *p)
+{
+    if (p->xfer == NULL)
+        return;
+    upstream_cancel(p->xfer);
+    p->xfer = NULL;
+    px_attempt_end(p);
+    if (p->ticket_open) {
+        breaker_release(&p->snap->hs[p->host]->br, p->ticket);
+        p->ticket_open = 0;
+    }
 }
 
 static void px_free(struct proxy *p)
@@ -142,6 +166,9 @@ static void px_free(struct proxy *p)
         event_free(p->try_timer);
     if (p->deadline_timer)
         event_free(p->deadline_timer);
+    if (p->backoff_timer)
+        event_free(p->backoff_timer);
+    free(p->user);
     if (p->buf)
         evbuffer_free(p->buf);
     free(p->model);
@@ -188,25 +215,21 @@ static void px_fail_final(struct proxy *p)
     const char *hname = p->fail_host >= 0 ? c->hosts[p->fail_host].name : "-";
     char msg[320];
 
-    if (p->attempts == 0 && p->keys_cooling) {
-        px_error(p, 429, "rate_limit_error", "keys_cooling_down",
-                 "every upstream API key is cooling down; retry later");
-        return;
-    }
     if (p->attempts == 0) {
-        if (p->model && c->nhosts > 0) {
-            size_t i;
-            int served = 0;
-            for (i = 0; i < c->nhosts && !served; i++)
-                served = config_host_serves(&c->hosts[i], p->model);
-            if (!served) {
-                snprintf(msg, sizeof(msg), "no host serves model \"%.100s\"", p->model);
-                px_error(p, 404, "invalid_request_error", "model_not_found", msg);
-                return;
-            }
+        if (p->pick_status == BALANCE_NO_MODEL && c->nhosts > 0) {
+            snprintf(msg, sizeof(msg), "no host serves model \"%.100s\"",
+                     p->model ? p->model : "");
+            px_error(p, 404, "invalid_request_error", "model_not_found", msg);
+        } else if (p->keys_cooling) {
+            px_error(p, 429, "rate_limit_error", "keys_cooling_down",
+                     "every upstream API key is cooling down; retry later");
+        } else if (p->pick_status == BALANCE_ALL_FULL) {
+            px_error(p, 429, "rate_limit_error", "hosts_full",
+                     "every usable host is at its max_concurrent limit");
+        } else {
+            px_error(p, 503, "service_unavailable", "no_usable_host",
+                     "no usable upstream host (all unhealthy or circuit open)");
         }
-        px_error(p, 503, "service_unavailable", "no_usable_host",
-                 "no usable upstream host");
         return;
     }
     switch (p->fail) {
@@ -238,61 +261,95 @@ static void px_fail_final(struct proxy *p)
 
 /* --- outcome classification ----------------------------------------- */
 
-static int status_retryable(const struct config *c, int status)
-{
-    size_t i;
-
-    if (status == 401 || status == 403 || status == 402 || status == 429)
-        return 1;       /* key-related: another key (or host) may work */
-    if (status >= 500 && (c->retry.on & RETRY_ON_5XX))
-        return 1;
-    if (status >= 400 && status < 500 && (c->retry.on & RETRY_ON_4XX))
-        return 1;
-    for (i = 0; i < c->retry.non_codes; i++)
-        if (c->retry.on_codes[i] == status)
-            return 1;
-    return 0;
-}
-
-/* A failed attempt may be retried? (An HTTP status got here only when
- * status_retryable() said yes.) */
-static int outcome_retryable(const struct config *c, enum upstream_result res)
-{
-    switch (res) {
-    case UPSTREAM_OK:          return 1;
-    case UPSTREAM_ERR_ABORTED: return 0;
-    case UPSTREAM_ERR_TIMEOUT: return (c->retry.on & RETRY_ON_TIMEOUT) != 0;
-    default:                   return (c->retry.on & RETRY_ON_NETWORK_ERROR) != 0;
-    }
-}
-
-static int64_t retry_after_ms(const struct upstream_xfer *x)
-{
-    const char *v = upstream_resp_header(x, "Retry-After");
-    char *end;
-    long s;
-
-    if (v == NULL)
-        return 0;
-    s = strtol(v, &end, 10);
-    if (end == v || s < 0)
-        return 0;
-    return (int64_t)s * 1000;
-}
-
+/* Records why this attempt failed, for the final answer and the logs. */
 static void px_note_failure(struct proxy *p, enum px_fail why, int status,
                             const char *msg)
 {
-    struct host_state *hs = p->snap->hs[p->host];
-
     p->fail = why;
     p->fail_status = status;
     p->fail_host = p->host;
     snprintf(p->fail_msg, sizeof(p->fail_msg), "%s", msg);
-    hs->failures++;
-    hs->consecutive_failures++;
+    snprintf(p->snap->hs[p->host]->last_error,
+             sizeof(p->snap->hs[p->host]->last_error), "%s", msg);
     log_warn("request %s: attempt %d to %s failed: %s", p->id, p->attempts,
              p->snap->cfg->hosts[p->host].name, msg);
+}
+
+/* Feeds one finished attempt to the breaker and the host's counters. */
+static void px_record(struct proxy *p, int host_failure)
+{
+    struct host_state *hs = p->snap->hs[p->host];
+    int64_t now = gw_now_ms();
+
+    if (p->ticket_open) {
+        breaker_record(&hs->br, p->ticket, !host_failure, now - p->t_try, now);
+        p->ticket_open = 0;
+    }
+    if (host_failure) {
+        hs->failures++;
+        hs->consecutive_failures++;
+    } else {
+        hs->consecutive_failures = 0;
+    }
+}
+
+static void px_backoff_done(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    px_attempt(arg);
+}
+
+/*
+ * One attempt failed before any byte went to the client. Classifies it,
+ * updates breaker, key and counters, then either schedules the next
+ * attempt after a backoff or gives the final answer.
+ */
+static void px_attempt_failed(struct proxy *p, enum retry_fault fault, int status,
+                              const char *retry_after, const char *msg)
+{
+    const struct config *c = p->snap->cfg;
+    struct gateway *gw = p->gw;
+    struct retry_outcome o = { fault, status, p->has_key };
+    struct retry_verdict v = retry_classify(&p->snap->rp, &o);
+    int64_t now = gw_now_ms(), ra_ms = -1, delay;
+
+    px_record(p, v.host_failure);
+    if (retry_after)
+        ra_ms = retry_after_parse(retry_after, gw_unix_ms() / 1000);
+    if (v.key != RETRY_KEY_KEEP
+        && keys_report(p->snap->ks[p->key], status, ra_ms, now))
+        log_warn("key %s (%s) %s after upstream %d from %s",
+                 c->keys[p->key].fingerprint, c->keys[p->key].description,
+                 v.key == RETRY_KEY_DISABLE ? "disabled until reload" : "cooling down",
+                 status, c->hosts[p->host].name);
+    px_note_failure(p, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT
+                       : fault == RETRY_FAULT_NETWORK ? FAIL_NETWORK : FAIL_STATUS,
+                    status, msg);
+    if (!v.retryable || p->attempts >= c->retry.max_attempts) {
+        px_fail_final(p);
+        return;
+    }
+    if (!retry_budget_try_spend(&gw->budget, now)) {
+        gw->budget_exhausted_total++;
+        log_warn("request %s: retry budget exhausted (ratio %.2f over %lld ms);"
+                 " not retrying", p->id, c->retry.budget_ratio,
+                 (long long)c->retry.budget_window_ms);
+        px_fail_final(p);
+        return;
+    }
+    delay = retry_delay_ms(&p->snap->rp, p->attempts, retry_rand(&gw->rnd),
+                           c->retry.respect_retry_after ? ra_ms : -1);
+    if (now + delay >= p->t_start + c->retry.deadline_ms) {
+        px_fail_final(p);
+        return;
+    }
+    gw->retries_total++;
+    p->st = PX_ATTEMPT;
+    {
+        struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
+        evtimer_add(p->backoff_timer, &tv);
+    }
 }
 
 /* --- upstream callbacks ---------------------------------------------- */
@@ -345,14 +402,13 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     p->t_head = gw_now_ms();
     evtimer_del(p->try_timer);
     ttfb = (double)(p->t_head - p->t_try);
-    hs->ewma_ms = hs->ewma_ms > 0 ? hs->ewma_ms * 0.8 + ttfb * 0.2 : ttfb;
+    balance_observe_latency(&hs->live.ewma_ms, ttfb, BALANCE_EWMA_ALPHA);
 
     if (status >= 200 && status < 300 && ctype
         && strncasecmp(ctype, "text/event-stream", 17) == 0) {
         /* The first byte goes to the client now: no retry after this. */
         p->st = PX_STREAMING;
         event_del(p->deadline_timer);
-        hs->consecutive_failures = 0;
         p->resp_status = status;
         px_add_headers(p);
         px_copy_headers(p);
@@ -415,59 +471,83 @@ static void px_reply_buffered(struct proxy *p)
                (const char *)evbuffer_pullup(p->buf, -1), len);
 }
 
+/* A 2xx answer that says it is JSON but does not parse is an upstream
+ * fault like a reset connection: another host may do better. */
+static int px_garbage(struct proxy *p, const struct upstream_xfer *x)
+{
+    const char *ctype = upstream_resp_header(x, "Content-Type");
+    size_t len = evbuffer_get_length(p->buf);
+    json_t *doc;
+
+    if (p->status < 200 || p->status >= 300 || ctype == NULL
+        || strstr(ctype, "json") == NULL)
+        return 0;
+    doc = json_loadb((const char *)evbuffer_pullup(p->buf, -1), len, 0, NULL);
+    if (doc == NULL)
+        return 1;
+    json_decref(doc);
+    return 0;
+}
+
 static void px_on_done(void *arg, enum upstream_result res, const char *err)
 {
     struct proxy *p = arg;
     struct upstream_xfer *x = p->xfer;
-    struct host_state *hs = p->snap->hs[p->host];
     const struct config *c = p->snap->cfg;
+    struct retry_outcome o = { RETRY_FAULT_NONE, p->status, p->has_key };
     char msg[200];
 
-    px_attempt_end(p);
     if (p->st == PX_STREAMING) {
+        px_record(p, res != UPSTREAM_OK);
+        px_attempt_end(p);
         p->xfer = NULL;
         if (res != UPSTREAM_OK) {
             log_warn("request %s: stream from %s broke: %s", p->id,
                      c->hosts[p->host].name, err);
-            hs->failures++;
             px_stream_error(p, "upstream stream interrupted");
         }
         http_stream_end(p->req);
         px_done(p);
         return;
     }
-    if (res == UPSTREAM_OK && !status_retryable(c, p->status)) {
-        hs->consecutive_failures = 0;
+    if (res == UPSTREAM_OK && px_garbage(p, x)) {
+        px_attempt_end(p);
+        p->xfer = NULL;
+        px_attempt_failed(p, RETRY_FAULT_NETWORK, 0, NULL,
+                          "upstream sent a malformed JSON body");
+        return;
+    }
+    if (res == UPSTREAM_OK && !retry_classify(&p->snap->rp, &o).retryable) {
+        px_record(p, retry_classify(&p->snap->rp, &o).host_failure);
+        px_attempt_end(p);
         px_reply_buffered(p);        /* still needs x for its headers */
         p->xfer = NULL;
         px_done(p);
         return;
     }
-    /* A failed attempt: account, maybe cool the key, try again. */
-    if (res == UPSTREAM_OK) {
-        if (p->has_key && keys_report(p->snap->ks[p->key], p->status,
-                                      retry_after_ms(x), gw_now_ms()))
-            log_warn("key %s (%s) %s after upstream %d from %s",
-                     c->keys[p->key].fingerprint, c->keys[p->key].description,
-                     p->status == 401 || p->status == 403 ? "disabled until reload"
-                                                          : "cooling down",
-                     p->status, c->hosts[p->host].name);
-        snprintf(msg, sizeof(msg), "HTTP %d", p->status);
-        px_note_failure(p, FAIL_STATUS, p->status, msg);
-    } else if (res == UPSTREAM_ERR_ABORTED) {
+    px_attempt_end(p);
+    if (res == UPSTREAM_ERR_ABORTED) {
+        px_record(p, 1);
+        p->xfer = NULL;
         px_note_failure(p, FAIL_TOO_LARGE, 0, "response too large");
-    } else if (res == UPSTREAM_ERR_TIMEOUT) {
-        px_note_failure(p, FAIL_TIMEOUT, 0, err);
-    } else {
-        snprintf(msg, sizeof(msg), "%s: %s", upstream_result_name(res), err);
-        px_note_failure(p, FAIL_NETWORK, 0, msg);
-    }
-    p->xfer = NULL;
-    if (!outcome_retryable(c, res)) {
         px_fail_final(p);
         return;
     }
-    px_attempt(p);
+    if (res == UPSTREAM_OK) {
+        char ra[64] = "";
+        const char *h = upstream_resp_header(x, "Retry-After");
+        if (h)
+            snprintf(ra, sizeof(ra), "%s", h);
+        snprintf(msg, sizeof(msg), "HTTP %d", p->status);
+        p->xfer = NULL;
+        px_attempt_failed(p, RETRY_FAULT_NONE, p->status, h ? ra : NULL, msg);
+        return;
+    }
+    p->xfer = NULL;
+    snprintf(msg, sizeof(msg), "%s: %s", upstream_result_name(res), err);
+    px_attempt_failed(p, res == UPSTREAM_ERR_TIMEOUT ? RETRY_FAULT_TIMEOUT
+                                                     : RETRY_FAULT_NETWORK,
+                      0, NULL, msg);
 }
 
 static const struct upstream_cbs px_cbs = { px_on_headers, px_on_data, px_on_done };
@@ -484,13 +564,9 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
         return;
     upstream_cancel(p->xfer);
     p->xfer = NULL;
-    px_attempt_end(p);
-    px_note_failure(p, FAIL_TIMEOUT, 0, "no response head within per_try_timeout");
-    if (!(p->snap->cfg->retry.on & RETRY_ON_TIMEOUT)) {
-        px_fail_final(p);
-        return;
-    }
-    px_attempt(p);
+    px_attempt_end(p);      /* the timeout is an outcome: px_record takes it */
+    px_attempt_failed(p, RETRY_FAULT_TIMEOUT, 0, NULL,
+                      "no response head within per_try_timeout");
 }
 
 static void px_deadline(evutil_socket_t fd, short what, void *arg)
@@ -501,11 +577,7 @@ static void px_deadline(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (p->st == PX_STREAMING || p->st == PX_DONE)
         return;
-    if (p->xfer) {
-        upstream_cancel(p->xfer);
-        p->xfer = NULL;
-        px_attempt_end(p);
-    }
+    px_cancel_attempt(p);
     px_error(p, 504, "upstream_error", "deadline_exceeded",
              "no upstream answered within the request deadline");
 }
@@ -516,11 +588,7 @@ static void px_client_gone(struct http_req *req, void *arg)
 
     (void)req;
     log_debug("request %s: client went away", p->id);
-    if (p->xfer) {
-        upstream_cancel(p->xfer);
-        p->xfer = NULL;
-        px_attempt_end(p);
-    }
+    px_cancel_attempt(p);
     if (p->resp_status == 0)
         p->resp_status = 499;        /* nginx's "client closed request" */
     if (p->st == PX_STREAMING)
@@ -542,34 +610,47 @@ static int px_was_tried(const struct proxy *p, int h)
     return 0;
 }
 
-/* Round-robin over the hosts that serve the model and have room, lowest
- * priority tier first; hosts this request already tried only when no
- * other is left. */
-static int px_pick_host(struct proxy *p, int allow_tried)
+/* balance.c filter: hosts whose breaker is open are out (health checks
+ * mark unhealthy hosts in live.usable). The breaker's recovery share
+ * depends on time, so it is refreshed here, just before balance.c reads
+ * it for this candidate. */
+static int px_filter(void *ctx, int node)
+{
+    struct proxy *p = ctx;
+    struct host_state *hs = p->snap->hs[node];
+    int64_t now = gw_now_ms();
+
+    hs->live.share = breaker_share(&hs->br, now);
+    return breaker_state(&hs->br, now) != BREAKER_OPEN;
+}
+
+/* Picks the next host: the strategy's choice among usable hosts serving
+ * the model, never one this request already tried unless nothing else is
+ * left (then the failed host may be retried, e.g. with another key). */
+static int px_pick_host(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
-    size_t n = c->nhosts, j, start;
-    int best = -1, best_prio = 0;
+    struct balance_query q;
+    int h;
 
-    if (n == 0)
-        return -1;
-    start = (size_t)(p->gw->rr++ % n);
-    for (j = 0; j < n; j++) {
-        int h = (int)((start + j) % n);
-        const struct cfg_host *ch = &c->hosts[h];
-
-        if (!allow_tried && px_was_tried(p, h))
-            continue;
-        if (p->model && !config_host_serves(ch, p->model))
-            continue;
-        if (ch->max_concurrent && p->snap->hs[h]->in_flight >= ch->max_concurrent)
-            continue;
-        if (best < 0 || ch->priority < best_prio) {
-            best = h;
-            best_prio = ch->priority;
-        }
+    memset(&q, 0, sizeof(q));
+    q.model = p->model;
+    q.prefer_region = c->routing.prefer_region;
+    q.exclude = p->tried;
+    q.nexclude = (size_t)p->ntried;
+    q.filter = px_filter;
+    q.filter_ctx = p;
+    if (c->routing.strategy == STRAT_CONSISTENT_HASH) {
+        q.hash_key = c->routing.hash_key == AFF_HEADER
+                         ? http_req_header(p->req, c->routing.hash_header)
+                         : p->user;
     }
-    return best;
+    h = balance_pick(p->snap->bal, p->snap->live, &q, &p->pick_status);
+    if (h < 0 && p->pick_status == BALANCE_ALL_TRIED && p->attempts > 0) {
+        q.nexclude = 0;
+        h = balance_pick(p->snap->bal, p->snap->live, &q, &p->pick_status);
+    }
+    return h;
 }
 
 static int px_send(struct proxy *p, int h)
@@ -618,7 +699,7 @@ static int px_send(struct proxy *p, int h)
     memset(auth, 0, sizeof(auth));
     if (p->xfer == NULL)
         return -1;
-    p->snap->hs[h]->in_flight++;
+    p->snap->hs[h]->live.in_flight++;
     p->snap->hs[h]->requests++;
     {
         struct timeval tv = { (time_t)(c->retry.per_try_timeout_ms / 1000),
@@ -632,24 +713,24 @@ static void px_attempt(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
     int64_t now = gw_now_ms();
-    int skipped = 0;
+    int picks = 0;
 
     p->st = PX_ATTEMPT;
-    while (p->attempts < c->retry.max_attempts) {
+    /* Each loop either starts an attempt or excludes one more host, so it
+     * ends after at most nhosts + 1 rounds. */
+    while (p->attempts < c->retry.max_attempts && picks++ <= (int)c->nhosts) {
+        struct host_state *hs;
         size_t k;
-        int h = px_pick_host(p, 0);
+        int h = px_pick_host(p);
 
-        if (h < 0 && p->attempts > 0 && !skipped)
-            h = px_pick_host(p, 1);   /* nothing new left: retry a tried one */
         if (h < 0)
             break;
-        if (p->ntried < PX_MAX_TRIED)
+        hs = p->snap->hs[h];
+        if (p->ntried < PX_MAX_TRIED && !px_was_tried(p, h))
             p->tried[p->ntried++] = h;
-        switch (keys_pick(&p->snap->rings[h], p->snap->ks, &p->snap->hs[h]->rr,
-                          now, &k)) {
+        switch (keys_pick(&p->snap->rings[h], p->snap->ks, &hs->rr, now, &k)) {
         case KEYS_ALL_COOLING:
             p->keys_cooling = 1;
-            skipped = 1;
             continue;
         case KEYS_NONE:
             p->has_key = 0;
@@ -659,10 +740,15 @@ static void px_attempt(struct proxy *p)
             p->key = k;
             break;
         }
+        if (!breaker_allow(&hs->br, now, &p->ticket))
+            continue;                 /* half-open and its probes are out */
+        p->ticket_open = 1;
         p->host = h;
         p->attempts++;
         if (px_send(p, h) == 0)
             return;
+        breaker_release(&hs->br, p->ticket);
+        p->ticket_open = 0;
         px_note_failure(p, FAIL_NETWORK, 0, "cannot start the upstream transfer");
     }
     px_fail_final(p);
@@ -717,13 +803,15 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->buf = evbuffer_new();
     p->try_timer = evtimer_new(gw->base, px_try_timeout, p);
     p->deadline_timer = evtimer_new(gw->base, px_deadline, p);
+    p->backoff_timer = evtimer_new(gw->base, px_backoff_done, p);
     p->next = inflight;
     if (inflight)
         inflight->prev = p;
     inflight = p;
     gw->active++;
     px_make_id(p);
-    if (p->buf == NULL || p->try_timer == NULL || p->deadline_timer == NULL) {
+    if (p->buf == NULL || p->try_timer == NULL || p->deadline_timer == NULL
+        || p->backoff_timer == NULL) {
         px_free(p);
         return NULL;
     }
@@ -737,6 +825,7 @@ static void px_start(struct proxy *p)
     struct timeval tv = { (time_t)(d / 1000), (suseconds_t)((d % 1000) * 1000) };
 
     evtimer_add(p->deadline_timer, &tv);
+    retry_budget_note_request(&p->gw->budget, p->t_start);
     px_attempt(p);
 }
 
@@ -780,6 +869,9 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
     }
     v = json_object_get(doc, "stream");
     p->want_stream = json_is_true(v);
+    v = json_object_get(doc, "user");
+    if (json_is_string(v))
+        p->user = strdup(json_string_value(v));
     json_decref(doc);
     px_start(p);
 }
@@ -800,11 +892,7 @@ void proxy_abort_all(struct gateway *gw)
     (void)gw;
     while (inflight) {
         struct proxy *p = inflight;
-        if (p->xfer) {
-            upstream_cancel(p->xfer);
-            p->xfer = NULL;
-            px_attempt_end(p);
-        }
+        px_cancel_attempt(p);
         if (p->st == PX_STREAMING) {
             px_stream_error(p, "gateway shutting down");
             http_stream_end(p->req);

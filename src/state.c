@@ -17,10 +17,33 @@ struct table {
     size_t               size;   /* power of two */
     size_t               count;
     size_t               entry_size;
+    void               (*destroy)(struct state_entry *e);  /* may be NULL */
 };
 
-static struct table hosts = { NULL, 0, 0, sizeof(struct host_state) };
-static struct table keys  = { NULL, 0, 0, sizeof(struct key_state) };
+static void host_destroy(struct state_entry *e);
+
+static struct table hosts = { NULL, 0, 0, sizeof(struct host_state), host_destroy };
+static struct table keys  = { NULL, 0, 0, sizeof(struct key_state), NULL };
+
+static void strlist_free(struct cfg_strlist *l)
+{
+    size_t i;
+
+    for (i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+static void host_destroy(struct state_entry *e)
+{
+    struct host_state *h = (struct host_state *)e;
+
+    breaker_free(&h->br);
+    strlist_free(&h->models_found);
+    strlist_free(&h->containers_found);
+}
 
 static uint64_t hash_str(const char *s)
 {
@@ -55,7 +78,8 @@ static int table_grow(struct table *t)
     return 0;
 }
 
-static struct state_entry *table_get(struct table *t, const char *key)
+/* Returns the entry with an extra reference; *created says it is new. */
+static struct state_entry *table_get(struct table *t, const char *key, int *created)
 {
     struct state_entry *e;
     size_t b;
@@ -64,6 +88,7 @@ static struct state_entry *table_get(struct table *t, const char *key)
         for (e = t->slot[hash_str(key) & (t->size - 1)]; e; e = e->next) {
             if (strcmp(e->key, key) == 0) {
                 e->refs++;
+                *created = 0;
                 return e;
             }
         }
@@ -83,6 +108,7 @@ static struct state_entry *table_get(struct table *t, const char *key)
     e->next = t->slot[b];
     t->slot[b] = e;
     t->count++;
+    *created = 1;
     return e;
 }
 
@@ -99,6 +125,8 @@ static void table_put(struct table *t, struct state_entry *e)
         }
     }
     t->count--;
+    if (t->destroy)
+        t->destroy(e);
     free(e->key);
     free(e);
     if (t->count == 0) {
@@ -108,9 +136,20 @@ static void table_put(struct table *t, struct state_entry *e)
     }
 }
 
-struct host_state *state_host_get(const char *name)
+struct host_state *state_host_get(const char *name, const struct breaker_params *bp)
 {
-    return (struct host_state *)table_get(&hosts, name);
+    int created;
+    struct host_state *h = (struct host_state *)table_get(&hosts, name, &created);
+
+    if (h && created) {
+        balance_live_init(&h->live, 1);
+        h->health = HEALTH_HEALTHY;
+        if (breaker_init(&h->br, bp) < 0) {
+            state_host_put(h);
+            return NULL;
+        }
+    }
+    return h;
 }
 
 void state_host_put(struct host_state *h)
@@ -120,7 +159,9 @@ void state_host_put(struct host_state *h)
 
 struct key_state *state_key_get(const char *id)
 {
-    return (struct key_state *)table_get(&keys, id);
+    int created;
+
+    return (struct key_state *)table_get(&keys, id, &created);
 }
 
 void state_key_put(struct key_state *k)

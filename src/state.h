@@ -57,7 +57,8 @@ struct key_state {
     int       last_status;       /* upstream status that changed its state */
 };
 
-struct host_state *state_host_get(const char *name);   /* +1 ref, creates */
+/* +1 ref; a new entry starts healthy, idle, with a breaker built from `bp`. */
+struct host_state *state_host_get(const char *name, const struct breaker_params *bp);
 void state_host_put(struct host_state *h);              /* -1 ref, frees at 0 */
 struct key_state *state_key_get(const char *id);
 void state_key_put(struct key_state *k);

@@ -66,6 +66,15 @@ static const struct {
 static struct balance_node_cfg cfg[MAX_NODES];
 static char names[MAX_NODES][NAME_LEN];
 static struct balance_live live[MAX_NODES];
+static struct balance_live *livep[MAX_NODES];   /* &live[i]: balance_pick takes pointers */
+
+static void livep_init(void)
+{
+    size_t i;
+
+    for (i = 0; i < MAX_NODES; i++)
+        livep[i] = &live[i];
+}
 static char keys[NKEYS][KEY_LEN];
 
 static double now_ns(void)
@@ -115,7 +124,7 @@ static double run(enum cfg_strategy s, size_t n, int down, long picks,
     for (long i = 0; i < picks; i++) {
         q.hash_key = keys[i % NKEYS];
         q.hash_key_len = strlen(q.hash_key);
-        sink += balance_pick(b, live, &q, NULL);
+        sink += balance_pick(b, livep, &q, NULL);
     }
     t1 = now_ns();
     balance_free(b);
@@ -127,6 +136,7 @@ static double run(enum cfg_strategy s, size_t n, int down, long picks,
 int main(int argc, char **argv)
 {
     long picks = argc > 1 ? atol(argv[1]) : DEFAULT_PICKS;
+    livep_init();
 
     if (picks <= 0)
         picks = DEFAULT_PICKS;

@@ -293,14 +293,16 @@ def test_stream_broken_midway_ends_with_error_event(mocks, gateway):
     assert h["x-attempts"] == "1"
 
 
-def test_upstream_garbage_passes_as_502_or_body(mocks, gateway):
+def test_upstream_garbage_json_fails_over(mocks, gateway):
     ms = mocks(2)
     ms[0].config(garbage=True)
     g = gateway(hosts_of(ms))
     for _ in range(4):
-        st, _, body = g.chat()
-        assert st == 200
-    assert g.proc.poll() is None
+        st, h, body = g.chat()
+        assert st == 200 and h["x-upstream-host"] == "m1"
+        assert json.loads(body)["object"] == "chat.completion"
+    assert ms[0].stats()["requests"] >= 1
+    assert "malformed JSON" in g.output()
 
 
 def test_models_and_health(mocks, gateway):

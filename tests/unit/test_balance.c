@@ -38,6 +38,15 @@ static const char *const strategy_label[] = {
 static struct balance_node_cfg cfg[MAXN];
 static char names[MAXN][32];
 static struct balance_live live[MAXN];
+static struct balance_live *livep[MAXN];   /* &live[i]: balance_pick takes pointers */
+
+static void livep_init(void)
+{
+    size_t i;
+
+    for (i = 0; i < MAXN; i++)
+        livep[i] = &live[i];
+}
 static int counts[MAXN];
 
 /* n nodes "host-i", weight 1, priority 0, no region, any model; all live. */
@@ -74,7 +83,7 @@ static int pick_i(struct balance *b, struct balance_query *q, int i,
     snprintf(key, sizeof key, "key-%d", i);
     local.hash_key = key;
     local.hash_key_len = strlen(key);
-    r = balance_pick(b, live, &local, st);
+    r = balance_pick(b, livep, &local, st);
     return r;
 }
 
@@ -98,7 +107,7 @@ static void test_rr_exact_order(void **state)
     nodes_reset(4);
     b = build(STRAT_ROUND_ROBIN, 4);
     for (int i = 0; i < 12; i++)
-        assert_int_equal(balance_pick(b, live, NULL, NULL), i % 4);
+        assert_int_equal(balance_pick(b, livep, NULL, NULL), i % 4);
     balance_free(b);
 }
 
@@ -112,7 +121,7 @@ static void test_rr_skips_unusable(void **state)
     b = build(STRAT_ROUND_ROBIN, 4);
     live[1].usable = 0;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
-        assert_int_equal(balance_pick(b, live, NULL, NULL), want[i]);
+        assert_int_equal(balance_pick(b, livep, NULL, NULL), want[i]);
     balance_free(b);
 }
 
@@ -129,7 +138,7 @@ static void expect_sequence(const int *weights, size_t n, const char *want)
     b = build(STRAT_WEIGHTED_ROUND_ROBIN, n);
     for (int round = 0; round < 3; round++)
         for (size_t i = 0; i < len; i++)
-            assert_int_equal(balance_pick(b, live, NULL, NULL), want[i] - 'a');
+            assert_int_equal(balance_pick(b, livep, NULL, NULL), want[i] - 'a');
     balance_free(b);
 }
 
@@ -155,7 +164,7 @@ static void test_swrr_skips_unusable(void **state)
     b = build(STRAT_WEIGHTED_ROUND_ROBIN, 3);
     live[0].usable = 0;
     for (int i = 0; i < 10; i++)
-        assert_int_equal(balance_pick(b, live, NULL, NULL), 1 + i % 2);
+        assert_int_equal(balance_pick(b, livep, NULL, NULL), 1 + i % 2);
     balance_free(b);
 }
 
@@ -177,7 +186,7 @@ static void test_wrr_large_edf_smooth(void **state)
     for (int cycle = 0; cycle < 3; cycle++) {
         memset(counts, 0, sizeof counts);
         for (int i = 0; i < total; i++) {
-            int r = balance_pick(b, live, NULL, NULL);
+            int r = balance_pick(b, livep, NULL, NULL);
 
             counts[r]++;
             run = r == prev ? run + 1 : 1;
@@ -205,11 +214,11 @@ static void test_lc_min_per_weight(void **state)
     live[0].in_flight = 3;
     live[1].in_flight = 4;
     live[2].in_flight = 1;
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 2);
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 2);
     live[2].in_flight = 5;
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 1);    /* 5/2 */
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 1);    /* 5/2 */
     live[0].in_flight = live[1].in_flight = live[2].in_flight = 1;
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 1);    /* 2/2 */
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 1);    /* 2/2 */
     balance_free(b);
 }
 
@@ -222,7 +231,7 @@ static void test_lc_follows_in_flight(void **state)
     b = build(STRAT_LEAST_CONNECTIONS, 4);
     /* The caller counts each pick in; the load stays level. */
     for (int i = 0; i < 400; i++)
-        live[balance_pick(b, live, NULL, NULL)].in_flight++;
+        live[balance_pick(b, livep, NULL, NULL)].in_flight++;
     for (int i = 0; i < 4; i++)
         assert_int_equal(live[i].in_flight, 100);
     balance_free(b);
@@ -236,7 +245,7 @@ static void test_lc_ties_rotate(void **state)
     nodes_reset(3);
     b = build(STRAT_LEAST_CONNECTIONS, 3);
     for (int i = 0; i < 9; i++)
-        assert_int_equal(balance_pick(b, live, NULL, NULL), i % 3);
+        assert_int_equal(balance_pick(b, livep, NULL, NULL), i % 3);
     balance_free(b);
 }
 
@@ -252,7 +261,7 @@ static void test_lc_large_prefers_idle(void **state)
     for (size_t i = 0; i < n; i++)
         live[i].in_flight = i % 2 ? 10 : 0;
     for (int i = 0; i < MANY_PICKS; i++)
-        idle += balance_pick(b, live, NULL, NULL) % 2 == 0;
+        idle += balance_pick(b, livep, NULL, NULL) % 2 == 0;
     /* two choices: both busy 1/4 of the time */
     assert_in_range(idle, MANY_PICKS * 72 / 100, MANY_PICKS * 78 / 100);
     balance_free(b);
@@ -271,7 +280,7 @@ static void test_latency_p2c_ratio(void **state)
     live[0].ewma_ms = 20.0;
     live[1].ewma_ms = 80.0;
     for (int i = 0; i < MANY_PICKS; i++)
-        fast += balance_pick(b, live, NULL, NULL) == 0;
+        fast += balance_pick(b, livep, NULL, NULL) == 0;
     /* with replacement: the slow one wins only when drawn twice */
     assert_in_range(fast, MANY_PICKS * 73 / 100, MANY_PICKS * 77 / 100);
     balance_free(b);
@@ -282,7 +291,7 @@ static void test_latency_p2c_ratio(void **state)
         live[i].ewma_ms = 100.0 + i;
     fast = 0;
     for (int i = 0; i < MANY_PICKS; i++)
-        fast += balance_pick(b, live, NULL, NULL) == 0;
+        fast += balance_pick(b, livep, NULL, NULL) == 0;
     /* 1 - (9/10)^2 = 0.19, against 0.10 for a uniform pick */
     assert_in_range(fast, MANY_PICKS * 17 / 100, MANY_PICKS * 21 / 100);
     balance_free(b);
@@ -300,7 +309,7 @@ static void test_latency_in_flight_damps(void **state)
     live[0].in_flight = 9;                  /* cost 20 * 10 */
     live[1].ewma_ms = 50.0;                 /* cost 50 * 1 */
     for (int i = 0; i < MANY_PICKS; i++)
-        slow += balance_pick(b, live, NULL, NULL) == 1;
+        slow += balance_pick(b, livep, NULL, NULL) == 1;
     /* the loaded fast node wins only when drawn twice */
     assert_in_range(slow, MANY_PICKS * 73 / 100, MANY_PICKS * 77 / 100);
     balance_free(b);
@@ -317,12 +326,12 @@ static void test_latency_unknown_gets_tried(void **state)
     live[0].ewma_ms = 5.0;
     live[1].ewma_ms = 0.0;                  /* no sample yet */
     for (int i = 0; i < PICKS; i++)
-        fresh += balance_pick(b, live, NULL, NULL) == 1;
+        fresh += balance_pick(b, livep, NULL, NULL) == 1;
     assert_true(fresh > PICKS / 2);
     live[1].in_flight = 3;                  /* but not a herd */
     fresh = 0;
     for (int i = 0; i < PICKS; i++)
-        fresh += balance_pick(b, live, NULL, NULL) == 1;
+        fresh += balance_pick(b, livep, NULL, NULL) == 1;
     assert_true(fresh < PICKS / 3);
     balance_free(b);
 }
@@ -340,11 +349,11 @@ static void test_least_pending(void **state)
     live[1].pending = 2;
     live[2].pending = 9;
     live[3].pending = 3;
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 1);
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 1);
     live[1].usable = 0;
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 3);
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 3);
     live[3].in_flight = 4;                  /* ours count too: 3+4 > 5 */
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 0);
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 0);
     balance_free(b);
 }
 
@@ -361,7 +370,7 @@ static void test_random_weighted(void **state)
     cfg[2].weight = 6;
     b = build(STRAT_RANDOM, 3);
     for (int i = 0; i < MANY_PICKS; i++)
-        counts[balance_pick(b, live, NULL, NULL)]++;
+        counts[balance_pick(b, livep, NULL, NULL)]++;
     assert_in_range(counts[0], MANY_PICKS * 9 / 100, MANY_PICKS * 11 / 100);
     assert_in_range(counts[1], MANY_PICKS * 28 / 100, MANY_PICKS * 32 / 100);
     assert_in_range(counts[2], MANY_PICKS * 58 / 100, MANY_PICKS * 62 / 100);
@@ -384,7 +393,7 @@ static void test_random_weighted_large(void **state)
     }
     b = build(STRAT_RANDOM, n);
     for (int i = 0; i < MANY_PICKS; i++)
-        by_class[balance_pick(b, live, NULL, NULL) % CLASSES]++;
+        by_class[balance_pick(b, livep, NULL, NULL) % CLASSES]++;
     for (int c = 0; c < CLASSES; c++) {
         double want = (double)MANY_PICKS * (c + 1) * (double)(n / CLASSES) /
                       total;
@@ -403,8 +412,8 @@ static void test_random_seed_replays(void **state)
     a = build(STRAT_RANDOM, 50);
     b = build(STRAT_RANDOM, 50);
     for (int i = 0; i < PICKS; i++)
-        assert_int_equal(balance_pick(a, live, NULL, NULL),
-                         balance_pick(b, live, NULL, NULL));
+        assert_int_equal(balance_pick(a, livep, NULL, NULL),
+                         balance_pick(b, livep, NULL, NULL));
     balance_free(a);
     balance_free(b);
 }
@@ -517,7 +526,7 @@ static void test_hash_without_key_spreads(void **state)
     nodes_reset(4);
     b = build(STRAT_CONSISTENT_HASH, 4);
     for (int i = 0; i < PICKS; i++)
-        counts[balance_pick(b, live, NULL, NULL)]++;
+        counts[balance_pick(b, livep, NULL, NULL)]++;
     for (int i = 0; i < 4; i++)
         assert_true(counts[i] > PICKS / 8);
     balance_free(b);
@@ -844,9 +853,9 @@ static void test_share_in_load_score(void **state)
     b = build(STRAT_LEAST_CONNECTIONS, 2);
     live[0].share = 0.3;                    /* 1 / 0.3 = 3.3 */
     live[1].in_flight = 2;                  /* 3 / 1 */
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 1);
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 1);
     live[1].in_flight = 3;                  /* 4 / 1 */
-    assert_int_equal(balance_pick(b, live, NULL, NULL), 0);
+    assert_int_equal(balance_pick(b, livep, NULL, NULL), 0);
     balance_free(b);
 }
 
@@ -935,6 +944,7 @@ int main(void)
         cmocka_unit_test(test_observe_latency),
         cmocka_unit_test(test_edges),
     };
+    livep_init();
 
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

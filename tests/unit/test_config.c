@@ -307,7 +307,7 @@ static void test_host_errors(void **state)
         "hosts.json:1:32: hosts[2]: the URL has no host",
         "hosts.json:1:44: hosts[3]: expected a host name, a URL or an object",
         "hosts.json:1:48: hosts[4]: expected a host name, a URL or an object",
-        "hosts.json:2:2: hosts[5]: missing required key \"name\" (or \"url\")",
+        "hosts.json:2:2: hosts[5].name: missing required key \"name\" (or \"url\")",
         "hosts.json:2:13: hosts[5].weight: must be between 1 and 1000",
         "hosts.json:2:28: hosts[5].priority: must be between 0 and 100",
         "hosts.json:2:51: hosts[5].max_concurrent: must be between 0 and 1000000",
@@ -330,7 +330,7 @@ static void test_hosts_root_shapes(void **state)
 
     put(state, "hosts.json", "\n  {\"host\": [\"asia\"]}\n");
     load_fails(state,
-        "hosts.json:2:3: $: missing required key \"hosts\"",
+        "hosts.json:2:3: hosts: missing required key",
         "hosts.json:2:4: host: unknown key, did you mean \"hosts\"?",
         NULL);
 
@@ -390,7 +390,7 @@ static void check_all_defaults(const struct config *c)
     assert_int_equal(c->retry.deadline_ms, 60000);
     assert_true(c->retry.budget_ratio > 0.199 && c->retry.budget_ratio < 0.201);
     assert_int_equal(c->retry.budget_window_ms, 10000);
-    assert_int_equal(c->retry.budget_min_retries, 3);
+    assert_int_equal(c->retry.budget_min_retries, 100);
 
     assert_int_equal(c->breaker.enabled, 1);
     assert_int_equal(c->breaker.failure_threshold, 5);
@@ -753,8 +753,8 @@ static void test_did_you_mean(void **state)
     del(state, "policies.yaml");
     put(state, "api-keys.json", "{\"api_keys\": []}");
     load_fails(state,
-        "api-keys.json:1:1: $: missing required key \"apiKeys\"",
-        "api-keys.json:1:2: $: unknown key, did you mean \"apiKeys\"?",
+        "api-keys.json:1:1: apiKeys: missing required key",
+        "api-keys.json:1:2: api_keys: unknown key, did you mean \"apiKeys\"?",
         NULL);
 }
 
@@ -994,12 +994,12 @@ static void test_key_fields_and_errors(void **state)
     load_fails(state,
         "api-keys.json:2:11: apiKeys[0].key: must not be empty",
         "api-keys.json:3:11: apiKeys[1].key: a key must be printable ASCII without spaces or control characters",
-        "api-keys.json:4:3: apiKeys[2]: missing required key \"key\" (or \"key_file\")",
+        "api-keys.json:4:3: apiKeys[2].key: missing required key \"key\" (or \"key_file\")",
         "api-keys.json:5:3: apiKeys[3]: expected an object with \"key\" or \"key_file\"",
         "api-keys.json:6:45: apiKeys[4].weight: must be between 1 and 1000",
         "api-keys.json:6:56: apiKeys[4].pool: must not be empty",
         "api-keys.json:6:69: apiKeys[4].hosts: expected an array of strings",
-        "api-keys.json:6:77: apiKeys[4]: unknown key, did you mean \"isActive\"?",
+        "api-keys.json:6:77: apiKeys[4].isactive: unknown key, did you mean \"isActive\"?",
         NULL);
 }
 
@@ -1102,11 +1102,47 @@ static void test_duplicates(void **state)
         "hosts.json:1:44: hosts[2].url: duplicate host name \"asia\" (same as hosts[0])",
         "hosts.json:1:70: hosts[3].name: duplicate host name \"asia\" (same as hosts[0])",
         "hosts.json:2:18: hosts: duplicate key (first at line 1, column 2)",
-        "api-keys.json:2:3: apiKeys[2]: duplicate key (same as apiKeys[0])",
-        "api-keys.json:2:58: apiKeys[3]: duplicate key (same as apiKeys[1])",
+        "api-keys.json:2:11: apiKeys[2].key: duplicate key (same as apiKeys[0])",
+        "api-keys.json:2:66: apiKeys[3].key: duplicate key (same as apiKeys[1])",
         "policies.yaml:3:3: models.fast: duplicate key (first at line 2, column 3)",
         "policies.yaml:6:1: retry: duplicate key (first at line 4, column 1)",
         NULL);
+
+    /* a key read from key_file: at the key_file value */
+    del(state, "policies.yaml");
+    put(state, "hosts.json", GAIA_HOSTS);
+    put(state, "kf", "sk-dup-secret-0001\n");
+    put(state, "api-keys.json",
+        "{\"apiKeys\": [{\"key\": \"sk-dup-secret-0001\"},\n"
+        "  {\"description\": \"from a file\", \"key_file\": \"kf\"}]}");
+    load_fails(state,
+        "api-keys.json:2:46: apiKeys[1].key_file: duplicate key (same as apiKeys[0])",
+        NULL);
+}
+
+/* An unknown key of api-keys.json is named only when it is a near miss of
+ * a known key: anything else may be a secret in the wrong place. */
+static void test_key_unknown_names(void **state)
+{
+    char *all;
+
+    put(state, "hosts.json", GAIA_HOSTS);
+    put(state, "api-keys.json",
+        "{\"apiKey\": 1, \"sk-TOPLEVEL-000001\": 2, \"apiKeys\": [\n"
+        "  {\"key\": \"sk-one-0000000001\", \"key_fiel\": \"kf\", \"descripton\": \"\"},\n"
+        "  {\"sk-ENTRYKEY-00001\": \"x\", \"key\": \"sk-two-0000000001\", \"zz\": 1}]}\n");
+    load_fails(state,
+        "api-keys.json:1:2: apiKey: unknown key, did you mean \"apiKeys\"?",
+        "api-keys.json:1:15: $: unknown key",
+        "api-keys.json:2:32: apiKeys[0].key_fiel: unknown key, did you mean \"key_file\"?",
+        "api-keys.json:2:50: apiKeys[0].descripton: unknown key, did you mean \"description\"?",
+        "api-keys.json:3:4: apiKeys[1]: unknown key",
+        "api-keys.json:3:58: apiKeys[1]: unknown key",
+        NULL);
+    all = load_errors(state);
+    assert_null(strstr(all, "TOPLEVEL"));
+    assert_null(strstr(all, "ENTRYKEY"));
+    free(all);
 }
 
 /* A secret must never show in an error, whatever went wrong around it. */
@@ -1149,8 +1185,8 @@ static void test_secrets_never_in_errors(void **state)
     }
     assert_null(strstr(all, "SECRET"));
     /* and the errors were there */
-    assert_non_null(strstr(all, "apiKeys[1]: duplicate key (same as apiKeys[0])"));
-    assert_non_null(strstr(all, "apiKeys[5]: duplicate key (same as apiKeys[4])"));
+    assert_non_null(strstr(all, "apiKeys[1].key: duplicate key (same as apiKeys[0])"));
+    assert_non_null(strstr(all, "apiKeys[5].key: duplicate key (same as apiKeys[4])"));
     assert_non_null(strstr(all, "apiKeys[2]: use either"));
     assert_non_null(strstr(all, "apiKeys[3].key: a key must be printable ASCII"));
     assert_non_null(strstr(all, "apiKeys[6].key_file: the key_file's content: a key must be printable"));
@@ -1194,7 +1230,7 @@ static void test_secrets_in_misshapen_files(void **state)
         "api-keys.json:1:15: apiKeys[0]: unknown key",
         "api-keys.json:2:15: apiKeys[1].key_file: cannot read the key_file: No such file or directory",
         "api-keys.json:3:42: apiKeys[2].hosts[0]: no host named \"[redacted]\" in hosts.json",
-        "api-keys.json:4:2: apiKeys[3]: duplicate key (same as apiKeys[2])",
+        "api-keys.json:4:10: apiKeys[3].key: duplicate key (same as apiKeys[2])",
         "api-keys.json:4:40: apiKeys[3].pool: expected a string",
         NULL);
 }
@@ -1259,7 +1295,7 @@ static void test_affinity(void **state)
         "  sticky: {header: X-A}\n"
         "  hash_key: {by: response_id, header: \"X A\"}\n");
     load_fails(state,
-        "policies.yaml:2:11: routing.sticky: missing required key \"by\"",
+        "policies.yaml:2:11: routing.sticky.by: missing required key",
         "policies.yaml:3:18: routing.hash_key.by: unknown value \"response_id\", expected one of: user, header",
         "policies.yaml:3:39: routing.hash_key.header: not a valid HTTP header name",
         NULL);
@@ -1270,8 +1306,8 @@ static void test_affinity(void **state)
         "  hash_key:\n"
         "    by: header\n");
     load_fails(state,
-        "policies.yaml:2:30: routing.sticky.header: only used when by is \"header\"",
-        "policies.yaml:4:5: routing.hash_key: missing required key \"header\" (by is \"header\")",
+        "policies.yaml:2:22: routing.sticky.header: only used when by is \"header\"",
+        "policies.yaml:4:5: routing.hash_key.header: missing required key (by is \"header\")",
         NULL);
 }
 
@@ -1323,7 +1359,7 @@ static void test_fallback_errors(void **state)
         "    - x\n"
         "  chain: []\n");
     load_fails(state,
-        "policies.yaml:3:7: fallback.chains[0]: missing required key \"match\"",
+        "policies.yaml:3:7: fallback.chains[0].match: missing required key",
         "policies.yaml:3:14: fallback.chains[0].steps: must not be empty",
         "policies.yaml:4:13: fallback.chains[0].mode: unknown value \"race\", expected one of: sequential, parallel",
         "policies.yaml:6:13: fallback.chains[1].race: must be between 1 and 16",
@@ -1332,7 +1368,7 @@ static void test_fallback_errors(void **state)
         "policies.yaml:9:39: fallback.chains[1].steps[1].hosts[2]: no host named \"nope\" in hosts.json",
         "policies.yaml:9:46: fallback.chains[1].steps[1].modle: unknown key, did you mean \"model\"?",
         "policies.yaml:10:11: fallback.chains[1].steps[2]: expected a mapping",
-        "policies.yaml:11:7: fallback.chains[2]: missing required key \"steps\"",
+        "policies.yaml:11:7: fallback.chains[2].steps: missing required key",
         "policies.yaml:12:7: fallback.chains[3]: expected a mapping",
         "policies.yaml:13:3: fallback.chain: unknown key, did you mean \"chains\"?",
         NULL);
@@ -1391,13 +1427,13 @@ static void test_notifications(void **state)
         "policies.yaml:3:21: alerts.notifications[0].format: not used by notifications of type \"slack\"",
         "policies.yaml:3:35: alerts.notifications[0].command: not used by notifications of type \"slack\"",
         "policies.yaml:4:32: alerts.notifications[1].command: must not be empty",
-        "policies.yaml:5:7: alerts.notifications[2]: missing required key \"from\"",
+        "policies.yaml:5:7: alerts.notifications[2].from: missing required key",
         "policies.yaml:5:31: alerts.notifications[2].smtp_url: expected an smtp:// or smtps:// URL",
         "policies.yaml:5:47: alerts.notifications[2].to: must not be empty",
         "policies.yaml:6:14: alerts.notifications[3].type: unknown value \"pager\", expected one of: webhook, slack, command, email",
-        "policies.yaml:7:7: alerts.notifications[4]: missing required key \"url\"",
+        "policies.yaml:7:7: alerts.notifications[4].url: missing required key",
         "policies.yaml:7:23: alerts.notifications[4].urll: unknown key, did you mean \"url\"?",
-        "policies.yaml:8:7: alerts.notifications[5]: missing required key \"type\"",
+        "policies.yaml:8:7: alerts.notifications[5].type: missing required key",
         NULL);
 }
 
@@ -1766,7 +1802,7 @@ static void test_dir_with_trailing_slash(void **state)
     snprintf(dir, sizeof(dir), "%s/", D(state));
     assert_null(config_load(dir, &e));
     assert_int_equal(e.n, 1);
-    snprintf(want, sizeof(want), "%s/hosts.json:1:1: $: missing required key \"hosts\"", D(state));
+    snprintf(want, sizeof(want), "%s/hosts.json:1:1: hosts: missing required key", D(state));
     assert_string_equal(e.msg[0], want);
     cfg_errors_free(&e);
 }
@@ -1799,6 +1835,7 @@ int main(void)
         T(test_key_usable),
         T(test_pool_and_host_refs),
         T(test_duplicates),
+        T(test_key_unknown_names),
         T(test_secrets_never_in_errors),
         T(test_secrets_in_misshapen_files),
         T(test_retry_on),

@@ -1,0 +1,155 @@
+/*
+ * health.h -- is a host fit to take traffic: active probes, passive request
+ * outcomes, model discovery and Infernet node info.
+ *
+ * Active probes: every `health_check.interval` each host gets one
+ * `GET <url><path>` with `health_check.timeout`, sent through upstream.c
+ * (curl multi on the event loop: a probe never blocks and never delays a
+ * request). Host i of n gets its first probe i*interval/n after the
+ * snapshot is installed, so probes are spread over the interval instead of
+ * hitting every host at once; a host has at most one probe in flight (a
+ * round that finds the last probe still running is skipped).
+ *
+ * A probe succeeds when the host answers 2xx/3xx, or 401/403/429: those
+ * say the host is up and only our credentials are refused or throttled,
+ * which keys.c deals with; taking the host out for them would turn a key
+ * problem into an outage. On a success with a body to read (Infernet path,
+ * or discover_models) the body must parse, else the probe fails with
+ * last_error saying why. Anything else (other statuses, connection errors,
+ * timeouts) fails. `unhealthy_threshold` consecutive failures flip a
+ * healthy host to unhealthy; `healthy_threshold` consecutive successes
+ * flip it back. A host starts healthy.
+ *
+ * Key: a probe carries `Authorization: Bearer` with the first key of the
+ * host's rotation ring that is neither disabled nor cooling down (the
+ * rotation cursor and the key's use count are left alone), or no
+ * Authorization header when the host has no such key. Providers that
+ * guard /v1/models with the API key would otherwise answer 401 to every
+ * probe and hide discovered models.
+ *
+ * Passive health (`health_check.passive`, with probes enabled): the proxy
+ * reports each finished attempt. A host failure (connection error,
+ * timeout, 5xx) counts toward the same consecutive-failure streak as a
+ * failed probe, so a dead host is dropped after `unhealthy_threshold`
+ * failed requests without waiting for the next probe round; a success
+ * ends the streak of a healthy host. Only probes bring an unhealthy host
+ * back. With probes disabled nothing would, so then request outcomes do
+ * not flip health (the circuit breaker covers that case) and every host
+ * reads as healthy.
+ *
+ * Discovery: with `discover_models` a probe's OpenAI list
+ * `{"data":[{"id":...}]}` becomes the host's models_found. With `path`
+ * `/info` or `/api/info` (Infernet node), the answer
+ * `{"containers": [{"id": "a"}, ...] | ["a", ...],
+ *   "pending": {"offchain": 2, "onchain": 1} | 3}` fills containers_found
+ * and live.pending (the sum). Discovered lists that the current
+ * configuration no longer asks for are cleared on health_set_snapshot().
+ *
+ * The parsers and the threshold logic are pure functions (no clock, no
+ * I/O), unit-tested on their own; `struct health` is the event-loop part.
+ */
+#ifndef INFERGATE_HEALTH_H
+#define INFERGATE_HEALTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "state.h"
+
+struct event_base;
+struct upstream;
+struct snapshot;
+struct health;
+
+/* A probe answer larger than this fails the probe. */
+#define HEALTH_MAX_BODY        (1024 * 1024)
+/* Models or containers kept per host from one answer. */
+#define HEALTH_MAX_ITEMS       4096
+
+/* --- pure parts ------------------------------------------------------- */
+
+/* 1 when `path` is an Infernet node info path (/info or /api/info). */
+int health_path_is_infernet(const char *path);
+
+/* Parses an OpenAI model list into `*out` (replaced; free with
+ * health_strlist_free). Items without a string "id" are skipped, an
+ * empty "data" is an empty list. Returns 0, or -1 with a message in
+ * err (then `*out` is untouched). */
+int health_parse_models(const char *body, size_t len, struct cfg_strlist *out,
+                        char *err, size_t errlen);
+
+/* Parses an Infernet node's info answer: containers (objects with a
+ * string "id", or strings) into `*containers` (replaced) and the sum of
+ * the pending counts into `*pending` (clamped to INT_MAX). A missing
+ * "pending" counts 0; a missing "containers" is an empty list. Returns 0,
+ * or -1 with a message in err (outputs untouched). */
+int health_parse_infernet(const char *body, size_t len,
+                          struct cfg_strlist *containers, int *pending,
+                          char *err, size_t errlen);
+
+void health_strlist_free(struct cfg_strlist *l);
+
+/* One probe outcome (`why` says what failed; NULL or "" on success) at
+ * wall-clock `now_unix_ms`: updates the streaks, last_check_unix_ms and
+ * last_error, and flips health by the thresholds of `c`. A flip also sets
+ * live.usable, and a flip to healthy clears consecutive_failures (the
+ * host starts over). Returns 1 when health flipped, else 0. */
+int health_record_probe(const struct config *c, struct host_state *hs, int ok,
+                        const char *why, int64_t now_unix_ms);
+
+/* One finished request attempt: ok = 0 for a host failure (connection
+ * error, timeout, 5xx), 1 for any other complete answer; a cancelled
+ * attempt is not reported. `why` (may be NULL) goes to last_error on a
+ * failure. Returns 1 when it flipped the host to unhealthy. No-op for
+ * the streaks unless health_check.passive and health_check.enabled. */
+int health_passive(const struct config *c, struct host_state *hs, int ok,
+                   const char *why);
+
+/* What status pages show: unhealthy as probes or passive failures
+ * decided; degraded when healthy but failing lately (a request or probe
+ * failure streak not yet at the threshold); else healthy. */
+enum host_health health_effective(const struct host_state *hs);
+const char *health_name(enum host_health h);   /* "healthy", ... */
+
+/* May the host take traffic at monotonic `now_ms`: not unhealthy, usable,
+ * breaker not open. */
+int health_usable(const struct host_state *hs, int64_t now_ms);
+
+/* Does the host serve `model` (NULL = any): listed in its configured
+ * models or discovered ones; a host with neither serves any model. */
+int health_host_serves(const struct cfg_host *h, const struct host_state *hs,
+                       const char *model);
+/* Does the host run container `id` (configured or discovered). */
+int health_host_runs(const struct cfg_host *h, const struct host_state *hs,
+                     const char *id);
+
+/* --- the prober ------------------------------------------------------- */
+
+/* Called after a probe changed a host's health, models_found or
+ * containers_found (e.g. to rebuild what depends on models). `host` is
+ * the host's index in the snapshot last given to health_set_snapshot. */
+typedef void (*health_change_fn)(void *arg, size_t host);
+
+/* `up` must outlive the prober: free the prober before upstream_free(). */
+struct health *health_new(struct event_base *base, struct upstream *up);
+
+/*
+ * Installs the snapshot to probe (at start and after each reload); takes
+ * a reference to it, drops the previous one. Hosts kept (same host state)
+ * keep their schedule and a probe in flight; probes of removed hosts are
+ * cancelled; new hosts are spread over the interval. A change of interval
+ * (or of a kept host's URL) reschedules. Returns 0, or -1 when out of
+ * memory (then the previous snapshot stays in use).
+ */
+int  health_set_snapshot(struct health *h, struct snapshot *s);
+void health_set_listener(struct health *h, health_change_fn fn, void *arg);
+
+/* Probes in flight, and probes sent since health_new (metrics, tests). */
+size_t   health_in_flight(const struct health *h);
+uint64_t health_probes_sent(const struct health *h);
+
+/* Cancels every probe, drops the snapshot reference. */
+void health_free(struct health *h);
+
+#endif
