@@ -1,18 +1,24 @@
 /*
  * proxy.c -- one proxied request's life (see proxy.h).
  *
- * The request is a small state machine:
+ * A request walks a plan of steps: each step is a model (the request's own,
+ * or one a fallback chain or a `models:` group rewrites it to), an optional
+ * set of hosts and a time limit. Without fallback chains the plan is one
+ * step. An attempt is a "leg": one upstream transfer to one host with one
+ * key. The request's states:
  *
- *   ATTEMPT --start--> WAIT_HEAD --2xx SSE--> STREAMING --done--> finish
- *      ^                  |   \--other-----> BUFFERING --done--> answer
- *      |                  |                      |
- *      +----- failure before any byte went to the client (and attempts,
- *             deadline left): next host, next key
+ *   ATTEMPT --leg started--> WAITING --2xx SSE head--> STREAMING --> done
+ *      ^                        |     \--other head---> BUFFERING --> answer
+ *      |                        |
+ *      +-- leg failed before any byte went to the client: backoff, then the
+ *          next host/key of this step, or the next step; out of attempts,
+ *          steps or deadline: the final error
  *
- * Nothing is retried once the first byte went to the client: a stream
- * that breaks after that ends with an SSE `event: error` frame. Every exit
- * goes through px_finish(), which answers (or ends the stream), writes the
- * access log line and drops the snapshot reference.
+ * In a parallel chain the first `race` steps start at once, one leg each;
+ * the first leg with a successful head wins and the others are cancelled
+ * (their transfers removed at once). Nothing is retried once the first
+ * byte went to the client: a stream that breaks ends with an SSE
+ * `event: error` frame. Every exit goes through px_done().
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -34,56 +40,90 @@
 #include "retry.h"
 #include "upstream.h"
 
+#ifndef INFERGATE_VERSION
+#define INFERGATE_VERSION "0.1.0"
+#endif
+
 #define PX_MAX_TRIED        32
+#define PX_MAX_LEGS         16                  /* parallel race width cap */
+#define PX_MAX_STEPS        16
 #define PX_STREAM_HIGH      (256 * 1024)        /* pause upstream above this */
 #define PX_MAX_BUFFERED     (64 * 1024 * 1024)  /* non-streamed response cap */
 #define PX_MAX_REQUEST_ID   64
 #define PX_USER_AGENT       "infergate/" INFERGATE_VERSION
 
-#ifndef INFERGATE_VERSION
-#define INFERGATE_VERSION "0.1.0"
-#endif
-
-enum px_state { PX_ATTEMPT = 0, PX_WAIT_HEAD, PX_BUFFERING, PX_STREAMING, PX_DONE };
+enum px_state { PX_ATTEMPT = 0, PX_WAITING, PX_BUFFERING, PX_STREAMING, PX_DONE };
 
 /* Why the last attempt failed, for the final answer. */
 enum px_fail {
     FAIL_NONE = 0, FAIL_NETWORK, FAIL_TIMEOUT, FAIL_STATUS, FAIL_TOO_LARGE
 };
 
+struct proxy;
+
+/* One step of the plan. */
+struct px_step {
+    const char  *model;          /* NULL = the request's model, unchanged */
+    int         *hosts;          /* allowed host indices, NULL = any */
+    size_t       nhosts;
+    int64_t      timeout_ms;     /* per attempt (connect + first byte) */
+    char        *body;           /* body with the model rewritten, owned */
+    size_t       body_len;
+};
+
+/* One upstream attempt. */
+struct px_leg {
+    struct proxy         *p;
+    struct upstream_xfer *xfer;          /* NULL when the leg is idle */
+    int                   host;
+    int                   step;
+    int                   has_key;
+    size_t                key;
+    struct breaker_ticket ticket;
+    int                   ticket_open;   /* not yet recorded/released */
+    int                   status;
+    int                   streaming;     /* its head started the client stream */
+    int64_t               t_try;
+    struct event         *try_timer;     /* connect + first byte */
+    struct evbuffer      *buf;           /* buffered response body */
+};
+
 struct proxy {
     struct gateway       *gw;
-    struct snapshot      *snap;          /* one reference, dropped at finish */
+    struct snapshot      *snap;          /* one reference, dropped at the end */
     struct http_req      *req;
     struct proxy         *prev, *next;   /* all requests in flight */
     char                  upath[64];     /* upstream path */
     const char           *method;
     const char           *body;          /* the client's bytes, owned by req */
     size_t                body_len;
+    json_t               *doc;           /* parsed body, for model rewrites */
     char                 *model;         /* NULL when the body has none */
+    char                 *user;          /* body's "user", for consistent-hash */
     int                   want_stream;
     char                  id[PX_MAX_REQUEST_ID + 1];
     char                  peer[64];      /* copied: req may be gone at log time */
 
     enum px_state         st;
-    struct upstream_xfer *xfer;
-    struct event         *try_timer;     /* connect + first byte */
+    struct px_step        steps[PX_MAX_STEPS];
+    int                   nsteps;
+    int                   step;          /* current step (sequential) */
+    int                   step_attempts; /* attempts in the current step */
+    int                   race;          /* legs to race (1 = sequential) */
+    struct px_leg         legs[PX_MAX_LEGS];
+    int                   nlegs;         /* legs allocated */
+    int                   active;        /* legs with a transfer */
+    struct px_leg        *winner;        /* the leg answering the client */
     struct event         *deadline_timer;
-    struct event         *backoff_timer;  /* wait before the next attempt */
-    struct breaker_ticket ticket;        /* this attempt's breaker admission */
-    int                   ticket_open;   /* ticket not yet recorded/released */
-    char                 *user;          /* body's "user", for consistent-hash */
-    enum balance_status   pick_status;   /* why the last pick found nothing */
-    int64_t               t_start, t_try, t_head;
-    int                   host;          /* current attempt's host, -1 none */
-    int                   has_key;
-    size_t                key;
+    struct event         *backoff_timer; /* wait before the next attempt */
+    int64_t               t_start, t_head, deadline_ms;
+    int                   last_host;     /* host of the last leg, -1 none */
+    int                   last_key;      /* key of the last leg, -1 none */
     int                   attempts;
     int                   tried[PX_MAX_TRIED];
     int                   ntried;
     int                   keys_cooling;  /* a host was skipped: keys cooling */
-    int                   status;        /* upstream status of this attempt */
-    struct evbuffer      *buf;           /* buffered response body */
+    enum balance_status   pick_status;   /* why the last pick found nothing */
 
     enum px_fail          fail;          /* last failure */
     int                   fail_status;
@@ -97,18 +137,14 @@ struct proxy {
 static struct proxy *inflight;           /* list head, for proxy_abort_all */
 
 static void px_attempt(struct proxy *p);
+static void px_leg_cancel(struct px_leg *l);
 
 /* --- bookkeeping ----------------------------------------------------- */
 
-static const struct cfg_host *px_host(const struct proxy *p)
-{
-    return p->host >= 0 ? &p->snap->cfg->hosts[p->host] : NULL;
-}
-
 static void px_access_log(struct proxy *p)
 {
+    const struct config *c = p->snap->cfg;
     struct log_access a;
-    const struct cfg_host *h = px_host(p);
     int64_t now = gw_now_ms();
 
     memset(&a, 0, sizeof(a));
@@ -116,8 +152,8 @@ static void px_access_log(struct proxy *p)
     a.method = p->method;
     a.path = p->upath;
     a.model = p->model;
-    a.host = h ? h->name : NULL;
-    a.key_fp = p->has_key ? p->snap->cfg->keys[p->key].fingerprint : NULL;
+    a.host = p->last_host >= 0 ? c->hosts[p->last_host].name : NULL;
+    a.key_fp = p->last_key >= 0 ? c->keys[p->last_key].fingerprint : NULL;
     a.peer = p->peer;
     a.status = p->resp_status;
     a.attempts = p->attempts;
@@ -128,33 +164,10 @@ static void px_access_log(struct proxy *p)
     log_access(&a);
 }
 
-/* Ends the current attempt's accounting: in-flight count, first-byte
- * timer. Its breaker admission is consumed by px_record(). */
-static void px_attempt_end(struct proxy *p)
-{
-    if (p->host >= 0 && p->snap->hs[p->host]->live.in_flight > 0)
-        p->snap->hs[p->host]->live.in_flight--;
-    if (p->try_timer)
-        evtimer_del(p->try_timer);
-}
-
-/* Drops the attempt in flight without an outcome (client gone, deadline,
- * shutdown): the breaker gets its admission back, learns nothing. */
-static void px_cancel_attempt(struct proxy *p)
-{
-    if (p->xfer == NULL)
-        return;
-    upstream_cancel(p->xfer);
-    p->xfer = NULL;
-    px_attempt_end(p);
-    if (p->ticket_open) {
-        breaker_release(&p->snap->hs[p->host]->br, p->ticket);
-        p->ticket_open = 0;
-    }
-}
-
 static void px_free(struct proxy *p)
 {
+    int i;
+
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -162,16 +175,24 @@ static void px_free(struct proxy *p)
     if (p->next)
         p->next->prev = p->prev;
     p->gw->active--;
-    if (p->try_timer)
-        event_free(p->try_timer);
+    for (i = 0; i < p->nlegs; i++) {
+        px_leg_cancel(&p->legs[i]);
+        if (p->legs[i].try_timer)
+            event_free(p->legs[i].try_timer);
+        if (p->legs[i].buf)
+            evbuffer_free(p->legs[i].buf);
+    }
+    for (i = 0; i < p->nsteps; i++) {
+        free(p->steps[i].hosts);
+        free(p->steps[i].body);
+    }
     if (p->deadline_timer)
         event_free(p->deadline_timer);
     if (p->backoff_timer)
         event_free(p->backoff_timer);
-    free(p->user);
-    if (p->buf)
-        evbuffer_free(p->buf);
+    json_decref(p->doc);
     free(p->model);
+    free(p->user);
     snapshot_unref(p->snap);
     free(p);
 }
@@ -186,7 +207,8 @@ static void px_done(struct proxy *p)
 
 static void px_add_headers(struct proxy *p)
 {
-    const struct cfg_host *h = px_host(p);
+    const struct cfg_host *h = p->last_host >= 0 ? &p->snap->cfg->hosts[p->last_host]
+                                                 : NULL;
     char n[16];
 
     http_resp_header(p->req, "X-Request-Id", p->id);
@@ -202,10 +224,30 @@ static void px_add_headers(struct proxy *p)
 static void px_error(struct proxy *p, int status, const char *type,
                      const char *code, const char *msg)
 {
+    int i;
+
+    for (i = 0; i < p->nlegs; i++)
+        px_leg_cancel(&p->legs[i]);
     p->resp_status = status;
     px_add_headers(p);
     http_reply_error(p->req, status, type, code, "%s", msg);
     px_done(p);
+}
+
+/* Seconds until the first of the request's candidate keys is usable. */
+static int64_t px_soonest_key_s(const struct proxy *p)
+{
+    const struct snapshot *s = p->snap;
+    int64_t now = gw_now_ms(), best = -1;
+    size_t i;
+
+    for (i = 0; i < s->cfg->nkeys; i++) {
+        int64_t left = s->ks[i]->cooldown_until_ms - now;
+        if (s->cfg->keys[i].active && !s->ks[i]->disabled && left > 0
+            && (best < 0 || left < best))
+            best = left;
+    }
+    return best < 0 ? 1 : (best + 999) / 1000;
 }
 
 /* The final answer when no attempt succeeded. */
@@ -221,6 +263,8 @@ static void px_fail_final(struct proxy *p)
                      p->model ? p->model : "");
             px_error(p, 404, "invalid_request_error", "model_not_found", msg);
         } else if (p->keys_cooling) {
+            snprintf(msg, sizeof(msg), "%lld", (long long)px_soonest_key_s(p));
+            http_resp_header(p->req, "Retry-After", msg);
             px_error(p, 429, "rate_limit_error", "keys_cooling_down",
                      "every upstream API key is cooling down; retry later");
         } else if (p->pick_status == BALANCE_ALL_FULL) {
@@ -259,31 +303,43 @@ static void px_fail_final(struct proxy *p)
     }
 }
 
-/* --- outcome classification ----------------------------------------- */
+/* --- legs ------------------------------------------------------------ */
 
-/* Records why this attempt failed, for the final answer and the logs. */
-static void px_note_failure(struct proxy *p, enum px_fail why, int status,
-                            const char *msg)
+/* Ends a leg's accounting: in-flight count and first-byte timer. */
+static void px_leg_end(struct px_leg *l)
 {
-    p->fail = why;
-    p->fail_status = status;
-    p->fail_host = p->host;
-    snprintf(p->fail_msg, sizeof(p->fail_msg), "%s", msg);
-    snprintf(p->snap->hs[p->host]->last_error,
-             sizeof(p->snap->hs[p->host]->last_error), "%s", msg);
-    log_warn("request %s: attempt %d to %s failed: %s", p->id, p->attempts,
-             p->snap->cfg->hosts[p->host].name, msg);
+    struct host_state *hs = l->p->snap->hs[l->host];
+
+    if (hs->live.in_flight > 0)
+        hs->live.in_flight--;
+    evtimer_del(l->try_timer);
+    l->p->active--;
 }
 
-/* Feeds one finished attempt to the breaker and the host's counters. */
-static void px_record(struct proxy *p, int host_failure)
+/* Drops a leg's transfer without an outcome (lost race, client gone,
+ * deadline, shutdown): the breaker gets its admission back. */
+static void px_leg_cancel(struct px_leg *l)
 {
-    struct host_state *hs = p->snap->hs[p->host];
+    if (l->xfer == NULL)
+        return;
+    upstream_cancel(l->xfer);
+    l->xfer = NULL;
+    px_leg_end(l);
+    if (l->ticket_open) {
+        breaker_release(&l->p->snap->hs[l->host]->br, l->ticket);
+        l->ticket_open = 0;
+    }
+}
+
+/* Feeds one finished leg to the breaker and the host's counters. */
+static void px_leg_record(struct px_leg *l, int host_failure)
+{
+    struct host_state *hs = l->p->snap->hs[l->host];
     int64_t now = gw_now_ms();
 
-    if (p->ticket_open) {
-        breaker_record(&hs->br, p->ticket, !host_failure, now - p->t_try, now);
-        p->ticket_open = 0;
+    if (l->ticket_open) {
+        breaker_record(&hs->br, l->ticket, !host_failure, now - l->t_try, now);
+        l->ticket_open = 0;
     }
     if (host_failure) {
         hs->failures++;
@@ -293,6 +349,24 @@ static void px_record(struct proxy *p, int host_failure)
     }
 }
 
+/* Records why a leg failed, for the final answer and the logs. */
+static void px_note_failure(struct px_leg *l, enum px_fail why, int status,
+                            const char *msg)
+{
+    struct proxy *p = l->p;
+    struct host_state *hs = p->snap->hs[l->host];
+
+    p->fail = why;
+    p->fail_status = status;
+    p->fail_host = l->host;
+    snprintf(p->fail_msg, sizeof(p->fail_msg), "%s", msg);
+    snprintf(hs->last_error, sizeof(hs->last_error), "%s", msg);
+    log_warn("request %s: attempt %d to %s failed: %s", p->id, p->attempts,
+             p->snap->cfg->hosts[l->host].name, msg);
+}
+
+/* --- outcome and what comes next ------------------------------------- */
+
 static void px_backoff_done(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -300,33 +374,69 @@ static void px_backoff_done(evutil_socket_t fd, short what, void *arg)
     px_attempt(arg);
 }
 
-/*
- * One attempt failed before any byte went to the client. Classifies it,
- * updates breaker, key and counters, then either schedules the next
- * attempt after a backoff or gives the final answer.
- */
-static void px_attempt_failed(struct proxy *p, enum retry_fault fault, int status,
-                              const char *retry_after, const char *msg)
+/* Moves to the next step of the plan; returns 0 when there is none. */
+static int px_next_step(struct proxy *p)
 {
+    if (p->step + 1 >= p->nsteps)
+        return 0;
+    p->step++;
+    p->step_attempts = 0;
+    p->ntried = 0;          /* a new model: every host is new to it */
+    log_info("request %s: falling back to step %d (model %s)", p->id, p->step + 1,
+             p->steps[p->step].model ? p->steps[p->step].model : "unchanged");
+    return 1;
+}
+
+/*
+ * A leg failed before any byte went to the client. Classifies it, updates
+ * breaker, key and counters; then, if no other leg of a race is still
+ * running, schedules the next attempt (after a backoff), moves to the next
+ * fallback step, or gives the final answer.
+ */
+static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
+                          const char *retry_after, const char *msg)
+{
+    struct proxy *p = l->p;
     const struct config *c = p->snap->cfg;
     struct gateway *gw = p->gw;
-    struct retry_outcome o = { fault, status, p->has_key };
+    struct retry_outcome o = { fault, status, l->has_key };
     struct retry_verdict v = retry_classify(&p->snap->rp, &o);
     int64_t now = gw_now_ms(), ra_ms = -1, delay;
 
-    px_record(p, v.host_failure);
+    px_leg_record(l, v.host_failure);
     if (retry_after)
         ra_ms = retry_after_parse(retry_after, gw_unix_ms() / 1000);
     if (v.key != RETRY_KEY_KEEP
-        && keys_report(p->snap->ks[p->key], status, ra_ms, now))
+        && keys_report(p->snap->ks[l->key], status, ra_ms, now))
         log_warn("key %s (%s) %s after upstream %d from %s",
-                 c->keys[p->key].fingerprint, c->keys[p->key].description,
+                 c->keys[l->key].fingerprint, c->keys[l->key].description,
                  v.key == RETRY_KEY_DISABLE ? "disabled until reload" : "cooling down",
-                 status, c->hosts[p->host].name);
-    px_note_failure(p, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT
+                 status, c->hosts[l->host].name);
+    px_note_failure(l, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT
                        : fault == RETRY_FAULT_NETWORK ? FAIL_NETWORK : FAIL_STATUS,
                     status, msg);
-    if (!v.retryable || p->attempts >= c->retry.max_attempts) {
+    if (p->active > 0)
+        return;               /* other legs of the race are still running */
+    if (p->race > 1) {
+        /* The race is lost as a whole: go on with the steps after it. */
+        p->step = p->race - 1;
+        p->race = 1;
+        if (!px_next_step(p)) {
+            px_fail_final(p);
+            return;
+        }
+        px_attempt(p);
+        return;
+    }
+    if (!v.retryable) {
+        px_fail_final(p);
+        return;
+    }
+    if (p->step_attempts >= c->retry.max_attempts) {
+        if (px_next_step(p)) {
+            px_attempt(p);
+            return;
+        }
         px_fail_final(p);
         return;
     }
@@ -338,9 +448,9 @@ static void px_attempt_failed(struct proxy *p, enum retry_fault fault, int statu
         px_fail_final(p);
         return;
     }
-    delay = retry_delay_ms(&p->snap->rp, p->attempts, retry_rand(&gw->rnd),
+    delay = retry_delay_ms(&p->snap->rp, p->step_attempts, retry_rand(&gw->rnd),
                            c->retry.respect_retry_after ? ra_ms : -1);
-    if (now + delay >= p->t_start + c->retry.deadline_ms) {
+    if (now + delay >= p->t_start + p->deadline_ms) {
         px_fail_final(p);
         return;
     }
@@ -369,13 +479,13 @@ static int hop_by_hop(const char *name)
     return 0;
 }
 
-static void px_copy_headers(struct proxy *p)
+static void px_copy_headers(struct proxy *p, const struct upstream_xfer *x)
 {
-    size_t i, n = upstream_resp_nheaders(p->xfer);
+    size_t i, n = upstream_resp_nheaders(x);
 
     for (i = 0; i < n; i++) {
         const char *name, *value;
-        upstream_resp_header_at(p->xfer, i, &name, &value);
+        upstream_resp_header_at(x, i, &name, &value);
         if (!hop_by_hop(name))
             http_resp_header(p->req, name, value);
     }
@@ -383,60 +493,82 @@ static void px_copy_headers(struct proxy *p)
 
 static void px_drain(struct http_req *req, void *arg)
 {
-    struct proxy *p = arg;
+    struct px_leg *l = arg;
 
     (void)req;
-    if (p->xfer)
-        upstream_resume(p->xfer);   /* may call px_on_data right away */
+    if (l->xfer)
+        upstream_resume(l->xfer);   /* may call px_on_data right away */
+}
+
+/* The winner takes the client: every other leg of the race is dropped. */
+static void px_take_winner(struct proxy *p, struct px_leg *l)
+{
+    int i;
+
+    p->winner = l;
+    p->last_host = l->host;
+    p->last_key = l->has_key ? (int)l->key : -1;
+    for (i = 0; i < p->nlegs; i++)
+        if (&p->legs[i] != l && p->legs[i].xfer) {
+            log_debug("request %s: race won by %s, cancelling %s", p->id,
+                      p->snap->cfg->hosts[l->host].name,
+                      p->snap->cfg->hosts[p->legs[i].host].name);
+            /* Not from inside l's own curl callback: legs are distinct. */
+            px_leg_cancel(&p->legs[i]);
+        }
 }
 
 static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
                                            int status)
 {
-    struct proxy *p = arg;
+    struct px_leg *l = arg;
+    struct proxy *p = l->p;
     const char *ctype = upstream_resp_header(x, "Content-Type");
-    struct host_state *hs = p->snap->hs[p->host];
-    double ttfb;
+    struct host_state *hs = p->snap->hs[l->host];
+    int64_t now = gw_now_ms();
 
-    p->status = status;
-    p->t_head = gw_now_ms();
-    evtimer_del(p->try_timer);
-    ttfb = (double)(p->t_head - p->t_try);
-    balance_observe_latency(&hs->live.ewma_ms, ttfb, BALANCE_EWMA_ALPHA);
-
-    if (status >= 200 && status < 300 && ctype
-        && strncasecmp(ctype, "text/event-stream", 17) == 0) {
+    l->status = status;
+    evtimer_del(l->try_timer);
+    balance_observe_latency(&hs->live.ewma_ms, (double)(now - l->t_try),
+                            BALANCE_EWMA_ALPHA);
+    evbuffer_drain(l->buf, evbuffer_get_length(l->buf));
+    if (p->winner || status < 200 || status >= 300)
+        return UPSTREAM_CONTINUE;     /* judged when complete */
+    px_take_winner(p, l);
+    p->t_head = now;
+    if (ctype && strncasecmp(ctype, "text/event-stream", 17) == 0) {
         /* The first byte goes to the client now: no retry after this. */
         p->st = PX_STREAMING;
+        l->streaming = 1;
         event_del(p->deadline_timer);
         p->resp_status = status;
         px_add_headers(p);
-        px_copy_headers(p);
+        px_copy_headers(p, x);
         http_stream_start(p->req, status, ctype);
         return UPSTREAM_CONTINUE;
     }
     p->st = PX_BUFFERING;
-    evbuffer_drain(p->buf, evbuffer_get_length(p->buf));
     return UPSTREAM_CONTINUE;
 }
 
 static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
 {
-    struct proxy *p = arg;
+    struct px_leg *l = arg;
+    struct proxy *p = l->p;
 
-    if (p->st == PX_STREAMING) {
+    if (l->streaming) {
         size_t pending = http_stream_write(p->req, data, len);
         p->bytes_out += len;
         if (pending > PX_STREAM_HIGH) {
             /* Slow client: hold the upstream until the socket drains. */
-            http_req_on_drain(p->req, px_drain, p);
+            http_req_on_drain(p->req, px_drain, l);
             return UPSTREAM_PAUSE;
         }
         return UPSTREAM_CONTINUE;
     }
-    if (evbuffer_get_length(p->buf) + len > PX_MAX_BUFFERED)
+    if (evbuffer_get_length(l->buf) + len > PX_MAX_BUFFERED)
         return UPSTREAM_ABORT;
-    evbuffer_add(p->buf, data, len);
+    evbuffer_add(l->buf, data, len);
     return UPSTREAM_CONTINUE;
 }
 
@@ -458,96 +590,100 @@ static void px_stream_error(struct proxy *p, const char *why)
     json_decref(o);
 }
 
-static void px_reply_buffered(struct proxy *p)
-{
-    const char *ctype = upstream_resp_header(p->xfer, "Content-Type");
-    size_t len = evbuffer_get_length(p->buf);
-
-    p->resp_status = p->status;
-    px_add_headers(p);
-    px_copy_headers(p);
-    p->bytes_out = len;
-    http_reply(p->req, p->status, ctype ? ctype : "application/json",
-               (const char *)evbuffer_pullup(p->buf, -1), len);
-}
-
 /* A 2xx answer that says it is JSON but does not parse is an upstream
  * fault like a reset connection: another host may do better. */
-static int px_garbage(struct proxy *p, const struct upstream_xfer *x)
+static int px_garbage(const struct px_leg *l, const struct upstream_xfer *x)
 {
     const char *ctype = upstream_resp_header(x, "Content-Type");
-    size_t len = evbuffer_get_length(p->buf);
     json_t *doc;
 
-    if (p->status < 200 || p->status >= 300 || ctype == NULL
+    if (l->status < 200 || l->status >= 300 || ctype == NULL
         || strstr(ctype, "json") == NULL)
         return 0;
-    doc = json_loadb((const char *)evbuffer_pullup(p->buf, -1), len, 0, NULL);
+    doc = json_loadb((const char *)evbuffer_pullup(l->buf, -1),
+                     evbuffer_get_length(l->buf), 0, NULL);
     if (doc == NULL)
         return 1;
     json_decref(doc);
     return 0;
 }
 
+static void px_reply_buffered(struct proxy *p, struct px_leg *l,
+                              const struct upstream_xfer *x)
+{
+    const char *ctype = upstream_resp_header(x, "Content-Type");
+    size_t len = evbuffer_get_length(l->buf);
+
+    p->last_host = l->host;
+    p->last_key = l->has_key ? (int)l->key : -1;
+    p->resp_status = l->status;
+    px_add_headers(p);
+    px_copy_headers(p, x);
+    p->bytes_out = len;
+    http_reply(p->req, l->status, ctype ? ctype : "application/json",
+               (const char *)evbuffer_pullup(l->buf, -1), len);
+}
+
 static void px_on_done(void *arg, enum upstream_result res, const char *err)
 {
-    struct proxy *p = arg;
-    struct upstream_xfer *x = p->xfer;
-    const struct config *c = p->snap->cfg;
-    struct retry_outcome o = { RETRY_FAULT_NONE, p->status, p->has_key };
+    struct px_leg *l = arg;
+    struct proxy *p = l->p;
+    struct upstream_xfer *x = l->xfer;
+    struct retry_outcome o = { RETRY_FAULT_NONE, l->status, l->has_key };
+    struct retry_verdict v;
     char msg[200];
 
-    if (p->st == PX_STREAMING) {
-        px_record(p, res != UPSTREAM_OK);
-        px_attempt_end(p);
-        p->xfer = NULL;
+    px_leg_end(l);
+    l->xfer = NULL;                   /* freed by upstream.c after this */
+    if (l->streaming) {
+        px_leg_record(l, res != UPSTREAM_OK);
         if (res != UPSTREAM_OK) {
             log_warn("request %s: stream from %s broke: %s", p->id,
-                     c->hosts[p->host].name, err);
+                     p->snap->cfg->hosts[l->host].name, err);
             px_stream_error(p, "upstream stream interrupted");
         }
         http_stream_end(p->req);
         px_done(p);
         return;
     }
-    if (res == UPSTREAM_OK && px_garbage(p, x)) {
-        px_attempt_end(p);
-        p->xfer = NULL;
-        px_attempt_failed(p, RETRY_FAULT_NETWORK, 0, NULL,
-                          "upstream sent a malformed JSON body");
+    if (res == UPSTREAM_ERR_ABORTED) {
+        px_leg_record(l, 1);
+        px_note_failure(l, FAIL_TOO_LARGE, 0, "response too large");
+        px_error(p, 502, "upstream_error", "upstream_response_too_large",
+                 "upstream response too large");
         return;
     }
-    if (res == UPSTREAM_OK && !retry_classify(&p->snap->rp, &o).retryable) {
-        px_record(p, retry_classify(&p->snap->rp, &o).host_failure);
-        px_attempt_end(p);
-        px_reply_buffered(p);        /* still needs x for its headers */
-        p->xfer = NULL;
+    if (res != UPSTREAM_OK) {
+        snprintf(msg, sizeof(msg), "%s: %s", upstream_result_name(res), err);
+        if (p->winner == l)
+            p->winner = NULL;
+        px_leg_failed(l, res == UPSTREAM_ERR_TIMEOUT ? RETRY_FAULT_TIMEOUT
+                                                     : RETRY_FAULT_NETWORK,
+                      0, NULL, msg);
+        return;
+    }
+    if (px_garbage(l, x)) {
+        if (p->winner == l)
+            p->winner = NULL;
+        px_leg_failed(l, RETRY_FAULT_NETWORK, 0, NULL,
+                      "upstream sent a malformed JSON body");
+        return;
+    }
+    v = retry_classify(&p->snap->rp, &o);
+    if (!v.retryable && (p->winner == l || p->active == 0)) {
+        /* A success, or an answer no retry can change (e.g. 400). */
+        px_leg_record(l, v.host_failure);
+        px_reply_buffered(p, l, x);
         px_done(p);
         return;
     }
-    px_attempt_end(p);
-    if (res == UPSTREAM_ERR_ABORTED) {
-        px_record(p, 1);
-        p->xfer = NULL;
-        px_note_failure(p, FAIL_TOO_LARGE, 0, "response too large");
-        px_fail_final(p);
-        return;
-    }
-    if (res == UPSTREAM_OK) {
-        char ra[64] = "";
+    {
         const char *h = upstream_resp_header(x, "Retry-After");
-        if (h)
-            snprintf(ra, sizeof(ra), "%s", h);
-        snprintf(msg, sizeof(msg), "HTTP %d", p->status);
-        p->xfer = NULL;
-        px_attempt_failed(p, RETRY_FAULT_NONE, p->status, h ? ra : NULL, msg);
-        return;
+        char ra[64];
+        snprintf(ra, sizeof(ra), "%s", h ? h : "");
+        snprintf(msg, sizeof(msg), "HTTP %d", l->status);
+        px_leg_failed(l, RETRY_FAULT_NONE, l->status, h ? ra : NULL, msg);
     }
-    p->xfer = NULL;
-    snprintf(msg, sizeof(msg), "%s: %s", upstream_result_name(res), err);
-    px_attempt_failed(p, res == UPSTREAM_ERR_TIMEOUT ? RETRY_FAULT_TIMEOUT
-                                                     : RETRY_FAULT_NETWORK,
-                      0, NULL, msg);
 }
 
 static const struct upstream_cbs px_cbs = { px_on_headers, px_on_data, px_on_done };
@@ -556,17 +692,17 @@ static const struct upstream_cbs px_cbs = { px_on_headers, px_on_data, px_on_don
 
 static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    struct proxy *p = arg;
+    struct px_leg *l = arg;
 
     (void)fd;
     (void)what;
-    if (p->xfer == NULL || p->st != PX_WAIT_HEAD)
+    if (l->xfer == NULL || l->status)
         return;
-    upstream_cancel(p->xfer);
-    p->xfer = NULL;
-    px_attempt_end(p);      /* the timeout is an outcome: px_record takes it */
-    px_attempt_failed(p, RETRY_FAULT_TIMEOUT, 0, NULL,
-                      "no response head within per_try_timeout");
+    upstream_cancel(l->xfer);
+    l->xfer = NULL;
+    px_leg_end(l);           /* the timeout is an outcome: recorded below */
+    px_leg_failed(l, RETRY_FAULT_TIMEOUT, 0, NULL,
+                  "no response head within the per-try timeout");
 }
 
 static void px_deadline(evutil_socket_t fd, short what, void *arg)
@@ -577,7 +713,6 @@ static void px_deadline(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (p->st == PX_STREAMING || p->st == PX_DONE)
         return;
-    px_cancel_attempt(p);
     px_error(p, 504, "upstream_error", "deadline_exceeded",
              "no upstream answered within the request deadline");
 }
@@ -585,10 +720,12 @@ static void px_deadline(evutil_socket_t fd, short what, void *arg)
 static void px_client_gone(struct http_req *req, void *arg)
 {
     struct proxy *p = arg;
+    int i;
 
     (void)req;
     log_debug("request %s: client went away", p->id);
-    px_cancel_attempt(p);
+    for (i = 0; i < p->nlegs; i++)
+        px_leg_cancel(&p->legs[i]);
     if (p->resp_status == 0)
         p->resp_status = 499;        /* nginx's "client closed request" */
     if (p->st == PX_STREAMING)
@@ -610,63 +747,100 @@ static int px_was_tried(const struct proxy *p, int h)
     return 0;
 }
 
+struct px_filter_ctx {
+    struct proxy         *p;
+    const struct px_step *step;
+};
+
 /* balance.c filter: hosts whose breaker is open are out (health checks
- * mark unhealthy hosts in live.usable). The breaker's recovery share
- * depends on time, so it is refreshed here, just before balance.c reads
- * it for this candidate. */
+ * mark unhealthy hosts in live.usable), and so are hosts outside the
+ * step's host set. The breaker's recovery share depends on time, so it
+ * is refreshed here, just before balance.c reads it for this candidate. */
 static int px_filter(void *ctx, int node)
 {
-    struct proxy *p = ctx;
-    struct host_state *hs = p->snap->hs[node];
+    struct px_filter_ctx *f = ctx;
+    struct host_state *hs = f->p->snap->hs[node];
     int64_t now = gw_now_ms();
+    size_t i;
 
+    if (f->step->hosts) {
+        for (i = 0; i < f->step->nhosts && f->step->hosts[i] != node; i++)
+            ;
+        if (i == f->step->nhosts)
+            return 0;
+    }
     hs->live.share = breaker_share(&hs->br, now);
     return breaker_state(&hs->br, now) != BREAKER_OPEN;
 }
 
-/* Picks the next host: the strategy's choice among usable hosts serving
- * the model, never one this request already tried unless nothing else is
- * left (then the failed host may be retried, e.g. with another key). */
-static int px_pick_host(struct proxy *p)
+/* Picks a host for step s: the strategy's choice among usable hosts that
+ * serve the step's model, never one this request already tried unless
+ * nothing else is left (then a failed host may be retried, e.g. with
+ * another key). */
+static int px_pick_host(struct proxy *p, const struct px_step *s)
 {
     const struct config *c = p->snap->cfg;
+    struct px_filter_ctx f = { p, s };
     struct balance_query q;
     int h;
 
     memset(&q, 0, sizeof(q));
-    q.model = p->model;
+    q.model = s->model ? s->model : p->model;
     q.prefer_region = c->routing.prefer_region;
     q.exclude = p->tried;
     q.nexclude = (size_t)p->ntried;
     q.filter = px_filter;
-    q.filter_ctx = p;
-    if (c->routing.strategy == STRAT_CONSISTENT_HASH) {
+    q.filter_ctx = &f;
+    if (c->routing.strategy == STRAT_CONSISTENT_HASH)
         q.hash_key = c->routing.hash_key == AFF_HEADER
                          ? http_req_header(p->req, c->routing.hash_header)
                          : p->user;
-    }
     h = balance_pick(p->snap->bal, p->snap->live, &q, &p->pick_status);
-    if (h < 0 && p->pick_status == BALANCE_ALL_TRIED && p->attempts > 0) {
+    if (h < 0 && p->pick_status == BALANCE_ALL_TRIED && p->race == 1
+        && p->step_attempts > 0) {
         q.nexclude = 0;
         h = balance_pick(p->snap->bal, p->snap->live, &q, &p->pick_status);
     }
     return h;
 }
 
-static int px_send(struct proxy *p, int h)
+static struct px_leg *px_leg_get(struct proxy *p)
 {
+    struct px_leg *l;
+    int i;
+
+    for (i = 0; i < p->nlegs; i++)
+        if (p->legs[i].xfer == NULL && &p->legs[i] != p->winner)
+            return &p->legs[i];
+    if (p->nlegs == PX_MAX_LEGS)
+        return NULL;
+    l = &p->legs[p->nlegs];
+    l->p = p;
+    l->buf = evbuffer_new();
+    l->try_timer = evtimer_new(p->gw->base, px_try_timeout, l);
+    if (l->buf == NULL || l->try_timer == NULL)
+        return NULL;
+    p->nlegs++;
+    return l;
+}
+
+static int px_send(struct px_leg *l)
+{
+    struct proxy *p = l->p;
     const struct config *c = p->snap->cfg;
-    const struct cfg_host *ch = &c->hosts[h];
+    const struct px_step *s = &p->steps[l->step];
+    const struct cfg_host *ch = &c->hosts[l->host];
     struct upstream_header hdr[8];
     struct upstream_req ur;
     char url[2048], auth[4096];
     const char *accept = http_req_header(p->req, "Accept");
     size_t nh = 0;
-    int64_t now = gw_now_ms(), left = p->t_start + c->retry.deadline_ms - now;
+    int64_t now = gw_now_ms(), left = p->t_start + p->deadline_ms - now;
+    int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
 
     snprintf(url, sizeof(url), "%s%s", ch->url, p->upath);
-    if (p->has_key) {
-        snprintf(auth, sizeof(auth), "Bearer %s", c->keys[p->key].secret);
+    if (l->has_key) {
+        snprintf(auth, sizeof(auth), "Bearer %s", c->keys[l->key].secret);
         hdr[nh].name = "Authorization";
         hdr[nh++].value = auth;
     }
@@ -686,45 +860,48 @@ static int px_send(struct proxy *p, int h)
     ur.method = p->method;
     ur.headers = hdr;
     ur.nheaders = nh;
-    ur.body = p->body;
-    ur.body_len = p->body_len;
-    ur.connect_timeout_ms = c->retry.per_try_timeout_ms;
+    ur.body = s->body ? s->body : p->body;
+    ur.body_len = s->body ? s->body_len : p->body_len;
+    ur.connect_timeout_ms = per_try;
     /* A whole (non-streamed) answer must come within the deadline. */
     ur.total_timeout_ms = p->want_stream ? 0 : (left > 0 ? left : 1);
 
-    p->status = 0;
-    p->st = PX_WAIT_HEAD;
-    p->t_try = now;
-    p->xfer = upstream_start(p->gw->up, &ur, &px_cbs, p);
+    l->status = 0;
+    l->streaming = 0;
+    l->t_try = now;
+    l->xfer = upstream_start(p->gw->up, &ur, &px_cbs, l);
     memset(auth, 0, sizeof(auth));
-    if (p->xfer == NULL)
+    if (l->xfer == NULL)
         return -1;
-    p->snap->hs[h]->live.in_flight++;
-    p->snap->hs[h]->requests++;
+    p->active++;
+    p->snap->hs[l->host]->live.in_flight++;
+    p->snap->hs[l->host]->requests++;
     {
-        struct timeval tv = { (time_t)(c->retry.per_try_timeout_ms / 1000),
-                              (suseconds_t)((c->retry.per_try_timeout_ms % 1000) * 1000) };
-        evtimer_add(p->try_timer, &tv);
+        struct timeval tv = { (time_t)(per_try / 1000), (suseconds_t)((per_try % 1000) * 1000) };
+        evtimer_add(l->try_timer, &tv);
     }
     return 0;
 }
 
-static void px_attempt(struct proxy *p)
+/*
+ * Starts one leg for step `si`: picks a host (skipping hosts whose keys
+ * all cool down or whose half-open breaker has no probe left), a key, and
+ * sends. Returns 0 when a leg is running, -1 when this step has no host.
+ */
+static int px_start_leg(struct proxy *p, int si)
 {
     const struct config *c = p->snap->cfg;
     int64_t now = gw_now_ms();
     int picks = 0;
 
-    p->st = PX_ATTEMPT;
-    /* Each loop either starts an attempt or excludes one more host, so it
-     * ends after at most nhosts + 1 rounds. */
-    while (p->attempts < c->retry.max_attempts && picks++ <= (int)c->nhosts) {
+    while (picks++ <= (int)c->nhosts) {
         struct host_state *hs;
-        size_t k;
-        int h = px_pick_host(p);
+        struct px_leg *l;
+        size_t k = 0;
+        int h = px_pick_host(p, &p->steps[si]), has_key = 0;
 
         if (h < 0)
-            break;
+            return -1;
         hs = p->snap->hs[h];
         if (p->ntried < PX_MAX_TRIED && !px_was_tried(p, h))
             p->tried[p->ntried++] = h;
@@ -733,25 +910,157 @@ static void px_attempt(struct proxy *p)
             p->keys_cooling = 1;
             continue;
         case KEYS_NONE:
-            p->has_key = 0;
             break;
         case KEYS_PICKED:
-            p->has_key = 1;
-            p->key = k;
+            has_key = 1;
             break;
         }
-        if (!breaker_allow(&hs->br, now, &p->ticket))
+        if ((l = px_leg_get(p)) == NULL)
+            return -1;
+        if (!breaker_allow(&hs->br, now, &l->ticket))
             continue;                 /* half-open and its probes are out */
-        p->ticket_open = 1;
-        p->host = h;
+        l->ticket_open = 1;
+        l->host = h;
+        l->step = si;
+        l->has_key = has_key;
+        l->key = k;
+        p->last_host = h;
+        p->last_key = has_key ? (int)k : -1;
         p->attempts++;
-        if (px_send(p, h) == 0)
+        p->step_attempts++;
+        if (px_send(l) == 0)
+            return 0;
+        breaker_release(&hs->br, l->ticket);
+        l->ticket_open = 0;
+        px_note_failure(l, FAIL_NETWORK, 0, "cannot start the upstream transfer");
+    }
+    return -1;
+}
+
+/* Starts the next attempt: the whole race first, then one leg at a time
+ * through the steps. */
+static void px_attempt(struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    int i;
+
+    p->st = PX_WAITING;
+    if (p->race > 1) {
+        for (i = 0; i < p->race; i++)
+            px_start_leg(p, i < p->nsteps ? i : p->nsteps - 1);
+        if (p->active > 0)
             return;
-        breaker_release(&hs->br, p->ticket);
-        p->ticket_open = 0;
-        px_note_failure(p, FAIL_NETWORK, 0, "cannot start the upstream transfer");
+        p->step = p->race - 1;
+        p->race = 1;
+        if (!px_next_step(p)) {
+            px_fail_final(p);
+            return;
+        }
+    }
+    for (;;) {
+        if (p->step_attempts < c->retry.max_attempts && px_start_leg(p, p->step) == 0)
+            return;
+        if (!px_next_step(p))
+            break;
     }
     px_fail_final(p);
+}
+
+/* --- the plan ---------------------------------------------------------- */
+
+/* The body with "model" set to `model`, for a step that rewrites it. */
+static int px_step_rewrite(struct proxy *p, struct px_step *s, const char *model)
+{
+    json_t *copy;
+
+    s->model = model;
+    if (p->doc == NULL || (p->model && strcmp(p->model, model) == 0))
+        return 0;
+    copy = json_copy(p->doc);
+    if (copy == NULL)
+        return -1;
+    json_object_set_new(copy, "model", json_string(model));
+    s->body = json_dumps(copy, JSON_COMPACT);
+    json_decref(copy);
+    if (s->body == NULL)
+        return -1;
+    s->body_len = strlen(s->body);
+    return 0;
+}
+
+/* A step's model may name a `models:` group: the first member some host
+ * serves stands for it. */
+static const char *px_concrete_model(const struct proxy *p, const char *name)
+{
+    const struct cfg_model_group *g = config_model_group(p->snap->cfg, name);
+    size_t i;
+
+    if (g == NULL)
+        return name;
+    for (i = 0; i < g->models.n; i++)
+        if (balance_serves(p->snap->bal, g->models.v[i]))
+            return g->models.v[i];
+    return g->models.n ? g->models.v[0] : name;
+}
+
+static const struct cfg_fallback_chain *px_chain(const struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    size_t i;
+
+    for (i = 0; i < c->fallback.nchains; i++) {
+        const char *m = c->fallback.chains[i].match;
+        if (strcmp(m, "*") == 0 || (p->model && strcmp(m, p->model) == 0))
+            return &c->fallback.chains[i];
+    }
+    return NULL;
+}
+
+/*
+ * Builds the plan: the matching fallback chain's steps; else, for a model
+ * that names a `models:` group, one step per member in order; else one
+ * step with the request as it is.
+ */
+static int px_plan(struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    const struct cfg_fallback_chain *ch = px_chain(p);
+    const struct cfg_model_group *g = p->model ? config_model_group(c, p->model) : NULL;
+    size_t i, j;
+
+    p->race = 1;
+    p->deadline_ms = c->retry.deadline_ms;
+    if (ch) {
+        for (i = 0; i < ch->nsteps && p->nsteps < PX_MAX_STEPS; i++) {
+            const struct cfg_fallback_step *cs = &ch->steps[i];
+            struct px_step *s = &p->steps[p->nsteps++];
+
+            s->timeout_ms = cs->timeout_ms;
+            if (cs->model && px_step_rewrite(p, s, px_concrete_model(p, cs->model)) < 0)
+                return -1;
+            if (cs->hosts.n) {
+                s->hosts = calloc(cs->hosts.n, sizeof(int));
+                if (s->hosts == NULL)
+                    return -1;
+                for (j = 0; j < cs->hosts.n; j++) {
+                    const struct cfg_host *h = config_host_by_name(c, cs->hosts.v[j]);
+                    if (h)
+                        s->hosts[s->nhosts++] = (int)(h - c->hosts);
+                }
+            }
+        }
+        if (ch->mode == FALLBACK_PARALLEL)
+            p->race = ch->race < PX_MAX_LEGS ? ch->race : PX_MAX_LEGS;
+        if (ch->timeout_ms)
+            p->deadline_ms = ch->timeout_ms;
+    } else if (g) {
+        for (i = 0; i < g->models.n && p->nsteps < PX_MAX_STEPS; i++)
+            if (px_step_rewrite(p, &p->steps[p->nsteps++], g->models.v[i]) < 0)
+                return -1;
+    }
+    if (p->nsteps == 0)
+        p->nsteps = 1;                /* the request as it is */
+    return 0;
 }
 
 /* --- entry ------------------------------------------------------------ */
@@ -794,14 +1103,13 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->req = req;
     p->snap = gw->snap;
     snapshot_ref(p->snap);
-    p->host = -1;
+    p->last_host = -1;
+    p->last_key = -1;
     p->fail_host = -1;
     p->method = method;
     p->t_start = gw_now_ms();
     snprintf(p->upath, sizeof(p->upath), "%s", upath);
     snprintf(p->peer, sizeof(p->peer), "%s", http_req_peer(req));
-    p->buf = evbuffer_new();
-    p->try_timer = evtimer_new(gw->base, px_try_timeout, p);
     p->deadline_timer = evtimer_new(gw->base, px_deadline, p);
     p->backoff_timer = evtimer_new(gw->base, px_backoff_done, p);
     p->next = inflight;
@@ -810,8 +1118,7 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     inflight = p;
     gw->active++;
     px_make_id(p);
-    if (p->buf == NULL || p->try_timer == NULL || p->deadline_timer == NULL
-        || p->backoff_timer == NULL) {
+    if (p->deadline_timer == NULL || p->backoff_timer == NULL) {
         px_free(p);
         return NULL;
     }
@@ -821,9 +1128,14 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
 
 static void px_start(struct proxy *p)
 {
-    int64_t d = p->snap->cfg->retry.deadline_ms;
-    struct timeval tv = { (time_t)(d / 1000), (suseconds_t)((d % 1000) * 1000) };
+    struct timeval tv;
 
+    if (px_plan(p) < 0) {
+        px_error(p, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    tv.tv_sec = (time_t)(p->deadline_ms / 1000);
+    tv.tv_usec = (suseconds_t)((p->deadline_ms % 1000) * 1000);
     evtimer_add(p->deadline_timer, &tv);
     retry_budget_note_request(&p->gw->budget, p->t_start);
     px_attempt(p);
@@ -833,7 +1145,7 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
 {
     struct proxy *p;
     json_error_t jerr;
-    json_t *doc, *v;
+    json_t *v;
 
     p = px_new(gw, req, http_req_path(req), "POST");
     if (p == NULL) {
@@ -841,38 +1153,31 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
         return;
     }
     p->body = http_req_body(req, &p->body_len);
-    doc = json_loadb(p->body, p->body_len, 0, &jerr);
-    if (doc == NULL) {
+    p->doc = json_loadb(p->body, p->body_len, 0, &jerr);
+    if (p->doc == NULL) {
         char msg[300];
         snprintf(msg, sizeof(msg), "invalid JSON body: %s (line %d, column %d)",
                  jerr.text, jerr.line, jerr.column);
         px_error(p, 400, "invalid_request_error", "invalid_json", msg);
         return;
     }
-    if (!json_is_object(doc)) {
-        json_decref(doc);
+    if (!json_is_object(p->doc)) {
         px_error(p, 400, "invalid_request_error", "invalid_json",
                  "the request body must be a JSON object");
         return;
     }
-    v = json_object_get(doc, "model");
+    v = json_object_get(p->doc, "model");
     if (v && !json_is_string(v)) {
-        json_decref(doc);
         px_error(p, 400, "invalid_request_error", "invalid_model",
                  "\"model\" must be a string");
         return;
     }
-    if (v && (p->model = strdup(json_string_value(v))) == NULL) {
-        json_decref(doc);
-        px_error(p, 500, "server_error", "out_of_memory", "out of memory");
-        return;
-    }
-    v = json_object_get(doc, "stream");
-    p->want_stream = json_is_true(v);
-    v = json_object_get(doc, "user");
+    if (v)
+        p->model = strdup(json_string_value(v));
+    p->want_stream = json_is_true(json_object_get(p->doc, "stream"));
+    v = json_object_get(p->doc, "user");
     if (json_is_string(v))
         p->user = strdup(json_string_value(v));
-    json_decref(doc);
     px_start(p);
 }
 
@@ -889,10 +1194,13 @@ void proxy_handle_get(struct gateway *gw, struct http_req *req, const char *path
 
 void proxy_abort_all(struct gateway *gw)
 {
+    int i;
+
     (void)gw;
     while (inflight) {
         struct proxy *p = inflight;
-        px_cancel_attempt(p);
+        for (i = 0; i < p->nlegs; i++)
+            px_leg_cancel(&p->legs[i]);
         if (p->st == PX_STREAMING) {
             px_stream_error(p, "gateway shutting down");
             http_stream_end(p->req);

@@ -29,6 +29,8 @@ struct upstream {
     size_t             active;
     CURL              *pool[UPSTREAM_EASY_POOL];
     size_t             npool;
+    int                in_action;   /* inside curl: removal must wait */
+    struct upstream_xfer *cancelled;/* waiting for removal, see upstream_cancel */
 };
 
 struct sock_watch {
@@ -44,6 +46,8 @@ struct upstream_xfer {
     const struct upstream_cbs *cbs;
     void                     *arg;
     int                       head_done;   /* final head seen */
+    int                       cancelled;   /* owner is gone: no more callbacks */
+    struct upstream_xfer     *next_cancelled;
     int                       aborted;
     int                       paused;
     size_t                    nresp;
@@ -53,6 +57,21 @@ struct upstream_xfer {
 };
 
 static void check_done(struct upstream *u);
+static void xfer_free(struct upstream_xfer *x);
+
+/* Runs curl, then frees the transfers cancelled while it ran. */
+static void multi_action(struct upstream *u, curl_socket_t fd, int action)
+{
+    u->in_action++;
+    curl_multi_socket_action(u->multi, fd, action, &u->running);
+    u->in_action--;
+    check_done(u);
+    while (u->in_action == 0 && u->cancelled) {
+        struct upstream_xfer *x = u->cancelled;
+        u->cancelled = x->next_cancelled;
+        xfer_free(x);
+    }
+}
 
 /* --- libevent <-> curl glue ------------------------------------------ */
 
@@ -62,8 +81,7 @@ static void sock_event_cb(evutil_socket_t fd, short kind, void *arg)
     int action = (kind & EV_READ ? CURL_CSELECT_IN : 0)
                | (kind & EV_WRITE ? CURL_CSELECT_OUT : 0);
 
-    curl_multi_socket_action(u->multi, fd, action, &u->running);
-    check_done(u);
+    multi_action(u, fd, action);
 }
 
 static void timer_event_cb(evutil_socket_t fd, short kind, void *arg)
@@ -72,8 +90,7 @@ static void timer_event_cb(evutil_socket_t fd, short kind, void *arg)
 
     (void)fd;
     (void)kind;
-    curl_multi_socket_action(u->multi, CURL_SOCKET_TIMEOUT, 0, &u->running);
-    check_done(u);
+    multi_action(u, CURL_SOCKET_TIMEOUT, 0);
 }
 
 static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp)
@@ -164,6 +181,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userp)
     char *colon;
     long status = 0;
 
+    if (x->cancelled)
+        return 0;
     if (x->head_done)
         return len;                     /* trailers: ignored */
     if (len >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
@@ -211,6 +230,8 @@ static size_t write_cb(char *buf, size_t size, size_t n, void *userp)
     struct upstream_xfer *x = userp;
     size_t len = size * n;
 
+    if (x->cancelled)
+        return 0;
     if (x->cbs->on_data == NULL)
         return len;
     switch (x->cbs->on_data(x->arg, buf, len)) {
@@ -257,6 +278,8 @@ static void check_done(struct upstream *u)
         if (msg->msg != CURLMSG_DONE)
             continue;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        if (x->cancelled)
+            continue;               /* freed by multi_action */
         res = classify(msg->data.result, x->aborted);
         /* A head that never completed is not a response. */
         if (res == UPSTREAM_OK && !x->head_done)
@@ -351,14 +374,26 @@ void upstream_resume(struct upstream_xfer *x)
 {
     if (x->paused) {
         x->paused = 0;
+        x->u->in_action++;
         curl_easy_pause(x->easy, CURLPAUSE_CONT);
+        x->u->in_action--;
     }
 }
 
+/* Inside a curl callback a handle cannot leave the multi handle
+ * (CURLM_RECURSIVE_API_CALL): the transfer then goes quiet at once and is
+ * removed as soon as curl returns, in the same loop turn. */
 void upstream_cancel(struct upstream_xfer *x)
 {
-    if (x)
-        xfer_free(x);
+    if (x == NULL || x->cancelled)
+        return;
+    if (x->u->in_action) {
+        x->cancelled = 1;
+        x->next_cancelled = x->u->cancelled;
+        x->u->cancelled = x;
+        return;
+    }
+    xfer_free(x);
 }
 
 const char *upstream_resp_header(const struct upstream_xfer *x, const char *name)
@@ -431,6 +466,11 @@ void upstream_free(struct upstream *u)
         return;
     /* Transfers still registered belong to requests being torn down;
      * their owners cancel them first. Idle handles go here. */
+    while (u->cancelled) {
+        struct upstream_xfer *x = u->cancelled;
+        u->cancelled = x->next_cancelled;
+        xfer_free(x);
+    }
     for (i = 0; i < u->npool; i++)
         curl_easy_cleanup(u->pool[i]);
     if (u->multi)

@@ -214,3 +214,60 @@ def test_fault_matrix_with_one_healthy_host_is_100_percent(mocks, gateway):
     rate = ok / total
     print("fault matrix success rate: %.3f over %d requests" % (rate, total))
     assert rate == 1.0, rate
+
+
+def test_parallel_race_takes_fastest_and_cancels_the_rest(mocks, gateway):
+    ms = mocks(3)
+    ms[0].config(delay_ms=3000)
+    ms[1].config(delay_ms=150)
+    # ms[2] answers at once
+    names = [m.name for m in ms]
+    policies = ("fallback:\n  chains:\n    - match: \"*\"\n      mode: parallel\n      race: 3\n"
+                "      steps:\n        - hosts: [%s]\n" % ", ".join(names))
+    g = gateway(hosts_of(ms), policies=policies)
+    t0 = time.monotonic()
+    st, h, body = g.chat()
+    took = time.monotonic() - t0
+    assert st == 200, body
+    assert h["x-upstream-host"] == "m2"
+    assert took < 1.0, took
+    assert h["x-attempts"] == "3"
+    # the losers saw their connections closed
+    wait_for(lambda: ms[0].stats()["disconnects"] == 1 and ms[1].stats()["disconnects"] == 1,
+             timeout=5, what="losers cancelled")
+    # streaming races too
+    st, h, body = g.chat(stream=True)
+    assert st == 200 and h["x-upstream-host"] == "m2" and b"[DONE]" in body
+
+
+def test_sequential_fallback_chain_rewrites_model(mocks, gateway):
+    ms = mocks(2)
+    ms[0].config(status=500)
+    hosts = hosts_of(ms, m0={"models": ["big-model"]}, m1={"models": ["small-model"]})
+    policies = ("models:\n  smalls: [small-model]\n"
+                "retry:\n  max_attempts: 2\n  backoff: {initial: 1ms}\n"
+                "fallback:\n  chains:\n    - match: big-model\n      steps:\n"
+                "        - {model: big-model, timeout: 2s}\n        - {model: smalls}\n")
+    g = gateway(hosts, policies=policies)
+    st, h, body = g.chat(model="big-model")
+    assert st == 200, body
+    assert h["x-upstream-host"] == "m1"
+    assert h["x-attempts"] == "3"          # 2 on big-model, then the fallback
+    assert ms[1].stats()["last_body"]["model"] == "small-model"
+    assert ms[0].stats()["last_body"]["model"] == "big-model"
+    # a request for the group name goes to a member, rewritten
+    st, h, body = g.chat(model="smalls")
+    assert st == 200 and ms[1].stats()["last_body"]["model"] == "small-model"
+
+
+def test_parallel_race_all_fail_then_later_steps(mocks, gateway):
+    ms = mocks(3)
+    ms[0].config(status=500)
+    ms[1].config(status=500)
+    policies = ("retry:\n  backoff: {initial: 1ms}\n"
+                "fallback:\n  chains:\n    - match: \"*\"\n      mode: parallel\n      race: 2\n"
+                "      steps:\n        - hosts: [m0]\n        - hosts: [m1]\n        - hosts: [m2]\n")
+    g = gateway(hosts_of(ms), policies=policies)
+    st, h, body = g.chat()
+    assert st == 200, body
+    assert h["x-upstream-host"] == "m2"
