@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "gateway.h"
+#include "http.h"
 #include "log.h"
 #include "proxy.h"
 
@@ -28,6 +29,7 @@
 
 #define DEFAULT_CONF_DIR   "/etc/infergate"
 #define DRAIN_POLL_MS      20
+#define FLUSH_GRACE_MS     1000     /* after drain_timeout: let replies flush */
 
 struct app {
     struct event_base *base;
@@ -36,6 +38,7 @@ struct app {
     struct event      *drain_timer;
     int64_t            drain_deadline;
     int                stopping;
+    int                aborted;      /* drain_timeout passed: requests ended */
 };
 
 static void usage(FILE *fp)
@@ -59,17 +62,22 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    if (gateway_idle(&a->gw)) {
+    /* Done when no request is left and every reply went out. */
+    if (gateway_idle(&a->gw) && http_server_connections(a->gw.http) == 0) {
         log_info("drained, exiting");
         event_base_loopexit(a->base, NULL);
         return;
     }
     if (gw_now_ms() >= a->drain_deadline) {
+        if (a->aborted) {
+            event_base_loopexit(a->base, NULL);
+            return;
+        }
         log_warn("drain_timeout passed with %zu request(s) in flight; ending them",
                  a->gw.active);
         proxy_abort_all(&a->gw);
-        event_base_loopexit(a->base, NULL);
-        return;
+        a->aborted = 1;
+        a->drain_deadline = gw_now_ms() + FLUSH_GRACE_MS;
     }
     evtimer_add(a->drain_timer, &tv);
 }
