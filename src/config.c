@@ -740,6 +740,7 @@ static const struct field fields[] = {
     {S_POLICY, "retry.deadline",                    T_DUR,     OFF(retry.deadline_ms),              "60s",           1 * MS, DAY, .flags = 0},
     {S_POLICY, "retry.budget.ratio",                T_NUM,     OFF(retry.budget_ratio),             "0.2",           0,     1, .flags = 0},
     {S_POLICY, "retry.budget.window",               T_DUR,     OFF(retry.budget_window_ms),         "10s",           SEC,   HOUR, .flags = 0},
+    {S_POLICY, "retry.no_retry_header",             T_STR,     OFF(retry.no_retry_header),          NULL,            0, 0, .check = check_header},
     {S_POLICY, "retry.budget.min_retries",          T_INT,     OFF(retry.budget_min_retries),       "100",           0,     1000000, .flags = 0},
 
     {S_POLICY, "circuit_breaker.enabled",           T_BOOL,    OFF(breaker.enabled),                "true",          0, 0, .flags = 0},

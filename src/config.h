@@ -181,6 +181,7 @@ struct config {
         double   budget_ratio;
         int64_t  budget_window_ms;
         int      budget_min_retries;
+        char    *no_retry_header;    /* a request carrying it is tried once */
     } retry;
 
     struct {

@@ -110,6 +110,7 @@ struct proxy {
     int                   step;          /* current step (sequential) */
     int                   step_attempts; /* attempts in the current step */
     int                   race;          /* legs to race (1 = sequential) */
+    int                   max_attempts;  /* per step; 1 for no-retry requests */
     struct px_leg         legs[PX_MAX_LEGS];
     int                   nlegs;         /* legs allocated */
     int                   active;        /* legs with a transfer */
@@ -432,7 +433,7 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
         px_fail_final(p);
         return;
     }
-    if (p->step_attempts >= c->retry.max_attempts) {
+    if (p->step_attempts >= p->max_attempts) {
         if (px_next_step(p)) {
             px_attempt(p);
             return;
@@ -941,7 +942,6 @@ static int px_start_leg(struct proxy *p, int si)
  * through the steps. */
 static void px_attempt(struct proxy *p)
 {
-    const struct config *c = p->snap->cfg;
     int i;
 
     p->st = PX_WAITING;
@@ -958,7 +958,7 @@ static void px_attempt(struct proxy *p)
         }
     }
     for (;;) {
-        if (p->step_attempts < c->retry.max_attempts && px_start_leg(p, p->step) == 0)
+        if (p->step_attempts < p->max_attempts && px_start_leg(p, p->step) == 0)
             return;
         if (!px_next_step(p))
             break;
@@ -1029,7 +1029,16 @@ static int px_plan(struct proxy *p)
     size_t i, j;
 
     p->race = 1;
+    p->max_attempts = c->retry.max_attempts;
     p->deadline_ms = c->retry.deadline_ms;
+    if (c->retry.no_retry_header) {
+        const char *v = http_req_header(p->req, c->retry.no_retry_header);
+        if (v && strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0) {
+            p->max_attempts = 1;      /* the client's call has side effects */
+            ch = NULL;
+            g = NULL;
+        }
+    }
     if (ch) {
         for (i = 0; i < ch->nsteps && p->nsteps < PX_MAX_STEPS; i++) {
             const struct cfg_fallback_step *cs = &ch->steps[i];
@@ -1060,6 +1069,8 @@ static int px_plan(struct proxy *p)
     }
     if (p->nsteps == 0)
         p->nsteps = 1;                /* the request as it is */
+    if (p->max_attempts == 1)
+        p->nsteps = 1;
     return 0;
 }
 

@@ -271,3 +271,18 @@ def test_parallel_race_all_fail_then_later_steps(mocks, gateway):
     st, h, body = g.chat()
     assert st == 200, body
     assert h["x-upstream-host"] == "m2"
+
+
+def test_no_retry_header_sends_once(mocks, gateway):
+    ms = mocks(2)
+    for m in ms:
+        m.config(status=503)
+    g = gateway(hosts_of(ms), policies="retry:\n  no_retry_header: X-No-Retry\n  backoff: {initial: 1ms}\n"
+                "circuit_breaker:\n  enabled: false\n")
+    st, h, _ = g.chat(headers={"X-No-Retry": "1"})
+    assert st == 502 and h["x-attempts"] == "1"
+    st, h, _ = g.chat(headers={"X-No-Retry": "false"})
+    assert h["x-attempts"] == "3"
+    st, h, _ = g.chat()
+    assert h["x-attempts"] == "3"
+    assert sum(m.stats()["requests"] for m in ms) == 7
