@@ -81,3 +81,38 @@ bench:
 
 clean:
 	rm -rf build infergate
+
+# --- install, deb -----------------------------------------------------------
+# make install [DESTDIR=/staging] [PREFIX=/usr/local] [SYSCONFDIR=/etc]
+#   $(SBINDIR)/infergate, $(MANDIR)/man8/infergate.8, $(DATADIR)/infergate/schemas/,
+#   $(SYSCONFDIR)/infergate/{hosts.json,api-keys.json,policies.yaml} (examples from
+#   conf/, only where no such file exists yet), the systemd unit and the logrotate file.
+# make deb: build/deb/infergate_<version>_<arch>.deb (dpkg-buildpackage, see
+#   packaging/debian/); scripts/package-test.sh also installs and purges it.
+PREFIX         ?= /usr/local
+SBINDIR        ?= $(PREFIX)/sbin
+DATADIR        ?= $(PREFIX)/share
+MANDIR         ?= $(DATADIR)/man
+SYSCONFDIR     ?= /etc
+SYSTEMDUNITDIR ?= /lib/systemd/system
+INSTALL        ?= install
+
+.PHONY: install deb
+install: infergate
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(DATADIR)/infergate/schemas $(DESTDIR)$(SYSCONFDIR)/infergate \
+		$(DESTDIR)$(SYSCONFDIR)/logrotate.d $(DESTDIR)$(SYSTEMDUNITDIR)
+	$(INSTALL) -m 0755 infergate $(DESTDIR)$(SBINDIR)/infergate
+	$(INSTALL) -m 0644 packaging/infergate.8 $(DESTDIR)$(MANDIR)/man8/infergate.8
+	$(INSTALL) -m 0644 schemas/*.schema.json $(DESTDIR)$(DATADIR)/infergate/schemas/
+	for f in hosts.json api-keys.json policies.yaml; do \
+		[ -e $(DESTDIR)$(SYSCONFDIR)/infergate/$$f ] || \
+		$(INSTALL) -m 0644 conf/$$f $(DESTDIR)$(SYSCONFDIR)/infergate/$$f || exit 1; \
+	done
+	$(INSTALL) -m 0644 packaging/debian/infergate.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/infergate
+	sed 's|/usr/sbin/infergate|$(SBINDIR)/infergate|g; s|/etc/infergate|$(SYSCONFDIR)/infergate|g' \
+		packaging/debian/infergate.service > $(DESTDIR)$(SYSTEMDUNITDIR)/infergate.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/infergate.service
+
+deb:
+	@./scripts/package-test.sh --build-only

@@ -17,6 +17,7 @@
 #include "http.h"
 #include "keys.h"
 #include "proxy.h"
+#include "session.h"
 #include "upstream.h"
 
 static void reply_json(struct http_req *req, int status, json_t *o)
@@ -173,6 +174,13 @@ void admin_status(struct gateway *gw, struct http_req *req)
                   "in_flight", (json_int_t)gw->active,
                   "requests_total", (json_int_t)gw->requests_total,
                   "hosts", hosts, "keys", keys, "replicas");
+    if (o) {
+        json_t *sess = session_status_json(gw->sess);
+        json_t *reps = json_object_get(sess, "replicas");
+        if (reps)
+            json_object_set(o, "replicas", reps);
+        json_object_set_new(o, "sessions", sess);
+    }
     reply_json(req, 200, o);
 }
 

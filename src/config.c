@@ -2438,6 +2438,7 @@ static void config_free(struct config *c)
     free(c->routing.prefer_region);
     free(c->routing.sticky_header);
     free(c->routing.hash_header);
+    free(c->retry.no_retry_header);
     for (i = 0; i < c->nmodels; i++) {
         free(c->models[i].name);
         strlist_free(&c->models[i].models);

@@ -14,7 +14,9 @@
 #include "gateway.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "proxy.h"
+#include "session.h"
 #include "upstream.h"
 
 #define AUTH_NONE   0
@@ -34,6 +36,7 @@ static const struct route routes[] = {
     { "POST", "/v1/chat/completions", AUTH_CLIENT, proxy_handle },
     { "POST", "/v1/completions",      AUTH_CLIENT, proxy_handle },
     { "POST", "/v1/embeddings",       AUTH_CLIENT, proxy_handle },
+    { "POST", "/v1/verify",           AUTH_CLIENT, proxy_handle },
     { "GET",  "/v1/models",           AUTH_CLIENT, admin_models },
     { "GET",  "/health",              AUTH_NONE,   admin_health },
     { "GET",  "/status",              AUTH_NONE,   admin_status },
@@ -49,6 +52,16 @@ int64_t gw_now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t gw_mono_from_unix(int64_t until_unix_ms)
+{
+    return gw_now_ms() + (until_unix_ms - gw_unix_ms());
+}
+
+int64_t gw_unix_from_mono(int64_t until_mono_ms)
+{
+    return gw_unix_ms() + (until_mono_ms - gw_now_ms());
 }
 
 int64_t gw_unix_ms(void)
@@ -243,6 +256,35 @@ static void gateway_handle(struct http_req *req, void *arg)
 
 /* --- lifecycle ------------------------------------------------------- */
 
+/* Another replica saw a key fail or a breaker open: follow its advice
+ * until it expires (our own view stays as it is). */
+static void gateway_on_shared(void *arg, const struct session_shared *ev)
+{
+    struct gateway *gw = arg;
+    const struct snapshot *s = gw->snap;
+    int64_t until = gw_mono_from_unix(ev->until_unix_ms);
+    size_t i;
+
+    if (ev->type == SESSION_BREAKER_OPEN) {
+        for (i = 0; i < s->cfg->nhosts; i++)
+            if (strcmp(s->cfg->hosts[i].name, ev->name) == 0
+                && s->hs[i]->shared_open_until_ms < until)
+                s->hs[i]->shared_open_until_ms = until;
+        return;
+    }
+    for (i = 0; i < s->cfg->nkeys; i++) {
+        if (strcmp(s->cfg->keys[i].id, ev->name) != 0)
+            continue;
+        if (s->ks[i]->cooldown_until_ms < until) {
+            s->ks[i]->cooldown_until_ms = until;
+            log_info("key %s: %s on replica %s, skipped here too",
+                     s->cfg->keys[i].fingerprint,
+                     ev->type == SESSION_KEY_DISABLED ? "disabled" : "cooling",
+                     ev->replica ? ev->replica : "?");
+        }
+    }
+}
+
 /* Once a second: recovery shares follow the breakers' ramps. */
 static void gateway_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -297,6 +339,17 @@ int gateway_init(struct gateway *gw, struct event_base *base,
         struct timeval tv = { 1, 0 };
         event_add(gw->tick, &tv);
     }
+    {
+        char serr[256];
+        gw->sess = session_new(base, cfg, 1,
+                               listen_override ? listen_override : cfg->server.listen,
+                               serr, sizeof(serr));
+        if (gw->sess == NULL) {
+            log_error("sessions: %s", serr);
+            return -1;
+        }
+        session_on_shared(gw->sess, gateway_on_shared, gw);
+    }
     gw->up = upstream_new(base);
     gw->http = http_server_new(base, gateway_handle, gw);
     if (gw->up == NULL || gw->http == NULL) {
@@ -314,7 +367,7 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     return 0;
 }
 
-int gateway_reload(struct gateway *gw)
+static int reload(struct gateway *gw)
 {
     struct cfg_errors errs = { NULL, 0 };
     struct config *cfg;
@@ -361,6 +414,11 @@ int gateway_reload(struct gateway *gw)
         gw->reloads_failed++;
         return -1;
     }
+    {
+        char serr[256];
+        if (session_reconfigure(gw->sess, cfg, s->generation, serr, sizeof(serr)) < 0)
+            log_error("reload: sessions kept their old settings: %s", serr);
+    }
     snapshot_unref(gw->snap);
     gw->snap = s;
     snapshot_activate(s);
@@ -374,6 +432,19 @@ int gateway_reload(struct gateway *gw)
     log_info("reloaded: generation %llu, %zu hosts, %zu keys",
              (unsigned long long)s->generation, cfg->nhosts, cfg->nkeys);
     return 0;
+}
+
+/* Both SIGHUP and POST /admin/reload; systemd hears about it. */
+int gateway_reload(struct gateway *gw)
+{
+    int rc;
+
+    notify_send("RELOADING=1\nSTATUS=reloading configuration");
+    rc = reload(gw);
+    notify_send("READY=1\nSTATUS=%s, serving configuration generation %llu",
+                rc == 0 ? "reloaded" : "reload rejected",
+                (unsigned long long)gw->snap->generation);
+    return rc;
 }
 
 void gateway_drain(struct gateway *gw)
@@ -393,6 +464,7 @@ void gateway_free(struct gateway *gw)
     if (gw->tick)
         event_free(gw->tick);
     http_server_free(gw->http);
+    session_free(gw->sess);
     upstream_free(gw->up);
     snapshot_unref(gw->snap);
     cfg_errors_free(&gw->reload_errs);

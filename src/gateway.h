@@ -23,6 +23,7 @@
 
 struct event_base;
 struct http_server;
+struct session;
 struct upstream;
 
 struct snapshot {
@@ -44,6 +45,7 @@ struct gateway {
     struct event_base  *base;
     struct http_server *http;
     struct upstream    *up;
+    struct session     *sess;        /* response ids, sticky hosts, replicas */
     struct snapshot    *snap;        /* current; the gateway holds one ref */
     const char         *conf_dir;
     const char         *listen_override;
@@ -68,6 +70,9 @@ struct gateway {
 };
 
 int64_t gw_now_ms(void);      /* monotonic milliseconds */
+/* Monotonic deadline `until_unix_ms` (wall clock) as monotonic ms. */
+int64_t gw_mono_from_unix(int64_t until_unix_ms);
+int64_t gw_unix_from_mono(int64_t until_mono_ms);
 int64_t gw_unix_ms(void);     /* wall clock milliseconds */
 
 struct snapshot *snapshot_new(struct config *cfg, uint64_t generation);

@@ -28,17 +28,21 @@
  * probe and hide discovered models.
  *
  * Passive health (`health_check.passive`, with probes enabled): the proxy
- * reports each finished attempt. A host failure (connection error,
- * timeout, 5xx) counts toward the same consecutive-failure streak as a
- * failed probe, so a dead host is dropped after `unhealthy_threshold`
- * failed requests without waiting for the next probe round; a success
- * ends the streak of a healthy host. Only probes bring an unhealthy host
- * back. With probes disabled nothing would, so then request outcomes do
- * not flip health (the circuit breaker covers that case) and every host
- * reads as healthy.
+ * reports each finished attempt after updating the host's
+ * consecutive_failures (the streak of failed requests: connection errors,
+ * timeouts, 5xx; a success ends it). When that streak reaches
+ * `unhealthy_threshold` the host is marked unhealthy at once, without
+ * waiting for the next probe round. Request and probe streaks are counted
+ * apart (they are never added up), so steady good traffic does not hide
+ * failing probes nor the reverse. Only probes bring an
+ * unhealthy host back (and a failed request sets that recovery back).
+ * With probes disabled nothing would, so then request outcomes do not
+ * flip health (the circuit breaker covers that case) and every host reads
+ * as healthy.
  *
  * Discovery: with `discover_models` a probe's OpenAI list
- * `{"data":[{"id":...}]}` becomes the host's models_found. With `path`
+ * `{"data":[{"id":...}]}` becomes the host's models_found (so `path` must
+ * answer such a list; it is ignored for Infernet paths). With `path`
  * `/info` or `/api/info` (Infernet node), the answer
  * `{"containers": [{"id": "a"}, ...] | ["a", ...],
  *   "pending": {"offchain": 2, "onchain": 1} | 3}` fills containers_found
@@ -98,11 +102,13 @@ void health_strlist_free(struct cfg_strlist *l);
 int health_record_probe(const struct config *c, struct host_state *hs, int ok,
                         const char *why, int64_t now_unix_ms);
 
-/* One finished request attempt: ok = 0 for a host failure (connection
- * error, timeout, 5xx), 1 for any other complete answer; a cancelled
- * attempt is not reported. `why` (may be NULL) goes to last_error on a
- * failure. Returns 1 when it flipped the host to unhealthy. No-op for
- * the streaks unless health_check.passive and health_check.enabled. */
+/* One finished request attempt, reported after the caller has updated
+ * hs->consecutive_failures (+1 on a host failure, 0 on a success). ok = 0
+ * for a host failure (connection error, timeout, 5xx), 1 for any other
+ * complete answer; a cancelled attempt is not reported. `why` (may be
+ * NULL) goes to last_error on a failure. Returns 1 when it flipped the
+ * host to unhealthy (the caller logs it). Flips nothing unless
+ * health_check.passive and health_check.enabled. */
 int health_passive(const struct config *c, struct host_state *hs, int ok,
                    const char *why);
 
@@ -126,10 +132,17 @@ int health_host_runs(const struct cfg_host *h, const struct host_state *hs,
 
 /* --- the prober ------------------------------------------------------- */
 
-/* Called after a probe changed a host's health, models_found or
- * containers_found (e.g. to rebuild what depends on models). `host` is
- * the host's index in the snapshot last given to health_set_snapshot. */
-typedef void (*health_change_fn)(void *arg, size_t host);
+/* What a change notice is about (bits). */
+#define HEALTH_CHANGED_HEALTH      (1u << 0)   /* health / live.usable flipped */
+#define HEALTH_CHANGED_MODELS      (1u << 1)   /* models_found */
+#define HEALTH_CHANGED_CONTAINERS  (1u << 2)   /* containers_found */
+
+/* Called after a probe (or health_set_snapshot dropping discovered lists)
+ * changed a host, e.g. to rebuild what depends on its models. `host` is
+ * the host's index in the snapshot last given to health_set_snapshot;
+ * `what` is a set of HEALTH_CHANGED_* bits. It must not call
+ * health_set_snapshot() nor health_free(). */
+typedef void (*health_change_fn)(void *arg, size_t host, unsigned what);
 
 /* `up` must outlive the prober: free the prober before upstream_free(). */
 struct health *health_new(struct event_base *base, struct upstream *up);

@@ -21,6 +21,7 @@
 #include "gateway.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "proxy.h"
 
 #ifndef INFERGATE_VERSION
@@ -106,6 +107,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
             return;
         }
         a->stopping = 1;
+        notify_send("STOPPING=1\nSTATUS=draining %zu request(s)", a->gw.active);
         log_info("stop signal: no new connections, draining %zu request(s)",
                  a->gw.active);
         gateway_drain(&a->gw);
@@ -198,6 +200,8 @@ int main(int argc, char **argv)
     event_add(a.sig_int, NULL);
     event_add(a.sig_usr1, NULL);
     log_info("infergate %s started (pid %ld)", INFERGATE_VERSION, (long)getpid());
+    notify_send("READY=1\nSTATUS=serving configuration generation %llu",
+                (unsigned long long)a.gw.snap->generation);
 
     event_base_dispatch(a.base);
 

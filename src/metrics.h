@@ -47,7 +47,7 @@ enum metrics_route {
     METRICS_ROUTE_HEALTH,        /* GET /health */
     METRICS_ROUTE_STATUS,        /* /status, /v1/providers/status, /admin/providers */
     METRICS_ROUTE_METRICS,       /* GET /metrics */
-    METRICS_ROUTE_ADMIN,         /* other /admin/* */
+    METRICS_ROUTE_ADMIN,         /* any other path under /admin/ */
     METRICS_ROUTE_OTHER,         /* anything else (404s) */
     METRICS_ROUTES
 };

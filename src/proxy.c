@@ -38,6 +38,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "retry.h"
+#include "session.h"
 #include "upstream.h"
 
 #ifndef INFERGATE_VERSION
@@ -51,8 +52,11 @@
 #define PX_MAX_BUFFERED     (64 * 1024 * 1024)  /* non-streamed response cap */
 #define PX_MAX_REQUEST_ID   64
 #define PX_USER_AGENT       "infergate/" INFERGATE_VERSION
+#define PX_ID_SCAN          4096                /* stream bytes searched for an id */
 
-enum px_state { PX_ATTEMPT = 0, PX_WAITING, PX_BUFFERING, PX_STREAMING, PX_DONE };
+enum px_state {
+    PX_LOOKUP = 0, PX_ATTEMPT, PX_WAITING, PX_BUFFERING, PX_STREAMING, PX_DONE
+};
 
 /* Why the last attempt failed, for the final answer. */
 enum px_fail {
@@ -126,6 +130,17 @@ struct proxy {
     int                   keys_cooling;  /* a host was skipped: keys cooling */
     enum balance_status   pick_status;   /* why the last pick found nothing */
 
+    /* sessions: /v1/verify and routing.sticky */
+    int                   verify;        /* POST /v1/verify: only the id's host */
+    enum session_kind     lookup_kind;
+    char                 *lookup_key;    /* response id or sticky key, NULL none */
+    struct session_call  *call;          /* lookup waiting for Redis */
+    int                   lookup_sync;   /* inside session_get() */
+    char                 *pinned;        /* host the lookup answered, or NULL */
+    int                   prefer;        /* host index to try first, -1 none */
+    int                   id_done;       /* response id recorded or not found */
+    struct evbuffer      *idscan;        /* stream prefix searched for the id */
+
     enum px_fail          fail;          /* last failure */
     int                   fail_status;
     int                   fail_host;
@@ -139,6 +154,9 @@ static struct proxy *inflight;           /* list head, for proxy_abort_all */
 
 static void px_attempt(struct proxy *p);
 static void px_leg_cancel(struct px_leg *l);
+static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
+static void px_scan_id(struct proxy *p, const struct px_leg *l,
+                       const char *data, size_t len);
 
 /* --- bookkeeping ----------------------------------------------------- */
 
@@ -191,6 +209,11 @@ static void px_free(struct proxy *p)
         event_free(p->deadline_timer);
     if (p->backoff_timer)
         event_free(p->backoff_timer);
+    session_cancel(p->call);
+    if (p->idscan)
+        evbuffer_free(p->idscan);
+    free(p->lookup_key);
+    free(p->pinned);
     json_decref(p->doc);
     free(p->model);
     free(p->user);
@@ -339,7 +362,13 @@ static void px_leg_record(struct px_leg *l, int host_failure)
     int64_t now = gw_now_ms();
 
     if (l->ticket_open) {
-        breaker_record(&hs->br, l->ticket, !host_failure, now - l->t_try, now);
+        enum breaker_state before = breaker_state(&hs->br, now);
+        if (breaker_record(&hs->br, l->ticket, !host_failure, now - l->t_try, now)
+                == BREAKER_OPEN && before != BREAKER_OPEN) {
+            log_warn("host %s: circuit breaker opened", l->p->snap->cfg->hosts[l->host].name);
+            session_publish_breaker(l->p->gw->sess, l->p->snap->cfg->hosts[l->host].name,
+                                    gw_unix_from_mono(breaker_open_until(&hs->br)));
+        }
         l->ticket_open = 0;
     }
     if (host_failure) {
@@ -408,11 +437,15 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
     if (retry_after)
         ra_ms = retry_after_parse(retry_after, gw_unix_ms() / 1000);
     if (v.key != RETRY_KEY_KEEP
-        && keys_report(p->snap->ks[l->key], status, ra_ms, now))
+        && keys_report(p->snap->ks[l->key], status, ra_ms, now)) {
+        const struct key_state *ks = p->snap->ks[l->key];
         log_warn("key %s (%s) %s after upstream %d from %s",
                  c->keys[l->key].fingerprint, c->keys[l->key].description,
                  v.key == RETRY_KEY_DISABLE ? "disabled until reload" : "cooling down",
                  status, c->hosts[l->host].name);
+        session_publish_key(gw->sess, c->keys[l->key].id, ks->disabled,
+                            ks->disabled ? 0 : gw_unix_from_mono(ks->cooldown_until_ms));
+    }
     px_note_failure(l, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT
                        : fault == RETRY_FAULT_NETWORK ? FAIL_NETWORK : FAIL_STATUS,
                     status, msg);
@@ -546,6 +579,7 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         px_add_headers(p);
         px_copy_headers(p, x);
         http_stream_start(p->req, status, ctype);
+        px_remember(p, l, NULL);
         return UPSTREAM_CONTINUE;
     }
     p->st = PX_BUFFERING;
@@ -558,7 +592,10 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
     struct proxy *p = l->p;
 
     if (l->streaming) {
-        size_t pending = http_stream_write(p->req, data, len);
+        size_t pending;
+        if (!p->id_done)
+            px_scan_id(p, l, data, len);
+        pending = http_stream_write(p->req, data, len);
         p->bytes_out += len;
         if (pending > PX_STREAM_HIGH) {
             /* Slow client: hold the upstream until the socket drains. */
@@ -609,9 +646,51 @@ static int px_garbage(const struct px_leg *l, const struct upstream_xfer *x)
     return 0;
 }
 
+/* The request succeeded on l's host: remember the host for the response
+ * id (so /v1/verify finds it) and for the sticky key. */
+static void px_remember(struct proxy *p, const struct px_leg *l, const char *id)
+{
+    const char *host = p->snap->cfg->hosts[l->host].name;
+    int64_t now = gw_now_ms();
+
+    if (id)
+        session_put(p->gw->sess, SESSION_RID, id, host, now);
+    if (p->lookup_key && p->lookup_kind == SESSION_STICKY && !p->verify && !id)
+        session_put(p->gw->sess, SESSION_STICKY, p->lookup_key, host, now);
+}
+
+/* Streams: looks for the response id in the first bytes. */
+static void px_scan_id(struct proxy *p, const struct px_leg *l,
+                       const char *data, size_t len)
+{
+    char id[SESSION_KEY_MAX];
+    enum session_id_result r;
+
+    if (p->idscan == NULL && (p->idscan = evbuffer_new()) == NULL) {
+        p->id_done = 1;
+        return;
+    }
+    evbuffer_add(p->idscan, data, len);
+    r = session_extract_id((const char *)evbuffer_pullup(p->idscan, -1),
+                           evbuffer_get_length(p->idscan), id, sizeof(id));
+    if (r == SESSION_ID_FOUND)
+        px_remember(p, l, id);
+    if (r != SESSION_ID_MORE || evbuffer_get_length(p->idscan) >= PX_ID_SCAN)
+        p->id_done = 1;
+}
+
 static void px_reply_buffered(struct proxy *p, struct px_leg *l,
                               const struct upstream_xfer *x)
 {
+    if (l->status >= 200 && l->status < 300) {
+        char id[SESSION_KEY_MAX];
+        if (session_extract_id((const char *)evbuffer_pullup(l->buf, -1),
+                               evbuffer_get_length(l->buf), id, sizeof(id))
+            == SESSION_ID_FOUND)
+            px_remember(p, l, id);
+        px_remember(p, l, NULL);
+    }
+    {
     const char *ctype = upstream_resp_header(x, "Content-Type");
     size_t len = evbuffer_get_length(l->buf);
 
@@ -623,6 +702,7 @@ static void px_reply_buffered(struct proxy *p, struct px_leg *l,
     p->bytes_out = len;
     http_reply(p->req, l->status, ctype ? ctype : "application/json",
                (const char *)evbuffer_pullup(l->buf, -1), len);
+    }
 }
 
 static void px_on_done(void *arg, enum upstream_result res, const char *err)
@@ -771,7 +851,8 @@ static int px_filter(void *ctx, int node)
             return 0;
     }
     hs->live.share = breaker_share(&hs->br, now);
-    return breaker_state(&hs->br, now) != BREAKER_OPEN;
+    return breaker_state(&hs->br, now) != BREAKER_OPEN
+           && hs->shared_open_until_ms <= now;
 }
 
 /* Picks a host for step s: the strategy's choice among usable hosts that
@@ -899,8 +980,16 @@ static int px_start_leg(struct proxy *p, int si)
         struct host_state *hs;
         struct px_leg *l;
         size_t k = 0;
-        int h = px_pick_host(p, &p->steps[si]), has_key = 0;
+        int h = -1, has_key = 0;
+        struct px_filter_ctx f = { p, &p->steps[si] };
 
+        /* A sticky request tries its host first, if usable. */
+        if (p->prefer >= 0 && p->step_attempts == 0 && p->race == 1
+            && !px_was_tried(p, p->prefer) && p->snap->live[p->prefer]->usable
+            && px_filter(&f, p->prefer))
+            h = p->prefer;
+        if (h < 0)
+            h = px_pick_host(p, &p->steps[si]);
         if (h < 0)
             return -1;
         hs = p->snap->hs[h];
@@ -1117,6 +1206,7 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->last_host = -1;
     p->last_key = -1;
     p->fail_host = -1;
+    p->prefer = -1;
     p->method = method;
     p->t_start = gw_now_ms();
     snprintf(p->upath, sizeof(p->upath), "%s", upath);
@@ -1137,8 +1227,73 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     return p;
 }
 
+static int px_host_index(const struct proxy *p, const char *name)
+{
+    const struct cfg_host *h = config_host_by_name(p->snap->cfg, name);
+
+    return h ? (int)(h - p->snap->cfg->hosts) : -1;
+}
+
+/* After the session lookup (if any): pins /v1/verify to the host that
+ * served the id, points a sticky request at its host, then starts. */
+static void px_begin(struct proxy *p)
+{
+    char msg[300];
+    int h;
+
+    if (p->verify) {
+        if (p->pinned == NULL) {
+            snprintf(msg, sizeof(msg), "unknown id \"%.100s\": never served here or expired",
+                     p->lookup_key);
+            px_error(p, 404, "invalid_request_error", "unknown_id", msg);
+            return;
+        }
+        h = px_host_index(p, p->pinned);
+        if (h < 0) {
+            snprintf(msg, sizeof(msg), "the host that served this id (%.100s) is no"
+                     " longer configured", p->pinned);
+            px_error(p, 409, "invalid_request_error", "host_gone", msg);
+            return;
+        }
+        if (!p->snap->hs[h]->live.usable || p->snap->hs[h]->health == HEALTH_UNHEALTHY
+            || breaker_state(&p->snap->hs[h]->br, gw_now_ms()) == BREAKER_OPEN) {
+            snprintf(msg, sizeof(msg), "the host that served this id (%.100s) is"
+                     " unavailable; verification must go to it", p->pinned);
+            px_error(p, 503, "service_unavailable", "host_unavailable", msg);
+            return;
+        }
+        /* Verification is provider-specific: that host only. */
+        p->nsteps = 1;
+        p->race = 1;
+        free(p->steps[0].hosts);
+        p->steps[0].hosts = malloc(sizeof(int));
+        if (p->steps[0].hosts == NULL) {
+            px_error(p, 500, "server_error", "out_of_memory", "out of memory");
+            return;
+        }
+        p->steps[0].hosts[0] = h;
+        p->steps[0].nhosts = 1;
+    } else if (p->pinned) {
+        p->prefer = px_host_index(p, p->pinned);
+    }
+    px_attempt(p);
+}
+
+static void px_lookup_done(void *arg, const char *host)
+{
+    struct proxy *p = arg;
+
+    p->call = NULL;
+    if (host)
+        p->pinned = strdup(host);
+    if (p->lookup_sync)
+        return;                       /* px_start goes on */
+    px_begin(p);
+}
+
 static void px_start(struct proxy *p)
 {
+    const struct config *c = p->snap->cfg;
     struct timeval tv;
 
     if (px_plan(p) < 0) {
@@ -1149,7 +1304,31 @@ static void px_start(struct proxy *p)
     tv.tv_usec = (suseconds_t)((p->deadline_ms % 1000) * 1000);
     evtimer_add(p->deadline_timer, &tv);
     retry_budget_note_request(&p->gw->budget, p->t_start);
-    px_attempt(p);
+    if (!p->verify && p->lookup_key == NULL) {
+        const char *key = NULL;
+        p->lookup_kind = SESSION_STICKY;
+        if (c->routing.sticky == AFF_USER)
+            key = p->user;
+        else if (c->routing.sticky == AFF_HEADER)
+            key = http_req_header(p->req, c->routing.sticky_header);
+        else if (c->routing.sticky == AFF_RESPONSE_ID && p->doc) {
+            key = json_string_value(json_object_get(p->doc, "previous_response_id"));
+            p->lookup_kind = SESSION_RID;
+        }
+        if (key && *key)
+            p->lookup_key = strdup(key);
+    }
+    if (p->lookup_key == NULL) {
+        px_begin(p);
+        return;
+    }
+    p->st = PX_LOOKUP;
+    p->lookup_sync = 1;
+    p->call = session_get(p->gw->sess, p->lookup_kind, p->lookup_key, p->t_start,
+                          px_lookup_done, p);
+    p->lookup_sync = 0;
+    if (p->call == NULL)
+        px_begin(p);                  /* answered already */
 }
 
 void proxy_handle(struct gateway *gw, struct http_req *req)
@@ -1189,6 +1368,17 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
     v = json_object_get(p->doc, "user");
     if (json_is_string(v))
         p->user = strdup(json_string_value(v));
+    if (strcmp(p->upath, "/v1/verify") == 0) {
+        v = json_object_get(p->doc, "id");
+        if (!json_is_string(v) || json_string_length(v) == 0) {
+            px_error(p, 400, "invalid_request_error", "missing_id",
+                     "the body needs \"id\": the id of a response to verify");
+            return;
+        }
+        p->verify = 1;
+        p->lookup_kind = SESSION_RID;
+        p->lookup_key = strdup(json_string_value(v));
+    }
     px_start(p);
 }
 

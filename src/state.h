@@ -47,6 +47,7 @@ struct host_state {
     char      last_error[128];   /* last probe or request failure, "" if none */
     struct cfg_strlist models_found;     /* discover_models, owned */
     struct cfg_strlist containers_found; /* Infernet /info, owned */
+    int64_t   shared_open_until_ms; /* another replica's open breaker (advice) */
 };
 
 struct key_state {
