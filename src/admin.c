@@ -13,6 +13,8 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "alerts.h"
+#include "metrics.h"
 #include "gateway.h"
 #include "http.h"
 #include "keys.h"
@@ -180,6 +182,7 @@ void admin_status(struct gateway *gw, struct http_req *req)
         if (reps)
             json_object_set(o, "replicas", reps);
         json_object_set_new(o, "sessions", sess);
+        json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
     }
     reply_json(req, 200, o);
 }
@@ -217,49 +220,40 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
 {
     const struct snapshot *s = gw->snap;
     struct evbuffer *b = evbuffer_new();
+    struct session_metrics sm;
+    uint64_t nkey[3] = { 0, 0, 0 };
+    int64_t now = gw_now_ms();
     size_t i;
 
     if (b == NULL) {
         http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
         return;
     }
-    evbuffer_add_printf(b,
-        "# HELP infergate_requests_total Client requests received.\n"
-        "# TYPE infergate_requests_total counter\n"
-        "infergate_requests_total %llu\n"
-        "# HELP infergate_in_flight Proxied requests in flight.\n"
-        "# TYPE infergate_in_flight gauge\n"
-        "infergate_in_flight %zu\n"
-        "# HELP infergate_config_generation Generation of the serving configuration.\n"
-        "# TYPE infergate_config_generation gauge\n"
-        "infergate_config_generation %llu\n"
-        "# HELP infergate_reloads_total Configuration reloads by outcome.\n"
-        "# TYPE infergate_reloads_total counter\n"
-        "infergate_reloads_total{result=\"ok\"} %zu\n"
-        "infergate_reloads_total{result=\"failed\"} %zu\n",
-        (unsigned long long)gw->requests_total, gw->active,
-        (unsigned long long)s->generation, gw->reloads_ok, gw->reloads_failed);
-    evbuffer_add_printf(b,
-        "# HELP infergate_upstream_requests_total Attempts sent to each host.\n"
-        "# TYPE infergate_upstream_requests_total counter\n");
-    for (i = 0; i < s->cfg->nhosts; i++)
-        evbuffer_add_printf(b, "infergate_upstream_requests_total{host=\"%s\"} %llu\n",
-                            s->cfg->hosts[i].name,
-                            (unsigned long long)s->hs[i]->requests);
-    evbuffer_add_printf(b,
-        "# HELP infergate_upstream_failures_total Failed attempts per host.\n"
-        "# TYPE infergate_upstream_failures_total counter\n");
-    for (i = 0; i < s->cfg->nhosts; i++)
-        evbuffer_add_printf(b, "infergate_upstream_failures_total{host=\"%s\"} %llu\n",
-                            s->cfg->hosts[i].name,
-                            (unsigned long long)s->hs[i]->failures);
-    evbuffer_add_printf(b,
-        "# HELP infergate_upstream_in_flight Attempts in flight per host.\n"
-        "# TYPE infergate_upstream_in_flight gauge\n");
-    for (i = 0; i < s->cfg->nhosts; i++)
-        evbuffer_add_printf(b, "infergate_upstream_in_flight{host=\"%s\"} %d\n",
-                            s->cfg->hosts[i].name, s->hs[i]->live.in_flight);
-    http_reply(req, 200, "text/plain; version=0.0.4",
+    /* Gauges mirror other modules' state: set them just before rendering. */
+    for (i = 0; i < s->cfg->nhosts; i++) {
+        const struct host_state *hs = s->hs[i];
+        int health = !host_usable(s, i) ? HEALTH_UNHEALTHY
+                     : strcmp(host_health(s, i), "degraded") == 0 ? HEALTH_DEGRADED
+                     : HEALTH_HEALTHY;
+        metrics_host_set_state(s->mh[i], breaker_state(&hs->br, now), health,
+                               (uint64_t)hs->live.in_flight);
+    }
+    for (i = 0; i < s->cfg->nkeys; i++) {
+        const char *st = keys_state_name(s->ks[i], s->cfg->keys[i].active, now);
+        nkey[st[0] == 'a' ? 0 : st[0] == 'c' ? 1 : 2]++;
+    }
+    metrics_set_keys(nkey[0], nkey[1], nkey[2]);
+    metrics_set_in_flight(gw->active);
+    metrics_set_generation(s->generation);
+    session_metrics_read(gw->sess, &sm);
+    metrics_set_redis(sm.redis_configured, sm.redis_up);
+    alerts_export_metrics(gw->alerts);
+    if (metrics_render(b) < 0) {
+        evbuffer_free(b);
+        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    http_reply(req, 200, METRICS_CONTENT_TYPE,
                (const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b));
     evbuffer_free(b);
 }

@@ -11,6 +11,8 @@
 #include <event2/event.h>
 
 #include "admin.h"
+#include "alerts.h"
+#include "metrics.h"
 #include "gateway.h"
 #include "http.h"
 #include "log.h"
@@ -123,8 +125,10 @@ struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
     s->hs = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->hs));
     s->ks = calloc(cfg->nkeys ? cfg->nkeys : 1, sizeof(*s->ks));
     s->live = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->live));
+    s->mh = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->mh));
     s->rings = keys_build(cfg);
     if (s->hs == NULL || s->ks == NULL || s->rings == NULL || s->live == NULL
+        || s->mh == NULL
         || (s->bal = snapshot_balance(cfg)) == NULL)
         goto fail;
     retry_params_from_config(cfg, &s->rp);
@@ -133,6 +137,8 @@ struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
         if ((s->hs[i] = state_host_get(cfg->hosts[i].name, &s->bp)) == NULL)
             goto fail;
         s->live[i] = &s->hs[i]->live;
+        if ((s->mh[i] = metrics_host_get(cfg->hosts[i].name)) == NULL)
+            goto fail;
     }
     for (i = 0; i < cfg->nkeys; i++)
         if ((s->ks[i] = state_key_get(cfg->keys[i].id)) == NULL)
@@ -160,6 +166,9 @@ void snapshot_unref(struct snapshot *s)
     nk = s->cfg ? s->cfg->nkeys : 0;
     for (i = 0; s->hs && i < nh; i++)
         state_host_put(s->hs[i]);
+    for (i = 0; s->mh && i < nh; i++)
+        metrics_host_put(s->mh[i]);
+    free(s->mh);
     for (i = 0; s->ks && i < nk; i++)
         state_key_put(s->ks[i]);
     keys_free(s->rings, nh);
@@ -297,6 +306,7 @@ static void gateway_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     for (i = 0; i < s->cfg->nhosts; i++)
         s->hs[i]->live.share = breaker_share(&s->hs[i]->br, now);
+    alerts_tick(gw->alerts, now, gw_unix_ms());
 }
 
 static void apply_limits(struct gateway *gw)
@@ -352,10 +362,14 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     }
     gw->up = upstream_new(base);
     gw->http = http_server_new(base, gateway_handle, gw);
-    if (gw->up == NULL || gw->http == NULL) {
+    gw->alerts = gw->up ? alerts_new(base, gw->up) : NULL;
+    if (gw->up == NULL || gw->http == NULL || gw->alerts == NULL
+        || alerts_configure(gw->alerts, cfg) < 0) {
         log_error("cannot set up the event loop");
         return -1;
     }
+    metrics_set_start_time(gw_unix_ms());
+    metrics_set_generation(1);
     apply_limits(gw);
     listen = listen_override ? listen_override : cfg->server.listen;
     if (http_server_listen(gw->http, listen, err, sizeof(err)) < 0) {
@@ -404,6 +418,7 @@ static int reload(struct gateway *gw)
         gw->reload_errs = errs;
         gw->reload_ok = 0;
         gw->reloads_failed++;
+        metrics_reload(0);
         return -1;
     }
     s = snapshot_new(cfg, gw->snap->generation + 1);
@@ -427,6 +442,10 @@ static int reload(struct gateway *gw)
     cfg_errors_free(&gw->reload_errs);
     gw->reload_ok = 1;
     gw->reloads_ok++;
+    if (alerts_configure(gw->alerts, cfg) < 0)
+        log_error("reload: alerts kept their old settings");
+    metrics_reload(1);
+    metrics_set_generation(s->generation);
     log_open(cfg->server.log_file, cfg->server.log_level, cfg->server.log_format);
     log_open_access(cfg->server.access_log, cfg->server.access_log_format);
     log_info("reloaded: generation %llu, %zu hosts, %zu keys",
@@ -465,6 +484,7 @@ void gateway_free(struct gateway *gw)
         event_free(gw->tick);
     http_server_free(gw->http);
     session_free(gw->sess);
+    alerts_free(gw->alerts);
     upstream_free(gw->up);
     snapshot_unref(gw->snap);
     cfg_errors_free(&gw->reload_errs);

@@ -21,8 +21,10 @@
 #include "retry.h"
 #include "state.h"
 
+struct alerts;
 struct event_base;
 struct http_server;
+struct metrics_host;
 struct session;
 struct upstream;
 
@@ -35,6 +37,7 @@ struct snapshot {
     struct keys_ring   *rings;      /* [cfg->nhosts] */
     struct balance     *bal;        /* built from cfg->hosts */
     struct balance_live **live;     /* [cfg->nhosts] = &hs[i]->live */
+    struct metrics_host **mh;       /* [cfg->nhosts], one ref each */
     struct retry_params rp;
     struct breaker_params bp;
 };
@@ -46,6 +49,7 @@ struct gateway {
     struct http_server *http;
     struct upstream    *up;
     struct session     *sess;        /* response ids, sticky hosts, replicas */
+    struct alerts      *alerts;
     struct snapshot    *snap;        /* current; the gateway holds one ref */
     const char         *conf_dir;
     const char         *listen_override;

@@ -35,7 +35,9 @@
 #include "gateway.h"
 #include "http.h"
 #include "keys.h"
+#include "alerts.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "retry.h"
 #include "session.h"
@@ -88,6 +90,7 @@ struct px_leg {
     int                   status;
     int                   streaming;     /* its head started the client stream */
     int64_t               t_try;
+    int64_t               t_head;        /* its response head, 0 = none yet */
     struct event         *try_timer;     /* connect + first byte */
     struct evbuffer      *buf;           /* buffered response body */
 };
@@ -122,6 +125,8 @@ struct proxy {
     struct event         *deadline_timer;
     struct event         *backoff_timer; /* wait before the next attempt */
     int64_t               t_start, t_head, deadline_ms;
+    int64_t               t_up;          /* since when a leg has been out */
+    int64_t               upstream_ms;   /* time with a leg out, for overhead */
     int                   last_host;     /* host of the last leg, -1 none */
     int                   last_key;      /* key of the last leg, -1 none */
     int                   attempts;
@@ -224,6 +229,22 @@ static void px_free(struct proxy *p)
 /* The common exit: the reply was sent (or the client left). */
 static void px_done(struct proxy *p)
 {
+    int64_t now = gw_now_ms();
+    struct metrics_req m;
+
+    if (p->active > 0)
+        p->upstream_ms += now - p->t_up;
+    memset(&m, 0, sizeof(m));
+    m.route = metrics_route_of(p->upath);
+    m.status = p->resp_status;
+    m.host = p->last_host >= 0 ? p->snap->mh[p->last_host] : NULL;
+    m.model = p->model;
+    m.ttfb_ms = p->t_head ? (double)(p->t_head - p->t_start) : -1;
+    m.total_ms = (double)(now - p->t_start);
+    m.upstream_ms = (double)p->upstream_ms;
+    metrics_request(&m);
+    alerts_observe(p->gw->alerts, NULL, p->resp_status < 500,
+                   m.ttfb_ms >= 0 ? m.ttfb_ms : m.total_ms, now);
     p->st = PX_DONE;
     px_access_log(p);
     px_free(p);
@@ -329,15 +350,25 @@ static void px_fail_final(struct proxy *p)
 
 /* --- legs ------------------------------------------------------------ */
 
-/* Ends a leg's accounting: in-flight count and first-byte timer. */
-static void px_leg_end(struct px_leg *l)
+/* Ends a leg's accounting: in-flight count, first-byte timer, metrics
+ * and alert samples for its outcome. */
+static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
 {
-    struct host_state *hs = l->p->snap->hs[l->host];
+    struct proxy *p = l->p;
+    struct host_state *hs = p->snap->hs[l->host];
+    int64_t now = gw_now_ms();
+    double ttfb = l->t_head ? (double)(l->t_head - l->t_try) : -1;
 
     if (hs->live.in_flight > 0)
         hs->live.in_flight--;
     evtimer_del(l->try_timer);
-    l->p->active--;
+    if (--p->active == 0)
+        p->upstream_ms += now - p->t_up;
+    metrics_attempt(p->snap->mh[l->host], o, ttfb, (double)(now - l->t_try));
+    if (o != METRICS_OUTCOME_CANCELLED)
+        alerts_observe(p->gw->alerts, p->snap->cfg->hosts[l->host].name,
+                       o == METRICS_OUTCOME_SUCCESS || o == METRICS_OUTCOME_CLIENT_ERROR,
+                       ttfb >= 0 ? ttfb : (double)(now - l->t_try), now);
 }
 
 /* Drops a leg's transfer without an outcome (lost race, client gone,
@@ -348,7 +379,7 @@ static void px_leg_cancel(struct px_leg *l)
         return;
     upstream_cancel(l->xfer);
     l->xfer = NULL;
-    px_leg_end(l);
+    px_leg_end(l, METRICS_OUTCOME_CANCELLED);
     if (l->ticket_open) {
         breaker_release(&l->p->snap->hs[l->host]->br, l->ticket);
         l->ticket_open = 0;
@@ -476,6 +507,7 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
     }
     if (!retry_budget_try_spend(&gw->budget, now)) {
         gw->budget_exhausted_total++;
+        metrics_retry_budget_exhausted();
         log_warn("request %s: retry budget exhausted (ratio %.2f over %lld ms);"
                  " not retrying", p->id, c->retry.budget_ratio,
                  (long long)c->retry.budget_window_ms);
@@ -489,6 +521,7 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
         return;
     }
     gw->retries_total++;
+    metrics_retry();
     p->st = PX_ATTEMPT;
     {
         struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
@@ -562,6 +595,7 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     int64_t now = gw_now_ms();
 
     l->status = status;
+    l->t_head = now;
     evtimer_del(l->try_timer);
     balance_observe_latency(&hs->live.ewma_ms, (double)(now - l->t_try),
                             BALANCE_EWMA_ALPHA);
@@ -595,6 +629,7 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         size_t pending;
         if (!p->id_done)
             px_scan_id(p, l, data, len);
+        metrics_stream_chunks(p->snap->mh[l->host], 1);
         pending = http_stream_write(p->req, data, len);
         p->bytes_out += len;
         if (pending > PX_STREAM_HIGH) {
@@ -714,7 +749,7 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
     struct retry_verdict v;
     char msg[200];
 
-    px_leg_end(l);
+    px_leg_end(l, metrics_outcome_of(res, l->status));
     l->xfer = NULL;                   /* freed by upstream.c after this */
     if (l->streaming) {
         px_leg_record(l, res != UPSTREAM_OK);
@@ -781,7 +816,7 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
         return;
     upstream_cancel(l->xfer);
     l->xfer = NULL;
-    px_leg_end(l);           /* the timeout is an outcome: recorded below */
+    px_leg_end(l, METRICS_OUTCOME_TIMEOUT);  /* breaker: recorded below */
     px_leg_failed(l, RETRY_FAULT_TIMEOUT, 0, NULL,
                   "no response head within the per-try timeout");
 }
@@ -951,11 +986,13 @@ static int px_send(struct px_leg *l)
     l->status = 0;
     l->streaming = 0;
     l->t_try = now;
+    l->t_head = 0;
     l->xfer = upstream_start(p->gw->up, &ur, &px_cbs, l);
     memset(auth, 0, sizeof(auth));
     if (l->xfer == NULL)
         return -1;
-    p->active++;
+    if (p->active++ == 0)
+        p->t_up = now;
     p->snap->hs[l->host]->live.in_flight++;
     p->snap->hs[l->host]->requests++;
     {

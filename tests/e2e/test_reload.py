@@ -66,7 +66,7 @@ def test_invalid_reload_keeps_old_config_and_reports(mocks, gateway):
     assert g.chat()[0] == 200
     assert "reload rejected" in g.output()
     st, _, metrics = g.request("GET", "/metrics")
-    assert b'infergate_reloads_total{result="failed"} 1' in metrics
+    assert b'infergate_config_reloads_total{result="failed"} 1' in metrics
     # fixed file: next reload works
     with open(os.path.join(g.conf_dir, "policies.yaml"), "w") as f:
         f.write("admin:\n  token: t0ken\n")
