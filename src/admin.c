@@ -16,6 +16,7 @@
 #include "alerts.h"
 #include "metrics.h"
 #include "gateway.h"
+#include "health.h"
 #include "http.h"
 #include "keys.h"
 #include "proxy.h"
@@ -67,12 +68,7 @@ static int host_usable(const struct snapshot *s, size_t i)
 
 static const char *host_health(const struct snapshot *s, size_t i)
 {
-    const struct host_state *hs = s->hs[i];
-
-    if (hs->health == HEALTH_UNHEALTHY || !hs->live.usable)
-        return "unhealthy";
-    return hs->consecutive_failures || hs->health == HEALTH_DEGRADED
-           ? "degraded" : "healthy";
+    return health_name(health_effective(s->hs[i]));
 }
 
 static size_t usable_hosts(const struct snapshot *s)
@@ -194,11 +190,20 @@ void admin_models(struct gateway *gw, struct http_req *req)
     const char *name;
     json_t *v;
     size_t i, j;
+    int listed = 0;
 
-    for (i = 0; i < c->nhosts; i++)
+    /* The union over usable hosts of configured and discovered models. */
+    for (i = 0; i < c->nhosts; i++) {
+        const struct host_state *hs = gw->snap->hs[i];
+        listed |= c->hosts[i].models.n > 0 || hs->models_found.n > 0;
+        if (!host_usable(gw->snap, i))
+            continue;
         for (j = 0; j < c->hosts[i].models.n; j++)
             json_object_set_new(seen, c->hosts[i].models.v[j], json_true());
-    if (json_object_size(seen) == 0 && c->nhosts > 0) {
+        for (j = 0; j < hs->models_found.n; j++)
+            json_object_set_new(seen, hs->models_found.v[j], json_true());
+    }
+    if (!listed && c->nhosts > 0) {
         /* No host lists its models: ask one. */
         json_decref(seen);
         json_decref(data);

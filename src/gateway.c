@@ -14,6 +14,8 @@
 #include "alerts.h"
 #include "metrics.h"
 #include "gateway.h"
+#include "health.h"
+#include "infernet.h"
 #include "http.h"
 #include "log.h"
 #include "notify.h"
@@ -46,6 +48,7 @@ static const struct route routes[] = {
     { "GET",  "/admin/providers",     AUTH_ADMIN,  admin_status },
     { "GET",  "/metrics",             AUTH_NONE,   admin_metrics },
     { "POST", "/admin/reload",        AUTH_ADMIN,  admin_reload },
+    { "GET",  "/api/v1/ip",           AUTH_CLIENT, infernet_route },
 };
 
 int64_t gw_now_ms(void)
@@ -76,26 +79,44 @@ int64_t gw_unix_ms(void)
 
 /* --- snapshots ------------------------------------------------------- */
 
-static struct balance *snapshot_balance(const struct config *cfg)
+/* Discovered models change the balancer at most this often. */
+#define GW_REBALANCE_MS 100
+
+/* A host's models for routing: configured ones and those its probes
+ * discovered (none at all = any model). */
+static struct balance *snapshot_balance(const struct config *cfg,
+                                        struct host_state *const *hs)
 {
     struct balance_node_cfg *nodes = calloc(cfg->nhosts ? cfg->nhosts : 1,
                                             sizeof(*nodes));
-    struct balance *b;
-    size_t i;
+    const char **names = NULL;
+    struct balance *b = NULL;
+    size_t i, total = 0, w = 0;
 
     if (nodes == NULL)
         return NULL;
+    for (i = 0; i < cfg->nhosts; i++)
+        total += cfg->hosts[i].models.n + hs[i]->models_found.n;
+    if (total && (names = calloc(total, sizeof(*names))) == NULL)
+        goto out;
     for (i = 0; i < cfg->nhosts; i++) {
         const struct cfg_host *h = &cfg->hosts[i];
+        size_t j;
         nodes[i].name = h->name;
         nodes[i].weight = h->weight;
         nodes[i].priority = h->priority;
         nodes[i].region = h->region;
-        nodes[i].models = (const char *const *)h->models.v;
-        nodes[i].nmodels = h->models.n;
+        nodes[i].models = names + w;
+        for (j = 0; j < h->models.n; j++)
+            names[w++] = h->models.v[j];
+        for (j = 0; j < hs[i]->models_found.n; j++)
+            names[w++] = hs[i]->models_found.v[j];
+        nodes[i].nmodels = (size_t)(names + w - nodes[i].models);
     }
     b = balance_new(cfg->routing.strategy, nodes, cfg->nhosts,
                     (uint64_t)gw_unix_ms() ^ 0x5bd1e995ULL);
+out:
+    free(names);
     free(nodes);
     return b;
 }
@@ -128,8 +149,7 @@ struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
     s->mh = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->mh));
     s->rings = keys_build(cfg);
     if (s->hs == NULL || s->ks == NULL || s->rings == NULL || s->live == NULL
-        || s->mh == NULL
-        || (s->bal = snapshot_balance(cfg)) == NULL)
+        || s->mh == NULL)
         goto fail;
     retry_params_from_config(cfg, &s->rp);
     breaker_params_from_config(cfg, &s->bp);
@@ -140,6 +160,8 @@ struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
         if ((s->mh[i] = metrics_host_get(cfg->hosts[i].name)) == NULL)
             goto fail;
     }
+    if ((s->bal = snapshot_balance(cfg, s->hs)) == NULL)
+        goto fail;
     for (i = 0; i < cfg->nkeys; i++)
         if ((s->ks[i] = state_key_get(cfg->keys[i].id)) == NULL)
             goto fail;
@@ -309,6 +331,34 @@ static void gateway_tick(evutil_socket_t fd, short what, void *arg)
     alerts_tick(gw->alerts, now, gw_unix_ms());
 }
 
+/* Probes changed some host's models: rebuild the balancer (coalesced). */
+static void gateway_rebalance(evutil_socket_t fd, short what, void *arg)
+{
+    struct gateway *gw = arg;
+    struct snapshot *s = gw->snap;
+    struct balance *b = snapshot_balance(s->cfg, s->hs);
+
+    (void)fd;
+    (void)what;
+    if (b == NULL) {
+        log_error("out of memory rebuilding the balancer for discovered models");
+        return;
+    }
+    balance_free(s->bal);
+    s->bal = b;
+}
+
+static void gateway_health_changed(void *arg, size_t host, unsigned what)
+{
+    struct gateway *gw = arg;
+    struct timeval tv = { 0, GW_REBALANCE_MS * 1000 };
+
+    (void)host;
+    if ((what & HEALTH_CHANGED_MODELS) && gw->rebalance
+        && !evtimer_pending(gw->rebalance, NULL))
+        evtimer_add(gw->rebalance, &tv);
+}
+
 static void apply_limits(struct gateway *gw)
 {
     const struct config *c = gw->snap->cfg;
@@ -363,9 +413,17 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     gw->up = upstream_new(base);
     gw->http = http_server_new(base, gateway_handle, gw);
     gw->alerts = gw->up ? alerts_new(base, gw->up) : NULL;
+    gw->health = gw->up ? health_new(base, gw->up) : NULL;
+    gw->rebalance = evtimer_new(base, gateway_rebalance, gw);
     if (gw->up == NULL || gw->http == NULL || gw->alerts == NULL
+        || gw->health == NULL || gw->rebalance == NULL
         || alerts_configure(gw->alerts, cfg) < 0) {
         log_error("cannot set up the event loop");
+        return -1;
+    }
+    health_set_listener(gw->health, gateway_health_changed, gw);
+    if (health_set_snapshot(gw->health, gw->snap) < 0) {
+        log_error("out of memory setting up health checks");
         return -1;
     }
     metrics_set_start_time(gw_unix_ms());
@@ -437,6 +495,8 @@ static int reload(struct gateway *gw)
     snapshot_unref(gw->snap);
     gw->snap = s;
     snapshot_activate(s);
+    if (health_set_snapshot(gw->health, s) < 0)
+        log_error("out of memory: health checks still follow the previous configuration");
     retry_budget_set_params(&gw->budget, &s->rp);
     apply_limits(gw);
     cfg_errors_free(&gw->reload_errs);
@@ -485,6 +545,9 @@ void gateway_free(struct gateway *gw)
     http_server_free(gw->http);
     session_free(gw->sess);
     alerts_free(gw->alerts);
+    health_free(gw->health);            /* before upstream_free: cancels probes */
+    if (gw->rebalance)
+        event_free(gw->rebalance);
     upstream_free(gw->up);
     snapshot_unref(gw->snap);
     cfg_errors_free(&gw->reload_errs);

@@ -58,6 +58,8 @@ struct gateway {
     uint64_t            rnd;         /* xorshift state for backoff jitter */
     struct retry_budget budget;      /* kept across reloads */
     struct event       *tick;        /* 1 s housekeeping */
+    struct health      *health;      /* active probes of the current snapshot */
+    struct event       *rebalance;   /* rebuilds snap->bal after model discovery */
     uint64_t            next_id;     /* request id counter */
     uint64_t            id_seed;
     size_t              active;      /* proxied requests in flight */

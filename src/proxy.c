@@ -33,6 +33,7 @@
 #include "balance.h"
 #include "breaker.h"
 #include "gateway.h"
+#include "health.h"
 #include "http.h"
 #include "keys.h"
 #include "alerts.h"
@@ -408,6 +409,10 @@ static void px_leg_record(struct px_leg *l, int host_failure)
     } else {
         hs->consecutive_failures = 0;
     }
+    if (health_passive(l->p->snap->cfg, hs, !host_failure, NULL))
+        log_warn("host %s is unhealthy after %llu failed requests in a row",
+                 l->p->snap->cfg->hosts[l->host].name,
+                 (unsigned long long)hs->consecutive_failures);
 }
 
 /* Records why a leg failed, for the final answer and the logs. */

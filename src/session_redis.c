@@ -319,7 +319,9 @@ struct rcall {
     enum call_type        type;
     int64_t               deadline;     /* monotonic ms */
     struct session_call  *get;          /* CALL_GET, answered exactly once */
-    char                **names;        /* CALL_REPLICAS, CALL_SHARED: asked for */
+    int                   recheck;      /* CALL_GET: ask once more on a miss */
+    char                **names;        /* CALL_GET: the Redis key;
+                                           CALL_REPLICAS, CALL_SHARED: asked for */
     size_t                nnames;
 };
 
@@ -373,6 +375,8 @@ struct session_redis {
 
 static void go_down(struct session_redis *r, const char *why);
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
+static int send_get(struct session_redis *r, struct session_call *get, const char *key,
+                    int recheck);
 
 static const char *state_name(enum redis_state st)
 {
@@ -483,6 +487,26 @@ static struct rcall *send_cmd(struct session_redis *r, enum call_type type, int 
 static int send_write(struct session_redis *r, int argc, const char **argv)
 {
     return send_cmd(r, CALL_WRITE, argc, argv, NULL, 0) ? 0 : -1;
+}
+
+/* GET key for a lookup; 0 when sent (the reply answers get). */
+static int send_get(struct session_redis *r, struct session_call *get, const char *key,
+                    int recheck)
+{
+    const char *argv[2] = { "GET", key };
+    char **names = malloc(sizeof(*names));
+    struct rcall *c;
+
+    if (names == NULL || (names[0] = strdup(key)) == NULL) {
+        free(names);
+        return -1;
+    }
+    c = send_cmd(r, CALL_GET, 2, argv, names, 1);
+    if (c == NULL)
+        return -1;
+    c->get = get;
+    c->recheck = recheck;
+    return 0;
 }
 
 /* SET key value PX ms */
@@ -1007,7 +1031,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *priv)
             break;
         if (reply->type == REDIS_REPLY_STRING)
             session_get_done(get, SESSION_REDIS_HIT, reply->str);
-        else
+        else if (!c->recheck || send_get(r, get, c->names[0], 0) != 0)
             session_get_done(get, SESSION_REDIS_MISS, NULL);
         break;
     case CALL_REPLICA_IDS:
@@ -1370,22 +1394,25 @@ static const char *kind_part(enum session_kind kind)
     return kind == SESSION_STICKY ? "sticky:" : "rid:";
 }
 
+/*
+ * Response ids get a second look on a miss. Redis keeps the order of the
+ * commands of one connection, not across connections: a client answered
+ * by another replica can ask us while that replica's SET, already written
+ * (see flush()), still waits behind our GET on the server. The second GET
+ * leaves after the first answer, by then the SET has been read. A missing
+ * sticky key only means "balance as usual", so it gets no second look.
+ */
 int session_redis_get(struct session_redis *r, struct session_call *c,
                       enum session_kind kind, const char *key)
 {
-    const char *argv[2] = { "GET", NULL };
-    struct rcall *rc;
     char *k;
+    int rc;
 
     if (r->state != RS_UP || (k = rkey(r, kind_part(kind), key)) == NULL)
         return -1;
-    argv[1] = k;
-    rc = send_cmd(r, CALL_GET, 2, argv, NULL, 0);
+    rc = send_get(r, c, k, kind == SESSION_RID);
     free(k);
-    if (rc == NULL)
-        return -1;
-    rc->get = c;
-    return 0;
+    return rc;
 }
 
 int session_redis_put(struct session_redis *r, enum session_kind kind,

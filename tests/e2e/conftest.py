@@ -123,6 +123,10 @@ def write_conf(d, hosts, keys=None, policies=""):
     if keys is not None:
         with open(os.path.join(d, "api-keys.json"), "w") as f:
             json.dump({"apiKeys": keys}, f, indent=2)
+    if "health_check" not in policies:
+        # Probes would add GET /v1/models to the mocks' request counts;
+        # tests of health checks configure them explicitly.
+        policies = "health_check:\n  enabled: false\n" + policies
     with open(os.path.join(d, "policies.yaml"), "w") as f:
         f.write(policies)
 

@@ -1,0 +1,237 @@
+"""Health: active probes and their thresholds, spreading, passive outcomes,
+model discovery in GET /v1/models and routing, and the Infernet route-only
+endpoint GET /api/v1/ip (containers and pending jobs from the nodes' /info)."""
+import json
+import signal
+import time
+
+import pytest
+
+from conftest import wait_for
+from test_proxy import hosts_of
+from test_resilience import host_status
+
+
+def probes(m, path="/v1/models"):
+    return m.stats()["paths"].get(path, 0)
+
+
+def chats(m):
+    return m.stats()["paths"].get("/v1/chat/completions", 0)
+
+
+def served_by(g, n, **kw):
+    out = []
+    for _ in range(n):
+        st, h, body = g.chat(**kw)
+        assert st == 200, body
+        out.append(h["x-upstream-host"])
+    return out
+
+
+def test_failing_probes_take_a_host_out_and_bring_it_back(mocks, gateway):
+    ms = mocks(2)
+    g = gateway(hosts_of(ms), policies=(
+        "health_check:\n  interval: 200ms\n  timeout: 150ms\n"
+        "  unhealthy_threshold: 2\n  healthy_threshold: 3\n"))
+    assert set(served_by(g, 4)) == {"m0", "m1"}
+
+    # only m1's probes fail: its API still answers, yet it gets no traffic
+    ms[1].config(probe_status=503)
+    wait_for(lambda: host_status(g, "m1")["health"] == "unhealthy", timeout=10,
+             what="m1 marked unhealthy by its probes")
+    n1 = chats(ms[1])
+    assert served_by(g, 8) == ["m0"] * 8
+    assert chats(ms[1]) == n1
+    st, _, body = g.request("GET", "/health")
+    assert st == 200, body                      # m0 is still usable
+
+    # back after healthy_threshold good probes in a row, not fewer
+    c0 = probes(ms[1])
+    ms[1].config(probe_status=200)
+    wait_for(lambda: host_status(g, "m1")["health"] == "healthy", timeout=10,
+             what="m1 healthy again")
+    assert probes(ms[1]) - c0 >= 3
+    assert "m1" in served_by(g, 6)
+
+
+def test_all_hosts_failing_probes_make_health_503(mocks, gateway):
+    ms = mocks(2)
+    for m in ms:
+        m.config(probe_status=500)
+    g = gateway(hosts_of(ms), policies=(
+        "health_check:\n  interval: 150ms\n  timeout: 100ms\n  unhealthy_threshold: 1\n"))
+    wait_for(lambda: g.request("GET", "/health")[0] == 503, timeout=10,
+             what="/health 503 with every host unhealthy")
+    st, _, body = g.chat()
+    assert st == 503, body
+    for m in ms:
+        m.config(probe_status=200)
+    wait_for(lambda: g.request("GET", "/health")[0] == 200, timeout=10,
+             what="/health 200 again")
+
+
+def test_probes_are_spread_over_the_interval(mocks, gateway):
+    ms = mocks(4)
+    t_start = time.monotonic()
+    g = gateway(hosts_of(ms), policies="health_check:\n  interval: 2s\n  timeout: 1s\n")
+    first = {}
+
+    def poll():
+        now = time.monotonic()
+        for m in ms:
+            if m.name not in first and probes(m) >= 1:
+                first[m.name] = now
+        return len(first) == len(ms)
+
+    wait_for(poll, timeout=15, interval=0.02, what="a first probe at every host")
+    t = sorted(first.values())
+    # host i's first probe comes i * interval / n after the start: 0, .5, 1, 1.5 s.
+    # The first one may precede our first poll (startup), so judge the others.
+    assert t[3] - t[1] >= 0.6, [x - t_start for x in t]
+    assert min(b - a for a, b in zip(t[1:], t[2:])) >= 0.25, [x - t_start for x in t]
+    # then one probe per host per interval, not a burst
+    wait_for(lambda: all(probes(m) >= 2 for m in ms), timeout=15, what="second probes")
+    assert all(probes(m) <= 3 for m in ms), [probes(m) for m in ms]
+
+
+@pytest.mark.parametrize("fault", ["dead", "5xx"])
+def test_passive_failures_drop_a_host_before_the_next_probe(mocks, gateway, fault):
+    ms = mocks(2)
+    # One probe round per hour: only request outcomes can take m1 out here;
+    # the breaker is off so that it is health, not the breaker, that acts.
+    g = gateway(hosts_of(ms), policies=(
+        "health_check:\n  interval: 1h\n  timeout: 2s\n  unhealthy_threshold: 2\n"
+        "circuit_breaker:\n  enabled: false\n"
+        "retry:\n  backoff: {type: fixed, initial: 1ms}\n"))
+    assert set(served_by(g, 4)) == {"m0", "m1"}
+    if fault == "dead":
+        ms[1].proc.send_signal(signal.SIGTERM)
+        ms[1].proc.wait(10)
+    else:
+        ms[1].config(status=502)
+    # the requests that meet m1 fail over to m0
+    assert served_by(g, 6) == ["m0"] * 6
+    wait_for(lambda: host_status(g, "m1")["health"] == "unhealthy", timeout=5,
+             what="m1 unhealthy from failed requests")
+    # from now on nobody even tries m1
+    for _ in range(10):
+        st, h, body = g.chat()
+        assert st == 200, body
+        assert h["x-upstream-host"] == "m0"
+        assert h["x-attempts"] == "1"
+    if fault == "5xx":
+        assert probes(ms[1]) == 0          # m1's first probe is half an hour away
+
+
+def test_discovered_models_are_listed_and_routed(mocks, gateway):
+    (m0,) = mocks(1, "--models", "alpha,beta")
+    (m1,) = mocks(1, "--models", "gamma")
+    g = gateway(hosts_of([m0, m1]), policies=(
+        "health_check:\n  interval: 200ms\n  timeout: 150ms\n"
+        "  discover_models: true\n  unhealthy_threshold: 1\n"))
+
+    def ids():
+        st, _, body = g.request("GET", "/v1/models")
+        if st != 200:
+            return None
+        doc = json.loads(body)
+        assert doc["object"] == "list"
+        assert all(d["object"] == "model" for d in doc["data"])
+        return sorted(d["id"] for d in doc["data"])
+
+    wait_for(lambda: ids() == ["alpha", "beta", "gamma"], timeout=10,
+             what="the union of discovered models")
+    # routing follows right after (the balancer may be rebuilt off the
+    # request path, a moment later than the list)
+    wait_for(lambda: served_by(g, 2, model="gamma") == ["m1"] * 2
+             and served_by(g, 2, model="alpha") == ["m0"] * 2, timeout=5,
+             what="model-aware routing on discovered models")
+    n1 = chats(m1)
+    assert served_by(g, 4, model="gamma") == ["m1"] * 4
+    assert served_by(g, 4, model="alpha") == ["m0"] * 4
+    assert served_by(g, 2, model="beta") == ["m0"] * 2
+    assert chats(m1) == n1 + 4
+
+    # a host's list follows what it answers, and an unusable host's models go
+    m0.config(models=["alpha", "delta"])
+    wait_for(lambda: ids() == ["alpha", "delta", "gamma"], timeout=10,
+             what="m0's new model list")
+    m1.config(probe_status=503)
+    wait_for(lambda: ids() == ["alpha", "delta"], timeout=10,
+             what="gamma gone with unhealthy m1")
+
+
+def ip_of(m):
+    return "127.0.0.1:%d" % m.port
+
+
+def route(g, query):
+    st, h, body = g.request("GET", "/api/v1/ip" + ("?" + query if query is not None else ""))
+    assert h["content-type"].startswith("application/json"), h
+    return st, json.loads(body)
+
+
+def test_api_v1_ip_by_containers_and_fewest_pending(mocks, gateway):
+    (m0,) = mocks(1, "--containers", "a,b", "--pending", "5")
+    (m1,) = mocks(1, "--containers", "a,b,c", "--pending", "1")
+    (m2,) = mocks(1, "--pending", "0")
+    (m3,) = mocks(1)                                   # runs nothing
+    m2.config(containers=["a", "x y"])
+    ms = [m0, m1, m2, m3]
+    g = gateway(hosts_of(ms), policies=(
+        "health_check:\n  path: /info\n  interval: 300ms\n  timeout: 200ms\n"
+        "  unhealthy_threshold: 1\n  healthy_threshold: 1\n"))
+    wait_for(lambda: all(probes(m, "/info") >= 1 for m in ms), timeout=10,
+             what="an /info probe at every node")
+    wait_for(lambda: route(g, "container=a&container=b") == (200, {"ip": ip_of(m1)}),
+             timeout=10, what="m1: all containers, fewest pending")
+    assert route(g, "container=a") == (200, {"ip": ip_of(m2)})
+    assert route(g, "container=c&container=a") == (200, {"ip": ip_of(m1)})
+    assert route(g, "container=x%20y") == (200, {"ip": ip_of(m2)})
+    assert route(g, "container=x+y&container=a") == (200, {"ip": ip_of(m2)})
+
+    st, doc = route(g, "container=zzz")
+    assert st == 503 and isinstance(doc["error"], str) and doc["error"], doc
+    st, doc = route(g, "container=a&container=zzz")
+    assert st == 503, doc
+    st, doc = route(g, None)
+    assert st == 400 and isinstance(doc["error"], str) and doc["error"], doc
+    st, doc = route(g, "model=x")
+    assert st == 400, doc
+
+    # pending counts follow the nodes' /info answers
+    m1.config(pending=9)
+    wait_for(lambda: route(g, "container=a&container=b") == (200, {"ip": ip_of(m0)}),
+             timeout=10, what="m0 once m1 is busier")
+    # an unhealthy node is never named; none left = 503
+    m0.config(probe_status=503)
+    wait_for(lambda: route(g, "container=a&container=b") == (200, {"ip": ip_of(m1)}),
+             timeout=10, what="m1 once m0 is unhealthy")
+    m1.config(probe_status=503)
+    wait_for(lambda: route(g, "container=a&container=b")[0] == 503, timeout=10,
+             what="503 with no usable node running a and b")
+    assert route(g, "container=a") == (200, {"ip": ip_of(m2)})
+
+
+def test_api_v1_ip_models_configured_containers_ties_and_api_info(mocks, gateway):
+    (m0,) = mocks(1, "--containers", "inference-1", "--pending", "0")
+    (m1,) = mocks(1, "--containers", "inference-1", "--pending", "3")
+    (m2,) = mocks(1, "--containers", "inference-1", "--pending", "0")
+    (m3,) = mocks(1, "--pending", "0")
+    hosts = hosts_of([m0, m1, m2, m3], m0={"models": ["small"]}, m1={"models": ["big"]},
+                     m2={"models": ["small"]}, m3={"containers": ["static-1"]})
+    g = gateway(hosts, policies="health_check:\n  path: /api/info\n  interval: 300ms\n"
+                                "  timeout: 200ms\n")
+    wait_for(lambda: all(probes(m, "/api/info") >= 1 for m in (m0, m1, m2, m3)),
+             timeout=10, what="an /api/info probe at every node")
+    assert all(probes(m, "/info") == 0 for m in (m0, m1, m2, m3))
+    wait_for(lambda: route(g, "container=inference-1&model=big") == (200, {"ip": ip_of(m1)}),
+             timeout=10, what="the only node serving big")
+    # equal pending: round-robin between m0 and m2
+    got = {route(g, "container=inference-1&model=small")[1]["ip"] for _ in range(6)}
+    assert got == {ip_of(m0), ip_of(m2)}
+    st, doc = route(g, "container=inference-1&model=huge")
+    assert st == 503, doc
+    # containers from hosts.json count as well as discovered ones
+    assert route(g, "container=static-1") == (200, {"ip": ip_of(m3)})
