@@ -66,7 +66,7 @@ for port in 18081 18082 18083; do
     curl -s "http://127.0.0.1:$port/_mock/stats" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-print("  %s: %d requests, keys %s" % (s["name"], s["requests"],
+print("  %s: %d chats/embeddings, keys %s" % (s["name"], sum(n for p, n in s["paths"].items() if p != "/v1/models"),
       {"…" + k[-4:]: n for k, n in s["keys"].items()}))'
 done
 rm -f /tmp/infergate-demo.h

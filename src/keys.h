@@ -3,7 +3,7 @@
  *
  * For each host the snapshot holds a rotation ring: the keys usable with
  * that host (active, right pool, host allowed), each repeated in a smooth
- * weighted order. A pick walks the ring from the host's cursor, skipping
+ * weighted order. A pick walks the ring from the caller's cursor, skipping
  * keys disabled (401/403 until reload) or cooling down (429/402).
  */
 #ifndef INFERGATE_KEYS_H
@@ -32,8 +32,9 @@ enum keys_pick_result {
 struct keys_ring *keys_build(const struct config *c);
 void keys_free(struct keys_ring *rings, size_t nhosts);
 
-/* Picks a key for host h; *out is the key index. `cursor` is the host's
- * rotation cursor (advanced). `ks` is the snapshot's key state array. */
+/* Picks a key from a host's ring; *out is the key index. `cursor` is the
+ * rotation cursor (advanced; the gateway keeps one for all hosts). `ks` is
+ * the snapshot's key state array. */
 enum keys_pick_result keys_pick(const struct keys_ring *ring,
                                 struct key_state *const *ks,
                                 uint64_t *cursor, int64_t now_ms,

@@ -38,7 +38,6 @@ struct host_state {
     uint64_t  requests;          /* attempts sent */
     uint64_t  failures;          /* attempts that failed (network, 5xx...) */
     uint64_t  consecutive_failures;
-    uint64_t  rr;                /* key rotation cursor */
     /* health.c */
     enum host_health health;
     int       probe_successes;   /* consecutive, toward healthy_threshold */
