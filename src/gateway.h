@@ -56,9 +56,6 @@ struct gateway {
     int64_t             started_ms;  /* monotonic */
     int64_t             started_unix;
     uint64_t            rnd;         /* xorshift state for backoff jitter */
-    uint64_t            key_rr;      /* key rotation cursor: one for all hosts,
-                                        so a request after another uses the
-                                        next key whichever host it goes to */
     struct retry_budget budget;      /* kept across reloads */
     struct event       *tick;        /* 1 s housekeeping */
     struct health      *health;      /* active probes of the current snapshot */

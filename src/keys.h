@@ -33,7 +33,7 @@ struct keys_ring *keys_build(const struct config *c);
 void keys_free(struct keys_ring *rings, size_t nhosts);
 
 /* Picks a key from a host's ring; *out is the key index. `cursor` is the
- * rotation cursor (advanced; the gateway keeps one for all hosts). `ks` is
+ * rotation cursor (advanced; one per host). `ks` is
  * the snapshot's key state array. */
 enum keys_pick_result keys_pick(const struct keys_ring *ring,
                                 struct key_state *const *ks,

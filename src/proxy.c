@@ -1037,7 +1037,7 @@ static int px_start_leg(struct proxy *p, int si)
         hs = p->snap->hs[h];
         if (p->ntried < PX_MAX_TRIED && !px_was_tried(p, h))
             p->tried[p->ntried++] = h;
-        switch (keys_pick(&p->snap->rings[h], p->snap->ks, &p->gw->key_rr, now, &k)) {
+        switch (keys_pick(&p->snap->rings[h], p->snap->ks, &hs->rr, now, &k)) {
         case KEYS_ALL_COOLING:
             p->keys_cooling = 1;
             continue;

@@ -143,6 +143,7 @@ struct host_state *state_host_get(const char *name, const struct breaker_params 
 
     if (h && created) {
         balance_live_init(&h->live, 1);
+        h->rr = hash_str(name) >> 16;   /* hosts start their key rotation apart */
         h->health = HEALTH_HEALTHY;
         if (breaker_init(&h->br, bp) < 0) {
             state_host_put(h);

@@ -38,6 +38,7 @@ struct host_state {
     uint64_t  requests;          /* attempts sent */
     uint64_t  failures;          /* attempts that failed (network, 5xx...) */
     uint64_t  consecutive_failures;
+    uint64_t  rr;                /* key rotation cursor, starts per host */
     /* health.c */
     enum host_health health;
     int       probe_successes;   /* consecutive, toward healthy_threshold */
