@@ -152,11 +152,17 @@ struct proxy {
     int                   fail_host;
     char                  fail_msg[160];
 
+    struct proxy         *wait_next;     /* routing.when_full: queue */
+    struct proxy         *wait_prev;
+    int                   waiting;
+    int64_t               queue_until;   /* 0 = not queued yet */
+
     int                   resp_status;   /* what the client got */
     size_t                bytes_out;
 };
 
 static struct proxy *inflight;           /* list head, for proxy_abort_all */
+static struct proxy *waitq, *waitq_tail; /* requests waiting for a free host */
 
 static void px_attempt(struct proxy *p);
 static void px_leg_cancel(struct px_leg *l);
@@ -189,10 +195,40 @@ static void px_access_log(struct proxy *p)
     log_access(&a);
 }
 
+static void px_unqueue(struct proxy *p)
+{
+    if (!p->waiting)
+        return;
+    if (p->wait_prev)
+        p->wait_prev->wait_next = p->wait_next;
+    else
+        waitq = p->wait_next;
+    if (p->wait_next)
+        p->wait_next->wait_prev = p->wait_prev;
+    else
+        waitq_tail = p->wait_prev;
+    p->waiting = 0;
+    p->wait_next = p->wait_prev = NULL;
+}
+
+/* A host has room again: the oldest waiting request tries now (on the
+ * next loop turn, not inside the caller's stack). */
+static void px_wake_one(void)
+{
+    struct proxy *p = waitq;
+    struct timeval now = { 0, 0 };
+
+    if (p == NULL)
+        return;
+    px_unqueue(p);
+    evtimer_add(p->backoff_timer, &now);
+}
+
 static void px_free(struct proxy *p)
 {
     int i;
 
+    px_unqueue(p);
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -362,6 +398,8 @@ static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
 
     if (hs->live.in_flight > 0)
         hs->live.in_flight--;
+    if (waitq)
+        px_wake_one();
     evtimer_del(l->try_timer);
     if (--p->active == 0)
         p->upstream_ms += now - p->t_up;
@@ -433,10 +471,12 @@ static void px_note_failure(struct px_leg *l, enum px_fail why, int status,
 
 /* --- outcome and what comes next ------------------------------------- */
 
+/* After a backoff, a wake-up from the queue, or the queue timeout. */
 static void px_backoff_done(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
+    px_unqueue(arg);
     px_attempt(arg);
 }
 
@@ -1069,6 +1109,37 @@ static int px_start_leg(struct proxy *p, int si)
     return -1;
 }
 
+/* routing.when_full: queue. Every usable host is at max_concurrent: wait
+ * (FIFO) for one to finish a request, up to queue_timeout. Returns 1 when
+ * the request is now waiting. */
+static int px_queue(struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    int64_t now = gw_now_ms();
+
+    if (c->routing.when_full != WHEN_FULL_QUEUE)
+        return 0;
+    if (p->queue_until == 0)
+        p->queue_until = now + c->routing.queue_timeout_ms;
+    if (now >= p->queue_until)
+        return 0;
+    p->waiting = 1;
+    p->wait_next = NULL;
+    p->wait_prev = waitq_tail;
+    if (waitq_tail)
+        waitq_tail->wait_next = p;
+    else
+        waitq = p;
+    waitq_tail = p;
+    p->st = PX_ATTEMPT;
+    {
+        int64_t left = p->queue_until - now;
+        struct timeval tv = { (time_t)(left / 1000), (suseconds_t)((left % 1000) * 1000) };
+        evtimer_add(p->backoff_timer, &tv);   /* gives up when it fires */
+    }
+    return 1;
+}
+
 /* Starts the next attempt: the whole race first, then one leg at a time
  * through the steps. */
 static void px_attempt(struct proxy *p)
@@ -1090,6 +1161,8 @@ static void px_attempt(struct proxy *p)
     }
     for (;;) {
         if (p->step_attempts < p->max_attempts && px_start_leg(p, p->step) == 0)
+            return;
+        if (p->pick_status == BALANCE_ALL_FULL && px_queue(p))
             return;
         if (!px_next_step(p))
             break;

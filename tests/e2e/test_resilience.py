@@ -286,3 +286,53 @@ def test_no_retry_header_sends_once(mocks, gateway):
     st, h, _ = g.chat()
     assert h["x-attempts"] == "3"
     assert sum(m.stats()["requests"] for m in ms) == 7
+
+
+def test_when_full_queue_waits_for_a_free_host(mocks, gateway):
+    ms = mocks(1)
+    ms[0].config(delay_ms=400)
+    hosts = hosts_of(ms, m0={"max_concurrent": 1})
+    g = gateway(hosts, policies="routing:\n  when_full: queue\n  queue_timeout: 3s\n")
+    results = []
+
+    def one():
+        results.append(g.chat()[0])
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert results == [200, 200, 200]
+    assert time.monotonic() - t0 >= 1.1          # served one after another
+    # reject (the default) answers 429 at once
+    g2 = gateway(hosts)
+    t = threading.Thread(target=lambda: g2.chat())
+    t.start()
+    wait_for(lambda: ms[0].stats()["in_flight"] == 1, what="host busy")
+    st, _, body = g2.chat()
+    t.join(20)
+    assert assert_openai_error(st, body, 429)["code"] == "hosts_full"
+    # queue timeout gives 429 too
+    ms[0].config(delay_ms=2000)
+    g3 = gateway(hosts, policies="routing:\n  when_full: queue\n  queue_timeout: 300ms\n")
+    t = threading.Thread(target=lambda: g3.chat())
+    t.start()
+    wait_for(lambda: ms[0].stats()["in_flight"] >= 1, what="host busy")
+    t0 = time.monotonic()
+    st, _, body = g3.chat()
+    assert st == 429 and time.monotonic() - t0 < 1.5
+    t.join(20)
+
+
+def test_weights_respected_over_1000_requests(mocks, gateway):
+    ms = mocks(3)
+    hosts = hosts_of(ms, m0={"weight": 5}, m1={"weight": 3}, m2={"weight": 2})
+    g = gateway(hosts, policies="routing:\n  strategy: weighted-round-robin\n")
+    counts = {}
+    for _ in range(1000):
+        h = g.chat()[1]["x-upstream-host"]
+        counts[h] = counts.get(h, 0) + 1
+    assert abs(counts["m0"] - 500) <= 25 and abs(counts["m1"] - 300) <= 25 \
+        and abs(counts["m2"] - 200) <= 25, counts
