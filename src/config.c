@@ -2382,6 +2382,57 @@ static int read_file(const char *path, char **out, size_t *len)
     return 0;
 }
 
+/*
+ * Seed 003's ips.txt, read when the directory has no hosts.json: one host
+ * per line, `ip:port` (http) or a URL; blank lines and `#` comments are
+ * skipped. It becomes the hosts.json text {"hosts": [...]} with each entry
+ * on the line it had, so problems point at the right ips.txt line.
+ */
+static int ips_txt(struct loader *ld, char **text, size_t *len)
+{
+    char *path = join_path(ld->dir, "ips.txt"), *raw, *line, *save = NULL;
+    size_t rawlen, out_len = 0, cap;
+    int first = 1, saved_errno;
+    char *out;
+
+    if (read_file(path, &raw, &rawlen) < 0) {
+        saved_errno = errno;
+        free(path);
+        errno = saved_errno;
+        return -1;
+    }
+    cap = rawlen * 8 + 64;      /* "a\n" (2 bytes) becomes ,"http://a"\n (12) */
+    out = xcalloc(1, cap);
+    out_len += (size_t)snprintf(out, cap, "{\"hosts\": [");
+    for (line = raw; line; line = save) {
+        char *nl = strchr(line, '\n'), *p = line, *end;
+        save = nl ? nl + 1 : NULL;
+        if (nl)
+            *nl = '\0';
+        while (*p == ' ' || *p == '\t' || *p == '\r')
+            p++;
+        end = p + strlen(p);
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+            *--end = '\0';
+        if (*p && *p != '#' && strpbrk(p, "\"\\") == NULL) {
+            out_len += (size_t)snprintf(out + out_len, cap - out_len, "%s\"%s%s\"",
+                                        first ? "" : ",", strstr(p, "://") ? "" : "http://", p);
+            first = 0;
+        }
+        if (save)
+            out[out_len++] = '\n';
+        if (save == NULL)
+            break;
+    }
+    snprintf(out + out_len, cap - out_len, "]}\n");
+    free(raw);
+    free(ld->path[FILE_HOSTS]);
+    ld->path[FILE_HOSTS] = path;
+    *text = out;
+    *len = strlen(out);
+    return 0;
+}
+
 static void load_file(struct loader *ld, int file, int required)
 {
     struct doc *d = &ld->doc[file];
@@ -2392,6 +2443,8 @@ static void load_file(struct loader *ld, int file, int required)
 
     errno = 0;
     if (read_file(ld->path[file], &text, &len) < 0) {
+        if (errno == ENOENT && file == FILE_HOSTS && ips_txt(ld, &text, &len) == 0)
+            goto parse;
         if (errno == ENOENT && !required)
             return;
         ld->state[file] = ST_FAILED;
@@ -2401,6 +2454,7 @@ static void load_file(struct loader *ld, int file, int required)
             err_at(ld, file, d->root_pos, "", "cannot read the file: %s", strerror(errno));
         return;
     }
+parse:
     rc = file == FILE_POLICIES ? doc_parse_yaml(d, text, len) : doc_parse_json(d, text, len);
     free(text);
     for (i = 0; i < d->nerrs; i++)

@@ -235,3 +235,25 @@ def test_api_v1_ip_models_configured_containers_ties_and_api_info(mocks, gateway
     assert st == 503, doc
     # containers from hosts.json count as well as discovered ones
     assert route(g, "container=static-1") == (200, {"ip": ip_of(m3)})
+
+
+def test_ips_txt_is_a_hosts_source(mocks, tmp_path):
+    """Seed 003: a directory with ips.txt (one node per line) and no hosts.json."""
+    import subprocess
+    from conftest import Gateway, INFERGATE_BIN
+    ms = mocks(2)
+    d = tmp_path / "ips"
+    d.mkdir()
+    (d / "ips.txt").write_text("# nodes\n127.0.0.1:%d\n\n%s\n" % (ms[0].port, ms[1].url))
+    (d / "policies.yaml").write_text("health_check:\n  enabled: false\n")
+    out = subprocess.run([INFERGATE_BIN, "-t", "-c", str(d)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    g = Gateway(str(d))
+    try:
+        seen = {g.chat()[1]["x-upstream-host"] for _ in range(4)}
+        assert seen == {"127.0.0.1:%d" % ms[0].port, "127.0.0.1:%d" % ms[1].port}
+    finally:
+        g.stop()
+    (d / "ips.txt").write_text("127.0.0.1:%d\nftp://bad\n" % ms[0].port)
+    out = subprocess.run([INFERGATE_BIN, "-t", "-c", str(d)], capture_output=True, text=True)
+    assert out.returncode == 1 and "ips.txt:2:" in out.stdout + out.stderr, out.stdout
