@@ -88,6 +88,9 @@ struct px_leg {
     size_t                key;
     struct breaker_ticket ticket;
     int                   ticket_open;   /* not yet recorded/released */
+    struct breaker       *mbr;           /* host+model breaker, NULL if none */
+    struct breaker_ticket mticket;
+    int                   mticket_open;
     int                   status;
     int                   streaming;     /* its head started the client stream */
     int64_t               t_try;
@@ -387,6 +390,32 @@ static void px_fail_final(struct proxy *p)
 
 /* --- legs ------------------------------------------------------------ */
 
+/* The model a leg asks for (its step's, or the request's). */
+static const char *px_leg_model(const struct px_leg *l)
+{
+    const char *m = l->p->steps[l->step].model;
+
+    return m ? m : l->p->model;
+}
+
+/* Hosts serving several models get one breaker per model besides the
+ * host's own; NULL when that does not apply. `create` makes it. */
+static struct breaker *px_model_breaker(struct proxy *p, int h, const char *model,
+                                        int create)
+{
+    struct host_state *hs = p->snap->hs[h];
+    size_t i;
+
+    if (model == NULL || p->snap->cfg->hosts[h].models.n + hs->models_found.n < 2)
+        return NULL;
+    if (create)
+        return state_model_breaker(hs, model, &p->snap->bp);
+    for (i = 0; i < hs->nmbr; i++)
+        if (strcmp(hs->mbr[i]->model, model) == 0)
+            return &hs->mbr[i]->br;
+    return NULL;
+}
+
 /* Ends a leg's accounting: in-flight count, first-byte timer, metrics
  * and alert samples for its outcome. */
 static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
@@ -423,14 +452,28 @@ static void px_leg_cancel(struct px_leg *l)
         breaker_release(&l->p->snap->hs[l->host]->br, l->ticket);
         l->ticket_open = 0;
     }
+    if (l->mticket_open) {
+        breaker_release(l->mbr, l->mticket);
+        l->mticket_open = 0;
+    }
 }
 
-/* Feeds one finished leg to the breaker and the host's counters. */
-static void px_leg_record(struct px_leg *l, int host_failure)
+/*
+ * Feeds one finished leg to the breakers and the host's counters. A
+ * failure that is an HTTP answer (the host is up, the model may not be)
+ * goes only to the host+model breaker when there is one.
+ */
+static void px_leg_record(struct px_leg *l, int failure, int answered)
 {
     struct host_state *hs = l->p->snap->hs[l->host];
     int64_t now = gw_now_ms();
+    int model_only = failure && answered && l->mticket_open;
+    int host_failure = failure && !model_only;
 
+    if (l->ticket_open && model_only) {
+        breaker_release(&hs->br, l->ticket);
+        l->ticket_open = 0;
+    }
     if (l->ticket_open) {
         enum breaker_state before = breaker_state(&hs->br, now);
         if (breaker_record(&hs->br, l->ticket, !host_failure, now - l->t_try, now)
@@ -441,6 +484,15 @@ static void px_leg_record(struct px_leg *l, int host_failure)
         }
         l->ticket_open = 0;
     }
+    if (l->mticket_open) {
+        if (breaker_record(l->mbr, l->mticket, !failure, now - l->t_try, now)
+                == BREAKER_OPEN && failure)
+            log_warn("host %s: breaker for model %s is open",
+                     l->p->snap->cfg->hosts[l->host].name, px_leg_model(l));
+        l->mticket_open = 0;
+    }
+    if (model_only)
+        return;
     if (host_failure) {
         hs->failures++;
         hs->consecutive_failures++;
@@ -509,7 +561,7 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
     struct retry_verdict v = retry_classify(&p->snap->rp, &o);
     int64_t now = gw_now_ms(), ra_ms = -1, delay;
 
-    px_leg_record(l, v.host_failure);
+    px_leg_record(l, v.host_failure, fault == RETRY_FAULT_NONE);
     if (retry_after)
         ra_ms = retry_after_parse(retry_after, gw_unix_ms() / 1000);
     if (v.key != RETRY_KEY_KEEP
@@ -797,7 +849,7 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
     px_leg_end(l, metrics_outcome_of(res, l->status));
     l->xfer = NULL;                   /* freed by upstream.c after this */
     if (l->streaming) {
-        px_leg_record(l, res != UPSTREAM_OK);
+        px_leg_record(l, res != UPSTREAM_OK, 0);
         if (res != UPSTREAM_OK) {
             log_warn("request %s: stream from %s broke: %s", p->id,
                      p->snap->cfg->hosts[l->host].name, err);
@@ -808,7 +860,7 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
         return;
     }
     if (res == UPSTREAM_ERR_ABORTED) {
-        px_leg_record(l, 1);
+        px_leg_record(l, 1, 0);
         px_note_failure(l, FAIL_TOO_LARGE, 0, "response too large");
         px_error(p, 502, "upstream_error", "upstream_response_too_large",
                  "upstream response too large");
@@ -833,7 +885,7 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
     v = retry_classify(&p->snap->rp, &o);
     if (!v.retryable && (p->winner == l || p->active == 0)) {
         /* A success, or an answer no retry can change (e.g. 400). */
-        px_leg_record(l, v.host_failure);
+        px_leg_record(l, v.host_failure, 1);
         px_reply_buffered(p, l, x);
         px_done(p);
         return;
@@ -930,8 +982,12 @@ static int px_filter(void *ctx, int node)
         if (i == f->step->nhosts)
             return 0;
     }
+    struct breaker *mb = px_model_breaker(f->p, node,
+                                          f->step->model ? f->step->model : f->p->model, 0);
+
     hs->live.share = breaker_share(&hs->br, now);
     return breaker_state(&hs->br, now) != BREAKER_OPEN
+           && (mb == NULL || breaker_state(mb, now) != BREAKER_OPEN)
            && hs->shared_open_until_ms <= now;
 }
 
@@ -1092,6 +1148,15 @@ static int px_start_leg(struct proxy *p, int si)
         if (!breaker_allow(&hs->br, now, &l->ticket))
             continue;                 /* half-open and its probes are out */
         l->ticket_open = 1;
+        l->mbr = px_model_breaker(p, h, p->steps[si].model ? p->steps[si].model
+                                                           : p->model, 1);
+        l->mticket_open = 0;
+        if (l->mbr && !breaker_allow(l->mbr, now, &l->mticket)) {
+            breaker_release(&hs->br, l->ticket);
+            l->ticket_open = 0;
+            continue;
+        }
+        l->mticket_open = l->mbr != NULL;
         l->host = h;
         l->step = si;
         l->has_key = has_key;
@@ -1104,6 +1169,9 @@ static int px_start_leg(struct proxy *p, int si)
             return 0;
         breaker_release(&hs->br, l->ticket);
         l->ticket_open = 0;
+        if (l->mticket_open)
+            breaker_release(l->mbr, l->mticket);
+        l->mticket_open = 0;
         px_note_failure(l, FAIL_NETWORK, 0, "cannot start the upstream transfer");
     }
     return -1;

@@ -40,7 +40,15 @@ static void host_destroy(struct state_entry *e)
 {
     struct host_state *h = (struct host_state *)e;
 
+    size_t i;
+
     breaker_free(&h->br);
+    for (i = 0; i < h->nmbr; i++) {
+        breaker_free(&h->mbr[i]->br);
+        free(h->mbr[i]->model);
+        free(h->mbr[i]);
+    }
+    free(h->mbr);
     strlist_free(&h->models_found);
     strlist_free(&h->containers_found);
 }
@@ -156,6 +164,40 @@ struct host_state *state_host_get(const char *name, const struct breaker_params 
 void state_host_put(struct host_state *h)
 {
     table_put(&hosts, h ? &h->e : NULL);
+}
+
+struct breaker *state_model_breaker(struct host_state *h, const char *model,
+                                    const struct breaker_params *bp)
+{
+    struct model_breaker **v, *m;
+    size_t i;
+
+    for (i = 0; i < h->nmbr; i++)
+        if (strcmp(h->mbr[i]->model, model) == 0)
+            return &h->mbr[i]->br;
+    if (h->nmbr == STATE_MAX_MODEL_BREAKERS)
+        return NULL;
+    v = realloc(h->mbr, (h->nmbr + 1) * sizeof(*v));
+    if (v == NULL)
+        return NULL;
+    h->mbr = v;
+    m = calloc(1, sizeof(*m));
+    if (m == NULL || (m->model = strdup(model)) == NULL || breaker_init(&m->br, bp) < 0) {
+        if (m)
+            free(m->model);
+        free(m);
+        return NULL;
+    }
+    h->mbr[h->nmbr++] = m;
+    return &m->br;
+}
+
+void state_model_breakers_params(struct host_state *h, const struct breaker_params *bp)
+{
+    size_t i;
+
+    for (i = 0; i < h->nmbr; i++)
+        breaker_set_params(&h->mbr[i]->br, bp);
 }
 
 struct key_state *state_key_get(const char *id)

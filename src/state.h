@@ -26,6 +26,15 @@ struct state_entry {
     struct state_entry *next;    /* hash chain */
 };
 
+/* A breaker for one model on one host (hosts serving several models:
+ * one broken model should not take the others down with it). */
+struct model_breaker {
+    char          *model;
+    struct breaker br;
+};
+
+#define STATE_MAX_MODEL_BREAKERS 64
+
 /* Health as probes and request outcomes see it. */
 enum host_health { HEALTH_HEALTHY = 0, HEALTH_DEGRADED, HEALTH_UNHEALTHY };
 
@@ -48,6 +57,8 @@ struct host_state {
     struct cfg_strlist models_found;     /* discover_models, owned */
     struct cfg_strlist containers_found; /* Infernet /info, owned */
     int64_t   shared_open_until_ms; /* another replica's open breaker (advice) */
+    struct model_breaker **mbr;  /* per model, made on first use; stable */
+    size_t    nmbr;
 };
 
 struct key_state {
@@ -61,6 +72,12 @@ struct key_state {
 /* +1 ref; a new entry starts healthy, idle, with a breaker built from `bp`. */
 struct host_state *state_host_get(const char *name, const struct breaker_params *bp);
 void state_host_put(struct host_state *h);              /* -1 ref, frees at 0 */
+/* The host's breaker for `model`, made on first use with `bp`; NULL when
+ * the host has too many already or memory is short. */
+struct breaker *state_model_breaker(struct host_state *h, const char *model,
+                                    const struct breaker_params *bp);
+/* Applies new params to every model breaker of h (reload). */
+void state_model_breakers_params(struct host_state *h, const struct breaker_params *bp);
 struct key_state *state_key_get(const char *id);
 void state_key_put(struct key_state *k);
 size_t state_hosts_count(void);

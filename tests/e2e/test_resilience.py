@@ -336,3 +336,23 @@ def test_weights_respected_over_1000_requests(mocks, gateway):
         counts[h] = counts.get(h, 0) + 1
     assert abs(counts["m0"] - 500) <= 25 and abs(counts["m1"] - 300) <= 25 \
         and abs(counts["m2"] - 200) <= 25, counts
+
+
+def test_per_model_breaker_keeps_other_models_on_the_host(mocks, gateway):
+    ms = mocks(2)
+    ms[0].config(fail_models={"model-a": 500})
+    hosts = hosts_of(ms, m0={"models": ["model-a", "model-b"]}, m1={"models": ["model-a", "model-b"]})
+    g = gateway(hosts, policies="retry:\n  backoff: {initial: 1ms}\n"
+                "circuit_breaker:\n  failure_threshold: 2\n  reset_timeout: 60s\n")
+    for _ in range(6):
+        st, h, _ = g.chat(model="model-a")
+        assert st == 200 and h["x-upstream-host"] == "m1"
+    a_at_m0 = ms[0].stats()["models"].get("model-a", 0)
+    assert a_at_m0 == 2                       # then its model-a breaker opened
+    for _ in range(4):
+        assert g.chat(model="model-a")[1]["x-upstream-host"] == "m1"
+    assert ms[0].stats()["models"].get("model-a", 0) == a_at_m0
+    # the host itself stays in rotation for model-b
+    assert {g.chat(model="model-b")[1]["x-upstream-host"] for _ in range(4)} == {"m0", "m1"}
+    host = next(h for h in json.loads(g.request("GET", "/status")[2])["hosts"] if h["name"] == "m0")
+    assert host["breaker"] == "closed"

@@ -45,6 +45,7 @@ struct mock_conf {
     json_t *models;          /* array of strings */
     json_t *containers;      /* array of strings */
     json_t *fail_keys;       /* object: bearer token -> status */
+    json_t *fail_models;     /* object: request model -> status */
 };
 
 /* A growable byte buffer that is reused, so recording costs no malloc. */

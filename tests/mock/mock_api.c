@@ -617,15 +617,20 @@ static int op_read_body(struct op *op, json_t *root, const char *model)
  * the faults (a plain 500 if none is set) and the faults are cleared after
  * the Nth. Returns the delay to apply; *hang set when it never answers.
  */
-static int op_faults(struct op *op, const char *key, int *hang)
+static int op_faults(struct op *op, const char *key, const char *model, int *hang)
 {
     struct mock_conf *c = &mock.conf;
     json_t *fk = json_object_get(c->fail_keys, key);
+    json_t *fm = model ? json_object_get(c->fail_models, model) : NULL;
     int delay, any;
 
     *hang = 0;
     if (fk != NULL && json_integer_value(fk) != 200) {
         set_injected(op, (int)json_integer_value(fk), "key rejected with");
+        return 0;
+    }
+    if (fm != NULL && json_integer_value(fm) != 200) {
+        set_injected(op, (int)json_integer_value(fm), "model failing with");
         return 0;
     }
     any = c->status != 200 || c->delay_ms > 0 || c->hang || c->garbage ||
@@ -726,9 +731,9 @@ void mock_api(struct evhttp_request *req, const char *path)
         reply_error_now(req, 500, "out of memory", "internal_error");
         return;
     }
-    json_decref(root);
     op->prompt_tokens = (int)(len < 400000 ? len / 4 : 100000) + 1;
-    delay = op_faults(op, key, &hang);  /* an injected fault wins over a 400/404 */
+    delay = op_faults(op, key, model, &hang);  /* an injected fault wins over a 400/404 */
+    json_decref(root);                         /* model pointed into it */
     op->chunks = mock.conf.chunks;
     op->interval_ms = mock.conf.chunk_interval_ms;
     op_start(op, delay, hang);

@@ -54,6 +54,7 @@ static const struct field fields[] = {
     { "containers", F_LIST, offsetof(struct mock_conf, containers), 0, 0 },
     INT_FIELD(pending, 0, 2147483647),
     { "fail_keys", F_MAP, offsetof(struct mock_conf, fail_keys), 200, 599 },
+    { "fail_models", F_MAP, offsetof(struct mock_conf, fail_models), 200, 599 },
     INT_FIELD(fail_next, 0, 2147483647),
     INT_FIELD(probe_status, 200, 599),
     INT_FIELD(probe_delay_ms, 0, 3600000),
@@ -83,6 +84,7 @@ void mock_conf_defaults(struct mock_conf *c)
     c->models = json_pack("[s]", "mock-model");
     c->containers = json_array();
     c->fail_keys = json_object();
+    c->fail_models = json_object();
 }
 
 int mock_conf_copy(struct mock_conf *dst, const struct mock_conf *src)
@@ -91,7 +93,9 @@ int mock_conf_copy(struct mock_conf *dst, const struct mock_conf *src)
     dst->models = json_deep_copy(src->models);
     dst->containers = json_deep_copy(src->containers);
     dst->fail_keys = json_deep_copy(src->fail_keys);
-    if (dst->models == NULL || dst->containers == NULL || dst->fail_keys == NULL) {
+    dst->fail_models = json_deep_copy(src->fail_models);
+    if (dst->models == NULL || dst->containers == NULL || dst->fail_keys == NULL
+        || dst->fail_models == NULL) {
         mock_conf_free(dst);
         return -1;
     }
@@ -103,7 +107,8 @@ void mock_conf_free(struct mock_conf *c)
     json_decref(c->models);
     json_decref(c->containers);
     json_decref(c->fail_keys);
-    c->models = c->containers = c->fail_keys = NULL;
+    json_decref(c->fail_models);
+    c->models = c->containers = c->fail_keys = c->fail_models = NULL;
 }
 
 /* "a,b , c" -> ["a","b","c"], replacing *list. */
