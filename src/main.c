@@ -200,6 +200,9 @@ int main(int argc, char **argv)
     event_add(a.sig_int, NULL);
     event_add(a.sig_usr1, NULL);
     log_info("infergate %s started (pid %ld)", INFERGATE_VERSION, (long)getpid());
+    if (cfg->server.workers > 1)
+        log_warn("server.workers is %d, but this version runs one event loop;"
+                 " see docs/internals.md", cfg->server.workers);
     notify_send("READY=1\nSTATUS=serving configuration generation %llu",
                 (unsigned long long)a.gw.snap->generation);
 
