@@ -21,6 +21,7 @@
  * of memory aborts, as in the rest of the daemon.
  */
 #include "config.h"
+#include "session.h"
 #include "doc.h"
 
 #include <errno.h>
@@ -972,11 +973,7 @@ static const char *check_path(const char *s)
 
 static const char *check_redis_url(const char *s)
 {
-    if (strncmp(s, "redis://", 8) == 0 && s[8] != '\0')
-        return NULL;
-    if (strncmp(s, "unix:", 5) == 0 && s[5] == '/')
-        return NULL;
-    return "expected redis://[:password@]host:port[/db] or unix:/path";
+    return session_redis_url_problem(s);   /* one parser for -t and runtime */
 }
 
 static const char *check_smtp_url(const char *s)

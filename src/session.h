@@ -142,7 +142,10 @@ int session_reconfigure(struct session *s, const struct config *cfg,
 void session_free(struct session *s);
 
 /* Records that host served key. Redis store: also SET with PX ttl,
- * fire-and-forget. Returns -1 when key or host is not storable. */
+ * fire-and-forget but written to the socket before this returns, so call
+ * it before the client sees the answer (the response id as soon as it is
+ * extracted) and another replica asked right after finds it. Never waits.
+ * Returns -1 when key or host is not storable. */
 int session_put(struct session *s, enum session_kind kind, const char *key,
                 const char *host, int64_t now_ms);
 
@@ -155,9 +158,12 @@ struct session_call;    /* a lookup waiting for Redis */
  * Looks key up and calls cb exactly once (unless cancelled).
  * Memory store, or Redis not connected: cb runs before session_get
  * returns, and session_get returns NULL.
- * Redis connected: returns a handle and cb runs later from the loop, at
- * the latest sessions.redis.timeout after the call (then from memory);
- * the handle is valid until cb runs or session_cancel() is called.
+ * Redis connected: returns a handle and cb runs later from the loop: with
+ * Redis's answer, or from memory when Redis fails or does not answer
+ * within sessions.redis.timeout. A miss in Redis is asked once more (a put
+ * by another replica may still be on its way), so a Redis that answers
+ * and then stalls can take up to twice the timeout. The handle is valid
+ * until cb runs or session_cancel() is called.
  */
 struct session_call *session_get(struct session *s, enum session_kind kind,
                                  const char *key, int64_t now_ms,

@@ -21,6 +21,12 @@
  * catches up on what is still in force. The registry is read after every
  * heartbeat and when a "replica_up" arrives.
  *
+ * Read-your-writes across replicas: Redis orders the commands of one
+ * connection, not of different ones. So a put is written to the socket
+ * before session_put() returns (flush()), and a lookup that misses asks
+ * once more (send_get()): a client answered by replica 1 that at once
+ * asks replica 2 finds its session.
+ *
  * Timeouts without a timer per call: replies on a connection come back in
  * the order the commands went out, so the commands awaiting a reply form a
  * FIFO and one watchdog timer follows the oldest. If it is older than
@@ -1395,12 +1401,14 @@ static const char *kind_part(enum session_kind kind)
 }
 
 /*
- * Response ids get a second look on a miss. Redis keeps the order of the
- * commands of one connection, not across connections: a client answered
- * by another replica can ask us while that replica's SET, already written
- * (see flush()), still waits behind our GET on the server. The second GET
- * leaves after the first answer, by then the SET has been read. A missing
- * sticky key only means "balance as usual", so it gets no second look.
+ * A miss gets a second look. Redis keeps the order of the commands of one
+ * connection, not across connections: a client answered by another
+ * replica can ask us while that replica's SET, already written (see
+ * flush()), still waits behind our GET on the server. The second GET
+ * leaves after the first answer; by then the SET has been read. It costs
+ * one round trip, on misses only: a response id (verification must reach
+ * the same host) and a sticky key (a miss would rebalance the user and
+ * overwrite the binding) are both worth it.
  */
 int session_redis_get(struct session_redis *r, struct session_call *c,
                       enum session_kind kind, const char *key)
@@ -1410,7 +1418,7 @@ int session_redis_get(struct session_redis *r, struct session_call *c,
 
     if (r->state != RS_UP || (k = rkey(r, kind_part(kind), key)) == NULL)
         return -1;
-    rc = send_get(r, c, k, kind == SESSION_RID);
+    rc = send_get(r, c, k, 1);
     free(k);
     return rc;
 }

@@ -110,7 +110,7 @@ def redis_server(tmp_path):
         return p
 
     start()
-    yield port, start
+    yield port, start, procs
     for p in procs:
         if p.poll() is None:
             p.terminate()
@@ -135,7 +135,7 @@ def redis_policies(port, prefix="ig-test:"):
 
 
 def test_two_replicas_share_sessions_keys_and_registry(mocks, gateway, redis_server):
-    port, _ = redis_server
+    port, _, _ = redis_server
     ms = mocks(3)
     keys = [{"key": "sk-shared-cooling-0001", "description": "cools"},
             {"key": "sk-shared-good-key-002", "description": "good"}]
@@ -167,12 +167,13 @@ def test_two_replicas_share_sessions_keys_and_registry(mocks, gateway, redis_ser
 
 
 def test_redis_down_never_fails_requests(mocks, gateway, redis_server):
-    port, start = redis_server
+    port, start, procs = redis_server
     ms = mocks(2)
     g = gateway(hosts_of(ms), policies=redis_policies(port, "ig-down:"))
     rid, _ = chat_id(g)
     assert verify(g, rid)[0] == 200
-    subprocess.run(["pkill", "-f", "redis-server.*%d" % port])
+    procs[-1].terminate()
+    procs[-1].wait(10)
     wait_for(lambda: json.loads(g.request("GET", "/status")[2])["sessions"]["redis"]["state"] != "up",
              timeout=10, what="redis seen down")
     for _ in range(10):
