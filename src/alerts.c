@@ -129,7 +129,6 @@ struct chanset {
     struct channel *v;
 };
 
-struct smtp;
 
 struct delivery {
     struct alerts        *a;
@@ -152,11 +151,9 @@ struct delivery {
     struct event         *reap;
     struct event         *kill;
     int                   killed;
-    /* email */
-    CURL                 *easy;
+    /* email: d->xfer carries the SMTP transfer too */
     struct curl_slist    *rcpt;
     size_t                sent;
-    char                  errbuf[CURL_ERROR_SIZE];
 };
 
 struct alerts {
@@ -171,7 +168,6 @@ struct alerts {
     struct alerts_counters cnt;
     struct delivery   *deliveries;
     size_t             ndeliveries;
-    struct smtp       *smtp;
     uint64_t           msg_seq;
 };
 
@@ -984,7 +980,6 @@ static struct chanset *chanset_new(const struct config *cfg)
 /* --- deliveries: common ---------------------------------------------- */
 
 static void attempt_start(struct delivery *d);
-static void smtp_cancel(struct delivery *d);
 
 static void command_stop_writing(struct delivery *d)
 {
@@ -1016,8 +1011,8 @@ static void delivery_free(struct delivery *d)
 
     if (d->xfer)
         upstream_cancel(d->xfer);
-    if (d->easy)
-        smtp_cancel(d);
+    curl_slist_free_all(d->rcpt);
+    d->rcpt = NULL;
     command_stop_writing(d);
     command_timers_free(d);
     if (d->pid > 0) {                   /* only at alerts_free */
@@ -1331,143 +1326,6 @@ static int command_start(struct delivery *d, const char **why)
 
 /* --- email: a curl multi of our own, for SMTP ------------------------ */
 
-struct smtp {
-    struct alerts *a;
-    CURLM         *multi;
-    struct event  *timer;
-    int            running;
-};
-
-struct smtp_sock {
-    struct smtp  *m;
-    struct event *ev;
-};
-
-static void smtp_check_done(struct smtp *m)
-{
-    CURLMsg *msg;
-    int left;
-
-    while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
-        struct delivery *d = NULL;
-        CURLcode rc;
-        char why[CURL_ERROR_SIZE];
-
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        rc = msg->data.result;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&d);
-        snprintf(why, sizeof(why), "%s", d->errbuf[0] ? d->errbuf : curl_easy_strerror(rc));
-        smtp_cancel(d);
-        attempt_done(d, rc == CURLE_OK, why);
-    }
-}
-
-static void smtp_sock_cb(evutil_socket_t fd, short kind, void *arg)
-{
-    struct smtp *m = arg;
-    int action = (kind & EV_READ ? CURL_CSELECT_IN : 0)
-               | (kind & EV_WRITE ? CURL_CSELECT_OUT : 0);
-
-    curl_multi_socket_action(m->multi, fd, action, &m->running);
-    smtp_check_done(m);
-}
-
-static void smtp_timer_cb(evutil_socket_t fd, short kind, void *arg)
-{
-    struct smtp *m = arg;
-
-    (void)fd;
-    (void)kind;
-    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &m->running);
-    smtp_check_done(m);
-}
-
-static int smtp_multi_timer(CURLM *multi, long timeout_ms, void *userp)
-{
-    struct smtp *m = userp;
-    struct timeval tv;
-
-    (void)multi;
-    if (timeout_ms < 0) {
-        evtimer_del(m->timer);
-        return 0;
-    }
-    tv.tv_sec = timeout_ms / MS_PER_S;
-    tv.tv_usec = (timeout_ms % MS_PER_S) * US_PER_MS;
-    evtimer_add(m->timer, &tv);
-    return 0;
-}
-
-static int smtp_multi_sock(CURL *easy, curl_socket_t fd, int what, void *userp,
-                           void *socketp)
-{
-    struct smtp *m = userp;
-    struct smtp_sock *w = socketp;
-    short kind;
-
-    (void)easy;
-    if (what == CURL_POLL_REMOVE) {
-        if (w) {
-            event_free(w->ev);
-            free(w);
-        }
-        curl_multi_assign(m->multi, fd, NULL);
-        return 0;
-    }
-    kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0)
-                      | (what & CURL_POLL_OUT ? EV_WRITE : 0);
-    if (w == NULL) {
-        w = calloc(1, sizeof(*w));
-        if (w == NULL)
-            return -1;
-        w->m = m;
-        curl_multi_assign(m->multi, fd, w);
-    } else {
-        event_free(w->ev);
-    }
-    w->ev = event_new(m->a->base, fd, kind, smtp_sock_cb, m);
-    if (w->ev == NULL)
-        return -1;
-    event_add(w->ev, NULL);
-    return 0;
-}
-
-static void smtp_free(struct smtp *m)
-{
-    if (m == NULL)
-        return;
-    if (m->multi)
-        curl_multi_cleanup(m->multi);
-    if (m->timer)
-        event_free(m->timer);
-    free(m);
-}
-
-static struct smtp *smtp_get(struct alerts *a)
-{
-    struct smtp *m;
-
-    if (a->smtp)
-        return a->smtp;
-    m = calloc(1, sizeof(*m));
-    if (m == NULL)
-        return NULL;
-    m->a = a;
-    m->multi = curl_multi_init();
-    m->timer = evtimer_new(a->base, smtp_timer_cb, m);
-    if (m->multi == NULL || m->timer == NULL) {
-        smtp_free(m);
-        return NULL;
-    }
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, smtp_multi_sock);
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, smtp_multi_timer);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
-    a->smtp = m;
-    return m;
-}
-
 static size_t smtp_read_cb(char *buf, size_t size, size_t n, void *userp)
 {
     struct delivery *d = userp;
@@ -1480,67 +1338,69 @@ static size_t smtp_read_cb(char *buf, size_t size, size_t n, void *userp)
     return room;
 }
 
-static void smtp_cancel(struct delivery *d)
+static void smtp_done(void *arg, enum upstream_result res, const char *errmsg)
 {
-    if (d->easy) {
-        curl_multi_remove_handle(d->a->smtp->multi, d->easy);
-        curl_easy_cleanup(d->easy);
-        d->easy = NULL;
-    }
+    struct delivery *d = arg;
+
+    d->xfer = NULL;                     /* freed by upstream.c */
     curl_slist_free_all(d->rcpt);
     d->rcpt = NULL;
+    attempt_done(d, res == UPSTREAM_OK, errmsg);
 }
+
+static const struct upstream_cbs smtp_cbs = { NULL, NULL, smtp_done };
 
 static int smtp_start(struct delivery *d, const char **why)
 {
     const struct channel *ch = d->ch;
-    struct smtp *m = smtp_get(d->a);
     char *from = envelope_addr(ch->from);
+    CURL *easy = curl_easy_init();
     size_t i;
 
     *why = "out of memory";
-    if (m == NULL || from == NULL || (d->easy = curl_easy_init()) == NULL) {
-        free(from);
-        return -1;
-    }
+    if (from == NULL || easy == NULL)
+        goto fail;
     for (i = 0; ch->to[i]; i++) {
         char *rcpt = envelope_addr(ch->to[i]);
         struct curl_slist *l = rcpt ? curl_slist_append(d->rcpt, rcpt) : NULL;
         free(rcpt);
-        if (l == NULL) {
-            free(from);
-            smtp_cancel(d);
-            return -1;
-        }
+        if (l == NULL)
+            goto fail;
         d->rcpt = l;
     }
     d->sent = 0;
-    d->errbuf[0] = '\0';
-    curl_easy_setopt(d->easy, CURLOPT_URL, ch->smtp_url);
-    curl_easy_setopt(d->easy, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
-    curl_easy_setopt(d->easy, CURLOPT_PRIVATE, d);
-    curl_easy_setopt(d->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(d->easy, CURLOPT_ERRORBUFFER, d->errbuf);
-    curl_easy_setopt(d->easy, CURLOPT_MAIL_FROM, from);   /* copied by curl */
-    curl_easy_setopt(d->easy, CURLOPT_MAIL_RCPT, d->rcpt);
-    curl_easy_setopt(d->easy, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(d->easy, CURLOPT_READFUNCTION, smtp_read_cb);
-    curl_easy_setopt(d->easy, CURLOPT_READDATA, d);
-    curl_easy_setopt(d->easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)d->len);
-    curl_easy_setopt(d->easy, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
-    curl_easy_setopt(d->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)ch->timeout_ms);
-    curl_easy_setopt(d->easy, CURLOPT_TIMEOUT_MS, (long)ch->timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_URL, ch->smtp_url);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+    curl_easy_setopt(easy, CURLOPT_MAIL_FROM, from);   /* copied by curl */
+    curl_easy_setopt(easy, CURLOPT_MAIL_RCPT, d->rcpt);
+    curl_easy_setopt(easy, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(easy, CURLOPT_READFUNCTION, smtp_read_cb);
+    curl_easy_setopt(easy, CURLOPT_READDATA, d);
+    curl_easy_setopt(easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)d->len);
+    curl_easy_setopt(easy, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long)ch->timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)ch->timeout_ms);
     if (ch->username)
-        curl_easy_setopt(d->easy, CURLOPT_USERNAME, ch->username);
+        curl_easy_setopt(easy, CURLOPT_USERNAME, ch->username);
     if (ch->password)
-        curl_easy_setopt(d->easy, CURLOPT_PASSWORD, ch->password);
+        curl_easy_setopt(easy, CURLOPT_PASSWORD, ch->password);
     free(from);
-    if (curl_multi_add_handle(m->multi, d->easy) != CURLM_OK) {
-        smtp_cancel(d);
+    d->xfer = upstream_start_easy(d->a->up, easy, &smtp_cbs, d);   /* owns easy */
+    if (d->xfer == NULL) {
+        curl_slist_free_all(d->rcpt);
+        d->rcpt = NULL;
         *why = "could not start the transfer";
         return -1;
     }
     return 0;
+
+fail:
+    free(from);
+    if (easy)
+        curl_easy_cleanup(easy);
+    curl_slist_free_all(d->rcpt);
+    d->rcpt = NULL;
+    return -1;
 }
 
 /* --- deliveries: start ----------------------------------------------- */
@@ -1670,7 +1530,6 @@ void alerts_free(struct alerts *a)
         return;
     while (a->deliveries)
         delivery_free(a->deliveries);
-    smtp_free(a->smtp);
     for (b = 0; b < SCOPE_HASH_SLOTS; b++) {
         while (a->hosts[b]) {
             struct scope *s = a->hosts[b];

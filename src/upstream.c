@@ -46,6 +46,7 @@ struct upstream_xfer {
     const struct upstream_cbs *cbs;
     void                     *arg;
     int                       head_done;   /* final head seen */
+    int                       raw;         /* not HTTP: no head to wait for */
     int                       cancelled;   /* owner is gone: no more callbacks */
     struct upstream_xfer     *next_cancelled;
     int                       aborted;
@@ -282,7 +283,7 @@ static void check_done(struct upstream *u)
             continue;               /* freed by multi_action */
         res = classify(msg->data.result, x->aborted);
         /* A head that never completed is not a response. */
-        if (res == UPSTREAM_OK && !x->head_done)
+        if (res == UPSTREAM_OK && !x->head_done && !x->raw)
             res = UPSTREAM_ERR_PROTOCOL;
         if (x->cbs->on_done)
             x->cbs->on_done(x->arg, res,
@@ -359,6 +360,33 @@ fail:
     curl_easy_cleanup(x->easy);
     free(x);
     return NULL;
+}
+
+struct upstream_xfer *upstream_start_easy(struct upstream *u, void *easy,
+                                          const struct upstream_cbs *cbs,
+                                          void *arg)
+{
+    struct upstream_xfer *x = calloc(1, sizeof(*x));
+
+    if (x == NULL) {
+        curl_easy_cleanup(easy);
+        return NULL;
+    }
+    x->u = u;
+    x->cbs = cbs;
+    x->arg = arg;
+    x->raw = 1;
+    x->easy = easy;
+    curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
+    if (curl_multi_add_handle(u->multi, x->easy) != CURLM_OK) {
+        curl_easy_cleanup(x->easy);
+        free(x);
+        return NULL;
+    }
+    u->active++;
+    return x;
 }
 
 void upstream_pause(struct upstream_xfer *x)

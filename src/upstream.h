@@ -65,6 +65,14 @@ struct upstream_xfer *upstream_start(struct upstream *u,
                                      const struct upstream_req *req,
                                      const struct upstream_cbs *cbs,
                                      void *arg);
+/* Starts a transfer on an easy handle the caller set up for another
+ * protocol (alerts.c: SMTP). Takes ownership of `easy`; upstream.c sets
+ * only PRIVATE, NOSIGNAL and ERRORBUFFER. on_headers/on_data are not used;
+ * on_done reports UPSTREAM_OK or the failure. NULL when it cannot start
+ * (then `easy` is freed). */
+struct upstream_xfer *upstream_start_easy(struct upstream *u, void *easy,
+                                          const struct upstream_cbs *cbs,
+                                          void *arg);
 void upstream_pause(struct upstream_xfer *x);
 void upstream_resume(struct upstream_xfer *x);
 void upstream_cancel(struct upstream_xfer *x);
