@@ -243,16 +243,6 @@ static double p99_ms(const struct settings *s, const struct scope *sc)
 
 /* --- scopes and windows ---------------------------------------------- */
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
-
-    while (*s) {
-        h ^= (unsigned char)*s++;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
 
 static size_t slot_index(int64_t slot)
 {
@@ -318,7 +308,7 @@ static struct scope *scope_find(struct alerts *a, const char *host)
 
     if (host == NULL)
         return &a->global;
-    for (s = a->hosts[hash_str(host) & (SCOPE_HASH_SLOTS - 1)]; s; s = s->next)
+    for (s = a->hosts[config_hash(host) & (SCOPE_HASH_SLOTS - 1)]; s; s = s->next)
         if (strcmp(s->host, host) == 0)
             return s;
     return NULL;
@@ -340,7 +330,7 @@ static struct scope *scope_get(struct alerts *a, const char *host)
         return NULL;
     }
     scope_reset(s, a->set.p99_ms > 0);
-    b = hash_str(host) & (SCOPE_HASH_SLOTS - 1);
+    b = config_hash(host) & (SCOPE_HASH_SLOTS - 1);
     s->next = a->hosts[b];
     a->hosts[b] = s;
     return s;

@@ -97,7 +97,7 @@ static char *join_path(const char *dir, const char *name)
     return p;
 }
 
-static void strlist_free(struct cfg_strlist *l)
+void cfg_strlist_free(struct cfg_strlist *l)
 {
     size_t i;
 
@@ -108,7 +108,7 @@ static void strlist_free(struct cfg_strlist *l)
     l->n = 0;
 }
 
-static int strlist_has(const struct cfg_strlist *l, const char *s)
+int cfg_strlist_has(const struct cfg_strlist *l, const char *s)
 {
     size_t i;
 
@@ -1135,7 +1135,7 @@ static int parse_strlist(struct loader *ld, const struct cur *c, unsigned flags,
     }
     if (bad)
         return -1;
-    strlist_free(l);
+    cfg_strlist_free(l);
     l->v = xcalloc(n, sizeof(char *));
     for (i = 0; i < n; i++)
         l->v[i] = xstrdup(json_string_value(json_array_get(c->v, i)));
@@ -1522,7 +1522,7 @@ static int sp_retry_on(struct loader *ld, const struct field *f, const struct cu
 static void step_free(struct cfg_fallback_step *s)
 {
     free(s->model);
-    strlist_free(&s->hosts);
+    cfg_strlist_free(&s->hosts);
 }
 
 static void chain_free(struct cfg_fallback_chain *ch)
@@ -1618,10 +1618,10 @@ static int sp_chains(struct loader *ld, const struct field *f, const struct cur 
 static void notify_free(struct cfg_notify *n)
 {
     free(n->url);
-    strlist_free(&n->argv);
+    cfg_strlist_free(&n->argv);
     free(n->smtp_url);
     free(n->from);
-    strlist_free(&n->to);
+    cfg_strlist_free(&n->to);
     free(n->username);
     free(n->password);
 }
@@ -1873,8 +1873,8 @@ static void host_free(struct cfg_host *h)
 
     free(h->name);
     free(h->url);
-    strlist_free(&h->models);
-    strlist_free(&h->containers);
+    cfg_strlist_free(&h->models);
+    cfg_strlist_free(&h->containers);
     free(h->region);
     free(h->address);
     free(h->keys);
@@ -2071,10 +2071,10 @@ static void key_free(struct cfg_key *k)
     free(k->fingerprint);
     free(k->description);
     free(k->pool);
-    strlist_free(&k->hosts);
+    cfg_strlist_free(&k->hosts);
 }
 
-static uint64_t fnv1a64(const char *s)
+uint64_t config_hash(const char *s)
 {
     uint64_t h = 14695981039346656037ULL;
 
@@ -2092,7 +2092,7 @@ static void key_ident(struct cfg_key *k)
     const char *dash;
     char buf[64];
 
-    snprintf(buf, sizeof(buf), "%016llx", (unsigned long long)fnv1a64(k->secret));
+    snprintf(buf, sizeof(buf), "%016llx", (unsigned long long)config_hash(k->secret));
     k->id = xstrdup(buf);
     if (len >= 12) {
         dash = memchr(k->secret, '-', 4);
@@ -2492,7 +2492,7 @@ static void config_free(struct config *c)
     free(c->retry.no_retry_header);
     for (i = 0; i < c->nmodels; i++) {
         free(c->models[i].name);
-        strlist_free(&c->models[i].models);
+        cfg_strlist_free(&c->models[i].models);
     }
     free(c->models);
     free(c->retry.on_codes);
@@ -2506,7 +2506,7 @@ static void config_free(struct config *c)
         notify_free(&c->alerts.notify[i]);
     free(c->alerts.notify);
     free(c->admin.token);
-    strlist_free(&c->admin.client_keys);
+    cfg_strlist_free(&c->admin.client_keys);
     free(c);
 }
 
@@ -2651,7 +2651,7 @@ int config_host_serves(const struct cfg_host *h, const char *model)
 {
     if (h->models.n == 0 || model == NULL)
         return 1;
-    return strlist_has(&h->models, model);
+    return cfg_strlist_has(&h->models, model);
 }
 
 int config_key_usable(const struct cfg_key *k, const struct cfg_host *h)
@@ -2662,7 +2662,7 @@ int config_key_usable(const struct cfg_key *k, const struct cfg_host *h)
         return 0;
     if (k->pool && strcmp(k->pool, h->keys) != 0)
         return 0;
-    return k->hosts.n == 0 || strlist_has(&k->hosts, h->name);
+    return k->hosts.n == 0 || cfg_strlist_has(&k->hosts, h->name);
 }
 
 const char *config_strategy_name(enum cfg_strategy s)

@@ -262,6 +262,11 @@ void config_unref(struct config *c);   /* frees at zero */
 
 void cfg_errors_free(struct cfg_errors *e);
 
+/* Small helpers shared by the modules that keep string lists and tables. */
+void     cfg_strlist_free(struct cfg_strlist *l);      /* empties l */
+int      cfg_strlist_has(const struct cfg_strlist *l, const char *s);
+uint64_t config_hash(const char *s);                   /* FNV-1a, 64 bits */
+
 /* Lookups used on the request path. */
 const struct cfg_host *config_host_by_name(const struct config *c, const char *name);
 const struct cfg_model_group *config_model_group(const struct config *c, const char *name);

@@ -33,23 +33,7 @@
 
 void health_strlist_free(struct cfg_strlist *l)
 {
-    size_t i;
-
-    for (i = 0; i < l->n; i++)
-        free(l->v[i]);
-    free(l->v);
-    l->v = NULL;
-    l->n = 0;
-}
-
-static int strlist_has(const struct cfg_strlist *l, const char *s)
-{
-    size_t i;
-
-    for (i = 0; i < l->n; i++)
-        if (strcmp(l->v[i], s) == 0)
-            return 1;
-    return 0;
+    cfg_strlist_free(l);
 }
 
 static int strlist_equal(const struct cfg_strlist *a, const struct cfg_strlist *b)
@@ -320,13 +304,13 @@ int health_host_serves(const struct cfg_host *h, const struct host_state *hs,
 {
     if (model == NULL || (h->models.n == 0 && hs->models_found.n == 0))
         return 1;
-    return strlist_has(&h->models, model) || strlist_has(&hs->models_found, model);
+    return cfg_strlist_has(&h->models, model) || cfg_strlist_has(&hs->models_found, model);
 }
 
 int health_host_runs(const struct cfg_host *h, const struct host_state *hs,
                      const char *id)
 {
-    return strlist_has(&h->containers, id) || strlist_has(&hs->containers_found, id);
+    return cfg_strlist_has(&h->containers, id) || cfg_strlist_has(&hs->containers_found, id);
 }
 
 /* --- the prober ------------------------------------------------------- */

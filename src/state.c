@@ -25,16 +25,6 @@ static void host_destroy(struct state_entry *e);
 static struct table hosts = { NULL, 0, 0, sizeof(struct host_state), host_destroy };
 static struct table keys  = { NULL, 0, 0, sizeof(struct key_state), NULL };
 
-static void strlist_free(struct cfg_strlist *l)
-{
-    size_t i;
-
-    for (i = 0; i < l->n; i++)
-        free(l->v[i]);
-    free(l->v);
-    l->v = NULL;
-    l->n = 0;
-}
 
 static void host_destroy(struct state_entry *e)
 {
@@ -49,20 +39,10 @@ static void host_destroy(struct state_entry *e)
         free(h->mbr[i]);
     }
     free(h->mbr);
-    strlist_free(&h->models_found);
-    strlist_free(&h->containers_found);
+    cfg_strlist_free(&h->models_found);
+    cfg_strlist_free(&h->containers_found);
 }
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
-
-    while (*s) {
-        h ^= (unsigned char)*s++;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
 
 static int table_grow(struct table *t)
 {
@@ -74,7 +54,7 @@ static int table_grow(struct table *t)
     for (i = 0; i < t->size; i++) {
         struct state_entry *e = t->slot[i], *next;
         for (; e; e = next) {
-            size_t b = hash_str(e->key) & (nsize - 1);
+            size_t b = config_hash(e->key) & (nsize - 1);
             next = e->next;
             e->next = ns[b];
             ns[b] = e;
@@ -93,7 +73,7 @@ static struct state_entry *table_get(struct table *t, const char *key, int *crea
     size_t b;
 
     if (t->size) {
-        for (e = t->slot[hash_str(key) & (t->size - 1)]; e; e = e->next) {
+        for (e = t->slot[config_hash(key) & (t->size - 1)]; e; e = e->next) {
             if (strcmp(e->key, key) == 0) {
                 e->refs++;
                 *created = 0;
@@ -112,7 +92,7 @@ static struct state_entry *table_get(struct table *t, const char *key, int *crea
         return NULL;
     }
     e->refs = 1;
-    b = hash_str(key) & (t->size - 1);
+    b = config_hash(key) & (t->size - 1);
     e->next = t->slot[b];
     t->slot[b] = e;
     t->count++;
@@ -126,7 +106,7 @@ static void table_put(struct table *t, struct state_entry *e)
 
     if (e == NULL || --e->refs > 0)
         return;
-    for (pp = &t->slot[hash_str(e->key) & (t->size - 1)]; *pp; pp = &(*pp)->next) {
+    for (pp = &t->slot[config_hash(e->key) & (t->size - 1)]; *pp; pp = &(*pp)->next) {
         if (*pp == e) {
             *pp = e->next;
             break;
@@ -151,7 +131,7 @@ struct host_state *state_host_get(const char *name, const struct breaker_params 
 
     if (h && created) {
         balance_live_init(&h->live, 1);
-        h->rr = hash_str(name) >> 16;   /* hosts start their key rotation apart */
+        h->rr = config_hash(name) >> 16;   /* hosts start their key rotation apart */
         h->health = HEALTH_HEALTHY;
         if (breaker_init(&h->br, bp) < 0) {
             state_host_put(h);

@@ -813,7 +813,7 @@ static void test_types_and_ranges(void **state)
     put(state, "policies.yaml",
         "sessions:\n  redis: {url: \"unix:redis.sock\"}\nserver: {listen: \":8080\"}\n");
     load_fails(state,
-        "policies.yaml:2:16: sessions.redis.url: expected redis://[:password@]host:port[/db] or unix:/path",
+        "policies.yaml:2:16: sessions.redis.url: expected redis://[[user]:password@]host[:port][/db] or unix:/path",
         "policies.yaml:3:18: server.listen: expected ADDR:PORT or [V6ADDR]:PORT",
         NULL);
     put(state, "policies.yaml",
