@@ -760,22 +760,30 @@ static void px_stream_error(struct proxy *p, const char *why)
     json_decref(o);
 }
 
-/* A 2xx answer that says it is JSON but does not parse is an upstream
- * fault like a reset connection: another host may do better. */
+/* A 2xx answer that says it is JSON but is not (an HTML error page, a
+ * stray text) is an upstream fault like a reset connection: another host
+ * may do better. A full parse per response would cost more than the rest
+ * of the request path, so this checks the shape only: an object or array
+ * from the first to the last non-blank byte (curl already caught bodies
+ * cut short of their Content-Length). */
 static int px_garbage(const struct px_leg *l, const struct upstream_xfer *x)
 {
     const char *ctype = upstream_resp_header(x, "Content-Type");
-    json_t *doc;
+    size_t len = evbuffer_get_length(l->buf);
+    const unsigned char *b, *e;
 
     if (l->status < 200 || l->status >= 300 || ctype == NULL
         || strstr(ctype, "json") == NULL)
         return 0;
-    doc = json_loadb((const char *)evbuffer_pullup(l->buf, -1),
-                     evbuffer_get_length(l->buf), 0, NULL);
-    if (doc == NULL)
+    b = evbuffer_pullup(l->buf, -1);
+    if (b == NULL)
         return 1;
-    json_decref(doc);
-    return 0;
+    e = b + len;
+    while (b < e && isspace(*b))
+        b++;
+    while (e > b && isspace(e[-1]))
+        e--;
+    return e - b < 2 || !((*b == '{' && e[-1] == '}') || (*b == '[' && e[-1] == ']'));
 }
 
 /* The request succeeded on l's host: remember the host for the response
