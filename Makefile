@@ -116,3 +116,6 @@ install: infergate
 
 deb:
 	@./scripts/package-test.sh --build-only
+
+# make fuzz   libFuzzer harnesses, FUZZ_TIME seconds each (default 60); see tests/fuzz/fuzz.mk
+-include tests/fuzz/fuzz.mk

@@ -94,6 +94,26 @@ void admin_health(struct gateway *gw, struct http_req *req)
     reply_json(req, usable ? 200 : 503, o);
 }
 
+/* ISO 8601 UTC of a wall-clock time in ms, or JSON null for 0. */
+static json_t *iso_or_null(int64_t unix_ms)
+{
+    char buf[32];
+
+    if (unix_ms <= 0)
+        return json_null();
+    iso_time(unix_ms / 1000, buf, sizeof(buf));
+    return json_string(buf);
+}
+
+/* A string, or null when empty or not valid UTF-8 (an upstream's error
+ * text must not cost the whole page). */
+static json_t *text_or_null(const char *t)
+{
+    json_t *v = t && *t ? json_string(t) : NULL;
+
+    return v ? v : json_null();
+}
+
 static json_t *host_json(const struct snapshot *s, size_t i)
 {
     const struct cfg_host *h = &s->cfg->hosts[i];
@@ -105,7 +125,7 @@ static json_t *host_json(const struct snapshot *s, size_t i)
         json_object_set_new(labels, h->labels[j].name,
                             json_string(h->labels[j].value));
     return json_pack("{s:s, s:s, s:s?, s:s?, s:i, s:i, s:i, s:s?, s:o, s:o, s:o,"
-                     " s:s, s:s, s:i, s:f, s:I, s:I, s:I, s:n}",
+                     " s:s, s:s, s:i, s:f, s:I, s:I, s:I, s:o, s:o}",
                      "name", h->name, "url", h->url,
                      "region", h->region, "address", h->address,
                      "priority", h->priority, "weight", h->weight,
@@ -119,7 +139,8 @@ static json_t *host_json(const struct snapshot *s, size_t i)
                      "requests", (json_int_t)hs->requests,
                      "failures", (json_int_t)hs->failures,
                      "consecutive_failures", (json_int_t)hs->consecutive_failures,
-                     "last_check");
+                     "last_check", iso_or_null(hs->last_check_unix_ms),
+                     "last_error", text_or_null(hs->last_error));
 }
 
 static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)
@@ -127,15 +148,17 @@ static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)
     const struct cfg_key *k = &s->cfg->keys[i];
     const struct key_state *ks = s->ks[i];
     const char *state = keys_state_name(ks, k->active, now);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s?, s:i, s:I}",
+    int cooling = strcmp(state, "cooling") == 0;
+    int64_t until = cooling ? gw_unix_ms() + ks->cooldown_until_ms - now : 0;
+    json_t *o = json_pack("{s:s, s:s, s:s, s:o, s:s?, s:i, s:I}",
                           "fingerprint", k->fingerprint,
                           "description", k->description, "state", state,
+                          "until", iso_or_null(until),
                           "pool", k->pool, "weight", k->weight,
                           "uses", (json_int_t)ks->uses);
 
-    if (o && strcmp(state, "cooling") == 0)
-        json_object_set_new(o, "until_ms",
-                            json_integer(gw_unix_ms() + ks->cooldown_until_ms - now));
+    if (o && cooling)
+        json_object_set_new(o, "until_ms", json_integer(until));
     if (o && ks->disabled)
         json_object_set_new(o, "reason", json_sprintf("upstream answered %d",
                                                       ks->last_status));
@@ -179,6 +202,10 @@ void admin_status(struct gateway *gw, struct http_req *req)
             json_object_set(o, "replicas", reps);
         json_object_set_new(o, "sessions", sess);
         json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
+        json_object_set_new(o, "connections", json_pack("{s:I, s:I, s:I}",
+            "open", (json_int_t)http_server_connections(gw->http),
+            "max", (json_int_t)http_server_max_connections(gw->http),
+            "refused", (json_int_t)http_server_refused(gw->http)));
     }
     reply_json(req, 200, o);
 }

@@ -130,6 +130,7 @@ static void snapshot_activate(struct snapshot *s)
     for (i = 0; i < s->cfg->nhosts; i++) {
         s->hs[i]->live.max_concurrent = s->cfg->hosts[i].max_concurrent;
         breaker_set_params(&s->hs[i]->br, &s->bp);
+        state_model_breakers_params(s->hs[i], &s->bp);
     }
 }
 
@@ -211,7 +212,10 @@ static const char *bearer(const struct http_req *req)
 
     if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0)
         return NULL;
-    return a + 7;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    return *a ? a : NULL;
 }
 
 /* Compares without an early exit, so timing does not tell how much of a
@@ -226,41 +230,124 @@ static int token_equal(const char *a, const char *b)
     return d == 0;
 }
 
+/* Index of the upstream key equal to tok, or -1. Every key is compared. */
+static long upstream_key_index(const struct config *c, const char *tok)
+{
+    long hit = -1;
+    size_t i;
+
+    for (i = 0; i < c->nkeys; i++)
+        if (token_equal(tok, c->keys[i].secret))
+            hit = (long)i;
+    return hit;
+}
+
+/* Once per configuration generation: a client key that is also an
+ * upstream key is never accepted; say so in the log. */
+static void check_key_overlap(const struct snapshot *s)
+{
+    static uint64_t checked_gen;
+    const struct config *c = s->cfg;
+    size_t i;
+    long k;
+
+    if (checked_gen == s->generation)
+        return;
+    checked_gen = s->generation;
+    for (i = 0; i < c->admin.client_keys.n; i++)
+        if ((k = upstream_key_index(c, c->admin.client_keys.v[i])) >= 0)
+            log_warn("admin.client_keys[%zu] is also the upstream API key %s:"
+                     " upstream keys are never accepted from clients",
+                     i, c->keys[k].fingerprint);
+}
+
+/*
+ * /admin/...: the Bearer admin.token; without a token configured, allowed
+ * only on a listener bound to a loopback address (403 otherwise).
+ * /v1/...: when admin.client_keys is set, the Bearer one of them (401
+ * otherwise); an upstream key is refused even if it is listed there too.
+ * Returns 0 when allowed, else the status to answer (see deny()). Tokens
+ * are never echoed in answers nor logged.
+ */
 static int authorized(struct gateway *gw, struct http_req *req, int auth)
 {
     const struct config *c = gw->snap->cfg;
     const char *tok = bearer(req);
+    int ok = 0;
     size_t i;
+    long k;
 
     if (auth == AUTH_ADMIN) {
-        if (c->admin.token == NULL) {
-            http_reply_error(req, 403, "permission_error", "admin_disabled",
-                             "admin endpoints are disabled: set admin.token");
-            return 0;
-        }
-        if (tok == NULL || !token_equal(tok, c->admin.token)) {
-            http_reply_error(req, 401, "authentication_error", "invalid_admin_token",
-                             "missing or wrong admin token");
-            return 0;
-        }
-        return 1;
+        if (c->admin.token == NULL)
+            return http_req_local_loopback(req) ? 0 : 403;
+        return tok && token_equal(tok, c->admin.token) ? 0 : 401;
     }
-    if (auth == AUTH_CLIENT && c->admin.client_keys.n > 0) {
-        for (i = 0; tok && i < c->admin.client_keys.n; i++)
-            if (token_equal(tok, c->admin.client_keys.v[i]))
-                return 1;
-        http_reply_error(req, 401, "authentication_error", "invalid_api_key",
-                         "missing or invalid API key");
+    if (auth != AUTH_CLIENT || c->admin.client_keys.n == 0)
         return 0;
+    check_key_overlap(gw->snap);
+    if (tok == NULL)
+        return 401;
+    for (i = 0; i < c->admin.client_keys.n; i++)
+        ok |= token_equal(tok, c->admin.client_keys.v[i]);
+    if ((k = upstream_key_index(c, tok)) >= 0) {
+        static uint64_t warned_gen;
+        ok = 0;
+        if (warned_gen != gw->snap->generation) {
+            warned_gen = gw->snap->generation;
+            log_warn("client %s presented the upstream API key %s as its client"
+                     " key: refused (warned once per configuration)",
+                     http_req_peer(req), c->keys[k].fingerprint);
+        }
     }
-    return 1;
+    return ok ? 0 : 401;
+}
+
+static void deny(struct http_req *req, int auth, int status)
+{
+    if (status == 403)
+        http_reply_error(req, 403, "permission_error", "admin_disabled",
+                         "admin endpoints are disabled: set admin.token"
+                         " (or listen on a loopback address)");
+    else if (auth == AUTH_ADMIN)
+        http_reply_error(req, 401, "authentication_error", "invalid_admin_token",
+                         "missing or wrong admin token");
+    else
+        http_reply_error(req, 401, "authentication_error", "invalid_api_key",
+                         "missing or invalid API key: send one of the gateway's"
+                         " client keys as Authorization: Bearer");
+}
+
+/* A request answered here, not by the proxy: access log and metrics.
+ * Called before the answer, which frees req. */
+static void note_rejected(struct http_req *req, const char *path, int status)
+{
+    struct metrics_req m;
+    struct log_access a;
+    const char *rid = http_req_header(req, "X-Request-Id");
+
+    memset(&m, 0, sizeof(m));
+    m.route = metrics_route_of(path);
+    m.status = status;
+    m.ttfb_ms = 0;
+    metrics_request(&m);
+    /* The client's id only when proxy.c would keep it too. */
+    if (rid && (strlen(rid) > 64 || rid[strspn(rid, "abcdefghijklmnopqrstuvwxyz"
+                                             "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:")]))
+        rid = NULL;
+    memset(&a, 0, sizeof(a));
+    a.request_id = rid;
+    a.method = http_req_method(req);
+    a.path = path;
+    a.peer = http_req_peer(req);
+    a.status = status;
+    log_access(&a);
 }
 
 static void gateway_handle(struct http_req *req, void *arg)
 {
     struct gateway *gw = arg;
     const char *path = http_req_path(req), *method = http_req_method(req);
-    int path_known = 0;
+    int path_known = 0, status;
     size_t i;
 
     gw->requests_total++;
@@ -271,18 +358,23 @@ static void gateway_handle(struct http_req *req, void *arg)
         if (strcmp(routes[i].method, method) != 0
             && !(strcmp(method, "HEAD") == 0 && strcmp(routes[i].method, "GET") == 0))
             continue;
-        if (!authorized(gw, req, routes[i].auth))
+        if ((status = authorized(gw, req, routes[i].auth)) != 0) {
+            note_rejected(req, path, status);
+            deny(req, routes[i].auth, status);
             return;
+        }
         routes[i].fn(gw, req);
         return;
     }
     if (path_known) {
+        note_rejected(req, path, 405);
         http_reply_error(req, 405, "invalid_request_error", "method_not_allowed",
-                         "method %s not allowed on %s", method, path);
+                         "method %.32s not allowed on %.200s", method, path);
         return;
     }
+    note_rejected(req, path, 404);
     http_reply_error(req, 404, "invalid_request_error", "not_found",
-                     "unknown path %s", path);
+                     "unknown path %.200s", path);
 }
 
 /* --- lifecycle ------------------------------------------------------- */

@@ -8,6 +8,16 @@
  * bytes wait in the input buffer, capped by a read watermark). While the
  * handler works the socket stays readable so a client that hangs up is
  * noticed at once.
+ *
+ * Hardening: a request head and body must arrive within client_timeout of
+ * their first byte (a deadline, not an idle timer, so a client trickling a
+ * byte a second is cut off: 408); lines are searched for before they are
+ * copied, so a line over the limit is refused without being allocated;
+ * request lines and headers must be printable, valid UTF-8 (400 otherwise,
+ * NUL bytes included); at most HTTP_MAX_HEADERS fields (431); one
+ * Content-Length value; chunk sizes are strict hex. Connections beyond a
+ * cap are closed at accept, and accept errors (out of descriptors) pause
+ * the listeners instead of spinning.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -16,9 +26,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -28,9 +41,14 @@
 #include <jansson.h>
 
 #include "http.h"
+#include "log.h"
 
 #define HTTP_MAX_HEADERS    100
 #define HTTP_MAX_LISTENERS  4
+#define HTTP_MAX_CONNS      10000   /* also capped by RLIMIT_NOFILE, see below */
+#define HTTP_CHUNK_LINE_MAX 1024    /* chunk size line with its extensions */
+#define HTTP_LOG_EVERY_MS   10000   /* rate of the "connection limit" log line */
+#define HTTP_ACCEPT_PAUSE_MS 200    /* listeners rest this long after EMFILE */
 
 enum conn_state {
     CONN_READ_HEAD = 0,   /* waiting for / reading a request head */
@@ -78,8 +96,11 @@ struct http_conn {
     enum conn_state     state;
     struct http_req    *req;
     size_t              head_bytes;
+    size_t              line_scan;    /* input bytes known to hold no LF */
+    struct event       *deadline;     /* client_timeout for head + body */
     int                 close_after;  /* close once output drained */
     int                 linger;       /* ...after discarding unread input */
+    int                 loopback;     /* came in on a loopback listener */
     char                peer[64];
     struct http_conn   *prev, *next;
 };
@@ -89,12 +110,19 @@ struct http_server {
     http_handler           handler;
     void                  *arg;
     struct evconnlistener *lev[HTTP_MAX_LISTENERS];
+    int                    lev_loopback[HTTP_MAX_LISTENERS];
     size_t                 nlev;
     struct http_limits     lim;
     struct http_conn      *conns;
     size_t                 nconns;
+    size_t                 max_conns;
     size_t                 nreqs;         /* requests owned by the handler */
     int                    stopping;
+    struct event          *resume;        /* re-enables paused listeners */
+    uint64_t               refused;       /* over max_conns, since last log */
+    uint64_t               refused_total;
+    int64_t                refused_logged_ms;
+    int64_t                accept_err_logged_ms;
 };
 
 static const struct http_limits default_limits = {
@@ -350,11 +378,28 @@ void http_stream_end(struct http_req *r)
 }
 
 /* An error detected while reading a request: answer it and close. */
+static void conn_deadline_stop(struct http_conn *c)
+{
+    if (c->deadline)
+        evtimer_del(c->deadline);
+}
+
+static void conn_deadline_start(struct http_conn *c, int64_t ms)
+{
+    struct timeval tv;
+
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+    evtimer_add(c->deadline, &tv);
+}
+
+/* An error detected while reading a request: answer it and close. */
 static void conn_fail(struct http_conn *c, int status, const char *code,
                       const char *msg)
 {
     struct http_req *r = c->req;
 
+    conn_deadline_stop(c);
     if (r == NULL) {
         r = req_new(c);
         if (r == NULL) {
@@ -370,50 +415,115 @@ static void conn_fail(struct http_conn *c, int status, const char *code,
     c->linger = 1;
     c->state = CONN_HANDLING;
     c->srv->nreqs++;
+    if (log_enabled(LOGL_DEBUG))
+        log_debug("client %s: %d %s", c->peer[0] ? c->peer : "-", status, msg);
     http_reply_error(r, status, "invalid_request_error", code, "%s", msg);
 }
 
 /* --- request parsing ------------------------------------------------ */
 
-static int parse_request_line(struct http_req *r, char *line)
+/* RFC 9110 token characters (methods, header names). */
+static int is_tchar(unsigned char ch)
 {
-    char *sp1 = strchr(line, ' '), *sp2, *q;
+    return ch > ' ' && ch < 0x7f && strchr("\"(),/:;<=>?@[\\]{}", ch) == NULL;
+}
 
-    if (sp1 == NULL)
-        return -1;
-    sp2 = strchr(sp1 + 1, ' ');
-    if (sp2 == NULL)
-        return -1;
+/* Length of the well-formed UTF-8 sequence at s (n bytes left), or 0:
+ * no overlong forms, no surrogates, nothing above U+10FFFF. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f))
+            return 0;
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80
+            || (s[3] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))
+            return 0;
+        return 4;
+    }
+    return 0;
+}
+
+/* 1 when the n bytes are well-formed UTF-8 without control characters
+ * (NUL, CR, DEL...); a tab is allowed when tab_ok. */
+static int text_ok(const char *p, size_t n, int tab_ok)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = 0, k;
+
+    while (i < n) {
+        if (s[i] < 0x20 || s[i] == 0x7f) {
+            if (!(tab_ok && s[i] == '\t'))
+                return 0;
+            i++;
+            continue;
+        }
+        if ((k = utf8_seq(s + i, n - i)) == 0)
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* Returns NULL, or why the line is refused. */
+static const char *parse_request_line(struct http_req *r, char *line, size_t len)
+{
+    char *sp1, *sp2, *q, *m;
+
+    if (!text_ok(line, len, 0))
+        return "request line is not valid UTF-8 or holds control characters";
+    sp1 = strchr(line, ' ');
+    if (sp1 == NULL || (sp2 = strchr(sp1 + 1, ' ')) == NULL)
+        return "malformed request line";
     *sp1 = *sp2 = '\0';
     if (strncmp(sp2 + 1, "HTTP/1.", 7) != 0 || !isdigit((unsigned char)sp2[8])
         || sp2[9] != '\0')
-        return -1;
+        return "malformed request line";
     r->minor = sp2[8] - '0';
     r->keepalive = r->minor >= 1;
     if (line[0] == '\0' || sp1[1] != '/')
-        return -1;
+        return "malformed request line";
+    for (m = line; *m; m++)
+        if (!is_tchar((unsigned char)*m))
+            return "malformed request line";
     r->method = strdup(line);
     r->target = strdup(sp1 + 1);
     if (r->method == NULL || r->target == NULL)
-        return -1;
+        return "out of memory";
     q = strchr(r->target, '?');
     if (q) {
         *q = '\0';
         r->query = q + 1;
     }
-    return 0;
+    return NULL;
 }
 
-static int parse_header_line(struct http_req *r, char *line)
+/* Returns NULL, or why the line is refused. */
+static const char *parse_header_line(struct http_req *r, char *line, size_t len)
 {
-    char *colon = strchr(line, ':'), *v, *end;
+    char *colon, *v, *end;
 
-    if (colon == NULL || colon == line || r->nhdr == HTTP_MAX_HEADERS)
-        return -1;
+    if (!text_ok(line, len, 1))
+        return "header line is not valid UTF-8 or holds control characters";
+    colon = strchr(line, ':');
+    if (colon == NULL || colon == line)
+        return "malformed header line";
     *colon = '\0';
     for (v = line; v < colon; v++)
-        if (*v == ' ' || *v == '\t')
-            return -1;   /* no white space inside or before the name */
+        if (!is_tchar((unsigned char)*v))
+            return "malformed header line";   /* also white space in the name */
     v = colon + 1;
     while (*v == ' ' || *v == '\t')
         v++;
@@ -422,10 +532,13 @@ static int parse_header_line(struct http_req *r, char *line)
         *--end = '\0';
     r->hdr[r->nhdr].name = strdup(line);
     r->hdr[r->nhdr].value = strdup(v);
-    if (r->hdr[r->nhdr].name == NULL || r->hdr[r->nhdr].value == NULL)
-        return -1;
+    if (r->hdr[r->nhdr].name == NULL || r->hdr[r->nhdr].value == NULL) {
+        free(r->hdr[r->nhdr].name);
+        free(r->hdr[r->nhdr].value);
+        return "out of memory";
+    }
     r->nhdr++;
-    return 0;
+    return NULL;
 }
 
 static int body_append(struct http_req *r, struct evbuffer *in, size_t n)
@@ -453,6 +566,7 @@ static void dispatch(struct http_conn *c)
     struct http_req *r = c->req;
     struct timeval tv;
 
+    conn_deadline_stop(c);
     c->state = CONN_HANDLING;
     c->srv->nreqs++;
     /* The handler may take long (upstream time): no read timeout now,
@@ -463,6 +577,23 @@ static void dispatch(struct http_conn *c)
     if (r->body == NULL)
         r->body_len = 0;
     c->srv->handler(r, c->srv->arg);
+}
+
+/* Every value of header `name` must be the same (a repeated
+ * Content-Length that disagrees is how requests get smuggled). */
+static int header_unique(const struct http_req *r, const char *name)
+{
+    const char *first = NULL;
+    size_t i;
+
+    for (i = 0; i < r->nhdr; i++) {
+        if (strcasecmp(r->hdr[i].name, name) != 0)
+            continue;
+        if (first && strcmp(first, r->hdr[i].value) != 0)
+            return 0;
+        first = r->hdr[i].value;
+    }
+    return 1;
 }
 
 /* Decides how the body comes, after the head. Returns -1 when c failed. */
@@ -488,6 +619,12 @@ static int head_done(struct http_conn *c)
     if (te && cl) {
         conn_fail(c, 400, "bad_request",
                   "both Transfer-Encoding and Content-Length");
+        return -1;
+    }
+    if (!header_unique(r, "Content-Length")
+        || !header_unique(r, "Transfer-Encoding")) {
+        conn_fail(c, 400, "bad_request",
+                  "conflicting Content-Length or Transfer-Encoding headers");
         return -1;
     }
     if (te) {
@@ -524,26 +661,81 @@ static int head_done(struct http_conn *c)
     return 0;
 }
 
-/* Reads a CRLF line, counting it against the head limit. Returns NULL when
- * the line is not complete yet (and *over when the limit is passed). */
-static char *read_line(struct http_conn *c, struct evbuffer *in, int *over)
+/*
+ * Takes one line (ended by LF or CRLF) off `in` once it is complete and at
+ * most `max` bytes long, without its end, as a new NUL-terminated string
+ * (*len excludes the end; the line itself may hold NUL bytes, which the
+ * callers refuse). Returns 1 with the line, 0 when it is not complete yet,
+ * -1 when it is (or will be) longer than max. The search resumes where the
+ * last one stopped, so a line that trickles in costs linear time, and a
+ * line over the limit is never copied.
+ */
+static int take_line(struct http_conn *c, struct evbuffer *in, size_t max,
+                     char **line, size_t *len, size_t *raw)
 {
-    size_t len;
-    char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+    size_t avail = evbuffer_get_length(in), n;
+    struct evbuffer_ptr start, pos;
+    char *l;
 
-    *over = 0;
-    if (line == NULL) {
-        if (c->head_bytes + evbuffer_get_length(in) > c->srv->lim.max_header_bytes)
-            *over = 1;
-        return NULL;
+    pos.pos = -1;
+    if (c->line_scan > avail)
+        c->line_scan = 0;
+    if (c->line_scan < avail
+        && evbuffer_ptr_set(in, &start, c->line_scan, EVBUFFER_PTR_SET) == 0)
+        pos = evbuffer_search(in, "\n", 1, &start);
+    if (pos.pos < 0) {
+        c->line_scan = avail;
+        return avail > max ? -1 : 0;
     }
-    c->head_bytes += len + 2;
-    if (c->head_bytes > c->srv->lim.max_header_bytes) {
-        free(line);
-        *over = 1;
-        return NULL;
+    n = (size_t)pos.pos;
+    if (n > max)
+        return -1;
+    if ((l = malloc(n + 1)) == NULL)
+        return -1;
+    evbuffer_remove(in, l, n);
+    evbuffer_drain(in, 1);
+    c->line_scan = 0;
+    *raw = n + 1;
+    if (n > 0 && l[n - 1] == '\r')
+        n--;
+    l[n] = '\0';
+    *line = l;
+    *len = n;
+    return 1;
+}
+
+/* A line of the request head or trailer, counted against the head limit. */
+static int read_line(struct http_conn *c, struct evbuffer *in, char **line,
+                     size_t *len)
+{
+    size_t max = c->srv->lim.max_header_bytes, raw;
+    int rc;
+
+    if (c->head_bytes >= max)
+        return -1;
+    rc = take_line(c, in, max - c->head_bytes, line, len, &raw);
+    if (rc == 1)
+        c->head_bytes += raw;
+    return rc;
+}
+
+/* Reads body bytes into the request; returns -1 when c was freed. */
+static int read_body(struct http_conn *c, struct evbuffer *in)
+{
+    struct http_req *r = c->req;
+    size_t n = evbuffer_get_length(in);
+
+    if (n > r->chunk_left)
+        n = r->chunk_left;
+    if (n == 0)
+        return 0;
+    c->line_scan = 0;
+    if (body_append(r, in, n) < 0) {
+        conn_free(c);
+        return -1;
     }
-    return line;
+    r->chunk_left -= n;
+    return 0;
 }
 
 /* Runs the read state machine as far as the buffered input allows. */
@@ -551,8 +743,10 @@ static void conn_process(struct http_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct http_req *r;
+    const char *why;
     char *line;
-    int over;
+    size_t len;
+    int rc;
 
     for (;;) {
         switch (c->state) {
@@ -561,79 +755,85 @@ static void conn_process(struct http_conn *c)
                 conn_free(c);
                 return;
             }
-            line = read_line(c, in, &over);
-            if (line == NULL) {
-                if (over)
+            /* The first byte of a request starts its deadline. */
+            if (evbuffer_get_length(in) > 0 && !evtimer_pending(c->deadline, NULL))
+                conn_deadline_start(c, c->srv->lim.client_timeout_ms);
+            rc = read_line(c, in, &line, &len);
+            if (rc <= 0) {
+                if (rc < 0)
                     conn_fail(c, 431, "headers_too_large",
                               "request headers too large");
                 return;
             }
             if (c->req == NULL) {
-                if (line[0] == '\0') {     /* stray CRLF between requests */
+                if (len == 0) {            /* stray CRLF between requests */
                     free(line);
                     c->head_bytes = 0;
                     continue;
                 }
                 c->req = req_new(c);
-                if (c->req == NULL || parse_request_line(c->req, line) < 0) {
+                if (c->req == NULL) {
                     free(line);
-                    if (c->req == NULL) {
-                        conn_free(c);
-                        return;
-                    }
-                    conn_fail(c, 400, "bad_request", "malformed request line");
+                    conn_free(c);
                     return;
                 }
+                why = parse_request_line(c->req, line, len);
                 free(line);
+                if (why) {
+                    conn_fail(c, 400, "bad_request", why);
+                    return;
+                }
                 continue;
             }
-            if (line[0] == '\0') {
+            if (len == 0) {
                 free(line);
                 if (head_done(c) < 0 || c->state == CONN_HANDLING)
                     return;
                 continue;
             }
-            if (parse_header_line(c->req, line) < 0) {
+            if (c->req->nhdr == HTTP_MAX_HEADERS) {
+                char msg[64];
                 free(line);
-                conn_fail(c, 400, "bad_request", "malformed header line");
+                snprintf(msg, sizeof(msg), "more than %d header fields",
+                         HTTP_MAX_HEADERS);
+                conn_fail(c, 431, "too_many_headers", msg);
                 return;
             }
+            why = parse_header_line(c->req, line, len);
             free(line);
+            if (why) {
+                conn_fail(c, 400, "bad_request", why);
+                return;
+            }
             continue;
 
         case CONN_READ_BODY:
             r = c->req;
-            if (r->chunk_left) {
-                size_t n = evbuffer_get_length(in);
-                if (n > r->chunk_left)
-                    n = r->chunk_left;
-                if (n == 0)
-                    return;
-                if (body_append(r, in, n) < 0) {
-                    conn_free(c);
-                    return;
-                }
-                r->chunk_left -= n;
-                if (r->chunk_left)
-                    return;
-            }
+            if (read_body(c, in) < 0)
+                return;
+            if (r->chunk_left)
+                return;
             dispatch(c);
             return;
 
         case CONN_READ_CHUNK_SIZE: {
             char *end;
-            unsigned long n;
+            unsigned long long n;
+            size_t raw;
 
             r = c->req;
-            line = evbuffer_readln(in, NULL, EVBUFFER_EOL_CRLF);
-            if (line == NULL) {
-                if (evbuffer_get_length(in) > 64)
+            rc = take_line(c, in, HTTP_CHUNK_LINE_MAX, &line, &len, &raw);
+            if (rc <= 0) {
+                if (rc < 0)
                     conn_fail(c, 400, "bad_request", "malformed chunk size");
                 return;
             }
             errno = 0;
-            n = strtoul(line, &end, 16);
-            if (errno || end == line || (*end != '\0' && *end != ';')) {
+            n = strtoull(line, &end, 16);
+            while (*end == ' ' || *end == '\t')
+                end++;
+            if (!isxdigit((unsigned char)line[0]) || errno || strlen(line) != len
+                || (*end != '\0' && *end != ';')) {
                 free(line);
                 conn_fail(c, 400, "bad_request", "malformed chunk size");
                 return;
@@ -647,34 +847,26 @@ static void conn_process(struct http_conn *c)
                 conn_fail(c, 413, "request_too_large", msg);
                 return;
             }
-            r->chunk_left = n;
+            r->chunk_left = (size_t)n;
             c->state = n ? CONN_READ_CHUNK_DATA : CONN_READ_TRAILER;
             continue;
         }
 
         case CONN_READ_CHUNK_DATA:
             r = c->req;
-            if (r->chunk_left) {
-                size_t n = evbuffer_get_length(in);
-                if (n > r->chunk_left)
-                    n = r->chunk_left;
-                if (n == 0)
-                    return;
-                if (body_append(r, in, n) < 0) {
-                    conn_free(c);
-                    return;
-                }
-                r->chunk_left -= n;
-                if (r->chunk_left)
-                    return;
-            }
+            if (read_body(c, in) < 0)
+                return;
+            if (r->chunk_left)
+                return;
             if (evbuffer_get_length(in) < 2)
                 return;
             {
                 char crlf[2];
                 evbuffer_remove(in, crlf, 2);
+                c->line_scan = 0;
                 if (crlf[0] != '\r' || crlf[1] != '\n') {
-                    conn_fail(c, 400, "bad_request", "malformed chunk");
+                    conn_fail(c, 400, "bad_request",
+                              "malformed chunk: no CRLF after its data");
                     return;
                 }
             }
@@ -682,22 +874,22 @@ static void conn_process(struct http_conn *c)
             continue;
 
         case CONN_READ_TRAILER:
-            line = read_line(c, in, &over);
-            if (line == NULL) {
-                if (over)
+            rc = read_line(c, in, &line, &len);
+            if (rc <= 0) {
+                if (rc < 0)
                     conn_fail(c, 431, "headers_too_large", "trailer too large");
                 return;
             }
-            if (line[0] == '\0') {
-                free(line);
+            free(line);
+            if (len == 0) {
                 dispatch(c);
                 return;
             }
-            free(line);
             continue;
 
         case CONN_LINGER:
             evbuffer_drain(in, evbuffer_get_length(in));
+            c->line_scan = 0;
             return;
         case CONN_HANDLING:
         case CONN_FLUSHING:
@@ -735,12 +927,14 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         return;
     if (c->close_after && c->linger) {
         /* The client may still be sending the body we refused: read and
-         * drop it for a moment so it sees our answer, not a reset. */
+         * drop it for a moment so it sees our answer, not a reset. The
+         * moment is a deadline too: a trickle does not stretch it. */
         c->state = CONN_LINGER;
         shutdown(bufferevent_getfd(c->bev), SHUT_WR);
         tv.tv_sec = HTTP_LINGER_MS / 1000;
         tv.tv_usec = (HTTP_LINGER_MS % 1000) * 1000;
         bufferevent_set_timeouts(c->bev, &tv, NULL);
+        conn_deadline_start(c, HTTP_LINGER_MS);
         bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
         bufferevent_enable(c->bev, EV_READ);
         conn_process(c);
@@ -750,15 +944,42 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         conn_free(c);
         return;
     }
-    /* Next request on this keep-alive connection. */
+    /* Next request on this keep-alive connection: idle time is the read
+     * timeout; the request's own deadline starts with its first byte. */
     c->state = CONN_READ_HEAD;
     c->head_bytes = 0;
+    c->line_scan = 0;
     tv.tv_sec = c->srv->lim.client_timeout_ms / 1000;
     tv.tv_usec = (c->srv->lim.client_timeout_ms % 1000) * 1000;
     bufferevent_set_timeouts(c->bev, &tv, &tv);
     bufferevent_enable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
         conn_process(c);
+}
+
+/* Either a request too slow to arrive in full (408), a connection that
+ * never sent one, or the end of a linger. */
+static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_conn *c = arg;
+    char msg[96];
+
+    (void)fd;
+    (void)what;
+    if (c->state == CONN_LINGER) {
+        conn_free(c);
+        return;
+    }
+    if (c->state == CONN_HANDLING || c->state == CONN_FLUSHING)
+        return;
+    if (c->req == NULL && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+        conn_free(c);
+        return;
+    }
+    bufferevent_disable(c->bev, EV_READ);
+    snprintf(msg, sizeof(msg), "request not received within client_timeout (%lld ms)",
+             (long long)c->srv->lim.client_timeout_ms);
+    conn_fail(c, 408, "request_timeout", msg);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -769,7 +990,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED)
         return;
     if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)
-        && c->req && c->state != CONN_HANDLING && c->state != CONN_FLUSHING) {
+        && c->req && c->state != CONN_HANDLING && c->state != CONN_FLUSHING
+        && c->state != CONN_LINGER) {
         /* Slow client in the middle of a request: tell it why. */
         bufferevent_disable(c->bev, EV_READ);
         conn_fail(c, 408, "request_timeout", "request not received in time");
@@ -802,47 +1024,102 @@ static void conn_free(struct http_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    if (c->deadline)
+        event_free(c->deadline);
     bufferevent_free(c->bev);
     free(c);
 }
 
-static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
-                      struct sockaddr *sa, int salen, void *arg)
+static int sockaddr_loopback(const struct sockaddr *sa)
 {
-    struct http_server *s = arg;
+    if (sa->sa_family == AF_UNIX)
+        return 1;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        const unsigned char *b = in6->sin6_addr.s6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return 1;
+        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && b[12] == 127;
+    }
+    return 0;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Over max_conns: the socket is closed at once, logged at most every
+ * HTTP_LOG_EVERY_MS with how many were refused meanwhile. */
+static void refuse(struct http_server *s, evutil_socket_t fd)
+{
+    int64_t now = mono_ms();
+
+    evutil_closesocket(fd);
+    s->refused++;
+    s->refused_total++;
+    if (s->refused_logged_ms && now - s->refused_logged_ms < HTTP_LOG_EVERY_MS)
+        return;
+    log_warn("connection limit (%zu) reached: closed %llu new connection(s)",
+             s->max_conns, (unsigned long long)s->refused);
+    s->refused = 0;
+    s->refused_logged_ms = now;
+}
+
+static int conn_new(struct http_server *s, evutil_socket_t fd,
+                    const struct sockaddr *sa, int loopback)
+{
     struct http_conn *c;
     struct timeval tv;
     int one = 1;
 
-    (void)lev;
-    (void)salen;
+    if (s->nconns >= s->max_conns) {
+        refuse(s, fd);
+        return -1;
+    }
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
         evutil_closesocket(fd);
-        return;
+        return -1;
     }
+    evutil_make_socket_nonblocking(fd);
     c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
         evutil_closesocket(fd);
         free(c);
-        return;
+        return -1;
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->deadline = evtimer_new(s->base, conn_deadline_cb, c);
+    if (c->deadline == NULL) {
+        bufferevent_free(c->bev);
+        free(c);
+        return -1;
+    }
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
         char ip[INET6_ADDRSTRLEN] = "?";
         int port;
         if (sa->sa_family == AF_INET) {
-            struct sockaddr_in *in = (struct sockaddr_in *)sa;
+            const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
             evutil_inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
             port = ntohs(in->sin_port);
         } else {
-            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
             evutil_inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
             port = ntohs(in6->sin6_port);
         }
         snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
     }
     c->srv = s;
+    c->loopback = loopback;
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -855,10 +1132,81 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
     tv.tv_sec = s->lim.client_timeout_ms / 1000;
     tv.tv_usec = (s->lim.client_timeout_ms % 1000) * 1000;
     bufferevent_set_timeouts(c->bev, &tv, &tv);
+    /* A connection must bring its first request within client_timeout. */
+    conn_deadline_start(c, s->lim.client_timeout_ms);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
+                      struct sockaddr *sa, int salen, void *arg)
+{
+    struct http_server *s = arg;
+    int loopback = 0;
+    size_t i;
+
+    (void)salen;
+    for (i = 0; i < s->nlev; i++)
+        if (s->lev[i] == lev)
+            loopback = s->lev_loopback[i];
+    conn_new(s, fd, sa, loopback);
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_server *s = arg;
+    size_t i;
+
+    (void)fd;
+    (void)what;
+    for (i = 0; i < s->nlev; i++)
+        evconnlistener_enable(s->lev[i]);
+}
+
+/* accept() failed. Out of descriptors or memory would fail again at once
+ * (the listening socket stays readable): rest the listeners a moment
+ * instead of spinning. */
+static void accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+    struct http_server *s = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    int64_t now = mono_ms();
+    struct timeval tv = { 0, HTTP_ACCEPT_PAUSE_MS * 1000 };
+    size_t i;
+
+    (void)lev;
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
+        return;
+    if (!s->accept_err_logged_ms || now - s->accept_err_logged_ms >= HTTP_LOG_EVERY_MS) {
+        log_warn("accept: %s: pausing new connections for %d ms (%zu open)",
+                 strerror(err), HTTP_ACCEPT_PAUSE_MS, s->nconns);
+        s->accept_err_logged_ms = now;
+    }
+    if (s->resume == NULL)
+        return;
+    for (i = 0; i < s->nlev; i++)
+        evconnlistener_disable(s->lev[i]);
+    evtimer_add(s->resume, &tv);
 }
 
 /* --- server --------------------------------------------------------- */
+
+/* HTTP_MAX_CONNS, or fewer when descriptors are short: each client may
+ * need an upstream connection too, and logs, Redis and the listeners need
+ * a few, so clients get half of what is left after 32. */
+static size_t conn_cap(void)
+{
+    struct rlimit rl;
+    size_t cap = HTTP_MAX_CONNS;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        size_t fds = (size_t)rl.rlim_cur;
+        size_t n = fds > 34 ? (fds - 32) / 2 : 1;
+        if (n < cap)
+            cap = n;
+    }
+    return cap;
+}
 
 struct http_server *http_server_new(struct event_base *base, http_handler h,
                                     void *arg)
@@ -871,6 +1219,12 @@ struct http_server *http_server_new(struct event_base *base, http_handler h,
     s->handler = h;
     s->arg = arg;
     s->lim = default_limits;
+    s->max_conns = conn_cap();
+    s->resume = evtimer_new(base, resume_cb, s);
+    if (s->resume == NULL) {
+        free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -882,8 +1236,9 @@ void http_server_set_limits(struct http_server *s, const struct http_limits *l)
 int http_server_listen(struct http_server *s, const char *addr,
                        char *err, size_t errlen)
 {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss, bound;
     int sslen = sizeof(ss);
+    socklen_t blen = sizeof(bound);
     struct evconnlistener *lev;
 
     if (s->nlev == HTTP_MAX_LISTENERS) {
@@ -903,8 +1258,27 @@ int http_server_listen(struct http_server *s, const char *addr,
         snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
         return -1;
     }
+    evconnlistener_set_error_cb(lev, accept_error_cb);
+    memset(&bound, 0, sizeof(bound));
+    if (getsockname(evconnlistener_get_fd(lev), (struct sockaddr *)&bound, &blen) < 0)
+        memcpy(&bound, &ss, sizeof(bound));
+    s->lev_loopback[s->nlev] = sockaddr_loopback((struct sockaddr *)&bound);
     s->lev[s->nlev++] = lev;
     return 0;
+}
+
+int http_server_adopt(struct http_server *s, int fd)
+{
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
+
+    memset(&local, 0, sizeof(local));
+    if (getsockname(fd, (struct sockaddr *)&local, &len) < 0) {
+        evutil_closesocket(fd);
+        return -1;
+    }
+    return conn_new(s, fd, (struct sockaddr *)&local,
+                    sockaddr_loopback((struct sockaddr *)&local));
 }
 
 void http_server_stop(struct http_server *s)
@@ -925,6 +1299,13 @@ void http_server_stop(struct http_server *s)
 
 size_t http_server_connections(const struct http_server *s) { return s->nconns; }
 size_t http_server_requests(const struct http_server *s) { return s->nreqs; }
+size_t http_server_max_connections(const struct http_server *s) { return s->max_conns; }
+uint64_t http_server_refused(const struct http_server *s) { return s->refused_total; }
+
+int http_req_local_loopback(const struct http_req *r)
+{
+    return r->conn ? r->conn->loopback : 0;
+}
 
 void http_server_free(struct http_server *s)
 {
@@ -936,5 +1317,7 @@ void http_server_free(struct http_server *s)
         evconnlistener_free(s->lev[i]);
     while (s->conns)
         conn_free(s->conns);
+    if (s->resume)
+        event_free(s->resume);
     free(s);
 }

@@ -12,6 +12,15 @@
  * http_reply(), http_reply_error() or http_stream_end(). If the client goes
  * away first, the close callback (if set) runs, the request is "detached"
  * and every later write on it is a no-op; the finishing call frees it.
+ *
+ * Limits: a request's head and body must arrive within client_timeout of
+ * its first byte (408, whatever the pace), a new connection must bring one
+ * within client_timeout, and an idle keep-alive connection is closed after
+ * it. Heads over max_header_bytes or with more than 100 fields get 431,
+ * bodies over max_body_bytes 413; request lines and header fields must be
+ * well-formed UTF-8 without control characters (400). At most
+ * min(10000, (RLIMIT_NOFILE - 32) / 2) connections are open at once; more
+ * are closed at accept and logged (at most once per 10 s).
  */
 #ifndef INFERGATE_HTTP_H
 #define INFERGATE_HTTP_H
@@ -38,12 +47,19 @@ struct http_server *http_server_new(struct event_base *base, http_handler h,
 int    http_server_listen(struct http_server *s, const char *addr,
                           char *err, size_t errlen);
 void   http_server_set_limits(struct http_server *s, const struct http_limits *l);
+/* Serves an already connected socket as if it had been accepted (tests,
+ * fuzzing, socket activation). Takes fd in any case; returns -1 when it
+ * was refused (connection cap, memory). */
+int    http_server_adopt(struct http_server *s, int fd);
 /* Stops accepting; idle keep-alive connections are closed, busy ones
  * are closed after their current response. */
 void   http_server_stop(struct http_server *s);
 /* Connections open (busy or idle) and requests in the handler's hands. */
 size_t http_server_connections(const struct http_server *s);
 size_t http_server_requests(const struct http_server *s);
+size_t http_server_max_connections(const struct http_server *s);
+/* Connections closed at accept because the cap was reached, since start. */
+uint64_t http_server_refused(const struct http_server *s);
 void   http_server_free(struct http_server *s);
 
 /* Request, valid until the finishing call. Header lookup is case-insensitive. */
@@ -57,6 +73,9 @@ void        http_req_header_at(const struct http_req *r, size_t i,
 const char *http_req_body(const struct http_req *r, size_t *len); /* NUL-terminated */
 const char *http_req_peer(const struct http_req *r);
 int         http_req_detached(const struct http_req *r);
+/* 1 when the request came in on a listener bound to a loopback address
+ * (127.0.0.0/8, ::1; an adopted AF_UNIX socket counts too). */
+int         http_req_local_loopback(const struct http_req *r);
 
 void http_req_on_close(struct http_req *r, http_req_cb cb, void *arg);
 

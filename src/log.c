@@ -162,6 +162,28 @@ static const char *dash(const char *s)
     return s && *s ? s : "-";
 }
 
+/* The route name of a path, as metrics label it ("/v1/chat/completions"
+ * is "chat_completions"); kept here so log.c needs no other module. */
+static const char *route_of(const char *path)
+{
+    static const struct { const char *path, *route; } r[] = {
+        {"/v1/chat/completions", "chat_completions"},
+        {"/v1/completions", "completions"}, {"/v1/embeddings", "embeddings"},
+        {"/v1/models", "models"}, {"/v1/verify", "verify"}, {"/api/v1/ip", "ip"},
+        {"/health", "health"}, {"/status", "status"},
+        {"/v1/providers/status", "status"}, {"/admin/providers", "status"},
+        {"/metrics", "metrics"},
+    };
+    size_t i;
+
+    if (path == NULL)
+        return "other";
+    for (i = 0; i < sizeof(r) / sizeof(r[0]); i++)
+        if (strcmp(path, r[i].path) == 0)
+            return r[i].route;
+    return strncmp(path, "/admin/", 7) == 0 ? "admin" : "other";
+}
+
 void log_access(const struct log_access *a)
 {
     char ts[40];
@@ -170,10 +192,11 @@ void log_access(const struct log_access *a)
         return;
     timestamp(ts, sizeof(ts));
     if (alog.fmt == LOGF_JSON) {
-        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?,"
+        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:s?, s:s?, s:s?,"
                               " s:i, s:i, s:b, s:f, s:f, s:I}",
                               "time", ts, "request_id", a->request_id,
                               "method", a->method, "path", a->path,
+                              "route", route_of(a->path),
                               "model", a->model, "host", a->host,
                               "key", a->key_fp, "peer", a->peer,
                               "status", a->status, "attempts", a->attempts,

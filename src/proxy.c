@@ -285,8 +285,8 @@ static void px_done(struct proxy *p)
     metrics_request(&m);
     alerts_observe(p->gw->alerts, NULL, p->resp_status < 500,
                    m.ttfb_ms >= 0 ? m.ttfb_ms : m.total_ms, now);
-    p->st = PX_DONE;
     px_access_log(p);
+    p->st = PX_DONE;
     px_free(p);
 }
 
@@ -760,20 +760,19 @@ static void px_stream_error(struct proxy *p, const char *why)
     json_decref(o);
 }
 
-/* A 2xx answer that says it is JSON but is not (an HTML error page, a
- * stray text) is an upstream fault like a reset connection: another host
+/* A 2xx answer that is not JSON (an HTML error page, a stray text,
+ * whatever its Content-Type says) is an upstream fault like a reset
+ * connection: another host
  * may do better. A full parse per response would cost more than the rest
  * of the request path, so this checks the shape only: an object or array
  * from the first to the last non-blank byte (curl already caught bodies
  * cut short of their Content-Length). */
-static int px_garbage(const struct px_leg *l, const struct upstream_xfer *x)
+static int px_garbage(const struct px_leg *l)
 {
-    const char *ctype = upstream_resp_header(x, "Content-Type");
     size_t len = evbuffer_get_length(l->buf);
     const unsigned char *b, *e;
 
-    if (l->status < 200 || l->status >= 300 || ctype == NULL
-        || strstr(ctype, "json") == NULL)
+    if (l->status < 200 || l->status >= 300)
         return 0;
     b = evbuffer_pullup(l->buf, -1);
     if (b == NULL)
@@ -883,7 +882,7 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
                       0, NULL, msg);
         return;
     }
-    if (px_garbage(l, x)) {
+    if (px_garbage(l)) {
         if (p->winner == l)
             p->winner = NULL;
         px_leg_failed(l, RETRY_FAULT_NETWORK, 0, NULL,
@@ -1522,6 +1521,21 @@ static void px_start(struct proxy *p)
         px_begin(p);                  /* answered already */
 }
 
+/* Chat: "messages" is an array of objects (what is inside each is the
+ * upstream's to judge). */
+static int px_messages_ok(const json_t *doc)
+{
+    const json_t *m = json_object_get(doc, "messages"), *e;
+    size_t i;
+
+    if (!json_is_array(m))
+        return 0;
+    json_array_foreach(m, i, e)
+        if (!json_is_object(e))
+            return 0;
+    return 1;
+}
+
 void proxy_handle(struct gateway *gw, struct http_req *req)
 {
     struct proxy *p;
@@ -1555,7 +1569,18 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
     }
     if (v)
         p->model = strdup(json_string_value(v));
-    p->want_stream = json_is_true(json_object_get(p->doc, "stream"));
+    v = json_object_get(p->doc, "stream");
+    if (v && !json_is_boolean(v) && !json_is_null(v)) {
+        px_error(p, 400, "invalid_request_error", "invalid_stream",
+                 "\"stream\" must be true or false");
+        return;
+    }
+    p->want_stream = json_is_true(v);
+    if (strcmp(p->upath, "/v1/chat/completions") == 0 && !px_messages_ok(p->doc)) {
+        px_error(p, 400, "invalid_request_error", "invalid_messages",
+                 "\"messages\" must be an array of message objects");
+        return;
+    }
     v = json_object_get(p->doc, "user");
     if (json_is_string(v))
         p->user = strdup(json_string_value(v));
