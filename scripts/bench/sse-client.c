@@ -19,7 +19,12 @@
  * ttfb  = request written -> first byte of the first non-empty body chunk
  *         (for an SSE answer: the first `data:` event);
  * total = request written -> end of the body (terminating zero chunk).
- * An answer that is not 200, or a connection that breaks, is an error.
+ * An answer that is not 200, or a connection that breaks, is an error; a
+ * broken connection is reopened 100 ms later.
+ *
+ * "open_streams" counts the answers that had started (first body byte seen)
+ * and had not ended when the run stopped: with a slow upstream (a chunk
+ * every 10 s), -c 10000 and no -r, that is how many idle streams were held.
  *
  * Prints one JSON object on stdout. Loopback only by design: HOST must be
  * an IPv4 address. Depends on nothing but libc (Linux epoll).
@@ -38,10 +43,11 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS   4096
+#define MAX_CONNS   16384
 #define HEAD_MAX    16384
 #define RBUF        65536
 
@@ -55,6 +61,7 @@ struct conn {
     size_t      sent;
     int64_t     t_send;         /* ns */
     int64_t     t_first;        /* ns, 0 until the first body byte */
+    int64_t     t_dead;         /* ns, when it broke (reconnect 100 ms later) */
     int         record;         /* started after the warm-up */
     int         status;
     int         close_after;
@@ -134,6 +141,7 @@ static void conn_open(struct conn *c)
         close(c->fd);
         c->fd = -1;
         c->st = C_DEAD;
+        c->t_dead = now_ns();
         return;
     }
     {
@@ -150,6 +158,7 @@ static void conn_close(struct conn *c)
     }
     c->fd = -1;
     c->st = C_DEAD;
+    c->t_dead = now_ns();
 }
 
 static void set_events(struct conn *c, uint32_t events)
@@ -395,7 +404,7 @@ int main(int argc, char **argv)
     char *body;
     long blen;
     FILE *fp;
-    int opt, i;
+    int opt, i, tfd = -1, scan = 0;
     int64_t t0, t_rec, t_end, next_start;
     uint64_t k = 0;
 
@@ -458,41 +467,64 @@ int main(int argc, char **argv)
     t_end = t_rec + (int64_t)(secs * 1e9);
     next_start = t0;
 
+    if (rate > 0) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &tfd };
+        tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (tfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &ev) < 0)
+            die("timerfd failed");
+    }
     while (!stop_flag) {
         struct epoll_event evs[256];
-        int64_t t = now_ns();
-        int timeout_ms = 1, n;
+        int64_t t = now_ns(), left;
+        int timeout_ms, n;
 
         if (t >= t_end || n_ok + n_err >= max_req)
             break;
-        /* Start what is due on idle connections. */
-        for (i = 0; i < nconns; i++) {
-            struct conn *c = &conns[i];
-            if (c->st == C_DEAD) {
-                conn_open(c);
-                continue;
-            }
-            if (c->st != C_IDLE)
-                continue;
-            if (rate > 0) {
-                if (t < next_start)
+        for (i = 0; i < nconns; i++)
+            if (conns[i].st == C_DEAD && t - conns[i].t_dead >= 100000000LL)
+                conn_open(&conns[i]);
+        if (rate > 0) {
+            /* Start every request that is due, each on an idle connection;
+             * when none is idle, wait for one (the start is then late). */
+            while (t >= next_start) {
+                struct conn *c = NULL;
+                for (i = 0; i < nconns && c == NULL; i++) {
+                    struct conn *x = &conns[(scan + i) % nconns];
+                    if (x->st == C_IDLE)
+                        c = x;
+                }
+                if (c == NULL)
                     break;
-                if (t - next_start > 1000000)     /* > 1 ms behind schedule */
-                    n_late += next_start >= t_rec;
+                scan = (int)(c - conns + 1) % nconns;
+                if (t - next_start > 1000000 && next_start >= t_rec)
+                    n_late++;                     /* > 1 ms behind schedule */
                 k++;
                 next_start = t0 + (int64_t)((double)k * 1e9 / rate);
+                start_req(c, t, t >= t_rec);
             }
-            start_req(c, t, t >= t_rec);
-        }
-        if (rate > 0) {
-            int64_t wait = next_start - now_ns();
-            timeout_ms = wait <= 0 ? 0 : (int)(wait / 1000000);
+            if (t < next_start) {
+                struct itimerspec its = { { 0, 0 }, { (time_t)(next_start / 1000000000LL),
+                                                      (long)(next_start % 1000000000LL) } };
+                timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
+            }
         } else {
-            timeout_ms = 5;
+            for (i = 0; i < nconns; i++)
+                if (conns[i].st == C_IDLE) {
+                    int64_t tn = now_ns();
+                    start_req(&conns[i], tn, tn >= t_rec);
+                }
         }
+        left = (t_end - t) / 1000000 + 1;
+        timeout_ms = left < 100 ? (int)left : 100;
         n = epoll_wait(epfd, evs, 256, timeout_ms);
         for (i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
+            if ((void *)c == (void *)&tfd) {
+                uint64_t exp;
+                if (read(tfd, &exp, sizeof(exp)) < 0)
+                    (void)0;
+                continue;
+            }
             if (c->st == C_DEAD || c->fd < 0)
                 continue;
             if (c->st == C_CONNECTING) {
@@ -526,16 +558,20 @@ int main(int argc, char **argv)
     }
     {
         double dur = (double)(now_ns() - t_rec) / 1e9;
+        int open_streams = 0;
+        for (i = 0; i < nconns; i++)
+            open_streams += conns[i].st == C_BODY && conns[i].t_first != 0;
         if (dur <= 0)
             dur = 1e-9;
         qsort(ttfb.v, ttfb.n, sizeof(uint32_t), cmp_u32);
         qsort(total.v, total.n, sizeof(uint32_t), cmp_u32);
         printf("{\"requests\":%llu,\"errors\":%llu,\"connect_errors\":%llu,\"late_starts\":%llu,"
+               "\"open_streams\":%d,"
                "\"duration_s\":%.3f,\"rps\":%.1f,\"bytes_in\":%llu,\"conns\":%d,\"rate\":%.1f,"
                "\"ttfb_us\":{\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p99.9\":%.0f},"
                "\"total_us\":{\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p99.9\":%.0f}}\n",
                (unsigned long long)n_ok, (unsigned long long)n_err,
-               (unsigned long long)n_connect_err, (unsigned long long)n_late, dur,
+               (unsigned long long)n_connect_err, (unsigned long long)n_late, open_streams, dur,
                (double)n_ok / dur, (unsigned long long)bytes_in, nconns, rate,
                pct(&ttfb, 50), pct(&ttfb, 90), pct(&ttfb, 99), pct(&ttfb, 99.9),
                pct(&total, 50), pct(&total, 90), pct(&total, 99), pct(&total, 99.9));
