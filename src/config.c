@@ -1989,14 +1989,61 @@ static int host_from_object(struct loader *ld, const struct cur *c, struct cfg_h
     return 0;
 }
 
+/*
+ * Duplicate checks: an open-addressing table of entry indices keyed by a
+ * string (host name, key secret), so loading n hosts or keys stays O(n)
+ * (100,000 keys took tens of seconds with pairwise compares).
+ */
+struct nameset {
+    size_t *slot;           /* entry index + 1; 0 = empty */
+    size_t  mask;
+};
+
+static void nameset_init(struct nameset *ns, size_t n)
+{
+    size_t cap = 16;
+
+    while (cap < 2 * n + 1)
+        cap *= 2;
+    ns->slot = xcalloc(cap, sizeof(size_t));
+    ns->mask = cap - 1;
+}
+
+/* Returns the index of an entry named s, or adds idx and returns -1.
+ * `names` is the array of entry names seen so far (as indices). */
+static long nameset_add(struct nameset *ns, const char *s, size_t idx,
+                        const char *(*name_of)(const struct config *, size_t),
+                        const struct config *c)
+{
+    size_t b = config_hash(s) & ns->mask;
+
+    for (; ns->slot[b]; b = (b + 1) & ns->mask)
+        if (strcmp(name_of(c, ns->slot[b] - 1), s) == 0)
+            return (long)(ns->slot[b] - 1);
+    ns->slot[b] = idx + 1;
+    return -1;
+}
+
+static const char *host_name_of(const struct config *c, size_t i)
+{
+    return c->hosts[i].name;
+}
+
+static const char *key_secret_of(const struct config *c, size_t i)
+{
+    return c->keys[i].secret;
+}
+
 static void load_hosts(struct loader *ld)
 {
     static const char *const top[] = {"hosts"};
     struct config *cfg = ld->c;
+    struct nameset seen = { NULL, 0 };
     struct cur root, hc;
     const char *key;
     json_t *v;
     size_t i, j;
+    long dup;
 
     if (ld->state[FILE_HOSTS] != ST_OK)
         return;
@@ -2018,6 +2065,7 @@ static void load_hosts(struct loader *ld)
         return;
     }
     ld->host_index = xcalloc(json_array_size(hc.v), sizeof(size_t));
+    nameset_init(&seen, json_array_size(hc.v));
     for (i = 0; i < json_array_size(hc.v); i++) {
         struct cfg_host h;
         struct cur ec, nc;
@@ -2038,10 +2086,11 @@ static void load_hosts(struct loader *ld)
             host_free(&h);
             continue;
         }
-        for (j = 0; j < cfg->nhosts; j++)
-            if (strcmp(cfg->hosts[j].name, h.name) == 0)
-                break;
-        if (j < cfg->nhosts) {
+        cfg->hosts = grow(cfg->hosts, cfg->nhosts, sizeof(*cfg->hosts));
+        cfg->hosts[cfg->nhosts] = h;      /* visible to host_name_of */
+        dup = nameset_add(&seen, h.name, cfg->nhosts, host_name_of, cfg);
+        if (dup >= 0) {
+            j = (size_t)dup;
             nc = ec;
             if (json_is_object(ec.v) && !cur_get(&ec, "name", &nc))
                 cur_get(&ec, "url", &nc);
@@ -2050,10 +2099,10 @@ static void load_hosts(struct loader *ld)
             host_free(&h);
             continue;
         }
-        cfg->hosts = grow(cfg->hosts, cfg->nhosts, sizeof(*cfg->hosts));
         ld->host_index[cfg->nhosts] = i;
-        cfg->hosts[cfg->nhosts++] = h;
+        cfg->nhosts++;
     }
+    free(seen.slot);
 }
 
 /* ---- api-keys.json ----------------------------------------------------- */
@@ -2153,10 +2202,12 @@ static void load_keys(struct loader *ld)
 {
     static const char *const top[] = {"apiKeys"};
     struct config *cfg = ld->c;
+    struct nameset seen = { NULL, 0 };
     struct cur root, kc;
     const char *key;
     json_t *v;
     size_t i, j, *index;
+    long dup;
 
     if (ld->state[FILE_KEYS] != ST_OK)
         return;
@@ -2178,6 +2229,7 @@ static void load_keys(struct loader *ld)
         return;
     }
     index = xcalloc(json_array_size(kc.v), sizeof(size_t));
+    nameset_init(&seen, json_array_size(kc.v));
     for (i = 0; i < json_array_size(kc.v); i++) {
         struct key_tmp kt;
         struct cur ec, fc, hc;
@@ -2215,10 +2267,11 @@ static void load_keys(struct loader *ld)
             key_free(&kt.k);
             continue;
         }
-        for (j = 0; j < cfg->nkeys; j++)
-            if (strcmp(cfg->keys[j].secret, kt.k.secret) == 0)
-                break;
-        if (j < cfg->nkeys) {
+        cfg->keys = grow(cfg->keys, cfg->nkeys, sizeof(*cfg->keys));
+        cfg->keys[cfg->nkeys] = kt.k;     /* visible to key_secret_of */
+        dup = nameset_add(&seen, kt.k.secret, cfg->nkeys, key_secret_of, cfg);
+        if (dup >= 0) {
+            j = (size_t)dup;
             /* at the value that gave the key: `key`, or `key_file` */
             if (!cur_get(&ec, "key", &fc))
                 cur_get(&ec, "key_file", &fc);
@@ -2226,12 +2279,12 @@ static void load_keys(struct loader *ld)
             key_free(&kt.k);
             continue;
         }
-        key_ident(&kt.k);
-        cfg->keys = grow(cfg->keys, cfg->nkeys, sizeof(*cfg->keys));
+        key_ident(&cfg->keys[cfg->nkeys]);
         index[cfg->nkeys] = i;
-        cfg->keys[cfg->nkeys++] = kt.k;
+        cfg->nkeys++;
     }
     free(index);
+    free(seen.slot);
 }
 
 /* ---- cross-references -------------------------------------------------- */
