@@ -134,13 +134,17 @@ static int multi_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
             return -1;
         w->u = u;
         w->fd = fd;
+        w->ev = event_new(u->base, fd, kind, sock_event_cb, u);
+        if (w->ev == NULL) {
+            free(w);
+            return -1;
+        }
         curl_multi_assign(u->multi, fd, w);
     } else {
-        event_free(w->ev);
+        /* Same socket, new interest: reuse the event (no allocation). */
+        event_del(w->ev);
+        event_assign(w->ev, u->base, fd, kind, sock_event_cb, u);
     }
-    w->ev = event_new(u->base, fd, kind, sock_event_cb, u);
-    if (w->ev == NULL)
-        return -1;
     event_add(w->ev, NULL);
     return 0;
 }
