@@ -13,6 +13,7 @@
 #include "keys.h"
 
 #define KEYS_MAX_RING 65536
+#define KEYS_POOL_CACHE 256     /* pools whose rings are shared by their hosts */
 
 static void ring_fill(struct keys_ring *r, const struct config *c,
                       const size_t *idx, size_t n, size_t total)
@@ -40,17 +41,39 @@ static void ring_fill(struct keys_ring *r, const struct config *c,
     free(cur);
 }
 
+static int same_pool(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
 struct keys_ring *keys_build(const struct config *c)
 {
     struct keys_ring *rings = calloc(c->nhosts ? c->nhosts : 1, sizeof(*rings));
     size_t *idx = calloc(c->nkeys ? c->nkeys : 1, sizeof(size_t));
-    size_t h, k;
+    size_t h, k, owner[KEYS_POOL_CACHE], nowner = 0;
+    int restricted = 0;
 
     if (rings == NULL || idx == NULL)
         goto fail;
+    for (k = 0; k < c->nkeys && !restricted; k++)
+        restricted = c->keys[k].hosts.n > 0;
     for (h = 0; h < c->nhosts; h++) {
-        size_t n = 0, total = 0;
+        size_t n = 0, total = 0, o;
         int weighted = 0;
+
+        if (!restricted) {
+            /* A host of a pool already built shares that ring. */
+            for (o = 0; o < nowner; o++)
+                if (same_pool(c->hosts[owner[o]].keys, c->hosts[h].keys))
+                    break;
+            if (o < nowner) {
+                rings[h] = rings[owner[o]];
+                rings[h].shared = 1;
+                continue;
+            }
+            if (nowner < KEYS_POOL_CACHE)
+                owner[nowner++] = h;
+        }
 
         for (k = 0; k < c->nkeys; k++) {
             if (!config_key_usable(&c->keys[k], &c->hosts[h]))
@@ -91,7 +114,8 @@ void keys_free(struct keys_ring *rings, size_t nhosts)
     if (rings == NULL)
         return;
     for (h = 0; h < nhosts; h++)
-        free(rings[h].slot);
+        if (!rings[h].shared)
+            free(rings[h].slot);
     free(rings);
 }
 

@@ -20,6 +20,7 @@
 struct keys_ring {
     uint32_t *slot;       /* key indices into config->keys */
     size_t    n;
+    int       shared;     /* slot belongs to another host's ring */
 };
 
 enum keys_pick_result {
@@ -28,7 +29,10 @@ enum keys_pick_result {
     KEYS_ALL_COOLING,     /* every key is cooling down or disabled */
 };
 
-/* Builds one ring per host; returns NULL on allocation failure. */
+/* Builds one ring per host; returns NULL on allocation failure. Hosts of
+ * the same pool share one ring when no key is restricted to some hosts,
+ * so the cost is O(keys x pools), not O(keys x hosts). Pure: it reads
+ * only the config, so a reload can build it off the event loop. */
 struct keys_ring *keys_build(const struct config *c);
 void keys_free(struct keys_ring *rings, size_t nhosts);
 
