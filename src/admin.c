@@ -292,14 +292,5 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
 
 void admin_reload(struct gateway *gw, struct http_req *req)
 {
-    json_t *errs = json_array();
-    int ok = gateway_reload(gw) == 0;
-    size_t i;
-
-    for (i = 0; i < gw->reload_errs.n; i++)
-        json_array_append_new(errs, json_string(gw->reload_errs.msg[i]));
-    reply_json(req, ok ? 200 : 422,
-               json_pack("{s:b, s:I, s:o}", "ok", ok,
-                         "generation", (json_int_t)gw->snap->generation,
-                         "errors", errs));
+    gateway_reload(gw, req);          /* answers when the reload is done */
 }

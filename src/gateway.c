@@ -1,6 +1,7 @@
 /*
  * gateway.c -- snapshots, reload and the route table (see gateway.h).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <jansson.h>
 
 #include "admin.h"
 #include "alerts.h"
@@ -134,7 +136,8 @@ static void snapshot_activate(struct snapshot *s)
     }
 }
 
-struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
+struct snapshot *snapshot_new(struct config *cfg, struct keys_ring *rings,
+                              uint64_t generation)
 {
     struct snapshot *s = calloc(1, sizeof(*s));
     size_t i;
@@ -148,7 +151,7 @@ struct snapshot *snapshot_new(struct config *cfg, uint64_t generation)
     s->ks = calloc(cfg->nkeys ? cfg->nkeys : 1, sizeof(*s->ks));
     s->live = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->live));
     s->mh = calloc(cfg->nhosts ? cfg->nhosts : 1, sizeof(*s->mh));
-    s->rings = keys_build(cfg);
+    s->rings = rings ? rings : keys_build(cfg);
     if (s->hs == NULL || s->ks == NULL || s->rings == NULL || s->live == NULL
         || s->mh == NULL)
         goto fail;
@@ -479,7 +482,7 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     gw->reload_ok = 1;
     gw->reload_unix = gw->started_unix;
     gw->rnd = (uint64_t)gw_unix_ms() | 1;
-    gw->snap = snapshot_new(cfg, 1);
+    gw->snap = snapshot_new(cfg, NULL, 1);
     if (gw->snap == NULL) {
         log_error("out of memory building the configuration snapshot");
         return -1;
@@ -531,15 +534,53 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     return 0;
 }
 
-static int reload(struct gateway *gw)
+/* A reload in flight: the thread parses, the loop installs. */
+#define RELOAD_MAX_WAITERS 16
+
+struct reload_job {
+    struct gateway    *gw;
+    pthread_t          thread;
+    struct event      *done;        /* activated by the thread */
+    struct config     *cfg;         /* NULL when the files have problems */
+    struct keys_ring  *rings;
+    struct cfg_errors  errs;
+    int64_t            parse_ms;
+    struct http_req   *waiters[RELOAD_MAX_WAITERS];   /* POST /admin/reload */
+    size_t             nwaiters;
+};
+
+static void *reload_thread(void *arg)
 {
-    struct cfg_errors errs = { NULL, 0 };
-    struct config *cfg;
+    struct reload_job *job = arg;
+    int64_t t0 = gw_now_ms();
+
+    job->cfg = config_load(job->gw->conf_dir, &job->errs);
+    if (job->cfg && (job->rings = keys_build(job->cfg)) == NULL) {
+        config_unref(job->cfg);
+        job->cfg = NULL;
+    }
+    job->parse_ms = gw_now_ms() - t0;
+    event_active(job->done, EV_TIMEOUT, 0);   /* the base is thread-aware */
+    return NULL;
+}
+
+/* Installs job->cfg, or records why not. Returns 0 on success. */
+static int reload_apply(struct gateway *gw, struct reload_job *job)
+{
+    struct cfg_errors errs = job->errs;
+    struct config *cfg = job->cfg;
     struct snapshot *s;
     size_t i;
 
+    job->errs.msg = NULL;
+    job->errs.n = 0;
+    job->cfg = NULL;
     gw->reload_unix = gw_unix_ms() / 1000;
-    cfg = config_load(gw->conf_dir, &errs);
+    if (cfg == NULL && errs.n == 0) {
+        errs.msg = malloc(sizeof(char *));
+        if (errs.msg && (errs.msg[0] = strdup("out of memory loading the configuration")))
+            errs.n = 1;
+    }
     if (cfg) {
         const char *old = gw->listen_override ? gw->listen_override
                                               : gw->snap->cfg->server.listen;
@@ -555,6 +596,8 @@ static int reload(struct gateway *gw)
                 errs.msg[0] = strdup(msg);
                 errs.n = errs.msg[0] ? 1 : 0;
             }
+            keys_free(job->rings, cfg->nhosts);
+            job->rings = NULL;
             config_unref(cfg);
             cfg = NULL;
         }
@@ -571,12 +614,14 @@ static int reload(struct gateway *gw)
         metrics_reload(0);
         return -1;
     }
-    s = snapshot_new(cfg, gw->snap->generation + 1);
+    s = snapshot_new(cfg, job->rings, gw->snap->generation + 1);
+    job->rings = NULL;                  /* the snapshot has them (or freed them) */
     if (s == NULL) {
         config_unref(cfg);
         log_error("reload failed: out of memory");
         gw->reload_ok = 0;
         gw->reloads_failed++;
+        metrics_reload(0);
         return -1;
     }
     {
@@ -600,22 +645,107 @@ static int reload(struct gateway *gw)
     metrics_set_generation(s->generation);
     log_open(cfg->server.log_file, cfg->server.log_level, cfg->server.log_format);
     log_open_access(cfg->server.access_log, cfg->server.access_log_format);
-    log_info("reloaded: generation %llu, %zu hosts, %zu keys",
-             (unsigned long long)s->generation, cfg->nhosts, cfg->nkeys);
+    log_info("reloaded: generation %llu, %zu hosts, %zu keys (parsed in %lld ms"
+             " off the loop)", (unsigned long long)s->generation, cfg->nhosts,
+             cfg->nkeys, (long long)job->parse_ms);
     return 0;
 }
 
-/* Both SIGHUP and POST /admin/reload; systemd hears about it. */
-int gateway_reload(struct gateway *gw)
+static void reload_answer(struct gateway *gw, struct http_req *req, int ok)
 {
-    int rc;
+    json_t *errs = json_array(), *o;
+    char *body;
+    size_t i;
 
-    notify_send("RELOADING=1\nSTATUS=reloading configuration");
-    rc = reload(gw);
+    for (i = 0; i < gw->reload_errs.n; i++)
+        json_array_append_new(errs, json_string(gw->reload_errs.msg[i]));
+    o = json_pack("{s:b, s:I, s:o}", "ok", ok,
+                  "generation", (json_int_t)gw->snap->generation, "errors", errs);
+    body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (body)
+        http_reply(req, ok ? 200 : 422, "application/json", body, strlen(body));
+    else
+        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
+    free(body);
+    json_decref(o);
+}
+
+static void reload_job_free(struct reload_job *job)
+{
+    if (job->cfg) {
+        keys_free(job->rings, job->cfg->nhosts);
+        config_unref(job->cfg);
+    }
+    cfg_errors_free(&job->errs);
+    if (job->done)
+        event_free(job->done);
+    free(job);
+}
+
+static void reload_start(struct gateway *gw);
+
+static void reload_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct reload_job *job = arg;
+    struct gateway *gw = job->gw;
+    size_t i;
+    int ok;
+
+    (void)fd;
+    (void)what;
+    pthread_join(job->thread, NULL);
+    gw->reload = NULL;
+    ok = reload_apply(gw, job) == 0;
     notify_send("READY=1\nSTATUS=%s, serving configuration generation %llu",
-                rc == 0 ? "reloaded" : "reload rejected",
+                ok ? "reloaded" : "reload rejected",
                 (unsigned long long)gw->snap->generation);
-    return rc;
+    for (i = 0; i < job->nwaiters; i++)
+        reload_answer(gw, job->waiters[i], ok);
+    reload_job_free(job);
+    if (gw->reload_again) {
+        gw->reload_again = 0;
+        reload_start(gw);
+    }
+}
+
+static void reload_start(struct gateway *gw)
+{
+    struct reload_job *job = calloc(1, sizeof(*job));
+
+    if (job == NULL || (job->done = event_new(gw->base, -1, 0, reload_done, job)) == NULL) {
+        free(job);
+        log_error("reload: out of memory");
+        return;
+    }
+    job->gw = gw;
+    notify_send("RELOADING=1\nSTATUS=reloading configuration");
+    if (pthread_create(&job->thread, NULL, reload_thread, job) != 0) {
+        log_error("reload: cannot start the loader thread");
+        reload_job_free(job);
+        return;
+    }
+    gw->reload = job;
+}
+
+void gateway_reload(struct gateway *gw, struct http_req *req)
+{
+    if (gw->reload == NULL)
+        reload_start(gw);
+    else if (req == NULL)
+        gw->reload_again = 1;      /* files may have changed again since */
+    if (req == NULL)
+        return;
+    if (gw->reload == NULL) {
+        http_reply_error(req, 500, "server_error", "reload_failed",
+                         "the reload could not be started");
+        return;
+    }
+    if (gw->reload->nwaiters == RELOAD_MAX_WAITERS) {
+        http_reply_error(req, 409, "conflict", "reload_in_progress",
+                         "a reload is already in progress");
+        return;
+    }
+    gw->reload->waiters[gw->reload->nwaiters++] = req;
 }
 
 void gateway_drain(struct gateway *gw)
@@ -631,6 +761,17 @@ int gateway_idle(const struct gateway *gw)
 
 void gateway_free(struct gateway *gw)
 {
+    if (gw->reload) {
+        struct reload_job *job = gw->reload;
+        size_t i;
+
+        pthread_join(job->thread, NULL);
+        for (i = 0; i < job->nwaiters; i++)
+            http_reply_error(job->waiters[i], 503, "service_unavailable",
+                             "shutting_down", "the gateway is shutting down");
+        reload_job_free(job);
+        gw->reload = NULL;
+    }
     proxy_abort_all(gw);
     if (gw->tick)
         event_free(gw->tick);

@@ -23,6 +23,8 @@
 
 struct alerts;
 struct event_base;
+struct http_req;
+struct reload_job;
 struct http_server;
 struct metrics_host;
 struct session;
@@ -69,6 +71,8 @@ struct gateway {
     int                 reload_ok;
     size_t              reloads_ok, reloads_failed;
     struct cfg_errors   reload_errs;
+    struct reload_job  *reload;      /* the reload running, NULL when none */
+    int                 reload_again;
     /* counters */
     uint64_t            requests_total;
     uint64_t            retries_total;
@@ -81,16 +85,23 @@ int64_t gw_mono_from_unix(int64_t until_unix_ms);
 int64_t gw_unix_from_mono(int64_t until_mono_ms);
 int64_t gw_unix_ms(void);     /* wall clock milliseconds */
 
-struct snapshot *snapshot_new(struct config *cfg, uint64_t generation);
+/* rings: prebuilt by keys_build() (taken over), or NULL to build here. */
+struct snapshot *snapshot_new(struct config *cfg, struct keys_ring *rings,
+                              uint64_t generation);
 void snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 
 int  gateway_init(struct gateway *gw, struct event_base *base,
                   struct config *cfg, const char *conf_dir,
                   const char *listen_override);
-/* Re-reads the three files; on error keeps the current snapshot.
- * Returns 0 on success, -1 with gw->reload_errs filled. */
-int  gateway_reload(struct gateway *gw);
+/*
+ * Re-reads the three files in a thread (parsing never holds the loop),
+ * then installs the new snapshot on the loop; on error keeps the current
+ * one and records the problems in gw->reload_errs. `req`, when not NULL
+ * (POST /admin/reload), is answered with the outcome as JSON. A reload
+ * asked for while one runs is done again right after it.
+ */
+void gateway_reload(struct gateway *gw, struct http_req *req);
 void gateway_drain(struct gateway *gw);      /* stop accepting */
 int  gateway_idle(const struct gateway *gw); /* nothing in flight */
 void gateway_free(struct gateway *gw);

@@ -17,6 +17,7 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 
 #include "config.h"
 #include "gateway.h"
@@ -92,7 +93,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     switch (sig) {
     case SIGHUP:
         log_info("SIGHUP: reloading configuration");
-        gateway_reload(&a->gw);
+        gateway_reload(&a->gw, NULL);
         return;
     case SIGUSR1:
         if (log_reopen() < 0)
@@ -190,6 +191,7 @@ int main(int argc, char **argv)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     memset(&a, 0, sizeof(a));
+    evthread_use_pthreads();          /* reloads parse in a thread */
     a.base = event_base_new();
     if (a.base == NULL || gateway_init(&a.gw, a.base, cfg, conf_dir, listen) < 0) {
         rc = 1;

@@ -581,7 +581,7 @@ static struct snapshot *load(struct tctx *t, const char *hosts, const char *keys
         cfg_errors_free(&errs);
         fail_msg("config_load failed");
     }
-    s = snapshot_new(cfg, 1);
+    s = snapshot_new(cfg, NULL, 1);
     assert_non_null(s);
     return s;
 }
