@@ -28,7 +28,7 @@ ASAN_UNIT:= $(UNITSRC:tests/unit/%.c=build/asan/unit/%)
 
 PYTEST   := /usr/bin/python3 -m pytest
 
-.PHONY: all asan deps test unit e2e demo bench clean
+.PHONY: all asan deps test unit e2e demo bench bench-balance clean
 all: infergate build/release/infergate-mock
 
 build/release/%.o: src/%.c $(wildcard src/*.h)
@@ -76,8 +76,16 @@ demo: deps
 
 bench:
 	@./scripts/deps.sh --bench
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all bench-balance
 	@./scripts/bench.sh
+
+# ns per pick of each balancing strategy at 10, 1,000 and 10,000 hosts
+bench-balance: build/release/bench_balance
+	@./build/release/bench_balance
+
+build/release/bench_balance: tests/bench/bench_balance.c src/balance.c src/balance.h
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) -O2 -g -Isrc tests/bench/bench_balance.c src/balance.c -o $@ -lm
 
 clean:
 	rm -rf build infergate

@@ -80,6 +80,68 @@ static size_t usable_hosts(const struct snapshot *s)
     return n;
 }
 
+/* Seed 001's /health "loadBalancer" block, for clients of that router. */
+static json_t *load_balancer_json(struct gateway *gw, size_t usable)
+{
+    const struct snapshot *s = gw->snap;
+    struct session_metrics sm;
+    json_t *providers = json_array();
+    int64_t conns = 0;
+    size_t i;
+
+    for (i = 0; i < s->cfg->nhosts; i++) {
+        const struct cfg_host *h = &s->cfg->hosts[i];
+        const struct host_state *hs = s->hs[i];
+        const char *model = h->models.n ? h->models.v[0]
+                          : hs->models_found.n ? hs->models_found.v[0] : NULL;
+        conns += hs->live.in_flight;
+        json_array_append_new(providers, json_pack("{s:s, s:s, s:s?, s:b, s:i, s:I}",
+            "address", h->address ? h->address : h->name, "endpoint", h->url,
+            "model", model, "isHealthy", host_usable(s, i),
+            "connections", hs->live.in_flight,
+            "lastHealthCheck", (json_int_t)hs->last_check_unix_ms));
+    }
+    session_metrics_read(gw->sess, &sm);
+    return json_pack("{s:i, s:i, s:I, s:I, s:o}",
+                     "totalProviders", (int)s->cfg->nhosts, "healthyProviders", (int)usable,
+                     "totalConnections", (json_int_t)conns,
+                     "activeSessions", (json_int_t)sm.entries, "providers", providers);
+}
+
+/* Seed 000's /status "instances": the replicas Redis shows, or this one. */
+static json_t *instances_json(struct gateway *gw, const json_t *reps, size_t usable)
+{
+    json_t *out = json_array(), *r;
+    int64_t now = gw_unix_ms(), last = 0;
+    const char *listen = gw->listen_override ? gw->listen_override
+                                             : gw->snap->cfg->server.listen;
+    const char *colon;
+    size_t i;
+
+    json_array_foreach(reps, i, r) {
+        const char *addr = json_string_value(json_object_get(r, "address"));
+        int64_t hb = json_integer_value(json_object_get(r, "heartbeat_unix_ms"));
+        int64_t st = json_integer_value(json_object_get(r, "started_unix_ms"));
+        colon = addr ? strrchr(addr, ':') : NULL;
+        json_array_append_new(out, json_pack("{s:O?, s:b, s:i, s:I, s:i, s:I}",
+            "id", json_object_get(r, "id"), "healthy", now - hb < 10000,
+            "port", colon ? atoi(colon + 1) : 0, "uptime", (json_int_t)(now - st),
+            "restartCount", 0, "lastHealthCheck", (json_int_t)hb));
+    }
+    if (json_array_size(out) > 0)
+        return out;
+    for (i = 0; i < gw->snap->cfg->nhosts; i++)
+        if (gw->snap->hs[i]->last_check_unix_ms > last)
+            last = gw->snap->hs[i]->last_check_unix_ms;
+    colon = strrchr(listen, ':');
+    json_array_append_new(out, json_pack("{s:s, s:b, s:i, s:I, s:i, s:I}",
+        "id", session_replica_id(gw->sess), "healthy", usable > 0,
+        "port", colon ? atoi(colon + 1) : 0,
+        "uptime", (json_int_t)(gw_now_ms() - gw->started_ms),
+        "restartCount", 0, "lastHealthCheck", (json_int_t)(last ? last : now)));
+    return out;
+}
+
 void admin_health(struct gateway *gw, struct http_req *req)
 {
     const struct snapshot *s = gw->snap;
@@ -91,6 +153,8 @@ void admin_health(struct gateway *gw, struct http_req *req)
                           "generation", (json_int_t)s->generation,
                           "in_flight", (json_int_t)gw->active);
 
+    if (o)
+        json_object_set_new(o, "loadBalancer", load_balancer_json(gw, usable));
     reply_json(req, usable ? 200 : 503, o);
 }
 
@@ -198,8 +262,17 @@ void admin_status(struct gateway *gw, struct http_req *req)
     if (o) {
         json_t *sess = session_status_json(gw->sess);
         json_t *reps = json_object_get(sess, "replicas");
+        json_t *inst;
+        size_t j, healthy = 0;
         if (reps)
             json_object_set(o, "replicas", reps);
+        inst = instances_json(gw, reps, usable);
+        for (j = 0; j < json_array_size(inst); j++)
+            healthy += json_is_true(json_object_get(json_array_get(inst, j), "healthy"));
+        json_object_set_new(o, "activeInstances", json_integer((json_int_t)healthy));
+        json_object_set_new(o, "totalInstances",
+                            json_integer((json_int_t)json_array_size(inst)));
+        json_object_set_new(o, "instances", inst);
         json_object_set_new(o, "sessions", sess);
         json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
         json_object_set_new(o, "connections", json_pack("{s:I, s:I, s:I}",

@@ -246,7 +246,7 @@ static void px_free(struct proxy *p)
         if (p->legs[i].buf)
             evbuffer_free(p->legs[i].buf);
     }
-    for (i = 0; i < p->nsteps; i++) {
+    for (i = 0; i < PX_MAX_STEPS; i++) {   /* a plan may have been cut short */
         free(p->steps[i].hosts);
         free(p->steps[i].body);
     }
@@ -866,6 +866,12 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
         px_done(p);
         return;
     }
+    if (res == UPSTREAM_ERR_ABORTED && p->winner != l && p->active > 0) {
+        /* A losing leg of a race drowned in its error body: just a failure. */
+        px_leg_record(l, 1, 0);
+        px_note_failure(l, FAIL_TOO_LARGE, 0, "response too large");
+        return;
+    }
     if (res == UPSTREAM_ERR_ABORTED) {
         px_leg_record(l, 1, 0);
         px_note_failure(l, FAIL_TOO_LARGE, 0, "response too large");
@@ -1043,8 +1049,15 @@ static struct px_leg *px_leg_get(struct proxy *p)
     l->p = p;
     l->buf = evbuffer_new();
     l->try_timer = evtimer_new(p->gw->base, px_try_timeout, l);
-    if (l->buf == NULL || l->try_timer == NULL)
+    if (l->buf == NULL || l->try_timer == NULL) {
+        if (l->buf)
+            evbuffer_free(l->buf);
+        if (l->try_timer)
+            event_free(l->try_timer);
+        l->buf = NULL;
+        l->try_timer = NULL;
         return NULL;
+    }
     p->nlegs++;
     return l;
 }
@@ -1096,7 +1109,7 @@ static int px_send(struct px_leg *l)
     l->t_try = now;
     l->t_head = 0;
     l->xfer = upstream_start(p->gw->up, &ur, &px_cbs, l);
-    memset(auth, 0, sizeof(auth));
+    explicit_bzero(auth, sizeof(auth));   /* the key does not outlive the call */
     if (l->xfer == NULL)
         return -1;
     if (p->active++ == 0)

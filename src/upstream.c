@@ -60,6 +60,16 @@ struct upstream_xfer {
 static void check_done(struct upstream *u);
 static void xfer_free(struct upstream_xfer *x);
 
+/* Frees the transfers cancelled while curl was running. */
+static void free_cancelled(struct upstream *u)
+{
+    while (u->in_action == 0 && u->cancelled) {
+        struct upstream_xfer *x = u->cancelled;
+        u->cancelled = x->next_cancelled;
+        xfer_free(x);
+    }
+}
+
 /* Runs curl, then frees the transfers cancelled while it ran. */
 static void multi_action(struct upstream *u, curl_socket_t fd, int action)
 {
@@ -67,11 +77,7 @@ static void multi_action(struct upstream *u, curl_socket_t fd, int action)
     curl_multi_socket_action(u->multi, fd, action, &u->running);
     u->in_action--;
     check_done(u);
-    while (u->in_action == 0 && u->cancelled) {
-        struct upstream_xfer *x = u->cancelled;
-        u->cancelled = x->next_cancelled;
-        xfer_free(x);
-    }
+    free_cancelled(u);
 }
 
 /* --- libevent <-> curl glue ------------------------------------------ */
@@ -321,6 +327,7 @@ struct upstream_xfer *upstream_start(struct upstream *u,
         snprintf(line, sizeof(line), "%s: %s", req->headers[i].name,
                  req->headers[i].value);
         l = curl_slist_append(x->hdrs, line);
+        explicit_bzero(line, sizeof(line));     /* may hold an API key */
         if (l == NULL)
             goto fail;
         x->hdrs = l;
@@ -406,9 +413,11 @@ void upstream_resume(struct upstream_xfer *x)
 {
     if (x->paused) {
         x->paused = 0;
-        x->u->in_action++;
+        struct upstream *u = x->u;
+        u->in_action++;
         curl_easy_pause(x->easy, CURLPAUSE_CONT);
-        x->u->in_action--;
+        u->in_action--;
+        free_cancelled(u);
     }
 }
 

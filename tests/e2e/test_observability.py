@@ -702,3 +702,21 @@ def test_no_configured_secret_leaks_anywhere(mocks, gateway, receiver, tmp_path,
     assert not hits, hits
     # The check can fail: the secrets are where they are supposed to be.
     assert upstream[0] in open(os.path.join(g.conf_dir, "api-keys.json")).read()
+
+
+def test_seed_shapes_of_health_and_status(mocks, gateway):
+    """Seed 001's /health loadBalancer block and seed 000's /status instances."""
+    ms = mocks(2)
+    g = gateway([{"name": "a", "url": ms[0].url, "address": "0xabc", "models": ["m1"]},
+                 {"name": "b", "url": ms[1].url}])
+    st, _, body = g.request("GET", "/health")
+    lb = json.loads(body)["loadBalancer"]
+    assert lb["totalProviders"] == 2 and lb["healthyProviders"] == 2
+    assert {p["address"] for p in lb["providers"]} == {"0xabc", "b"}
+    assert {p["endpoint"] for p in lb["providers"]} == {ms[0].url, ms[1].url}
+    assert all(p["isHealthy"] is True and p["connections"] == 0 for p in lb["providers"])
+    doc = json.loads(g.request("GET", "/status")[2])
+    assert doc["totalInstances"] == 1 and doc["activeInstances"] == 1
+    inst = doc["instances"][0]
+    assert set(inst) == {"id", "healthy", "port", "uptime", "restartCount", "lastHealthCheck"}
+    assert inst["port"] == g.port and inst["healthy"] is True
