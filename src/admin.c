@@ -182,14 +182,18 @@ static json_t *host_json(const struct snapshot *s, size_t i)
 {
     const struct cfg_host *h = &s->cfg->hosts[i];
     const struct host_state *hs = s->hs[i];
-    json_t *labels = json_object();
+    json_t *labels = json_object(), *mbr = json_object();
+    int64_t now = gw_now_ms();
     size_t j;
 
     for (j = 0; j < h->nlabels; j++)
         json_object_set_new(labels, h->labels[j].name,
                             json_string(h->labels[j].value));
+    for (j = 0; j < hs->nmbr; j++)       /* per host+model breakers */
+        json_object_set_new(mbr, hs->mbr[j]->model,
+                            json_string(breaker_state_name(breaker_state(&hs->mbr[j]->br, now))));
     return json_pack("{s:s, s:s, s:s?, s:s?, s:i, s:i, s:i, s:s?, s:o, s:o, s:o,"
-                     " s:s, s:s, s:i, s:f, s:I, s:I, s:I, s:o, s:o}",
+                     " s:s, s:s, s:o, s:i, s:f, s:I, s:I, s:I, s:o, s:o}",
                      "name", h->name, "url", h->url,
                      "region", h->region, "address", h->address,
                      "priority", h->priority, "weight", h->weight,
@@ -198,7 +202,8 @@ static json_t *host_json(const struct snapshot *s, size_t i)
                      "containers", strlist(&h->containers),
                      "labels", labels,
                      "health", host_health(s, i),
-                     "breaker", breaker_state_name(breaker_state(&hs->br, gw_now_ms())),
+                     "breaker", breaker_state_name(breaker_state(&hs->br, now)),
+                     "model_breakers", mbr,
                      "in_flight", hs->live.in_flight, "latency_ms", hs->live.ewma_ms,
                      "requests", (json_int_t)hs->requests,
                      "failures", (json_int_t)hs->failures,

@@ -356,3 +356,4 @@ def test_per_model_breaker_keeps_other_models_on_the_host(mocks, gateway):
     assert {g.chat(model="model-b")[1]["x-upstream-host"] for _ in range(4)} == {"m0", "m1"}
     host = next(h for h in json.loads(g.request("GET", "/status")[2])["hosts"] if h["name"] == "m0")
     assert host["breaker"] == "closed"
+    assert host["model_breakers"] == {"model-a": "open", "model-b": "closed"}
