@@ -632,6 +632,14 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     snapshot_unref(gw->snap);
     gw->snap = s;
     snapshot_activate(s);
+    /* SPEC: a key rejected with 401/403 is disabled until the next reload
+     * (cooldowns, health and breakers carry over). */
+    for (i = 0; i < cfg->nkeys; i++)
+        if (s->ks[i]->disabled) {
+            s->ks[i]->disabled = 0;
+            log_info("key %s (%s) enabled again by the reload",
+                     cfg->keys[i].fingerprint, cfg->keys[i].description);
+        }
     if (health_set_snapshot(gw->health, s) < 0)
         log_error("out of memory: health checks still follow the previous configuration");
     retry_budget_set_params(&gw->budget, &s->rp);

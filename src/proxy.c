@@ -611,8 +611,11 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
         px_fail_final(p);
         return;
     }
+    /* A Retry-After that came with a key-related answer is that key's
+     * cooldown; the retry goes with another key without waiting for it. */
     delay = retry_delay_ms(&p->snap->rp, p->step_attempts, retry_rand(&gw->rnd),
-                           c->retry.respect_retry_after ? ra_ms : -1);
+                           c->retry.respect_retry_after && v.key == RETRY_KEY_KEEP
+                               ? ra_ms : -1);
     if (now + delay >= p->t_start + p->deadline_ms) {
         px_fail_final(p);
         return;

@@ -239,3 +239,20 @@ def test_many_reloads_do_not_leak(mocks, gateway):
     if not SANITIZED:   # ASan's quarantine keeps freed memory resident
         assert rss[1] - rss[0] < 8 * 1024, rss      # KB: stable, not growing
     g.stop()      # under ASan, stop() fails on any leak report
+
+
+def test_reload_enables_disabled_keys_and_keeps_cooldowns(mocks, gateway):
+    ms = mocks(1)
+    ms[0].config(fail_keys={"sk-reload-rejected-001": 401, "sk-reload-cooling-0002": 429},
+                 retry_after=300)
+    keys = [{"key": "sk-reload-rejected-001", "description": "rejected"},
+            {"key": "sk-reload-cooling-0002", "description": "cooling"},
+            {"key": "sk-reload-good-key-003", "description": "good"}]
+    g = gateway(hosts_of(ms), keys, policies="retry:\n  backoff: {initial: 1ms, max: 10ms}\n")
+    for _ in range(3):
+        assert g.chat()[0] == 200
+    states = {k["description"]: k["state"] for k in status_doc(g)["keys"]}
+    assert states == {"rejected": "disabled", "cooling": "cooling", "good": "active"}
+    reload_and_wait(g, 1)
+    states = {k["description"]: k["state"] for k in status_doc(g)["keys"]}
+    assert states == {"rejected": "active", "cooling": "cooling", "good": "active"}
