@@ -945,37 +945,33 @@ static void go_down(struct session_redis *r, const char *why)
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+/* One of our two connections failed or closed: hiredis frees it; the
+ * session answers from memory and reconnects with backoff. */
+static void connection_lost(const redisAsyncContext *ac, const char *what)
 {
     struct session_redis *r = ac->data;
 
-    if (status == REDIS_OK)
-        return;                         /* readiness comes with PING/SUBSCRIBE */
     if (ac == r->cmd)
-        r->cmd = NULL;                  /* hiredis frees it */
+        r->cmd = NULL;
     else if (ac == r->sub)
         r->sub = NULL;
     else
         return;
     r->errors++;
-    set_error(r, "connect", ac->errstr);
+    set_error(r, what, ac->errstr);
     go_down(r, NULL);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    if (status != REDIS_OK)             /* readiness comes with PING/SUBSCRIBE */
+        connection_lost(ac, "connect");
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
-    struct session_redis *r = ac->data;
-
     (void)status;
-    if (ac == r->cmd)
-        r->cmd = NULL;                  /* hiredis frees it */
-    else if (ac == r->sub)
-        r->sub = NULL;
-    else
-        return;
-    r->errors++;
-    set_error(r, "connection lost", ac->errstr);
-    go_down(r, NULL);
+    connection_lost(ac, "connection lost");
 }
 
 /* Every reply on the cmd connection. */
