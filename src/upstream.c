@@ -1,7 +1,10 @@
 /*
- * upstream.c -- libcurl multi on the libevent loop (see upstream.h).
+ * upstream.c -- outgoing transfers (see upstream.h): the facade that sends
+ * plain http:// to an IP address through upstream_h1.c, and everything
+ * else (https://, host names, proxies from the environment, SMTP) through
+ * libcurl's multi interface on the libevent loop.
  *
- * The glue follows curl's own multi-event.c/hiperfifo.c examples: curl
+ * The curl glue follows curl's own multi-event.c/hiperfifo.c examples: curl
  * tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to
  * wake it (CURLMOPT_TIMERFUNCTION); libevent calls back into
  * curl_multi_socket_action(); finished transfers are collected from
@@ -15,22 +18,21 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
-#include "upstream.h"
+#include "upstream_int.h"
 
 #define UPSTREAM_MAX_CONNECTS   4096   /* connection cache size */
-#define UPSTREAM_MAX_RESP_HDRS  64
 #define UPSTREAM_EASY_POOL      256    /* idle easy handles kept */
 
-struct upstream {
-    struct event_base *base;
+struct curl_xfer;
+
+struct upstream_curl {
     CURLM             *multi;
     struct event      *timer;
     int                running;
-    size_t             active;
     CURL              *pool[UPSTREAM_EASY_POOL];
     size_t             npool;
     int                in_action;   /* inside curl: removal must wait */
-    struct upstream_xfer *cancelled;/* waiting for removal, see upstream_cancel */
+    struct curl_xfer  *cancelled;   /* waiting for removal, see upstream_cancel */
 };
 
 struct sock_watch {
@@ -39,45 +41,38 @@ struct sock_watch {
     struct event    *ev;
 };
 
-struct upstream_xfer {
-    struct upstream          *u;
+struct curl_xfer {
+    struct upstream_xfer      x;           /* first: what callers hold */
     CURL                     *easy;
     struct curl_slist        *hdrs;
-    const struct upstream_cbs *cbs;
-    void                     *arg;
-    int                       head_done;   /* final head seen */
     int                       raw;         /* not HTTP: no head to wait for */
-    int                       cancelled;   /* owner is gone: no more callbacks */
-    struct upstream_xfer     *next_cancelled;
-    int                       aborted;
-    int                       paused;
-    size_t                    nresp;
-    char                     *resp_name[UPSTREAM_MAX_RESP_HDRS];
-    char                     *resp_value[UPSTREAM_MAX_RESP_HDRS];
+    struct curl_xfer         *next_cancelled;
     char                      errbuf[CURL_ERROR_SIZE];
 };
 
 static void check_done(struct upstream *u);
-static void xfer_free(struct upstream_xfer *x);
+static void curl_xfer_free(struct curl_xfer *cx);
 
 /* Frees the transfers cancelled while curl was running. */
-static void free_cancelled(struct upstream *u)
+static void free_cancelled(struct upstream_curl *uc)
 {
-    while (u->in_action == 0 && u->cancelled) {
-        struct upstream_xfer *x = u->cancelled;
-        u->cancelled = x->next_cancelled;
-        xfer_free(x);
+    while (uc->in_action == 0 && uc->cancelled) {
+        struct curl_xfer *cx = uc->cancelled;
+        uc->cancelled = cx->next_cancelled;
+        curl_xfer_free(cx);
     }
 }
 
 /* Runs curl, then frees the transfers cancelled while it ran. */
 static void multi_action(struct upstream *u, curl_socket_t fd, int action)
 {
-    u->in_action++;
-    curl_multi_socket_action(u->multi, fd, action, &u->running);
-    u->in_action--;
+    struct upstream_curl *uc = u->curl;
+
+    uc->in_action++;
+    curl_multi_socket_action(uc->multi, fd, action, &uc->running);
+    uc->in_action--;
     check_done(u);
-    free_cancelled(u);
+    free_cancelled(uc);
 }
 
 /* --- libevent <-> curl glue ------------------------------------------ */
@@ -107,12 +102,12 @@ static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 
     (void)multi;
     if (timeout_ms < 0) {
-        evtimer_del(u->timer);
+        evtimer_del(u->curl->timer);
         return 0;
     }
     tv.tv_sec = timeout_ms / 1000;
     tv.tv_usec = (timeout_ms % 1000) * 1000;
-    evtimer_add(u->timer, &tv);
+    evtimer_add(u->curl->timer, &tv);
     return 0;
 }
 
@@ -129,7 +124,7 @@ static int multi_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
             event_free(w->ev);
             free(w);
         }
-        curl_multi_assign(u->multi, fd, NULL);
+        curl_multi_assign(u->curl->multi, fd, NULL);
         return 0;
     }
     kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0)
@@ -145,7 +140,7 @@ static int multi_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
             free(w);
             return -1;
         }
-        curl_multi_assign(u->multi, fd, w);
+        curl_multi_assign(u->curl->multi, fd, w);
     } else {
         /* Same socket, new interest: reuse the event (no allocation). */
         event_del(w->ev);
@@ -155,41 +150,66 @@ static int multi_sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
     return 0;
 }
 
-/* --- transfers ------------------------------------------------------- */
+/* --- response heads, shared with upstream_h1.c ------------------------- */
 
-static void resp_headers_clear(struct upstream_xfer *x)
+int upstream_rh_add(struct upstream_xfer *x, const char *name, size_t nlen,
+                    const char *value, size_t vlen)
 {
-    size_t i;
+    size_t need = x->rh_len + nlen + vlen + 2;
 
-    for (i = 0; i < x->nresp; i++) {
-        free(x->resp_name[i]);
-        free(x->resp_value[i]);
+    if (need > x->rh_cap) {
+        size_t cap = x->rh_cap ? x->rh_cap * 2 : 512;
+        char *p;
+        while (cap < need)
+            cap *= 2;
+        if ((p = realloc(x->rh, cap)) == NULL)
+            return -1;
+        x->rh = p;
+        x->rh_cap = cap;
     }
+    memcpy(x->rh + x->rh_len, name, nlen);
+    x->rh[x->rh_len + nlen] = '\0';
+    memcpy(x->rh + x->rh_len + nlen + 1, value, vlen);
+    x->rh[x->rh_len + nlen + 1 + vlen] = '\0';
+    x->rh_len = need;
+    x->nresp++;
+    return 0;
+}
+
+void upstream_rh_clear(struct upstream_xfer *x)
+{
+    free(x->rh);
+    x->rh = NULL;
+    x->rh_len = x->rh_cap = 0;
     x->nresp = 0;
 }
 
-static void xfer_free(struct upstream_xfer *x)
-{
-    struct upstream *u = x->u;
+/* --- curl transfers ---------------------------------------------------- */
 
-    curl_multi_remove_handle(u->multi, x->easy);
-    if (u->npool < UPSTREAM_EASY_POOL) {
-        curl_easy_reset(x->easy);
-        u->pool[u->npool++] = x->easy;
+static void curl_xfer_free(struct curl_xfer *cx)
+{
+    struct upstream *u = cx->x.u;
+    struct upstream_curl *uc = u->curl;
+
+    curl_multi_remove_handle(uc->multi, cx->easy);
+    if (uc->npool < UPSTREAM_EASY_POOL) {
+        curl_easy_reset(cx->easy);
+        uc->pool[uc->npool++] = cx->easy;
     } else {
-        curl_easy_cleanup(x->easy);
+        curl_easy_cleanup(cx->easy);
     }
-    curl_slist_free_all(x->hdrs);   /* holds the key: gone with the xfer */
-    resp_headers_clear(x);
+    curl_slist_free_all(cx->hdrs);   /* holds the key: gone with the xfer */
+    upstream_rh_clear(&cx->x);
     u->active--;
-    free(x);
+    free(cx);
 }
 
 static size_t header_cb(char *buf, size_t size, size_t n, void *userp)
 {
-    struct upstream_xfer *x = userp;
+    struct curl_xfer *cx = userp;
+    struct upstream_xfer *x = &cx->x;
     size_t len = size * n, nlen;
-    char *colon;
+    const char *colon, *end;
     long status = 0;
 
     if (x->cancelled)
@@ -197,11 +217,11 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userp)
     if (x->head_done)
         return len;                     /* trailers: ignored */
     if (len >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
-        resp_headers_clear(x);          /* a new head (after 1xx) */
+        upstream_rh_clear(x);           /* a new head (after 1xx) */
         return len;
     }
     if (len <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
-        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(cx->easy, CURLINFO_RESPONSE_CODE, &status);
         if (status >= 100 && status < 200)
             return len;
         x->head_done = 1;
@@ -213,32 +233,27 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userp)
         return len;
     }
     colon = memchr(buf, ':', len);
-    if (colon == NULL || x->nresp == UPSTREAM_MAX_RESP_HDRS)
+    if (colon == NULL)
         return len;
     nlen = (size_t)(colon - buf);
     colon++;
     while (colon < buf + len && (*colon == ' ' || *colon == '\t'))
         colon++;
-    {
-        const char *end = buf + len;
-        while (end > colon && (end[-1] == '\r' || end[-1] == '\n'
-                               || end[-1] == ' '))
-            end--;
-        x->resp_name[x->nresp] = strndup(buf, nlen);
-        x->resp_value[x->nresp] = strndup(colon, (size_t)(end - colon));
-        if (x->resp_name[x->nresp] == NULL || x->resp_value[x->nresp] == NULL) {
-            free(x->resp_name[x->nresp]);
-            free(x->resp_value[x->nresp]);
-            return 0;
-        }
-        x->nresp++;
-    }
+    end = buf + len;
+    while (end > colon && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+        end--;
+    if (upstream_rh_add(x, buf, nlen, colon, (size_t)(end - colon)) < 0)
+        return 0;
     return len;
 }
 
+/* UPSTREAM_PAUSE means "taken, send no more for now": the data is
+ * consumed and the transfer paused from inside the callback, which curl
+ * allows (returning CURL_WRITEFUNC_PAUSE would deliver it again). */
 static size_t write_cb(char *buf, size_t size, size_t n, void *userp)
 {
-    struct upstream_xfer *x = userp;
+    struct curl_xfer *cx = userp;
+    struct upstream_xfer *x = &cx->x;
     size_t len = size * n;
 
     if (x->cancelled)
@@ -247,8 +262,11 @@ static size_t write_cb(char *buf, size_t size, size_t n, void *userp)
         return len;
     switch (x->cbs->on_data(x->arg, buf, len)) {
     case UPSTREAM_PAUSE:
-        x->paused = 1;
-        return CURL_WRITEFUNC_PAUSE;
+        if (!x->paused) {
+            x->paused = 1;
+            curl_easy_pause(cx->easy, CURLPAUSE_RECV);
+        }
+        return len;
     case UPSTREAM_ABORT:
         x->aborted = 1;
         return 0;
@@ -282,142 +300,177 @@ static void check_done(struct upstream *u)
     CURLMsg *msg;
     int left;
 
-    while ((msg = curl_multi_info_read(u->multi, &left)) != NULL) {
-        struct upstream_xfer *x;
+    while ((msg = curl_multi_info_read(u->curl->multi, &left)) != NULL) {
+        struct curl_xfer *cx;
         enum upstream_result res;
 
         if (msg->msg != CURLMSG_DONE)
             continue;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-        if (x->cancelled)
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&cx);
+        if (cx->x.cancelled)
             continue;               /* freed by multi_action */
-        res = classify(msg->data.result, x->aborted);
+        res = classify(msg->data.result, cx->x.aborted);
         /* A head that never completed is not a response. */
-        if (res == UPSTREAM_OK && !x->head_done && !x->raw)
+        if (res == UPSTREAM_OK && !cx->x.head_done && !cx->raw)
             res = UPSTREAM_ERR_PROTOCOL;
-        if (x->cbs->on_done)
-            x->cbs->on_done(x->arg, res,
-                            x->errbuf[0] ? x->errbuf
-                                         : curl_easy_strerror(msg->data.result));
-        xfer_free(x);
+        if (cx->x.cbs->on_done)
+            cx->x.cbs->on_done(cx->x.arg, res,
+                               cx->errbuf[0] ? cx->errbuf
+                                   : curl_easy_strerror(msg->data.result));
+        curl_xfer_free(cx);
     }
 }
 
-struct upstream_xfer *upstream_start(struct upstream *u,
-                                     const struct upstream_req *req,
-                                     const struct upstream_cbs *cbs,
-                                     void *arg)
+static struct curl_xfer *curl_xfer_new(struct upstream *u,
+                                       const struct upstream_cbs *cbs,
+                                       void *arg, CURL *easy)
 {
-    struct upstream_xfer *x = calloc(1, sizeof(*x));
+    struct curl_xfer *cx = calloc(1, sizeof(*cx));
+
+    if (cx == NULL)
+        return NULL;
+    cx->x.u = u;
+    cx->x.cbs = cbs;
+    cx->x.arg = arg;
+    cx->x.kind = UPSTREAM_KIND_CURL;
+    cx->easy = easy;
+    return cx;
+}
+
+static struct upstream_xfer *curl_start(struct upstream *u,
+                                        const struct upstream_req *req,
+                                        const struct upstream_cbs *cbs,
+                                        void *arg)
+{
+    struct upstream_curl *uc = u->curl;
+    CURL *easy = uc->npool ? uc->pool[--uc->npool] : curl_easy_init();
+    struct curl_xfer *cx;
     struct curl_slist *l;
     size_t i;
 
-    if (x == NULL)
+    if (easy == NULL)
         return NULL;
-    x->u = u;
-    x->cbs = cbs;
-    x->arg = arg;
-    x->easy = u->npool ? u->pool[--u->npool] : curl_easy_init();
-    if (x->easy == NULL) {
-        free(x);
+    if ((cx = curl_xfer_new(u, cbs, arg, easy)) == NULL) {
+        curl_easy_cleanup(easy);
         return NULL;
     }
     for (i = 0; i < req->nheaders; i++) {
         char line[8192];
         snprintf(line, sizeof(line), "%s: %s", req->headers[i].name,
                  req->headers[i].value);
-        l = curl_slist_append(x->hdrs, line);
+        l = curl_slist_append(cx->hdrs, line);
         explicit_bzero(line, sizeof(line));     /* may hold an API key */
         if (l == NULL)
             goto fail;
-        x->hdrs = l;
+        cx->hdrs = l;
     }
     /* No "Expect: 100-continue" round trip; curl must not add its own. */
-    l = curl_slist_append(x->hdrs, "Expect:");
+    l = curl_slist_append(cx->hdrs, "Expect:");
     if (l == NULL)
         goto fail;
-    x->hdrs = l;
+    cx->hdrs = l;
 
-    curl_easy_setopt(x->easy, CURLOPT_URL, req->url);
-    curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
-    curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, header_cb);
-    curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, write_cb);
-    curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(x->easy, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(x->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS,
+    curl_easy_setopt(easy, CURLOPT_URL, req->url);
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, cx);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, cx->errbuf);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, cx->hdrs);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, cx);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, cx);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)req->connect_timeout_ms);
-    curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)req->total_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)req->total_timeout_ms);
     if (strcmp(req->method, "POST") == 0) {
-        curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
-        curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE,
+        curl_easy_setopt(easy, CURLOPT_POST, 1L);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)req->body_len);
-        curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, req->body);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
     } else {
-        curl_easy_setopt(x->easy, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     }
-    if (curl_multi_add_handle(u->multi, x->easy) != CURLM_OK)
+    if (curl_multi_add_handle(uc->multi, easy) != CURLM_OK)
         goto fail;
     u->active++;
-    return x;
+    return &cx->x;
 
 fail:
-    curl_slist_free_all(x->hdrs);
-    curl_easy_cleanup(x->easy);
-    free(x);
+    curl_slist_free_all(cx->hdrs);
+    curl_easy_cleanup(easy);
+    free(cx);
     return NULL;
+}
+
+/* --- the facade ---------------------------------------------------------- */
+
+struct upstream_xfer *upstream_start(struct upstream *u,
+                                     const struct upstream_req *req,
+                                     const struct upstream_cbs *cbs,
+                                     void *arg)
+{
+    if (u->h1) {
+        int mine = 0;
+        struct upstream_xfer *x = h1_start(u, req, cbs, arg, &mine);
+        if (mine)
+            return x;
+    }
+    return curl_start(u, req, cbs, arg);
 }
 
 struct upstream_xfer *upstream_start_easy(struct upstream *u, void *easy,
                                           const struct upstream_cbs *cbs,
                                           void *arg)
 {
-    struct upstream_xfer *x = calloc(1, sizeof(*x));
+    struct curl_xfer *cx = curl_xfer_new(u, cbs, arg, easy);
 
-    if (x == NULL) {
+    if (cx == NULL) {
         curl_easy_cleanup(easy);
         return NULL;
     }
-    x->u = u;
-    x->cbs = cbs;
-    x->arg = arg;
-    x->raw = 1;
-    x->easy = easy;
-    curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
-    if (curl_multi_add_handle(u->multi, x->easy) != CURLM_OK) {
-        curl_easy_cleanup(x->easy);
-        free(x);
+    cx->raw = 1;
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, cx);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, cx->errbuf);
+    if (curl_multi_add_handle(u->curl->multi, easy) != CURLM_OK) {
+        curl_easy_cleanup(easy);
+        free(cx);
         return NULL;
     }
     u->active++;
-    return x;
+    return &cx->x;
 }
 
 void upstream_pause(struct upstream_xfer *x)
 {
+    if (x->kind == UPSTREAM_KIND_H1) {
+        h1_pause(x);
+        return;
+    }
     if (!x->paused) {
         x->paused = 1;
-        curl_easy_pause(x->easy, CURLPAUSE_RECV);
+        curl_easy_pause(((struct curl_xfer *)x)->easy, CURLPAUSE_RECV);
     }
 }
 
-/* May call on_data right away with the data curl held back. */
+/* May call on_data right away with the data held back. */
 void upstream_resume(struct upstream_xfer *x)
 {
+    struct upstream_curl *uc = x->u->curl;
+
+    if (x->kind == UPSTREAM_KIND_H1) {
+        h1_resume(x);
+        return;
+    }
     if (x->paused) {
         x->paused = 0;
-        struct upstream *u = x->u;
-        u->in_action++;
-        curl_easy_pause(x->easy, CURLPAUSE_CONT);
-        u->in_action--;
-        free_cancelled(u);
+        uc->in_action++;
+        curl_easy_pause(((struct curl_xfer *)x)->easy, CURLPAUSE_CONT);
+        uc->in_action--;
+        free_cancelled(uc);
     }
 }
 
@@ -426,24 +479,50 @@ void upstream_resume(struct upstream_xfer *x)
  * removed as soon as curl returns, in the same loop turn. */
 void upstream_cancel(struct upstream_xfer *x)
 {
+    struct curl_xfer *cx = (struct curl_xfer *)x;
+    struct upstream_curl *uc;
+
     if (x == NULL || x->cancelled)
         return;
-    if (x->u->in_action) {
-        x->cancelled = 1;
-        x->next_cancelled = x->u->cancelled;
-        x->u->cancelled = x;
+    if (x->kind == UPSTREAM_KIND_H1) {
+        h1_cancel(x);
         return;
     }
-    xfer_free(x);
+    uc = x->u->curl;
+    if (uc->in_action) {
+        x->cancelled = 1;
+        cx->next_cancelled = uc->cancelled;
+        uc->cancelled = cx;
+        return;
+    }
+    curl_xfer_free(cx);
+}
+
+/* Walks the "name\0value\0" pairs; returns the value of pair i. */
+static const char *rh_at(const struct upstream_xfer *x, size_t i,
+                         const char **name)
+{
+    const char *p = x->rh;
+
+    for (; i > 0; i--) {
+        p += strlen(p) + 1;
+        p += strlen(p) + 1;
+    }
+    *name = p;
+    return p + strlen(p) + 1;
 }
 
 const char *upstream_resp_header(const struct upstream_xfer *x, const char *name)
 {
+    const char *p = x->rh;
     size_t i;
 
-    for (i = 0; i < x->nresp; i++)
-        if (strcasecmp(x->resp_name[i], name) == 0)
-            return x->resp_value[i];
+    for (i = 0; i < x->nresp; i++) {
+        const char *value = p + strlen(p) + 1;
+        if (strcasecmp(p, name) == 0)
+            return value;
+        p = value + strlen(value) + 1;
+    }
     return NULL;
 }
 
@@ -455,8 +534,7 @@ size_t upstream_resp_nheaders(const struct upstream_xfer *x)
 void upstream_resp_header_at(const struct upstream_xfer *x, size_t i,
                              const char **name, const char **value)
 {
-    *name = x->resp_name[i];
-    *value = x->resp_value[i];
+    *value = rh_at(x, i, name);
 }
 
 const char *upstream_result_name(enum upstream_result r)
@@ -473,24 +551,46 @@ const char *upstream_result_name(enum upstream_result r)
 
 /* --- lifecycle ------------------------------------------------------- */
 
+/* curl reads these for plain http://; with one set, every transfer goes
+ * through curl so that the proxy is used. */
+static int proxy_in_env(void)
+{
+    static const char *const vars[] = { "http_proxy", "all_proxy", "ALL_PROXY" };
+    size_t i;
+
+    for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            return 1;
+    }
+    return 0;
+}
+
 struct upstream *upstream_new(struct event_base *base)
 {
     struct upstream *u = calloc(1, sizeof(*u));
+    struct upstream_curl *uc;
 
     if (u == NULL)
         return NULL;
     u->base = base;
-    u->multi = curl_multi_init();
-    u->timer = evtimer_new(base, timer_event_cb, u);
-    if (u->multi == NULL || u->timer == NULL) {
+    if ((u->curl = uc = calloc(1, sizeof(*uc))) == NULL) {
+        free(u);
+        return NULL;
+    }
+    uc->multi = curl_multi_init();
+    uc->timer = evtimer_new(base, timer_event_cb, u);
+    if (!proxy_in_env())
+        u->h1 = h1_pool_new(base);
+    if (uc->multi == NULL || uc->timer == NULL) {
         upstream_free(u);
         return NULL;
     }
-    curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, multi_sock_cb);
-    curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u);
-    curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
-    curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
-    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)UPSTREAM_MAX_CONNECTS);
+    curl_multi_setopt(uc->multi, CURLMOPT_SOCKETFUNCTION, multi_sock_cb);
+    curl_multi_setopt(uc->multi, CURLMOPT_SOCKETDATA, u);
+    curl_multi_setopt(uc->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+    curl_multi_setopt(uc->multi, CURLMOPT_TIMERDATA, u);
+    curl_multi_setopt(uc->multi, CURLMOPT_MAXCONNECTS, (long)UPSTREAM_MAX_CONNECTS);
     return u;
 }
 
@@ -501,22 +601,26 @@ size_t upstream_active(const struct upstream *u)
 
 void upstream_free(struct upstream *u)
 {
+    struct upstream_curl *uc;
     size_t i;
 
     if (u == NULL)
         return;
+    uc = u->curl;
     /* Transfers still registered belong to requests being torn down;
      * their owners cancel them first. Idle handles go here. */
-    while (u->cancelled) {
-        struct upstream_xfer *x = u->cancelled;
-        u->cancelled = x->next_cancelled;
-        xfer_free(x);
+    while (uc->cancelled) {
+        struct curl_xfer *cx = uc->cancelled;
+        uc->cancelled = cx->next_cancelled;
+        curl_xfer_free(cx);
     }
-    for (i = 0; i < u->npool; i++)
-        curl_easy_cleanup(u->pool[i]);
-    if (u->multi)
-        curl_multi_cleanup(u->multi);
-    if (u->timer)
-        event_free(u->timer);
+    for (i = 0; i < uc->npool; i++)
+        curl_easy_cleanup(uc->pool[i]);
+    if (uc->multi)
+        curl_multi_cleanup(uc->multi);
+    if (uc->timer)
+        event_free(uc->timer);
+    free(uc);
+    h1_pool_free(u->h1);
     free(u);
 }

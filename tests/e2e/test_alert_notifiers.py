@@ -29,7 +29,7 @@ import pytest
 from conftest import ROOT, SANITIZED, free_port, proc_env, wait_for
 
 SOURCES = ["tests/alerts_driver/alerts_driver.c", "src/alerts.c", "src/metrics.c",
-           "src/upstream.c", "src/log.c", "src/config.c", "src/doc.c", "src/session.c",
+           "src/upstream.c", "src/upstream_h1.c", "src/log.c", "src/config.c", "src/doc.c", "src/session.c",
            "src/session_redis.c"]
 FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
 REL_FLAGS = ["-O2", "-g"]

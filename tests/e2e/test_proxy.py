@@ -371,3 +371,28 @@ def test_sigterm_exits_zero_and_client_auth(mocks, gateway):
     g.signal(signal.SIGTERM)
     g.proc.wait(20)
     assert g.proc.returncode == 0
+
+
+def test_host_names_and_ip_hosts_both_proxy(mocks, gateway):
+    # http:// to an IP address goes through infergate's own HTTP/1.1
+    # client, a name through libcurl (its resolver): both must carry JSON
+    # and SSE the same way, keys and all.
+    ms = mocks(2, "--chunks", "4")
+    hosts = [{"name": "by-ip", "url": ms[0].url},
+             {"name": "by-name", "url": ms[1].url.replace("127.0.0.1", "localhost")}]
+    g = gateway(hosts, keys=[{"key": "sk-both-paths-key-0001"}],
+                policies="routing:\n  strategy: round-robin\n")
+    seen = set()
+    for _ in range(4):
+        st, h, data = g.chat()
+        assert st == 200, data
+        assert json.loads(data)["choices"][0]["message"]["content"]
+        seen.add(h["x-upstream-host"])
+        st, h, data = g.chat(stream=True)
+        assert st == 200, data
+        events = sse_events(data)
+        assert events[-1] == "[DONE]" and len(events) == 5, events
+        seen.add(h["x-upstream-host"])
+    assert seen == {"by-ip", "by-name"}
+    for m in ms:
+        assert m.stats()["keys"] == {"sk-both-paths-key-0001": 4}

@@ -1,0 +1,61 @@
+/*
+ * upstream_int.h -- what upstream.c (the facade and libcurl) and
+ * upstream_h1.c (the plain HTTP/1.1 client) share. Not for other modules.
+ *
+ * A transfer is a `struct upstream_xfer` as the first member of a
+ * backend's own struct; `kind` says which backend owns it. The final
+ * response head is kept the same way by both: `rh` holds
+ * "name\0value\0" pairs, `nresp` of them.
+ */
+#ifndef INFERGATE_UPSTREAM_INT_H
+#define INFERGATE_UPSTREAM_INT_H
+
+#include <stddef.h>
+
+#include "upstream.h"
+
+struct h1_pool;
+struct upstream_curl;
+
+enum upstream_kind { UPSTREAM_KIND_CURL = 0, UPSTREAM_KIND_H1 };
+
+struct upstream {
+    struct event_base    *base;
+    size_t                active;   /* transfers started and not yet freed */
+    struct upstream_curl *curl;     /* https://, names, proxies, SMTP */
+    struct h1_pool       *h1;       /* http:// to an IP; NULL: all via curl */
+};
+
+struct upstream_xfer {
+    struct upstream           *u;
+    const struct upstream_cbs *cbs;
+    void                      *arg;
+    unsigned char              kind;       /* enum upstream_kind */
+    unsigned char              head_done;  /* final head seen */
+    unsigned char              cancelled;  /* owner is gone: no more callbacks */
+    unsigned char              aborted;    /* a callback said UPSTREAM_ABORT */
+    unsigned char              paused;
+    char                      *rh;         /* response head, see above (owned) */
+    size_t                     rh_len, rh_cap;
+    size_t                     nresp;
+};
+
+/* Appends one response header to x->rh; -1 when out of memory. */
+int upstream_rh_add(struct upstream_xfer *x, const char *name, size_t nlen,
+                    const char *value, size_t vlen);
+void upstream_rh_clear(struct upstream_xfer *x);
+
+/* upstream_h1.c */
+struct h1_pool *h1_pool_new(struct event_base *base);
+void h1_pool_free(struct h1_pool *p);
+/* NULL with *mine = 0 when the URL is not one for this client (then the
+ * caller uses curl); NULL with *mine = 1 when it is but cannot start. */
+struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *req,
+                               const struct upstream_cbs *cbs, void *arg,
+                               int *mine);
+void h1_pause(struct upstream_xfer *x);
+void h1_resume(struct upstream_xfer *x);
+void h1_cancel(struct upstream_xfer *x);
+size_t h1_idle_count(const struct h1_pool *p);
+
+#endif
