@@ -40,6 +40,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "jscan.h"
 #include "retry.h"
 #include "session.h"
 #include "upstream.h"
@@ -108,7 +109,9 @@ struct proxy {
     const char           *method;
     const char           *body;          /* the client's bytes, owned by req */
     size_t                body_len;
-    json_t               *doc;           /* parsed body, for model rewrites */
+    json_t               *doc;           /* parsed body, only for model rewrites */
+    int                   json_body;     /* the body is a valid JSON object */
+    char                 *prev_rid;      /* "previous_response_id", decoded */
     char                 *model;         /* NULL when the body has none */
     char                 *user;          /* body's "user", for consistent-hash */
     int                   want_stream;
@@ -260,6 +263,7 @@ static void px_free(struct proxy *p)
     free(p->lookup_key);
     free(p->pinned);
     json_decref(p->doc);
+    free(p->prev_rid);
     free(p->model);
     free(p->user);
     snapshot_unref(p->snap);
@@ -1269,8 +1273,11 @@ static int px_step_rewrite(struct proxy *p, struct px_step *s, const char *model
     json_t *copy;
 
     s->model = model;
-    if (p->doc == NULL || (p->model && strcmp(p->model, model) == 0))
+    if (!p->json_body || (p->model && strcmp(p->model, model) == 0))
         return 0;
+    /* The only place a request body becomes a tree (jscan validated it). */
+    if (p->doc == NULL && (p->doc = json_loadb(p->body, p->body_len, 0, NULL)) == NULL)
+        return -1;
     copy = json_copy(p->doc);
     if (copy == NULL)
         return -1;
@@ -1517,8 +1524,8 @@ static void px_start(struct proxy *p)
             key = p->user;
         else if (c->routing.sticky == AFF_HEADER)
             key = http_req_header(p->req, c->routing.sticky_header);
-        else if (c->routing.sticky == AFF_RESPONSE_ID && p->doc) {
-            key = json_string_value(json_object_get(p->doc, "previous_response_id"));
+        else if (c->routing.sticky == AFF_RESPONSE_ID) {
+            key = p->prev_rid;
             p->lookup_kind = SESSION_RID;
         }
         if (key && *key)
@@ -1537,26 +1544,41 @@ static void px_start(struct proxy *p)
         px_begin(p);                  /* answered already */
 }
 
-/* Chat: "messages" is an array of objects (what is inside each is the
- * upstream's to judge). */
-static int px_messages_ok(const json_t *doc)
-{
-    const json_t *m = json_object_get(doc, "messages"), *e;
-    size_t i;
+/* The top-level members a proxied body is read for; the rest is the
+ * upstream's to judge. The last of duplicate members wins, as in jansson. */
+struct px_fields {
+    struct jscan_val model, stream, messages, user, id, prev_rid;
+};
 
-    if (!json_is_array(m))
-        return 0;
-    json_array_foreach(m, i, e)
-        if (!json_is_object(e))
-            return 0;
-    return 1;
+static void px_field(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct px_fields *f = arg;
+    struct jscan_val *dst = NULL;
+
+#define IS(name) (klen == sizeof(name) - 1 && memcmp(key, name, klen) == 0)
+    if (IS("model"))
+        dst = &f->model;
+    else if (IS("stream"))
+        dst = &f->stream;
+    else if (IS("messages"))
+        dst = &f->messages;
+    else if (IS("user"))
+        dst = &f->user;
+    else if (IS("id"))
+        dst = &f->id;
+    else if (IS("previous_response_id"))
+        dst = &f->prev_rid;
+#undef IS
+    if (dst)
+        *dst = *v;
 }
 
 void proxy_handle(struct gateway *gw, struct http_req *req)
 {
     struct proxy *p;
-    json_error_t jerr;
-    json_t *v;
+    struct jscan_error jerr;
+    struct px_fields f;
+    enum jscan_type top;
 
     p = px_new(gw, req, http_req_path(req), "POST");
     if (p == NULL) {
@@ -1564,52 +1586,56 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
         return;
     }
     p->body = http_req_body(req, &p->body_len);
-    p->doc = json_loadb(p->body, p->body_len, 0, &jerr);
-    if (p->doc == NULL) {
+    memset(&f, 0, sizeof(f));
+    top = jscan_top(p->body, p->body_len, px_field, &f, &jerr);
+    if (top == JSCAN_INVALID) {
         char msg[300];
         snprintf(msg, sizeof(msg), "invalid JSON body: %s (line %d, column %d)",
                  jerr.text, jerr.line, jerr.column);
         px_error(p, 400, "invalid_request_error", "invalid_json", msg);
         return;
     }
-    if (!json_is_object(p->doc)) {
+    if (top != JSCAN_OBJECT) {
         px_error(p, 400, "invalid_request_error", "invalid_json",
                  "the request body must be a JSON object");
         return;
     }
-    v = json_object_get(p->doc, "model");
-    if (v && !json_is_string(v)) {
+    p->json_body = 1;
+    if (f.model.type && f.model.type != JSCAN_STRING) {
         px_error(p, 400, "invalid_request_error", "invalid_model",
                  "\"model\" must be a string");
         return;
     }
-    if (v)
-        p->model = strdup(json_string_value(v));
-    v = json_object_get(p->doc, "stream");
-    if (v && !json_is_boolean(v) && !json_is_null(v)) {
+    if (f.model.type)
+        p->model = jscan_string(&f.model, NULL);
+    if (f.stream.type && f.stream.type != JSCAN_TRUE && f.stream.type != JSCAN_FALSE
+        && f.stream.type != JSCAN_NULL) {
         px_error(p, 400, "invalid_request_error", "invalid_stream",
                  "\"stream\" must be true or false");
         return;
     }
-    p->want_stream = json_is_true(v);
-    if (strcmp(p->upath, "/v1/chat/completions") == 0 && !px_messages_ok(p->doc)) {
+    p->want_stream = f.stream.type == JSCAN_TRUE;
+    /* Chat: "messages" is an array of objects (what is inside each is the
+     * upstream's to judge). */
+    if (strcmp(p->upath, "/v1/chat/completions") == 0
+        && (f.messages.type != JSCAN_ARRAY || !f.messages.all_objects)) {
         px_error(p, 400, "invalid_request_error", "invalid_messages",
                  "\"messages\" must be an array of message objects");
         return;
     }
-    v = json_object_get(p->doc, "user");
-    if (json_is_string(v))
-        p->user = strdup(json_string_value(v));
+    if (f.user.type == JSCAN_STRING)
+        p->user = jscan_string(&f.user, NULL);
+    if (f.prev_rid.type == JSCAN_STRING)
+        p->prev_rid = jscan_string(&f.prev_rid, NULL);
     if (strcmp(p->upath, "/v1/verify") == 0) {
-        v = json_object_get(p->doc, "id");
-        if (!json_is_string(v) || json_string_length(v) == 0) {
+        if (f.id.type != JSCAN_STRING || f.id.len <= 2) {
             px_error(p, 400, "invalid_request_error", "missing_id",
                      "the body needs \"id\": the id of a response to verify");
             return;
         }
         p->verify = 1;
         p->lookup_kind = SESSION_RID;
-        p->lookup_key = strdup(json_string_value(v));
+        p->lookup_key = jscan_string(&f.id, NULL);
     }
     px_start(p);
 }

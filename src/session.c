@@ -129,7 +129,23 @@ struct mem_entry {
     uint16_t          klen;
     uint16_t          hlen;
     uint8_t           kind;
+    uint8_t           slotted;      /* from a slab, not malloc */
     char              data[];       /* key, NUL, host, NUL */
+};
+
+/*
+ * Entries that fit MEM_SLOT bytes (nearly all: ids and host names are
+ * short) come from slabs kept for the store's life and go back to a free
+ * list: a full store evicts one entry per new one, and doing that through
+ * malloc fragmented the heap of the whole process (malloc was the hottest
+ * code of a proxied request).
+ */
+#define MEM_SLOT        192
+#define MEM_SLAB_SLOTS  340         /* ~64 KB per slab */
+
+struct mem_slab {
+    struct mem_slab *next;
+    char             slots[MEM_SLAB_SLOTS][MEM_SLOT];
 };
 
 struct mem_table {
@@ -147,7 +163,46 @@ struct session_mem {
     int64_t          ttl_ms;
     uint64_t         k0, k1;        /* hash seed */
     struct session_mem_stats st;    /* counters; entries/buckets filled on read */
+    struct mem_slab *slabs;
+    void            *free_slots;    /* each links the next through its start */
 };
+
+static struct mem_entry *entry_alloc(struct session_mem *m, size_t size)
+{
+    struct mem_entry *e;
+
+    if (size > MEM_SLOT) {
+        if ((e = malloc(size)) != NULL)
+            e->slotted = 0;
+        return e;
+    }
+    if (m->free_slots == NULL) {
+        struct mem_slab *sl = malloc(sizeof(*sl));
+        size_t i;
+        if (sl == NULL)
+            return NULL;
+        sl->next = m->slabs;
+        m->slabs = sl;
+        for (i = 0; i < MEM_SLAB_SLOTS; i++) {
+            *(void **)sl->slots[i] = m->free_slots;
+            m->free_slots = sl->slots[i];
+        }
+    }
+    e = m->free_slots;
+    m->free_slots = *(void **)m->free_slots;
+    e->slotted = 1;
+    return e;
+}
+
+static void entry_free(struct session_mem *m, struct mem_entry *e)
+{
+    if (!e->slotted) {
+        free(e);
+        return;
+    }
+    *(void **)e = m->free_slots;
+    m->free_slots = e;
+}
 
 static void node_init(struct mem_node *n)
 {
@@ -296,7 +351,7 @@ unlinked:
     node_unlink(&e->lru);
     node_unlink(&e->age);
     m->count--;
-    free(e);
+    entry_free(m, e);
 }
 
 /* Reclaims a few expired entries from the oldest end of the age list. */
@@ -354,7 +409,13 @@ void session_mem_free(struct session_mem *m)
         return;
     for (n = m->lru.next; n != &m->lru; n = next) {
         next = n->next;
-        free(entry_of_lru(n));
+        if (!entry_of_lru(n)->slotted)
+            free(entry_of_lru(n));
+    }
+    while (m->slabs) {
+        struct mem_slab *sl = m->slabs;
+        m->slabs = sl->next;
+        free(sl);
     }
     free(m->t[0].b);
     free(m->t[1].b);
@@ -397,7 +458,7 @@ int session_mem_put(struct session_mem *m, enum session_kind kind,
     }
     while (m->count >= m->max_entries)
         mem_evict_lru(m);
-    e = malloc(sizeof(*e) + klen + 1 + hlen + 1);
+    e = entry_alloc(m, sizeof(*e) + klen + 1 + hlen + 1);
     if (e == NULL)
         return -1;
     e->hash = hash;

@@ -131,6 +131,40 @@ static void test_lru_eviction(void **state)
     session_mem_free(m);
 }
 
+/* Short entries come from slabs, long ones from malloc; a full store
+ * churning through both kinds keeps every live entry intact (ASan checks
+ * the slots are not shared or leaked). */
+static void test_slab_and_malloc_entries_churn(void **state)
+{
+    struct session_mem *m = session_mem_new(500, TTL);
+    char key[400], host[64];
+    int i, j;
+
+    (void)state;
+    for (i = 0; i < 5000; i++) {
+        int long_key = i % 3 == 0;
+        memset(key, 'k', sizeof(key));
+        snprintf(key, long_key ? 300 : 40, "%s-%d-", long_key ? "long" : "id", i);
+        key[strlen(key)] = long_key ? 'L' : 'S';
+        key[long_key ? 299 : 39] = '\0';
+        snprintf(host, sizeof(host), "host-%d", i);
+        assert_int_equal(session_mem_put(m, SESSION_RID, key, host, 0), 0);
+        if (i % 97 == 0) {       /* the last 500 are all there, with their hosts */
+            for (j = i > 499 ? i - 499 : 0; j <= i; j++) {
+                int lk = j % 3 == 0;
+                char want[64];
+                memset(key, 'k', sizeof(key));
+                snprintf(key, lk ? 300 : 40, "%s-%d-", lk ? "long" : "id", j);
+                key[strlen(key)] = lk ? 'L' : 'S';
+                key[lk ? 299 : 39] = '\0';
+                snprintf(want, sizeof(want), "host-%d", j);
+                assert_string_equal(session_mem_get(m, SESSION_RID, key, 0), want);
+            }
+        }
+    }
+    session_mem_free(m);
+}
+
 static void test_sweep_reclaims_expired(void **state)
 {
     struct session_mem *m = session_mem_new(SMALL_MAX, 10);
@@ -441,6 +475,7 @@ int main(void)
         cmocka_unit_test(test_rejects_unstorable),
         cmocka_unit_test(test_ttl_expiry),
         cmocka_unit_test(test_lru_eviction),
+        cmocka_unit_test(test_slab_and_malloc_entries_churn),
         cmocka_unit_test(test_sweep_reclaims_expired),
         cmocka_unit_test(test_constant_time),
         cmocka_unit_test(test_id_json),

@@ -1,0 +1,471 @@
+/*
+ * jscan.c -- one-pass JSON validation with top-level member spans (see
+ * jscan.h). Recursive descent over the buffer; nothing is allocated.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jscan.h"
+
+struct js {
+    const unsigned char *buf, *p, *end;
+    int                  depth;
+    struct jscan_error  *err;
+};
+
+static int fail(struct js *s, const unsigned char *at, const char *msg)
+{
+    const unsigned char *q, *bol = s->buf;
+    int line = 1;
+
+    if (at > s->end)
+        at = s->end;
+    for (q = s->buf; q < at; q++)
+        if (*q == '\n') {
+            line++;
+            bol = q + 1;
+        }
+    snprintf(s->err->text, sizeof(s->err->text), "%s", msg);
+    s->err->line = line;
+    s->err->column = (int)(at - bol) + 1;
+    return -1;
+}
+
+static void ws(struct js *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r'
+                             || *s->p == '\t'))
+        s->p++;
+}
+
+/* The length of the valid UTF-8 sequence at p (2-4 bytes), or 0. */
+static int utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    int n, i;
+    uint32_t cp;
+
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (end - p < n)
+        return 0;
+    for (i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF
+        || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;                       /* overlong, too big, a surrogate */
+    return n;
+}
+
+static int hex4(const unsigned char *p, const unsigned char *end, uint32_t *out)
+{
+    uint32_t v = 0;
+    int i;
+
+    if (end - p < 4)
+        return -1;
+    for (i = 0; i < 4; i++) {
+        unsigned c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* s->p at the opening quote; leaves it after the closing one. */
+static int scan_string(struct js *s, int *escaped)
+{
+    const unsigned char *p = s->p + 1, *end = s->end;
+
+    *escaped = 0;
+    for (;;) {
+        unsigned c;
+        if (p >= end)
+            return fail(s, p, "premature end of input in a string");
+        c = *p;
+        if (c == '"')
+            break;
+        if (c == '\\') {
+            uint32_t cp, lo;
+            *escaped = 1;
+            if (p + 1 >= end)
+                return fail(s, p, "premature end of input in a string");
+            switch (p[1]) {
+            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+                p += 2;
+                continue;
+            case 'u':
+                if (hex4(p + 2, end, &cp) < 0)
+                    return fail(s, p, "invalid escape");
+                if (cp == 0)
+                    return fail(s, p, "\\u0000 is not allowed");
+                if (cp >= 0xDC00 && cp <= 0xDFFF)
+                    return fail(s, p, "invalid Unicode: a lone low surrogate");
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    if (end - p < 12 || p[6] != '\\' || p[7] != 'u'
+                        || hex4(p + 8, end, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF)
+                        return fail(s, p, "invalid Unicode: a lone high surrogate");
+                    p += 12;
+                } else {
+                    p += 6;
+                }
+                continue;
+            default:
+                return fail(s, p, "invalid escape");
+            }
+        }
+        if (c < 0x20)
+            return fail(s, p, "control character in a string");
+        if (c < 0x80) {
+            p++;
+        } else {
+            int n = utf8_len(p, end);
+            if (n == 0)
+                return fail(s, p, "invalid UTF-8");
+            p += n;
+        }
+    }
+    s->p = p + 1;
+    return 0;
+}
+
+static int scan_number(struct js *s)
+{
+    const unsigned char *p = s->p, *start = p, *digits;
+    int real = 0;
+    size_t nd;
+
+    if (*p == '-')
+        p++;
+    digits = p;
+    if (p < s->end && *p == '0') {
+        p++;
+    } else if (p < s->end && *p >= '1' && *p <= '9') {
+        while (p < s->end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        return fail(s, start, "invalid number");
+    }
+    nd = (size_t)(p - digits);
+    if (p < s->end && *p == '.') {
+        real = 1;
+        if (++p >= s->end || *p < '0' || *p > '9')
+            return fail(s, start, "invalid number");
+        while (p < s->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < s->end && (*p == 'e' || *p == 'E')) {
+        real = 1;
+        p++;
+        if (p < s->end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= s->end || *p < '0' || *p > '9')
+            return fail(s, start, "invalid number");
+        while (p < s->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (!real) {
+        /* Within int64, as jansson requires. */
+        const char *lim = *start == '-' ? "9223372036854775808" : "9223372036854775807";
+        if (nd > 19 || (nd == 19 && memcmp(digits, lim, 19) > 0))
+            return fail(s, start, "too big integer");
+    } else {
+        char small[64], *tmp = small;
+        size_t n = (size_t)(p - start);
+        double d;
+        if (n >= sizeof(small) && (tmp = malloc(n + 1)) == NULL)
+            return fail(s, start, "out of memory");
+        memcpy(tmp, start, n);
+        tmp[n] = '\0';
+        errno = 0;
+        d = strtod(tmp, NULL);
+        if (tmp != small)
+            free(tmp);
+        if (errno == ERANGE && (d > 1.0 || d < -1.0))
+            return fail(s, start, "real number overflow");
+    }
+    s->p = p;
+    return 0;
+}
+
+static int scan_value(struct js *s, struct jscan_val *v, jscan_member_fn fn, void *arg);
+
+static int literal(struct js *s, const char *word, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
+        return fail(s, s->p, "invalid token");
+    s->p += n;
+    return 0;
+}
+
+/* Decodes a key with escapes into out[0..cap); -1 when it does not fit. */
+static int decode_into(const unsigned char *q, const unsigned char *end, char *out,
+                       size_t cap, size_t *outlen);
+
+static int scan_object(struct js *s, jscan_member_fn fn, void *arg)
+{
+    struct jscan_val child;
+
+    s->p++;
+    ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return 0;
+    }
+    for (;;) {
+        const unsigned char *k;
+        size_t kspan;
+        int escaped;
+        if (s->p >= s->end || *s->p != '"')
+            return fail(s, s->p, "string or '}' expected");
+        k = s->p;
+        if (scan_string(s, &escaped) < 0)
+            return -1;
+        kspan = (size_t)(s->p - k);             /* quotes included */
+        ws(s);
+        if (s->p >= s->end || *s->p != ':')
+            return fail(s, s->p, "':' expected");
+        s->p++;
+        ws(s);
+        if (scan_value(s, &child, NULL, NULL) < 0)
+            return -1;
+        if (fn) {
+            if (!escaped) {
+                fn(arg, (const char *)k + 1, kspan - 2, &child);
+            } else {
+                char key[64];
+                size_t klen;
+                if (decode_into(k + 1, s->end, key, sizeof(key), &klen) == 0)
+                    fn(arg, key, klen, &child);
+            }
+        }
+        ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            ws(s);
+            continue;
+        }
+        if (s->p < s->end && *s->p == '}') {
+            s->p++;
+            return 0;
+        }
+        return fail(s, s->p, "',' or '}' expected");
+    }
+}
+
+static int scan_array(struct js *s, int *all_objects)
+{
+    struct jscan_val child;
+
+    *all_objects = 1;
+    s->p++;
+    ws(s);
+    if (s->p < s->end && *s->p == ']') {
+        s->p++;
+        return 0;
+    }
+    for (;;) {
+        if (scan_value(s, &child, NULL, NULL) < 0)
+            return -1;
+        if (child.type != JSCAN_OBJECT)
+            *all_objects = 0;
+        ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            ws(s);
+            continue;
+        }
+        if (s->p < s->end && *s->p == ']') {
+            s->p++;
+            return 0;
+        }
+        return fail(s, s->p, "',' or ']' expected");
+    }
+}
+
+static int scan_value(struct js *s, struct jscan_val *v, jscan_member_fn fn, void *arg)
+{
+    const unsigned char *start = s->p;
+    int r, escaped;
+
+    memset(v, 0, sizeof(*v));
+    if (s->p >= s->end)
+        return fail(s, s->p, "premature end of input");
+    switch (*s->p) {
+    case '{':
+    case '[':
+        if (++s->depth > JSCAN_MAX_DEPTH)
+            return fail(s, s->p, "maximum parsing depth reached");
+        if (*s->p == '{') {
+            v->type = JSCAN_OBJECT;
+            r = scan_object(s, fn, arg);
+        } else {
+            v->type = JSCAN_ARRAY;
+            r = scan_array(s, &v->all_objects);
+        }
+        s->depth--;
+        break;
+    case '"':
+        v->type = JSCAN_STRING;
+        r = scan_string(s, &escaped);
+        break;
+    case 't':
+        v->type = JSCAN_TRUE;
+        r = literal(s, "true", 4);
+        break;
+    case 'f':
+        v->type = JSCAN_FALSE;
+        r = literal(s, "false", 5);
+        break;
+    case 'n':
+        v->type = JSCAN_NULL;
+        r = literal(s, "null", 4);
+        break;
+    default:
+        if (*s->p == '-' || (*s->p >= '0' && *s->p <= '9')) {
+            v->type = JSCAN_NUMBER;
+            r = scan_number(s);
+        } else {
+            r = fail(s, s->p, "invalid token");
+        }
+        break;
+    }
+    if (r < 0)
+        return -1;
+    v->start = (const char *)start;
+    v->len = (size_t)(s->p - start);
+    return 0;
+}
+
+enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member,
+                          void *arg, struct jscan_error *err)
+{
+    struct js s;
+    struct jscan_val v;
+
+    s.buf = s.p = (const unsigned char *)buf;
+    s.end = s.buf + len;
+    s.depth = 0;
+    s.err = err;
+    ws(&s);
+    if (s.p >= s.end) {
+        fail(&s, s.p, "'[' or '{' expected near end of file");
+        return JSCAN_INVALID;
+    }
+    if (scan_value(&s, &v, on_member, arg) < 0)
+        return JSCAN_INVALID;
+    ws(&s);
+    if (s.p != s.end) {
+        fail(&s, s.p, "end of file expected");
+        return JSCAN_INVALID;
+    }
+    return v.type;
+}
+
+/* Appends code point cp as UTF-8. */
+static size_t put_utf8(char *o, uint32_t cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xC0 | (cp >> 6));
+        o[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12));
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18));
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* q just after the opening quote of a valid string. Decoded text is never
+ * longer than the escaped one. */
+static int decode_into(const unsigned char *q, const unsigned char *end, char *out,
+                       size_t cap, size_t *outlen)
+{
+    size_t n = 0;
+
+    while (q < end && *q != '"') {
+        char tmp[4];
+        size_t k = 1;
+        if (*q != '\\') {
+            tmp[0] = (char)*q++;
+        } else {
+            uint32_t cp = 0, lo;
+            switch (q[1]) {
+            case 'b': tmp[0] = '\b'; q += 2; break;
+            case 'f': tmp[0] = '\f'; q += 2; break;
+            case 'n': tmp[0] = '\n'; q += 2; break;
+            case 'r': tmp[0] = '\r'; q += 2; break;
+            case 't': tmp[0] = '\t'; q += 2; break;
+            case 'u':
+                hex4(q + 2, end, &cp);
+                q += 6;
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    hex4(q + 2, end, &lo);
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    q += 6;
+                }
+                k = put_utf8(tmp, cp);
+                break;
+            default:  tmp[0] = (char)q[1]; q += 2; break;   /* " \ / */
+            }
+        }
+        if (n + k >= cap)
+            return -1;
+        memcpy(out + n, tmp, k);
+        n += k;
+    }
+    out[n] = '\0';
+    *outlen = n;
+    return 0;
+}
+
+char *jscan_string(const struct jscan_val *v, size_t *outlen)
+{
+    const unsigned char *q = (const unsigned char *)v->start;
+    char *out;
+    size_t n;
+
+    if (v->type != JSCAN_STRING || v->len < 2)
+        return NULL;
+    if ((out = malloc(v->len)) == NULL)
+        return NULL;
+    decode_into(q + 1, q + v->len, out, v->len, &n);
+    if (outlen)
+        *outlen = n;
+    return out;
+}

@@ -1,0 +1,256 @@
+/*
+ * test_jscan.c -- src/jscan.c against jansson, the parser it replaces on
+ * the request path: fixed cases, the malformed-body corpus, and 300,000
+ * seeded random mutations of realistic bodies must get the same verdict
+ * (valid or not, top-level type) and the same decoded top-level strings.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+
+#include "jscan.h"
+
+struct seen {
+    char model[256];
+    int  has_model;
+    int  nmembers;
+};
+
+static void on_member(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct seen *s = arg;
+
+    s->nmembers++;
+    if (klen == 5 && memcmp(key, "model", 5) == 0 && v->type == JSCAN_STRING) {
+        size_t n;
+        char *m = jscan_string(v, &n);
+        assert_non_null(m);
+        snprintf(s->model, sizeof(s->model), "%s", m);
+        s->has_model = 1;
+        free(m);
+    } else if (klen == 5 && memcmp(key, "model", 5) == 0) {
+        s->has_model = 0;         /* the last one wins */
+        s->model[0] = '\0';
+    }
+}
+
+static enum jscan_type type_of(const json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT:  return JSCAN_OBJECT;
+    case JSON_ARRAY:   return JSCAN_ARRAY;
+    case JSON_STRING:  return JSCAN_STRING;
+    case JSON_INTEGER:
+    case JSON_REAL:    return JSCAN_NUMBER;
+    case JSON_TRUE:    return JSCAN_TRUE;
+    case JSON_FALSE:   return JSCAN_FALSE;
+    case JSON_NULL:    return JSCAN_NULL;
+    }
+    return JSCAN_INVALID;
+}
+
+/* 0 when jscan and jansson agree on buf. */
+static int agree(const char *buf, size_t len, int verbose)
+{
+    struct jscan_error err;
+    struct seen s;
+    json_error_t jerr;
+    json_t *j = json_loadb(buf, len, JSON_DECODE_ANY, &jerr);
+    enum jscan_type t;
+    int ok = 1;
+
+    memset(&s, 0, sizeof(s));
+    t = jscan_top(buf, len, on_member, &s, &err);
+    if ((j == NULL) != (t == JSCAN_INVALID))
+        ok = 0;
+    else if (j && type_of(j) != t)
+        ok = 0;
+    else if (j && json_is_object(j)) {
+        const json_t *m = json_object_get(j, "model");
+        if ((size_t)s.nmembers < json_object_size(j))
+            ok = 0;
+        if (json_is_string(m) != s.has_model)
+            ok = 0;
+        else if (json_is_string(m) && strlen(json_string_value(m)) < sizeof(s.model) - 1
+                 && strcmp(json_string_value(m), s.model) != 0)
+            ok = 0;
+    }
+    if (!ok && verbose)
+        fprintf(stderr, "disagree on %zu bytes: jansson %s (%s), jscan %d (%s)\n  %.*s\n",
+                len, j ? "valid" : "invalid", j ? "" : jerr.text, (int)t,
+                t == JSCAN_INVALID ? err.text : "", (int)(len < 300 ? len : 300), buf);
+    json_decref(j);
+    return ok ? 0 : -1;
+}
+
+static void test_fixed_cases(void **state)
+{
+    static const char *const cases[] = {
+        "{}", "[]", "{\"model\":\"m\",\"stream\":true}", " {\"a\" : [1, 2.5e3, -0, true, false, null]} ",
+        "\"s\"", "1", "-1.5E+10", "null", "true",
+        "{\"model\":\"m\\u00e9\\ud83d\\ude00\\n\\\"x\\\"\"}", "{\"mod\\u0065l\":\"alias\"}",
+        "{\"model\":\"a\",\"model\":\"b\"}", "{\"model\":1,\"model\":\"b\"}",
+        "{\"model\":\"b\",\"model\":1}",
+        "{\"x\":9223372036854775807}", "{\"x\":-9223372036854775808}",
+        "{\"x\":9223372036854775808}", "{\"x\":-9223372036854775809}",
+        "{\"x\":1e308}", "{\"x\":1e309}", "{\"x\":-1e309}", "{\"x\":1e-400}",
+        "{\"x\":01}", "{\"x\":1.}", "{\"x\":.5}", "{\"x\":1e}", "{\"x\":-}", "{\"x\":+1}",
+        "{\"x\":\"\\u0000\"}", "{\"x\":\"\\ud800\"}", "{\"x\":\"\\udc00\"}",
+        "{\"x\":\"\\ud800\\u0041\"}", "{\"x\":\"\\x\"}", "{\"x\":\"\t\"}",
+        "{\"x\":\"\xc3\xa9\"}", "{\"x\":\"\xc3\"}", "{\"x\":\"\xe0\x80\xaf\"}",
+        "{\"x\":\"\xed\xa0\x80\"}", "{\"x\":\"\xf4\x90\x80\x80\"}", "{\"x\":\"\xff\"}",
+        "{\"a\":1,}", "[1,]", "{\"a\":1}}", "{\"a\":1} x", "", "   ", "{", "[", "{\"a\"",
+        "{\"a\":}", "{a:1}", "{'a':1}", "nul", "truex", "[1 2]", "{\"a\" 1}",
+        "\xef\xbb\xbf{}", "{\"a\":[{}, {}]}", "/* c */ {}",
+    };
+    size_t i;
+    int bad = 0;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        bad += agree(cases[i], strlen(cases[i]), 1) != 0;
+    assert_int_equal(bad, 0);
+}
+
+static void test_decoded_key_and_string(void **state)
+{
+    struct jscan_error err;
+    struct seen s;
+    const char *doc = "{\"mod\\u0065l\":\"caf\\u00e9 \\ud83d\\ude00 \\\"q\\\"\\/\"}";
+
+    (void)state;
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(jscan_top(doc, strlen(doc), on_member, &s, &err), JSCAN_OBJECT);
+    assert_true(s.has_model);
+    assert_string_equal(s.model, "caf\xc3\xa9 \xf0\x9f\x98\x80 \"q\"/");
+    assert_int_equal(jscan_top("{\"a\":\n  x}", 10, NULL, NULL, &err), JSCAN_INVALID);
+    assert_int_equal(err.line, 2);
+    assert_int_equal(err.column, 3);
+}
+
+static void test_depth_limit(void **state)
+{
+    size_t n = JSCAN_MAX_DEPTH + 1, i;
+    char *buf = malloc(2 * n);
+    struct jscan_error err;
+
+    (void)state;
+    for (i = 0; i < n; i++) {
+        buf[i] = '[';
+        buf[2 * n - 1 - i] = ']';
+    }
+    assert_int_equal(jscan_top(buf, 2 * n, NULL, NULL, &err), JSCAN_INVALID);
+    assert_int_equal(jscan_top(buf + 1, 2 * n - 2, NULL, NULL, &err), JSCAN_ARRAY);
+    free(buf);
+}
+
+static void test_malformed_corpus(void **state)
+{
+    const char *dir = "tests/malformed/body";
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int files = 0, bad = 0;
+
+    (void)state;
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        char path[512];
+        FILE *f;
+        char *buf;
+        long len;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if ((f = fopen(path, "rb")) == NULL)
+            continue;
+        fseek(f, 0, SEEK_END);
+        len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        buf = malloc((size_t)len + 1);
+        assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
+        fclose(f);
+        bad += agree(buf, (size_t)len, 1) != 0;
+        files++;
+        free(buf);
+    }
+    closedir(d);
+    assert_true(files >= 30);
+    assert_int_equal(bad, 0);
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+
+static uint32_t rnd(uint32_t n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng % n);
+}
+
+static void test_random_mutations(void **state)
+{
+    static const char *const seeds[] = {
+        "{\"model\":\"mock-model\",\"messages\":[{\"role\":\"user\",\"content\":\"hi \\u00e9\"}],"
+        "\"stream\":true,\"temperature\":0.7,\"max_tokens\":128,\"user\":\"u-1\"}",
+        "{\"model\":\"m\",\"input\":[\"a\",\"b\"],\"x\":{\"y\":[1,-2.5e-3,null,false]}}",
+        "[{\"a\":\"\\ud83d\\ude00\"},12345678901234567890,1e308]",
+    };
+    static const char alphabet[] = "{}[]\",:\\u0123456789.eE+-tfnlrsa \n\t\xc3\xa9\xed\xff";
+    char buf[512];
+    int i, bad = 0;
+
+    (void)state;
+    for (i = 0; i < 300000; i++) {
+        const char *seed = seeds[rnd(3)];
+        size_t len = strlen(seed);
+        int k, muts = 1 + (int)rnd(4);
+        memcpy(buf, seed, len);
+        for (k = 0; k < muts; k++) {
+            size_t at = rnd((uint32_t)len);
+            char c = alphabet[rnd(sizeof(alphabet) - 1)];
+            switch (rnd(3)) {
+            case 0:
+                buf[at] = c;
+                break;
+            case 1:
+                if (len + 1 < sizeof(buf)) {
+                    memmove(buf + at + 1, buf + at, len - at);
+                    buf[at] = c;
+                    len++;
+                }
+                break;
+            default:
+                if (len > 1) {
+                    memmove(buf + at, buf + at + 1, len - at - 1);
+                    len--;
+                }
+                break;
+            }
+        }
+        if (agree(buf, len, bad < 5) != 0)
+            bad++;
+    }
+    assert_int_equal(bad, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fixed_cases),
+        cmocka_unit_test(test_decoded_key_and_string),
+        cmocka_unit_test(test_depth_limit),
+        cmocka_unit_test(test_malformed_corpus),
+        cmocka_unit_test(test_random_mutations),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
