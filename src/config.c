@@ -21,6 +21,7 @@
  * of memory aborts, as in the rest of the daemon.
  */
 #include "config.h"
+#include "hash.h"
 #include "session.h"
 #include "doc.h"
 
@@ -2125,13 +2126,7 @@ static void key_free(struct cfg_key *k)
 
 uint64_t config_hash(const char *s)
 {
-    uint64_t h = 14695981039346656037ULL;
-
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return hash_str(s);
 }
 
 /* Fills k->id and k->fingerprint from k->secret (printable ASCII). */

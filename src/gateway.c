@@ -570,6 +570,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     struct cfg_errors errs = job->errs;
     struct config *cfg = job->cfg;
     struct snapshot *s;
+    int64_t t0 = gw_now_ms();
     size_t i;
 
     job->errs.msg = NULL;
@@ -654,8 +655,9 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     log_open(cfg->server.log_file, cfg->server.log_level, cfg->server.log_format);
     log_open_access(cfg->server.access_log, cfg->server.access_log_format);
     log_info("reloaded: generation %llu, %zu hosts, %zu keys (parsed in %lld ms"
-             " off the loop)", (unsigned long long)s->generation, cfg->nhosts,
-             cfg->nkeys, (long long)job->parse_ms);
+             " off the loop, installed in %lld ms on it)",
+             (unsigned long long)s->generation, cfg->nhosts, cfg->nkeys,
+             (long long)job->parse_ms, (long long)(gw_now_ms() - t0));
     return 0;
 }
 

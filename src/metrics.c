@@ -20,6 +20,7 @@
 
 #include <event2/buffer.h>
 
+#include "hash.h"
 #include "metrics.h"
 
 /* --- buckets --------------------------------------------------------- */
@@ -52,7 +53,8 @@ struct hist {
 struct metrics_host {
     char                *name;
     int                  refs;
-    struct metrics_host *next;          /* registry list, creation order */
+    struct metrics_host *next, *prev;   /* registry list, creation order */
+    struct metrics_host *hnext;         /* hosts_idx chain */
     uint64_t             attempts[METRICS_OUTCOMES];
     uint64_t             chunks;
     struct hist          ttfb;          /* latency_bounds */
@@ -194,18 +196,51 @@ static void hist_observe(struct hist *h, const double *bounds, size_t nb,
 
 static void req_remove_host(const struct metrics_host *h);
 
-/* A linear search: this runs when a snapshot is built, never per request. */
+/* Hosts by name: snapshots of 10,000 hosts look every one up on the
+ * loop at each reload. Outside `reg`, which metrics_reset() clears. */
+static struct {
+    struct metrics_host **b;
+    size_t                size;     /* 0 or a power of two */
+    size_t                count;
+    struct metrics_host  *tail;     /* of reg.hosts */
+} hosts_idx;
+
+static int hosts_idx_grow(void)
+{
+    size_t nsize = hosts_idx.size ? hosts_idx.size * 2 : 64, i;
+    struct metrics_host **nb = calloc(nsize, sizeof(*nb));
+
+    if (nb == NULL)
+        return -1;
+    for (i = 0; i < hosts_idx.size; i++) {
+        struct metrics_host *h = hosts_idx.b[i], *next;
+        for (; h; h = next) {
+            size_t k = hash_str(h->name) & (nsize - 1);
+            next = h->hnext;
+            h->hnext = nb[k];
+            nb[k] = h;
+        }
+    }
+    free(hosts_idx.b);
+    hosts_idx.b = nb;
+    hosts_idx.size = nsize;
+    return 0;
+}
+
 struct metrics_host *metrics_host_get(const char *name)
 {
-    struct metrics_host *h, **tail = &reg.hosts;
+    struct metrics_host *h;
+    size_t k;
 
-    for (h = reg.hosts; h; h = h->next) {
-        if (strcmp(h->name, name) == 0) {
-            h->refs++;
-            return h;
-        }
-        tail = &h->next;
+    if (hosts_idx.size) {
+        for (h = hosts_idx.b[hash_str(name) & (hosts_idx.size - 1)]; h; h = h->hnext)
+            if (strcmp(h->name, name) == 0) {
+                h->refs++;
+                return h;
+            }
     }
+    if (hosts_idx.count >= hosts_idx.size && hosts_idx_grow() < 0)
+        return NULL;
     h = calloc(1, sizeof(*h));
     if (h == NULL)
         return NULL;
@@ -215,7 +250,16 @@ struct metrics_host *metrics_host_get(const char *name)
         return NULL;
     }
     h->refs = 1;
-    *tail = h;
+    k = hash_str(name) & (hosts_idx.size - 1);
+    h->hnext = hosts_idx.b[k];
+    hosts_idx.b[k] = h;
+    hosts_idx.count++;
+    h->prev = hosts_idx.tail;
+    if (hosts_idx.tail)
+        hosts_idx.tail->next = h;
+    else
+        reg.hosts = h;
+    hosts_idx.tail = h;
     return h;
 }
 
@@ -225,15 +269,28 @@ void metrics_host_put(struct metrics_host *h)
 
     if (h == NULL || --h->refs > 0)
         return;
-    for (pp = &reg.hosts; *pp; pp = &(*pp)->next) {
+    for (pp = &hosts_idx.b[hash_str(h->name) & (hosts_idx.size - 1)]; *pp;
+         pp = &(*pp)->hnext)
         if (*pp == h) {
-            *pp = h->next;
+            *pp = h->hnext;
             break;
         }
-    }
+    hosts_idx.count--;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        reg.hosts = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    else
+        hosts_idx.tail = h->prev;
     req_remove_host(h);
     free(h->name);
     free(h);
+    if (hosts_idx.count == 0) {
+        free(hosts_idx.b);
+        memset(&hosts_idx, 0, sizeof(hosts_idx));
+    }
 }
 
 const char *metrics_host_name(const struct metrics_host *h)

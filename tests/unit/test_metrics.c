@@ -347,6 +347,55 @@ static void test_host_put_removes_its_series(void **state)
         metrics_host_put(h[i]);
 }
 
+/* Many hosts: found again by name through the index as it grows and
+ * shrinks, listed in creation order, a re-added name goes last. */
+static void test_host_index_many(void **state)
+{
+    enum { N = 5000 };
+    struct metrics_host **h = calloc(N, sizeof(*h));
+    char name[32];
+    char *s, *prev, *cur;
+    int i;
+
+    (void)state;
+    for (i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "idx-%05d", i);
+        assert_non_null(h[i] = metrics_host_get(name));
+    }
+    for (i = 0; i < N; i += 3)
+        metrics_host_put(h[i]);
+    for (i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "idx-%05d", i);
+        if (i % 3 == 0) {
+            h[i] = NULL;
+            continue;
+        }
+        assert_ptr_equal(metrics_host_get(name), h[i]);
+        metrics_host_put(h[i]);                 /* back to one reference */
+    }
+    h[0] = metrics_host_get("idx-00000");      /* gone, so new and last */
+    s = render();
+    prev = strstr(s, "infergate_breaker_state{host=\"idx-00001\"}");
+    assert_non_null(prev);
+    for (i = 2; i < N; i++) {
+        char line[64];
+        snprintf(line, sizeof(line), "infergate_breaker_state{host=\"idx-%05d\"}", i);
+        cur = strstr(s, line);
+        if (i % 3 == 0) {
+            assert_null(cur);
+            continue;
+        }
+        assert_true(cur > prev);
+        prev = cur;
+    }
+    assert_true(strstr(s, "infergate_breaker_state{host=\"idx-00000\"}") > prev);
+    free(s);
+    for (i = 0; i < N; i++)
+        if (h[i])
+            metrics_host_put(h[i]);
+    free(h);
+}
+
 static void test_gauges_and_events(void **state)
 {
     struct metrics_host *h = metrics_host_get("gpu-b");
@@ -428,6 +477,7 @@ int main(void)
         cmocka_unit_test_setup(test_model_cap_and_invalid_names, setup),
         cmocka_unit_test_setup(test_series_overflow, setup),
         cmocka_unit_test_setup(test_host_put_removes_its_series, setup),
+        cmocka_unit_test_setup(test_host_index_many, setup),
         cmocka_unit_test_setup(test_gauges_and_events, setup),
         cmocka_unit_test_setup(test_label_helpers, setup),
     };
