@@ -133,6 +133,7 @@ CONTENT_BYTES = env_int("BENCH_CONTENT_BYTES", 700)
 FIXED = [("sse", 1000, 256)] if QUICK else [("json", 5000, 64), ("sse", 1000, 256)]
 TTFB_INTERVAL_MS = 1      # between two SSE chunks in the SSE fixed-rate run
 POOL_SIZES = [10, 10000]
+POOL_BIG_KEYS = int(os.environ.get("BENCH_POOL_KEYS", "100000"))  # keys of the biggest pool
 # Idle streams held at once (the issue: 10,000, a chunk every 10 s, RSS <= 200 MB).
 DO_SCALE = os.environ.get("BENCH_SCALE", "0" if QUICK else "1") not in ("0", "")
 SCALE_STREAMS = env_int("BENCH_SCALE_STREAMS", 10000)
@@ -723,7 +724,7 @@ def print_scale_table(sc):
 
 def print_pool_table(pool):
     log("Pool size: infergate, JSON, 64 connections, the same %d upstreams behind every name, "
-        "4 keys, health checks off" % NMOCKS)
+        "4 keys (%d with %d hosts), health checks off" % (NMOCKS, POOL_BIG_KEYS, POOL_SIZES[-1]))
     log("%-14s %10s %8s %8s %8s %8s %7s %6s %8s %8s" % (
         "hosts", "req/s", "p50 ms", "p99 ms", "p99.9", "max ms", "errors", "CPU%", "RSS MB",
         "start s"))
@@ -748,6 +749,12 @@ def print_pool_table(pool):
             "(target < 2; %d reloads logged)" % ("", big, POOL_RELOAD_EVERY,
                                                  pool["reload_p99_ratio"],
                                                  pool.get("reloads_logged", 0)))
+    if pool.get("reload_parse_ms"):
+        log("%19s each reload of %d hosts + %d keys: parsed in %d ms (max %d) off the loop "
+            "(target < 1000), installed in %d ms (max %d) on it" % (
+                "", POOL_SIZES[-1], POOL_BIG_KEYS, pool["reload_parse_ms"]["median"],
+                pool["reload_parse_ms"]["max"], pool["reload_install_ms"]["median"],
+                pool["reload_install_ms"]["max"]))
     for c in pool.get("check", []):
         log("%19s infergate -t on %d hosts + %d keys: %s" % (
             "", c["hosts"], c["keys"], "%.2f s wall" % c["seconds"] if c["seconds"] is not None
@@ -1062,7 +1069,8 @@ def run_pool(tmp, up_addrs, body_json):
     for n in POOL_SIZES:
         # info: the log then counts the reloads (nothing is logged per request)
         d = infergate_conf_dir(tmp, "conf-pool-%d" % n, up_addrs, nhosts=n, health=False,
-                               log_level="info")
+                               log_level="info",
+                               nkeys=POOL_BIG_KEYS if n == POOL_SIZES[-1] else 4)
         try:
             procs[n] = start_infergate(tmp, "infergate-pool-%d" % n, d)
             pool["start_s"][str(n)] = round(procs[n].start_s, 3)
@@ -1104,7 +1112,15 @@ def run_pool(tmp, up_addrs, body_json):
                                  r["cpu_pct"]))
     if big in procs:
         with open(procs[big].logfile) as f:
-            pool["reloads_logged"] = f.read().count("reloaded: generation")
+            text = f.read()
+        pool["reloads_logged"] = text.count("reloaded: generation")
+        timings = re.findall(r"parsed in (\d+) ms off the loop, installed in (\d+) ms on it", text)
+        if timings:
+            parse = sorted(int(a) for a, _ in timings)
+            install = sorted(int(b) for _, b in timings)
+            pool["reload_parse_ms"] = {"median": parse[len(parse) // 2], "max": parse[-1]}
+            pool["reload_install_ms"] = {"median": install[len(install) // 2],
+                                         "max": install[-1]}
         pool["sighups_sent"] = sighups["n"]
     for p in procs.values():
         PROCS.stop(p)
