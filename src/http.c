@@ -283,6 +283,24 @@ static void write_head(struct http_req *r, int status, const char *ctype,
                         r->keepalive ? "keep-alive" : "close");
 }
 
+/*
+ * Sends what is queued right away, in the loop turn that produced it.
+ * EV_WRITE stays disabled while the socket takes everything, so a reply
+ * costs no write event and no epoll_ctl; only a full socket (a slow
+ * reader, a big body) enables it, and the write callback disables it
+ * again once the output is empty. Write errors are left to that path.
+ */
+static void conn_flush(struct http_conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    if (evbuffer_get_length(out) == 0)
+        return;
+    evbuffer_write(out, bufferevent_getfd(c->bev));
+    if (evbuffer_get_length(out) > 0)
+        bufferevent_enable(c->bev, EV_WRITE);
+}
+
 /* The reply is complete: the connection drains its output, then reads the
  * next request or closes. A detached request is simply freed. */
 static void req_finish(struct http_req *r)
@@ -299,7 +317,7 @@ static void req_finish(struct http_req *r)
         c->close_after = 1;
     req_free(r);
     c->state = CONN_FLUSHING;
-    bufferevent_enable(c->bev, EV_WRITE);
+    conn_flush(c);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         conn_write_cb(c->bev, c);
 }
@@ -347,8 +365,10 @@ void http_stream_start(struct http_req *r, int status, const char *ctype)
     r->streaming = 1;
     if (r->minor == 0)
         r->keepalive = 0;   /* HTTP/1.0: the end of the body is the close */
-    if (r->conn)
+    if (r->conn) {
         write_head(r, status, ctype, -1);
+        conn_flush(r->conn);
+    }
 }
 
 size_t http_stream_write(struct http_req *r, const char *data, size_t len)
@@ -367,6 +387,7 @@ size_t http_stream_write(struct http_req *r, const char *data, size_t len)
     } else {
         evbuffer_add(out, data, len);
     }
+    conn_flush(r->conn);
     return evbuffer_get_length(out);
 }
 
@@ -655,9 +676,11 @@ static int head_done(struct http_conn *c)
         dispatch(c);
         return 0;
     }
-    if (expect && strcasecmp(expect, "100-continue") == 0 && r->minor >= 1)
+    if (expect && strcasecmp(expect, "100-continue") == 0 && r->minor >= 1) {
         evbuffer_add_printf(bufferevent_get_output(c->bev),
                             "HTTP/1.1 100 Continue\r\n\r\n");
+        conn_flush(c);
+    }
     return 0;
 }
 
@@ -912,6 +935,8 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
     struct timeval tv;
 
     (void)bev;
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        bufferevent_disable(c->bev, EV_WRITE);     /* see conn_flush() */
     if (c->state == CONN_HANDLING) {
         struct http_req *r = c->req;
         if (r && r->drain_cb) {
@@ -1134,7 +1159,7 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
     bufferevent_set_timeouts(c->bev, &tv, &tv);
     /* A connection must bring its first request within client_timeout. */
     conn_deadline_start(c, s->lim.client_timeout_ms);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ);        /* EV_WRITE: see conn_flush() */
     return 0;
 }
 

@@ -478,15 +478,25 @@ static int send_request(struct h1_xfer *hx)
     c->x = hx;
     hx->conn = c;
     out = bufferevent_get_output(c->bev);
+    /* A pooled connection is written at once, EV_WRITE off, as http.c's
+     * conn_flush() does: no write event unless the socket is full. A new
+     * one is written by the bufferevent when the connect completes. */
+    if (hx->connected)
+        bufferevent_disable(c->bev, EV_WRITE);
     /* Both by reference: the transfer outlives what is queued, or the
      * connection is closed before the transfer is freed. */
     if (evbuffer_add_reference(out, hx->head, hx->head_len, NULL, NULL) < 0
         || (hx->body_len
             && evbuffer_add_reference(out, hx->body, hx->body_len, NULL, NULL) < 0)
-        || bufferevent_enable(c->bev, EV_READ | EV_WRITE) < 0) {
+        || bufferevent_enable(c->bev, hx->connected ? EV_READ : EV_READ | EV_WRITE) < 0) {
         hx->conn = NULL;
         conn_close(c);
         return -1;
+    }
+    if (hx->connected) {
+        evbuffer_write(out, bufferevent_getfd(c->bev));
+        if (evbuffer_get_length(out) > 0)
+            bufferevent_enable(c->bev, EV_WRITE);
     }
     arm_timer(hx);
     return 0;
