@@ -22,6 +22,7 @@
 #define INFERGATE_DOC_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <jansson.h>
 
 #define DOC_PATH_MAX   256     /* longest json.path kept; longer ones are cut */
@@ -55,9 +56,10 @@ struct doc {
     struct doc_error *errs;    /* owned */
     size_t nerrs;
 
-    struct doc_mark *marks;    /* position table, open addressing */
-    size_t nmarks;
-    size_t cap;
+    struct doc_mark *marks;    /* positions, dense (nmarks used of mcap) */
+    size_t nmarks, mcap;
+    uint64_t *slots;           /* index into marks: (tag << 32) | (i + 1), 0 = free */
+    size_t cap;                /* slots, a power of two */
 };
 
 /*
