@@ -8,6 +8,7 @@
  * exits at once), SIGUSR1 reopens the log files.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -180,6 +181,7 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    malloc_trim(0);                   /* the parse trees' pages, as after a reload */
     {
         /* Each client and upstream connection is a descriptor: use what
          * the hard limit allows (the connection cap follows it). */
