@@ -36,6 +36,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/listener.h>
 #include <event2/util.h>
 #include <jansson.h>
@@ -103,6 +104,7 @@ struct http_conn {
     int                 loopback;     /* came in on a loopback listener */
     char                peer[64];
     struct http_conn   *prev, *next;
+    struct event        flush_ev;     /* streamed output: one write per loop turn */
 };
 
 struct http_server {
@@ -296,9 +298,27 @@ static void conn_flush(struct http_conn *c)
 
     if (evbuffer_get_length(out) == 0)
         return;
+    /* A socket bufferevent keeps the front of its output frozen; its own
+     * write callback thaws it around the write, as this does. */
+    evbuffer_unfreeze(out, 1);
     evbuffer_write(out, bufferevent_getfd(c->bev));
+    evbuffer_freeze(out, 1);
     if (evbuffer_get_length(out) > 0)
         bufferevent_enable(c->bev, EV_WRITE);
+    else if (c->req && c->req->drain_cb)
+        /* Drained without the write callback: it is where a paused
+         * stream waits to be resumed. */
+        bufferevent_trigger(c->bev, EV_WRITE,
+                            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/* Streamed chunks are gathered until the loop turn's callbacks are done,
+ * then written with one writev. */
+static void conn_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_flush(arg);
 }
 
 /* The reply is complete: the connection drains its output, then reads the
@@ -318,8 +338,11 @@ static void req_finish(struct http_req *r)
     req_free(r);
     c->state = CONN_FLUSHING;
     conn_flush(c);
+    /* All sent: go on (next request, linger or close) from the loop, not
+     * from here, which may be deep inside conn_process(). */
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        conn_write_cb(c->bev, c);
+        bufferevent_trigger(c->bev, EV_WRITE,
+                            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 }
 
 void http_reply(struct http_req *r, int status, const char *ctype,
@@ -367,7 +390,7 @@ void http_stream_start(struct http_req *r, int status, const char *ctype)
         r->keepalive = 0;   /* HTTP/1.0: the end of the body is the close */
     if (r->conn) {
         write_head(r, status, ctype, -1);
-        conn_flush(r->conn);
+        event_active(&r->conn->flush_ev, EV_WRITE, 0);
     }
 }
 
@@ -387,7 +410,7 @@ size_t http_stream_write(struct http_req *r, const char *data, size_t len)
     } else {
         evbuffer_add(out, data, len);
     }
-    conn_flush(r->conn);
+    event_active(&r->conn->flush_ev, EV_WRITE, 0);
     return evbuffer_get_length(out);
 }
 
@@ -1051,6 +1074,7 @@ static void conn_free(struct http_conn *c)
     s->nconns--;
     if (c->deadline)
         event_free(c->deadline);
+    event_del(&c->flush_ev);
     bufferevent_free(c->bev);
     free(c);
 }
@@ -1121,6 +1145,7 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
         free(c);
         return -1;
     }
+    event_assign(&c->flush_ev, s->base, -1, 0, conn_flush_cb, c);
     c->deadline = evtimer_new(s->base, conn_deadline_cb, c);
     if (c->deadline == NULL) {
         bufferevent_free(c->bev);

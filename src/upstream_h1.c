@@ -494,7 +494,9 @@ static int send_request(struct h1_xfer *hx)
         return -1;
     }
     if (hx->connected) {
+        evbuffer_unfreeze(out, 1);              /* see http.c's conn_flush() */
         evbuffer_write(out, bufferevent_getfd(c->bev));
+        evbuffer_freeze(out, 1);
         if (evbuffer_get_length(out) > 0)
             bufferevent_enable(c->bev, EV_WRITE);
     }

@@ -134,14 +134,14 @@ def write_conf(d, hosts, keys=None, policies=""):
 class Gateway:
     """The real gateway binary, started on a free loopback port."""
 
-    def __init__(self, conf_dir, extra_args=()):
+    def __init__(self, conf_dir, extra_args=(), env=None):
         self.conf_dir = conf_dir
         self.port = free_port()
         self.log_path = os.path.join(conf_dir, "gateway.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [INFERGATE_BIN, "-c", conf_dir, "-l", "127.0.0.1:%d" % self.port, *extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=proc_env())
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(proc_env(), **(env or {})))
         wait_for(self._up, timeout=15, what="gateway to listen")
 
     def _up(self):
@@ -206,10 +206,10 @@ def gateway(tmp_path):
     """Factory: gateway(hosts, keys, policies) writes a conf dir and starts the gateway."""
     started = []
 
-    def make(hosts, keys=None, policies="", extra_args=()):
+    def make(hosts, keys=None, policies="", extra_args=(), env=None):
         d = str(tmp_path / ("conf%d" % len(started)))
         write_conf(d, hosts, keys, policies)
-        g = Gateway(d, extra_args)
+        g = Gateway(d, extra_args, env)
         started.append(g)
         return g
 
