@@ -399,3 +399,15 @@ def test_host_names_and_ip_hosts_both_proxy(mocks, gateway):
     assert seen == {"by-ip", "by-name"}
     for m in ms:
         assert m.stats()["keys"] == {"sk-both-paths-key-0001": 4}
+
+
+def test_mock_content_bytes_pads_answers(mocks, gateway):
+    # make bench sizes chat answers with the mock's --content-bytes (~1 KB
+    # answers); the gateway passes them through byte for byte.
+    ms = mocks(1, "--content-bytes", "700")
+    g = gateway(hosts_of(ms))
+    st, h, data = g.chat()
+    assert st == 200, data
+    content = json.loads(data)["choices"][0]["message"]["content"]
+    assert len(content) == 700 and content.startswith("Hello from m0")
+    assert 900 <= len(data) <= 1200, len(data)

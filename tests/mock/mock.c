@@ -44,6 +44,7 @@ static const char usage_text[] =
 "  --delay-ms N               wait N ms before the response headers\n"
 "  --chunks N                 SSE data chunks per stream (default 5)\n"
 "  --chunk-interval-ms N      pause between SSE chunks (default 0)\n"
+"  --content-bytes N          pad a chat answer's content to N bytes (default: no padding)\n"
 "  --close-after-chunks N     drop a stream's connection after N chunks (0 = off)\n"
 "  --hang                     never answer API calls\n"
 "  --garbage                  answer API calls 200 with a non-JSON body\n"
@@ -264,7 +265,7 @@ enum {
     OPT_DELAY, OPT_CHUNKS, OPT_INTERVAL, OPT_CLOSE_AFTER, OPT_HANG,
     OPT_GARBAGE, OPT_DROP, OPT_CONTAINERS, OPT_PENDING, OPT_FAIL_KEY,
     OPT_FAIL_NEXT, OPT_PROBE_STATUS, OPT_PROBE_DELAY, OPT_STRICT, OPT_QUIET,
-    OPT_VERBOSE
+    OPT_VERBOSE, OPT_CONTENT_BYTES
 };
 
 static const struct option long_opts[] = {
@@ -276,6 +277,7 @@ static const struct option long_opts[] = {
     { "delay-ms",           required_argument, NULL, OPT_DELAY },
     { "chunks",             required_argument, NULL, OPT_CHUNKS },
     { "chunk-interval-ms",  required_argument, NULL, OPT_INTERVAL },
+    { "content-bytes",      required_argument, NULL, OPT_CONTENT_BYTES },
     { "close-after-chunks", required_argument, NULL, OPT_CLOSE_AFTER },
     { "hang",               no_argument,       NULL, OPT_HANG },
     { "garbage",            no_argument,       NULL, OPT_GARBAGE },
@@ -312,6 +314,7 @@ static int parse_args(int argc, char **argv, const char **listen_spec)
         case OPT_DELAY:        rc = parse_int("delay-ms", o, 0, 3600000, &c->delay_ms); break;
         case OPT_CHUNKS:       rc = parse_int("chunks", o, 0, 1000000, &c->chunks); break;
         case OPT_INTERVAL:     rc = parse_int("chunk-interval-ms", o, 0, 3600000, &c->chunk_interval_ms); break;
+        case OPT_CONTENT_BYTES: rc = parse_int("content-bytes", o, 0, 1 << 20, &c->content_bytes); break;
         case OPT_CLOSE_AFTER:  rc = parse_int("close-after-chunks", o, 0, 1000000, &c->close_after_chunks); break;
         case OPT_PENDING:      rc = parse_int("pending", o, 0, INT_MAX, &c->pending); break;
         case OPT_FAIL_NEXT:    rc = parse_int("fail-next", o, 0, INT_MAX, &c->fail_next); break;

@@ -33,6 +33,7 @@ struct mock_conf {
     int delay_ms;            /* wait before the response headers */
     int chunks;              /* SSE data chunks per stream */
     int chunk_interval_ms;   /* pause between two SSE chunks */
+    int content_bytes;       /* 0 = "Hello from NAME"; N = padded to N bytes */
     int close_after_chunks;  /* 0 = off; K = drop a stream after K chunks */
     int hang;                /* never answer API calls */
     int garbage;             /* API calls get 200 with a non-JSON body */

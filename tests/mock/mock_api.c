@@ -277,12 +277,17 @@ static void answer_chat(struct op *op)
 {
     struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
 
+    int pad = mock.conf.content_bytes - (int)(sizeof("Hello from ") - 1 + strlen(mock.name));
+
     op->seq = ++mock.seq;
     evbuffer_add_printf(b, "{\"id\":\"chatcmpl-%s-%llu\",\"object\":\"chat.completion\","
                         "\"created\":%lld,\"model\":%s,\"choices\":[{\"index\":0,"
-                        "\"message\":{\"role\":\"assistant\",\"content\":\"Hello from %s\"},"
-                        "\"finish_reason\":\"stop\"}]",
+                        "\"message\":{\"role\":\"assistant\",\"content\":\"Hello from %s",
                         mock.name, op->seq, (long long)time(NULL), op->model_json, mock.name);
+    /* --content-bytes: a realistic answer size for benchmarks. */
+    for (int i = 0; i < pad; i++)
+        evbuffer_add(b, &" lorem ipsum"[i % 12], 1);
+    evbuffer_add_printf(b, "\"},\"finish_reason\":\"stop\"}]");
     add_usage(b, op->prompt_tokens, 3);
     op_finish(op, 200, "application/json");
 }
