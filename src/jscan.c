@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "jscan.h"
+#include "utf8.h"
 
 struct js {
     const unsigned char *buf, *p, *end;
@@ -386,31 +387,6 @@ enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member
     return v.type;
 }
 
-/* Appends code point cp as UTF-8. */
-static size_t put_utf8(char *o, uint32_t cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* q just after the opening quote of a valid string. Decoded text is never
  * longer than the escaped one. */
 static int decode_into(const unsigned char *q, const unsigned char *end, char *out,
@@ -439,7 +415,7 @@ static int decode_into(const unsigned char *q, const unsigned char *end, char *o
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                     q += 6;
                 }
-                k = put_utf8(tmp, cp);
+                k = utf8_put(tmp, cp);
                 break;
             default:  tmp[0] = (char)q[1]; q += 2; break;   /* " \ / */
             }

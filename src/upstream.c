@@ -329,10 +329,7 @@ static struct curl_xfer *curl_xfer_new(struct upstream *u,
 
     if (cx == NULL)
         return NULL;
-    cx->x.u = u;
-    cx->x.cbs = cbs;
-    cx->x.arg = arg;
-    cx->x.kind = UPSTREAM_KIND_CURL;
+    upstream_xfer_init(&cx->x, u, cbs, arg, UPSTREAM_KIND_CURL);
     cx->easy = easy;
     return cx;
 }

@@ -539,10 +539,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     *mine = 1;
     if ((hx = calloc(1, sizeof(*hx))) == NULL)
         return NULL;
-    hx->x.u = u;
-    hx->x.cbs = cbs;
-    hx->x.arg = arg;
-    hx->x.kind = UPSTREAM_KIND_H1;
+    upstream_xfer_init(&hx->x, u, cbs, arg, UPSTREAM_KIND_H1);
     hx->sa = sa;
     hx->salen = salen;
     hx->body = req->body;

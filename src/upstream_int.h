@@ -40,6 +40,17 @@ struct upstream_xfer {
     size_t                     nresp;
 };
 
+/* Fills the common part of a new transfer (the rest zeroed by calloc). */
+static inline void upstream_xfer_init(struct upstream_xfer *x, struct upstream *u,
+                                      const struct upstream_cbs *cbs, void *arg,
+                                      enum upstream_kind kind)
+{
+    x->u = u;
+    x->cbs = cbs;
+    x->arg = arg;
+    x->kind = (unsigned char)kind;
+}
+
 /* Appends one response header to x->rh; -1 when out of memory. */
 int upstream_rh_add(struct upstream_xfer *x, const char *name, size_t nlen,
                     const char *value, size_t vlen);
