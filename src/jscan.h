@@ -9,7 +9,9 @@
  * valid UTF-8, no \u0000, no lone surrogates, integers within int64, reals
  * within double, depth <= JSCAN_MAX_DEPTH, nothing after the value) and
  * hands each top-level member's raw span to a callback. A tree is built
- * only when a body must be rewritten (proxy.c).
+ * only when a body must be rewritten (proxy.c). One difference, on the
+ * strict side: jansson skips a NUL byte right after a number or a literal
+ * ({"a":1\0} parses there); jscan rejects it, as RFC 8259 does.
  */
 #ifndef INFERGATE_JSCAN_H
 #define INFERGATE_JSCAN_H

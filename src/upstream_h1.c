@@ -314,7 +314,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
 
     if (has_crlf(req->method) || has_crlf(path) || strchr(path, ' '))
         return NULL;
-    len = mlen + 1 + (plen ? plen : 1) + 11;            /* " HTTP/1.1\r\n" */
+    len = mlen + 1 + 1 + plen + 11;                     /* " /" " HTTP/1.1\r\n" */
     for (i = 0; i < req->nheaders; i++) {
         const struct upstream_header *hd = &req->headers[i];
         if (has_crlf(hd->name) || has_crlf(hd->value))
@@ -335,10 +335,9 @@ static char *build_head(const struct upstream_req *req, const char *auth,
 #define PUT(s, n) do { memcpy(w, (s), (n)); w += (n); } while (0)
     PUT(req->method, mlen);
     PUT(" ", 1);
-    if (plen)
-        PUT(path, plen);
-    else
-        PUT("/", 1);
+    if (*path != '/')
+        PUT("/", 1);                    /* "" or "?query": origin form */
+    PUT(path, plen);
     PUT(" HTTP/1.1\r\n", 11);
     if (!has_host) {
         PUT("Host: ", 6);

@@ -3,7 +3,8 @@
  * the HTTP/1.1 parser of src/http.c (request line, headers, Content-Length
  * and chunked bodies, limits, pipelining, replies and streams) and the
  * checks the gateway makes on a request before proxying it (route table,
- * Bearer token, the JSON body as proxy_handle() reads it).
+ * Bearer token, the JSON body as proxy_handle() reads it, with jscan.c's
+ * verdict checked against jansson's).
  *
  * Each input is one connection: the bytes go into one end of a socketpair
  * whose other end is served by http_server_adopt(), in pieces (so lines
@@ -28,6 +29,7 @@
 #include <jansson.h>
 
 #include "http.h"
+#include "jscan.h"
 
 #define MAX_INPUT      (1024 * 1024)
 #define SPLIT_PREFIX   512     /* bytes sent in small pieces, the rest at once */
@@ -63,17 +65,26 @@ static void body_checks(struct http_req *req, const char *path)
     json_t *doc, *v;
     char *out;
 
+    /* As proxy_handle(): jscan.c validates, a tree is built for the
+     * rewrite below (fuzz_jscan.c compares jscan with jansson). */
+    {
+        struct jscan_error serr;
+        enum jscan_type t = jscan_top(body, len, NULL, NULL, &serr);
+        if (t == JSCAN_INVALID) {
+            http_reply_error(req, 400, "invalid_request_error", "invalid_json",
+                             "invalid JSON body: %s (line %d, column %d)",
+                             serr.text, serr.line, serr.column);
+            return;
+        }
+        if (t != JSCAN_OBJECT) {
+            http_reply_error(req, 400, "invalid_request_error", "invalid_json",
+                             "the request body must be a JSON object");
+            return;
+        }
+    }
     doc = json_loadb(body, len, 0, &jerr);
     if (doc == NULL) {
-        http_reply_error(req, 400, "invalid_request_error", "invalid_json",
-                         "invalid JSON body: %s (line %d, column %d)",
-                         jerr.text, jerr.line, jerr.column);
-        return;
-    }
-    if (!json_is_object(doc)) {
-        json_decref(doc);
-        http_reply_error(req, 400, "invalid_request_error", "invalid_json",
-                         "the request body must be a JSON object");
+        http_reply_error(req, 400, "invalid_request_error", "invalid_json", "%s", jerr.text);
         return;
     }
     v = json_object_get(doc, "model");

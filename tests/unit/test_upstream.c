@@ -478,6 +478,26 @@ static void test_refused_and_timeout(void **state)
     fix_free(f);
 }
 
+/* A URL with no path, or only a query, still sends an origin-form target. */
+static void test_target_without_path(void **state)
+{
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    char url[128];
+
+    (void)state;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", f->srv.port);
+    got_start(&f->g, url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_non_null(strstr(f->srv.last, "POST / HTTP/1.1\r\n"));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d?a=b", f->srv.port);
+    got_start(&f->g, url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_non_null(strstr(f->srv.last, "POST /?a=b HTTP/1.1\r\n"));
+    fix_free(f);
+}
+
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct got *g = arg;
@@ -556,6 +576,7 @@ int main(void)
         cmocka_unit_test(test_garbage_and_truncation),
         cmocka_unit_test(test_dead_pooled_connection_resent),
         cmocka_unit_test(test_refused_and_timeout),
+        cmocka_unit_test(test_target_without_path),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_cancel_inside_callback),
         cmocka_unit_test(test_names_go_through_curl),
