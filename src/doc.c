@@ -401,25 +401,6 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
     return n;
 }
 
-static int hex4(const char *p, const char *end, unsigned *out)
-{
-    unsigned v = 0;
-    int i;
-
-    if (end - p < 4)
-        return -1;
-    for (i = 0; i < 4; i++) {
-        char c = p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-        else return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /*
  * Parses a string at the cursor (on its opening quote). Returns a malloc'd,
  * NUL-terminated UTF-8 buffer, or NULL after recording an error.
@@ -457,7 +438,7 @@ static char *jp_string(struct jp *j, const char *path)
         }
         if (c == '\\') {
             struct doc_pos epos = jp_pos(j);
-            unsigned cp, lo;
+            uint32_t cp, lo;
 
             jp_adv(j);
             c = jp_peek(j);
@@ -471,7 +452,7 @@ static char *jp_string(struct jp *j, const char *path)
             case 'r': out[n++] = '\r'; break;
             case 't': out[n++] = '\t'; break;
             case 'u':
-                if (hex4(j->p + 1, j->end, &cp) < 0) {
+                if (utf8_hex4(j->p + 1, j->end, &cp) < 0) {
                     doc_err(j->d, epos, path, "invalid \\u escape (expected 4 hex digits)");
                     goto fail;
                 }
@@ -481,7 +462,7 @@ static char *jp_string(struct jp *j, const char *path)
                 }
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
                     if (j->end - j->p < 11 || j->p[5] != '\\' || j->p[6] != 'u' ||
-                        hex4(j->p + 7, j->end, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF) {
+                        utf8_hex4(j->p + 7, j->end, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF) {
                         doc_err(j->d, epos, path, "invalid \\u escape (lone high surrogate)");
                         goto fail;
                     }

@@ -74,29 +74,6 @@ static int utf8_len(const unsigned char *p, const unsigned char *end)
     return n;
 }
 
-static int hex4(const unsigned char *p, const unsigned char *end, uint32_t *out)
-{
-    uint32_t v = 0;
-    int i;
-
-    if (end - p < 4)
-        return -1;
-    for (i = 0; i < 4; i++) {
-        unsigned c = p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= c - '0';
-        else if (c >= 'a' && c <= 'f')
-            v |= c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            v |= c - 'A' + 10;
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* s->p at the opening quote; leaves it after the closing one. */
 static int scan_string(struct js *s, int *escaped)
 {
@@ -120,7 +97,7 @@ static int scan_string(struct js *s, int *escaped)
                 p += 2;
                 continue;
             case 'u':
-                if (hex4(p + 2, end, &cp) < 0)
+                if (utf8_hex4((const char *)p + 2, (const char *)end, &cp) < 0)
                     return fail(s, p, "invalid escape");
                 if (cp == 0)
                     return fail(s, p, "\\u0000 is not allowed");
@@ -128,7 +105,8 @@ static int scan_string(struct js *s, int *escaped)
                     return fail(s, p, "invalid Unicode: a lone low surrogate");
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
                     if (end - p < 12 || p[6] != '\\' || p[7] != 'u'
-                        || hex4(p + 8, end, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF)
+                        || utf8_hex4((const char *)p + 8, (const char *)end, &lo) < 0
+                        || lo < 0xDC00 || lo > 0xDFFF)
                         return fail(s, p, "invalid Unicode: a lone high surrogate");
                     p += 12;
                 } else {
@@ -400,7 +378,7 @@ static int decode_into(const unsigned char *q, const unsigned char *end, char *o
         if (*q != '\\') {
             tmp[0] = (char)*q++;
         } else {
-            uint32_t cp = 0, lo;
+            uint32_t cp = 0, lo = 0xDC00;
             switch (q[1]) {
             case 'b': tmp[0] = '\b'; q += 2; break;
             case 'f': tmp[0] = '\f'; q += 2; break;
@@ -408,10 +386,10 @@ static int decode_into(const unsigned char *q, const unsigned char *end, char *o
             case 'r': tmp[0] = '\r'; q += 2; break;
             case 't': tmp[0] = '\t'; q += 2; break;
             case 'u':
-                hex4(q + 2, end, &cp);
+                utf8_hex4((const char *)q + 2, (const char *)end, &cp);
                 q += 6;
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
-                    hex4(q + 2, end, &lo);
+                    utf8_hex4((const char *)q + 2, (const char *)end, &lo);
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                     q += 6;
                 }
