@@ -565,6 +565,38 @@ static void test_names_go_through_curl(void **state)
     fix_free(f);
 }
 
+/* With http_proxy set, plain http:// goes through curl and so through the
+ * proxy: the request reaches the proxy in absolute form. */
+static void test_proxy_from_environment(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct srv proxy;
+    struct upstream *up;
+    struct got g;
+    char purl[64];
+
+    (void)state;
+    srv_start(&proxy, base, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", proxy.port);
+    setenv("http_proxy", purl, 1);
+    up = upstream_new(base);
+    memset(&g, 0, sizeof(g));
+    g.base = base;
+    g.up = up;
+    got_start(&g, "http://127.0.0.2:9/v1/chat/completions");   /* never dialled */
+    run(&g);
+    unsetenv("http_proxy");         /* curl reads it for each transfer */
+    assert_int_equal(g.res, UPSTREAM_OK);
+    assert_string_equal(g.body, "ok");
+    assert_non_null(strstr(proxy.last, "POST http://127.0.0.2:9/v1/chat/completions HTTP/1.1\r\n"));
+    upstream_free(up);
+    for (size_t i = 0; i < sizeof(proxy.conns) / sizeof(proxy.conns[0]); i++)
+        if (proxy.conns[i])
+            bufferevent_free(proxy.conns[i]);
+    evconnlistener_free(proxy.lis);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -580,6 +612,7 @@ int main(void)
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_cancel_inside_callback),
         cmocka_unit_test(test_names_go_through_curl),
+        cmocka_unit_test(test_proxy_from_environment),
     };
 
     signal(SIGPIPE, SIG_IGN);
