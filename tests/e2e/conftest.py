@@ -64,6 +64,26 @@ def http_request(port, method, path, body=None, headers=None, timeout=30):
         conn.close()
 
 
+def hosts_of(ms, **extra):
+    """hosts.json entries for mocks; extra: {mock name: {field: value}}."""
+    out = []
+    for m in ms:
+        h = {"name": m.name, "url": m.url}
+        h.update(extra.get(m.name, {}))
+        out.append(h)
+    return out
+
+
+def assert_openai_error(status, body, want_status=None):
+    """An OpenAI-shaped error body (and status); returns its "error"."""
+    if want_status is not None:
+        assert status == want_status, (status, body[:300])
+    err = json.loads(body)["error"]
+    assert isinstance(err["message"], str) and err["message"], body
+    assert isinstance(err["type"], str) and err["type"], body
+    return err
+
+
 def proc_env():
     env = dict(os.environ)
     env.update(SAN_ENV)

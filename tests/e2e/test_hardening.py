@@ -30,26 +30,13 @@ import time
 
 import pytest
 
-from conftest import (INFERGATE_BIN, ROOT, SANITIZED, Gateway, free_port, proc_env,
-                      wait_for, write_conf)
+from conftest import (INFERGATE_BIN, ROOT, SANITIZED, Gateway, assert_openai_error, free_port,
+                      hosts_of, proc_env, wait_for, write_conf)
 
 MALFORMED = os.path.join(ROOT, "tests", "malformed")
 FUZZ = os.path.join(ROOT, "tests", "fuzz")
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_BYTES = json.dumps(CHAT).encode()
-
-
-def hosts_of(ms):
-    return [{"name": m.name, "url": m.url} for m in ms]
-
-
-def assert_openai_error(status, body, want_status=None):
-    if want_status is not None:
-        assert status == want_status, (status, body[:300])
-    err = json.loads(body)["error"]
-    assert isinstance(err["message"], str) and err["message"], body
-    assert isinstance(err["type"], str) and err["type"], body
-    return err
 
 
 def raw_exchange(port, data, timeout=10, pieces=None):

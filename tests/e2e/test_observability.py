@@ -18,21 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import INFERGATE_BIN, free_port, http_request, proc_env, wait_for, write_conf
+from conftest import INFERGATE_BIN, free_port, hosts_of, proc_env, wait_for, write_conf
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
 PROMTOOL = shutil.which("promtool")
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$')
-
-
-def hosts_of(ms, **extra):
-    out = []
-    for m in ms:
-        h = {"name": m.name, "url": m.url}
-        h.update(extra.get(m.name, {}))
-        out.append(h)
-    return out
 
 
 def get_json(g, path, headers=None, want=200):

@@ -1,23 +1,13 @@
 """Core gateway: balancing, key rotation, streaming, failover, errors."""
 import http.client
 import json
-import os
 import signal
 import socket
 import time
 
-from conftest import SANITIZED, SAN_ENV, http_request, wait_for
+from conftest import SANITIZED, SAN_ENV, assert_openai_error, hosts_of, wait_for  # noqa: F401
 
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def hosts_of(ms, **extra):
-    out = []
-    for m in ms:
-        h = {"name": m.name, "url": m.url}
-        h.update(extra.get(m.name, {}))
-        out.append(h)
-    return out
 
 
 def keys_n(n, active=True):
@@ -27,14 +17,6 @@ def keys_n(n, active=True):
 
 def sse_events(body):
     return [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
-
-
-def assert_openai_error(status, body, want_status):
-    assert status == want_status, (status, body)
-    err = json.loads(body)["error"]
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    return err
 
 
 def test_chat_round_robin_and_headers(mocks, gateway):
