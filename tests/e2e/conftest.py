@@ -64,6 +64,20 @@ def http_request(port, method, path, body=None, headers=None, timeout=30):
         conn.close()
 
 
+def terminate(proc, timeout):
+    """SIGTERM, then SIGKILL after `timeout` s. True when SIGTERM was enough."""
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
 def hosts_of(ms, **extra):
     """hosts.json entries for mocks; extra: {mock name: {field: value}}."""
     out = []
@@ -123,13 +137,7 @@ class Mock:
         return json.loads(data)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         err = self.proc.stderr.read()
         self.proc.stdout.close()
         self.proc.stderr.close()
@@ -190,14 +198,8 @@ class Gateway:
         self.proc.send_signal(sig)
 
     def stop(self, expect_rc=0):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("gateway did not stop on SIGTERM")
+        if not terminate(self.proc, 30):
+            raise AssertionError("gateway did not stop on SIGTERM")
         out = self.output()
         self.log.close()
         assert "Sanitizer" not in out and "runtime error" not in out, out[-4000:]

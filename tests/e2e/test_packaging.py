@@ -26,7 +26,7 @@ import time
 import pytest
 import yaml
 
-from conftest import (INFERGATE_BIN, ROOT, SANITIZED, Mock, free_port, http_request,
+from conftest import (INFERGATE_BIN, ROOT, SANITIZED, Mock, free_port, http_request, terminate,
                       proc_env, wait_for)
 
 PKG = os.path.join(ROOT, "packaging")
@@ -306,13 +306,7 @@ class Replica:
         return json.loads(body)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
         out = self.output()
         self.log.close()
         return self.proc.returncode, out
