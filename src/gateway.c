@@ -537,7 +537,7 @@ int gateway_init(struct gateway *gw, struct event_base *base,
 }
 
 /* A reload in flight: the thread parses, the loop installs. */
-#define RELOAD_MAX_WAITERS 16
+#define RELOAD_MAX_WAITERS GW_RELOAD_WAITERS
 
 struct reload_job {
     struct gateway    *gw;
@@ -734,6 +734,14 @@ static void reload_done(evutil_socket_t fd, short what, void *arg)
         gw->reload_again = 0;
         reload_start(gw);
     }
+    for (i = 0; i < gw->nreload_next; i++) {
+        if (gw->reload)
+            gw->reload->waiters[gw->reload->nwaiters++] = gw->reload_next[i];
+        else
+            http_reply_error(gw->reload_next[i], 500, "server_error", "reload_failed",
+                             "the reload could not be started");
+    }
+    gw->nreload_next = 0;
 }
 
 static void reload_start(struct gateway *gw)
@@ -757,10 +765,12 @@ static void reload_start(struct gateway *gw)
 
 void gateway_reload(struct gateway *gw, struct http_req *req)
 {
-    if (gw->reload == NULL)
+    int running = gw->reload != NULL;
+
+    if (!running)
         reload_start(gw);
-    else if (req == NULL)
-        gw->reload_again = 1;      /* files may have changed again since */
+    else
+        gw->reload_again = 1;      /* the files may have changed since it read them */
     if (req == NULL)
         return;
     if (gw->reload == NULL) {
@@ -768,9 +778,13 @@ void gateway_reload(struct gateway *gw, struct http_req *req)
                          "the reload could not be started");
         return;
     }
-    if (gw->reload->nwaiters == RELOAD_MAX_WAITERS) {
-        http_reply_error(req, 409, "conflict", "reload_in_progress",
-                         "a reload is already in progress");
+    if (running) {                 /* answered by the reload that follows */
+        if (gw->nreload_next == GW_RELOAD_WAITERS) {
+            http_reply_error(req, 409, "conflict", "reload_in_progress",
+                             "a reload is already in progress");
+            return;
+        }
+        gw->reload_next[gw->nreload_next++] = req;
         return;
     }
     gw->reload->waiters[gw->reload->nwaiters++] = req;
@@ -797,6 +811,10 @@ void gateway_free(struct gateway *gw)
         for (i = 0; i < job->nwaiters; i++)
             http_reply_error(job->waiters[i], 503, "service_unavailable",
                              "shutting_down", "the gateway is shutting down");
+        for (i = 0; i < gw->nreload_next; i++)
+            http_reply_error(gw->reload_next[i], 503, "service_unavailable",
+                             "shutting_down", "the gateway is shutting down");
+        gw->nreload_next = 0;
         reload_job_free(job);
         gw->reload = NULL;
     }

@@ -46,6 +46,8 @@ struct snapshot {
 
 #define GW_MAX_RELOAD_ERRORS 64
 
+#define GW_RELOAD_WAITERS 16     /* POST /admin/reload waiting per reload */
+
 struct gateway {
     struct event_base  *base;
     struct http_server *http;
@@ -73,6 +75,10 @@ struct gateway {
     struct cfg_errors   reload_errs;
     struct reload_job  *reload;      /* the reload running, NULL when none */
     int                 reload_again;
+    /* POST /admin/reload asked while one runs: answered by the next one,
+     * which reads the files as they are after the request came. */
+    struct http_req    *reload_next[GW_RELOAD_WAITERS];
+    size_t              nreload_next;
     /* counters */
     uint64_t            requests_total;
     uint64_t            retries_total;

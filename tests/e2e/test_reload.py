@@ -76,6 +76,27 @@ def test_invalid_reload_keeps_old_config_and_reports(mocks, gateway):
     assert st == 401
 
 
+def test_admin_reload_reads_the_files_as_they_are_after_the_request(mocks, gateway):
+    # A POST /admin/reload that arrives while a reload runs (here: a SIGHUP
+    # parsing 20,000 keys) is answered by a reload that reads the files
+    # after the request, not by the one that read them before it.
+    ms = mocks(1)
+    keys = [{"key": "sk-many-%06d-abcdefghijkl" % i} for i in range(20000)]
+    g = gateway(hosts_of(ms), keys, policies="admin:\n  token: t0ken\n")
+    adm = {"Authorization": "Bearer t0ken"}
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: reloading" in g.output(), what="the SIGHUP reload to start")
+    with open(os.path.join(g.conf_dir, "api-keys.json"), "w") as f:
+        f.write('{"apiKeys": [{"key": "sk-bad-key-000000001", "isActive": "yes"}]}')
+    st, _, body = g.request("POST", "/admin/reload", headers=adm, timeout=120)
+    assert st == 422, body
+    assert any("isActive" in e for e in json.loads(body)["errors"])
+    ends = lambda: (g.output().count("reloaded: generation")
+                    + g.output().count("reload failed with"))
+    wait_for(lambda: ends() == 2, what="both reloads to end")
+    assert status_doc(g)["last_reload"]["ok"] is False
+
+
 def test_stream_survives_reload_that_removes_its_host(mocks, gateway):
     ms = mocks(2, "--chunks", "8", "--chunk-interval-ms", "150")
     hosts = hosts_of(ms, m0={"priority": 0}, m1={"priority": 1})
