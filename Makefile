@@ -2,7 +2,8 @@
 #
 #   make            ./infergate and the mock upstream (release, -O2 -g)
 #   make asan       the same under ASan+UBSan, in build/asan/
-#   make test       Debian deps, both builds, unit + e2e tests on both
+#   make test       Debian deps, the builds, unit + e2e tests (release, ASan+UBSan,
+#                   and TSan with two worker threads)
 #   make demo       Debian deps, build, mocks + gateway from conf/, a few requests
 #   make bench      wrk: direct vs nginx vs infergate on the same mocks
 
@@ -15,6 +16,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 
 REL_FLAGS  := -O2 -g
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
 
 SRC      := $(wildcard src/*.c)
 LIBSRC   := $(filter-out src/main.c,$(SRC))
@@ -23,12 +25,13 @@ UNITSRC  := $(wildcard tests/unit/test_*.c)
 
 REL_OBJ  := $(LIBSRC:src/%.c=build/release/%.o)
 ASAN_OBJ := $(LIBSRC:src/%.c=build/asan/%.o)
+TSAN_OBJ := $(LIBSRC:src/%.c=build/tsan/%.o)
 REL_UNIT := $(UNITSRC:tests/unit/%.c=build/release/unit/%)
 ASAN_UNIT:= $(UNITSRC:tests/unit/%.c=build/asan/unit/%)
 
 PYTEST   := /usr/bin/python3 -m pytest
 
-.PHONY: all asan deps test unit e2e demo bench bench-balance clean
+.PHONY: all asan tsan deps test unit e2e demo bench bench-balance clean
 all: infergate build/release/infergate-mock
 
 build/release/%.o: src/%.c $(wildcard src/*.h)
@@ -39,11 +42,18 @@ build/asan/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) -c $< -o $@
 
+build/tsan/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(TSAN_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+
 infergate: build/release/main.o $(REL_OBJ)
 	$(CC) $(REL_FLAGS) $^ -o $@ $(PKG_LIBS)
 
 build/asan/infergate: build/asan/main.o $(ASAN_OBJ)
 	$(CC) $(ASAN_FLAGS) $^ -o $@ $(PKG_LIBS)
+
+build/tsan/infergate: build/tsan/main.o $(TSAN_OBJ)
+	$(CC) $(TSAN_FLAGS) $^ -o $@ $(PKG_LIBS)
 
 build/release/infergate-mock: $(MOCKSRC) $(wildcard tests/mock/*.h)
 	@mkdir -p $(@D)
@@ -63,11 +73,15 @@ build/asan/unit/%: tests/unit/%.c $(ASAN_OBJ) $(wildcard src/*.h)
 
 asan: build/asan/infergate build/asan/infergate-mock
 
+# ThreadSanitizer build of the gateway (worker threads); make test runs
+# the multi-worker e2e tests on it.
+tsan: build/tsan/infergate
+
 deps:
 	@./scripts/deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all asan $(REL_UNIT) $(ASAN_UNIT)
+	@$(MAKE) --no-print-directory all asan tsan $(REL_UNIT) $(ASAN_UNIT)
 	@PYTEST="$(PYTEST)" ./scripts/run-tests.sh
 
 demo: deps

@@ -1,6 +1,8 @@
 #!/bin/sh
 # make test: every unit test and every e2e test, once on the release build
-# and once on the ASan+UBSan build. Ends with "N passed, N failed".
+# and once on the ASan+UBSan build, then the e2e tests once more on the
+# ThreadSanitizer build with two worker threads (server.workers: 2).
+# Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
 PYTEST=${PYTEST:-/usr/bin/python3 -m pytest}
@@ -31,15 +33,19 @@ for variant in release asan; do
     done
 done
 
-for variant in release asan; do
+export TSAN_OPTIONS=halt_on_error=0:second_deadlock_stack=1
+
+for variant in release asan tsan; do
     echo "== e2e ($variant)"
-    if [ $variant = release ]; then
-        bin=infergate; mock=build/release/infergate-mock; san=0
-    else
-        bin=build/asan/infergate; mock=build/asan/infergate-mock; san=1
-    fi
+    workers=
+    case $variant in
+    release) bin=infergate; mock=build/release/infergate-mock; san=0 ;;
+    asan)    bin=build/asan/infergate; mock=build/asan/infergate-mock; san=1 ;;
+    tsan)    bin=build/tsan/infergate; mock=build/release/infergate-mock; san=1
+             workers=2 ;;
+    esac
     log=build/e2e-$variant.log
-    INFERGATE_BIN=$bin MOCK_BIN=$mock INFERGATE_SANITIZED=$san \
+    INFERGATE_BIN=$bin MOCK_BIN=$mock INFERGATE_SANITIZED=$san INFERGATE_TEST_WORKERS=$workers \
         $PYTEST -q -p no:cacheprovider tests/e2e ${PYTEST_ARGS:-} >"$log" 2>&1
     rc=$?
     tail -n 25 "$log"

@@ -22,6 +22,7 @@
 #include "proxy.h"
 #include "session.h"
 #include "upstream.h"
+#include "worker.h"
 
 static void reply_json(struct http_req *req, int status, json_t *o)
 {
@@ -234,6 +235,41 @@ static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)
     return o;
 }
 
+/* Client connections over all workers. */
+static json_t *connections_json(const struct gateway *gw)
+{
+    json_int_t open = 0, max = 0, refused = 0;
+    int i;
+
+    for (i = 0; i < gw->nworkers; i++) {
+        const struct http_server *h = gw->workers[i].http;
+        if (h == NULL)
+            continue;
+        open += (json_int_t)http_server_connections(h);
+        max += (json_int_t)http_server_max_connections(h);
+        refused += (json_int_t)http_server_refused(h);
+    }
+    return json_pack("{s:I, s:I, s:I}", "open", open, "max", max, "refused", refused);
+}
+
+/* One entry per worker (server.workers): what each has served. */
+static json_t *workers_json(const struct gateway *gw)
+{
+    json_t *a = json_array();
+    int i;
+
+    for (i = 0; a && i < gw->nworkers; i++) {
+        const struct worker *w = &gw->workers[i];
+        if (w->http == NULL)
+            continue;
+        json_array_append_new(a, json_pack("{s:i, s:I, s:I, s:b}", "id", w->id,
+            "requests", (json_int_t)__atomic_load_n(&w->served, __ATOMIC_RELAXED),
+            "connections", (json_int_t)http_server_connections(w->http),
+            "thread", w->threaded));
+    }
+    return a;
+}
+
 void admin_status(struct gateway *gw, struct http_req *req)
 {
     const struct snapshot *s = gw->snap;
@@ -280,10 +316,8 @@ void admin_status(struct gateway *gw, struct http_req *req)
         json_object_set_new(o, "instances", inst);
         json_object_set_new(o, "sessions", sess);
         json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
-        json_object_set_new(o, "connections", json_pack("{s:I, s:I, s:I}",
-            "open", (json_int_t)http_server_connections(gw->http),
-            "max", (json_int_t)http_server_max_connections(gw->http),
-            "refused", (json_int_t)http_server_refused(gw->http)));
+        json_object_set_new(o, "connections", connections_json(gw));
+        json_object_set_new(o, "workers", workers_json(gw));
     }
     reply_json(req, 200, o);
 }

@@ -21,11 +21,13 @@
 #include "health.h"
 #include "infernet.h"
 #include "http.h"
+#include "lock.h"
 #include "log.h"
 #include "notify.h"
 #include "proxy.h"
 #include "session.h"
 #include "upstream.h"
+#include "worker.h"
 
 #define AUTH_NONE   0
 #define AUTH_CLIENT 1   /* admin.client_keys, when set */
@@ -348,13 +350,19 @@ static void note_rejected(struct http_req *req, const char *path, int status)
     log_access(&a);
 }
 
+/* Runs on the worker that read the request. Everything but the proxied
+ * routes is answered under the state lock (status pages read all of it);
+ * proxy.c takes the lock only around the shared state it touches. */
 static void gateway_handle(struct http_req *req, void *arg)
 {
-    struct gateway *gw = arg;
+    struct worker *w = arg;
+    struct gateway *gw = w->gw;
     const char *path = http_req_path(req), *method = http_req_method(req);
     int path_known = 0, status;
     size_t i;
 
+    __atomic_add_fetch(&w->served, 1, __ATOMIC_RELAXED);
+    lock_take();
     gw->requests_total++;
     for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         if (strcmp(routes[i].path, path) != 0)
@@ -366,20 +374,29 @@ static void gateway_handle(struct http_req *req, void *arg)
         if ((status = authorized(gw, req, routes[i].auth)) != 0) {
             note_rejected(req, path, status);
             deny(req, routes[i].auth, status);
+            lock_drop();
+            return;
+        }
+        if (routes[i].fn == proxy_handle) {
+            lock_drop();
+            proxy_handle(gw, req);
             return;
         }
         routes[i].fn(gw, req);
+        lock_drop();
         return;
     }
     if (path_known) {
         note_rejected(req, path, 405);
         http_reply_error(req, 405, "invalid_request_error", "method_not_allowed",
                          "method %.32s not allowed on %.200s", method, path);
+        lock_drop();
         return;
     }
     note_rejected(req, path, 404);
     http_reply_error(req, 404, "invalid_request_error", "not_found",
                      "unknown path %.200s", path);
+    lock_drop();
 }
 
 /* --- lifecycle ------------------------------------------------------- */
@@ -456,22 +473,215 @@ static void gateway_health_changed(void *arg, size_t host, unsigned what)
         evtimer_add(gw->rebalance, &tv);
 }
 
+/* --- workers --------------------------------------------------------- */
+
+/* Whether w's objects must be reached through its mailbox. */
+static int remote(const struct worker *w)
+{
+    return w->running && w != worker_self();
+}
+
+struct limits_msg {
+    struct worker     *w;
+    struct http_limits lim;
+};
+
+static void limits_run(void *arg)
+{
+    struct limits_msg *m = arg;
+
+    http_server_set_limits(m->w->http, &m->lim);
+    free(m);
+}
+
 static void apply_limits(struct gateway *gw)
 {
     const struct config *c = gw->snap->cfg;
     struct http_limits lim;
+    int i;
 
     lim.max_header_bytes = c->server.max_header_bytes;
     lim.max_body_bytes = c->server.max_body_bytes;
     lim.client_timeout_ms = c->server.client_timeout_ms;
-    http_server_set_limits(gw->http, &lim);
+    for (i = 0; i < gw->nworkers; i++) {
+        struct worker *w = &gw->workers[i];
+        struct limits_msg *m;
+
+        if (w->http == NULL)
+            continue;
+        if (!remote(w)) {
+            http_server_set_limits(w->http, &lim);
+            continue;
+        }
+        if ((m = malloc(sizeof(*m))) != NULL) {
+            m->w = w;
+            m->lim = lim;
+        }
+        if (m == NULL || worker_post(w, limits_run, m) < 0) {
+            free(m);
+            log_error("out of memory: worker %d keeps its old client limits", w->id);
+        }
+    }
+}
+
+/* An answer to a request that may belong to another worker's thread. */
+struct answer_msg {
+    struct http_req *req;
+    int              status;
+    char            *body;          /* JSON, owned; NULL: an error */
+    const char      *type, *code;
+    char             msg[128];
+};
+
+static void answer_run(void *arg)
+{
+    struct answer_msg *a = arg;
+
+    if (a->body)
+        http_reply(a->req, a->status, "application/json", a->body, strlen(a->body));
+    else
+        http_reply_error(a->req, a->status, a->type, a->code, "%s", a->msg);
+    free(a->body);
+    free(a);
+}
+
+/* Takes body. type, code and msg make an OpenAI error when body is NULL. */
+static void answer(const struct gw_waiter *wt, int status, char *body,
+                   const char *type, const char *code, const char *msg)
+{
+    struct answer_msg *a = calloc(1, sizeof(*a));
+
+    if (a == NULL) {
+        free(body);
+        if (wt->w && remote(wt->w)) {
+            log_error("out of memory: a reload request goes unanswered");
+            return;
+        }
+        http_reply_error(wt->req, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    a->req = wt->req;
+    a->status = status;
+    a->body = body;
+    a->type = type;
+    a->code = code;
+    snprintf(a->msg, sizeof(a->msg), "%s", msg ? msg : "");
+    if (wt->w && remote(wt->w)) {
+        if (worker_post(wt->w, answer_run, a) == 0)
+            return;
+        free(a->body);
+        free(a);
+        log_error("out of memory: a reload request goes unanswered");
+        return;
+    }
+    answer_run(a);
+}
+
+static void drain_run(void *arg)
+{
+    struct worker *w = arg;
+
+    http_server_stop(w->http);
+}
+
+static void abort_run(void *arg)
+{
+    proxy_abort_all(arg);
+}
+
+/* Runs fn(w) for every worker, on its own thread. */
+static void each_worker(struct gateway *gw, worker_fn fn, const char *what)
+{
+    int i;
+
+    for (i = 0; i < gw->nworkers; i++) {
+        struct worker *w = &gw->workers[i];
+
+        if (w->http == NULL)
+            continue;
+        if (!remote(w))
+            fn(w);
+        else if (worker_post(w, fn, w) < 0)
+            log_error("out of memory: worker %d could not be told to %s", w->id, what);
+    }
+}
+
+/* server.workers: 1 serves on the main loop as worker 0; more start a
+ * loop, listener (SO_REUSEPORT) and upstream per worker thread. */
+static int workers_init(struct gateway *gw, const struct config *cfg,
+                        const char *listen)
+{
+    int n = cfg->server.workers > 1 ? cfg->server.workers : 1, i;
+    char err[256];
+
+    gw->workers = calloc((size_t)n, sizeof(*gw->workers));
+    if (gw->workers == NULL)
+        return -1;
+    gw->nworkers = n;
+    gw->threaded = n > 1;
+    if (gw->threaded)
+        lock_enable();                  /* before any worker thread runs */
+    for (i = 0; i < n; i++) {
+        struct worker *w = &gw->workers[i];
+
+        if (worker_init(w, gw, i, gw->threaded ? NULL : gw->base) < 0) {
+            log_error("cannot set up worker %d's event loop", i);
+            return -1;
+        }
+        w->up = gw->threaded ? upstream_new(w->base) : gw->up;
+        w->http = http_server_new(w->base, gateway_handle, w);
+        if (w->up == NULL || w->http == NULL) {
+            log_error("cannot set up worker %d", i);
+            return -1;
+        }
+        if (gw->threaded) {
+            http_server_set_reuseport(w->http, 1);
+            http_server_set_max_connections(w->http,
+                                            http_server_max_connections(w->http) / (size_t)n);
+        }
+        if ((i == 0 ? http_server_listen(w->http, listen, err, sizeof(err))
+                    : http_server_listen_like(w->http, gw->workers[0].http,
+                                              err, sizeof(err))) < 0) {
+            log_error("%s", err);
+            return -1;
+        }
+    }
+    if (!gw->threaded) {
+        gw->http = gw->workers[0].http;
+        worker_set_self(&gw->workers[0]);
+    }
+    return 0;
+}
+
+int gateway_start(struct gateway *gw)
+{
+    int i;
+
+    if (!gw->threaded)
+        return 0;
+    /* From here on the main thread runs its callbacks under the state
+     * lock; check that its loop really lets go of it while it sleeps. */
+    lock_as_loop_owner();
+    event_base_loop(gw->base, EVLOOP_NONBLOCK);
+    if (lock_loop_hooked() == 0) {
+        log_error("server.workers: the main loop (libevent method %s) does not sleep"
+                  " in epoll_wait, so it cannot share state with worker threads",
+                  event_base_get_method(gw->base));
+        return -1;
+    }
+    for (i = 0; i < gw->nworkers; i++)
+        if (worker_start(&gw->workers[i]) < 0) {
+            log_error("cannot start worker thread %d", i);
+            return -1;
+        }
+    log_info("%d worker threads serving, sharing the listen address", gw->nworkers);
+    return 0;
 }
 
 int gateway_init(struct gateway *gw, struct event_base *base,
                  struct config *cfg, const char *conf_dir,
                  const char *listen_override)
 {
-    char err[256];
     const char *listen;
 
     memset(gw, 0, sizeof(*gw));
@@ -508,11 +718,10 @@ int gateway_init(struct gateway *gw, struct event_base *base,
         session_on_shared(gw->sess, gateway_on_shared, gw);
     }
     gw->up = upstream_new(base);
-    gw->http = http_server_new(base, gateway_handle, gw);
     gw->alerts = gw->up ? alerts_new(base, gw->up) : NULL;
     gw->health = gw->up ? health_new(base, gw->up) : NULL;
     gw->rebalance = evtimer_new(base, gateway_rebalance, gw);
-    if (gw->up == NULL || gw->http == NULL || gw->alerts == NULL
+    if (gw->up == NULL || gw->alerts == NULL
         || gw->health == NULL || gw->rebalance == NULL
         || alerts_configure(gw->alerts, cfg) < 0) {
         log_error("cannot set up the event loop");
@@ -525,12 +734,10 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     }
     metrics_set_start_time(gw_unix_ms());
     metrics_set_generation(1);
-    apply_limits(gw);
     listen = listen_override ? listen_override : cfg->server.listen;
-    if (http_server_listen(gw->http, listen, err, sizeof(err)) < 0) {
-        log_error("%s", err);
+    if (workers_init(gw, cfg, listen) < 0)
         return -1;
-    }
+    apply_limits(gw);
     log_info("listening on %s, %zu hosts, %zu keys, strategy %s", listen,
              cfg->nhosts, cfg->nkeys, config_strategy_name(cfg->routing.strategy));
     return 0;
@@ -548,7 +755,7 @@ struct reload_job {
     struct cfg_errors  errs;
     int64_t            parse_ms;
     int64_t            parse_cpu_ms;  /* the thread's own CPU time */
-    struct http_req   *waiters[RELOAD_MAX_WAITERS];   /* POST /admin/reload */
+    struct gw_waiter   waiters[RELOAD_MAX_WAITERS];   /* POST /admin/reload */
     size_t             nwaiters;
 };
 
@@ -658,6 +865,9 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
             log_info("key %s (%s) enabled again by the reload",
                      cfg->keys[i].fingerprint, cfg->keys[i].description);
         }
+    if (cfg->server.workers != gw->nworkers && (cfg->server.workers > 1 || gw->threaded))
+        log_warn("reload: server.workers changes from %d to %d at the next restart",
+                 gw->nworkers, cfg->server.workers);
     if (health_set_snapshot(gw->health, s) < 0)
         log_error("out of memory: health checks still follow the previous configuration");
     retry_budget_set_params(&gw->budget, &s->rp);
@@ -679,7 +889,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     return 0;
 }
 
-static void reload_answer(struct gateway *gw, struct http_req *req, int ok)
+static void reload_answer(struct gateway *gw, const struct gw_waiter *wt, int ok)
 {
     json_t *errs = json_array(), *o;
     char *body;
@@ -690,11 +900,8 @@ static void reload_answer(struct gateway *gw, struct http_req *req, int ok)
     o = json_pack("{s:b, s:I, s:o}", "ok", ok,
                   "generation", (json_int_t)gw->snap->generation, "errors", errs);
     body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    if (body)
-        http_reply(req, ok ? 200 : 422, "application/json", body, strlen(body));
-    else
-        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
-    free(body);
+    answer(wt, body ? (ok ? 200 : 422) : 500, body, "server_error", "out_of_memory",
+           "out of memory");
     json_decref(o);
 }
 
@@ -728,7 +935,7 @@ static void reload_done(evutil_socket_t fd, short what, void *arg)
                 ok ? "reloaded" : "reload rejected",
                 (unsigned long long)gw->snap->generation);
     for (i = 0; i < job->nwaiters; i++)
-        reload_answer(gw, job->waiters[i], ok);
+        reload_answer(gw, &job->waiters[i], ok);
     reload_job_free(job);
     if (gw->reload_again) {
         gw->reload_again = 0;
@@ -738,8 +945,8 @@ static void reload_done(evutil_socket_t fd, short what, void *arg)
         if (gw->reload)
             gw->reload->waiters[gw->reload->nwaiters++] = gw->reload_next[i];
         else
-            http_reply_error(gw->reload_next[i], 500, "server_error", "reload_failed",
-                             "the reload could not be started");
+            answer(&gw->reload_next[i], 500, NULL, "server_error", "reload_failed",
+                   "the reload could not be started");
     }
     gw->nreload_next = 0;
 }
@@ -766,6 +973,7 @@ static void reload_start(struct gateway *gw)
 void gateway_reload(struct gateway *gw, struct http_req *req)
 {
     int running = gw->reload != NULL;
+    struct gw_waiter wt = { req, worker_self() };
 
     if (!running)
         reload_start(gw);
@@ -784,21 +992,73 @@ void gateway_reload(struct gateway *gw, struct http_req *req)
                              "a reload is already in progress");
             return;
         }
-        gw->reload_next[gw->nreload_next++] = req;
+        gw->reload_next[gw->nreload_next++] = wt;
         return;
     }
-    gw->reload->waiters[gw->reload->nwaiters++] = req;
+    gw->reload->waiters[gw->reload->nwaiters++] = wt;
 }
 
 void gateway_drain(struct gateway *gw)
 {
     gw->draining = 1;
-    http_server_stop(gw->http);
+    each_worker(gw, drain_run, "stop accepting");
+}
+
+void gateway_abort_all(struct gateway *gw)
+{
+    each_worker(gw, abort_run, "end its requests");
 }
 
 int gateway_idle(const struct gateway *gw)
 {
-    return gw->active == 0 && http_server_requests(gw->http) == 0;
+    int i;
+
+    if (gw->active)
+        return 0;
+    for (i = 0; i < gw->nworkers; i++)
+        if (gw->workers[i].http && http_server_requests(gw->workers[i].http))
+            return 0;
+    return 1;
+}
+
+size_t gateway_connections(const struct gateway *gw)
+{
+    size_t n = 0;
+    int i;
+
+    for (i = 0; i < gw->nworkers; i++)
+        if (gw->workers[i].http)
+            n += http_server_connections(gw->workers[i].http);
+    return n;
+}
+
+/* Stops the worker threads (their loops end; what they still hold is
+ * freed here), then frees each worker's server and upstream. */
+static void workers_free(struct gateway *gw)
+{
+    int i;
+
+    if (gw->threaded)
+        lock_loop_owner_end();          /* the workers may need it to finish */
+    for (i = 0; i < gw->nworkers; i++)
+        worker_join(&gw->workers[i]);
+    for (i = 0; i < gw->nworkers; i++) {
+        struct worker *w = &gw->workers[i];
+
+        if (w->http)
+            proxy_abort_all(w);
+        http_server_free(w->http);
+        w->http = NULL;
+        if (gw->threaded)
+            upstream_free(w->up);
+        w->up = NULL;
+        worker_free(w);
+    }
+    free(gw->workers);
+    gw->workers = NULL;
+    gw->nworkers = 0;
+    gw->http = NULL;
+    worker_set_self(NULL);
 }
 
 void gateway_free(struct gateway *gw)
@@ -809,19 +1069,18 @@ void gateway_free(struct gateway *gw)
 
         pthread_join(job->thread, NULL);
         for (i = 0; i < job->nwaiters; i++)
-            http_reply_error(job->waiters[i], 503, "service_unavailable",
-                             "shutting_down", "the gateway is shutting down");
+            answer(&job->waiters[i], 503, NULL, "service_unavailable",
+                   "shutting_down", "the gateway is shutting down");
         for (i = 0; i < gw->nreload_next; i++)
-            http_reply_error(gw->reload_next[i], 503, "service_unavailable",
-                             "shutting_down", "the gateway is shutting down");
+            answer(&gw->reload_next[i], 503, NULL, "service_unavailable",
+                   "shutting_down", "the gateway is shutting down");
         gw->nreload_next = 0;
         reload_job_free(job);
         gw->reload = NULL;
     }
-    proxy_abort_all(gw);
+    workers_free(gw);
     if (gw->tick)
         event_free(gw->tick);
-    http_server_free(gw->http);
     session_free(gw->sess);
     alerts_free(gw->alerts);
     health_free(gw->health);            /* before upstream_free: cancels probes */

@@ -29,6 +29,7 @@ struct http_server;
 struct metrics_host;
 struct session;
 struct upstream;
+struct worker;
 
 struct snapshot {
     int                 refs;
@@ -48,10 +49,27 @@ struct snapshot {
 
 #define GW_RELOAD_WAITERS 16     /* POST /admin/reload waiting per reload */
 
+/* A request waiting for a reload, and the worker whose thread answers it. */
+struct gw_waiter {
+    struct http_req *req;
+    struct worker   *w;
+};
+
+/*
+ * Threads (server.workers > 1, `threaded`): the main thread is the control
+ * thread (signals, reload, health probes, alerts, sessions and Redis) and
+ * owns `base` and `up`; each worker serves clients on its own loop. Every
+ * field below `workers` is shared state, guarded by the state lock
+ * (lock.h). With one worker the main loop is worker 0 and there are no
+ * other threads.
+ */
 struct gateway {
     struct event_base  *base;
-    struct http_server *http;
-    struct upstream    *up;
+    struct http_server *http;        /* worker 0's, NULL when threaded */
+    struct upstream    *up;          /* the main loop's */
+    struct worker      *workers;     /* [nworkers] */
+    int                 nworkers;
+    int                 threaded;
     struct session     *sess;        /* response ids, sticky hosts, replicas */
     struct alerts      *alerts;
     struct snapshot    *snap;        /* current; the gateway holds one ref */
@@ -77,7 +95,7 @@ struct gateway {
     int                 reload_again;
     /* POST /admin/reload asked while one runs: answered by the next one,
      * which reads the files as they are after the request came. */
-    struct http_req    *reload_next[GW_RELOAD_WAITERS];
+    struct gw_waiter    reload_next[GW_RELOAD_WAITERS];
     size_t              nreload_next;
     /* counters */
     uint64_t            requests_total;
@@ -108,8 +126,14 @@ int  gateway_init(struct gateway *gw, struct event_base *base,
  * asked for while one runs is done again right after it.
  */
 void gateway_reload(struct gateway *gw, struct http_req *req);
+/* Starts the worker threads (server.workers > 1); from then on the main
+ * thread holds the state lock except while its loop sleeps. */
+int  gateway_start(struct gateway *gw);
 void gateway_drain(struct gateway *gw);      /* stop accepting */
 int  gateway_idle(const struct gateway *gw); /* nothing in flight */
+size_t gateway_connections(const struct gateway *gw);  /* all workers */
+/* Ends every request in flight with an error (each on its worker). */
+void gateway_abort_all(struct gateway *gw);
 void gateway_free(struct gateway *gw);
 
 #endif

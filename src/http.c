@@ -113,9 +113,13 @@ struct http_server {
     void                  *arg;
     struct evconnlistener *lev[HTTP_MAX_LISTENERS];
     int                    lev_loopback[HTTP_MAX_LISTENERS];
+    struct sockaddr_storage lev_addr[HTTP_MAX_LISTENERS]; /* as bound */
+    int                    reuseport;     /* listeners share their port */
     size_t                 nlev;
     struct http_limits     lim;
     struct http_conn      *conns;
+    /* Counters written by the server's thread only, with atomic stores:
+     * other workers read them for status pages. */
     size_t                 nconns;
     size_t                 max_conns;
     size_t                 nreqs;         /* requests owned by the handler */
@@ -327,7 +331,7 @@ static void req_finish(struct http_req *r)
 {
     struct http_conn *c = r->conn;
 
-    r->srv->nreqs--;
+    __atomic_sub_fetch(&r->srv->nreqs, 1, __ATOMIC_RELAXED);
     if (c == NULL) {
         req_free(r);
         return;
@@ -458,7 +462,7 @@ static void conn_fail(struct http_conn *c, int status, const char *code,
     r->minor = 1;
     c->linger = 1;
     c->state = CONN_HANDLING;
-    c->srv->nreqs++;
+    __atomic_add_fetch(&c->srv->nreqs, 1, __ATOMIC_RELAXED);
     if (log_enabled(LOGL_DEBUG))
         log_debug("client %s: %d %s", c->peer[0] ? c->peer : "-", status, msg);
     http_reply_error(r, status, "invalid_request_error", code, "%s", msg);
@@ -612,7 +616,7 @@ static void dispatch(struct http_conn *c)
 
     conn_deadline_stop(c);
     c->state = CONN_HANDLING;
-    c->srv->nreqs++;
+    __atomic_add_fetch(&c->srv->nreqs, 1, __ATOMIC_RELAXED);
     /* The handler may take long (upstream time): no read timeout now,
      * but keep reading so a hang-up is seen. */
     tv.tv_sec = c->srv->lim.client_timeout_ms / 1000;
@@ -1071,7 +1075,7 @@ static void conn_free(struct http_conn *c)
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    s->nconns--;
+    __atomic_sub_fetch(&s->nconns, 1, __ATOMIC_RELAXED);
     if (c->deadline)
         event_free(c->deadline);
     event_del(&c->flush_ev);
@@ -1113,7 +1117,7 @@ static void refuse(struct http_server *s, evutil_socket_t fd)
 
     evutil_closesocket(fd);
     s->refused++;
-    s->refused_total++;
+    __atomic_add_fetch(&s->refused_total, 1, __ATOMIC_RELAXED);
     if (s->refused_logged_ms && now - s->refused_logged_ms < HTTP_LOG_EVERY_MS)
         return;
     log_warn("connection limit (%zu) reached: closed %llu new connection(s)",
@@ -1174,7 +1178,7 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
     if (s->conns)
         s->conns->prev = c;
     s->conns = c;
-    s->nconns++;
+    __atomic_add_fetch(&s->nconns, 1, __ATOMIC_RELAXED);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     /* Cap what a client may queue while its request is handled. */
     bufferevent_setwatermark(c->bev, EV_READ, 0,
@@ -1283,13 +1287,62 @@ void http_server_set_limits(struct http_server *s, const struct http_limits *l)
     s->lim = *l;
 }
 
+void http_server_set_reuseport(struct http_server *s, int on)
+{
+    s->reuseport = on;
+}
+
+void http_server_set_max_connections(struct http_server *s, size_t n)
+{
+    s->max_conns = n ? n : 1;
+}
+
+static void sockaddr_name(const struct sockaddr *sa, char *buf, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        evutil_inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        snprintf(buf, len, "[%s]:%d", ip, ntohs(in6->sin6_port));
+    } else {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        evutil_inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        snprintf(buf, len, "%s:%d", ip, ntohs(in->sin_port));
+    }
+}
+
+static int listen_on(struct http_server *s, const struct sockaddr_storage *ss,
+                     int sslen, const char *addr, char *err, size_t errlen)
+{
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof(bound);
+    struct evconnlistener *lev;
+    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+
+    if (s->reuseport)
+        flags |= LEV_OPT_REUSEABLE_PORT;
+    lev = evconnlistener_new_bind(s->base, accept_cb, s, flags, 1024,
+                                  (const struct sockaddr *)ss, sslen);
+    if (lev == NULL) {
+        snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
+        return -1;
+    }
+    evconnlistener_set_error_cb(lev, accept_error_cb);
+    memset(&bound, 0, sizeof(bound));
+    if (getsockname(evconnlistener_get_fd(lev), (struct sockaddr *)&bound, &blen) < 0)
+        memcpy(&bound, ss, sizeof(bound));
+    s->lev_loopback[s->nlev] = sockaddr_loopback((struct sockaddr *)&bound);
+    s->lev_addr[s->nlev] = bound;
+    s->lev[s->nlev++] = lev;
+    return 0;
+}
+
 int http_server_listen(struct http_server *s, const char *addr,
                        char *err, size_t errlen)
 {
-    struct sockaddr_storage ss, bound;
+    struct sockaddr_storage ss;
     int sslen = sizeof(ss);
-    socklen_t blen = sizeof(bound);
-    struct evconnlistener *lev;
 
     if (s->nlev == HTTP_MAX_LISTENERS) {
         snprintf(err, errlen, "too many listeners");
@@ -1300,20 +1353,28 @@ int http_server_listen(struct http_server *s, const char *addr,
         snprintf(err, errlen, "bad listen address \"%s\"", addr);
         return -1;
     }
-    lev = evconnlistener_new_bind(s->base, accept_cb, s,
-                                  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE
-                                  | LEV_OPT_CLOSE_ON_EXEC, 1024,
-                                  (struct sockaddr *)&ss, sslen);
-    if (lev == NULL) {
-        snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
-        return -1;
+    return listen_on(s, &ss, sslen, addr, err, errlen);
+}
+
+int http_server_listen_like(struct http_server *s, const struct http_server *first,
+                            char *err, size_t errlen)
+{
+    size_t i;
+
+    for (i = 0; i < first->nlev; i++) {
+        const struct sockaddr_storage *ss = &first->lev_addr[i];
+        socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                  : sizeof(struct sockaddr_in);
+        char name[INET6_ADDRSTRLEN + 8] = "?";
+
+        if (s->nlev == HTTP_MAX_LISTENERS) {
+            snprintf(err, errlen, "too many listeners");
+            return -1;
+        }
+        sockaddr_name((const struct sockaddr *)ss, name, sizeof(name));
+        if (listen_on(s, ss, len, name, err, errlen) < 0)
+            return -1;
     }
-    evconnlistener_set_error_cb(lev, accept_error_cb);
-    memset(&bound, 0, sizeof(bound));
-    if (getsockname(evconnlistener_get_fd(lev), (struct sockaddr *)&bound, &blen) < 0)
-        memcpy(&bound, &ss, sizeof(bound));
-    s->lev_loopback[s->nlev] = sockaddr_loopback((struct sockaddr *)&bound);
-    s->lev[s->nlev++] = lev;
     return 0;
 }
 
@@ -1347,10 +1408,22 @@ void http_server_stop(struct http_server *s)
     }
 }
 
-size_t http_server_connections(const struct http_server *s) { return s->nconns; }
-size_t http_server_requests(const struct http_server *s) { return s->nreqs; }
+size_t http_server_connections(const struct http_server *s)
+{
+    return __atomic_load_n(&s->nconns, __ATOMIC_RELAXED);
+}
+
+size_t http_server_requests(const struct http_server *s)
+{
+    return __atomic_load_n(&s->nreqs, __ATOMIC_RELAXED);
+}
+
 size_t http_server_max_connections(const struct http_server *s) { return s->max_conns; }
-uint64_t http_server_refused(const struct http_server *s) { return s->refused_total; }
+
+uint64_t http_server_refused(const struct http_server *s)
+{
+    return __atomic_load_n(&s->refused_total, __ATOMIC_RELAXED);
+}
 
 int http_req_local_loopback(const struct http_req *r)
 {

@@ -46,6 +46,13 @@ struct http_server *http_server_new(struct event_base *base, http_handler h,
 /* Binds "ADDR:PORT" or "[V6]:PORT". Returns -1 with a message in err. */
 int    http_server_listen(struct http_server *s, const char *addr,
                           char *err, size_t errlen);
+/* Binds the addresses `first` listens on (ports as bound), for a worker
+ * sharing them through SO_REUSEPORT (both set it before listening). */
+int    http_server_listen_like(struct http_server *s, const struct http_server *first,
+                               char *err, size_t errlen);
+void   http_server_set_reuseport(struct http_server *s, int on);
+/* Default: min(10000, (RLIMIT_NOFILE - 32) / 2); workers share that. */
+void   http_server_set_max_connections(struct http_server *s, size_t n);
 void   http_server_set_limits(struct http_server *s, const struct http_limits *l);
 /* Serves an already connected socket as if it had been accepted (tests,
  * fuzzing, socket activation). Takes fd in any case; returns -1 when it
@@ -54,7 +61,8 @@ int    http_server_adopt(struct http_server *s, int fd);
 /* Stops accepting; idle keep-alive connections are closed, busy ones
  * are closed after their current response. */
 void   http_server_stop(struct http_server *s);
-/* Connections open (busy or idle) and requests in the handler's hands. */
+/* Connections open (busy or idle) and requests in the handler's hands.
+ * These four may be read from any thread. */
 size_t http_server_connections(const struct http_server *s);
 size_t http_server_requests(const struct http_server *s);
 size_t http_server_max_connections(const struct http_server *s);

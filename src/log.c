@@ -4,8 +4,11 @@
  * Writes are plain stdio to a line-buffered FILE: the logs are small lines
  * and a local file or pipe; this is the same trade nginx makes for its
  * error log. JSON lines go through jansson so every string is escaped.
+ * Threads: a line is formatted by the calling thread, then written whole
+ * under a mutex that also guards opening and reopening the files.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +28,8 @@ struct log_sink {
 
 static struct log_sink elog = { NULL, NULL, LOGF_TEXT };
 static struct log_sink alog = { NULL, NULL, LOGF_TEXT };
-static enum cfg_log_level min_level = LOGL_INFO;
+static enum cfg_log_level min_level = LOGL_INFO;   /* atomic */
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *level_names[] = { "debug", "info", "warn", "error" };
 
@@ -71,25 +75,36 @@ static int sink_set(struct log_sink *s, const char *file, FILE *dflt,
 
 int log_open(const char *file, enum cfg_log_level level, enum cfg_log_format fmt)
 {
-    min_level = level;
-    return sink_set(&elog, file, stderr, fmt);
+    int rc;
+
+    __atomic_store_n(&min_level, level, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&log_mu);
+    rc = sink_set(&elog, file, stderr, fmt);
+    pthread_mutex_unlock(&log_mu);
+    return rc;
 }
 
 int log_open_access(const char *file, enum cfg_log_format fmt)
 {
+    int rc = 0;
+
+    pthread_mutex_lock(&log_mu);
     if (file == NULL) {
         sink_close(&alog);
         free(alog.path);
         alog.path = NULL;
-        return 0;
+    } else {
+        rc = sink_set(&alog, file, stdout, fmt);
     }
-    return sink_set(&alog, file, stdout, fmt);
+    pthread_mutex_unlock(&log_mu);
+    return rc;
 }
 
 int log_reopen(void)
 {
     int rc = 0;
 
+    pthread_mutex_lock(&log_mu);
     if (elog.path) {
         sink_close(&elog);
         if (sink_open(&elog, stderr) < 0) {
@@ -102,21 +117,48 @@ int log_reopen(void)
         if (sink_open(&alog, stdout) < 0)
             rc = -1;
     }
+    pthread_mutex_unlock(&log_mu);
     return rc;
 }
 
 void log_close(void)
 {
+    pthread_mutex_lock(&log_mu);
     sink_close(&elog);
     sink_close(&alog);
     free(elog.path);
     free(alog.path);
     elog.path = alog.path = NULL;
+    pthread_mutex_unlock(&log_mu);
 }
 
 int log_enabled(enum cfg_log_level level)
 {
-    return level >= min_level;
+    return level >= (enum cfg_log_level)__atomic_load_n(&min_level, __ATOMIC_RELAXED);
+}
+
+/* Writes one formatted line (with its newline) to the sink. */
+static void sink_write(struct log_sink *s, FILE *dflt, const char *line)
+{
+    pthread_mutex_lock(&log_mu);
+    if (s->fp || dflt)
+        fputs(line, s->fp ? s->fp : dflt);
+    pthread_mutex_unlock(&log_mu);
+}
+
+/* s with a newline appended (s is taken; NULL when out of memory). */
+static char *realloc_line(char *s)
+{
+    size_t n = strlen(s);
+    char *t = realloc(s, n + 2);
+
+    if (t == NULL) {
+        free(s);
+        return NULL;
+    }
+    t[n] = '\n';
+    t[n + 1] = '\0';
+    return t;
 }
 
 static void timestamp(char *buf, size_t len)
@@ -133,28 +175,31 @@ static void timestamp(char *buf, size_t len)
 
 void log_msg(enum cfg_log_level level, const char *fmt, ...)
 {
-    char msg[2048], ts[40];
-    FILE *fp = elog.fp ? elog.fp : stderr;
+    char msg[2048], ts[40], line[2200];
+    enum cfg_log_format f;
     va_list ap;
 
-    if (level < min_level)
+    if (!log_enabled(level))
         return;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     timestamp(ts, sizeof(ts));
-
-    if (elog.fmt == LOGF_JSON) {
+    pthread_mutex_lock(&log_mu);
+    f = elog.fmt;
+    pthread_mutex_unlock(&log_mu);
+    if (f == LOGF_JSON) {
         json_t *o = json_pack("{s:s, s:s, s:s}", "time", ts,
                               "level", level_names[level], "msg", msg);
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (s)
-            fprintf(fp, "%s\n", s);
+        if (s && (s = realloc_line(s)))
+            sink_write(&elog, stderr, s);
         free(s);
         json_decref(o);
         return;
     }
-    fprintf(fp, "%s [%s] %s\n", ts, level_names[level], msg);
+    snprintf(line, sizeof(line), "%s [%s] %s\n", ts, level_names[level], msg);
+    sink_write(&elog, stderr, line);
 }
 
 static const char *dash(const char *s)
@@ -186,12 +231,18 @@ static const char *route_of(const char *path)
 
 void log_access(const struct log_access *a)
 {
-    char ts[40];
+    char ts[40], line[2048], *big = NULL;
+    enum cfg_log_format f;
+    int on, n;
 
-    if (alog.fp == NULL)
+    pthread_mutex_lock(&log_mu);
+    on = alog.fp != NULL;
+    f = alog.fmt;
+    pthread_mutex_unlock(&log_mu);
+    if (!on)
         return;
     timestamp(ts, sizeof(ts));
-    if (alog.fmt == LOGF_JSON) {
+    if (f == LOGF_JSON) {
         json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:s?, s:s?, s:s?,"
                               " s:i, s:i, s:b, s:f, s:f, s:I}",
                               "time", ts, "request_id", a->request_id,
@@ -204,16 +255,23 @@ void log_access(const struct log_access *a)
                               "total_ms", a->total_ms,
                               "bytes", (json_int_t)a->bytes_out);
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (s)
-            fprintf(alog.fp, "%s\n", s);
+        if (s && (s = realloc_line(s)))
+            sink_write(&alog, NULL, s);
         free(s);
         json_decref(o);
         return;
     }
-    fprintf(alog.fp, "%s %s %s \"%s %s\" %d model=%s host=%s key=%s attempts=%d"
-            " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu\n",
-            ts, dash(a->peer), dash(a->request_id), dash(a->method),
-            dash(a->path), a->status, dash(a->model), dash(a->host),
-            dash(a->key_fp), a->attempts, a->stream, a->ttfb_ms, a->total_ms,
-            a->bytes_out);
+#define ACCESS_LINE(buf, len) snprintf(buf, len, \
+            "%s %s %s \"%s %s\" %d model=%s host=%s key=%s attempts=%d" \
+            " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu\n", \
+            ts, dash(a->peer), dash(a->request_id), dash(a->method), \
+            dash(a->path), a->status, dash(a->model), dash(a->host), \
+            dash(a->key_fp), a->attempts, a->stream, a->ttfb_ms, a->total_ms, \
+            a->bytes_out)
+    n = ACCESS_LINE(line, sizeof(line));
+    if (n >= (int)sizeof(line) && (big = malloc((size_t)n + 1)) != NULL)
+        ACCESS_LINE(big, (size_t)n + 1);
+#undef ACCESS_LINE
+    sink_write(&alog, NULL, big ? big : line);
+    free(big);
 }

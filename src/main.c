@@ -67,7 +67,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     /* Done when no request is left and every reply went out. */
-    if (gateway_idle(&a->gw) && http_server_connections(a->gw.http) == 0) {
+    if (gateway_idle(&a->gw) && gateway_connections(&a->gw) == 0) {
         log_info("drained, exiting");
         event_base_loopexit(a->base, NULL);
         return;
@@ -79,7 +79,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
         }
         log_warn("drain_timeout passed with %zu request(s) in flight; ending them",
                  a->gw.active);
-        proxy_abort_all(&a->gw);
+        gateway_abort_all(&a->gw);
         a->aborted = 1;
         a->drain_deadline = gw_now_ms() + FLUSH_GRACE_MS;
     }
@@ -105,7 +105,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     default:
         if (a->stopping) {
             log_warn("second stop signal: exiting now");
-            proxy_abort_all(&a->gw);
+            gateway_abort_all(&a->gw);
             event_base_loopexit(a->base, NULL);
             return;
         }
@@ -118,6 +118,25 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         drain_check(-1, 0, a);
         return;
     }
+}
+
+/* With worker threads the main loop must sleep in epoll_wait() (lock.h). */
+static struct event_base *main_base(int threaded)
+{
+    struct event_config *ec;
+    struct event_base *b;
+
+    if (!threaded)
+        return event_base_new();
+    if ((ec = event_config_new()) == NULL)
+        return NULL;
+    event_config_avoid_method(ec, "select");
+    event_config_avoid_method(ec, "poll");
+    b = event_base_new_with_config(ec);
+    event_config_free(ec);
+    if (b == NULL)
+        fprintf(stderr, "infergate: server.workers > 1 needs libevent's epoll backend\n");
+    return b;
 }
 
 static int write_pidfile(const char *path)
@@ -193,8 +212,8 @@ int main(int argc, char **argv)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     memset(&a, 0, sizeof(a));
-    evthread_use_pthreads();          /* reloads parse in a thread */
-    a.base = event_base_new();
+    evthread_use_pthreads();          /* reloads parse in a thread; workers */
+    a.base = main_base(cfg->server.workers > 1);
     if (a.base == NULL || gateway_init(&a.gw, a.base, cfg, conf_dir, listen) < 0) {
         rc = 1;
         goto out;
@@ -213,10 +232,11 @@ int main(int argc, char **argv)
     event_add(a.sig_term, NULL);
     event_add(a.sig_int, NULL);
     event_add(a.sig_usr1, NULL);
+    if (gateway_start(&a.gw) < 0) {
+        rc = 1;
+        goto out;
+    }
     log_info("infergate %s started (pid %ld)", INFERGATE_VERSION, (long)getpid());
-    if (cfg->server.workers > 1)
-        log_warn("server.workers is %d, but this version runs one event loop;"
-                 " see docs/internals.md", cfg->server.workers);
     notify_send("READY=1\nSTATUS=serving configuration generation %llu",
                 (unsigned long long)a.gw.snap->generation);
 

@@ -19,6 +19,12 @@
  * (their transfers removed at once). Nothing is retried once the first
  * byte went to the client: a stream that breaks ends with an SSE
  * `event: error` frame. Every exit goes through px_done().
+ *
+ * Threads: a request lives on the worker that read it (p->w). Shared state
+ * -- host and key state, breakers, the balancer, metrics, alerts, the
+ * session store, the retry budget, the snapshot's reference count and the
+ * when_full queue -- is touched only under the state lock (lock.h), taken
+ * in the small functions below and never across socket I/O.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -41,9 +47,11 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "jscan.h"
+#include "lock.h"
 #include "retry.h"
 #include "session.h"
 #include "upstream.h"
+#include "worker.h"
 
 #ifndef INFERGATE_VERSION
 #define INFERGATE_VERSION "0.1.0"
@@ -102,6 +110,7 @@ struct px_leg {
 
 struct proxy {
     struct gateway       *gw;
+    struct worker        *w;             /* whose thread runs this request */
     struct snapshot      *snap;          /* one reference, dropped at the end */
     struct http_req      *req;
     struct proxy         *prev, *next;   /* all requests in flight */
@@ -162,15 +171,21 @@ struct proxy {
     struct proxy         *wait_prev;
     int                   waiting;
     int64_t               queue_until;   /* 0 = not queued yet */
+    uint64_t              freed_seen;    /* px_freed when the last pick failed */
 
     int                   resp_status;   /* what the client got */
     size_t                bytes_out;
 };
 
-static struct proxy *inflight;           /* list head, for proxy_abort_all */
-static struct proxy *waitq, *waitq_tail; /* requests waiting for a free host */
+/* Requests waiting for a free host (routing.when_full: queue), from
+ * every worker, and how many host slots were freed so far: both under the
+ * state lock. A request whose pick found every host full queues only if
+ * no slot was freed since (another worker may have freed one meanwhile). */
+static struct proxy *waitq, *waitq_tail;
+static uint64_t px_freed;
 
 static void px_attempt(struct proxy *p);
+static void px_begin(struct proxy *p);
 static void px_leg_cancel(struct px_leg *l);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
 static void px_scan_id(struct proxy *p, const struct px_leg *l,
@@ -201,6 +216,7 @@ static void px_access_log(struct proxy *p)
     log_access(&a);
 }
 
+/* Under the state lock. */
 static void px_unqueue(struct proxy *p)
 {
     if (!p->waiting)
@@ -218,30 +234,36 @@ static void px_unqueue(struct proxy *p)
 }
 
 /* A host has room again: the oldest waiting request tries now (on the
- * next loop turn, not inside the caller's stack). */
+ * next loop turn of its own worker, not inside the caller's stack).
+ * Under the state lock. */
 static void px_wake_one(void)
 {
     struct proxy *p = waitq;
     struct timeval now = { 0, 0 };
 
+    px_freed++;
     if (p == NULL)
         return;
     px_unqueue(p);
-    evtimer_add(p->backoff_timer, &now);
+    evtimer_add(p->backoff_timer, &now);    /* thread-safe */
 }
 
 static void px_free(struct proxy *p)
 {
     int i;
 
+    lock_take();
     px_unqueue(p);
+    p->gw->active--;
+    session_cancel(p->call);    /* before backoff_timer goes: see px_lookup_done */
+    p->call = NULL;
+    lock_drop();
     if (p->prev)
         p->prev->next = p->next;
     else
-        inflight = p->next;
+        p->w->inflight = p->next;
     if (p->next)
         p->next->prev = p->prev;
-    p->gw->active--;
     for (i = 0; i < p->nlegs; i++) {
         px_leg_cancel(&p->legs[i]);
         if (p->legs[i].try_timer)
@@ -257,7 +279,6 @@ static void px_free(struct proxy *p)
         event_free(p->deadline_timer);
     if (p->backoff_timer)
         event_free(p->backoff_timer);
-    session_cancel(p->call);
     if (p->idscan)
         evbuffer_free(p->idscan);
     free(p->lookup_key);
@@ -266,7 +287,9 @@ static void px_free(struct proxy *p)
     free(p->prev_rid);
     free(p->model);
     free(p->user);
+    lock_take();
     snapshot_unref(p->snap);
+    lock_drop();
     free(p);
 }
 
@@ -286,9 +309,11 @@ static void px_done(struct proxy *p)
     m.ttfb_ms = p->t_head ? (double)(p->t_head - p->t_start) : -1;
     m.total_ms = (double)(now - p->t_start);
     m.upstream_ms = (double)p->upstream_ms;
+    lock_take();
     metrics_request(&m);
     alerts_observe(p->gw->alerts, NULL, p->resp_status < 500,
                    m.ttfb_ms >= 0 ? m.ttfb_ms : m.total_ms, now);
+    lock_drop();
     px_access_log(p);
     p->st = PX_DONE;
     px_free(p);
@@ -330,12 +355,14 @@ static int64_t px_soonest_key_s(const struct proxy *p)
     int64_t now = gw_now_ms(), best = -1;
     size_t i;
 
+    lock_take();
     for (i = 0; i < s->cfg->nkeys; i++) {
         int64_t left = s->ks[i]->cooldown_until_ms - now;
         if (s->cfg->keys[i].active && !s->ks[i]->disabled && left > 0
             && (best < 0 || left < best))
             best = left;
     }
+    lock_drop();
     return best < 0 ? 1 : (best + 999) / 1000;
 }
 
@@ -403,7 +430,8 @@ static const char *px_leg_model(const struct px_leg *l)
 }
 
 /* Hosts serving several models get one breaker per model besides the
- * host's own; NULL when that does not apply. `create` makes it. */
+ * host's own; NULL when that does not apply. `create` makes it. Under the
+ * state lock. */
 static struct breaker *px_model_breaker(struct proxy *p, int h, const char *model,
                                         int create)
 {
@@ -429,18 +457,19 @@ static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
     int64_t now = gw_now_ms();
     double ttfb = l->t_head ? (double)(l->t_head - l->t_try) : -1;
 
-    if (hs->live.in_flight > 0)
-        hs->live.in_flight--;
-    if (waitq)
-        px_wake_one();
     evtimer_del(l->try_timer);
     if (--p->active == 0)
         p->upstream_ms += now - p->t_up;
+    lock_take();
+    if (hs->live.in_flight > 0)
+        hs->live.in_flight--;
+    px_wake_one();
     metrics_attempt(p->snap->mh[l->host], o, ttfb, (double)(now - l->t_try));
     if (o != METRICS_OUTCOME_CANCELLED)
         alerts_observe(p->gw->alerts, p->snap->cfg->hosts[l->host].name,
                        o == METRICS_OUTCOME_SUCCESS || o == METRICS_OUTCOME_CLIENT_ERROR,
                        ttfb >= 0 ? ttfb : (double)(now - l->t_try), now);
+    lock_drop();
 }
 
 /* Drops a leg's transfer without an outcome (lost race, client gone,
@@ -452,6 +481,7 @@ static void px_leg_cancel(struct px_leg *l)
     upstream_cancel(l->xfer);
     l->xfer = NULL;
     px_leg_end(l, METRICS_OUTCOME_CANCELLED);
+    lock_take();
     if (l->ticket_open) {
         breaker_release(&l->p->snap->hs[l->host]->br, l->ticket);
         l->ticket_open = 0;
@@ -460,7 +490,10 @@ static void px_leg_cancel(struct px_leg *l)
         breaker_release(l->mbr, l->mticket);
         l->mticket_open = 0;
     }
+    lock_drop();
 }
+
+static void px_leg_record_locked(struct px_leg *l, int failure, int answered);
 
 /*
  * Feeds one finished leg to the breakers and the host's counters. A
@@ -468,6 +501,13 @@ static void px_leg_cancel(struct px_leg *l)
  * goes only to the host+model breaker when there is one.
  */
 static void px_leg_record(struct px_leg *l, int failure, int answered)
+{
+    lock_take();
+    px_leg_record_locked(l, failure, answered);
+    lock_drop();
+}
+
+static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
 {
     struct host_state *hs = l->p->snap->hs[l->host];
     int64_t now = gw_now_ms();
@@ -520,7 +560,9 @@ static void px_note_failure(struct px_leg *l, enum px_fail why, int status,
     p->fail_status = status;
     p->fail_host = l->host;
     snprintf(p->fail_msg, sizeof(p->fail_msg), "%s", msg);
+    lock_take();
     snprintf(hs->last_error, sizeof(hs->last_error), "%s", msg);
+    lock_drop();
     log_warn("request %s: attempt %d to %s failed: %s", p->id, p->attempts,
              p->snap->cfg->hosts[l->host].name, msg);
 }
@@ -530,10 +572,18 @@ static void px_note_failure(struct px_leg *l, enum px_fail why, int status,
 /* After a backoff, a wake-up from the queue, or the queue timeout. */
 static void px_backoff_done(evutil_socket_t fd, short what, void *arg)
 {
+    struct proxy *p = arg;
+
     (void)fd;
     (void)what;
-    px_unqueue(arg);
-    px_attempt(arg);
+    lock_take();
+    px_unqueue(p);
+    lock_drop();
+    if (p->st == PX_LOOKUP) {
+        px_begin(p);                  /* Redis answered on the main thread */
+        return;
+    }
+    px_attempt(p);
 }
 
 /* Moves to the next step of the plan; returns 0 when there is none. */
@@ -564,10 +614,13 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
     struct retry_outcome o = { fault, status, l->has_key };
     struct retry_verdict v = retry_classify(&p->snap->rp, &o);
     int64_t now = gw_now_ms(), ra_ms = -1, delay;
+    int spent;
+    uint64_t rnd;
 
-    px_leg_record(l, v.host_failure, fault == RETRY_FAULT_NONE);
     if (retry_after)
         ra_ms = retry_after_parse(retry_after, gw_unix_ms() / 1000);
+    lock_take();
+    px_leg_record_locked(l, v.host_failure, fault == RETRY_FAULT_NONE);
     if (v.key != RETRY_KEY_KEEP
         && keys_report(p->snap->ks[l->key], status, ra_ms, now)) {
         const struct key_state *ks = p->snap->ks[l->key];
@@ -578,6 +631,7 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
         session_publish_key(gw->sess, c->keys[l->key].id, ks->disabled,
                             ks->disabled ? 0 : gw_unix_from_mono(ks->cooldown_until_ms));
     }
+    lock_drop();
     px_note_failure(l, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT
                        : fault == RETRY_FAULT_NETWORK ? FAIL_NETWORK : FAIL_STATUS,
                     status, msg);
@@ -606,9 +660,15 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
         px_fail_final(p);
         return;
     }
-    if (!retry_budget_try_spend(&gw->budget, now)) {
+    lock_take();
+    spent = retry_budget_try_spend(&gw->budget, now);
+    if (!spent) {
         gw->budget_exhausted_total++;
         metrics_retry_budget_exhausted();
+    }
+    rnd = retry_rand(&gw->rnd);
+    lock_drop();
+    if (!spent) {
         log_warn("request %s: retry budget exhausted (ratio %.2f over %lld ms);"
                  " not retrying", p->id, c->retry.budget_ratio,
                  (long long)c->retry.budget_window_ms);
@@ -617,15 +677,17 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
     }
     /* A Retry-After that came with a key-related answer is that key's
      * cooldown; the retry goes with another key without waiting for it. */
-    delay = retry_delay_ms(&p->snap->rp, p->step_attempts, retry_rand(&gw->rnd),
+    delay = retry_delay_ms(&p->snap->rp, p->step_attempts, rnd,
                            c->retry.respect_retry_after && v.key == RETRY_KEY_KEEP
                                ? ra_ms : -1);
     if (now + delay >= p->t_start + p->deadline_ms) {
         px_fail_final(p);
         return;
     }
+    lock_take();
     gw->retries_total++;
     metrics_retry();
+    lock_drop();
     p->st = PX_ATTEMPT;
     {
         struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
@@ -701,8 +763,10 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     l->status = status;
     l->t_head = now;
     evtimer_del(l->try_timer);
+    lock_take();
     balance_observe_latency(&hs->live.ewma_ms, (double)(now - l->t_try),
                             BALANCE_EWMA_ALPHA);
+    lock_drop();
     evbuffer_drain(l->buf, evbuffer_get_length(l->buf));
     if (p->winner || status < 200 || status >= 300)
         return UPSTREAM_CONTINUE;     /* judged when complete */
@@ -733,7 +797,9 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         size_t pending;
         if (!p->id_done)
             px_scan_id(p, l, data, len);
+        lock_take();
         metrics_stream_chunks(p->snap->mh[l->host], 1);
+        lock_drop();
         pending = http_stream_write(p->req, data, len);
         p->bytes_out += len;
         if (pending > PX_STREAM_HIGH) {
@@ -799,10 +865,12 @@ static void px_remember(struct proxy *p, const struct px_leg *l, const char *id)
     const char *host = p->snap->cfg->hosts[l->host].name;
     int64_t now = gw_now_ms();
 
+    lock_take();
     if (id)
         session_put(p->gw->sess, SESSION_RID, id, host, now);
     if (p->lookup_key && p->lookup_kind == SESSION_STICKY && !p->verify && !id)
         session_put(p->gw->sess, SESSION_STICKY, p->lookup_key, host, now);
+    lock_drop();
 }
 
 /* Streams: looks for the response id in the first bytes. */
@@ -988,7 +1056,8 @@ struct px_filter_ctx {
 /* balance.c filter: hosts whose breaker is open are out (health checks
  * mark unhealthy hosts in live.usable), and so are hosts outside the
  * step's host set. The breaker's recovery share depends on time, so it
- * is refreshed here, just before balance.c reads it for this candidate. */
+ * is refreshed here, just before balance.c reads it for this candidate.
+ * Under the state lock. */
 static int px_filter(void *ctx, int node)
 {
     struct px_filter_ctx *f = ctx;
@@ -1014,7 +1083,7 @@ static int px_filter(void *ctx, int node)
 /* Picks a host for step s: the strategy's choice among usable hosts that
  * serve the step's model, never one this request already tried unless
  * nothing else is left (then a failed host may be retried, e.g. with
- * another key). */
+ * another key). Under the state lock. */
 static int px_pick_host(struct proxy *p, const struct px_step *s)
 {
     const struct config *c = p->snap->cfg;
@@ -1055,7 +1124,7 @@ static struct px_leg *px_leg_get(struct proxy *p)
     l = &p->legs[p->nlegs];
     l->p = p;
     l->buf = evbuffer_new();
-    l->try_timer = evtimer_new(p->gw->base, px_try_timeout, l);
+    l->try_timer = evtimer_new(p->w->base, px_try_timeout, l);
     if (l->buf == NULL || l->try_timer == NULL) {
         if (l->buf)
             evbuffer_free(l->buf);
@@ -1115,14 +1184,12 @@ static int px_send(struct px_leg *l)
     l->streaming = 0;
     l->t_try = now;
     l->t_head = 0;
-    l->xfer = upstream_start(p->gw->up, &ur, &px_cbs, l);
+    l->xfer = upstream_start(p->w->up, &ur, &px_cbs, l);
     explicit_bzero(auth, sizeof(auth));   /* the key does not outlive the call */
     if (l->xfer == NULL)
         return -1;
     if (p->active++ == 0)
         p->t_up = now;
-    p->snap->hs[l->host]->live.in_flight++;
-    p->snap->hs[l->host]->requests++;
     {
         struct timeval tv = { (time_t)(per_try / 1000), (suseconds_t)((per_try % 1000) * 1000) };
         evtimer_add(l->try_timer, &tv);
@@ -1141,6 +1208,7 @@ static int px_start_leg(struct proxy *p, int si)
     int64_t now = gw_now_ms();
     int picks = 0;
 
+    lock_take();
     while (picks++ <= (int)c->nhosts) {
         struct host_state *hs;
         struct px_leg *l;
@@ -1156,7 +1224,7 @@ static int px_start_leg(struct proxy *p, int si)
         if (h < 0)
             h = px_pick_host(p, &p->steps[si]);
         if (h < 0)
-            return -1;
+            break;
         hs = p->snap->hs[h];
         if (p->ntried < PX_MAX_TRIED && !px_was_tried(p, h))
             p->tried[p->ntried++] = h;
@@ -1171,7 +1239,7 @@ static int px_start_leg(struct proxy *p, int si)
             break;
         }
         if ((l = px_leg_get(p)) == NULL)
-            return -1;
+            break;
         if (!breaker_allow(&hs->br, now, &l->ticket))
             continue;                 /* half-open and its probes are out */
         l->ticket_open = 1;
@@ -1192,8 +1260,17 @@ static int px_start_leg(struct proxy *p, int si)
         p->last_key = has_key ? (int)k : -1;
         p->attempts++;
         p->step_attempts++;
+        /* The host's slot is taken before the lock goes, so that workers
+         * picking at the same time respect max_concurrent. */
+        hs->live.in_flight++;
+        hs->requests++;
+        lock_drop();
         if (px_send(l) == 0)
             return 0;
+        lock_take();
+        hs->live.in_flight--;
+        hs->requests--;
+        px_wake_one();
         breaker_release(&hs->br, l->ticket);
         l->ticket_open = 0;
         if (l->mticket_open)
@@ -1201,6 +1278,8 @@ static int px_start_leg(struct proxy *p, int si)
         l->mticket_open = 0;
         px_note_failure(l, FAIL_NETWORK, 0, "cannot start the upstream transfer");
     }
+    p->freed_seen = px_freed;
+    lock_drop();
     return -1;
 }
 
@@ -1211,6 +1290,7 @@ static int px_queue(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
     int64_t now = gw_now_ms();
+    struct timeval zero = { 0, 0 };
 
     if (c->routing.when_full != WHEN_FULL_QUEUE)
         return 0;
@@ -1218,6 +1298,14 @@ static int px_queue(struct proxy *p)
         p->queue_until = now + c->routing.queue_timeout_ms;
     if (now >= p->queue_until)
         return 0;
+    p->st = PX_ATTEMPT;
+    lock_take();
+    if (px_freed != p->freed_seen) {
+        /* A slot was freed since the pick (on another worker): try again. */
+        lock_drop();
+        evtimer_add(p->backoff_timer, &zero);
+        return 1;
+    }
     p->waiting = 1;
     p->wait_next = NULL;
     p->wait_prev = waitq_tail;
@@ -1226,7 +1314,7 @@ static int px_queue(struct proxy *p)
     else
         waitq = p;
     waitq_tail = p;
-    p->st = PX_ATTEMPT;
+    lock_drop();
     {
         int64_t left = p->queue_until - now;
         struct timeval tv = { (time_t)(left / 1000), (suseconds_t)((left % 1000) * 1000) };
@@ -1295,13 +1383,18 @@ static int px_step_rewrite(struct proxy *p, struct px_step *s, const char *model
 static const char *px_concrete_model(const struct proxy *p, const char *name)
 {
     const struct cfg_model_group *g = config_model_group(p->snap->cfg, name);
+    const char *m = NULL;
     size_t i;
 
     if (g == NULL)
         return name;
-    for (i = 0; i < g->models.n; i++)
+    lock_take();                      /* snap->bal is rebuilt on discoveries */
+    for (i = 0; i < g->models.n && m == NULL; i++)
         if (balance_serves(p->snap->bal, g->models.v[i]))
-            return g->models.v[i];
+            m = g->models.v[i];
+    lock_drop();
+    if (m)
+        return m;
     return g->models.n ? g->models.v[0] : name;
 }
 
@@ -1413,9 +1506,14 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     if (p == NULL)
         return NULL;
     p->gw = gw;
+    p->w = worker_self();
     p->req = req;
+    lock_take();
     p->snap = gw->snap;
     snapshot_ref(p->snap);
+    gw->active++;
+    px_make_id(p);
+    lock_drop();
     p->last_host = -1;
     p->last_key = -1;
     p->fail_host = -1;
@@ -1424,14 +1522,12 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->t_start = gw_now_ms();
     snprintf(p->upath, sizeof(p->upath), "%s", upath);
     snprintf(p->peer, sizeof(p->peer), "%s", http_req_peer(req));
-    p->deadline_timer = evtimer_new(gw->base, px_deadline, p);
-    p->backoff_timer = evtimer_new(gw->base, px_backoff_done, p);
-    p->next = inflight;
-    if (inflight)
-        inflight->prev = p;
-    inflight = p;
-    gw->active++;
-    px_make_id(p);
+    p->deadline_timer = evtimer_new(p->w->base, px_deadline, p);
+    p->backoff_timer = evtimer_new(p->w->base, px_backoff_done, p);
+    p->next = p->w->inflight;
+    if (p->next)
+        p->next->prev = p;
+    p->w->inflight = p;
     if (p->deadline_timer == NULL || p->backoff_timer == NULL) {
         px_free(p);
         return NULL;
@@ -1468,8 +1564,13 @@ static void px_begin(struct proxy *p)
             px_error(p, 409, "invalid_request_error", "host_gone", msg);
             return;
         }
-        if (!p->snap->hs[h]->live.usable || p->snap->hs[h]->health == HEALTH_UNHEALTHY
-            || breaker_state(&p->snap->hs[h]->br, gw_now_ms()) == BREAKER_OPEN) {
+        int down;
+
+        lock_take();
+        down = !p->snap->hs[h]->live.usable || p->snap->hs[h]->health == HEALTH_UNHEALTHY
+               || breaker_state(&p->snap->hs[h]->br, gw_now_ms()) == BREAKER_OPEN;
+        lock_drop();
+        if (down) {
             snprintf(msg, sizeof(msg), "the host that served this id (%.100s) is"
                      " unavailable; verification must go to it", p->pinned);
             px_error(p, 503, "service_unavailable", "host_unavailable", msg);
@@ -1492,15 +1593,23 @@ static void px_begin(struct proxy *p)
     px_attempt(p);
 }
 
+/* Under the state lock: on p's worker when the store answers at once,
+ * on the main thread when Redis answers later. */
 static void px_lookup_done(void *arg, const char *host)
 {
     struct proxy *p = arg;
+    struct timeval now = { 0, 0 };
 
     p->call = NULL;
     if (host)
         p->pinned = strdup(host);
     if (p->lookup_sync)
         return;                       /* px_start goes on */
+    if (p->w != worker_self()) {
+        /* p belongs to a worker thread: go on there (px_backoff_done). */
+        evtimer_add(p->backoff_timer, &now);
+        return;
+    }
     px_begin(p);
 }
 
@@ -1508,6 +1617,7 @@ static void px_start(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
     struct timeval tv;
+    int answered;
 
     if (px_plan(p) < 0) {
         px_error(p, 500, "server_error", "out_of_memory", "out of memory");
@@ -1516,7 +1626,9 @@ static void px_start(struct proxy *p)
     tv.tv_sec = (time_t)(p->deadline_ms / 1000);
     tv.tv_usec = (suseconds_t)((p->deadline_ms % 1000) * 1000);
     evtimer_add(p->deadline_timer, &tv);
+    lock_take();
     retry_budget_note_request(&p->gw->budget, p->t_start);
+    lock_drop();
     if (!p->verify && p->lookup_key == NULL) {
         const char *key = NULL;
         p->lookup_kind = SESSION_STICKY;
@@ -1536,11 +1648,14 @@ static void px_start(struct proxy *p)
         return;
     }
     p->st = PX_LOOKUP;
+    lock_take();
     p->lookup_sync = 1;
     p->call = session_get(p->gw->sess, p->lookup_kind, p->lookup_key, p->t_start,
                           px_lookup_done, p);
     p->lookup_sync = 0;
-    if (p->call == NULL)
+    answered = p->call == NULL;
+    lock_drop();
+    if (answered)
         px_begin(p);                  /* answered already */
 }
 
@@ -1651,13 +1766,12 @@ void proxy_handle_get(struct gateway *gw, struct http_req *req, const char *path
     px_start(p);
 }
 
-void proxy_abort_all(struct gateway *gw)
+void proxy_abort_all(struct worker *w)
 {
     int i;
 
-    (void)gw;
-    while (inflight) {
-        struct proxy *p = inflight;
+    while (w->inflight) {
+        struct proxy *p = w->inflight;
         for (i = 0; i < p->nlegs; i++)
             px_leg_cancel(&p->legs[i]);
         if (p->st == PX_STREAMING) {

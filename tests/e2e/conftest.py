@@ -9,6 +9,7 @@ condition with a deadline instead of sleeping a fixed time.
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,6 +152,14 @@ def write_conf(d, hosts, keys=None, policies=""):
     if keys is not None:
         with open(os.path.join(d, "api-keys.json"), "w") as f:
             json.dump({"apiKeys": keys}, f, indent=2)
+    workers = os.environ.get("INFERGATE_TEST_WORKERS")
+    if workers and not re.search(r"^\s+workers:", policies, re.M):
+        # The whole suite once more with worker threads (make test does).
+        if re.search(r"^server:\s*$", policies, re.M):
+            policies = re.sub(r"^server:\s*$", "server:\n  workers: %s" % workers,
+                              policies, count=1, flags=re.M)
+        else:
+            policies = "server:\n  workers: %s\n" % workers + policies
     if "health_check" not in policies:
         # Probes would add GET /v1/models to the mocks' request counts;
         # tests of health checks configure them explicitly.

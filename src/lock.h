@@ -1,0 +1,48 @@
+/*
+ * lock.h -- the state lock of a gateway with several worker threads.
+ *
+ * With `server.workers: N` (N > 1) N threads serve clients, each with its
+ * own event loop, listener and upstream connections, and the main thread
+ * is the control thread (signals, reload, health probes, alerts, Redis).
+ * What they share -- the snapshot pointer and reference counts, host and
+ * key state, balancer rotation, breakers, metrics, alert windows, the
+ * session store and its Redis connection, the retry budget -- is guarded
+ * by one mutex, this lock.
+ *
+ *   Workers take it around each piece of shared state they touch and
+ *   never hold it across socket I/O (proxy.c, gateway.c).
+ *   The control thread holds it all the time except while it sleeps in
+ *   epoll_wait(), so every one of its callbacks runs under the lock
+ *   without each taking it (the way Redis modules hold the GIL except
+ *   in beforeSleep). libevent 2.1 has no before-sleep hook, so lock.c
+ *   defines epoll_wait() and calls the C library's (or a sanitizer's)
+ *   through dlsym(RTLD_NEXT); lock_loop_hooked() tells whether the
+ *   control loop really went through it.
+ *
+ * With one worker (the default) the lock is off and every call here is a
+ * test of one flag. The lock is recursive per thread: a function that
+ * takes it may call one that takes it again.
+ */
+#ifndef INFERGATE_LOCK_H
+#define INFERGATE_LOCK_H
+
+#include <stdint.h>
+
+/* Turns the lock on; call once, before any other thread starts. */
+void lock_enable(void);
+int  lock_enabled(void);
+
+void lock_take(void);
+void lock_drop(void);
+/* Depth of this thread's hold (0 = not held); for assertions. */
+int  lock_depth(void);
+
+/* The calling thread (the control thread) takes the lock and keeps it,
+ * except while it waits in epoll_wait(). */
+void lock_as_loop_owner(void);
+/* Ends that: drops the lock entirely (before joining the workers). */
+void lock_loop_owner_end(void);
+/* epoll_wait() calls that went through lock.c on a loop-owner thread. */
+uint64_t lock_loop_hooked(void);
+
+#endif

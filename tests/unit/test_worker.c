@@ -1,0 +1,195 @@
+/*
+ * test_worker.c -- worker threads and the state lock: messages run on the
+ * worker's own thread in the order posted; the lock is recursive per
+ * thread; a loop-owner thread lets go of it only while it sleeps in
+ * epoll_wait().
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "lock.h"
+#include "worker.h"
+
+struct seen {
+    pthread_mutex_t mu;
+    int             order[64];
+    int             n;
+    struct worker  *self[64];
+};
+
+struct msg {
+    struct seen *s;
+    int          i;
+};
+
+static struct msg msgs[64];
+
+static void record(void *arg)
+{
+    struct msg *m = arg;
+
+    pthread_mutex_lock(&m->s->mu);
+    m->s->self[m->s->n] = worker_self();
+    m->s->order[m->s->n++] = m->i;
+    pthread_mutex_unlock(&m->s->mu);
+}
+
+static int count(struct seen *s)
+{
+    int n;
+
+    pthread_mutex_lock(&s->mu);
+    n = s->n;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = { 0, ms * 1000000L };
+
+    nanosleep(&ts, NULL);
+}
+
+static void test_post_runs_on_the_worker_in_order(void **state)
+{
+    struct worker w;
+    struct seen s;
+    int i, waited = 0;
+
+    (void)state;
+    memset(&w, 0, sizeof(w));
+    memset(&s, 0, sizeof(s));
+    pthread_mutex_init(&s.mu, NULL);
+    assert_int_equal(worker_init(&w, NULL, 3, NULL), 0);
+    assert_int_equal(worker_start(&w), 0);
+    for (i = 0; i < 64; i++) {
+        msgs[i].s = &s;
+        msgs[i].i = i;
+        assert_int_equal(worker_post(&w, record, &msgs[i]), 0);
+    }
+    while (count(&s) < 64 && waited++ < 5000)
+        sleep_ms(1);
+    assert_int_equal(count(&s), 64);
+    for (i = 0; i < 64; i++) {
+        assert_int_equal(s.order[i], i);
+        assert_ptr_equal(s.self[i], &w);      /* ran on the worker's thread */
+    }
+    assert_null(worker_self());                /* this thread is no worker */
+    worker_free(&w);
+    pthread_mutex_destroy(&s.mu);
+}
+
+static void test_messages_left_run_at_join(void **state)
+{
+    struct worker w;
+    struct seen s;
+
+    (void)state;
+    memset(&w, 0, sizeof(w));
+    memset(&s, 0, sizeof(s));
+    pthread_mutex_init(&s.mu, NULL);
+    assert_int_equal(worker_init(&w, NULL, 0, NULL), 0);   /* never started */
+    msgs[0].s = &s;
+    msgs[0].i = 7;
+    assert_int_equal(worker_post(&w, record, &msgs[0]), 0);
+    assert_int_equal(count(&s), 0);
+    worker_join(&w);
+    assert_int_equal(count(&s), 1);
+    assert_int_equal(s.order[0], 7);
+    worker_free(&w);
+    pthread_mutex_destroy(&s.mu);
+}
+
+/* The control thread of the test: owns the lock, runs a loop that sleeps. */
+struct owner {
+    struct event_base *base;
+    volatile int       ticks;
+    volatile int       stop;
+};
+
+static void owner_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct owner *o = arg;
+
+    (void)fd;
+    (void)what;
+    assert_int_equal(lock_depth(), 1);   /* callbacks run holding the lock */
+    __atomic_add_fetch(&o->ticks, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&o->stop, __ATOMIC_SEQ_CST))
+        event_base_loopexit(o->base, NULL);
+}
+
+static void *owner_main(void *arg)
+{
+    struct owner *o = arg;
+    struct event *ev = event_new(o->base, -1, EV_PERSIST, owner_tick, o);
+    struct timeval tv = { 0, 20000 };
+
+    event_add(ev, &tv);
+    lock_as_loop_owner();
+    event_base_dispatch(o->base);
+    lock_loop_owner_end();
+    event_free(ev);
+    return NULL;
+}
+
+static void test_loop_owner_lets_go_only_while_sleeping(void **state)
+{
+    struct event_config *ec = event_config_new();
+    struct owner o;
+    pthread_t t;
+    uint64_t hooked0 = lock_loop_hooked();
+    int i;
+
+    (void)state;
+    memset(&o, 0, sizeof(o));
+    event_config_avoid_method(ec, "select");
+    event_config_avoid_method(ec, "poll");
+    o.base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    assert_non_null(o.base);
+    assert_int_equal(pthread_create(&t, NULL, owner_main, &o), 0);
+    while (__atomic_load_n(&o.ticks, __ATOMIC_SEQ_CST) < 2)
+        sleep_ms(1);
+    /* The owner sleeps 20 ms at a time: this thread gets the lock, and
+     * while it holds it the owner runs no callback. */
+    for (i = 0; i < 5; i++) {
+        int before;
+        lock_take();
+        lock_take();                                   /* recursive */
+        assert_int_equal(lock_depth(), 2);
+        before = __atomic_load_n(&o.ticks, __ATOMIC_SEQ_CST);
+        sleep_ms(60);
+        assert_int_equal(__atomic_load_n(&o.ticks, __ATOMIC_SEQ_CST), before);
+        lock_drop();
+        lock_drop();
+        assert_int_equal(lock_depth(), 0);
+        sleep_ms(30);
+    }
+    assert_true(lock_loop_hooked() > hooked0);
+    __atomic_store_n(&o.stop, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    event_base_free(o.base);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_post_runs_on_the_worker_in_order),
+        cmocka_unit_test(test_messages_left_run_at_join),
+        cmocka_unit_test(test_loop_owner_lets_go_only_while_sleeping),
+    };
+
+    evthread_use_pthreads();
+    lock_enable();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
