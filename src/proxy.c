@@ -1302,6 +1302,7 @@ static int px_queue(struct proxy *p)
     lock_take();
     if (px_freed != p->freed_seen) {
         /* A slot was freed since the pick (on another worker): try again. */
+        p->freed_seen = px_freed;
         lock_drop();
         evtimer_add(p->backoff_timer, &zero);
         return 1;

@@ -25,8 +25,10 @@
  * in milliseconds (gw_now_ms()), the same clock for every call. Times
  * shared between processes are wall-clock unix milliseconds (`*_unix_ms`).
  *
- * Threads: a struct session belongs to one event loop and is used from
- * that loop's thread only. None of the session callbacks may call
+ * Threads: a struct session belongs to one event loop (the main one) and
+ * is used from that loop's thread, or from a worker thread holding the
+ * state lock while that loop is parked (lock.h); callbacks run on the
+ * loop's thread. None of the session callbacks may call
  * session_free() or session_reconfigure().
  *
  * Secrets: the Redis password is never logged, never in status or metrics.
