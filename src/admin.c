@@ -19,6 +19,7 @@
 #include "health.h"
 #include "http.h"
 #include "keys.h"
+#include "lock.h"
 #include "proxy.h"
 #include "session.h"
 #include "upstream.h"
@@ -318,6 +319,12 @@ void admin_status(struct gateway *gw, struct http_req *req)
         json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
         json_object_set_new(o, "connections", connections_json(gw));
         json_object_set_new(o, "workers", workers_json(gw));
+        if (gw->threaded) {
+            uint64_t waits, ns;
+            lock_contention(&waits, &ns);
+            json_object_set_new(o, "state_lock", json_pack("{s:I, s:f}",
+                "waits", (json_int_t)waits, "wait_ms", (double)ns / 1e6));
+        }
     }
     reply_json(req, 200, o);
 }

@@ -6,15 +6,17 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <time.h>
 #include <sys/epoll.h>
 
 #include "lock.h"
 
-static pthread_mutex_t lock_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t lock_mu = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;  /* spins a little first */
 static int lock_on;                         /* set before threads start */
 static _Thread_local int lock_held;         /* this thread's depth */
 static _Thread_local int lock_owner;        /* holds it except in epoll_wait */
 static uint64_t lock_hooked;                /* atomic */
+static uint64_t lock_waits, lock_wait_ns;   /* atomic: lock_take() found it held */
 
 typedef int (*epoll_wait_fn)(int, struct epoll_event *, int, int);
 static epoll_wait_fn lock_real_epoll_wait;
@@ -41,12 +43,32 @@ int lock_enabled(void)
     return lock_on;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 void lock_take(void)
 {
-    if (!lock_on)
+    int64_t t0;
+
+    if (!lock_on || lock_held++ > 0)
         return;
-    if (lock_held++ == 0)
-        pthread_mutex_lock(&lock_mu);
+    if (pthread_mutex_trylock(&lock_mu) == 0)
+        return;
+    t0 = mono_ns();                 /* contended: count the wait */
+    pthread_mutex_lock(&lock_mu);
+    __atomic_add_fetch(&lock_waits, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&lock_wait_ns, (uint64_t)(mono_ns() - t0), __ATOMIC_RELAXED);
+}
+
+void lock_contention(uint64_t *waits, uint64_t *wait_ns)
+{
+    *waits = __atomic_load_n(&lock_waits, __ATOMIC_RELAXED);
+    *wait_ns = __atomic_load_n(&lock_wait_ns, __ATOMIC_RELAXED);
 }
 
 void lock_drop(void)

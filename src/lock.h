@@ -34,6 +34,10 @@ int  lock_enabled(void);
 
 void lock_take(void);
 void lock_drop(void);
+/* How often lock_take() found the lock held by another thread, and the
+ * time spent waiting for it, since start (the control thread's wake-ups
+ * are not counted). */
+void lock_contention(uint64_t *waits, uint64_t *wait_ns);
 /* Depth of this thread's hold (0 = not held); for assertions. */
 int  lock_depth(void);
 

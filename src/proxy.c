@@ -248,15 +248,26 @@ static void px_wake_one(void)
     evtimer_add(p->backoff_timer, &now);    /* thread-safe */
 }
 
-static void px_free(struct proxy *p)
+/* Frees p: its legs are cancelled, then one section under the state lock
+ * ends its shared life (metrics `m` when not NULL, the queue, the session
+ * lookup, the snapshot reference), then its own memory goes. */
+static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
 {
     int i;
 
+    for (i = 0; i < p->nlegs; i++)
+        px_leg_cancel(&p->legs[i]);
     lock_take();
+    if (m) {
+        metrics_request(m);
+        alerts_observe(p->gw->alerts, NULL, m->status < 500,
+                       m->ttfb_ms >= 0 ? m->ttfb_ms : m->total_ms, now);
+    }
     px_unqueue(p);
     p->gw->active--;
     session_cancel(p->call);    /* before backoff_timer goes: see px_lookup_done */
     p->call = NULL;
+    snapshot_unref(p->snap);
     lock_drop();
     if (p->prev)
         p->prev->next = p->next;
@@ -265,7 +276,6 @@ static void px_free(struct proxy *p)
     if (p->next)
         p->next->prev = p->prev;
     for (i = 0; i < p->nlegs; i++) {
-        px_leg_cancel(&p->legs[i]);
         if (p->legs[i].try_timer)
             event_free(p->legs[i].try_timer);
         if (p->legs[i].buf)
@@ -287,9 +297,6 @@ static void px_free(struct proxy *p)
     free(p->prev_rid);
     free(p->model);
     free(p->user);
-    lock_take();
-    snapshot_unref(p->snap);
-    lock_drop();
     free(p);
 }
 
@@ -309,14 +316,9 @@ static void px_done(struct proxy *p)
     m.ttfb_ms = p->t_head ? (double)(p->t_head - p->t_start) : -1;
     m.total_ms = (double)(now - p->t_start);
     m.upstream_ms = (double)p->upstream_ms;
-    lock_take();
-    metrics_request(&m);
-    alerts_observe(p->gw->alerts, NULL, p->resp_status < 500,
-                   m.ttfb_ms >= 0 ? m.ttfb_ms : m.total_ms, now);
-    lock_drop();
     px_access_log(p);
     p->st = PX_DONE;
-    px_free(p);
+    px_free(p, &m, now);
 }
 
 static void px_add_headers(struct proxy *p)
@@ -893,18 +895,23 @@ static void px_scan_id(struct proxy *p, const struct px_leg *l,
         p->id_done = 1;
 }
 
+/* A whole answer: its response id and the sticky key point at l's host. */
+static void px_remember_buffered(struct proxy *p, struct px_leg *l)
+{
+    char id[SESSION_KEY_MAX];
+
+    if (l->status < 200 || l->status >= 300)
+        return;
+    if (session_extract_id((const char *)evbuffer_pullup(l->buf, -1),
+                           evbuffer_get_length(l->buf), id, sizeof(id))
+        == SESSION_ID_FOUND)
+        px_remember(p, l, id);
+    px_remember(p, l, NULL);
+}
+
 static void px_reply_buffered(struct proxy *p, struct px_leg *l,
                               const struct upstream_xfer *x)
 {
-    if (l->status >= 200 && l->status < 300) {
-        char id[SESSION_KEY_MAX];
-        if (session_extract_id((const char *)evbuffer_pullup(l->buf, -1),
-                               evbuffer_get_length(l->buf), id, sizeof(id))
-            == SESSION_ID_FOUND)
-            px_remember(p, l, id);
-        px_remember(p, l, NULL);
-    }
-    {
     const char *ctype = upstream_resp_header(x, "Content-Type");
     size_t len = evbuffer_get_length(l->buf);
 
@@ -916,7 +923,6 @@ static void px_reply_buffered(struct proxy *p, struct px_leg *l,
     p->bytes_out = len;
     http_reply(p->req, l->status, ctype ? ctype : "application/json",
                (const char *)evbuffer_pullup(l->buf, -1), len);
-    }
 }
 
 static void px_on_done(void *arg, enum upstream_result res, const char *err)
@@ -972,8 +978,12 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
     }
     v = retry_classify(&p->snap->rp, &o);
     if (!v.retryable && (p->winner == l || p->active == 0)) {
-        /* A success, or an answer no retry can change (e.g. 400). */
+        /* A success, or an answer no retry can change (e.g. 400). One
+         * section of the state lock for both (it is recursive). */
+        lock_take();
         px_leg_record(l, v.host_failure, 1);
+        px_remember_buffered(p, l);
+        lock_drop();
         px_reply_buffered(p, l, x);
         px_done(p);
         return;
@@ -1530,7 +1540,7 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
         p->next->prev = p;
     p->w->inflight = p;
     if (p->deadline_timer == NULL || p->backoff_timer == NULL) {
-        px_free(p);
+        px_free(p, NULL, 0);
         return NULL;
     }
     http_req_on_close(req, px_client_gone, p);

@@ -521,9 +521,9 @@ def sanity(target, addr, tmp):
 
 # --- load runs ----------------------------------------------------------------
 
-def run_wrk(addr, body_file, conns, duration, pid, perf_out=None, during=None):
+def run_wrk(addr, body_file, conns, duration, pid, perf_out=None, during=None, cpus=None):
     threads = min(WRK_THREADS, conns)
-    argv = ["taskset", "-c", ",".join(map(str, LOAD_CPUS)), WRK, "-t%d" % threads,
+    argv = ["taskset", "-c", ",".join(map(str, cpus or LOAD_CPUS)), WRK, "-t%d" % threads,
             "-c%d" % conns, "-d%ds" % max(1, round(duration)), "--timeout", "5s",
             "-s", os.path.join(HERE, "post.lua"), "http://%s" % addr, "--", body_file]
     perf = None
@@ -1161,63 +1161,89 @@ def run_pool(tmp, up_addrs, body_json):
     return pool
 
 
-def run_workers(tmp, up_addrs, body_json):
-    """server.workers 1 (pinned to the target core, as in the main table) vs 2
-    (free to use every core, one of them shared with wrk and the mocks), JSON,
-    64 connections, repetitions alternating."""
+# The server.workers comparison: (label, workers, gateway cores, wrk cores).
+# "pinned": as in the main table, the load on its own core(s), so 2 workers
+# only get the load core's spare time. "shared": nothing pinned but the
+# mocks; the gateway and wrk take what the scheduler gives them.
+def workers_cases():
     all_cpus = sorted(set([TARGET_CPU] + LOAD_CPUS))
-    procs, runs = {}, {1: [], 2: []}
+    return [("pinned", 1, [TARGET_CPU], LOAD_CPUS), ("pinned", 2, all_cpus, LOAD_CPUS),
+            ("shared", 1, all_cpus, all_cpus), ("shared", 2, all_cpus, all_cpus)]
+
+
+def run_workers(tmp, up_addrs, body_json):
+    """server.workers 1 vs 2, JSON, 64 connections, repetitions alternating;
+    also the state lock's contention from /status."""
+    procs, runs, lock = {}, {}, {}
+    cases = workers_cases()
     try:
-        for n in (1, 2):
-            d = infergate_conf_dir(tmp, "conf-w%d" % n, up_addrs, workers=n)
-            procs[n] = start_infergate(tmp, "infergate-w%d" % n, d,
-                                       cpus="target" if n == 1 else all_cpus)
-            run_wrk(procs[n].addr, body_json, 64, WARMUP, procs[n].pid)
+        for label, n, cpus, wcpus in cases:
+            key = "%s/%d" % (label, n)
+            d = infergate_conf_dir(tmp, "conf-w-%s-%d" % (label, n), up_addrs, workers=n)
+            procs[key] = start_infergate(tmp, "infergate-w-%s-%d" % (label, n), d, cpus=cpus)
+            run_wrk(procs[key].addr, body_json, 64, WARMUP, procs[key].pid, cpus=wcpus)
         for rep in range(REPS):
-            for n in (1, 2):
+            for label, n, cpus, wcpus in cases:
+                key = "%s/%d" % (label, n)
                 try:
-                    r = run_wrk(procs[n].addr, body_json, 64, DURATION, procs[n].pid)
+                    r = run_wrk(procs[key].addr, body_json, 64, DURATION, procs[key].pid,
+                                cpus=wcpus)
                 except RuntimeError as e:
-                    note("workers %d rep %d: %s" % (n, rep + 1, e))
+                    note("workers %s rep %d: %s" % (key, rep + 1, e))
                     continue
-                runs[n].append(r)
-                log("  rep %d workers %d  %10s req/s  p99 %6s ms  err %d  cpu %3.0f%%  "
-                    "CPU %s us/req" % (rep + 1, n, fmt_rate(r["rps"]), fmt_ms(r["p99_ms"]),
+                runs.setdefault(key, []).append(r)
+                log("  rep %d workers %-9s %10s req/s  p99 %6s ms  err %d  cpu %3.0f%%  "
+                    "CPU %s us/req" % (rep + 1, key, fmt_rate(r["rps"]), fmt_ms(r["p99_ms"]),
                                        r["errors"], r["cpu_pct"], r["cpu_us_per_req"]))
+        for key, p in procs.items():
+            try:
+                st, body, _ = http("GET", "http://%s/status" % p.addr)
+                doc = json.loads(body)
+                if "state_lock" in doc:
+                    lock[key] = dict(doc["state_lock"], requests=doc["requests_total"])
+            except (OSError, ValueError):
+                pass
     except RuntimeError as e:
         note("workers run: %s" % e)
     finally:
         for p in procs.values():
             PROCS.stop(p)
-    cells = {str(n): median_of(v) for n, v in runs.items() if v}
-    out = {"cells": cells, "runs": {str(n): v for n, v in runs.items()},
-           "cpus": {"1": [TARGET_CPU], "2": all_cpus}}
-    if "1" in cells and "2" in cells:
-        out["rps_ratio"] = ratio(cells["2"]["rps"], cells["1"]["rps"])
-        out["cpu_per_req_ratio"] = ratio(cells["2"].get("cpu_us_per_req"),
-                                         cells["1"].get("cpu_us_per_req"))
+    cells = {k: median_of(v) for k, v in runs.items() if v}
+    out = {"cells": cells, "runs": runs, "state_lock": lock, "ratios": {},
+           "cases": [{"key": "%s/%d" % (l, n), "cpus": c, "wrk_cpus": w} for l, n, c, w in cases]}
+    for label in ("pinned", "shared"):
+        a, b = cells.get(label + "/1"), cells.get(label + "/2")
+        if a and b:
+            out["ratios"][label] = {"rps": ratio(b["rps"], a["rps"]),
+                                    "cpu_per_req": ratio(b.get("cpu_us_per_req"),
+                                                         a.get("cpu_us_per_req"))}
     return out
 
 
 def print_workers_table(wk):
-    log("server.workers: infergate, JSON, 64 connections; 1 worker pinned to core %d, "
-        "2 workers on cores %s (wrk and the mocks run on %s too)" % (
-            TARGET_CPU, ",".join(map(str, wk["cpus"]["2"])), ",".join(map(str, LOAD_CPUS))))
-    log("%-10s %10s %8s %8s %7s %6s %10s" % ("workers", "req/s", "p50 ms", "p99 ms", "errors",
-                                           "CPU%", "CPU us/req"))
-    log("-" * 64)
-    for n in ("1", "2"):
-        m = wk["cells"].get(n)
+    log("server.workers: infergate, JSON, 64 connections; 'pinned': gateway on core %d (1 "
+        "worker) or all cores (2), wrk and mocks on %s; 'shared': gateway and wrk on all cores, "
+        "mocks on %s" % (TARGET_CPU, ",".join(map(str, LOAD_CPUS)), ",".join(map(str, LOAD_CPUS))))
+    log("%-12s %10s %8s %8s %7s %6s %10s %14s" % ("workers", "req/s", "p50 ms", "p99 ms",
+                                                "errors", "CPU%", "CPU us/req", "lock waits/req"))
+    log("-" * 82)
+    for c in wk.get("cases", []):
+        m = wk["cells"].get(c["key"])
         if not m:
-            log("%-10s failed" % n)
+            log("%-12s failed" % c["key"])
             continue
-        log("%-10s %10s %8s %8s %7d %6.0f %10s" % (
-            n, ("*" if m.get("noisy") else "") + fmt_rate(m["rps"]), fmt_ms(m["p50_ms"]),
-            fmt_ms(m["p99_ms"]), m["errors"], m["cpu_pct"], m.get("cpu_us_per_req")))
-    if wk.get("rps_ratio") is not None:
-        log("%15s req/s 2 workers / 1 worker = %.2f (target >= 1.8 with the load elsewhere; "
-            "here the second worker's core also runs wrk and the mocks); CPU per request "
-            "2 / 1 = %s" % ("", wk["rps_ratio"], wk.get("cpu_per_req_ratio")))
+        lk = wk.get("state_lock", {}).get(c["key"])
+        waits = ("%.3f (%.1f us)" % (lk["waits"] / max(1, lk["requests"]),
+                                     lk["wait_ms"] * 1000.0 / max(1, lk["waits"]))
+                 if lk else "-")
+        log("%-12s %10s %8s %8s %7d %6.0f %10s %14s" % (
+            c["key"], ("*" if m.get("noisy") else "") + fmt_rate(m["rps"]), fmt_ms(m["p50_ms"]),
+            fmt_ms(m["p99_ms"]), m["errors"], m["cpu_pct"], m.get("cpu_us_per_req"), waits))
+    for label, r in sorted(wk.get("ratios", {}).items()):
+        log("%17s %s: req/s 2 workers / 1 = %.2f, CPU per request 2 / 1 = %s" % (
+            "", label, r["rps"], r["cpu_per_req"]))
+    log("%17s (target >= 1.8 with the load generator elsewhere: on this machine wrk and the "
+        "mocks need the cores the second worker would use)" % "")
     log("")
 
 

@@ -54,8 +54,11 @@ def test_two_workers_share_the_port_and_one_rotation(mocks, gateway):
     assert "2 worker threads serving" in g.output()
     results = parallel(g, 90)
     assert [r[0] for r in results] == [200] * 90
-    ws = status_doc(g)["workers"]
+    doc = status_doc(g)
+    ws = doc["workers"]
     assert [w["id"] for w in ws] == [0, 1] and all(w["thread"] for w in ws)
+    lk = doc["state_lock"]                                   # contention, for the bench
+    assert lk["waits"] >= 0 and lk["wait_ms"] >= 0
     assert all(w["requests"] > 0 for w in ws), ws          # both took connections
     assert sum(w["requests"] for w in ws) == 91             # and /status itself
     # One round-robin over the three hosts, whichever worker picked.
