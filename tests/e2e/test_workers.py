@@ -51,7 +51,8 @@ def parallel(g, n, threads=6, **chat):
 def test_two_workers_share_the_port_and_one_rotation(mocks, gateway):
     ms = mocks(3)
     g = gateway(hosts_of(ms), policies=WORKERS)
-    assert "2 worker threads serving" in g.output()
+    # The port accepts (the listeners exist) a moment before the threads start.
+    wait_for(lambda: "2 worker threads serving" in g.output(), what="the start-up log line")
     results = parallel(g, 90)
     assert [r[0] for r in results] == [200] * 90
     doc = status_doc(g)
