@@ -145,7 +145,9 @@ def test_reloads_under_load_lose_nothing_then_drain(mocks, gateway):
             assert st == 200, body
             gens.append(json.loads(body)["generation"])
         assert gens == sorted(gens) and len(set(gens)) == len(gens)
-        wait_for(lambda: status_doc(g)["generation"] >= 7, what="every reload installed")
+        # Four POSTs reload each; the two SIGHUPs at least once (a SIGHUP that
+        # comes while a reload runs shares the one that follows).
+        wait_for(lambda: status_doc(g)["generation"] >= 6, what="every reload installed")
     finally:
         stop.set()
         for t in ts:
