@@ -197,3 +197,34 @@ def test_reload_answer_comes_back_on_the_worker_that_asked(mocks, gateway):
     st, _, body = g.request("POST", "/admin/reload", headers={"Authorization": "Bearer t0k"})
     assert st == 422 and json.loads(body)["ok"] is False
     assert g.chat()[0] == 200
+
+
+def test_second_stop_signal_ends_streams_on_every_worker(mocks, gateway):
+    """SIGTERM drains; a second SIGTERM ends what is still in flight on
+    whichever worker holds it, and the process exits 0 without waiting
+    for the streams (each would take 20 s)."""
+    ms = mocks(1)
+    ms[0].config(chunks=20, chunk_interval_ms=1000)
+    g = gateway(hosts_of(ms), policies="server:\n  workers: 2\n  drain_timeout: 60s\n")
+    results, lock = [], threading.Lock()
+
+    def stream():
+        r = g.chat(stream=True)
+        with lock:
+            results.append(r)
+
+    ts = [threading.Thread(target=stream) for _ in range(6)]
+    for t in ts:
+        t.start()
+    wait_for(lambda: status_doc(g)["in_flight"] == 6, what="six streams in flight")
+    g.signal(signal.SIGTERM)
+    wait_for(lambda: "draining 6 request(s)" in g.output(), what="the drain")
+    g.signal(signal.SIGTERM)
+    wait_for(lambda: g.proc.poll() is not None, timeout=10, what="exit after the second signal")
+    for t in ts:
+        t.join(timeout=10)
+    assert len(results) == 6
+    for st, _, body in results:
+        assert st == 200 and b"[DONE]" not in body and body.count(b"data: ") < 20
+    out = g.stop()
+    assert "second stop signal: exiting now" in out
