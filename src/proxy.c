@@ -701,15 +701,17 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
 
 static int hop_by_hop(const char *name)
 {
-    static const char *const skip[] = {
-        "connection", "keep-alive", "transfer-encoding", "content-length",
-        "te", "trailer", "upgrade", "proxy-authenticate", "proxy-connection",
-        "content-type", "server", "date", "x-request-id",
+#define S(x) { x, sizeof(x) - 1 }
+    static const struct { const char *s; size_t n; } skip[] = {
+        S("connection"), S("keep-alive"), S("transfer-encoding"), S("content-length"),
+        S("te"), S("trailer"), S("upgrade"), S("proxy-authenticate"), S("proxy-connection"),
+        S("content-type"), S("server"), S("date"), S("x-request-id"),
     };
-    size_t i;
+#undef S
+    size_t i, n = strlen(name);
 
     for (i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
-        if (strcasecmp(name, skip[i]) == 0)
+        if (skip[i].n == n && strcasecmp(name, skip[i].s) == 0)
             return 1;
     return 0;
 }
