@@ -192,6 +192,13 @@ def test_reload_answer_comes_back_on_the_worker_that_asked(mocks, gateway):
     for t in ts:
         t.join()
     assert [r[0] for r in out] == [200] * 8
+    # A new worker count is for the next start: the reload goes through, says so.
+    with open(g.conf_dir + "/policies.yaml", "w") as f:
+        f.write("server:\n  workers: 3\nadmin:\n  token: t0k\nhealth_check:\n  enabled: false\n")
+    st, _, body = g.request("POST", "/admin/reload", headers={"Authorization": "Bearer t0k"})
+    assert st == 200, body
+    assert "server.workers changes from 2 to 3 at the next restart" in g.output()
+    assert len(status_doc(g)["workers"]) == 2
     with open(g.conf_dir + "/hosts.json", "w") as f:
         f.write("{ not json")
     st, _, body = g.request("POST", "/admin/reload", headers={"Authorization": "Bearer t0k"})
