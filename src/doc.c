@@ -376,31 +376,6 @@ static const char *jp_what(const struct jp *j, char *buf, size_t cap)
     return buf;
 }
 
-/* Length of the valid UTF-8 sequence at p, 0 if invalid. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    uint32_t cp;
-    size_t n, i;
-
-    if (p[0] < 0x80)
-        return 1;
-    if ((p[0] & 0xE0) == 0xC0) { n = 2; cp = p[0] & 0x1F; }
-    else if ((p[0] & 0xF0) == 0xE0) { n = 3; cp = p[0] & 0x0F; }
-    else if ((p[0] & 0xF8) == 0xF0) { n = 4; cp = p[0] & 0x07; }
-    else return 0;
-    if ((size_t)(end - p) < n)
-        return 0;
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
-        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return n;
-}
-
 /*
  * Parses a string at the cursor (on its opening quote). Returns a malloc'd,
  * NUL-terminated UTF-8 buffer, or NULL after recording an error.
@@ -485,7 +460,9 @@ static char *jp_string(struct jp *j, const char *path)
             jp_adv(j);
             continue;
         }
-        ulen = utf8_len((const unsigned char *)j->p, (const unsigned char *)j->end);
+        ulen = (unsigned char)*j->p < 0x80 ? 1
+               : (size_t)utf8_seq_len((const unsigned char *)j->p,
+                                      (const unsigned char *)j->end);
         if (ulen == 0) {
             doc_err(j->d, jp_pos(j), path, "invalid UTF-8 in a string");
             goto fail;

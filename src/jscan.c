@@ -42,38 +42,6 @@ static void ws(struct js *s)
         s->p++;
 }
 
-/* The length of the valid UTF-8 sequence at p (2-4 bytes), or 0. */
-static int utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    unsigned c = p[0];
-    int n, i;
-    uint32_t cp;
-
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (end - p < n)
-        return 0;
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF
-        || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;                       /* overlong, too big, a surrogate */
-    return n;
-}
-
 /* s->p at the opening quote; leaves it after the closing one. */
 static int scan_string(struct js *s, int *escaped)
 {
@@ -122,7 +90,7 @@ static int scan_string(struct js *s, int *escaped)
         if (c < 0x80) {
             p++;
         } else {
-            int n = utf8_len(p, end);
+            int n = utf8_seq_len(p, end);
             if (n == 0)
                 return fail(s, p, "invalid UTF-8");
             p += n;

@@ -25,7 +25,6 @@
 #include "http.h"
 #include "log.h"
 #include "notify.h"
-#include "proxy.h"
 
 #ifndef INFERGATE_VERSION
 #define INFERGATE_VERSION "0.1.0"

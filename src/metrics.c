@@ -22,6 +22,7 @@
 
 #include "hash.h"
 #include "metrics.h"
+#include "utf8.h"
 
 /* --- buckets --------------------------------------------------------- */
 
@@ -318,39 +319,17 @@ static int utf8_valid(const unsigned char *s, size_t n)
     size_t i = 0;
 
     while (i < n) {
-        unsigned c = s[i];
-        size_t len, k;
-        uint32_t cp;
+        int len;
 
-        if (c == 0)
+        if (s[i] == 0)
             return 0;
-        if (c < 0x80) {
+        if (s[i] < 0x80) {
             i++;
             continue;
         }
-        if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-            cp = c & 0x1F;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            cp = c & 0x0F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
+        if ((len = utf8_seq_len(s + i, s + n)) == 0)
             return 0;
-        }
-        if (i + len > n)
-            return 0;
-        for (k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)))
-            || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-            return 0;
-        i += len;
+        i += (size_t)len;
     }
     return 1;
 }

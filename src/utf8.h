@@ -1,7 +1,8 @@
 /*
  * utf8.h -- what the two JSON readers (doc.c for the configuration,
  * jscan.c for request bodies) share to decode \uXXXX escapes: the four
- * hex digits and the UTF-8 encoding of a code point. Inline: both are
+ * hex digits and the UTF-8 encoding of a code point; and the check of a
+ * multi-byte UTF-8 sequence (jscan.c, metrics.c labels). Inline: all are
  * built into test drivers that take single objects.
  */
 #ifndef INFERGATE_UTF8_H
@@ -57,6 +58,39 @@ static inline size_t utf8_put(char *out, uint32_t cp)
     out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
     out[3] = (char)(0x80 | (cp & 0x3F));
     return 4;
+}
+
+/* The length of the valid multi-byte UTF-8 sequence at p (2-4 bytes), or 0
+ * (a lone or bad byte, cut short, overlong, a surrogate, above U+10FFFF). */
+static inline int utf8_seq_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    int n, i;
+    uint32_t cp;
+
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (end - p < n)
+        return 0;
+    for (i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF
+        || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;                       /* overlong, too big, a surrogate */
+    return n;
 }
 
 #endif
