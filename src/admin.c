@@ -195,7 +195,7 @@ static json_t *host_json(const struct snapshot *s, size_t i)
         json_object_set_new(mbr, hs->mbr[j]->model,
                             json_string(breaker_state_name(breaker_state(&hs->mbr[j]->br, now))));
     return json_pack("{s:s, s:s, s:s?, s:s?, s:i, s:i, s:i, s:s?, s:o, s:o, s:o,"
-                     " s:s, s:s, s:o, s:i, s:f, s:I, s:I, s:I, s:o, s:o}",
+                     " s:s, s:s, s:o, s:i, s:f, s:I, s:I, s:I, s:o, s:o, s:{s:I, s:I, s:I}}",
                      "name", h->name, "url", h->url,
                      "region", h->region, "address", h->address,
                      "priority", h->priority, "weight", h->weight,
@@ -211,7 +211,10 @@ static json_t *host_json(const struct snapshot *s, size_t i)
                      "failures", (json_int_t)hs->failures,
                      "consecutive_failures", (json_int_t)hs->consecutive_failures,
                      "last_check", iso_or_null(hs->last_check_unix_ms),
-                     "last_error", text_or_null(hs->last_error));
+                     "last_error", text_or_null(hs->last_error),
+                     "tokens", "input", (json_int_t)hs->tokens[0],
+                     "output", (json_int_t)hs->tokens[1],
+                     "cached", (json_int_t)hs->tokens[2]);
 }
 
 static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)

@@ -784,6 +784,8 @@ static const struct field fields[] = {
     {S_POLICY, "alerts.thresholds.latency_p99",     T_DUR,     OFF(alerts.latency_p99_ms),          "0",             0,     DAY, .flags = 0},/* 0 = off */
     {S_POLICY, "alerts.notifications",              T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_notifications},
 
+    {S_POLICY, "usage.include_in_stream",           T_BOOL,    OFF(usage.include_in_stream),        "false",         0, 0, .flags = 0},
+
     {S_POLICY, "admin.token",                       T_STR,     OFF(admin.token),                    NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_POLICY, "admin.client_keys",                 T_STRLIST, OFF(admin.client_keys),              NULL,            0, 0, .flags = 0},
 

@@ -236,6 +236,10 @@ struct config {
     } alerts;
 
     struct {
+        int      include_in_stream;      /* add stream_options.include_usage */
+    } usage;
+
+    struct {
         char    *token;                  /* NULL = admin endpoints disabled */
         struct cfg_strlist client_keys;  /* secrets; empty = /v1 open */
     } admin;

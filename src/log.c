@@ -207,6 +207,14 @@ static const char *dash(const char *s)
     return s && *s ? s : "-";
 }
 
+static void count_or_dash(char *out, size_t len, int have, uint64_t n)
+{
+    if (have)
+        snprintf(out, len, "%llu", (unsigned long long)n);
+    else
+        snprintf(out, len, "-");
+}
+
 /* The route name of a path, as metrics label it ("/v1/chat/completions"
  * is "chat_completions"); kept here so log.c needs no other module. */
 static const char *route_of(const char *path)
@@ -254,6 +262,17 @@ void log_access(const struct log_access *a)
                               "stream", a->stream, "ttfb_ms", a->ttfb_ms,
                               "total_ms", a->total_ms,
                               "bytes", (json_int_t)a->bytes_out);
+        if (o && a->token_have) {
+            /* USAGE_HAVE_INPUT, _OUTPUT, _CACHED: 1, 2, 4 (usage.h) */
+            json_t *t = json_object();
+            if (a->token_have & 1)
+                json_object_set_new(t, "input", json_integer((json_int_t)a->tokens_in));
+            if (a->token_have & 2)
+                json_object_set_new(t, "output", json_integer((json_int_t)a->tokens_out));
+            if (a->token_have & 4)
+                json_object_set_new(t, "cached", json_integer((json_int_t)a->tokens_cached));
+            json_object_set_new(o, "tokens", t);
+        }
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (s && (s = realloc_line(s)))
             sink_write(&alog, NULL, s);
@@ -261,13 +280,18 @@ void log_access(const struct log_access *a)
         json_decref(o);
         return;
     }
+    char tin[24], tout[24], tcached[24];
+    count_or_dash(tin, sizeof(tin), a->token_have & 1, a->tokens_in);
+    count_or_dash(tout, sizeof(tout), a->token_have & 2, a->tokens_out);
+    count_or_dash(tcached, sizeof(tcached), a->token_have & 4, a->tokens_cached);
 #define ACCESS_LINE(buf, len) snprintf(buf, len, \
             "%s %s %s \"%s %s\" %d model=%s host=%s key=%s attempts=%d" \
-            " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu\n", \
+            " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu" \
+            " tokens_in=%s tokens_out=%s tokens_cached=%s\n", \
             ts, dash(a->peer), dash(a->request_id), dash(a->method), \
             dash(a->path), a->status, dash(a->model), dash(a->host), \
             dash(a->key_fp), a->attempts, a->stream, a->ttfb_ms, a->total_ms, \
-            a->bytes_out)
+            a->bytes_out, tin, tout, tcached)
     n = ACCESS_LINE(line, sizeof(line));
     if (n >= (int)sizeof(line) && (big = malloc((size_t)n + 1)) != NULL)
         ACCESS_LINE(big, (size_t)n + 1);

@@ -8,6 +8,8 @@
 #ifndef INFERGATE_LOG_H
 #define INFERGATE_LOG_H
 
+#include <stdint.h>
+
 #include "config.h"
 
 int  log_open(const char *file, enum cfg_log_level level, enum cfg_log_format fmt);
@@ -40,6 +42,8 @@ struct log_access {
     double      ttfb_ms;     /* time to the first byte sent to the client */
     double      total_ms;
     size_t      bytes_out;
+    unsigned    token_have;  /* usage.h USAGE_HAVE_* bits; 0 = no usage seen */
+    uint64_t    tokens_in, tokens_out, tokens_cached;
 };
 void log_access(const struct log_access *a);
 

@@ -63,6 +63,14 @@ struct metrics_host {
     int                  breaker;       /* METRICS_BREAKER_* */
     int                  health;        /* 0 healthy, 1 degraded, 2 unhealthy */
     uint64_t             in_flight;
+    struct tok_series   *tok;           /* METRICS_HOST_TOKEN_MODELS + 1, on first use */
+};
+
+/* Tokens of one model on one host; the last slot of a host is "other". */
+struct tok_series {
+    uint16_t model;                     /* model id */
+    uint16_t used;
+    uint64_t n[METRICS_TOKEN_KINDS];
 };
 
 /* Model ids: 0 = "none", 1 = "other", MODEL_FIRST + i = models[i]. */
@@ -123,6 +131,7 @@ static const char *route_names[METRICS_ROUTES] = {
     "chat_completions", "completions", "embeddings", "models", "verify", "ip",
     "health", "status", "metrics", "admin", "other"
 };
+static const char *token_kind_names[METRICS_TOKEN_KINDS] = { "input", "output", "cached" };
 static const char *outcome_names[METRICS_OUTCOMES] = {
     "success", "rate_limited", "client_error", "server_error",
     "connect_error", "timeout", "protocol_error", "cancelled"
@@ -286,6 +295,7 @@ void metrics_host_put(struct metrics_host *h)
     else
         hosts_idx.tail = h->prev;
     req_remove_host(h);
+    free(h->tok);
     free(h->name);
     free(h);
     if (hosts_idx.count == 0) {
@@ -443,6 +453,32 @@ static void req_remove_host(const struct metrics_host *h)
 
 /* --- hot path -------------------------------------------------------- */
 
+/* Adds r's tokens to its host's series of its model. A host keeps up to
+ * METRICS_HOST_TOKEN_MODELS models; more are counted as "other". */
+void metrics_tokens(struct metrics_host *h, const char *name, unsigned have,
+                    const uint64_t n[METRICS_TOKEN_KINDS])
+{
+    struct tok_series *t;
+    uint16_t model;
+    size_t i;
+
+    if (h == NULL || have == 0)
+        return;
+    model = model_id(name);
+    if (h->tok == NULL
+        && (h->tok = calloc(METRICS_HOST_TOKEN_MODELS + 1, sizeof(*h->tok))) == NULL)
+        return;
+    for (i = 0; i < METRICS_HOST_TOKEN_MODELS; i++)
+        if (!h->tok[i].used || h->tok[i].model == model)
+            break;
+    t = &h->tok[i];
+    t->model = i < METRICS_HOST_TOKEN_MODELS ? model : MODEL_OTHER;
+    t->used = 1;
+    for (i = 0; i < METRICS_TOKEN_KINDS; i++)
+        if (have & (1u << i))
+            t->n[i] += n[i];
+}
+
 void metrics_request(const struct metrics_req *r)
 {
     unsigned route = (unsigned)r->route < METRICS_ROUTES ? (unsigned)r->route
@@ -586,6 +622,8 @@ void metrics_reset(void)
         memset(&h->duration, 0, sizeof(h->duration));
         h->breaker = h->health = 0;
         h->in_flight = 0;
+        free(h->tok);                   /* model ids are forgotten too */
+        h->tok = NULL;
     }
 }
 
@@ -796,6 +834,23 @@ static void render_hosts(struct out *o)
     for (h = reg.hosts; h; h = h->next) {
         struct labels l = one_label("host", h->name);
         sample_u64(o, "infergate_stream_chunks_total", &l, h->chunks);
+    }
+    family(o, "infergate_tokens_total", "counter",
+           "Tokens the upstream reported in its answers' usage, by host, model (at most "
+           "16 per host, then \"other\") and kind (input, output, cached: the part of "
+           "input read from a cache).");
+    for (h = reg.hosts; h; h = h->next) {
+        for (i = 0; h->tok && i <= METRICS_HOST_TOKEN_MODELS; i++) {
+            size_t k;
+            if (!h->tok[i].used)
+                continue;
+            for (k = 0; k < METRICS_TOKEN_KINDS; k++) {
+                struct labels l = {{ "host", "model", "kind" },
+                                   { h->name, model_name(h->tok[i].model),
+                                     token_kind_names[k] }};
+                sample_u64(o, "infergate_tokens_total", &l, h->tok[i].n[k]);
+            }
+        }
     }
     family(o, "infergate_breaker_state", "gauge",
            "Circuit breaker state by host: 0 closed, 1 open, 2 half-open.");

@@ -52,6 +52,13 @@ enum metrics_route {
     METRICS_ROUTES
 };
 
+/* The `kind` label of infergate_tokens_total. */
+enum metrics_token_kind {
+    METRICS_TOKENS_INPUT = 0, METRICS_TOKENS_OUTPUT, METRICS_TOKENS_CACHED,
+    METRICS_TOKEN_KINDS
+};
+#define METRICS_HOST_TOKEN_MODELS 16  /* models per host in tokens_total, then "other" */
+
 /* The `outcome` label of one upstream attempt. */
 enum metrics_outcome {
     METRICS_OUTCOME_SUCCESS = 0, /* 1xx-3xx answer */
@@ -110,6 +117,11 @@ struct metrics_req {
     double               upstream_ms; /* of total_ms, time waiting on upstreams */
 };
 void metrics_request(const struct metrics_req *r);
+
+/* Tokens an answer of host h for `model` reported; `have` has bit 1 << k
+ * set for each kind k (enum metrics_token_kind) it reported. */
+void metrics_tokens(struct metrics_host *h, const char *model, unsigned have,
+                    const uint64_t n[METRICS_TOKEN_KINDS]);
 
 /* One upstream attempt on host h; ttfb_ms < 0 when no response head came. */
 void metrics_attempt(struct metrics_host *h, enum metrics_outcome o,

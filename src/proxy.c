@@ -51,6 +51,7 @@
 #include "retry.h"
 #include "session.h"
 #include "upstream.h"
+#include "usage.h"
 #include "worker.h"
 
 #ifndef INFERGATE_VERSION
@@ -175,6 +176,13 @@ struct proxy {
 
     int                   resp_status;   /* what the client got */
     size_t                bytes_out;
+
+    /* token usage (usage.h) */
+    struct usage          usage;         /* what the answer reported */
+    struct usage_stream  *ustream;       /* a stream's head and tail */
+    int                   strip_usage;   /* drop the usage-only chunk we asked for */
+    struct evbuffer      *sse_hold;      /* strip_usage: an event not yet complete */
+    char                 *body_own;      /* the body with include_usage added */
 };
 
 /* Requests waiting for a free host (routing.when_full: queue), from
@@ -213,6 +221,10 @@ static void px_access_log(struct proxy *p)
     a.ttfb_ms = p->t_head ? (double)(p->t_head - p->t_start) : 0;
     a.total_ms = (double)(now - p->t_start);
     a.bytes_out = p->bytes_out;
+    a.token_have = p->usage.have;
+    a.tokens_in = p->usage.input;
+    a.tokens_out = p->usage.output;
+    a.tokens_cached = p->usage.cached;
     log_access(&a);
 }
 
@@ -259,6 +271,14 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         px_leg_cancel(&p->legs[i]);
     lock_take();
     if (m) {
+        if (p->usage.have && p->last_host >= 0) {
+            struct host_state *hs = p->snap->hs[p->last_host];
+            uint64_t n[METRICS_TOKEN_KINDS] = { p->usage.input, p->usage.output,
+                                                p->usage.cached };
+            for (i = 0; i < METRICS_TOKEN_KINDS; i++)
+                hs->tokens[i] += n[i];
+            metrics_tokens(m->host, m->model, p->usage.have, n);
+        }
         metrics_request(m);
         alerts_observe(p->gw->alerts, NULL, m->status < 500,
                        m->ttfb_ms >= 0 ? m->ttfb_ms : m->total_ms, now);
@@ -291,6 +311,10 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         event_free(p->backoff_timer);
     if (p->idscan)
         evbuffer_free(p->idscan);
+    if (p->sse_hold)
+        evbuffer_free(p->sse_hold);
+    free(p->ustream);
+    free(p->body_own);
     free(p->lookup_key);
     free(p->pinned);
     json_decref(p->doc);
@@ -786,10 +810,49 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         px_copy_headers(p, x);
         http_stream_start(p->req, status, ctype);
         px_remember(p, l, NULL);
+        p->ustream = calloc(1, sizeof(*p->ustream));    /* none: no usage counted */
+        if (p->strip_usage && (p->sse_hold = evbuffer_new()) == NULL)
+            p->strip_usage = 0;
         return UPSTREAM_CONTINUE;
     }
     p->st = PX_BUFFERING;
     return UPSTREAM_CONTINUE;
+}
+
+/* usage.include_in_stream: passes the stream on event by event, without
+ * the usage-only chunk the client did not ask for. `end`: flush what is
+ * left. Returns what is queued on the client's socket. */
+static size_t px_write_stripped(struct proxy *p, const char *data, size_t len, int end)
+{
+    struct evbuffer *h = p->sse_hold;
+    size_t pending = 0;
+    int wrote = 0;
+
+    evbuffer_add(h, data, len);
+    for (;;) {
+        struct evbuffer_ptr at = evbuffer_search(h, "\n\n", 2, NULL);
+        size_t n;
+        const char *ev;
+
+        if (at.pos < 0)
+            break;
+        n = (size_t)at.pos + 2;
+        ev = (const char *)evbuffer_pullup(h, (ev_ssize_t)n);
+        if (!usage_only_event(ev, n - 2)) {
+            pending = http_stream_write(p->req, ev, n);
+            wrote = 1;
+        }
+        evbuffer_drain(h, n);
+    }
+    if (end && evbuffer_get_length(h)) {
+        size_t n = evbuffer_get_length(h);
+        pending = http_stream_write(p->req, (const char *)evbuffer_pullup(h, -1), n);
+        evbuffer_drain(h, n);
+        wrote = 1;
+    }
+    if (!wrote)
+        pending = http_stream_write(p->req, "", 0);
+    return pending;
 }
 
 static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
@@ -804,7 +867,10 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         lock_take();
         metrics_stream_chunks(p->snap->mh[l->host], 1);
         lock_drop();
-        pending = http_stream_write(p->req, data, len);
+        if (p->ustream)
+            usage_stream_feed(p->ustream, data, len);
+        pending = p->strip_usage ? px_write_stripped(p, data, len, 0)
+                                 : http_stream_write(p->req, data, len);
         p->bytes_out += len;
         if (pending > PX_STREAM_HIGH) {
             /* Slow client: hold the upstream until the socket drains. */
@@ -923,6 +989,10 @@ static void px_reply_buffered(struct proxy *p, struct px_leg *l,
     px_add_headers(p);
     px_copy_headers(p, x);
     p->bytes_out = len;
+    if (l->status >= 200 && l->status < 300)
+        usage_scan_last((const char *)evbuffer_pullup(l->buf, -1)
+                            + (len > USAGE_TAIL ? len - USAGE_TAIL : 0),
+                        len > USAGE_TAIL ? USAGE_TAIL : len, &p->usage);
     http_reply(p->req, l->status, ctype ? ctype : "application/json",
                (const char *)evbuffer_pullup(l->buf, -1), len);
 }
@@ -940,6 +1010,10 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
     l->xfer = NULL;                   /* freed by upstream.c after this */
     if (l->streaming) {
         px_leg_record(l, res != UPSTREAM_OK, 0);
+        if (p->ustream)
+            usage_stream_result(p->ustream, &p->usage);
+        if (p->strip_usage)
+            px_write_stripped(p, "", 0, 1);
         if (res != UPSTREAM_OK) {
             log_warn("request %s: stream from %s broke: %s", p->id,
                      p->snap->cfg->hosts[l->host].name, err);
@@ -1675,7 +1749,7 @@ static void px_start(struct proxy *p)
 /* The top-level members a proxied body is read for; the rest is the
  * upstream's to judge. The last of duplicate members wins, as in jansson. */
 struct px_fields {
-    struct jscan_val model, stream, messages, user, id, prev_rid;
+    struct jscan_val model, stream, messages, user, id, prev_rid, stream_options;
 };
 
 static void px_field(void *arg, const char *key, size_t klen, const struct jscan_val *v)
@@ -1696,9 +1770,62 @@ static void px_field(void *arg, const char *key, size_t klen, const struct jscan
         dst = &f->id;
     else if (IS("previous_response_id"))
         dst = &f->prev_rid;
+    else if (IS("stream_options"))
+        dst = &f->stream_options;
 #undef IS
     if (dst)
         *dst = *v;
+}
+
+/* usage.include_in_stream: a streamed chat/completions request that does
+ * not ask for usage gets stream_options.include_usage, and the client's
+ * stream loses the usage-only chunk again (px_write_stripped). */
+static int px_ask_usage(struct proxy *p, const struct jscan_val *opts)
+{
+    static const char member[] = "\"stream_options\":{\"include_usage\":true}";
+    enum usage_ask a = usage_ask_of(opts ? opts->start : NULL, opts ? opts->len : 0);
+    const char *b = p->body, *e = p->body + p->body_len, *brace;
+    size_t head, n;
+    json_t *doc, *o;
+
+    if (a == USAGE_ASKED)
+        return 0;
+    p->strip_usage = 1;
+    if (a == USAGE_ADD) {
+        brace = memchr(b, '{', p->body_len);   /* jscan said: an object */
+        head = (size_t)(brace + 1 - b);
+        n = p->body_len + sizeof(member);     /* the member and a comma */
+        if ((p->body_own = malloc(n)) == NULL)
+            return -1;
+        memcpy(p->body_own, b, head);
+        memcpy(p->body_own + head, member, sizeof(member) - 1);
+        for (b = brace + 1; b < e && isspace((unsigned char)*b); b++)
+            ;
+        if (b < e && *b == '}') {             /* {} */
+            n--;
+        } else {
+            p->body_own[head + sizeof(member) - 1] = ',';
+        }
+        memcpy(p->body_own + n - (p->body_len - head), brace + 1, p->body_len - head);
+        p->body = p->body_own;
+        p->body_len = n;
+        return 0;
+    }
+    if ((doc = json_loadb(p->body, p->body_len, 0, NULL)) == NULL)
+        return -1;
+    o = json_object_get(doc, "stream_options");
+    if (!json_is_object(o)) {
+        o = json_object();
+        json_object_set_new(doc, "stream_options", o);
+    }
+    json_object_set_new(o, "include_usage", json_true());
+    p->body_own = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (p->body_own == NULL)
+        return -1;
+    p->body = p->body_own;
+    p->body_len = strlen(p->body_own);
+    return 0;
 }
 
 void proxy_handle(struct gateway *gw, struct http_req *req)
@@ -1749,6 +1876,13 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
         && (f.messages.type != JSCAN_ARRAY || !f.messages.all_objects)) {
         px_error(p, 400, "invalid_request_error", "invalid_messages",
                  "\"messages\" must be an array of message objects");
+        return;
+    }
+    if (p->want_stream && p->snap->cfg->usage.include_in_stream
+        && (strcmp(p->upath, "/v1/chat/completions") == 0
+            || strcmp(p->upath, "/v1/completions") == 0)
+        && px_ask_usage(p, f.stream_options.type ? &f.stream_options : NULL) < 0) {
+        px_error(p, 500, "server_error", "out_of_memory", "out of memory");
         return;
     }
     if (f.user.type == JSCAN_STRING)

@@ -48,6 +48,7 @@ struct host_state {
     uint64_t  failures;          /* attempts that failed (network, 5xx...) */
     uint64_t  consecutive_failures;
     uint64_t  rr;                /* key rotation cursor, starts per host */
+    uint64_t  tokens[3];         /* usage reported: input, output, cached */
     /* health.c */
     enum host_health health;
     int       probe_successes;   /* consecutive, toward healthy_threshold */

@@ -118,6 +118,7 @@ EXPECTED = {
     "infergate_upstream_duration_seconds": "histogram",
     "infergate_upstream_in_flight_requests": "gauge",
     "infergate_stream_chunks_total": "counter",
+    "infergate_tokens_total": "counter",
     "infergate_breaker_state": "gauge",
     "infergate_host_health": "gauge",
     "infergate_retries_total": "counter",
@@ -154,6 +155,11 @@ def test_promtool_accepts_sample_registry(driver):
     assert 'infergate_config_reloads_total{result="failed"} 1' in body
     assert "infergate_start_time_seconds 1700000000.123" in body
     assert 'infergate_stream_chunks_total{host="gpu-a"} 42' in body
+    # Tokens: kinds a call did not report add nothing; past 16 models, "other".
+    tok = 'infergate_tokens_total{host="gpu-a",model="llama-3.1-8b-instruct",kind="%s"} %d'
+    assert tok % ("input", 125) in body and tok % ("output", 31) in body
+    assert tok % ("cached", 64) in body
+    assert 'infergate_tokens_total{host="h\u00f4te.example:8080",model="other",kind="output"} 4' in body
 
 
 def test_promtool_accepts_overflowing_series_table(driver):

@@ -77,6 +77,7 @@ struct op {
     int   retry_after;
     int   garbage, drop;
     int   stream, chunks, interval_ms, close_after, sent;
+    int   include_usage;                  /* stream_options.include_usage */
     int   items;                          /* embeddings: inputs */
     int   prompt_tokens;
     unsigned long long seq;
@@ -359,6 +360,16 @@ static void stream_end(struct op *op)
 {
     struct evhttp_request *req = op->req;
 
+    if (op->include_usage) {
+        /* OpenAI's last chunk: no choices, the whole stream's usage. */
+        evbuffer_add_printf(mock.scratch, "data: {\"id\":\"%s-%s-%llu\",\"object\":\"%s\","
+                            "\"model\":%s,\"choices\":[],\"usage\":{\"prompt_tokens\":%d,"
+                            "\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n",
+                            op->ep == EP_CHAT ? "chatcmpl" : "cmpl", mock.name, op->seq,
+                            op->ep == EP_CHAT ? "chat.completion.chunk" : "text_completion",
+                            op->model_json, op->prompt_tokens, op->chunks,
+                            op->prompt_tokens + op->chunks);
+    }
     evbuffer_add(mock.scratch, "data: [DONE]\n\n", 14);
     evhttp_send_reply_chunk(req, mock.scratch);
     mock.stats.streams_completed++;
@@ -580,6 +591,8 @@ static int op_read_body(struct op *op, json_t *root, const char *model)
     case EP_CHAT:
     case EP_COMPLETIONS:
         op->stream = json_is_true(json_object_get(root, "stream"));
+        op->include_usage = json_is_true(json_object_get(
+            json_object_get(root, "stream_options"), "include_usage"));
         break;
     case EP_EMBEDDINGS:
         v = json_object_get(root, "input");

@@ -1,0 +1,299 @@
+/*
+ * usage.c -- token usage from the end of answers and streams (see usage.h).
+ */
+#include <string.h>
+
+#include "jscan.h"
+#include "usage.h"
+
+#define KEY "\"usage\""
+#define KEYLEN (sizeof(KEY) - 1)
+
+/* --- reading one usage object ----------------------------------------- */
+
+struct usage_fields {
+    struct usage *u;
+    uint64_t      cache_creation, cache_read;
+    unsigned      anthropic;     /* cache_*_input_tokens seen */
+};
+
+static int read_count(const struct jscan_val *v, uint64_t *out)
+{
+    uint64_t n = 0;
+    size_t i;
+
+    if (v->type != JSCAN_NUMBER || v->len == 0 || v->len > 18)
+        return -1;
+    for (i = 0; i < v->len; i++) {
+        char c = v->start[i];
+        if (c < '0' || c > '9')
+            return -1;           /* negative, fraction or exponent: not a count */
+        n = n * 10 + (uint64_t)(c - '0');
+    }
+    *out = n;
+    return 0;
+}
+
+static void on_details(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct usage_fields *f = arg;
+
+    if (klen == 13 && memcmp(key, "cached_tokens", 13) == 0
+        && read_count(v, &f->u->cached) == 0)
+        f->u->have |= USAGE_HAVE_CACHED;
+}
+
+static void on_usage(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct usage_fields *f = arg;
+    struct usage *u = f->u;
+    struct jscan_error err;
+
+#define IS(name) (klen == sizeof(name) - 1 && memcmp(key, name, klen) == 0)
+    if (IS("prompt_tokens") || IS("input_tokens")) {
+        if (read_count(v, &u->input) == 0)
+            u->have |= USAGE_HAVE_INPUT;
+    } else if (IS("completion_tokens") || IS("output_tokens")) {
+        if (read_count(v, &u->output) == 0)
+            u->have |= USAGE_HAVE_OUTPUT;
+    } else if (IS("prompt_tokens_details") || IS("input_tokens_details")) {
+        if (v->type == JSCAN_OBJECT)
+            jscan_top(v->start, v->len, on_details, f, &err);
+    } else if (IS("cache_read_input_tokens")) {
+        if (read_count(v, &f->cache_read) == 0)
+            f->anthropic |= 1;
+    } else if (IS("cache_creation_input_tokens")) {
+        if (read_count(v, &f->cache_creation) == 0)
+            f->anthropic |= 2;
+    }
+#undef IS
+}
+
+int usage_parse_object(const char *obj, size_t len, struct usage *u)
+{
+    struct usage_fields f;
+    struct jscan_error err;
+
+    memset(u, 0, sizeof(*u));
+    memset(&f, 0, sizeof(f));
+    f.u = u;
+    if (jscan_top(obj, len, on_usage, &f, &err) != JSCAN_OBJECT) {
+        memset(u, 0, sizeof(*u));
+        return -1;
+    }
+    if (f.anthropic) {
+        /* Messages: input_tokens leaves out what was read from or written
+         * to the cache; `input` counts them all, as OpenAI's does. */
+        if (u->have & USAGE_HAVE_INPUT)
+            u->input += f.cache_read + f.cache_creation;
+        if (f.anthropic & 1) {
+            u->cached = f.cache_read;
+            u->have |= USAGE_HAVE_CACHED;
+        }
+    }
+    return u->have ? 0 : -1;
+}
+
+/* --- finding it -------------------------------------------------------- */
+
+/* The end (one past the '}') of the object starting at b, or NULL when it
+ * does not end before e. */
+static const char *object_end(const char *b, const char *e)
+{
+    int depth = 0, in_str = 0;
+
+    for (; b < e; b++) {
+        char c = *b;
+        if (in_str) {
+            if (c == '\\')
+                b++;
+            else if (c == '"')
+                in_str = 0;
+            continue;
+        }
+        if (c == '"')
+            in_str = 1;
+        else if (c == '{' || c == '[')
+            depth++;
+        else if ((c == '}' || c == ']') && --depth == 0)
+            return b + 1;
+    }
+    return NULL;
+}
+
+static int is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* The usage object whose key starts at k, if complete and valid. */
+static int try_at(const char *k, const char *e, struct usage *u)
+{
+    const char *b = k + KEYLEN, *end;
+
+    while (b < e && is_ws(*b))
+        b++;
+    if (b >= e || *b != ':')
+        return -1;
+    for (b++; b < e && is_ws(*b); b++)
+        ;
+    if (b >= e || *b != '{' || (end = object_end(b, e)) == NULL)
+        return -1;
+    return usage_parse_object(b, (size_t)(end - b), u);
+}
+
+int usage_scan_last(const char *buf, size_t len, struct usage *u)
+{
+    const char *k;
+
+    if (len < KEYLEN)
+        return -1;
+    for (k = buf + len - KEYLEN; k >= buf; k--)
+        if (*k == '"' && memcmp(k, KEY, KEYLEN) == 0 && try_at(k, buf + len, u) == 0)
+            return 0;
+    return -1;
+}
+
+int usage_scan_first(const char *buf, size_t len, struct usage *u)
+{
+    const char *k = buf, *e = buf + len;
+
+    while (e - k >= (ptrdiff_t)KEYLEN && (k = memmem(k, (size_t)(e - k), KEY, KEYLEN)) != NULL) {
+        if (try_at(k, e, u) == 0)
+            return 0;
+        k += KEYLEN;
+    }
+    return -1;
+}
+
+/* --- streams ------------------------------------------------------------ */
+
+void usage_stream_feed(struct usage_stream *s, const char *data, size_t len)
+{
+    size_t n;
+
+    if (s->head_len < USAGE_HEAD) {
+        n = USAGE_HEAD - s->head_len < len ? USAGE_HEAD - s->head_len : len;
+        memcpy(s->head + s->head_len, data, n);
+        s->head_len += n;
+    }
+    s->total += len;
+    if (len >= USAGE_TAIL) {
+        memcpy(s->ring, data + len - USAGE_TAIL, USAGE_TAIL);
+        s->pos = 0;
+        return;
+    }
+    n = USAGE_TAIL - s->pos < len ? USAGE_TAIL - s->pos : len;
+    memcpy(s->ring + s->pos, data, n);
+    memcpy(s->ring, data + n, len - n);
+    s->pos = (s->pos + len) % USAGE_TAIL;
+}
+
+int usage_stream_result(struct usage_stream *s, struct usage *u)
+{
+    char tail[USAGE_TAIL];
+    size_t tlen;
+    struct usage h;
+
+    memset(u, 0, sizeof(*u));
+    if (s->total < USAGE_TAIL) {
+        tlen = (size_t)s->total;
+        memcpy(tail, s->ring, tlen);
+    } else {
+        tlen = USAGE_TAIL;
+        memcpy(tail, s->ring + s->pos, USAGE_TAIL - s->pos);
+        memcpy(tail + USAGE_TAIL - s->pos, s->ring, s->pos);
+    }
+    usage_scan_last(tail, tlen, u);
+    if ((u->have & (USAGE_HAVE_INPUT | USAGE_HAVE_OUTPUT))
+            != (USAGE_HAVE_INPUT | USAGE_HAVE_OUTPUT)
+        && usage_scan_first(s->head, s->head_len, &h) == 0) {
+        if (!(u->have & USAGE_HAVE_INPUT) && (h.have & USAGE_HAVE_INPUT)) {
+            u->input = h.input;
+            u->have |= USAGE_HAVE_INPUT;
+        }
+        if (!(u->have & USAGE_HAVE_CACHED) && (h.have & USAGE_HAVE_CACHED)) {
+            u->cached = h.cached;
+            u->have |= USAGE_HAVE_CACHED;
+        }
+        if (!(u->have & USAGE_HAVE_OUTPUT) && (h.have & USAGE_HAVE_OUTPUT)) {
+            u->output = h.output;
+            u->have |= USAGE_HAVE_OUTPUT;
+        }
+    }
+    return u->have ? 0 : -1;
+}
+
+struct chunk_fields {
+    int choices_empty, usage_obj;
+};
+
+static void on_chunk(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct chunk_fields *f = arg;
+    size_t i;
+
+    if (klen == 7 && memcmp(key, "choices", 7) == 0 && v->type == JSCAN_ARRAY) {
+        for (i = 1; i + 1 < v->len && is_ws(v->start[i]); i++)
+            ;
+        f->choices_empty = i + 1 == v->len;
+    } else if (klen == 5 && memcmp(key, "usage", 5) == 0) {
+        f->usage_obj = v->type == JSCAN_OBJECT;
+    }
+}
+
+int usage_only_chunk(const char *data, size_t len)
+{
+    struct chunk_fields f = { 0, 0 };
+    struct jscan_error err;
+
+    if (len < KEYLEN || memmem(data, len, KEY, KEYLEN) == NULL)
+        return 0;
+    if (jscan_top(data, len, on_chunk, &f, &err) != JSCAN_OBJECT)
+        return 0;
+    return f.choices_empty && f.usage_obj;
+}
+
+int usage_only_event(const char *ev, size_t len)
+{
+    const char *e = ev + len, *line = ev;
+
+    while (line < e) {
+        const char *nl = memchr(line, '\n', (size_t)(e - line));
+        const char *end = nl ? nl : e;
+        if (end - line >= 5 && memcmp(line, "data:", 5) == 0) {
+            const char *d = line + 5;
+            if (d < end && *d == ' ')
+                d++;
+            if (end > d && end[-1] == '\r')
+                end--;
+            return usage_only_chunk(d, (size_t)(end - d));
+        }
+        line = nl ? nl + 1 : e;
+    }
+    return 0;
+}
+
+struct ask_fields {
+    int asked;
+};
+
+static void on_options(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct ask_fields *f = arg;
+
+    if (klen == 13 && memcmp(key, "include_usage", 13) == 0)
+        f->asked = v->type == JSCAN_TRUE;   /* the last one wins */
+}
+
+enum usage_ask usage_ask_of(const char *stream_options, size_t len)
+{
+    struct ask_fields f = { 0 };
+    struct jscan_error err;
+
+    if (stream_options == NULL)
+        return USAGE_ADD;
+    if (jscan_top(stream_options, len, on_options, &f, &err) == JSCAN_OBJECT && f.asked)
+        return USAGE_ASKED;
+    return USAGE_REWRITE;
+}

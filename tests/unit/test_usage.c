@@ -1,0 +1,166 @@
+/*
+ * test_usage.c -- src/usage.c: usage of every API family's JSON answer and
+ * stream, found in the tail (and a stream's head), whatever the chunking.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "usage.h"
+
+static void test_chat_json(void **st)
+{
+    const char *b = "{\"id\":\"x\",\"choices\":[{\"message\":{\"content\":\"say \\\"usage\\\"\"}}],"
+                    "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15,"
+                    "\"prompt_tokens_details\":{\"cached_tokens\":4}}}";
+    struct usage u;
+
+    (void)st;
+    assert_int_equal(usage_scan_last(b, strlen(b), &u), 0);
+    assert_int_equal(u.input, 12);
+    assert_int_equal(u.output, 3);
+    assert_int_equal(u.cached, 4);
+    assert_int_equal(u.have, USAGE_HAVE_INPUT | USAGE_HAVE_OUTPUT | USAGE_HAVE_CACHED);
+}
+
+static void test_embeddings_and_responses(void **st)
+{
+    const char *e = "{\"data\":[],\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7}}";
+    const char *r = "{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":9,\"input_tokens_details\":"
+                    "{\"cached_tokens\":2},\"output_tokens\":5},\"user\":null,\"metadata\":{}}";
+    struct usage u;
+
+    (void)st;
+    assert_int_equal(usage_scan_last(e, strlen(e), &u), 0);
+    assert_int_equal(u.input, 7);
+    assert_int_equal(u.have, USAGE_HAVE_INPUT);
+    assert_int_equal(usage_scan_last(r, strlen(r), &u), 0);
+    assert_int_equal(u.input, 9);
+    assert_int_equal(u.output, 5);
+    assert_int_equal(u.cached, 2);
+}
+
+static void test_anthropic_json(void **st)
+{
+    const char *b = "{\"type\":\"message\",\"usage\":{\"input_tokens\":10,"
+                    "\"cache_creation_input_tokens\":1,\"cache_read_input_tokens\":6,"
+                    "\"output_tokens\":4}}";
+    struct usage u;
+
+    (void)st;
+    assert_int_equal(usage_scan_last(b, strlen(b), &u), 0);
+    assert_int_equal(u.input, 17);
+    assert_int_equal(u.output, 4);
+    assert_int_equal(u.cached, 6);
+}
+
+static void test_none_and_broken(void **st)
+{
+    const char *a = "{\"usage\":null}";
+    const char *b = "{\"usage\":{\"prompt_tokens\":-1}}";
+    const char *c = "{\"usage\":{\"prompt_tokens\":3";       /* cut */
+    const char *d = "garbage \"usage\" : [1]";
+    struct usage u;
+
+    (void)st;
+    assert_int_equal(usage_scan_last(a, strlen(a), &u), -1);
+    assert_int_equal(usage_scan_last(b, strlen(b), &u), -1);
+    assert_int_equal(usage_scan_last(c, strlen(c), &u), -1);
+    assert_int_equal(usage_scan_last(d, strlen(d), &u), -1);
+    assert_int_equal(usage_scan_last("", 0, &u), -1);
+}
+
+/* Feeds s in pieces of `step` bytes. */
+static void feed(struct usage_stream *us, const char *s, size_t len, size_t step)
+{
+    size_t i;
+
+    for (i = 0; i < len; i += step)
+        usage_stream_feed(us, s + i, len - i < step ? len - i : step);
+}
+
+static void test_stream_chat_long(void **st)
+{
+    static struct usage_stream us;
+    char *big = malloc(200000);
+    size_t n = 0;
+    int i;
+    struct usage u;
+    size_t steps[] = { 1, 7, 100, 5000, 20000 };
+    size_t k;
+
+    (void)st;
+    assert_non_null(big);
+    for (i = 0; i < 1500; i++)
+        n += (size_t)sprintf(big + n, "data: {\"choices\":[{\"delta\":{\"content\":\"t%d\"}}],"
+                                      "\"usage\":null}\n\n", i);
+    n += (size_t)sprintf(big + n, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,"
+                                  "\"completion_tokens\":1500}}\n\ndata: [DONE]\n\n");
+    for (k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+        memset(&us, 0, sizeof(us));
+        feed(&us, big, n, steps[k]);
+        assert_int_equal(usage_stream_result(&us, &u), 0);
+        assert_int_equal(u.input, 21);
+        assert_int_equal(u.output, 1500);
+    }
+    free(big);
+}
+
+static void test_stream_anthropic(void **st)
+{
+    static struct usage_stream us;
+    char big[40000];
+    size_t n = 0;
+    int i;
+    struct usage u;
+
+    (void)st;
+    n += (size_t)sprintf(big + n, "event: message_start\ndata: {\"type\":\"message_start\","
+                         "\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":30,"
+                         "\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n");
+    for (i = 0; i < 400; i++)
+        n += (size_t)sprintf(big + n, "event: content_block_delta\ndata: {\"type\":"
+                             "\"content_block_delta\",\"delta\":{\"text\":\"x\"}}\n\n");
+    n += (size_t)sprintf(big + n, "event: message_delta\ndata: {\"type\":\"message_delta\","
+                         "\"usage\":{\"output_tokens\":42}}\n\nevent: message_stop\n"
+                         "data: {\"type\":\"message_stop\"}\n\n");
+    memset(&us, 0, sizeof(us));
+    feed(&us, big, n, 33);
+    assert_int_equal(usage_stream_result(&us, &u), 0);
+    assert_int_equal(u.input, 35);
+    assert_int_equal(u.cached, 5);
+    assert_int_equal(u.output, 42);
+}
+
+static void test_usage_only_chunk(void **st)
+{
+    const char *a = "{\"id\":\"c\",\"choices\":[ ],\"usage\":{\"prompt_tokens\":1}}";
+    const char *b = "{\"id\":\"c\",\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":1}}";
+    const char *c = "{\"id\":\"c\",\"choices\":[],\"usage\":null}";
+
+    (void)st;
+    assert_true(usage_only_chunk(a, strlen(a)));
+    assert_false(usage_only_chunk(b, strlen(b)));
+    assert_false(usage_only_chunk(c, strlen(c)));
+    assert_false(usage_only_chunk("[DONE]", 6));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chat_json),
+        cmocka_unit_test(test_embeddings_and_responses),
+        cmocka_unit_test(test_anthropic_json),
+        cmocka_unit_test(test_none_and_broken),
+        cmocka_unit_test(test_stream_chat_long),
+        cmocka_unit_test(test_stream_anthropic),
+        cmocka_unit_test(test_usage_only_chunk),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
