@@ -180,11 +180,42 @@ static json_t *text_or_null(const char *t)
     return v ? v : json_null();
 }
 
+/* One reason a host is out, and until when (monotonic `until`, 0 =
+ * until probes say otherwise). */
+static void out_add(json_t *a, const char *reason, int64_t until, int64_t now)
+{
+    int64_t unix_ms = until ? gw_unix_ms() + until - now : 0;
+    json_t *o = json_pack("{s:s, s:o}", "reason", reason, "until", iso_or_null(unix_ms));
+
+    if (o && until)
+        json_object_set_new(o, "until_ms", json_integer((json_int_t)unix_ms));
+    json_array_append_new(a, o);
+}
+
+/* Why a host gets no traffic: probes, a passive ejection, its breaker
+ * (or another replica's); [] when none holds it out. */
+static json_t *out_json(const struct host_state *hs, int64_t now)
+{
+    json_t *a = json_array();
+
+    if (a == NULL)
+        return NULL;
+    if (hs->health == HEALTH_UNHEALTHY)
+        out_add(a, "probe", 0, now);
+    if (hs->ejected_until_ms)
+        out_add(a, "passive", hs->ejected_until_ms, now);
+    if (breaker_state(&hs->br, now) == BREAKER_OPEN)
+        out_add(a, "breaker", breaker_open_until(&hs->br), now);
+    else if (hs->shared_open_until_ms > now)
+        out_add(a, "breaker", hs->shared_open_until_ms, now);
+    return a;
+}
+
 static json_t *host_json(const struct snapshot *s, size_t i)
 {
     const struct cfg_host *h = &s->cfg->hosts[i];
     const struct host_state *hs = s->hs[i];
-    json_t *labels = json_object(), *mbr = json_object();
+    json_t *labels = json_object(), *mbr = json_object(), *o;
     int64_t now = gw_now_ms();
     size_t j;
 
@@ -194,7 +225,7 @@ static json_t *host_json(const struct snapshot *s, size_t i)
     for (j = 0; j < hs->nmbr; j++)       /* per host+model breakers */
         json_object_set_new(mbr, hs->mbr[j]->model,
                             json_string(breaker_state_name(breaker_state(&hs->mbr[j]->br, now))));
-    return json_pack("{s:s, s:s, s:s?, s:s?, s:i, s:i, s:i, s:s?, s:o, s:o, s:o,"
+    o = json_pack("{s:s, s:s, s:s?, s:s?, s:i, s:i, s:i, s:s?, s:o, s:o, s:o,"
                      " s:s, s:s, s:o, s:i, s:f, s:I, s:I, s:I, s:o, s:o, s:{s:I, s:I, s:I}}",
                      "name", h->name, "url", h->url,
                      "region", h->region, "address", h->address,
@@ -215,6 +246,12 @@ static json_t *host_json(const struct snapshot *s, size_t i)
                      "tokens", "input", (json_int_t)hs->tokens[0],
                      "output", (json_int_t)hs->tokens[1],
                      "cached", (json_int_t)hs->tokens[2]);
+    if (o) {
+        json_object_set_new(o, "out", out_json(hs, now));
+        json_object_set_new(o, "ejections", json_integer(hs->ejections));
+        json_object_set_new(o, "ejections_total", json_integer((json_int_t)hs->ejections_total));
+    }
+    return o;
 }
 
 static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)

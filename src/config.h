@@ -214,6 +214,8 @@ struct config {
         int      unhealthy_threshold;
         int      discover_models;
         int      passive;
+        int64_t  ejection_base_ms;   /* passive ejection n lasts base x n */
+        int64_t  ejection_max_ms;    /* ... capped at this */
     } health;
 
     struct {

@@ -430,7 +430,8 @@ static void gateway_on_shared(void *arg, const struct session_shared *ev)
     }
 }
 
-/* Once a second: recovery shares follow the breakers' ramps. */
+/* Once a second: recovery shares follow the breakers' ramps, ejections
+ * whose time is up end, half-open breakers let their trial pass one. */
 static void gateway_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct gateway *gw = arg;
@@ -440,8 +441,11 @@ static void gateway_tick(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    for (i = 0; i < s->cfg->nhosts; i++)
+    for (i = 0; i < s->cfg->nhosts; i++) {
         s->hs[i]->live.share = breaker_share(&s->hs[i]->br, now);
+        if (health_refresh(s->hs[i], now) & HEALTH_REFRESH_RETURNED)
+            log_info("host %s is back after its ejection", s->cfg->hosts[i].name);
+    }
     alerts_tick(gw->alerts, now, gw_unix_ms());
 }
 

@@ -219,28 +219,56 @@ static void set_error(struct host_state *hs, const char *why)
         snprintf(hs->last_error, sizeof(hs->last_error), "%s", why);
 }
 
-/* Every flip goes through here: streaks start over in the new state. */
-static void set_health(struct host_state *hs, enum host_health h)
+/* The health verdict balance.c reads: not down by probes, and not
+ * ejected, unless the host's breaker is half-open (its trial may pass an
+ * ejection). */
+static int verdict(const struct host_state *hs, int64_t now_ms)
+{
+    if (hs->health == HEALTH_UNHEALTHY)
+        return 0;
+    return hs->ejected_until_ms == 0
+           || breaker_state(&hs->br, now_ms) == BREAKER_HALF_OPEN;
+}
+
+static void end_ejection(struct host_state *hs, int64_t now_ms)
+{
+    hs->ejected_until_ms = 0;
+    hs->ejection_end_ms = now_ms > 0 ? now_ms : 1;
+}
+
+/* Every flip goes through here: streaks start over in the new state. A
+ * flip to healthy (healthy_threshold good probes) also ends an ejection. */
+static void set_health(struct host_state *hs, enum host_health h, int64_t now_ms)
 {
     hs->health = h;
-    hs->live.usable = h != HEALTH_UNHEALTHY;
     hs->probe_successes = 0;
     hs->probe_failures = 0;
-    if (h == HEALTH_HEALTHY)
+    if (h == HEALTH_HEALTHY) {
         hs->consecutive_failures = 0;
+        if (hs->ejected_until_ms)
+            end_ejection(hs, now_ms);
+    }
+    hs->live.usable = verdict(hs, now_ms);
 }
 
 int health_record_probe(const struct config *c, struct host_state *hs, int ok,
-                        const char *why, int64_t now_unix_ms)
+                        const char *why, int64_t now_unix_ms, int64_t now_ms)
 {
     hs->last_check_unix_ms = now_unix_ms;
     if (ok) {
         hs->probe_failures = 0;
         if (hs->probe_successes < INT_MAX)
             hs->probe_successes++;
-        if (hs->health == HEALTH_UNHEALTHY
-            && hs->probe_successes >= c->health.healthy_threshold) {
-            set_health(hs, HEALTH_HEALTHY);
+        if (hs->probe_successes < c->health.healthy_threshold)
+            return 0;
+        if (hs->health == HEALTH_UNHEALTHY) {
+            set_health(hs, HEALTH_HEALTHY, now_ms);
+            return 1;
+        }
+        if (hs->ejected_until_ms) {         /* probes end an ejection too */
+            end_ejection(hs, now_ms);
+            hs->consecutive_failures = 0;
+            hs->live.usable = verdict(hs, now_ms);
             return 1;
         }
         return 0;
@@ -251,32 +279,78 @@ int health_record_probe(const struct config *c, struct host_state *hs, int ok,
         hs->probe_failures++;
     if (hs->health != HEALTH_UNHEALTHY
         && hs->probe_failures >= c->health.unhealthy_threshold) {
-        set_health(hs, HEALTH_UNHEALTHY);
+        set_health(hs, HEALTH_UNHEALTHY, now_ms);
         return 1;
     }
     return 0;
 }
 
-int health_passive(const struct config *c, struct host_state *hs, int ok,
-                   const char *why)
+int64_t health_ejection_ms(const struct config *c, int n)
 {
-    if (ok)
-        return 0;
+    int64_t base = c->health.ejection_base_ms, max = c->health.ejection_max_ms;
+    int64_t d;
+
+    if (n < 1)
+        n = 1;
+    d = base > max / n ? max : base * n;
+    return d < max ? d : max;
+}
+
+int health_passive(const struct config *c, struct host_state *hs, int ok,
+                   const char *why, int64_t started_ms, int64_t now_ms)
+{
+    int64_t base = c->health.ejection_base_ms;
+
+    if (ok) {
+        /* A request sent before the ejection proves nothing new; one sent
+         * since (a breaker's half-open trial, panic mode) ends it. */
+        if (hs->ejected_until_ms == 0 || started_ms < hs->ejected_at_ms)
+            return 0;
+        end_ejection(hs, now_ms);
+        hs->live.usable = verdict(hs, now_ms);
+        return HEALTH_PASSIVE_RETURNED;
+    }
     set_error(hs, why);
     if (!c->health.passive || !c->health.enabled)
         return 0;
-    /* A failed request also sets back an unhealthy host's recovery. */
+    /* A failed request also sets back a recovery by probes. */
     hs->probe_successes = 0;
-    if (hs->health == HEALTH_UNHEALTHY
-        || hs->consecutive_failures < (uint64_t)c->health.unhealthy_threshold)
+    if (hs->ejected_until_ms
+        || hs->consecutive_failures < (uint64_t)c->health.unhealthy_threshold) {
+        hs->live.usable = verdict(hs, now_ms);     /* a failed trial */
         return 0;
-    set_health(hs, HEALTH_UNHEALTHY);
-    return 1;
+    }
+    /* The multiplier forgets one ejection per ejection_base in service. */
+    if (hs->ejections > 0 && hs->ejection_end_ms > 0 && base > 0) {
+        int64_t calm = (now_ms - hs->ejection_end_ms) / base;
+        hs->ejections = calm >= hs->ejections ? 0 : hs->ejections - (int)calm;
+    }
+    if (hs->ejections < HEALTH_MAX_EJECTIONS)
+        hs->ejections++;
+    hs->ejections_total++;
+    hs->ejected_at_ms = now_ms;
+    hs->ejected_until_ms = now_ms + health_ejection_ms(c, hs->ejections);
+    hs->live.usable = verdict(hs, now_ms);
+    return HEALTH_PASSIVE_EJECTED;
+}
+
+int health_refresh(struct host_state *hs, int64_t now_ms)
+{
+    int was = hs->live.usable, what = 0;
+
+    if (hs->ejected_until_ms && now_ms >= hs->ejected_until_ms) {
+        end_ejection(hs, now_ms);
+        what |= HEALTH_REFRESH_RETURNED;
+    }
+    hs->live.usable = verdict(hs, now_ms);
+    if (hs->live.usable != was)
+        what |= HEALTH_REFRESH_USABLE;
+    return what;
 }
 
 enum host_health health_effective(const struct host_state *hs)
 {
-    if (hs->health == HEALTH_UNHEALTHY)
+    if (hs->health == HEALTH_UNHEALTHY || hs->ejected_until_ms)
         return HEALTH_UNHEALTHY;
     if (hs->consecutive_failures > 0 || hs->probe_failures > 0)
         return HEALTH_DEGRADED;
@@ -504,7 +578,7 @@ static void probe_on_done(void *arg, enum upstream_result res, const char *errms
     p->body = NULL;
     p->len = p->cap = 0;
 
-    if (health_record_probe(c, p->hs, ok, why, gw_unix_ms())) {
+    if (health_record_probe(c, p->hs, ok, why, gw_unix_ms(), gw_now_ms())) {
         changed |= HEALTH_CHANGED_HEALTH;
         if (ok)
             log_info("host %s is healthy again (%d successful probes)", name,
@@ -610,7 +684,11 @@ static struct probe *find_probe(struct probe **sorted, size_t n,
 /* A host whose URL changed under the same name is another machine. */
 static void host_reset(struct host_state *hs)
 {
-    set_health(hs, HEALTH_HEALTHY);
+    hs->ejected_until_ms = 0;
+    hs->ejection_end_ms = 0;
+    hs->ejections = 0;
+    hs->probe_path_noted = 0;
+    set_health(hs, HEALTH_HEALTHY, gw_now_ms());
     hs->last_check_unix_ms = 0;
     hs->last_error[0] = '\0';
     hs->live.pending = 0;
@@ -626,9 +704,10 @@ static unsigned host_trim(const struct config *c, struct host_state *hs)
     unsigned what = 0;
 
     if (!c->health.enabled) {
-        if (hs->health == HEALTH_UNHEALTHY)
+        if (hs->health == HEALTH_UNHEALTHY || hs->ejected_until_ms)
             what |= HEALTH_CHANGED_HEALTH;
         hs->health = HEALTH_HEALTHY;        /* nothing would bring it back */
+        hs->ejected_until_ms = 0;
         hs->live.usable = 1;
         hs->probe_successes = 0;
         hs->probe_failures = 0;

@@ -27,18 +27,25 @@
  * guard /v1/models with the API key would otherwise answer 401 to every
  * probe and hide discovered models.
  *
- * Passive health (`health_check.passive`, with probes enabled): the proxy
- * reports each finished attempt after updating the host's
- * consecutive_failures (the streak of failed requests: connection errors,
- * timeouts, 5xx; a success ends it). When that streak reaches
- * `unhealthy_threshold` the host is marked unhealthy at once, without
- * waiting for the next probe round. Request and probe streaks are counted
- * apart (they are never added up), so steady good traffic does not hide
- * failing probes nor the reverse. Only probes bring an
- * unhealthy host back (and a failed request sets that recovery back).
- * With probes disabled nothing would, so then request outcomes do not
- * flip health (the circuit breaker covers that case) and every host reads
- * as healthy.
+ * Passive health (`health_check.passive`, with probes enabled), as
+ * Envoy's outlier detection: the proxy reports each finished attempt
+ * after updating the host's consecutive_failures (the streak of failed
+ * requests: connection errors, timeouts, 5xx; a success ends it). When
+ * that streak reaches `unhealthy_threshold` the host is ejected at once
+ * for ejection_base x n, capped at ejection_max, where n counts its
+ * recent ejections (one is forgotten per ejection_base spent back in
+ * service). An ejection ends when its time is up (the 1 s tick calls
+ * health_refresh), when `healthy_threshold` probes in a row succeed, or
+ * when a request sent during it succeeds: the breaker's half-open trial,
+ * which passes an ejection (a failed trial keeps it). A returning host
+ * keeps its failure streak: its next failure ejects it again, for longer.
+ * Request and probe streaks are counted apart (never added up), so steady
+ * good traffic does not hide failing probes nor the reverse. With probes
+ * disabled request outcomes eject nothing (the breaker covers that case)
+ * and every host reads as healthy.
+ *
+ * live.usable is the verdict balance.c reads: not down by probes and
+ * not ejected (or ejected with its breaker half-open).
  *
  * Discovery: with `discover_models` a probe's OpenAI list
  * `{"data":[{"id":...}]}` becomes the host's models_found (so `path` must
@@ -95,26 +102,47 @@ int health_parse_infernet(const char *body, size_t len,
 void health_strlist_free(struct cfg_strlist *l);
 
 /* One probe outcome (`why` says what failed; NULL or "" on success) at
- * wall-clock `now_unix_ms`: updates the streaks, last_check_unix_ms and
- * last_error, and flips health by the thresholds of `c`. A flip also sets
- * live.usable, and a flip to healthy clears consecutive_failures (the
- * host starts over). Returns 1 when health flipped, else 0. */
+ * wall-clock `now_unix_ms` (monotonic `now_ms`): updates the streaks,
+ * last_check_unix_ms and last_error, and flips health by the thresholds
+ * of `c`. A flip also sets live.usable, and a flip to healthy clears
+ * consecutive_failures (the host starts over). `healthy_threshold`
+ * successes in a row also end an ejection. Returns 1 when health flipped
+ * or an ejection ended, else 0. */
 int health_record_probe(const struct config *c, struct host_state *hs, int ok,
-                        const char *why, int64_t now_unix_ms);
+                        const char *why, int64_t now_unix_ms, int64_t now_ms);
 
-/* One finished request attempt, reported after the caller has updated
- * hs->consecutive_failures (+1 on a host failure, 0 on a success). ok = 0
- * for a host failure (connection error, timeout, 5xx), 1 for any other
- * complete answer; a cancelled attempt is not reported. `why` (may be
- * NULL) goes to last_error on a failure. Returns 1 when it flipped the
- * host to unhealthy (the caller logs it). Flips nothing unless
- * health_check.passive and health_check.enabled. */
+/* Ejections in a row counted toward the multiplier, at most. */
+#define HEALTH_MAX_EJECTIONS   1000
+
+/* How long the n-th ejection in a row lasts: ejection_base x n, capped at
+ * ejection_max (n < 1 counts as 1). */
+int64_t health_ejection_ms(const struct config *c, int n);
+
+/* What health_passive() did. */
+#define HEALTH_PASSIVE_EJECTED   1   /* ejected the host (the caller logs) */
+#define HEALTH_PASSIVE_RETURNED  2   /* a success ended its ejection */
+
+/* One finished request attempt sent at `started_ms`, reported at `now_ms`
+ * (monotonic) after the caller has updated hs->consecutive_failures (+1
+ * on a host failure, 0 on a success). ok = 0 for a host failure
+ * (connection error, timeout, 5xx), 1 for any other complete answer; a
+ * cancelled attempt is not reported. `why` (may be NULL) goes to
+ * last_error on a failure. Ejects nothing unless health_check.passive and
+ * health_check.enabled. Returns 0 or a HEALTH_PASSIVE_* value. */
 int health_passive(const struct config *c, struct host_state *hs, int ok,
-                   const char *why);
+                   const char *why, int64_t started_ms, int64_t now_ms);
 
-/* What status pages show: unhealthy as probes or passive failures
- * decided; degraded when healthy but failing lately (a request or probe
- * failure streak not yet at the threshold); else healthy. */
+/* What health_refresh() did (bits). */
+#define HEALTH_REFRESH_RETURNED  (1 << 0)  /* an ejection's time was up */
+#define HEALTH_REFRESH_USABLE    (1 << 1)  /* live.usable changed */
+
+/* Ends an ejection whose time is up and recomputes live.usable at
+ * `now_ms` (a half-open breaker lets its trial pass an ejection). */
+int health_refresh(struct host_state *hs, int64_t now_ms);
+
+/* What status pages show: unhealthy when down by probes or ejected;
+ * degraded when healthy but failing lately (a request or probe failure
+ * streak not yet at the threshold); else healthy. */
 enum host_health health_effective(const struct host_state *hs);
 const char *health_name(enum host_health h);   /* "healthy", ... */
 

@@ -569,10 +569,18 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
     } else {
         hs->consecutive_failures = 0;
     }
-    if (health_passive(l->p->snap->cfg, hs, !host_failure, NULL))
-        log_warn("host %s is unhealthy after %llu failed requests in a row",
-                 l->p->snap->cfg->hosts[l->host].name,
-                 (unsigned long long)hs->consecutive_failures);
+    switch (health_passive(l->p->snap->cfg, hs, !host_failure, NULL, l->t_try, now)) {
+    case HEALTH_PASSIVE_EJECTED:
+        log_warn("host %s ejected for %lld ms after %llu failed requests in a row"
+                 " (ejection %d in a row)", l->p->snap->cfg->hosts[l->host].name,
+                 (long long)(hs->ejected_until_ms - now),
+                 (unsigned long long)hs->consecutive_failures, hs->ejections);
+        break;
+    case HEALTH_PASSIVE_RETURNED:
+        log_info("host %s is back: a request sent during its ejection succeeded",
+                 l->p->snap->cfg->hosts[l->host].name);
+        break;
+    }
 }
 
 /* Records why a leg failed, for the final answer and the logs. */

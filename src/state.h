@@ -57,6 +57,13 @@ struct host_state {
     char      last_error[128];   /* last probe or request failure, "" if none */
     struct cfg_strlist models_found;     /* discover_models, owned */
     struct cfg_strlist containers_found; /* Infernet /info, owned */
+    /* passive ejection (health.c): out until ejected_until_ms */
+    int64_t   ejected_until_ms;  /* monotonic; 0 = not ejected */
+    int64_t   ejected_at_ms;     /* when the current or last one began */
+    int64_t   ejection_end_ms;   /* when the last ejection ended, 0 = never */
+    int       ejections;         /* the multiplier: recent ejections in a row */
+    uint64_t  ejections_total;
+    int       probe_path_noted;  /* the default probe path's 404/405 was told */
     int64_t   shared_open_until_ms; /* another replica's open breaker (advice) */
     struct model_breaker **mbr;  /* per model, made on first use; stable */
     size_t    nmbr;

@@ -44,6 +44,8 @@ static struct config *cfg_health(struct config *c, int thr_ok, int thr_bad)
     c->health.interval_ms = 1000;
     c->health.timeout_ms = 500;
     c->health.path = "/v1/models";
+    c->health.ejection_base_ms = 1000;
+    c->health.ejection_max_ms = 300000;
     return c;
 }
 
@@ -160,33 +162,33 @@ static void test_probe_thresholds(void **st)
     cfg_health(&c, 2, 3);
     hs_init(&hs);
     /* two failures: still healthy (degraded), a success ends the streak */
-    assert_int_equal(health_record_probe(&c, &hs, 0, "probe /v1/models: HTTP 503", 1000), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 0, "x", 2000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "probe /v1/models: HTTP 503", 1000, 1000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "x", 2000, 2000), 0);
     assert_int_equal(health_effective(&hs), HEALTH_DEGRADED);
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 3000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 3000, 3000), 0);
     assert_int_equal(hs.probe_failures, 0);
     assert_int_equal(health_effective(&hs), HEALTH_HEALTHY);
     assert_int_equal(hs.last_check_unix_ms, 3000);
     assert_string_equal(hs.last_error, "x");        /* the last failure stays */
 
     /* three in a row: unhealthy, exactly at the third */
-    assert_int_equal(health_record_probe(&c, &hs, 0, "a", 4000), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 0, "b", 5000), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 0, "c", 6000), 1);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "a", 4000, 4000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "b", 5000, 5000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "c", 6000, 6000), 1);
     assert_int_equal(hs.health, HEALTH_UNHEALTHY);
     assert_int_equal(hs.live.usable, 0);
     assert_string_equal(hs.last_error, "c");
     assert_int_equal(health_effective(&hs), HEALTH_UNHEALTHY);
     assert_string_equal(health_name(health_effective(&hs)), "unhealthy");
-    assert_int_equal(health_record_probe(&c, &hs, 0, "d", 7000), 0);   /* no re-flip */
+    assert_int_equal(health_record_probe(&c, &hs, 0, "d", 7000, 7000), 0);   /* no re-flip */
 
     /* back after two successes in a row, not one; a failure resets */
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 8000), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 0, "e", 9000), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 10000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 8000, 8000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "e", 9000, 9000), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 10000, 10000), 0);
     assert_int_equal(hs.health, HEALTH_UNHEALTHY);
     hs.consecutive_failures = 9;
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 11000), 1);
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 11000, 11000), 1);
     assert_int_equal(hs.health, HEALTH_HEALTHY);
     assert_int_equal(hs.live.usable, 1);
     assert_int_equal(hs.consecutive_failures, 0);    /* starts over */
@@ -195,8 +197,8 @@ static void test_probe_thresholds(void **st)
 
     /* threshold 1 flips on the first outcome */
     cfg_health(&c, 1, 1);
-    assert_int_equal(health_record_probe(&c, &hs, 0, "f", 12000), 1);
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 13000), 1);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "f", 12000, 12000), 1);
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 13000, 13000), 1);
 }
 
 static void test_passive(void **st)
@@ -207,49 +209,163 @@ static void test_passive(void **st)
     (void)st;
     cfg_health(&c, 2, 3);
     hs_init(&hs);
-    /* the caller counts consecutive_failures; we flip at the threshold */
+    /* the caller counts consecutive_failures; we eject at the threshold */
     hs.consecutive_failures = 1;
-    assert_int_equal(health_passive(&c, &hs, 0, "connect_error: refused"), 0);
+    assert_int_equal(health_passive(&c, &hs, 0, "connect_error: refused", 0, 10), 0);
     assert_string_equal(hs.last_error, "connect_error: refused");
     assert_int_equal(health_effective(&hs), HEALTH_DEGRADED);
     hs.consecutive_failures = 2;
-    assert_int_equal(health_passive(&c, &hs, 0, NULL), 0);
+    assert_int_equal(health_passive(&c, &hs, 0, NULL, 0, 20), 0);
     assert_string_equal(hs.last_error, "connect_error: refused");
     hs.consecutive_failures = 3;
-    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 502"), 1);
-    assert_int_equal(hs.health, HEALTH_UNHEALTHY);
+    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 502", 0, 30), HEALTH_PASSIVE_EJECTED);
+    assert_int_equal(hs.health, HEALTH_HEALTHY);          /* probes' verdict */
     assert_int_equal(hs.live.usable, 0);
+    assert_int_equal(hs.ejected_until_ms, 30 + 1000);
+    assert_int_equal(health_effective(&hs), HEALTH_UNHEALTHY);
     hs.consecutive_failures = 4;
-    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 502"), 0);   /* already */
+    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 502", 0, 40), 0);   /* already */
+    assert_int_equal(hs.ejected_until_ms, 1030);
 
-    /* a success never brings it back: probes do; a failure sets them back */
-    assert_int_equal(health_passive(&c, &hs, 1, NULL), 0);
-    assert_int_equal(hs.health, HEALTH_UNHEALTHY);
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 1), 0);
-    assert_int_equal(health_passive(&c, &hs, 0, "late failure"), 0);
+    /* a success of a request sent before the ejection proves nothing */
+    assert_int_equal(health_passive(&c, &hs, 1, NULL, 29, 50), 0);
+    assert_int_equal(hs.live.usable, 0);
+    /* probes: healthy_threshold good ones in a row end it, a failed
+     * request sets them back */
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 1, 60), 0);
+    assert_int_equal(health_passive(&c, &hs, 0, "late failure", 0, 70), 0);
     assert_int_equal(hs.probe_successes, 0);
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 2), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 3), 1);
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 2, 80), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 1, NULL, 3, 90), 1);
+    assert_int_equal(hs.ejected_until_ms, 0);
+    assert_int_equal(hs.ejection_end_ms, 90);
+    assert_int_equal(hs.live.usable, 1);
+    assert_int_equal(hs.consecutive_failures, 0);
 
     /* request and probe streaks are apart: a good request does not hide
      * failing probes */
-    assert_int_equal(health_record_probe(&c, &hs, 0, "p", 4), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 0, "p", 5), 0);
-    assert_int_equal(health_passive(&c, &hs, 1, NULL), 0);
-    assert_int_equal(health_record_probe(&c, &hs, 0, "p", 6), 1);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "p", 4, 100), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "p", 5, 110), 0);
+    assert_int_equal(health_passive(&c, &hs, 1, NULL, 100, 120), 0);
+    assert_int_equal(health_record_probe(&c, &hs, 0, "p", 6, 130), 1);
+    assert_int_equal(hs.live.usable, 0);
 
-    /* passive off, or no probes to bring it back: never flips */
+    /* passive off, or no probes: never ejects */
     hs_init(&hs);
     hs.consecutive_failures = 100;
     c.health.passive = 0;
-    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 500"), 0);
+    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 500", 0, 10), 0);
     assert_string_equal(hs.last_error, "HTTP 500");
     c.health.passive = 1;
     c.health.enabled = 0;
-    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 500"), 0);
-    assert_int_equal(hs.health, HEALTH_HEALTHY);
+    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 500", 0, 10), 0);
+    assert_int_equal(hs.live.usable, 1);
     c.health.enabled = 1;
-    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 500"), 1);
+    assert_int_equal(health_passive(&c, &hs, 0, "HTTP 500", 0, 10), HEALTH_PASSIVE_EJECTED);
+}
+
+/* Ejections last base x n, capped; they end by time; the multiplier
+ * forgets one per base spent in service; a breaker's half-open trial
+ * passes an ejection and ends it by succeeding. */
+static void test_ejection(void **st)
+{
+    struct config c;
+    struct host_state hs;
+    struct breaker_params bp;
+    struct breaker_ticket t;
+
+    (void)st;
+    cfg_health(&c, 2, 3);
+    c.health.ejection_base_ms = 1000;
+    c.health.ejection_max_ms = 2500;
+    assert_int_equal(health_ejection_ms(&c, 0), 1000);
+    assert_int_equal(health_ejection_ms(&c, 1), 1000);
+    assert_int_equal(health_ejection_ms(&c, 2), 2000);
+    assert_int_equal(health_ejection_ms(&c, 3), 2500);
+    assert_int_equal(health_ejection_ms(&c, HEALTH_MAX_EJECTIONS), 2500);
+    c.health.ejection_max_ms = 500;                  /* max below base caps */
+    assert_int_equal(health_ejection_ms(&c, 1), 500);
+    c.health.ejection_max_ms = 10000;
+
+    hs_init(&hs);
+    hs.consecutive_failures = 3;
+    assert_int_equal(health_passive(&c, &hs, 0, "x", 0, 5000), HEALTH_PASSIVE_EJECTED);
+    assert_int_equal(hs.ejections, 1);
+    assert_int_equal(hs.ejected_until_ms, 6000);
+    /* not yet over: nothing changes */
+    assert_int_equal(health_refresh(&hs, 5999), 0);
+    assert_int_equal(hs.live.usable, 0);
+    /* over: back, and usable */
+    assert_int_equal(health_refresh(&hs, 6000),
+                     HEALTH_REFRESH_RETURNED | HEALTH_REFRESH_USABLE);
+    assert_int_equal(hs.live.usable, 1);
+    assert_int_equal(hs.ejection_end_ms, 6000);
+    assert_int_equal(health_effective(&hs), HEALTH_DEGRADED);   /* streak kept */
+    assert_int_equal(health_refresh(&hs, 6001), 0);
+
+    /* its next failure ejects it again, twice as long */
+    hs.consecutive_failures = 4;
+    assert_int_equal(health_passive(&c, &hs, 0, "x", 6100, 6200), HEALTH_PASSIVE_EJECTED);
+    assert_int_equal(hs.ejections, 2);
+    assert_int_equal(hs.ejected_until_ms, 8200);
+    assert_int_equal(health_refresh(&hs, 8200), HEALTH_REFRESH_RETURNED | HEALTH_REFRESH_USABLE);
+    /* 2.5 bases of good service forget two ejections: the next is 1x */
+    hs.consecutive_failures = 0;
+    assert_int_equal(health_passive(&c, &hs, 1, NULL, 8300, 8400), 0);
+    hs.consecutive_failures = 3;
+    assert_int_equal(health_passive(&c, &hs, 0, "x", 10600, 10700), HEALTH_PASSIVE_EJECTED);
+    assert_int_equal(hs.ejections, 1);
+    assert_int_equal(hs.ejected_until_ms, 11700);
+    /* one base later: forgets one, then counts this one: 1x again */
+    assert_int_equal(health_refresh(&hs, 11700), HEALTH_REFRESH_RETURNED | HEALTH_REFRESH_USABLE);
+    assert_int_equal(health_passive(&c, &hs, 0, "x", 12700, 12800), HEALTH_PASSIVE_EJECTED);
+    assert_int_equal(hs.ejections, 1);
+    assert_int_equal(health_refresh(&hs, 13800) & HEALTH_REFRESH_RETURNED, HEALTH_REFRESH_RETURNED);
+    /* ... but half a base later: 2x */
+    assert_int_equal(health_passive(&c, &hs, 0, "x", 14200, 14300), HEALTH_PASSIVE_EJECTED);
+    assert_int_equal(hs.ejections, 2);
+    assert_int_equal(hs.ejected_until_ms, 16300);
+
+    /* a half-open breaker's trial passes an ejection */
+    memset(&bp, 0, sizeof(bp));
+    bp.enabled = 1;
+    bp.failure_threshold = 1;
+    bp.window_size = 10;
+    bp.minimum_requests = 10;
+    bp.reset_timeout_ms = 300;
+    bp.half_open_requests = 1;
+    bp.recovery_step = 1;
+    assert_int_equal(breaker_init(&hs.br, &bp), 0);
+    assert_int_equal(breaker_allow(&hs.br, 14300, &t), 1);
+    breaker_record(&hs.br, t, 0, 10, 14300);                    /* opens */
+    assert_int_equal(health_refresh(&hs, 14500), 0);
+    assert_int_equal(hs.live.usable, 0);
+    assert_int_equal(health_refresh(&hs, 14600), HEALTH_REFRESH_USABLE);  /* half-open */
+    assert_int_equal(hs.live.usable, 1);
+    assert_int_equal(health_effective(&hs), HEALTH_UNHEALTHY);  /* still ejected */
+    /* a failed trial re-opens the breaker: out again, still ejected */
+    assert_int_equal(breaker_allow(&hs.br, 14600, &t), 1);
+    breaker_record(&hs.br, t, 0, 10, 14650);
+    hs.consecutive_failures++;
+    assert_int_equal(health_passive(&c, &hs, 0, "x", 14600, 14650), 0);
+    assert_int_equal(hs.live.usable, 0);
+    assert_int_equal(hs.ejected_until_ms, 16300);
+    /* the next trial succeeds: the ejection ends */
+    assert_int_equal(health_refresh(&hs, 14950), HEALTH_REFRESH_USABLE);
+    assert_int_equal(breaker_allow(&hs.br, 14950, &t), 1);
+    breaker_record(&hs.br, t, 1, 10, 15000);
+    hs.consecutive_failures = 0;
+    assert_int_equal(health_passive(&c, &hs, 1, NULL, 14950, 15000), HEALTH_PASSIVE_RETURNED);
+    assert_int_equal(hs.ejected_until_ms, 0);
+    assert_int_equal(hs.ejection_end_ms, 15000);
+    assert_int_equal(hs.live.usable, 1);
+    assert_int_equal(health_effective(&hs), HEALTH_HEALTHY);
+
+    /* probes' verdict wins over everything */
+    hs.health = HEALTH_UNHEALTHY;
+    assert_int_equal(health_refresh(&hs, 15100), HEALTH_REFRESH_USABLE);
+    assert_int_equal(hs.live.usable, 0);
+    breaker_free(&hs.br);
 }
 
 static void test_usable_and_serves(void **st)
@@ -925,6 +1041,7 @@ int main(void)
         cmocka_unit_test(test_parse_infernet),
         cmocka_unit_test(test_probe_thresholds),
         cmocka_unit_test(test_passive),
+        cmocka_unit_test(test_ejection),
         cmocka_unit_test(test_usable_and_serves),
         cmocka_unit_test(test_query_parse),
         cmocka_unit_test(test_pick),
