@@ -7,7 +7,7 @@
 #   make demo       Debian deps, build, mocks + gateway from conf/, a few requests
 #   make bench      wrk: direct vs nginx vs infergate on the same mocks
 
-PKGS      := libevent libevent_pthreads libcurl jansson yaml-0.1 hiredis
+PKGS      := libevent libevent_pthreads libevent_openssl openssl libcurl jansson yaml-0.1 hiredis
 CC        ?= cc
 WARN      := -Wall -Wextra -Werror
 CSTD      := -std=c11 -D_GNU_SOURCE

@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="build-essential pkg-config curl
-libevent-dev libcurl4-openssl-dev libjansson-dev libyaml-dev libhiredis-dev
+libevent-dev libssl-dev openssl libcurl4-openssl-dev libjansson-dev libyaml-dev libhiredis-dev
 libcmocka-dev python3 python3-pytest python3-jsonschema python3-yaml
 redis-server prometheus
 debhelper dpkg-dev lintian groff-base man-db logrotate systemd iproute2"

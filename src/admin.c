@@ -22,8 +22,11 @@
 #include "lock.h"
 #include "proxy.h"
 #include "session.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
+
+static json_t *listeners_json(struct gateway *gw);
 
 static void reply_json(struct http_req *req, int status, json_t *o)
 {
@@ -359,6 +362,7 @@ void admin_status(struct gateway *gw, struct http_req *req)
         json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
         json_object_set_new(o, "connections", connections_json(gw));
         json_object_set_new(o, "workers", workers_json(gw));
+        json_object_set_new(o, "listeners", listeners_json(gw));
         if (gw->threaded) {
             uint64_t waits, ns;
             lock_contention(&waits, &ns);
@@ -407,6 +411,55 @@ void admin_models(struct gateway *gw, struct http_req *req)
     reply_json(req, 200, o);
 }
 
+static void tls_export_metrics(struct gateway *gw)
+{
+    const struct tls_cert_info *ci = tls_ctx_cert(gw->snap->cfg->server.tls_ctx);
+    struct cfg_listener ls[CFG_MAX_LISTENERS];
+    size_t n = gateway_listeners(gw, gw->snap->cfg, ls), i, k = 0;
+    const char *names[TLS_FAILS];
+    uint64_t counts[TLS_FAILS];
+
+    if (ci == NULL)
+        return;
+    for (i = 0; i < n; i++)
+        if (ls[i].tls)
+            metrics_set_tls_cert(k++, ls[i].address, ci->not_after);
+    for (i = 0; i < TLS_FAILS; i++) {
+        names[i] = tls_fail_name((enum tls_fail)i);
+        counts[i] = tls_fail_total((enum tls_fail)i);
+    }
+    metrics_set_tls_failures(TLS_FAILS, names, counts);
+}
+
+/* /status "listeners": each address, whether it serves TLS, and the
+ * certificate it serves (never anything of the key). */
+static json_t *listeners_json(struct gateway *gw)
+{
+    const struct config *cfg = gw->snap->cfg;
+    const struct tls_cert_info *ci = tls_ctx_cert(cfg->server.tls_ctx);
+    struct cfg_listener ls[CFG_MAX_LISTENERS];
+    size_t n = gateway_listeners(gw, cfg, ls), i;
+    json_t *out = json_array();
+    int64_t now = gw_unix_ms() / 1000;
+
+    for (i = 0; i < n; i++) {
+        json_t *o = json_pack("{s:s, s:b}", "address", ls[i].address, "tls", ls[i].tls);
+        if (o && ls[i].tls && ci) {
+            char nb[32], na[32];
+            tls_time_str(ci->not_before, nb, sizeof(nb));
+            tls_time_str(ci->not_after, na, sizeof(na));
+            json_object_set_new(o, "certificate", json_pack(
+                "{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:b}",
+                "file", cfg->server.tls.cert, "subject", ci->subject, "issuer", ci->issuer,
+                "serial", ci->serial, "not_before", nb, "not_after", na,
+                "expires_in_days", (json_int_t)((ci->not_after - now) / 86400),
+                "client_certificates", cfg->server.tls.client_ca != NULL));
+        }
+        json_array_append_new(out, o);
+    }
+    return out;
+}
+
 void admin_metrics(struct gateway *gw, struct http_req *req)
 {
     const struct snapshot *s = gw->snap;
@@ -439,6 +492,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
     session_metrics_read(gw->sess, &sm);
     metrics_set_redis(sm.redis_configured, sm.redis_up);
     alerts_export_metrics(gw->alerts);
+    tls_export_metrics(gw);
     if (metrics_render(b) < 0) {
         evbuffer_free(b);
         http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");

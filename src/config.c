@@ -22,6 +22,7 @@
  */
 #include "config.h"
 #include "hash.h"
+#include "tls.h"
 #include "session.h"
 #include "doc.h"
 
@@ -31,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define MAX_FILE_BYTES     (16 * 1024 * 1024)
 #define MAX_KEY_FILE_BYTES (64 * 1024)
@@ -676,6 +678,8 @@ static const char *check_smtp_url(const char *s);
 static const char *check_header(const char *s);
 static const char *check_secret(const char *s);
 static int sp_access_log(struct loader *, const struct field *, const struct cur *, void *);
+static int sp_listen(struct loader *, const struct field *, const struct cur *, void *);
+static int sp_tls_version(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_models(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_retry_on(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_chains(struct loader *, const struct field *, const struct cur *, void *);
@@ -706,7 +710,13 @@ static int sp_labels(struct loader *, const struct field *, const struct cur *, 
  */
 static const struct field fields[] = {
 /*   scope     path                                 type       where                                default          lo     hi */
-    {S_POLICY, "server.listen",                     T_STR,     OFF(server.listen),                  "127.0.0.1:8080", 0, 0, .check = check_listen},
+    {S_POLICY, "server.listen",                     T_SPECIAL, 0,                                   "127.0.0.1:8080", 0, 0, .special = sp_listen},
+    {S_POLICY, "server.tls.cert",                   T_STR,     OFF(server.tls.cert),                NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "server.tls.key",                    T_STR,     OFF(server.tls.key),                 NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "server.tls.min_version",            T_SPECIAL, 0,                                   "'1.2'",         0, 0, .special = sp_tls_version},
+    {S_POLICY, "server.tls.ciphers",                T_STR,     OFF(server.tls.ciphers),             NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "server.tls.ciphersuites",           T_STR,     OFF(server.tls.ciphersuites),        NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "server.tls.client_ca",              T_STR,     OFF(server.tls.client_ca),           NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_POLICY, "server.workers",                    T_INT,     OFF(server.workers),                 "1",             1,     64, .flags = 0},
     {S_POLICY, "server.max_body_bytes",             T_SIZE,    OFF(server.max_body_bytes),          "4MB",           KB,    GB, .flags = 0},
     {S_POLICY, "server.max_header_bytes",           T_SIZE,    OFF(server.max_header_bytes),        "16KB",          KB,    MB, .flags = 0},
@@ -1383,6 +1393,150 @@ static void walk(struct loader *ld, const struct cur *c, enum scope sc, const ch
 
 /* ---- special shapes ---------------------------------------------------- */
 
+static void listeners_free(struct config *cfg)
+{
+    size_t i;
+
+    for (i = 0; i < cfg->server.nlisteners; i++)
+        free(cfg->server.listeners[i].address);
+    free(cfg->server.listeners);
+    cfg->server.listeners = NULL;
+    cfg->server.nlisteners = 0;
+}
+
+/* One entry of server.listen: "ADDR:PORT" or {address, tls}. tls is -1
+ * when not given (TLS when server.tls is set, see finish_policies). */
+static int listen_entry(struct loader *ld, const struct cur *c, struct cfg_listener *l)
+{
+    const char *msg = NULL, *key;
+    struct cur ac;
+    json_t *v;
+    int bad = 0;
+
+    l->tls = -1;
+    if (json_is_string(c->v)) {
+        if ((msg = check_listen(json_string_value(c->v))) != NULL) {
+            cerr(ld, c, "%s", msg);
+            return -1;
+        }
+        l->address = xstrdup(json_string_value(c->v));
+        return 0;
+    }
+    if (!json_is_object(c->v)) {
+        cerr(ld, c, "%s", want_string(c));    /* the usual mistake: a bare port */
+        return -1;
+    }
+    json_object_foreach(c->v, key, v) {
+        if (strcmp(key, "address") != 0 && strcmp(key, "tls") != 0) {
+            static const char *const cands[] = {"address", "tls"};
+            unknown_key_err(ld, c, key, suggest(key, cands, 2));
+            bad = 1;
+        }
+    }
+    if (!cur_get(c, "address", &ac)) {
+        merr(ld, c, "address", "missing required key");
+        return -1;
+    }
+    if (!json_is_string(ac.v) || (msg = check_listen(json_string_value(ac.v))) != NULL) {
+        cerr(ld, &ac, "%s", json_is_string(ac.v) ? msg : "expected \"ADDR:PORT\"");
+        return -1;
+    }
+    if (cur_get(c, "tls", &ac)) {
+        json_t *b = typed(&ac);
+        if (!json_is_boolean(b)) {
+            cerr(ld, &ac, "expected true or false");
+            bad = 1;
+        } else {
+            l->tls = json_is_true(b);
+        }
+        json_decref(b);
+    }
+    if (bad)
+        return -1;
+    l->address = xstrdup(json_string_value(json_object_get(c->v, "address")));
+    return 0;
+}
+
+/* server.listen: one entry or a list of them. */
+static int sp_listen(struct loader *ld, const struct field *f, const struct cur *c, void *base)
+{
+    struct config *cfg = base;
+    struct cfg_listener *ls;
+    size_t i, n = 1;
+    int bad = 0;
+
+    (void)f;
+    if (json_is_array(c->v)) {
+        n = json_array_size(c->v);
+        if (n == 0) {
+            cerr(ld, c, "must not be empty");
+            return -1;
+        }
+        if (n > CFG_MAX_LISTENERS) {
+            cerr(ld, c, "at most %d listeners", CFG_MAX_LISTENERS);
+            return -1;
+        }
+    }
+    ls = xcalloc(n, sizeof(*ls));
+    for (i = 0; i < n; i++) {
+        struct cur ec;
+        if (json_is_array(c->v))
+            cur_elem(c, i, &ec);
+        else
+            ec = *c;
+        if (listen_entry(ld, &ec, &ls[i]) < 0)
+            bad = 1;
+    }
+    for (i = 0; !bad && i < n; i++) {
+        size_t j;
+        for (j = 0; j < i; j++)
+            if (strcmp(ls[i].address, ls[j].address) == 0) {
+                struct cur ec;
+                cur_elem(c, i, &ec);
+                cerr(ld, &ec, "\"%s\" is listed twice", ls[i].address);
+                bad = 1;
+            }
+    }
+    if (bad) {
+        for (i = 0; i < n; i++)
+            free(ls[i].address);
+        free(ls);
+        return -1;
+    }
+    listeners_free(cfg);
+    cfg->server.listeners = ls;
+    cfg->server.nlisteners = n;
+    free(cfg->server.listen);
+    cfg->server.listen = xstrdup(ls[0].address);
+    return 0;
+}
+
+/* server.tls.min_version: "1.2" or "1.3" (a bare YAML number too). */
+static int sp_tls_version(struct loader *ld, const struct field *f, const struct cur *c, void *base)
+{
+    struct config *cfg = base;
+    json_t *v = typed(c);
+    const char *s = json_is_string(c->v) ? json_string_value(c->v) : NULL;
+    int ver = 0;
+
+    (void)f;
+    if (s && (strcmp(s, "1.2") == 0 || strcmp(s, "TLSv1.2") == 0))
+        ver = 12;
+    else if (s && (strcmp(s, "1.3") == 0 || strcmp(s, "TLSv1.3") == 0))
+        ver = 13;
+    else if (json_is_real(v) && json_real_value(v) == 1.2)
+        ver = 12;
+    else if (json_is_real(v) && json_real_value(v) == 1.3)
+        ver = 13;
+    json_decref(v);
+    if (ver == 0) {
+        cerr(ld, c, "expected \"1.2\" or \"1.3\"");
+        return -1;
+    }
+    cfg->server.tls.min_version = ver;
+    return 0;
+}
+
 static int sp_access_log(struct loader *ld, const struct field *f, const struct cur *c, void *base)
 {
     struct config *cfg = base;
@@ -1818,6 +1972,66 @@ static void check_affinity(struct loader *ld, const struct cur *root, const char
         kerr(ld, &c, "header", "only used when by is \"header\"");
 }
 
+/* server.tls needs cert and key together; a listener with tls: true needs
+ * them; one that does not say serves TLS when they are set. Paths are
+ * resolved against the -c directory here. */
+static void check_tls(struct loader *ld, const struct cur *root)
+{
+    struct config *cfg = ld->c;
+    struct cfg_tls *t = &cfg->server.tls;
+    char **paths[3] = { &t->cert, &t->key, &t->client_ca };
+    struct cur c;
+    size_t i;
+
+    if ((t->cert == NULL) != (t->key == NULL) && cur_lookup(root, "server.tls", &c))
+        merr(ld, &c, t->cert ? "key" : "cert", "missing required key (cert and key go together)");
+    else if (t->cert == NULL && t->client_ca && cur_lookup(root, "server.tls.client_ca", &c))
+        cerr(ld, &c, "needs server.tls.cert and server.tls.key");
+    for (i = 0; i < 3; i++)
+        if (*paths[i]) {
+            char *p = join_path(ld->dir, *paths[i]);
+            free(*paths[i]);
+            *paths[i] = p;
+        }
+    for (i = 0; i < cfg->server.nlisteners; i++) {
+        struct cfg_listener *l = &cfg->server.listeners[i];
+        if (l->tls < 0)
+            l->tls = t->cert != NULL;
+        else if (l->tls && t->cert == NULL && cur_lookup(root, "server.listen", &c))
+            cerr(ld, &c, "%s: tls: true needs server.tls.cert and server.tls.key", l->address);
+    }
+}
+
+/* Builds server.tls_ctx once the rest is known good: reads and checks the
+ * certificate, key and client CA. Its problems name the file. */
+static void build_tls(struct loader *ld)
+{
+    struct config *cfg = ld->c;
+    char err[1024];
+    size_t i;
+
+    for (i = 0; i < cfg->server.nlisteners; i++)     /* -l, or no policies.yaml */
+        if (cfg->server.listeners[i].tls < 0)
+            cfg->server.listeners[i].tls = cfg->server.tls.cert != NULL;
+    if (cfg->server.tls.cert == NULL || ld->nerrs)
+        return;
+    cfg->server.tls_ctx = tls_ctx_new(&cfg->server.tls, (int64_t)time(NULL), err, sizeof(err));
+    if (cfg->server.tls_ctx)
+        return;
+    if (strncmp(err, "server.tls", 10) == 0) {
+        char *colon = strchr(err, ':');
+        *colon = '\0';
+        err_raw(ld, FILE_POLICIES, (struct doc_pos){0}, err, colon + 2);
+        return;
+    }
+    ld->errs = grow(ld->errs, ld->nerrs, sizeof(*ld->errs));
+    memset(&ld->errs[ld->nerrs], 0, sizeof(ld->errs[0]));
+    ld->errs[ld->nerrs].file = FILE_POLICIES;
+    ld->errs[ld->nerrs].seq = ld->nerrs;
+    ld->errs[ld->nerrs].text = xstrdup(err);
+    ld->nerrs++;
+}
+
 static void load_policies(struct loader *ld)
 {
     struct config *cfg = ld->c;
@@ -1855,6 +2069,7 @@ static void load_policies(struct loader *ld)
                    cfg->routing.sticky_header);
     check_affinity(ld, &root, "routing.hash_key", hash_by, cfg->routing.hash_key,
                    cfg->routing.hash_header);
+    check_tls(ld, &root);
 }
 
 /* Settles values whose spelling in the file means "none". */
@@ -2535,6 +2750,13 @@ static void config_free(struct config *c)
         key_free(&c->keys[i]);
     free(c->keys);
     free(c->server.listen);
+    listeners_free(c);
+    free(c->server.tls.cert);
+    free(c->server.tls.key);
+    free(c->server.tls.client_ca);
+    free(c->server.tls.ciphers);
+    free(c->server.tls.ciphersuites);
+    tls_ctx_free(c->server.tls_ctx);
     free(c->server.log_file);
     free(c->server.access_log);
     free(c->routing.hosts_template);
@@ -2601,6 +2823,7 @@ struct config *config_load(const char *dir, struct cfg_errors *errs)
     load_hosts(&ld);
     load_keys(&ld);
     check_refs(&ld);
+    build_tls(&ld);
     if (ld.nerrs)
         redact_errors(&ld);
 
@@ -2667,6 +2890,14 @@ int config_check_main(const char *dir, FILE *out)
     size_t i;
 
     if (c != NULL) {
+        const struct tls_cert_info *ci = tls_ctx_cert(c->server.tls_ctx);
+        int64_t now = (int64_t)time(NULL);
+        if (ci && ci->not_after - now < CFG_TLS_EXPIRY_WARN_S) {
+            char when[32];
+            tls_time_str(ci->not_after, when, sizeof(when));
+            fprintf(out, "warning: %s: the certificate expires on %s (in %lld days)\n",
+                    c->server.tls.cert, when, (long long)((ci->not_after - now) / 86400));
+        }
         fprintf(out, "configuration ok\n");
         config_unref(c);
         return 0;

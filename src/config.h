@@ -127,6 +127,27 @@ struct cfg_notify {
     int64_t timeout_ms;
 };
 
+#define CFG_MAX_LISTENERS      4
+#define CFG_TLS_EXPIRY_WARN_S  (14 * 86400)   /* -t and reloads warn below this */
+
+/* One address the server listens on (server.listen). */
+struct cfg_listener {
+    char   *address;         /* "ADDR:PORT" */
+    int     tls;             /* serves TLS (server.tls) */
+};
+
+/* server.tls: the listener's certificate; see tls.h. */
+struct cfg_tls {
+    char   *cert;            /* PEM, chain allowed; NULL = no TLS */
+    char   *key;             /* PEM private key: never log its content */
+    char   *client_ca;       /* NULL = no client certificates asked */
+    char   *ciphers;         /* TLS 1.2 cipher list, NULL = OpenSSL's */
+    char   *ciphersuites;    /* TLS 1.3 suites, NULL = OpenSSL's */
+    int     min_version;     /* 12 or 13 */
+};
+
+struct tls_ctx;
+
 struct config {
     int      refcnt;         /* owned by config_ref/config_unref */
     uint64_t generation;     /* set by whoever installs the snapshot */
@@ -138,7 +159,11 @@ struct config {
     size_t   nkeys;
 
     struct {
-        char    *listen;             /* "ADDR:PORT" */
+        char    *listen;             /* "ADDR:PORT": the first listener's */
+        struct cfg_listener *listeners;  /* server.listen, one or more */
+        size_t   nlisteners;
+        struct cfg_tls tls;          /* paths resolved against the -c directory */
+        struct tls_ctx *tls_ctx;     /* built and checked from tls; NULL without */
         int      workers;
         size_t   max_body_bytes;
         size_t   max_header_bytes;

@@ -26,6 +26,7 @@
 #include "notify.h"
 #include "proxy.h"
 #include "session.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -610,11 +611,46 @@ static void each_worker(struct gateway *gw, worker_fn fn, const char *what)
     }
 }
 
+size_t gateway_listeners(const struct gateway *gw, const struct config *cfg,
+                         struct cfg_listener *out)
+{
+    size_t i;
+
+    if (gw->listen_override) {
+        out[0].address = (char *)gw->listen_override;
+        out[0].tls = cfg->server.tls.cert != NULL;
+        return 1;
+    }
+    for (i = 0; i < cfg->server.nlisteners && i < CFG_MAX_LISTENERS; i++)
+        out[i] = cfg->server.listeners[i];
+    return i;
+}
+
+/* The listeners' certificate: installed for new handshakes, and a warning
+ * when it expires soon (at start and at each reload). */
+static void tls_install(const struct config *cfg)
+{
+    const struct tls_cert_info *ci = tls_ctx_cert(cfg->server.tls_ctx);
+    int64_t now = gw_unix_ms() / 1000;
+    char when[32];
+
+    tls_current_set(cfg->server.tls_ctx);
+    if (ci == NULL)
+        return;
+    tls_time_str(ci->not_after, when, sizeof(when));
+    log_info("TLS certificate %s: subject %s, issuer %s, serial %s, expires %s",
+             cfg->server.tls.cert, ci->subject, ci->issuer, ci->serial, when);
+    if (ci->not_after - now < CFG_TLS_EXPIRY_WARN_S)
+        log_warn("TLS certificate %s expires on %s (in %lld days)", cfg->server.tls.cert,
+                 when, (long long)((ci->not_after - now) / 86400));
+}
+
 /* server.workers: 1 serves on the main loop as worker 0; more start a
  * loop, listener (SO_REUSEPORT) and upstream per worker thread. */
-static int workers_init(struct gateway *gw, const struct config *cfg,
-                        const char *listen)
+static int workers_init(struct gateway *gw, const struct config *cfg)
 {
+    struct cfg_listener ls[CFG_MAX_LISTENERS];
+    size_t nls = gateway_listeners(gw, cfg, ls), j;
     int n = cfg->server.workers > 1 ? cfg->server.workers : 1, i;
     char err[256];
 
@@ -643,12 +679,17 @@ static int workers_init(struct gateway *gw, const struct config *cfg,
             http_server_set_max_connections(w->http,
                                             http_server_max_connections(w->http) / (size_t)n);
         }
-        if ((i == 0 ? http_server_listen(w->http, listen, err, sizeof(err))
-                    : http_server_listen_like(w->http, gw->workers[0].http,
-                                              err, sizeof(err))) < 0) {
+        if (i > 0 && http_server_listen_like(w->http, gw->workers[0].http,
+                                             err, sizeof(err)) < 0) {
             log_error("%s", err);
             return -1;
         }
+        for (j = 0; i == 0 && j < nls; j++)
+            if (http_server_listen_tls(w->http, ls[j].address, ls[j].tls,
+                                       err, sizeof(err)) < 0) {
+                log_error("%s", err);
+                return -1;
+            }
     }
     if (!gw->threaded) {
         gw->http = gw->workers[0].http;
@@ -686,7 +727,8 @@ int gateway_init(struct gateway *gw, struct event_base *base,
                  struct config *cfg, const char *conf_dir,
                  const char *listen_override)
 {
-    const char *listen;
+    struct cfg_listener ls[CFG_MAX_LISTENERS];
+    size_t nls, i;
 
     memset(gw, 0, sizeof(*gw));
     gw->base = base;
@@ -738,11 +780,14 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     }
     metrics_set_start_time(gw_unix_ms());
     metrics_set_generation(1);
-    listen = listen_override ? listen_override : cfg->server.listen;
-    if (workers_init(gw, cfg, listen) < 0)
+    tls_install(cfg);
+    if (workers_init(gw, cfg) < 0)
         return -1;
     apply_limits(gw);
-    log_info("listening on %s, %zu hosts, %zu keys, strategy %s", listen,
+    nls = gateway_listeners(gw, cfg, ls);
+    for (i = 0; i < nls; i++)
+        log_info("listening on %s%s", ls[i].address, ls[i].tls ? " (TLS)" : "");
+    log_info("%zu hosts, %zu keys, strategy %s",
              cfg->nhosts, cfg->nkeys, config_strategy_name(cfg->routing.strategy));
     return 0;
 }
@@ -811,15 +856,20 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
             errs.n = 1;
     }
     if (cfg) {
-        const char *old = gw->listen_override ? gw->listen_override
-                                              : gw->snap->cfg->server.listen;
-        const char *new = gw->listen_override ? gw->listen_override
-                                              : cfg->server.listen;
-        if (strcmp(old, new) != 0) {
+        struct cfg_listener a[CFG_MAX_LISTENERS], b[CFG_MAX_LISTENERS];
+        size_t na = gateway_listeners(gw, gw->snap->cfg, a);
+        size_t nb = gateway_listeners(gw, cfg, b), k;
+        int same = na == nb;
+
+        for (k = 0; same && k < na; k++)
+            same = strcmp(a[k].address, b[k].address) == 0 && a[k].tls == b[k].tls;
+        if (!same) {
             char msg[512];
             snprintf(msg, sizeof(msg), "%s/policies.yaml: server.listen: changing"
-                     " the listen address needs a restart (running on %s)",
-                     gw->conf_dir, old);
+                     " the listen addresses or which serve TLS needs a restart"
+                     " (running on %s%s%s)",
+                     gw->conf_dir, a[0].address, a[0].tls ? " with TLS" : "",
+                     na > 1 ? " and more" : "");
             errs.msg = malloc(sizeof(char *));
             if (errs.msg) {
                 errs.msg[0] = strdup(msg);
@@ -861,6 +911,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     snapshot_unref(gw->snap);
     gw->snap = s;
     snapshot_activate(s);
+    tls_install(cfg);
     /* SPEC: a key rejected with 401/403 is disabled until the next reload
      * (cooldowns, health and breakers carry over). */
     for (i = 0; i < cfg->nkeys; i++)
@@ -1092,5 +1143,6 @@ void gateway_free(struct gateway *gw)
         event_free(gw->rebalance);
     upstream_free(gw->up);
     snapshot_unref(gw->snap);
+    tls_current_set(NULL);
     cfg_errors_free(&gw->reload_errs);
 }

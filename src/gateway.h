@@ -115,6 +115,11 @@ struct snapshot *snapshot_new(struct config *cfg, struct keys_ring *rings,
 void snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 
+/* The addresses served: server.listen, or the -l address (TLS when
+ * server.tls is set). Fills out[CFG_MAX_LISTENERS]; points into cfg. */
+size_t gateway_listeners(const struct gateway *gw, const struct config *cfg,
+                         struct cfg_listener *out);
+
 int  gateway_init(struct gateway *gw, struct event_base *base,
                   struct config *cfg, const char *conf_dir,
                   const char *listen_override);

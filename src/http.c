@@ -18,6 +18,12 @@
  * Content-Length value; chunk sizes are strict hex. Connections beyond a
  * cap are closed at accept, and accept errors (out of descriptors) pause
  * the listeners instead of spinning.
+ *
+ * TLS listeners wrap each socket in an OpenSSL bufferevent (tls.c gives the
+ * SSL from the current certificate). The handshake runs under the same
+ * client_timeout deadline as the first request, so a stalled handshake
+ * cannot hold a slot; a failed one is counted by reason, and plain HTTP
+ * sent to the TLS port gets a plain 400 before the close.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -35,14 +41,18 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <event2/listener.h>
 #include <event2/util.h>
 #include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "http.h"
 #include "log.h"
+#include "tls.h"
 
 #define HTTP_MAX_HEADERS    100
 #define HTTP_MAX_LISTENERS  4
@@ -102,6 +112,8 @@ struct http_conn {
     int                 close_after;  /* close once output drained */
     int                 linger;       /* ...after discarding unread input */
     int                 loopback;     /* came in on a loopback listener */
+    int                 tls;          /* an OpenSSL bufferevent */
+    int                 tls_done;     /* handshake finished */
     char                peer[64];
     struct http_conn   *prev, *next;
     struct event        flush_ev;     /* streamed output: one write per loop turn */
@@ -113,6 +125,7 @@ struct http_server {
     void                  *arg;
     struct evconnlistener *lev[HTTP_MAX_LISTENERS];
     int                    lev_loopback[HTTP_MAX_LISTENERS];
+    int                    lev_tls[HTTP_MAX_LISTENERS];
     struct sockaddr_storage lev_addr[HTTP_MAX_LISTENERS]; /* as bound */
     int                    reuseport;     /* listeners share their port */
     size_t                 nlev;
@@ -360,6 +373,12 @@ static void conn_flush(struct http_conn *c)
 
     if (evbuffer_get_length(out) == 0)
         return;
+    if (c->tls) {
+        /* OpenSSL writes from its own write callback, which disables
+         * EV_WRITE again once the output is empty (conn_write_cb). */
+        bufferevent_enable(c->bev, EV_WRITE);
+        return;
+    }
     /* A socket bufferevent keeps the front of its output frozen; its own
      * write callback thaws it around the write, as this does. */
     evbuffer_unfreeze(out, 1);
@@ -1087,6 +1106,8 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
     if (c->state == CONN_HANDLING || c->state == CONN_FLUSHING)
         return;
     if (c->req == NULL && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+        if (c->tls && !c->tls_done)
+            tls_fail_count(TLS_FAIL_TIMEOUT);
         conn_free(c);
         return;
     }
@@ -1096,13 +1117,60 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
     conn_fail(c, 408, "request_timeout", msg);
 }
 
+/* A handshake failed: count why; plain HTTP gets a plain answer. */
+static void tls_failed(struct http_conn *c, short what)
+{
+    static const char plain[] =
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+        "Content-Length: 130\r\nConnection: close\r\n\r\n"
+        "{\"error\":{\"message\":\"plain HTTP sent to a TLS port: use https://\","
+        "\"type\":\"invalid_request_error\",\"code\":\"plain_http_to_tls_port\"}}";
+    unsigned long e, first = 0;
+    enum tls_fail f;
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+
+    while ((e = bufferevent_get_openssl_error(c->bev)) != 0)
+        if (first == 0)
+            first = e;
+    f = (what & BEV_EVENT_ERROR) || first ? tls_fail_classify(first) : TLS_FAIL_CLOSED;
+    if (f == TLS_FAIL_CLOSED && (what & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() == 0)
+        f = TLS_FAIL_OTHER;
+    if (first == 0 && (what & BEV_EVENT_EOF))
+        f = TLS_FAIL_CLOSED;
+    tls_fail_count(f);
+    if (log_enabled(LOGL_DEBUG))
+        log_debug("client %s: TLS handshake failed: %s (%s)", c->peer[0] ? c->peer : "-",
+                  tls_fail_name(f), first ? ERR_reason_error_string(first) : "closed");
+    if (f == TLS_FAIL_PLAIN_HTTP && fd >= 0) {
+        char junk[4096];
+        int i;
+        /* No TLS alert went out (OpenSSL sends none for this): answer in
+         * the clear, then read what is left of the request so the close
+         * is a FIN, not a reset that could beat the answer. */
+        (void)!send(fd, plain, sizeof(plain) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        shutdown(fd, SHUT_WR);
+        for (i = 0; i < 16 && recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
+            ;
+    }
+}
+
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct http_conn *c = arg;
 
     (void)bev;
-    if (what & BEV_EVENT_CONNECTED)
+    if (what & BEV_EVENT_CONNECTED) {
+        c->tls_done = 1;
         return;
+    }
+    if (c->tls && !c->tls_done) {
+        if (what & BEV_EVENT_TIMEOUT)
+            tls_fail_count(TLS_FAIL_TIMEOUT);
+        else
+            tls_failed(c, what);
+        conn_free(c);
+        return;
+    }
     if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)
         && c->req && c->state != CONN_HANDLING && c->state != CONN_FLUSHING
         && c->state != CONN_LINGER) {
@@ -1189,7 +1257,7 @@ static void refuse(struct http_server *s, evutil_socket_t fd)
 }
 
 static int conn_new(struct http_server *s, evutil_socket_t fd,
-                    const struct sockaddr *sa, int loopback)
+                    const struct sockaddr *sa, int loopback, int tls)
 {
     struct http_conn *c;
     struct timeval tv;
@@ -1205,7 +1273,23 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
         return -1;
     }
     evutil_make_socket_nonblocking(fd);
-    c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (tls) {
+        SSL *ssl = tls_current_new_ssl();
+        if (ssl == NULL) {
+            evutil_closesocket(fd);
+            free(c);
+            return -1;
+        }
+        c->tls = 1;
+        c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+        if (c->bev == NULL)
+            SSL_free(ssl);
+        else
+            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    } else {
+        c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (c->bev == NULL) {
         evutil_closesocket(fd);
         free(c);
@@ -1258,14 +1342,16 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
 {
     struct http_server *s = arg;
-    int loopback = 0;
+    int loopback = 0, tls = 0;
     size_t i;
 
     (void)salen;
     for (i = 0; i < s->nlev; i++)
-        if (s->lev[i] == lev)
+        if (s->lev[i] == lev) {
             loopback = s->lev_loopback[i];
-    conn_new(s, fd, sa, loopback);
+            tls = s->lev_tls[i];
+        }
+    conn_new(s, fd, sa, loopback, tls);
 }
 
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -1375,7 +1461,7 @@ static void sockaddr_name(const struct sockaddr *sa, char *buf, size_t len)
 }
 
 static int listen_on(struct http_server *s, const struct sockaddr_storage *ss,
-                     int sslen, const char *addr, char *err, size_t errlen)
+                     int sslen, const char *addr, int tls, char *err, size_t errlen)
 {
     struct sockaddr_storage bound;
     socklen_t blen = sizeof(bound);
@@ -1396,12 +1482,19 @@ static int listen_on(struct http_server *s, const struct sockaddr_storage *ss,
         memcpy(&bound, ss, sizeof(bound));
     s->lev_loopback[s->nlev] = sockaddr_loopback((struct sockaddr *)&bound);
     s->lev_addr[s->nlev] = bound;
+    s->lev_tls[s->nlev] = tls;
     s->lev[s->nlev++] = lev;
     return 0;
 }
 
 int http_server_listen(struct http_server *s, const char *addr,
                        char *err, size_t errlen)
+{
+    return http_server_listen_tls(s, addr, 0, err, errlen);
+}
+
+int http_server_listen_tls(struct http_server *s, const char *addr, int tls,
+                           char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
@@ -1415,7 +1508,7 @@ int http_server_listen(struct http_server *s, const char *addr,
         snprintf(err, errlen, "bad listen address \"%s\"", addr);
         return -1;
     }
-    return listen_on(s, &ss, sslen, addr, err, errlen);
+    return listen_on(s, &ss, sslen, addr, tls, err, errlen);
 }
 
 int http_server_listen_like(struct http_server *s, const struct http_server *first,
@@ -1434,7 +1527,7 @@ int http_server_listen_like(struct http_server *s, const struct http_server *fir
             return -1;
         }
         sockaddr_name((const struct sockaddr *)ss, name, sizeof(name));
-        if (listen_on(s, ss, len, name, err, errlen) < 0)
+        if (listen_on(s, ss, len, name, first->lev_tls[i], err, errlen) < 0)
             return -1;
     }
     return 0;
@@ -1451,7 +1544,7 @@ int http_server_adopt(struct http_server *s, int fd)
         return -1;
     }
     return conn_new(s, fd, (struct sockaddr *)&local,
-                    sockaddr_loopback((struct sockaddr *)&local));
+                    sockaddr_loopback((struct sockaddr *)&local), 0);
 }
 
 void http_server_stop(struct http_server *s)
@@ -1485,6 +1578,23 @@ size_t http_server_max_connections(const struct http_server *s) { return s->max_
 uint64_t http_server_refused(const struct http_server *s)
 {
     return __atomic_load_n(&s->refused_total, __ATOMIC_RELAXED);
+}
+
+int http_server_listener_port(const struct http_server *s, size_t i)
+{
+    const struct sockaddr_storage *ss;
+
+    if (i >= s->nlev)
+        return -1;
+    ss = &s->lev_addr[i];
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+int http_req_tls(const struct http_req *r)
+{
+    return r->conn ? r->conn->tls : 0;
 }
 
 int http_req_local_loopback(const struct http_req *r)

@@ -46,6 +46,12 @@ struct http_server *http_server_new(struct event_base *base, http_handler h,
 /* Binds "ADDR:PORT" or "[V6]:PORT". Returns -1 with a message in err. */
 int    http_server_listen(struct http_server *s, const char *addr,
                           char *err, size_t errlen);
+/* The same, serving TLS when tls is 1 (each connection's SSL comes from
+ * tls_current_new_ssl(): set a context before the first accept). */
+int    http_server_listen_tls(struct http_server *s, const char *addr, int tls,
+                              char *err, size_t errlen);
+/* The port listener i is bound to (-1 when there is none). */
+int    http_server_listener_port(const struct http_server *s, size_t i);
 /* Binds the addresses `first` listens on (ports as bound), for a worker
  * sharing them through SO_REUSEPORT (both set it before listening). */
 int    http_server_listen_like(struct http_server *s, const struct http_server *first,
@@ -84,6 +90,8 @@ int         http_req_detached(const struct http_req *r);
 /* 1 when the request came in on a listener bound to a loopback address
  * (127.0.0.0/8, ::1; an adopted AF_UNIX socket counts too). */
 int         http_req_local_loopback(const struct http_req *r);
+/* 1 when the request came over TLS. */
+int         http_req_tls(const struct http_req *r);
 
 void http_req_on_close(struct http_req *r, http_req_cb cb, void *arg);
 

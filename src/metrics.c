@@ -125,6 +125,12 @@ static struct {
     uint64_t             alerts_firing[METRICS_ALERTS];
     uint64_t             notify_sent[METRICS_CHANNELS];
     uint64_t             notify_failed[METRICS_CHANNELS];
+    size_t               tls_ncert;
+    char                 tls_listener[METRICS_TLS_MAX][64];
+    int64_t              tls_not_after[METRICS_TLS_MAX];
+    size_t               tls_nfail;
+    const char          *tls_reason[METRICS_TLS_MAX_REASONS];
+    uint64_t             tls_fails[METRICS_TLS_MAX_REASONS];
 } reg;
 
 static const char *route_names[METRICS_ROUTES] = {
@@ -608,6 +614,26 @@ void metrics_set_alert_notifications(enum metrics_channel c, uint64_t sent,
     reg.notify_failed[c] = failed;
 }
 
+void metrics_set_tls_cert(size_t i, const char *listener, int64_t not_after)
+{
+    if (i >= METRICS_TLS_MAX)
+        return;
+    snprintf(reg.tls_listener[i], sizeof(reg.tls_listener[i]), "%s", listener);
+    reg.tls_not_after[i] = not_after;
+    reg.tls_ncert = i + 1;
+}
+
+void metrics_set_tls_failures(size_t n, const char *const *reason, const uint64_t *count)
+{
+    size_t i;
+
+    reg.tls_nfail = n < METRICS_TLS_MAX_REASONS ? n : METRICS_TLS_MAX_REASONS;
+    for (i = 0; i < reg.tls_nfail; i++) {
+        reg.tls_reason[i] = reason[i];
+        reg.tls_fails[i] = count[i];
+    }
+}
+
 void metrics_reset(void)
 {
     struct metrics_host *h;
@@ -911,6 +937,23 @@ static void render_gateway(struct out *o)
         sample_u64(o, "infergate_alert_notifications_total", &l, reg.notify_sent[i]);
         l.value[1] = "failed";
         sample_u64(o, "infergate_alert_notifications_total", &l, reg.notify_failed[i]);
+    }
+    if (reg.tls_ncert) {
+        family(o, "infergate_tls_cert_expiry_timestamp_seconds", "gauge",
+               "When the certificate a TLS listener serves expires, since the Unix epoch.");
+        for (i = 0; i < reg.tls_ncert; i++) {
+            struct labels l = one_label("listener", reg.tls_listener[i]);
+            sample_f(o, "infergate_tls_cert_expiry_timestamp_seconds", &l,
+                     (double)reg.tls_not_after[i]);
+        }
+    }
+    if (reg.tls_nfail) {
+        family(o, "infergate_tls_handshake_failures_total", "counter",
+               "TLS handshakes with clients that failed, by reason.");
+        for (i = 0; i < reg.tls_nfail; i++) {
+            struct labels l = one_label("reason", reg.tls_reason[i]);
+            sample_u64(o, "infergate_tls_handshake_failures_total", &l, reg.tls_fails[i]);
+        }
     }
     family(o, "infergate_start_time_seconds", "gauge",
            "Start time of the gateway since the Unix epoch, in seconds.");

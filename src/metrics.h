@@ -148,6 +148,14 @@ void metrics_set_alerts_firing(enum metrics_alert a, uint64_t n);
 void metrics_set_alert_notifications(enum metrics_channel c, uint64_t sent,
                                      uint64_t failed);
 
+/* TLS listeners (set before rendering): certificate expiry of listener i
+ * (unix seconds), and handshake failures by reason. Without TLS neither
+ * family is shown. */
+#define METRICS_TLS_MAX          4
+#define METRICS_TLS_MAX_REASONS  8
+void metrics_set_tls_cert(size_t i, const char *listener, int64_t not_after);
+void metrics_set_tls_failures(size_t n, const char *const *reason, const uint64_t *count);
+
 /* --- output ---------------------------------------------------------- */
 
 /* Appends the whole registry to `out` in text format 0.0.4

@@ -593,7 +593,7 @@ def test_mock_garbage_and_truncated_streams(mocks, gateway):
 # --- fuzz corpus replay ----------------------------------------------------------
 
 HARNESSES = ["fuzz_config", "fuzz_request", "fuzz_jscan"]
-PKGS = ["libevent", "libevent_pthreads", "libcurl", "jansson", "yaml-0.1", "hiredis"]
+PKGS = ["libevent", "libevent_pthreads", "libevent_openssl", "openssl", "libcurl", "jansson", "yaml-0.1", "hiredis"]
 CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
 REL_FLAGS = ["-O2", "-g"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",

@@ -130,6 +130,8 @@ EXPECTED = {
     "infergate_redis_up": "gauge",
     "infergate_alerts_firing": "gauge",
     "infergate_alert_notifications_total": "counter",
+    "infergate_tls_cert_expiry_timestamp_seconds": "gauge",
+    "infergate_tls_handshake_failures_total": "counter",
     "infergate_start_time_seconds": "gauge",
 }
 

@@ -47,6 +47,12 @@ int main(int argc, char **argv)
     metrics_set_redis(1, 1);
     metrics_set_alerts_firing(METRICS_ALERT_AVAILABILITY, 1);
     metrics_set_alert_notifications(METRICS_CHANNEL_WEBHOOK, 2, 1);
+    metrics_set_tls_cert(0, "0.0.0.0:8443", 1800000000);
+    {
+        static const char *const reasons[] = { "timeout", "plain_http" };
+        static const uint64_t counts[] = { 3, 1 };
+        metrics_set_tls_failures(2, reasons, counts);
+    }
     metrics_host_set_state(h[0], METRICS_BREAKER_CLOSED, 0, 3);
     metrics_host_set_state(h[1], METRICS_BREAKER_OPEN, 2, 0);
     metrics_host_set_state(h[2], METRICS_BREAKER_HALF_OPEN, 1, 1);
