@@ -34,6 +34,10 @@ PYTEST   := /usr/bin/python3 -m pytest
 .PHONY: all asan tsan deps test unit e2e demo bench bench-balance clean
 all: infergate build/release/infergate-mock
 
+# The dashboard's page, built into the binary (see scripts/embed-page.sh).
+src/dashboard_page.c: web/dashboard.html scripts/embed-page.sh
+	./scripts/embed-page.sh web/dashboard.html > $@.tmp && mv $@.tmp $@
+
 build/release/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) -c $< -o $@

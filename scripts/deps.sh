@@ -8,7 +8,8 @@ PKGS="build-essential pkg-config curl
 libevent-dev libssl-dev openssl libcurl4-openssl-dev libjansson-dev libyaml-dev libhiredis-dev
 libcmocka-dev python3 python3-pytest python3-jsonschema python3-yaml
 redis-server prometheus
-debhelper dpkg-dev lintian groff-base man-db logrotate systemd iproute2"
+debhelper dpkg-dev lintian groff-base man-db logrotate systemd iproute2
+chromium"
 
 [ "${1:-}" = "--fuzz" ] && PKGS="$PKGS clang-14 libfuzzer-14-dev"
 

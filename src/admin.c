@@ -14,12 +14,14 @@
 
 #include "admin.h"
 #include "alerts.h"
+#include "events.h"
 #include "metrics.h"
 #include "gateway.h"
 #include "health.h"
 #include "http.h"
 #include "keys.h"
 #include "lock.h"
+#include "observe.h"
 #include "proxy.h"
 #include "session.h"
 #include "tls.h"
@@ -271,8 +273,11 @@ static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)
                           "pool", k->pool, "weight", k->weight,
                           "uses", (json_int_t)ks->uses);
 
-    if (o && cooling)
+    if (o && cooling) {
         json_object_set_new(o, "until_ms", json_integer(until));
+        json_object_set_new(o, "cooldown_left_ms",
+                            json_integer(ks->cooldown_until_ms - now));
+    }
     if (o && ks->disabled)
         json_object_set_new(o, "reason", json_sprintf("upstream answered %d",
                                                       ks->last_status));
@@ -363,6 +368,15 @@ void admin_status(struct gateway *gw, struct http_req *req)
         json_object_set_new(o, "connections", connections_json(gw));
         json_object_set_new(o, "workers", workers_json(gw));
         json_object_set_new(o, "listeners", listeners_json(gw));
+        json_object_set_new(o, "reloads", observe_reloads_json(gw->obs));
+        {
+            struct events_stats es;
+            events_stats(&es);
+            json_object_set_new(o, "events", json_pack("{s:I, s:I, s:I}",
+                "emitted", (json_int_t)es.emitted, "watchers", (json_int_t)es.watchers,
+                "dropped", (json_int_t)es.dropped));
+        }
+        json_object_set_new(o, "time_ms", json_integer(gw_unix_ms()));
         if (gw->threaded) {
             uint64_t waits, ns;
             lock_contention(&waits, &ns);
@@ -506,4 +520,43 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
 void admin_reload(struct gateway *gw, struct http_req *req)
 {
     gateway_reload(gw, req);          /* answers when the reload is done */
+}
+
+void admin_timeseries(struct gateway *gw, struct http_req *req)
+{
+    const char *q = http_req_query(req), *v;
+    long long since = 0;
+    char *body;
+    json_t *o;
+
+    if (q && (v = strstr(q, "since=")) != NULL && (v == q || v[-1] == '&'))
+        since = strtoll(v + 6, NULL, 10);
+    o = observe_timeseries_json(gw->obs, (int64_t)since);
+    body = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+    json_decref(o);
+    if (body == NULL) {
+        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    http_reply(req, 200, "application/json", body, strlen(body));
+    free(body);
+}
+
+/* dashboard_page.c, made from web/dashboard.html by scripts/embed-page.sh */
+extern const char dashboard_page[];
+extern const size_t dashboard_page_len;
+
+void admin_dashboard(struct gateway *gw, struct http_req *req)
+{
+    (void)gw;
+    /* Nothing but the gateway itself: no script, style, image or
+     * connection from anywhere else, and no framing. */
+    http_resp_header(req, "Content-Security-Policy",
+                     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline';"
+                     " img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none';"
+                     " frame-ancestors 'none'");
+    http_resp_header(req, "Cache-Control", "no-store");
+    http_resp_header(req, "X-Content-Type-Options", "nosniff");
+    http_resp_header(req, "Referrer-Policy", "no-referrer");
+    http_reply(req, 200, "text/html; charset=utf-8", dashboard_page, dashboard_page_len);
 }

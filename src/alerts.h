@@ -87,7 +87,8 @@ void alerts_free(struct alerts *a);
  */
 int alerts_configure(struct alerts *a, const struct config *cfg);
 
-/* Tests and the driver: called for each event, before notifications. */
+/* Called for each event, before notifications (the gateway's
+ * /admin/events, tests and the driver). */
 void alerts_set_hook(struct alerts *a, alerts_event_fn fn, void *arg);
 
 /*

@@ -16,6 +16,7 @@
 
 #include "admin.h"
 #include "alerts.h"
+#include "events.h"
 #include "metrics.h"
 #include "gateway.h"
 #include "health.h"
@@ -24,6 +25,7 @@
 #include "lock.h"
 #include "log.h"
 #include "notify.h"
+#include "observe.h"
 #include "proxy.h"
 #include "session.h"
 #include "tls.h"
@@ -33,6 +35,7 @@
 #define AUTH_NONE   0
 #define AUTH_CLIENT 1   /* admin.client_keys, when set */
 #define AUTH_ADMIN  2   /* admin.token */
+#define AUTH_PAGE   3   /* the dashboard's page: asks for admin.token itself */
 
 typedef void (*route_fn)(struct gateway *gw, struct http_req *req);
 
@@ -55,6 +58,9 @@ static const struct route routes[] = {
     { "GET",  "/admin/providers",     AUTH_ADMIN,  admin_status },
     { "GET",  "/metrics",             AUTH_NONE,   admin_metrics },
     { "POST", "/admin/reload",        AUTH_ADMIN,  admin_reload },
+    { "GET",  "/admin/events",        AUTH_ADMIN,  events_serve },
+    { "GET",  "/admin/timeseries",    AUTH_ADMIN,  admin_timeseries },
+    { "GET",  "/dashboard",           AUTH_PAGE,   admin_dashboard },
     { "GET",  "/api/v1/ip",           AUTH_CLIENT, infernet_route },
 };
 
@@ -285,6 +291,8 @@ static int authorized(struct gateway *gw, struct http_req *req, int auth)
     size_t i;
     long k;
 
+    if (auth == AUTH_PAGE)          /* no data in it: the token guards its data */
+        return c->admin.token || http_req_local_loopback(req) ? 0 : 403;
     if (auth == AUTH_ADMIN) {
         if (c->admin.token == NULL)
             return http_req_local_loopback(req) ? 0 : 403;
@@ -431,6 +439,13 @@ static void gateway_on_shared(void *arg, const struct session_shared *ev)
     }
 }
 
+/* An alert fired or resolved: tell /admin/events. */
+static void gateway_alert_event(void *arg, const struct alerts_event *ev)
+{
+    (void)arg;
+    events_emit(ev->firing ? "alert_fired" : "alert_resolved", alerts_event_json(ev));
+}
+
 /* Once a second: recovery shares follow the breakers' ramps, ejections
  * whose time is up end, half-open breakers let their trial pass one. */
 static void gateway_tick(evutil_socket_t fd, short what, void *arg)
@@ -448,6 +463,8 @@ static void gateway_tick(evutil_socket_t fd, short what, void *arg)
             log_info("host %s is back after its ejection", s->cfg->hosts[i].name);
     }
     alerts_tick(gw->alerts, now, gw_unix_ms());
+    if (gw->obs)
+        observe_tick(gw->obs, gw);
 }
 
 /* Probes changed some host's models: rebuild the balancer (coalesced). */
@@ -587,6 +604,7 @@ static void drain_run(void *arg)
     struct worker *w = arg;
 
     http_server_stop(w->http);
+    events_worker_end(w);           /* watchers would hold the drain up */
 }
 
 static void abort_run(void *arg)
@@ -767,12 +785,14 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     gw->alerts = gw->up ? alerts_new(base, gw->up) : NULL;
     gw->health = gw->up ? health_new(base, gw->up) : NULL;
     gw->rebalance = evtimer_new(base, gateway_rebalance, gw);
-    if (gw->up == NULL || gw->alerts == NULL
+    gw->obs = observe_new();
+    if (gw->up == NULL || gw->alerts == NULL || gw->obs == NULL
         || gw->health == NULL || gw->rebalance == NULL
         || alerts_configure(gw->alerts, cfg) < 0) {
         log_error("cannot set up the event loop");
         return -1;
     }
+    alerts_set_hook(gw->alerts, gateway_alert_event, gw);
     health_set_listener(gw->health, gateway_health_changed, gw);
     if (health_set_snapshot(gw->health, gw->snap) < 0) {
         log_error("out of memory setting up health checks");
@@ -986,6 +1006,7 @@ static void reload_done(evutil_socket_t fd, short what, void *arg)
     pthread_join(job->thread, NULL);
     gw->reload = NULL;
     ok = reload_apply(gw, job) == 0;
+    observe_reload(gw->obs, ok, gw->snap->generation, ok ? NULL : &gw->reload_errs);
     notify_send("READY=1\nSTATUS=%s, serving configuration generation %llu",
                 ok ? "reloaded" : "reload rejected",
                 (unsigned long long)gw->snap->generation);
@@ -1056,6 +1077,7 @@ void gateway_reload(struct gateway *gw, struct http_req *req)
 void gateway_drain(struct gateway *gw)
 {
     gw->draining = 1;
+    events_emit("drain_started", json_pack("{s:I}", "in_flight", (json_int_t)gw->active));
     each_worker(gw, drain_run, "stop accepting");
 }
 
@@ -1102,6 +1124,7 @@ static void workers_free(struct gateway *gw)
 
         if (w->http)
             proxy_abort_all(w);
+        events_worker_end(w);
         http_server_free(w->http);
         w->http = NULL;
         if (gw->threaded)
@@ -1145,4 +1168,5 @@ void gateway_free(struct gateway *gw)
     snapshot_unref(gw->snap);
     tls_current_set(NULL);
     cfg_errors_free(&gw->reload_errs);
+    observe_free(gw->obs);
 }

@@ -27,6 +27,7 @@ struct http_req;
 struct reload_job;
 struct http_server;
 struct metrics_host;
+struct observe;
 struct session;
 struct upstream;
 struct worker;
@@ -82,6 +83,7 @@ struct gateway {
     struct event       *tick;        /* 1 s housekeeping */
     struct health      *health;      /* active probes of the current snapshot */
     struct event       *rebalance;   /* rebuilds snap->bal after model discovery */
+    struct observe     *obs;         /* time series, reload history, state events */
     uint64_t            next_id;     /* request id counter */
     uint64_t            id_seed;
     size_t              active;      /* proxied requests in flight */

@@ -506,6 +506,24 @@ void http_stream_end(struct http_req *r)
     req_finish(r);
 }
 
+void http_req_abort(struct http_req *r)
+{
+    struct http_conn *c = r->conn;
+
+    if (c) {
+        r->close_cb = NULL;
+        conn_free(c);               /* detaches r */
+    }
+    req_finish(r);
+}
+
+void http_req_set_sndbuf(struct http_req *r, int bytes)
+{
+    if (r->conn)
+        setsockopt(bufferevent_getfd(r->conn->bev), SOL_SOCKET, SO_SNDBUF,
+                   &bytes, sizeof(bytes));
+}
+
 /* An error detected while reading a request: answer it and close. */
 static void conn_deadline_stop(struct http_conn *c)
 {

@@ -111,6 +111,12 @@ void   http_stream_end(struct http_req *r);
 /* Called once when all queued output has been written. */
 void   http_req_on_drain(struct http_req *r, http_req_cb cb, void *arg);
 size_t http_req_pending_output(const struct http_req *r);
+/* Closes the connection at once, whatever is still queued, and frees r
+ * (a finishing call: the close callback does not run). */
+void   http_req_abort(struct http_req *r);
+/* Caps the kernel's send buffer of r's connection (a long stream to a
+ * client that may stop reading). */
+void   http_req_set_sndbuf(struct http_req *r, int bytes);
 
 const char *http_status_text(int status);
 

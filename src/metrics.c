@@ -41,6 +41,7 @@ static const double overhead_bounds[] = {
 #define MS_PER_SECOND       1000.0
 
 _Static_assert(NELEM(latency_bounds) <= HIST_MAX_BUCKETS, "latency buckets");
+_Static_assert(NELEM(latency_bounds) < METRICS_LAT_BUCKETS, "metrics_totals buckets");
 _Static_assert(NELEM(overhead_bounds) <= HIST_MAX_BUCKETS, "overhead buckets");
 
 struct hist {
@@ -551,6 +552,49 @@ void metrics_stream_chunks(struct metrics_host *h, uint64_t n)
 {
     if (h)
         h->chunks += n;
+}
+
+/* --- totals for the time series ------------------------------------- */
+
+static void hist_add(uint64_t *to, const struct hist *h, size_t nb)
+{
+    uint64_t inb = 0;
+    size_t i;
+
+    for (i = 0; i < nb; i++) {
+        to[i] += h->bucket[i];
+        inb += h->bucket[i];
+    }
+    to[nb] += h->count - inb;               /* past the last bound */
+}
+
+void metrics_totals(struct metrics_totals *t)
+{
+    static const enum metrics_route inference[] = {
+        METRICS_ROUTE_CHAT, METRICS_ROUTE_COMPLETIONS, METRICS_ROUTE_EMBEDDINGS
+    };
+    size_t i;
+
+    memset(t, 0, sizeof(*t));
+    for (i = 0; i < NELEM(inference); i++) {
+        t->requests += reg.route_duration[inference[i]].count;
+        hist_add(t->duration, &reg.route_duration[inference[i]], NELEM(latency_bounds));
+        hist_add(t->ttfb, &reg.route_ttfb[inference[i]], NELEM(latency_bounds));
+    }
+    for (i = 0; i < METRICS_REQ_SERIES; i++) {
+        const struct req_series *e = &reg.req[i];
+        if (e->used && (e->route == METRICS_ROUTE_CHAT
+                        || e->route == METRICS_ROUTE_COMPLETIONS
+                        || e->route == METRICS_ROUTE_EMBEDDINGS)
+            && (e->code == 429 || e->code >= 500 || e->code == 0))
+            t->errors += e->n;
+    }
+}
+
+const double *metrics_latency_bounds(size_t *n)
+{
+    *n = NELEM(latency_bounds);
+    return latency_bounds;
 }
 
 /* --- events and gauges ----------------------------------------------- */

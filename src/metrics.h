@@ -164,6 +164,22 @@ void metrics_set_tls_failures(size_t n, const char *const *reason, const uint64_
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 int metrics_render(struct evbuffer *out);
 
+/* Totals over the inference routes (chat, completions, embeddings), for
+ * the 1 s samples of the time series: answers, answers with status 429 or
+ * 5xx, and the duration and time-to-first-byte histograms (per bucket of
+ * metrics_latency_bounds(), the last one past the last bound). Reads the
+ * existing counters only. */
+#define METRICS_LAT_BUCKETS 16
+struct metrics_totals {
+    uint64_t requests;
+    uint64_t errors;
+    uint64_t duration[METRICS_LAT_BUCKETS];
+    uint64_t ttfb[METRICS_LAT_BUCKETS];
+};
+void metrics_totals(struct metrics_totals *t);
+/* Upper bounds of the latency buckets, in seconds; *n of them. */
+const double *metrics_latency_bounds(size_t *n);
+
 const char *metrics_route_name(enum metrics_route r);
 const char *metrics_outcome_name(enum metrics_outcome o);
 /* The route label for a request path ("/v1/chat/completions" -> chat). */

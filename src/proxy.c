@@ -45,6 +45,7 @@
 #include "alerts.h"
 #include "log.h"
 #include "metrics.h"
+#include "observe.h"
 #include "proxy.h"
 #include "jscan.h"
 #include "lock.h"
@@ -545,20 +546,25 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
         l->ticket_open = 0;
     }
     if (l->ticket_open) {
-        enum breaker_state before = breaker_state(&hs->br, now);
-        if (breaker_record(&hs->br, l->ticket, !host_failure, now - l->t_try, now)
-                == BREAKER_OPEN && before != BREAKER_OPEN) {
+        enum breaker_state before = breaker_state(&hs->br, now), after;
+        after = breaker_record(&hs->br, l->ticket, !host_failure, now - l->t_try, now);
+        if (after == BREAKER_OPEN && before != BREAKER_OPEN) {
             log_warn("host %s: circuit breaker opened", l->p->snap->cfg->hosts[l->host].name);
             session_publish_breaker(l->p->gw->sess, l->p->snap->cfg->hosts[l->host].name,
                                     gw_unix_from_mono(breaker_open_until(&hs->br)));
         }
+        observe_breaker(hs, l->p->snap->cfg->hosts[l->host].name, before, NULL);
+        observe_breaker(hs, l->p->snap->cfg->hosts[l->host].name, after, NULL);
         l->ticket_open = 0;
     }
     if (l->mticket_open) {
         if (breaker_record(l->mbr, l->mticket, !failure, now - l->t_try, now)
-                == BREAKER_OPEN && failure)
+                == BREAKER_OPEN && failure) {
             log_warn("host %s: breaker for model %s is open",
                      l->p->snap->cfg->hosts[l->host].name, px_leg_model(l));
+            observe_breaker(hs, l->p->snap->cfg->hosts[l->host].name, BREAKER_OPEN,
+                            px_leg_model(l));
+        }
         l->mticket_open = 0;
     }
     if (model_only)
@@ -575,10 +581,13 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
                  " (ejection %d in a row)", l->p->snap->cfg->hosts[l->host].name,
                  (long long)(hs->ejected_until_ms - now),
                  (unsigned long long)hs->consecutive_failures, hs->ejections);
+        observe_host_out(hs, l->p->snap->cfg->hosts[l->host].name, "passive",
+                         hs->last_error);
         break;
     case HEALTH_PASSIVE_RETURNED:
         log_info("host %s is back: a request sent during its ejection succeeded",
                  l->p->snap->cfg->hosts[l->host].name);
+        observe_host_back(hs, l->p->snap->cfg->hosts[l->host].name);
         break;
     }
 }
@@ -664,6 +673,9 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
                  status, c->hosts[l->host].name);
         session_publish_key(gw->sess, c->keys[l->key].id, ks->disabled,
                             ks->disabled ? 0 : gw_unix_from_mono(ks->cooldown_until_ms));
+        observe_key(p->snap->ks[l->key], &c->keys[l->key],
+                    ks->disabled ? "disabled" : "cooling", status, c->hosts[l->host].name,
+                    ks->disabled ? 0 : gw_unix_from_mono(ks->cooldown_until_ms), NULL);
     }
     lock_drop();
     px_note_failure(l, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT

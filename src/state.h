@@ -67,6 +67,9 @@ struct host_state {
     int64_t   shared_open_until_ms; /* another replica's open breaker (advice) */
     struct model_breaker **mbr;  /* per model, made on first use; stable */
     size_t    nmbr;
+    /* observe.c: what /admin/events last said about it */
+    int       ev_breaker;        /* enum breaker_state */
+    int       ev_out;            /* host_out told (1 probe, 2 passive, 3 breaker) */
 };
 
 struct key_state {
@@ -75,6 +78,7 @@ struct key_state {
     int       disabled;          /* until reload */
     int64_t   cooldown_until_ms;
     int       last_status;       /* upstream status that changed its state */
+    int       ev_state;          /* observe.c: 0 active, 1 cooling, 2 disabled */
 };
 
 /* +1 ref; a new entry starts healthy, idle, with a breaker built from `bp`. */

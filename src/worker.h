@@ -34,6 +34,7 @@ struct worker {
     struct http_server *http;        /* set and freed by gateway.c */
     struct upstream    *up;          /* set and freed by gateway.c */
     void               *inflight;    /* proxy.c's requests of this worker */
+    void               *events;      /* events.c's watchers of this worker */
     uint64_t            served;      /* requests handed over (atomic) */
     int                 threaded;
     pthread_t           thread;
