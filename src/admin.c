@@ -153,16 +153,20 @@ void admin_health(struct gateway *gw, struct http_req *req)
 {
     const struct snapshot *s = gw->snap;
     size_t usable = usable_hosts(s);
-    json_t *o = json_pack("{s:s, s:{s:i, s:i}, s:I, s:I}",
-                          "status", usable ? "healthy" : "unhealthy",
+    /* In panic mode the gateway still serves: a balancer in front must
+     * not take it out for that. */
+    int panic = balance_panic_list(s->bal, NULL, NULL) > 0;
+    json_t *o = json_pack("{s:s, s:{s:i, s:i}, s:I, s:I, s:b}",
+                          "status", usable ? "healthy" : panic ? "panic" : "unhealthy",
                           "hosts", "total", (int)s->cfg->nhosts,
                           "usable", (int)usable,
                           "generation", (json_int_t)s->generation,
-                          "in_flight", (json_int_t)gw->active);
+                          "in_flight", (json_int_t)gw->active,
+                          "panic", panic);
 
     if (o)
         json_object_set_new(o, "loadBalancer", load_balancer_json(gw, usable));
-    reply_json(req, usable ? 200 : 503, o);
+    reply_json(req, usable || panic ? 200 : 503, o);
 }
 
 /* ISO 8601 UTC of a wall-clock time in ms, or JSON null for 0. */
@@ -319,6 +323,36 @@ static json_t *workers_json(const struct gateway *gw)
     return a;
 }
 
+struct panic_ctx {
+    const struct snapshot *s;
+    json_t                *tiers;
+};
+
+static void panic_tier(void *ctx, const struct balance_tier *t)
+{
+    struct panic_ctx *pc = ctx;
+    json_t *hosts = json_array();
+    size_t k;
+
+    for (k = 0; hosts && k < t->n; k++)
+        json_array_append_new(hosts, json_string(pc->s->cfg->hosts[t->node[k]].name));
+    json_array_append_new(pc->tiers, json_pack("{s:i, s:o, s:I, s:I}",
+        "priority", t->priority, "hosts", hosts ? hosts : json_null(),
+        "usable", (json_int_t)t->usable, "total", (json_int_t)t->n));
+}
+
+/* Panic mode: the tiers balanced over all their hosts as if healthy. */
+static json_t *panic_json(const struct snapshot *s)
+{
+    struct panic_ctx pc = { s, json_array() };
+
+    if (pc.tiers)
+        balance_panic_list(s->bal, panic_tier, &pc);
+    return json_pack("{s:b, s:f, s:o}", "active", json_array_size(pc.tiers) > 0,
+                     "threshold", s->cfg->health.panic_threshold,
+                     "tiers", pc.tiers ? pc.tiers : json_array());
+}
+
 void admin_status(struct gateway *gw, struct http_req *req)
 {
     const struct snapshot *s = gw->snap;
@@ -377,6 +411,7 @@ void admin_status(struct gateway *gw, struct http_req *req)
                 "dropped", (json_int_t)es.dropped));
         }
         json_object_set_new(o, "time_ms", json_integer(gw_unix_ms()));
+        json_object_set_new(o, "panic", panic_json(s));
         if (gw->threaded) {
             uint64_t waits, ns;
             lock_contention(&waits, &ns);
@@ -502,6 +537,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
     }
     metrics_set_keys(nkey[0], nkey[1], nkey[2]);
     metrics_set_in_flight(gw->active);
+    metrics_set_panic_tiers(balance_panic_list(s->bal, NULL, NULL));
     metrics_set_generation(s->generation);
     session_metrics_read(gw->sess, &sm);
     metrics_set_redis(sm.redis_configured, sm.redis_up);

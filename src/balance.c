@@ -104,6 +104,8 @@ struct tier {
     struct group        *all;
     struct region_group *region;    /* ascending region id */
     size_t               nregion;
+    int                  panic;     /* balance_panic_update(): too few usable */
+    size_t               usable;    /* as of the last balance_panic_update() */
 };
 
 struct pool {
@@ -139,6 +141,7 @@ struct pick {
     struct balance_live *const *live;   /* one pointer per node */
     const struct balance_query *q;
     uint64_t                    key;    /* hash of q->hash_key */
+    int                         panic;  /* unusable nodes count as usable */
 };
 
 /* ---------------------------------------------------------------- hashing */
@@ -284,7 +287,7 @@ static int eligible(const struct pick *pk, uint32_t node)
 {
     const struct balance_live *l = pk->live[node];
 
-    return l->usable && !is_full(l) && !is_excluded(pk->q, node) &&
+    return (l->usable || pk->panic) && !is_full(l) && !is_excluded(pk->q, node) &&
            passes_filter(pk->q, node);
 }
 
@@ -1165,7 +1168,7 @@ static enum balance_status why_none(const struct pick *pk, const struct pool *p)
         uint32_t node = p->member[i];
         const struct balance_live *l = pk->live[node];
 
-        if (!l->usable || !passes_filter(pk->q, node))
+        if (!(l->usable || pk->panic) || !passes_filter(pk->q, node))
             continue;
         if (is_excluded(pk->q, node))
             tried = 1;
@@ -1203,6 +1206,7 @@ int balance_pick(struct balance *b, struct balance_live *const *live,
     pk.b = b;
     pk.live = live;
     pk.q = q;
+    pk.panic = 0;
     if (q->hash_key)
         pk.key = hash_bytes(q->hash_key, q->hash_key_len ? q->hash_key_len
                                                          : strlen(q->hash_key));
@@ -1210,11 +1214,18 @@ int balance_pick(struct balance *b, struct balance_live *const *live,
         pk.key = 0;
     region = names_find(&b->regions, q->prefer_region);
 
+    /* Tiers in panic are passed over first, then balanced over all their
+     * nodes as if usable when no other tier had an eligible node. */
+    for (int pass = 0, any_panic = 0; pass < 1 + any_panic; pass++)
     for (size_t t = 0; t < p->ntier; t++) {
         const struct tier *tier = &p->tier[t];
         struct group *rg = region ? tier_region(tier, region->id) : NULL;
         size_t pos;
 
+        any_panic |= tier->panic;
+        if (tier->panic != pass)
+            continue;
+        pk.panic = pass;
         if (rg) {
             pos = pick_group(&pk, rg);
             if (pos != NO_POS) {
@@ -1280,4 +1291,57 @@ void balance_observe_latency(double *ewma_ms, double sample_ms, double alpha)
         *ewma_ms = sample_ms;
     else
         *ewma_ms += alpha * (sample_ms - *ewma_ms);
+}
+
+size_t balance_panic_update(struct balance *b, struct balance_live *const *live,
+                            double threshold, balance_tier_fn changed, void *ctx)
+{
+    size_t npanic = 0;
+
+    if (b == NULL)
+        return 0;
+    for (size_t i = 0; i < b->npool; i++) {
+        for (size_t t = 0; t < b->pool[i].ntier; t++) {
+            struct tier *tier = &b->pool[i].tier[t];
+            const struct group *g = tier->all;
+            size_t usable = 0;
+            int panic;
+
+            for (size_t k = 0; k < g->n; k++)
+                usable += live[g->node[k]]->usable != 0;
+            panic = g->n > 0 && (double)usable < threshold * (double)g->n;
+            tier->usable = usable;
+            npanic += panic;
+            if (panic == tier->panic)
+                continue;
+            tier->panic = panic;
+            if (changed) {
+                struct balance_tier bt = { b->priority[g->node[0]], g->node, g->n,
+                                           usable, panic };
+                changed(ctx, &bt);
+            }
+        }
+    }
+    return npanic;
+}
+
+size_t balance_panic_list(const struct balance *b, balance_tier_fn fn, void *ctx)
+{
+    size_t npanic = 0;
+
+    for (size_t i = 0; b && i < b->npool; i++) {
+        for (size_t t = 0; t < b->pool[i].ntier; t++) {
+            const struct tier *tier = &b->pool[i].tier[t];
+            const struct group *g = tier->all;
+            struct balance_tier bt = { 0, g->node, g->n, tier->usable, 1 };
+
+            if (!tier->panic)
+                continue;
+            npanic++;
+            bt.priority = b->priority[g->node[0]];
+            if (fn)
+                fn(ctx, &bt);
+        }
+    }
+    return npanic;
 }

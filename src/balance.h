@@ -11,7 +11,8 @@
  * entry per node, in the same order as the nodes given to balance_new().
  *
  * What a pick honours, whatever the strategy:
- *   - `usable` (the caller's health + breaker verdict);
+ *   - `usable` (the caller's health + breaker verdict), except in panic
+ *     mode (balance_panic_update, below);
  *   - `max_concurrent` (a node with in_flight >= max_concurrent is full);
  *   - the request's model: nodes are indexed per model at build time, so a
  *     request for model M only ever looks at nodes serving M (a node that
@@ -132,6 +133,34 @@ int balance_pick(struct balance *b, struct balance_live *const *live,
 int balance_serves(const struct balance *b, const char *model);
 size_t balance_size(const struct balance *b);
 const char *balance_status_name(enum balance_status s);
+
+/*
+ * Panic mode (as Envoy's): a priority tier of a pool (the nodes serving a
+ * model) whose share of `usable` nodes is below `threshold` (0..1; 0 =
+ * never) is in panic. balance_pick() passes over tiers in panic first;
+ * when no other tier has an eligible node it balances over every node of
+ * the first tier in panic that has one, as if all were usable (the rest of
+ * what a pick honours still applies: filter, max_concurrent, exclude).
+ * balance_panic_update() recomputes the verdicts from `live` (call it
+ * whenever `usable` changes; a new balancer starts with none in panic),
+ * calls `changed` (may be NULL) for each tier whose verdict flipped, and
+ * returns how many tiers are in panic; O(nodes of all pools).
+ * balance_panic_list() calls `fn` (may be NULL) for each tier in panic
+ * and returns how many there are. A node appears in the tiers of every
+ * pool it belongs to, so two pools may report the same set of nodes.
+ */
+struct balance_tier {
+    int              priority;
+    const uint32_t  *node;       /* node indices, ascending */
+    size_t           n;
+    size_t           usable;
+    int              panic;
+};
+typedef void (*balance_tier_fn)(void *ctx, const struct balance_tier *t);
+
+size_t balance_panic_update(struct balance *b, struct balance_live *const *live,
+                            double threshold, balance_tier_fn changed, void *ctx);
+size_t balance_panic_list(const struct balance *b, balance_tier_fn fn, void *ctx);
 
 /* Sets every entry to usable, idle, unlimited, share 1. */
 void balance_live_init(struct balance_live *live, size_t n);

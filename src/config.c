@@ -781,6 +781,7 @@ static const struct field fields[] = {
     {S_POLICY, "health_check.passive",              T_BOOL,    OFF(health.passive),                 "true",          0, 0, .flags = 0},
     {S_POLICY, "health_check.ejection_base",        T_DUR,     OFF(health.ejection_base_ms),        "30s",           1 * MS, HOUR, .flags = 0},
     {S_POLICY, "health_check.ejection_max",         T_DUR,     OFF(health.ejection_max_ms),         "5m",            1 * MS, DAY, .flags = 0},
+    {S_POLICY, "health_check.panic_threshold",      T_NUM,     OFF(health.panic_threshold),         "0.5",           0,     1, .flags = 0},
 
     {S_POLICY, "sessions.store",                    T_ENUM,    OFF(sessions.store),                 "memory",        0, 0, .names = stores},
     {S_POLICY, "sessions.ttl",                      T_DUR,     OFF(sessions.ttl_ms),                "30m",           SEC,   30 * DAY, .flags = 0},

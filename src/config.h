@@ -241,6 +241,7 @@ struct config {
         int      passive;
         int64_t  ejection_base_ms;   /* passive ejection n lasts base x n */
         int64_t  ejection_max_ms;    /* ... capped at this */
+        double   panic_threshold;    /* usable share of a tier; 0 = off */
     } health;
 
     struct {

@@ -462,9 +462,52 @@ static void gateway_tick(evutil_socket_t fd, short what, void *arg)
         if (health_refresh(s->hs[i], now) & HEALTH_REFRESH_RETURNED)
             log_info("host %s is back after its ejection", s->cfg->hosts[i].name);
     }
+    gateway_health_moved(gw);
     alerts_tick(gw->alerts, now, gw_unix_ms());
     if (gw->obs)
         observe_tick(gw->obs, gw);
+}
+
+/* Names of a tier's hosts for a log line, cut with "..." when long. */
+static void tier_names(const struct snapshot *s, const struct balance_tier *t,
+                       char *buf, size_t len)
+{
+    size_t k, off = 0;
+
+    buf[0] = '\0';
+    for (k = 0; k < t->n; k++) {
+        int w = snprintf(buf + off, len - off, "%s%s", k ? ", " : "",
+                         s->cfg->hosts[t->node[k]].name);
+        if (w < 0 || (size_t)w >= len - off) {
+            snprintf(buf + (off < len - 4 ? off : len - 4), 4, "...");
+            return;
+        }
+        off += (size_t)w;
+    }
+}
+
+static void panic_changed(void *ctx, const struct balance_tier *t)
+{
+    const struct snapshot *s = ctx;
+    char names[256];
+
+    tier_names(s, t, names, sizeof(names));
+    if (t->panic)
+        log_warn("panic mode on for the priority %d tier of %s: %zu of %zu hosts"
+                 " usable, below health_check.panic_threshold %g; balancing over"
+                 " all of them", t->priority, names, t->usable, t->n,
+                 s->cfg->health.panic_threshold);
+    else
+        log_info("panic mode off for the priority %d tier of %s: %zu of %zu hosts"
+                 " usable", t->priority, names, t->usable, t->n);
+}
+
+void gateway_health_moved(struct gateway *gw)
+{
+    struct snapshot *s = gw->snap;
+
+    balance_panic_update(s->bal, s->live, s->cfg->health.panic_threshold,
+                         panic_changed, s);
 }
 
 /* Probes changed some host's models: rebuild the balancer (coalesced). */
@@ -482,6 +525,7 @@ static void gateway_rebalance(evutil_socket_t fd, short what, void *arg)
     }
     balance_free(s->bal);
     s->bal = b;
+    gateway_health_moved(gw);
 }
 
 static void gateway_health_changed(void *arg, size_t host, unsigned what)
@@ -490,6 +534,8 @@ static void gateway_health_changed(void *arg, size_t host, unsigned what)
     struct timeval tv = { 0, GW_REBALANCE_MS * 1000 };
 
     (void)host;
+    if (what & HEALTH_CHANGED_HEALTH)
+        gateway_health_moved(gw);
     if ((what & HEALTH_CHANGED_MODELS) && gw->rebalance
         && !evtimer_pending(gw->rebalance, NULL))
         evtimer_add(gw->rebalance, &tv);
@@ -945,6 +991,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
                  gw->nworkers, cfg->server.workers);
     if (health_set_snapshot(gw->health, s) < 0)
         log_error("out of memory: health checks still follow the previous configuration");
+    gateway_health_moved(gw);
     retry_budget_set_params(&gw->budget, &s->rp);
     apply_limits(gw);
     cfg_errors_free(&gw->reload_errs);

@@ -142,5 +142,9 @@ size_t gateway_connections(const struct gateway *gw);  /* all workers */
 /* Ends every request in flight with an error (each on its worker). */
 void gateway_abort_all(struct gateway *gw);
 void gateway_free(struct gateway *gw);
+/* A host's health verdict (live.usable) changed: panic mode is decided
+ * again for the current snapshot's tiers (logged on enter and leave).
+ * Under the state lock; the 1 s tick calls it too. */
+void gateway_health_moved(struct gateway *gw);
 
 #endif

@@ -556,7 +556,7 @@ static void probe_on_done(void *arg, enum upstream_result res, const char *errms
     const char *name = c->hosts[p->idx].name;
     char why[sizeof(p->hs->last_error)];
     unsigned changed = 0;
-    int ok = 0;
+    int ok = 0, wrong_path = 0;
 
     p->xfer = NULL;
     h->in_flight--;
@@ -572,12 +572,21 @@ static void probe_on_done(void *arg, enum upstream_result res, const char *errms
     else if (p->status < 400 || p->status == 401 || p->status == 403
              || p->status == 429)
         ok = 1;                 /* up; our key is refused or throttled */
-    else
+    else if ((p->status == 404 || p->status == 405)
+             && strcmp(c->health.path, HEALTH_DEFAULT_PATH) == 0) {
+        /* Many OpenAI-compatible servers have no GET /v1/models. */
+        snprintf(why, sizeof(why), "probe path %s answers %d: set health_check.path",
+                 c->health.path, p->status);
+        wrong_path = 1;
+    } else
         snprintf(why, sizeof(why), "probe %s: HTTP %d", c->health.path, p->status);
     free(p->body);                  /* most hosts sit idle: hold no buffer */
     p->body = NULL;
     p->len = p->cap = 0;
 
+    if (wrong_path && !p->hs->probe_path_noted)      /* once per host */
+        log_warn("host %s: %s", name, why);
+    p->hs->probe_path_noted = wrong_path || (p->hs->probe_path_noted && !ok);
     if (health_record_probe(c, p->hs, ok, why, gw_unix_ms(), gw_now_ms())) {
         changed |= HEALTH_CHANGED_HEALTH;
         if (ok)
@@ -587,7 +596,7 @@ static void probe_on_done(void *arg, enum upstream_result res, const char *errms
             log_warn("host %s is unhealthy after %d failed probes: %s", name,
                      c->health.unhealthy_threshold, why);
     } else if (!ok) {
-        log_debug("host %s: %s", name, why);
+        log_debug("host %s failed a probe: %s", name, why);
     }
     if (changed && h->on_change)
         h->on_change(h->on_change_arg, p->idx, changed);

@@ -10,6 +10,10 @@
  * hitting every host at once; a host has at most one probe in flight (a
  * round that finds the last probe still running is skipped).
  *
+ * A 404 or 405 on the default path (/v1/models) says so plainly in
+ * last_error, "probe path /v1/models answers 404: set health_check.path",
+ * and in a log line once per host (again only after a good probe).
+ *
  * A probe succeeds when the host answers 2xx/3xx, or 401/403/429: those
  * say the host is up and only our credentials are refused or throttled,
  * which keys.c deals with; taking the host out for them would turn a key
@@ -73,6 +77,8 @@ struct upstream;
 struct snapshot;
 struct health;
 
+/* health_check.path's default; a 404 or 405 there gets a plain hint. */
+#define HEALTH_DEFAULT_PATH    "/v1/models"
 /* A probe answer larger than this fails the probe. */
 #define HEALTH_MAX_BODY        (1024 * 1024)
 /* Models or containers kept per host from one answer. */

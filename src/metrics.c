@@ -115,6 +115,8 @@ static struct {
     struct hist          overhead;
     uint64_t             retries;
     uint64_t             budget_exhausted;
+    uint64_t             panic_tiers;
+    uint64_t             panic_picks;
     uint64_t             reloads[RELOAD_RESULTS];
     int                  last_reload_failed;
     uint64_t             generation;
@@ -548,6 +550,16 @@ void metrics_retry_budget_exhausted(void)
     reg.budget_exhausted++;
 }
 
+void metrics_panic_pick(void)
+{
+    reg.panic_picks++;
+}
+
+void metrics_set_panic_tiers(uint64_t n)
+{
+    reg.panic_tiers = n;
+}
+
 void metrics_stream_chunks(struct metrics_host *h, uint64_t n)
 {
     if (h)
@@ -946,6 +958,13 @@ static void render_gateway(struct out *o)
     family(o, "infergate_retry_budget_exhausted_total", "counter",
            "Retries not made because the retry budget was spent.");
     sample_u64(o, "infergate_retry_budget_exhausted_total", NULL, reg.budget_exhausted);
+    family(o, "infergate_panic_mode", "gauge",
+           "Priority tiers in panic mode (health_check.panic_threshold): balanced over all "
+           "their hosts as if healthy; 0 = none.");
+    sample_u64(o, "infergate_panic_mode", NULL, reg.panic_tiers);
+    family(o, "infergate_panic_picks_total", "counter",
+           "Attempts sent in panic mode to a host that probes or passive health hold out.");
+    sample_u64(o, "infergate_panic_picks_total", NULL, reg.panic_picks);
     family(o, "infergate_upstream_keys", "gauge", "Upstream API keys by state.");
     for (i = 0; i < KEY_STATES; i++) {
         struct labels l = one_label("state", key_state_names[i]);

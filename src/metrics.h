@@ -130,6 +130,8 @@ enum metrics_outcome metrics_outcome_of(enum upstream_result res, int status);
 void metrics_retry(void);
 void metrics_retry_budget_exhausted(void);
 void metrics_stream_chunks(struct metrics_host *h, uint64_t n);
+/* An attempt sent in panic mode to a host held out by health. */
+void metrics_panic_pick(void);
 
 /* --- events and gauges (reload, scrape) ------------------------------ */
 
@@ -137,6 +139,7 @@ void metrics_reload(int ok);                    /* ok: 1 success, 0 failed */
 void metrics_set_generation(uint64_t generation);
 void metrics_set_start_time(int64_t unix_ms);
 void metrics_set_in_flight(uint64_t n);         /* client requests */
+void metrics_set_panic_tiers(uint64_t n);       /* tiers in panic mode */
 /* breaker: METRICS_BREAKER_*; health: 0 healthy, 1 degraded, 2 unhealthy;
  * in_flight: attempts in flight on h. */
 void metrics_host_set_state(struct metrics_host *h, int breaker, int health,

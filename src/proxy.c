@@ -540,6 +540,7 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
     int64_t now = gw_now_ms();
     int model_only = failure && answered && l->mticket_open;
     int host_failure = failure && !model_only;
+    int was_usable;
 
     if (l->ticket_open && model_only) {
         breaker_release(&hs->br, l->ticket);
@@ -575,6 +576,7 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
     } else {
         hs->consecutive_failures = 0;
     }
+    was_usable = hs->live.usable;
     switch (health_passive(l->p->snap->cfg, hs, !host_failure, NULL, l->t_try, now)) {
     case HEALTH_PASSIVE_EJECTED:
         log_warn("host %s ejected for %lld ms after %llu failed requests in a row"
@@ -590,6 +592,8 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
         observe_host_back(hs, l->p->snap->cfg->hosts[l->host].name);
         break;
     }
+    if (hs->live.usable != was_usable)
+        gateway_health_moved(l->p->gw);
 }
 
 /* Records why a leg failed, for the final answer and the logs. */
@@ -1366,6 +1370,8 @@ static int px_start_leg(struct proxy *p, int si)
         p->last_key = has_key ? (int)k : -1;
         p->attempts++;
         p->step_attempts++;
+        if (!hs->live.usable)
+            metrics_panic_pick();           /* panic mode picked it */
         /* The host's slot is taken before the lock goes, so that workers
          * picking at the same time respect max_concurrent. */
         hs->live.in_flight++;

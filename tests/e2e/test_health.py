@@ -9,7 +9,7 @@ import pytest
 
 from conftest import wait_for
 from test_proxy import hosts_of
-from test_resilience import host_status
+from test_resilience import host_status, status_doc
 
 
 def probes(m, path="/v1/models"):
@@ -59,8 +59,10 @@ def test_all_hosts_failing_probes_make_health_503(mocks, gateway):
     ms = mocks(2)
     for m in ms:
         m.config(probe_status=500)
+    # panic mode off: with it (the default) these hosts would still serve
     g = gateway(hosts_of(ms), policies=(
-        "health_check:\n  interval: 150ms\n  timeout: 100ms\n  unhealthy_threshold: 1\n"))
+        "health_check:\n  interval: 150ms\n  timeout: 100ms\n  unhealthy_threshold: 1\n"
+        "  panic_threshold: 0\n"))
     wait_for(lambda: g.request("GET", "/health")[0] == 503, timeout=10,
              what="/health 503 with every host unhealthy")
     st, _, body = g.chat()
@@ -205,6 +207,73 @@ def test_breaker_trial_reaches_an_ejected_host_after_reset_timeout(mocks, gatewa
     assert host_status(g, "m1")["breaker"] == "closed"
     assert "host m1 is back: a request sent during its ejection succeeded" in g.output()
     assert "m1" in served_by(g, 4)
+
+
+def metric(g, name):
+    st, _, body = g.request("GET", "/metrics")
+    assert st == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("no metric " + name)
+
+
+@pytest.mark.parametrize("code", [404, 405])
+def test_probe_path_not_served_panic_mode_still_serves(mocks, gateway, code):
+    ms = mocks(2)
+    for m in ms:
+        m.config(probe_status=code)        # no GET /v1/models; chat works
+    g = gateway(hosts_of(ms), policies=(
+        "health_check:\n  interval: 200ms\n  timeout: 150ms\n  unhealthy_threshold: 2\n"))
+    wait_for(lambda: status_doc(g)["panic"]["active"], timeout=15,
+             what="panic mode with every host failing its probes")
+    for name in ("m0", "m1"):
+        st = host_status(g, name)
+        assert st["health"] == "unhealthy", st
+        assert st["out"] == [{"reason": "probe", "until": None}], st
+        assert st["last_error"] == ("probe path /v1/models answers %d: set health_check.path"
+                                    % code), st
+    p = status_doc(g)["panic"]
+    assert p["threshold"] == 0.5
+    assert p["tiers"] == [{"priority": 0, "hosts": ["m0", "m1"], "usable": 0, "total": 2}], p
+    # every request is served, over both hosts, breakers still in play
+    assert set(served_by(g, 8)) == {"m0", "m1"}
+    st, _, body = g.request("GET", "/health")
+    assert st == 200, body
+    assert json.loads(body)["status"] == "panic"
+    assert metric(g, "infergate_panic_mode") == 1
+    assert metric(g, "infergate_panic_picks_total") >= 8
+    out = g.output()
+    assert out.count("panic mode on for the priority 0 tier of m0, m1: 0 of 2 hosts usable") == 1, out
+    # the probe path's hint: once per host, not at every interval
+    wait_for(lambda: all(probes(m) >= 6 for m in ms), timeout=15, what="more probe rounds")
+    out = g.output()
+    for name in ("m0", "m1"):
+        line = "host %s: probe path /v1/models answers %d: set health_check.path" % (name, code)
+        assert out.count(line) == 1, out
+
+    # probes answer again: panic mode ends
+    for m in ms:
+        m.config(probe_status=200)
+    wait_for(lambda: not status_doc(g)["panic"]["active"], timeout=15, what="panic mode over")
+    assert "panic mode off for the priority 0 tier of m0, m1" in g.output()
+    assert metric(g, "infergate_panic_mode") == 0
+    assert json.loads(g.request("GET", "/health")[2])["status"] == "healthy"
+
+
+def test_panic_mode_prefers_a_usable_tier(mocks, gateway):
+    ms = mocks(2)
+    ms[0].config(probe_status=500)
+    g = gateway(hosts_of(ms, m0={"priority": 0}, m1={"priority": 1}), policies=(
+        "health_check:\n  interval: 200ms\n  timeout: 150ms\n  unhealthy_threshold: 1\n"))
+    wait_for(lambda: status_doc(g)["panic"]["active"], timeout=15, what="m0's tier in panic")
+    # the backup tier is usable: it takes the traffic, not the panicking m0
+    assert served_by(g, 6) == ["m1"] * 6
+    ms[1].config(probe_status=500)
+    wait_for(lambda: len(status_doc(g)["panic"]["tiers"]) == 2, timeout=15,
+             what="both tiers in panic")
+    # nothing usable anywhere: the first tier is served as if healthy
+    assert served_by(g, 6) == ["m0"] * 6
 
 
 def test_discovered_models_are_listed_and_routed(mocks, gateway):

@@ -123,6 +123,8 @@ EXPECTED = {
     "infergate_host_health": "gauge",
     "infergate_retries_total": "counter",
     "infergate_retry_budget_exhausted_total": "counter",
+    "infergate_panic_mode": "gauge",
+    "infergate_panic_picks_total": "counter",
     "infergate_upstream_keys": "gauge",
     "infergate_config_reloads_total": "counter",
     "infergate_config_last_reload_successful": "gauge",

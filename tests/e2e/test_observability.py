@@ -139,9 +139,10 @@ def test_status_fields_and_aliases(mocks, gateway):
 
 def test_health_json(mocks, gateway):
     ms = mocks(2)
+    # panic mode off: in it /health says "panic" with 200 (test_health.py)
     g = gateway(hosts_of(ms), policies=(
         "health_check:\n  enabled: true\n  interval: 200ms\n  timeout: 100ms\n"
-        "  unhealthy_threshold: 1\n  healthy_threshold: 1\n"))
+        "  unhealthy_threshold: 1\n  healthy_threshold: 1\n  panic_threshold: 0\n"))
     st, h, body = g.request("GET", "/health")
     assert st == 200 and h["content-type"] == "application/json"
     doc = json.loads(body)

@@ -749,6 +749,94 @@ static void rule_share_is_soft(enum cfg_strategy s, size_t n)
     balance_free(b);
 }
 
+struct panic_seen {
+    int calls, priority, panic;
+    size_t usable, n;
+};
+
+static void on_panic(void *ctx, const struct balance_tier *t)
+{
+    struct panic_seen *ps = ctx;
+
+    ps->calls++;
+    ps->priority = t->priority;
+    ps->panic = t->panic;
+    ps->usable = t->usable;
+    ps->n = t->n;
+}
+
+/* Panic mode: a tier below the threshold is passed over while another
+ * tier has usable nodes, then balanced over all its nodes as if usable;
+ * the filter still applies; threshold 0 turns it off. */
+static void rule_panic(enum cfg_strategy s, size_t n)
+{
+    struct balance_query q = { .filter = only_thirds };
+    struct panic_seen ps = { 0 };
+    enum balance_status st;
+    struct balance *b;
+    size_t half = n / 2, hit = 0;
+
+    nodes_reset(n);
+    for (size_t i = 0; i < n; i++)
+        cfg[i].priority = i < half ? 0 : 1;
+    b = build(s, n);
+    assert_int_equal(balance_panic_update(b, livep, 0.5, on_panic, &ps), 0);
+    assert_int_equal(ps.calls, 0);
+
+    /* tier 0: one node of `half` usable, below 50%: tier 1 takes it all */
+    for (size_t i = 0; i < half; i++)
+        live[i].usable = i == 1;
+    assert_int_equal(balance_panic_update(b, livep, 0.5, on_panic, &ps), 1);
+    assert_int_equal(ps.calls, 1);
+    assert_int_equal(ps.priority, 0);
+    assert_int_equal(ps.panic, 1);
+    assert_int_equal(ps.usable, 1);
+    assert_int_equal(ps.n, half);
+    assert_int_equal(balance_panic_list(b, NULL, NULL), 1);
+    for (int i = 0; i < PICKS; i++)
+        assert_true((size_t)pick_ok(b, NULL, i) >= half);
+
+    /* tier 1 down too: tier 0 is balanced over all its nodes */
+    for (size_t i = half; i < n; i++)
+        live[i].usable = 0;
+    assert_int_equal(balance_panic_update(b, livep, 0.5, on_panic, &ps), 2);
+    assert_int_equal(ps.calls, 2);
+    assert_int_equal(ps.priority, 1);
+    assert_int_equal(ps.usable, 0);
+    memset(counts, 0, sizeof counts);
+    for (int i = 0; i < PICKS; i++)
+        counts[pick_ok(b, NULL, i)]++;
+    for (size_t i = 0; i < n; i++) {
+        assert_true(i < half || counts[i] == 0);
+        hit += counts[i] > 0;
+    }
+    assert_true(hit > 1);                   /* not only the usable node */
+    for (int i = 0; i < PICKS; i++)         /* the filter still applies */
+        assert_int_equal(pick_ok(b, &q, i) % 3, 0);
+
+    /* exactly at the threshold is no panic; 0 turns it off */
+    for (size_t i = half; i < n; i++)
+        live[i].usable = i < half + half / 2;
+    assert_int_equal(balance_panic_update(b, livep, 0.5, on_panic, &ps), 1);
+    assert_int_equal(ps.calls, 3);
+    assert_int_equal(ps.panic, 0);
+    for (size_t i = half; i < n; i++)
+        live[i].usable = 0;
+    live[1].usable = 0;
+    assert_int_equal(balance_panic_update(b, livep, 0, on_panic, &ps), 0);
+    assert_int_equal(ps.calls, 4);
+    assert_int_equal(balance_panic_list(b, NULL, NULL), 0);
+    assert_int_equal(pick_i(b, NULL, 0, &st), -1);
+    assert_int_equal(st, BALANCE_NONE_USABLE);
+    balance_free(b);
+}
+
+static void test_panic(void **state)
+{
+    (void)state;
+    each_strategy(rule_panic);
+}
+
 static void test_tiers(void **state)
 {
     (void)state;
@@ -938,6 +1026,7 @@ int main(void)
         cmocka_unit_test(test_model),
         cmocka_unit_test(test_filter),
         cmocka_unit_test(test_share_is_soft),
+        cmocka_unit_test(test_panic),
         cmocka_unit_test(test_needle_in_large_pool),
         cmocka_unit_test(test_share_ratio),
         cmocka_unit_test(test_share_in_load_score),
