@@ -139,7 +139,7 @@ def test_passive_ejection_ends_after_its_time_and_repeated_ones_grow(mocks, gate
     # Probes effectively off and the breaker off: only passive health acts.
     g = gateway(hosts_of(ms), policies=(
         "health_check:\n  interval: 1h\n  timeout: 2s\n  unhealthy_threshold: 3\n"
-        "  ejection_base: 1500ms\n  ejection_max: 10s\n"
+        "  ejection_base: 2s\n  ejection_max: 10s\n"
         "circuit_breaker:\n  enabled: false\n"
         "retry:\n  backoff: {type: fixed, initial: 1ms}\n"))
     assert set(served_by(g, 4)) == {"m0", "m1"}
@@ -150,30 +150,30 @@ def test_passive_ejection_ends_after_its_time_and_repeated_ones_grow(mocks, gate
         return out_reasons(g, "m1").get("passive")
 
     o = wait_for(ejected, timeout=15, what="m1 ejected after 3 failures")
-    t_out = time.monotonic()
-    assert 0 < until_left_ms(o) <= 1500 + 200, o
+    assert until_left_ms(o) <= 2000 + 200, o
     st = host_status(g, "m1")
     assert st["health"] == "unhealthy" and st["ejections"] == 1, st
-    assert "host m1 ejected for 1500 ms after 3 failed requests in a row" in g.output()
+    assert ("host m1 ejected for 2000 ms after 3 failed requests in a row"
+            " (ejection 1 in a row)") in g.output()
     n1 = chats(ms[1])
-    assert served_by(g, 6) == ["m0"] * 6
+    assert served_by(g, 4) == ["m0"] * 4
     assert chats(ms[1]) == n1              # out means no traffic at all
 
-    # back by itself after the ejection time (checked every second)
+    # back by itself after the ejection time (checked every second), not before
     ms[1].config(status=200)
     wait_for(lambda: host_status(g, "m1")["out"] == [], timeout=10, interval=0.05,
              what="m1 back after its ejection")
-    back = time.monotonic() - t_out
-    assert 1.2 <= back <= 1.5 + 1.0 + 2.0, back
+    assert time.time() * 1000 >= o["until_ms"] - 50, o
     assert "host m1 is back after its ejection" in g.output()
     wait_for(lambda: "m1" in served_by(g, 2), timeout=10, what="m1 serving again")
 
     # it fails again at once: ejected again, for twice as long
     ms[1].config(status=502)
-    o = wait_for(ejected, timeout=15, what="m1 ejected a second time")
-    assert 1500 + 200 < until_left_ms(o) <= 3000 + 200, o
-    assert host_status(g, "m1")["ejections"] == 2
-    assert host_status(g, "m1")["ejections_total"] == 2
+    wait_for(ejected, timeout=15, what="m1 ejected a second time")
+    assert ("host m1 ejected for 4000 ms after 3 failed requests in a row"
+            " (ejection 2 in a row)") in g.output()
+    st = host_status(g, "m1")
+    assert st["ejections"] == 2 and st["ejections_total"] == 2, st
 
 
 def test_breaker_trial_reaches_an_ejected_host_after_reset_timeout(mocks, gateway):
@@ -194,17 +194,16 @@ def test_breaker_trial_reaches_an_ejected_host_after_reset_timeout(mocks, gatewa
         return r if "passive" in r and "breaker" in r else None
 
     r = wait_for(both_out, timeout=15, what="m1 ejected and its breaker open")
-    t_out = time.monotonic()
     assert until_left_ms(r["passive"]) > 200 * 1000, r      # capped by ejection_max 5m
-    assert 0 < until_left_ms(r["breaker"]) <= 1000 + 200, r
+    assert until_left_ms(r["breaker"]) <= 1000 + 200, r
     ms[1].config(status=200)
     n1 = chats(ms[1])
     wait_for(lambda: "m1" in served_by(g, 1), timeout=15, interval=0.05,
              what="the breaker's trial reaching m1")
-    assert time.monotonic() - t_out >= 0.8
+    assert time.time() * 1000 >= r["breaker"]["until_ms"] - 50, r
     assert chats(ms[1]) == n1 + 1          # one trial, and it succeeded
-    assert host_status(g, "m1")["out"] == []
-    assert host_status(g, "m1")["breaker"] == "closed"
+    st = host_status(g, "m1")
+    assert st["out"] == [] and st["breaker"] == "closed", st
     assert "host m1 is back: a request sent during its ejection succeeded" in g.output()
     assert "m1" in served_by(g, 4)
 
