@@ -21,6 +21,7 @@
  * of memory aborts, as in the rest of the daemon.
  */
 #include "config.h"
+#include "route.h"
 #include "hash.h"
 #include "tls.h"
 #include "session.h"
@@ -666,6 +667,9 @@ static const struct ename notify_types[] = {
     {"webhook", NOTIFY_WEBHOOK}, {"slack", NOTIFY_SLACK}, {"command", NOTIFY_COMMAND},
     {"email", NOTIFY_EMAIL}, {NULL, 0}
 };
+static const struct ename host_auths[] = {
+    {"bearer", HOST_AUTH_BEARER}, {"x-api-key", HOST_AUTH_X_API_KEY}, {NULL, 0}
+};
 static const struct ename webhook_formats[] = {{"json", 0}, {"slack", 1}, {NULL, 0}};
 
 static const char *check_listen(const char *s);
@@ -737,6 +741,7 @@ static const struct field fields[] = {
     {S_POLICY, "routing.hash_key.by",               T_ENUM,    OFF(routing.hash_key),               "user",          0, 0, .flags = FL_REQ, .names = hash_by},
     {S_POLICY, "routing.hash_key.header",           T_STR,     OFF(routing.hash_header),            NULL,            0, 0, .check = check_header},
     {S_POLICY, "routing.when_full",                 T_ENUM,    OFF(routing.when_full),              "reject",        0, 0, .names = when_full},
+    {S_POLICY, "routing.passthrough",               T_STRLIST, OFF(routing.passthrough),            NULL,            0, 0, .flags = 0},
     {S_POLICY, "routing.queue_timeout",             T_DUR,     OFF(routing.queue_timeout_ms),       "5s",            0,     10 * MIN, .flags = 0},
 
     {S_POLICY, "models",                            T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_models},
@@ -814,6 +819,8 @@ static const struct field fields[] = {
     {S_HOST,   "address",                           T_STR,     HOFF(address),                       NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_HOST,   "keys",                              T_STR,     HOFF(keys),                          NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_HOST,   "labels",                            T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_labels},
+    {S_HOST,   "auth",                              T_ENUM,    HOFF(auth),                          "bearer",        0, 0, .names = host_auths},
+    {S_HOST,   "apis",                              T_STRLIST, HOFF(apis),                          NULL,            0, 0, .flags = 0},
 
     /* api-keys.json: an object in apiKeys[] */
     {S_KEY,    "key",                               T_STR,     KOFF(k.secret),                      NULL,            0, 0, .flags = FL_NONEMPTY, .check = check_secret},
@@ -2071,6 +2078,13 @@ static void load_policies(struct loader *ld)
     check_affinity(ld, &root, "routing.hash_key", hash_by, cfg->routing.hash_key,
                    cfg->routing.hash_header);
     check_tls(ld, &root);
+    for (size_t i = 0; i < cfg->routing.passthrough.n; i++) {
+        const char *pre = cfg->routing.passthrough.v[i];
+        if ((pre[0] != '/' || strncmp(pre, "/admin", 6) == 0 || strchr(pre, '?'))
+            && cur_lookup(&root, "routing.passthrough", &c))
+            cerr(ld, &c, "prefix \"%.60s\" must start with '/', have no '?' and not be"
+                 " under /admin", pre);
+    }
 }
 
 /* Settles values whose spelling in the file means "none". */
@@ -2096,6 +2110,7 @@ static void host_free(struct cfg_host *h)
     free(h->url);
     cfg_strlist_free(&h->models);
     cfg_strlist_free(&h->containers);
+    cfg_strlist_free(&h->apis);
     free(h->region);
     free(h->address);
     free(h->keys);
@@ -2207,6 +2222,15 @@ static int host_from_object(struct loader *ld, const struct cur *c, struct cfg_h
     }
     if (h->keys && cur_get(c, "keys", &kc))
         add_ref(ld, REF_POOL, &kc, h->keys);
+    h->apis_mask = h->apis.n ? 0 : ~0u;
+    for (size_t i = 0; i < h->apis.n; i++) {
+        int f = route_family_by_name(h->apis.v[i]);
+        if (f < 0)
+            merr(ld, c, "apis", "unknown API \"%.60s\" (chat, completions, embeddings,"
+                 " responses, audio, images, moderations, rerank, messages)", h->apis.v[i]);
+        else
+            h->apis_mask |= 1u << f;
+    }
     return 0;
 }
 
@@ -2764,6 +2788,7 @@ static void config_free(struct config *c)
     free(c->routing.prefer_region);
     free(c->routing.sticky_header);
     free(c->routing.hash_header);
+    cfg_strlist_free(&c->routing.passthrough);
     free(c->retry.no_retry_header);
     for (i = 0; i < c->nmodels; i++) {
         free(c->models[i].name);
@@ -2929,6 +2954,11 @@ const struct cfg_model_group *config_model_group(const struct config *c, const c
         if (strcmp(c->models[i].name, name) == 0)
             return &c->models[i];
     return NULL;
+}
+
+int config_host_serves_api(const struct cfg_host *h, int f)
+{
+    return h->apis.n == 0 || f < 0 || f >= API_FAMILIES || (h->apis_mask & (1u << f));
 }
 
 int config_host_serves(const struct cfg_host *h, const char *model)

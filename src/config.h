@@ -58,6 +58,9 @@ enum cfg_notify_type {
     NOTIFY_EMAIL            /* SMTP via libcurl */
 };
 
+/* hosts[].auth: the upstream API key as a Bearer token or as x-api-key. */
+enum cfg_host_auth { HOST_AUTH_BEARER = 0, HOST_AUTH_X_API_KEY };
+
 struct cfg_strlist {
     char   **v;
     size_t   n;
@@ -81,6 +84,9 @@ struct cfg_host {
     char   *keys;            /* key pool name, NULL = keys without a pool */
     struct cfg_label *labels;
     size_t  nlabels;
+    enum cfg_host_auth auth; /* how its API key is sent */
+    struct cfg_strlist apis; /* endpoint families it serves; empty = all */
+    unsigned apis_mask;      /* 1 << enum api_family of each; ~0 = all */
 };
 
 struct cfg_key {
@@ -186,6 +192,7 @@ struct config {
         char    *hash_header;
         enum cfg_when_full when_full;
         int64_t  queue_timeout_ms;
+        struct cfg_strlist passthrough;  /* path prefixes proxied as they are */
     } routing;
 
     struct cfg_model_group *models;  /* models: section */
@@ -303,6 +310,9 @@ uint64_t config_hash(const char *s);                   /* FNV-1a, 64 bits */
 const struct cfg_host *config_host_by_name(const struct config *c, const char *name);
 const struct cfg_model_group *config_model_group(const struct config *c, const char *name);
 int config_host_serves(const struct cfg_host *h, const char *model);  /* 1 if no models listed */
+/* 1 when h serves endpoint family f (route.h; families beyond the listable
+ * ones: always), i.e. its `apis` is empty or names f. */
+int config_host_serves_api(const struct cfg_host *h, int f);
 int config_key_usable(const struct cfg_key *k, const struct cfg_host *h);
 
 /* Names for enum values, as written in the files ("round-robin", ...). */

@@ -27,6 +27,7 @@
 #include "notify.h"
 #include "observe.h"
 #include "proxy.h"
+#include "route.h"
 #include "session.h"
 #include "tls.h"
 #include "upstream.h"
@@ -224,6 +225,8 @@ static const char *bearer(const struct http_req *req)
 {
     const char *a = http_req_header(req, "Authorization");
 
+    if (a == NULL && (a = http_req_header(req, "x-api-key")) != NULL)
+        return *a ? a : NULL;       /* Anthropic's clients send their key so */
     if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0)
         return NULL;
     a += 7;
@@ -359,6 +362,51 @@ static void note_rejected(struct http_req *req, const char *path, int status)
     log_access(&a);
 }
 
+/* routing.passthrough: path starts with one of its prefixes. */
+static int passthrough(const struct config *c, const char *path)
+{
+    size_t i;
+
+    for (i = 0; i < c->routing.passthrough.n; i++)
+        if (strncmp(path, c->routing.passthrough.v[i],
+                    strlen(c->routing.passthrough.v[i])) == 0)
+            return 1;
+    return 0;
+}
+
+/* The API surface beyond the table above (route.c) and the pass-through
+ * prefixes: client auth, then proxy.c. Returns 1 when req was taken (the
+ * state lock is still held; proxy_handle runs without it). Anthropic's
+ * routes answer in Anthropic's error shape. */
+static int proxied_route(struct gateway *gw, struct http_req *req, const char *path,
+                         const char *method, int *path_known)
+{
+    char id[8];
+    int known = 0, status;
+    const struct api_route *r = route_find(method, path, &known, id, sizeof(id));
+
+    if (r == NULL && !passthrough(gw->snap->cfg, path)) {
+        *path_known |= known;
+        return 0;
+    }
+    if ((status = authorized(gw, req, AUTH_CLIENT)) != 0) {
+        note_rejected(req, path, status);
+        if (r && (r->flags & API_ANTHROPIC)) {
+            char *b = route_error_body(r->flags, status, "authentication_error",
+                                       "invalid_api_key", "missing or invalid API key");
+            http_reply(req, status, "application/json", b, b ? strlen(b) : 0);
+            free(b);
+        } else {
+            deny(req, AUTH_CLIENT, status);
+        }
+        return 1;
+    }
+    lock_drop();
+    proxy_handle(gw, req);
+    lock_take();
+    return 1;
+}
+
 /* Runs on the worker that read the request. Everything but the proxied
  * routes is answered under the state lock (status pages read all of it);
  * proxy.c takes the lock only around the shared state it touches. */
@@ -392,6 +440,10 @@ static void gateway_handle(struct http_req *req, void *arg)
             return;
         }
         routes[i].fn(gw, req);
+        lock_drop();
+        return;
+    }
+    if (proxied_route(gw, req, path, method, &path_known)) {
         lock_drop();
         return;
     }

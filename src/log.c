@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "log.h"
+#include "route.h"
 
 struct log_sink {
     FILE               *fp;
@@ -234,7 +235,9 @@ static const char *route_of(const char *path)
     for (i = 0; i < sizeof(r) / sizeof(r[0]); i++)
         if (strcmp(path, r[i].path) == 0)
             return r[i].route;
-    return strncmp(path, "/admin/", 7) == 0 ? "admin" : "other";
+    if (strncmp(path, "/admin/", 7) == 0)
+        return "admin";
+    return route_family_label(route_family_of_path(path));
 }
 
 void log_access(const struct log_access *a)
@@ -255,7 +258,7 @@ void log_access(const struct log_access *a)
                               " s:i, s:i, s:b, s:f, s:f, s:I}",
                               "time", ts, "request_id", a->request_id,
                               "method", a->method, "path", a->path,
-                              "route", route_of(a->path),
+                              "route", a->route ? a->route : route_of(a->path),
                               "model", a->model, "host", a->host,
                               "key", a->key_fp, "peer", a->peer,
                               "status", a->status, "attempts", a->attempts,

@@ -32,6 +32,7 @@ struct log_access {
     const char *request_id;
     const char *method;
     const char *path;
+    const char *route;       /* the route label; NULL = from path */
     const char *model;
     const char *host;
     const char *key_fp;

@@ -22,6 +22,7 @@
 
 #include "hash.h"
 #include "metrics.h"
+#include "route.h"
 #include "utf8.h"
 
 /* --- buckets --------------------------------------------------------- */
@@ -138,7 +139,8 @@ static struct {
 
 static const char *route_names[METRICS_ROUTES] = {
     "chat_completions", "completions", "embeddings", "models", "verify", "ip",
-    "health", "status", "metrics", "admin", "other"
+    "health", "status", "metrics", "admin", "responses", "messages", "audio",
+    "images", "moderations", "rerank", "passthrough", "other"
 };
 static const char *token_kind_names[METRICS_TOKEN_KINDS] = { "input", "output", "cached" };
 static const char *outcome_names[METRICS_OUTCOMES] = {
@@ -188,7 +190,25 @@ enum metrics_route metrics_route_of(const char *path)
             return exact[i].r;
     if (strncmp(path, "/admin/", strlen("/admin/")) == 0)
         return METRICS_ROUTE_ADMIN;
-    return METRICS_ROUTE_OTHER;
+    return metrics_route_of_family(route_family_of_path(path), NULL);
+}
+
+enum metrics_route metrics_route_of_family(int family, const char *path)
+{
+    switch (family) {
+    case API_CHAT:        return METRICS_ROUTE_CHAT;
+    case API_COMPLETIONS: return METRICS_ROUTE_COMPLETIONS;
+    case API_EMBEDDINGS:  return METRICS_ROUTE_EMBEDDINGS;
+    case API_VERIFY:      return METRICS_ROUTE_VERIFY;
+    case API_RESPONSES:   return METRICS_ROUTE_RESPONSES;
+    case API_MESSAGES:    return METRICS_ROUTE_MESSAGES;
+    case API_AUDIO:       return METRICS_ROUTE_AUDIO;
+    case API_IMAGES:      return METRICS_ROUTE_IMAGES;
+    case API_MODERATIONS: return METRICS_ROUTE_MODERATIONS;
+    case API_RERANK:      return METRICS_ROUTE_RERANK;
+    case API_PASSTHROUGH: return METRICS_ROUTE_PASSTHROUGH;
+    default:              return path ? metrics_route_of(path) : METRICS_ROUTE_OTHER;
+    }
 }
 
 /* --- histograms ------------------------------------------------------ */

@@ -48,6 +48,13 @@ enum metrics_route {
     METRICS_ROUTE_STATUS,        /* /status, /v1/providers/status, /admin/providers */
     METRICS_ROUTE_METRICS,       /* GET /metrics */
     METRICS_ROUTE_ADMIN,         /* any other path under /admin/ */
+    METRICS_ROUTE_RESPONSES,     /* /v1/responses[/{id}[/...]] */
+    METRICS_ROUTE_MESSAGES,      /* /v1/messages[/count_tokens] */
+    METRICS_ROUTE_AUDIO,         /* /v1/audio/... */
+    METRICS_ROUTE_IMAGES,        /* /v1/images/... */
+    METRICS_ROUTE_MODERATIONS,   /* /v1/moderations */
+    METRICS_ROUTE_RERANK,        /* /v1/rerank */
+    METRICS_ROUTE_PASSTHROUGH,   /* routing.passthrough prefixes */
     METRICS_ROUTE_OTHER,         /* anything else (404s) */
     METRICS_ROUTES
 };
@@ -187,6 +194,9 @@ const char *metrics_route_name(enum metrics_route r);
 const char *metrics_outcome_name(enum metrics_outcome o);
 /* The route label for a request path ("/v1/chat/completions" -> chat). */
 enum metrics_route metrics_route_of(const char *path);
+/* The route label of a proxied request's endpoint family (route.h's enum
+ * api_family); API_NONE falls back to metrics_route_of(path). */
+enum metrics_route metrics_route_of_family(int family, const char *path);
 
 /* Zeroes every counter and gauge and forgets interned models; hosts keep
  * their references but their series restart at zero. For tests. */

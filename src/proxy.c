@@ -50,6 +50,7 @@
 #include "jscan.h"
 #include "lock.h"
 #include "retry.h"
+#include "route.h"
 #include "session.h"
 #include "upstream.h"
 #include "usage.h"
@@ -116,8 +117,10 @@ struct proxy {
     struct snapshot      *snap;          /* one reference, dropped at the end */
     struct http_req      *req;
     struct proxy         *prev, *next;   /* all requests in flight */
-    char                  upath[64];     /* upstream path */
-    const char           *method;
+    char                  upath[512];    /* upstream path */
+    char                 *query;         /* the client's query string, or NULL */
+    const struct api_route *route;       /* endpoint family and its rules */
+    char                  method[8];
     const char           *body;          /* the client's bytes, owned by req */
     size_t                body_len;
     json_t               *doc;           /* parsed body, only for model rewrites */
@@ -155,6 +158,7 @@ struct proxy {
 
     /* sessions: /v1/verify and routing.sticky */
     int                   verify;        /* POST /v1/verify: only the id's host */
+    int                   owned;         /* a response id's request: only its host */
     enum session_kind     lookup_kind;
     char                 *lookup_key;    /* response id or sticky key, NULL none */
     struct session_call  *call;          /* lookup waiting for Redis */
@@ -212,6 +216,7 @@ static void px_access_log(struct proxy *p)
     a.request_id = p->id;
     a.method = p->method;
     a.path = p->upath;
+    a.route = metrics_route_name(metrics_route_of_family((int)p->route->family, p->upath));
     a.model = p->model;
     a.host = p->last_host >= 0 ? c->hosts[p->last_host].name : NULL;
     a.key_fp = p->last_key >= 0 ? c->keys[p->last_key].fingerprint : NULL;
@@ -316,6 +321,7 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         evbuffer_free(p->sse_hold);
     free(p->ustream);
     free(p->body_own);
+    free(p->query);
     free(p->lookup_key);
     free(p->pinned);
     json_decref(p->doc);
@@ -334,7 +340,7 @@ static void px_done(struct proxy *p)
     if (p->active > 0)
         p->upstream_ms += now - p->t_up;
     memset(&m, 0, sizeof(m));
-    m.route = metrics_route_of(p->upath);
+    m.route = metrics_route_of_family((int)p->route->family, p->upath);
     m.status = p->resp_status;
     m.host = p->last_host >= 0 ? p->snap->mh[p->last_host] : NULL;
     m.model = p->model;
@@ -371,7 +377,16 @@ static void px_error(struct proxy *p, int status, const char *type,
         px_leg_cancel(&p->legs[i]);
     p->resp_status = status;
     px_add_headers(p);
-    http_reply_error(p->req, status, type, code, "%s", msg);
+    if (p->route->flags & API_ANTHROPIC) {
+        char *b = route_error_body(p->route->flags, status, type, code, msg);
+        if (b)
+            http_reply(p->req, status, "application/json", b, strlen(b));
+        else
+            http_reply(p->req, status, NULL, NULL, 0);
+        free(b);
+    } else {
+        http_reply_error(p->req, status, type, code, "%s", msg);
+    }
     px_done(p);
 }
 
@@ -401,6 +416,16 @@ static void px_fail_final(struct proxy *p)
     char msg[320];
 
     if (p->attempts == 0) {
+        size_t i;
+        for (i = 0; i < c->nhosts && !config_host_serves_api(&c->hosts[i],
+                                                             (int)p->route->family); i++)
+            ;
+        if (i == c->nhosts && c->nhosts > 0) {
+            snprintf(msg, sizeof(msg), "no host serves the %s API (hosts' \"apis\")",
+                     route_family_name(p->route->family));
+            px_error(p, 404, "invalid_request_error", "api_not_served", msg);
+            return;
+        }
         if (p->pick_status == BALANCE_NO_MODEL && c->nhosts > 0) {
             snprintf(msg, sizeof(msg), "no host serves model \"%.100s\"",
                      p->model ? p->model : "");
@@ -824,7 +849,8 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         return UPSTREAM_CONTINUE;     /* judged when complete */
     px_take_winner(p, l);
     p->t_head = now;
-    if (ctype && strncasecmp(ctype, "text/event-stream", 17) == 0) {
+    if ((ctype && strncasecmp(ctype, "text/event-stream", 17) == 0)
+        || (p->route->flags & API_ANSWER_RAW)) {
         /* The first byte goes to the client now: no retry after this. */
         p->st = PX_STREAMING;
         l->streaming = 1;
@@ -832,9 +858,10 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         p->resp_status = status;
         px_add_headers(p);
         px_copy_headers(p, x);
-        http_stream_start(p->req, status, ctype);
+        http_stream_start(p->req, status, ctype ? ctype : "application/octet-stream");
         px_remember(p, l, NULL);
-        p->ustream = calloc(1, sizeof(*p->ustream));    /* none: no usage counted */
+        if (!(p->route->flags & API_ANSWER_RAW))      /* audio: no usage in it */
+            p->ustream = calloc(1, sizeof(*p->ustream));  /* none: not counted */
         if (p->strip_usage && (p->sse_hold = evbuffer_new()) == NULL)
             p->strip_usage = 0;
         return UPSTREAM_CONTINUE;
@@ -886,7 +913,7 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
 
     if (l->streaming) {
         size_t pending;
-        if (!p->id_done)
+        if (!p->id_done && (p->route->flags & API_RECORD_ID))
             px_scan_id(p, l, data, len);
         lock_take();
         metrics_stream_chunks(p->snap->mh[l->host], 1);
@@ -911,9 +938,7 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
 
 static void px_stream_error(struct proxy *p, const char *why)
 {
-    json_t *o = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", why,
-                          "type", "upstream_error", "code", "stream_interrupted");
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *s = route_stream_error(p->route->family, p->route->flags, why);
     struct evbuffer *frame = evbuffer_new();
 
     if (s && frame) {
@@ -924,8 +949,7 @@ static void px_stream_error(struct proxy *p, const char *why)
     if (frame)
         evbuffer_free(frame);
     free(s);
-    json_decref(o);
-}
+    }
 
 /* A 2xx answer that is not JSON (an HTML error page, a stray text,
  * whatever its Content-Type says) is an upstream fault like a reset
@@ -939,7 +963,7 @@ static int px_garbage(const struct px_leg *l)
     size_t len = evbuffer_get_length(l->buf);
     const unsigned char *b, *e;
 
-    if (l->status < 200 || l->status >= 300)
+    if (l->status < 200 || l->status >= 300 || !(l->p->route->flags & API_ANSWER_JSON))
         return 0;
     b = evbuffer_pullup(l->buf, -1);
     if (b == NULL)
@@ -979,8 +1003,15 @@ static void px_scan_id(struct proxy *p, const struct px_leg *l,
         return;
     }
     evbuffer_add(p->idscan, data, len);
-    r = session_extract_id((const char *)evbuffer_pullup(p->idscan, -1),
-                           evbuffer_get_length(p->idscan), id, sizeof(id));
+    if (p->route->family == API_RESPONSES) {
+        /* response.created: the id is in its "response" object. */
+        int f = route_stream_response_id((const char *)evbuffer_pullup(p->idscan, -1),
+                                         evbuffer_get_length(p->idscan), id, sizeof(id));
+        r = f > 0 ? SESSION_ID_FOUND : f == 0 ? SESSION_ID_MORE : SESSION_ID_NONE;
+    } else {
+        r = session_extract_id((const char *)evbuffer_pullup(p->idscan, -1),
+                               evbuffer_get_length(p->idscan), id, sizeof(id));
+    }
     if (r == SESSION_ID_FOUND)
         px_remember(p, l, id);
     if (r != SESSION_ID_MORE || evbuffer_get_length(p->idscan) >= PX_ID_SCAN)
@@ -994,7 +1025,8 @@ static void px_remember_buffered(struct proxy *p, struct px_leg *l)
 
     if (l->status < 200 || l->status >= 300)
         return;
-    if (session_extract_id((const char *)evbuffer_pullup(l->buf, -1),
+    if ((p->route->flags & API_RECORD_ID)
+        && session_extract_id((const char *)evbuffer_pullup(l->buf, -1),
                            evbuffer_get_length(l->buf), id, sizeof(id))
         == SESSION_ID_FOUND)
         px_remember(p, l, id);
@@ -1077,6 +1109,13 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
         return;
     }
     v = retry_classify(&p->snap->rp, &o);
+    if (l->status == 404 && (p->owned || (p->route->flags & API_ID_IN_PATH)
+                             || p->route->family == API_PASSTHROUGH)) {
+        /* An unknown response id, or a path the upstream does not know:
+         * its own answer, not a retry (404 is retried for unknown models). */
+        v.retryable = 0;
+        v.host_failure = 0;
+    }
     if (!v.retryable && (p->winner == l || p->active == 0)) {
         /* A success, or an answer no retry can change (e.g. 400). One
          * section of the state lock for both (it is recursive). */
@@ -1181,6 +1220,8 @@ static int px_filter(void *ctx, int node)
         if (i == f->step->nhosts)
             return 0;
     }
+    if (!config_host_serves_api(&f->p->snap->cfg->hosts[node], (int)f->p->route->family))
+        return 0;
     struct breaker *mb = px_model_breaker(f->p, node,
                                           f->step->model ? f->step->model : f->p->model, 0);
 
@@ -1254,23 +1295,41 @@ static int px_send(struct px_leg *l)
     const struct config *c = p->snap->cfg;
     const struct px_step *s = &p->steps[l->step];
     const struct cfg_host *ch = &c->hosts[l->host];
-    struct upstream_header hdr[8];
+    struct upstream_header hdr[12];
     struct upstream_req ur;
-    char url[2048], auth[4096];
+    char url[4096], auth[4096];
     const char *accept = http_req_header(p->req, "Accept");
+    const char *ctype = http_req_header(p->req, "Content-Type");
+    const char *av = http_req_header(p->req, "anthropic-version");
+    const char *ab = http_req_header(p->req, "anthropic-beta");
     size_t nh = 0;
     int64_t now = gw_now_ms(), left = p->t_start + p->deadline_ms - now;
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
 
-    snprintf(url, sizeof(url), "%s%s", ch->url, p->upath);
-    if (l->has_key) {
+    snprintf(url, sizeof(url), "%s%s%s%s", ch->url, p->upath, p->query ? "?" : "",
+             p->query ? p->query : "");
+    if (l->has_key && ch->auth == HOST_AUTH_X_API_KEY) {
+        snprintf(auth, sizeof(auth), "%s", c->keys[l->key].secret);
+        hdr[nh].name = "x-api-key";
+        hdr[nh++].value = auth;
+    } else if (l->has_key) {
         snprintf(auth, sizeof(auth), "Bearer %s", c->keys[l->key].secret);
         hdr[nh].name = "Authorization";
         hdr[nh++].value = auth;
     }
     if (p->body_len) {
+        /* JSON routes send JSON; forms and pass-through keep the client's. */
         hdr[nh].name = "Content-Type";
-        hdr[nh++].value = "application/json";
+        hdr[nh++].value = (p->route->flags & API_BODY_JSON) || ctype == NULL
+                              ? "application/json" : ctype;
+    }
+    if (av) {
+        hdr[nh].name = "anthropic-version";
+        hdr[nh++].value = av;
+    }
+    if (ab) {
+        hdr[nh].name = "anthropic-beta";
+        hdr[nh++].value = ab;
     }
     hdr[nh].name = "Accept";
     hdr[nh++].value = accept ? accept : "*/*";
@@ -1611,6 +1670,9 @@ static void px_make_id(struct proxy *p)
     snprintf(p->id, sizeof(p->id), "req-%016llx", (unsigned long long)z);
 }
 
+/* GET /v1/models when no host lists models: a JSON answer, any host. */
+static const struct api_route px_default_route = { "GET", "", API_NONE, API_ANSWER_JSON };
+
 static struct proxy *px_new(struct gateway *gw, struct http_req *req,
                             const char *upath, const char *method)
 {
@@ -1631,7 +1693,8 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->last_key = -1;
     p->fail_host = -1;
     p->prefer = -1;
-    p->method = method;
+    snprintf(p->method, sizeof(p->method), "%s", method);
+    p->route = &px_default_route;
     p->t_start = gw_now_ms();
     snprintf(p->upath, sizeof(p->upath), "%s", upath);
     snprintf(p->peer, sizeof(p->peer), "%s", http_req_peer(req));
@@ -1663,7 +1726,7 @@ static void px_begin(struct proxy *p)
     char msg[300];
     int h;
 
-    if (p->verify) {
+    if (p->verify || (p->owned && p->pinned)) {
         if (p->pinned == NULL) {
             snprintf(msg, sizeof(msg), "unknown id \"%.100s\": never served here or expired",
                      p->lookup_key);
@@ -1685,11 +1748,13 @@ static void px_begin(struct proxy *p)
         lock_drop();
         if (down) {
             snprintf(msg, sizeof(msg), "the host that served this id (%.100s) is"
-                     " unavailable; verification must go to it", p->pinned);
+                     " unavailable; %s must go to it", p->pinned,
+                     p->verify ? "verification" : "a request for this response");
             px_error(p, 503, "service_unavailable", "host_unavailable", msg);
             return;
         }
-        /* Verification is provider-specific: that host only. */
+        /* Verification is provider-specific, and a response lives on the
+         * host that made it: that host only. */
         p->nsteps = 1;
         p->race = 1;
         free(p->steps[0].hosts);
@@ -1854,19 +1919,23 @@ static int px_ask_usage(struct proxy *p, const struct jscan_val *opts)
     return 0;
 }
 
-void proxy_handle(struct gateway *gw, struct http_req *req)
+/* A JSON body: an object, with a string "model" and a boolean "stream"
+ * when present (chat: "messages" an array of objects). Returns -1 after
+ * answering the error. */
+static int px_read_json(struct proxy *p)
 {
-    struct proxy *p;
     struct jscan_error jerr;
     struct px_fields f;
     enum jscan_type top;
+    const char *ctype = http_req_header(p->req, "Content-Type");
 
-    p = px_new(gw, req, http_req_path(req), "POST");
-    if (p == NULL) {
-        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
-        return;
+    if (p->route->family != API_CHAT && p->route->family != API_COMPLETIONS
+        && p->route->family != API_EMBEDDINGS && p->route->family != API_VERIFY
+        && ctype && strncasecmp(ctype, "multipart/", 10) == 0) {
+        px_error(p, 415, "invalid_request_error", "unsupported_media_type",
+                 "the body must be JSON (Content-Type: application/json), not a form");
+        return -1;
     }
-    p->body = http_req_body(req, &p->body_len);
     memset(&f, 0, sizeof(f));
     top = jscan_top(p->body, p->body_len, px_field, &f, &jerr);
     if (top == JSCAN_INVALID) {
@@ -1874,18 +1943,18 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
         snprintf(msg, sizeof(msg), "invalid JSON body: %s (line %d, column %d)",
                  jerr.text, jerr.line, jerr.column);
         px_error(p, 400, "invalid_request_error", "invalid_json", msg);
-        return;
+        return -1;
     }
     if (top != JSCAN_OBJECT) {
         px_error(p, 400, "invalid_request_error", "invalid_json",
                  "the request body must be a JSON object");
-        return;
+        return -1;
     }
     p->json_body = 1;
     if (f.model.type && f.model.type != JSCAN_STRING) {
         px_error(p, 400, "invalid_request_error", "invalid_model",
                  "\"model\" must be a string");
-        return;
+        return -1;
     }
     if (f.model.type)
         p->model = jscan_string(&f.model, NULL);
@@ -1893,37 +1962,109 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
         && f.stream.type != JSCAN_NULL) {
         px_error(p, 400, "invalid_request_error", "invalid_stream",
                  "\"stream\" must be true or false");
-        return;
+        return -1;
     }
     p->want_stream = f.stream.type == JSCAN_TRUE;
     /* Chat: "messages" is an array of objects (what is inside each is the
      * upstream's to judge). */
-    if (strcmp(p->upath, "/v1/chat/completions") == 0
+    if (p->route->family == API_CHAT
         && (f.messages.type != JSCAN_ARRAY || !f.messages.all_objects)) {
         px_error(p, 400, "invalid_request_error", "invalid_messages",
                  "\"messages\" must be an array of message objects");
-        return;
+        return -1;
     }
     if (p->want_stream && p->snap->cfg->usage.include_in_stream
-        && (strcmp(p->upath, "/v1/chat/completions") == 0
-            || strcmp(p->upath, "/v1/completions") == 0)
+        && (p->route->family == API_CHAT || p->route->family == API_COMPLETIONS)
         && px_ask_usage(p, f.stream_options.type ? &f.stream_options : NULL) < 0) {
         px_error(p, 500, "server_error", "out_of_memory", "out of memory");
-        return;
+        return -1;
     }
     if (f.user.type == JSCAN_STRING)
         p->user = jscan_string(&f.user, NULL);
     if (f.prev_rid.type == JSCAN_STRING)
         p->prev_rid = jscan_string(&f.prev_rid, NULL);
-    if (strcmp(p->upath, "/v1/verify") == 0) {
+    if (p->route->family == API_VERIFY) {
         if (f.id.type != JSCAN_STRING || f.id.len <= 2) {
             px_error(p, 400, "invalid_request_error", "missing_id",
                      "the body needs \"id\": the id of a response to verify");
-            return;
+            return -1;
         }
         p->verify = 1;
         p->lookup_kind = SESSION_RID;
         p->lookup_key = jscan_string(&f.id, NULL);
+    } else if (p->route->family == API_RESPONSES && p->prev_rid && *p->prev_rid) {
+        /* The upstream keeps the conversation: its host only. */
+        p->owned = 1;
+        p->lookup_kind = SESSION_RID;
+        p->lookup_key = strdup(p->prev_rid);
+    }
+    return 0;
+}
+
+/* A multipart/form-data body (audio, image edits): well-formed, its
+ * "model" field read for routing. Returns -1 after answering the error. */
+static int px_read_form(struct proxy *p)
+{
+    char model[256];
+    const char *ctype = http_req_header(p->req, "Content-Type");
+    const char *why;
+
+    if (ctype == NULL || strncasecmp(ctype, "multipart/form-data", 19) != 0) {
+        px_error(p, 415, "invalid_request_error", "unsupported_media_type",
+                 "the body must be multipart/form-data");
+        return -1;
+    }
+    why = route_form_check(ctype, p->body, p->body_len, "model", model, sizeof(model));
+    if (why) {
+        px_error(p, 400, "invalid_request_error", "invalid_multipart", why);
+        return -1;
+    }
+    if (model[0] && (p->model = strdup(model)) == NULL) {
+        px_error(p, 500, "server_error", "out_of_memory", "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+void proxy_handle(struct gateway *gw, struct http_req *req)
+{
+    const char *path = http_req_path(req), *query = http_req_query(req);
+    char rid[SESSION_KEY_MAX];
+    const struct api_route *r;
+    struct proxy *p;
+    int known;
+
+    r = route_find(http_req_method(req), path, &known, rid, sizeof(rid));
+    p = px_new(gw, req, path, http_req_method(req));
+    if (p == NULL) {
+        http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    p->route = r ? r : route_passthrough();
+    if (strlen(path) >= sizeof(p->upath)) {
+        px_error(p, 414, "invalid_request_error", "path_too_long", "request path too long");
+        return;
+    }
+    if (query && *query && (p->query = strdup(query)) == NULL) {
+        px_error(p, 500, "server_error", "out_of_memory", "out of memory");
+        return;
+    }
+    p->body = http_req_body(req, &p->body_len);
+    if (p->route->flags & API_BODY_JSON) {
+        if (px_read_json(p) < 0)
+            return;
+    } else if (p->route->flags & API_BODY_FORM) {
+        if (px_read_form(p) < 0)
+            return;
+    } else if (p->route->flags & API_ID_IN_PATH) {
+        if (rid[0] == '\0') {
+            px_error(p, 400, "invalid_request_error", "invalid_id",
+                     "the path must name a response id ([A-Za-z0-9_.:-])");
+            return;
+        }
+        p->owned = 1;
+        p->lookup_kind = SESSION_RID;
+        p->lookup_key = strdup(rid);
     }
     px_start(p);
 }

@@ -382,11 +382,14 @@ static struct upstream_xfer *curl_start(struct upstream *u,
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)req->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)req->total_timeout_ms);
-    if (strcmp(req->method, "POST") == 0) {
+    if (strcmp(req->method, "GET") != 0) {
+        /* POST, or DELETE/PUT/PATCH sent the same way under their name. */
         curl_easy_setopt(easy, CURLOPT_POST, 1L);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)req->body_len);
-        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body ? req->body : "");
+        if (strcmp(req->method, "POST") != 0)
+            curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, req->method);
     } else {
         curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     }

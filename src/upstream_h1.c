@@ -302,6 +302,14 @@ static int has_crlf(const char *s)
     return strpbrk(s, "\r\n") != NULL;
 }
 
+/* Methods sent with a body (and its Content-Length): what infergate
+ * proxies besides GET (POST, DELETE, PUT, PATCH). */
+static int h1_has_body(const char *method)
+{
+    return strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0
+           || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
+}
+
 /* "METHOD target HTTP/1.1" + Host + the caller's headers + Content-Length,
  * in one block. NULL on a header that would break the head. */
 static char *build_head(const struct upstream_req *req, const char *auth,
@@ -325,7 +333,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
     }
     if (!has_host)
         len += 6 + auth_len + 2;
-    if (strcmp(req->method, "POST") == 0)
+    if (h1_has_body(req->method))
         len += (size_t)snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n",
                                 req->body_len);
     len += 2;
@@ -533,7 +541,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     *mine = 0;
     if (!parse_url(req->url, &sa, &salen, &auth, &auth_len, &path))
         return NULL;
-    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "POST") != 0)
+    if (strcmp(req->method, "GET") != 0 && !h1_has_body(req->method))
         return NULL;
     *mine = 1;
     if ((hx = calloc(1, sizeof(*hx))) == NULL)
@@ -542,7 +550,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     hx->sa = sa;
     hx->salen = salen;
     hx->body = req->body;
-    hx->body_len = strcmp(req->method, "POST") == 0 ? req->body_len : 0;
+    hx->body_len = h1_has_body(req->method) ? req->body_len : 0;
     hx->connect_ms = req->connect_timeout_ms;
     hx->total_ms = req->total_timeout_ms;
     hx->t_start_ms = mono_ms();

@@ -42,7 +42,12 @@
 #define EMBEDDING_DIM  8
 #define GARBAGE_BODY   "<<garbage>>"
 
-enum ep { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_VERIFY, EP_MODELS, EP_INFO };
+enum ep {
+    EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_VERIFY, EP_MODELS, EP_INFO,
+    EP_RESPONSES, EP_RESP_GET, EP_RESP_DELETE, EP_RESP_CANCEL, EP_RESP_ITEMS,
+    EP_MESSAGES, EP_COUNT_TOKENS, EP_TRANSCRIBE, EP_SPEECH, EP_IMAGES, EP_IMAGES_FORM,
+    EP_MODERATIONS, EP_RERANK
+};
 
 struct ep_def {
     const char           *path;
@@ -58,7 +63,22 @@ static const struct ep_def endpoints[] = {
     { "/v1/models",           EP_MODELS,      EVHTTP_REQ_GET },
     { "/info",                EP_INFO,        EVHTTP_REQ_GET },
     { "/api/info",            EP_INFO,        EVHTTP_REQ_GET },
+    { "/v1/responses",        EP_RESPONSES,   EVHTTP_REQ_POST },
+    { "/v1/messages",         EP_MESSAGES,    EVHTTP_REQ_POST },
+    { "/v1/messages/count_tokens", EP_COUNT_TOKENS, EVHTTP_REQ_POST },
+    { "/v1/audio/transcriptions", EP_TRANSCRIBE, EVHTTP_REQ_POST },
+    { "/v1/audio/translations", EP_TRANSCRIBE, EVHTTP_REQ_POST },
+    { "/v1/audio/speech",     EP_SPEECH,      EVHTTP_REQ_POST },
+    { "/v1/images/generations", EP_IMAGES,    EVHTTP_REQ_POST },
+    { "/v1/images/edits",     EP_IMAGES_FORM, EVHTTP_REQ_POST },
+    { "/v1/images/variations", EP_IMAGES_FORM, EVHTTP_REQ_POST },
+    { "/v1/moderations",      EP_MODERATIONS, EVHTTP_REQ_POST },
+    { "/v1/rerank",           EP_RERANK,      EVHTTP_REQ_POST },
 };
+
+/* /v1/responses/{id}[/cancel|/input_items]: filled in by find_ep. */
+static struct ep_def resp_ep;
+static char resp_path_id[128];
 
 enum stage { ST_NEW, ST_WAIT, ST_STREAM, ST_DROP };
 
@@ -73,7 +93,7 @@ struct op {
     /* the answer, decided on arrival */
     int   status;                         /* != 200: error answer */
     const char *err_type, *err_code;
-    char  err_msg[192];
+    char  err_msg[256];
     int   retry_after;
     int   garbage, drop;
     int   stream, chunks, interval_ms, close_after, sent;
@@ -84,9 +104,14 @@ struct op {
     char *model_json;                     /* model as a quoted JSON string */
     char *verify_id;
     int   verified;
+    char *input_text;                     /* responses/messages: the input, as text */
+    char *prev_id;                        /* responses: previous_response_id */
+    json_t *resp;                         /* responses: the response being made */
+    int   turn;                           /* responses: 1 + turns before */
 };
 
 static struct op *ops;
+static json_t *store;                     /* Responses made here, see store_put */
 
 /* ---- op lifecycle --------------------------------------------------- */
 
@@ -128,6 +153,9 @@ static void op_free(struct op *op)
         evhttp_connection_set_closecb(op->evcon, NULL, NULL);
     free(op->model_json);
     free(op->verify_id);
+    free(op->input_text);
+    free(op->prev_id);
+    json_decref(op->resp);
     mock.in_flight--;
     free(op);
 }
@@ -136,6 +164,8 @@ void mock_api_shutdown(void)
 {
     while (ops)
         op_free(ops);
+    json_decref(store);
+    store = NULL;
 }
 
 /* Drops op's connection without (more of) an answer; frees the request. */
@@ -343,7 +373,196 @@ static void answer_verify(struct op *op)
     op_finish(op, 200, "application/json");
 }
 
+/* ---- Responses, Messages and the other APIs --------------------------- */
+
+/* Responses made here: id -> {"response": ..., "items": [...], "turn": n}. */
+#define STORE_MAX 10000
+
+static void store_put(const char *id, json_t *resp, const char *input, int turn)
+{
+    json_t *items = json_pack("[{s:s, s:s+, s:s, s:[{s:s, s:s}]}]", "type", "message",
+                              "id", "msg_in_", id, "role", "user", "content",
+                              "type", "input_text", "text", input ? input : "");
+
+    if (store == NULL)
+        store = json_object();
+    if (json_object_size(store) >= STORE_MAX)
+        json_object_clear(store);
+    json_object_set_new(store, id, json_pack("{s:O, s:o, s:i}", "response", resp,
+                                             "items", items, "turn", turn));
+}
+
+static json_t *store_get(const char *id)
+{
+    return store ? json_object_get(json_object_get(store, id), "response") : NULL;
+}
+
+static void add_json(struct evbuffer *b, json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+
+    if (s) {
+        evbuffer_add(b, s, strlen(s));
+        free(s);
+    }
+}
+
+static json_t *resp_usage(const struct op *op, int out)
+{
+    return json_pack("{s:i, s:{s:i}, s:i, s:{s:i}, s:i}", "input_tokens", op->prompt_tokens,
+                     "input_tokens_details", "cached_tokens", 0, "output_tokens", out,
+                     "output_tokens_details", "reasoning_tokens", 0,
+                     "total_tokens", op->prompt_tokens + out);
+}
+
+/* The response object of op, status `status`, output text `text`. */
+static json_t *resp_object(struct op *op, const char *status, const char *text, int out)
+{
+    char id[160];
+    json_t *model = json_loads(op->model_json, JSON_DECODE_ANY, NULL);
+
+    snprintf(id, sizeof(id), "resp_%s_%llu", mock.name, op->seq);
+    return json_pack("{s:s, s:s, s:I, s:s, s:o, s:o, s:[{s:s, s:s+, s:s, s:s, s:[{s:s, s:s, s:[]}]}],"
+                     " s:s?, s:o, s:b, s:s, s:[], s:{s:{s:s}}, s:n, s:n, s:n, s:{}, s:f, s:f}",
+                     "id", id, "object", "response", "created_at", (json_int_t)time(NULL),
+                     "status", status, "model", model ? model : json_string(DEFAULT_MODEL),
+                     "usage", strcmp(status, "in_progress") ? resp_usage(op, out) : json_null(),
+                     "output", "type", "message", "id", "msg_", id + 5, "status", "completed",
+                     "role", "assistant", "content", "type", "output_text", "text", text,
+                     "annotations",
+                     "previous_response_id", op->prev_id,
+                     "served_by", json_string(mock.name),
+                     "parallel_tool_calls", 1, "tool_choice", "auto", "tools",
+                     "text", "format", "type", "text", "error", "incomplete_details",
+                     "instructions", "metadata", "temperature", 1.0, "top_p", 1.0);
+}
+
+static void resp_text(const struct op *op, char *out, size_t len)
+{
+    snprintf(out, len, "Hello from %s (turn %d)", mock.name, op->turn);
+}
+
+static void answer_responses(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+    char text[160];
+    json_t *r;
+
+    op->seq = ++mock.seq;
+    resp_text(op, text, sizeof(text));
+    r = resp_object(op, "completed", text, 3);
+    store_put(json_string_value(json_object_get(r, "id")), r, op->input_text, op->turn);
+    add_json(b, r);
+    json_decref(r);
+    op_finish(op, 200, "application/json");
+}
+
+/* GET/DELETE /v1/responses/{id}, .../cancel, .../input_items */
+static void answer_resp_id(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+    json_t *r = store_get(resp_path_id), *o;
+    char msg[200];
+
+    if (r == NULL) {
+        snprintf(msg, sizeof(msg), "Response with id '%.100s' not found.", resp_path_id);
+        op_error(op, 404, msg, "invalid_request_error", "not_found");
+        return;
+    }
+    switch (op->ep) {
+    case EP_RESP_DELETE:
+        o = json_pack("{s:s, s:s, s:b}", "id", resp_path_id, "object", "response.deleted",
+                      "deleted", 1);
+        add_json(b, o);
+        json_decref(o);
+        json_object_del(store, resp_path_id);
+        break;
+    case EP_RESP_CANCEL:
+        json_object_set_new(r, "status", json_string("cancelled"));
+        add_json(b, r);
+        break;
+    case EP_RESP_ITEMS: {
+        json_t *items = json_object_get(json_object_get(store, resp_path_id), "items");
+        json_t *first = json_array_get(items, 0);
+        o = json_pack("{s:s, s:O, s:O, s:O, s:b}", "object", "list", "data", items,
+                      "first_id", json_object_get(first, "id"),
+                      "last_id", json_object_get(first, "id"), "has_more", 0);
+        add_json(b, o);
+        json_decref(o);
+        break;
+    }
+    default:
+        add_json(b, r);
+        break;
+    }
+    op_finish(op, 200, "application/json");
+}
+
+static void answer_messages(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+
+    op->seq = ++mock.seq;
+    if (op->ep == EP_COUNT_TOKENS) {
+        evbuffer_add_printf(b, "{\"input_tokens\":%d}", op->prompt_tokens);
+        op_finish(op, 200, "application/json");
+        return;
+    }
+    evbuffer_add_printf(b, "{\"id\":\"msg_%s_%llu\",\"type\":\"message\",\"role\":\"assistant\","
+                        "\"model\":%s,\"content\":[{\"type\":\"text\",\"text\":\"Hello from %s\"}],"
+                        "\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":"
+                        "{\"input_tokens\":%d,\"cache_creation_input_tokens\":0,"
+                        "\"cache_read_input_tokens\":2,\"output_tokens\":3}}",
+                        mock.name, op->seq, op->model_json, mock.name, op->prompt_tokens);
+    op_finish(op, 200, "application/json");
+}
+
+static void answer_other(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+    int i;
+
+    op->seq = ++mock.seq;
+    switch (op->ep) {
+    case EP_TRANSCRIBE:
+        evbuffer_add_printf(b, "{\"text\":\"Hello from %s\",\"usage\":{\"type\":\"tokens\","
+                            "\"input_tokens\":%d,\"output_tokens\":4,\"total_tokens\":%d}}",
+                            mock.name, op->prompt_tokens, op->prompt_tokens + 4);
+        break;
+    case EP_SPEECH:
+        /* A fake MP3: an ID3 tag, then bytes that are not JSON. */
+        evbuffer_add(b, "ID3\x04\x00\x00\x00\x00\x00\x00", 10);
+        for (i = 0; i < 4096; i++)
+            evbuffer_add(b, &"\xff\xfb\x90\x00"[i % 4], 1);
+        op_finish(op, 200, "audio/mpeg");
+        return;
+    case EP_IMAGES:
+    case EP_IMAGES_FORM:
+        evbuffer_add_printf(b, "{\"created\":%lld,\"data\":[{\"b64_json\":\"aGVsbG8=\","
+                            "\"revised_prompt\":\"from %s\"}],\"usage\":{\"input_tokens\":%d,"
+                            "\"output_tokens\":10,\"total_tokens\":%d}}", (long long)time(NULL),
+                            mock.name, op->prompt_tokens, op->prompt_tokens + 10);
+        break;
+    case EP_MODERATIONS:
+        evbuffer_add_printf(b, "{\"id\":\"modr-%s-%llu\",\"model\":%s,\"results\":[{\"flagged\":false,"
+                            "\"categories\":{\"violence\":false},\"category_scores\":"
+                            "{\"violence\":0.001}}]}", mock.name, op->seq, op->model_json);
+        break;
+    case EP_RERANK:
+        evbuffer_add_printf(b, "{\"id\":\"rerank-%s-%llu\",\"model\":%s,\"results\":[{\"index\":1,"
+                            "\"relevance_score\":0.9},{\"index\":0,\"relevance_score\":0.1}],"
+                            "\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}", mock.name,
+                            op->seq, op->model_json, op->prompt_tokens, op->prompt_tokens);
+        break;
+    default:
+        break;
+    }
+    op_finish(op, 200, "application/json");
+}
+
 /* ---- SSE ------------------------------------------------------------ */
+
+static void named_end(struct op *op);
 
 static void on_drained(struct evhttp_connection *evcon, void *arg)
 {
@@ -360,6 +579,13 @@ static void stream_end(struct op *op)
 {
     struct evhttp_request *req = op->req;
 
+    if (op->ep == EP_RESPONSES || op->ep == EP_MESSAGES) {
+        named_end(op);
+        mock.stats.streams_completed++;
+        op_free(op);
+        evhttp_send_reply_end(req);
+        return;
+    }
     if (op->include_usage) {
         /* OpenAI's last chunk: no choices, the whole stream's usage. */
         evbuffer_add_printf(mock.scratch, "data: {\"id\":\"%s-%s-%llu\",\"object\":\"%s\","
@@ -377,6 +603,93 @@ static void stream_end(struct op *op)
     evhttp_send_reply_end(req);
 }
 
+/* The events before the deltas of a Responses or Messages stream. */
+static void named_start(struct op *op)
+{
+    struct evbuffer *b = mock.scratch;
+    json_t *r;
+
+    if (op->ep == EP_MESSAGES) {
+        evbuffer_add_printf(b, "event: message_start\ndata: {\"type\":\"message_start\","
+                            "\"message\":{\"id\":\"msg_%s_%llu\",\"type\":\"message\","
+                            "\"role\":\"assistant\",\"model\":%s,\"content\":[],"
+                            "\"stop_reason\":null,\"stop_sequence\":null,\"usage\":"
+                            "{\"input_tokens\":%d,\"cache_creation_input_tokens\":0,"
+                            "\"cache_read_input_tokens\":2,\"output_tokens\":1}}}\n\n"
+                            "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                            "\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+                            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+                            mock.name, op->seq, op->model_json, op->prompt_tokens);
+        return;
+    }
+    r = resp_object(op, "in_progress", "", 0);
+    json_object_set_new(r, "output", json_array());
+    evbuffer_add_printf(b, "event: response.created\ndata: {\"type\":\"response.created\","
+                        "\"sequence_number\":0,\"response\":");
+    add_json(b, r);
+    evbuffer_add_printf(b, "}\n\nevent: response.in_progress\ndata: {\"type\":"
+                        "\"response.in_progress\",\"sequence_number\":1,\"response\":");
+    add_json(b, r);
+    evbuffer_add_printf(b, "}\n\nevent: response.output_item.added\ndata: {\"type\":"
+                        "\"response.output_item.added\",\"sequence_number\":2,\"output_index\":0,"
+                        "\"item\":{\"type\":\"message\",\"id\":\"msg_%s_%llu\",\"status\":"
+                        "\"in_progress\",\"role\":\"assistant\",\"content\":[]}}\n\n"
+                        "event: response.content_part.added\ndata: {\"type\":"
+                        "\"response.content_part.added\",\"sequence_number\":3,\"item_id\":"
+                        "\"msg_%s_%llu\",\"output_index\":0,\"content_index\":0,\"part\":"
+                        "{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}\n\n",
+                        mock.name, op->seq, mock.name, op->seq);
+    json_decref(r);
+}
+
+/* The events after the deltas: usage in message_delta / response.completed. */
+static void named_end(struct op *op)
+{
+    struct evbuffer *b = mock.scratch;
+    char text[4096];
+    size_t n = 0;
+    int i, seq = op->chunks + 4;
+    json_t *r, *item, *part;
+
+    if (op->ep == EP_MESSAGES) {
+        evbuffer_add_printf(b, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                            "\"index\":0}\n\nevent: message_delta\ndata: {\"type\":"
+                            "\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\","
+                            "\"stop_sequence\":null},\"usage\":{\"output_tokens\":%d}}\n\n"
+                            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+                            op->chunks);
+        evhttp_send_reply_chunk(op->req, b);
+        return;
+    }
+    text[0] = '\0';
+    for (i = 0; i < op->chunks && n < sizeof(text) - 16; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "tok%d ", i);
+    r = resp_object(op, "completed", text, op->chunks);
+    item = json_array_get(json_object_get(r, "output"), 0);
+    part = json_array_get(json_object_get(item, "content"), 0);
+    store_put(json_string_value(json_object_get(r, "id")), r, op->input_text, op->turn);
+    evbuffer_add_printf(b, "event: response.output_text.done\ndata: {\"type\":"
+                        "\"response.output_text.done\",\"sequence_number\":%d,\"item_id\":"
+                        "\"msg_%s_%llu\",\"output_index\":0,\"content_index\":0,\"text\":",
+                        seq, mock.name, op->seq);
+    mock_add_json_str(b, text);
+    evbuffer_add_printf(b, "}\n\nevent: response.content_part.done\ndata: {\"type\":"
+                        "\"response.content_part.done\",\"sequence_number\":%d,\"item_id\":"
+                        "\"msg_%s_%llu\",\"output_index\":0,\"content_index\":0,\"part\":",
+                        seq + 1, mock.name, op->seq);
+    add_json(b, part);
+    evbuffer_add_printf(b, "}\n\nevent: response.output_item.done\ndata: {\"type\":"
+                        "\"response.output_item.done\",\"sequence_number\":%d,"
+                        "\"output_index\":0,\"item\":", seq + 2);
+    add_json(b, item);
+    evbuffer_add_printf(b, "}\n\nevent: response.completed\ndata: {\"type\":"
+                        "\"response.completed\",\"sequence_number\":%d,\"response\":", seq + 3);
+    add_json(b, r);
+    evbuffer_add(b, "}\n\n", 3);
+    json_decref(r);
+    evhttp_send_reply_chunk(op->req, b);
+}
+
 /* Sends chunks until the stream ends, drops, or must wait an interval. */
 static void stream_next(struct op *op)
 {
@@ -385,7 +698,17 @@ static void stream_next(struct op *op)
             stream_end(op);
             return;
         }
-        if (op->ep == EP_CHAT)
+        if (op->ep == EP_RESPONSES)
+            evbuffer_add_printf(mock.scratch, "event: response.output_text.delta\ndata: "
+                                "{\"type\":\"response.output_text.delta\",\"sequence_number\":%d,"
+                                "\"item_id\":\"msg_%s_%llu\",\"output_index\":0,"
+                                "\"content_index\":0,\"delta\":\"tok%d \"}\n\n",
+                                op->sent + 4, mock.name, op->seq, op->sent);
+        else if (op->ep == EP_MESSAGES)
+            evbuffer_add_printf(mock.scratch, "event: content_block_delta\ndata: "
+                                "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+                                "{\"type\":\"text_delta\",\"text\":\"tok%d \"}}\n\n", op->sent);
+        else if (op->ep == EP_CHAT)
             evbuffer_add_printf(mock.scratch, "data: {\"id\":\"chatcmpl-%s-%llu\","
                                 "\"object\":\"chat.completion.chunk\",\"model\":%s,"
                                 "\"choices\":[{\"index\":0,\"delta\":{\"content\":"
@@ -423,6 +746,8 @@ static void stream_start(struct op *op)
     if (mock.verbose)
         mock_notice("%s 200 stream", evhttp_request_get_uri(req));
     evhttp_send_reply_start(req, 200, NULL);
+    if (op->ep == EP_RESPONSES || op->ep == EP_MESSAGES)
+        named_start(op);
     stream_next(op);
 }
 
@@ -472,6 +797,28 @@ static void op_respond(struct op *op)
         return;
     case EP_VERIFY:
         answer_verify(op);
+        return;
+    case EP_RESPONSES:
+        if (op->stream)
+            stream_start(op);
+        else
+            answer_responses(op);
+        return;
+    case EP_RESP_GET:
+    case EP_RESP_DELETE:
+    case EP_RESP_CANCEL:
+    case EP_RESP_ITEMS:
+        answer_resp_id(op);
+        return;
+    case EP_MESSAGES:
+    case EP_COUNT_TOKENS:
+        if (op->stream)
+            stream_start(op);
+        else
+            answer_messages(op);
+        return;
+    default:
+        answer_other(op);
         return;
     }
 }
@@ -566,11 +913,10 @@ static const char *bearer(struct evhttp_request *req)
     return h;
 }
 
-/* Reads what the answer needs from the body; may set a 400/404 answer. */
-static int op_read_body(struct op *op, json_t *root, const char *model)
+/* op->model_json: the model as a quoted JSON string. */
+static int op_set_model(struct op *op, const char *model)
 {
     struct evbuffer *b = mock.scratch;
-    json_t *v;
     size_t len;
 
     evbuffer_drain(b, evbuffer_get_length(b));
@@ -581,6 +927,39 @@ static int op_read_body(struct op *op, json_t *root, const char *model)
         return -1;
     evbuffer_remove(b, op->model_json, len);
     op->model_json[len] = '\0';
+    return 0;
+}
+
+/* The "model" field of a multipart/form-data body (a loose read: the
+ * gateway checks forms strictly), NULL when none. */
+static char form_model_buf[256];
+static const char *form_model(struct evhttp_request *req, const char *body, size_t len,
+                              char *out, size_t outlen)
+{
+    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+    const char *p, *e = body + len, *end;
+    static const char key[] = "name=\"model\"";
+
+    if (ct == NULL || strncasecmp(ct, "multipart/form-data", 19) != 0)
+        return NULL;
+    if ((p = memmem(body, len, key, sizeof(key) - 1)) == NULL
+        || (p = memmem(p, (size_t)(e - p), "\r\n\r\n", 4)) == NULL)
+        return NULL;
+    p += 4;
+    if ((end = memmem(p, (size_t)(e - p), "\r\n", 2)) == NULL || (size_t)(end - p) >= outlen)
+        return NULL;
+    memcpy(out, p, (size_t)(end - p));
+    out[end - p] = '\0';
+    return out;
+}
+
+/* Reads what the answer needs from the body; may set a 400/404 answer. */
+static int op_read_body(struct op *op, json_t *root, const char *model)
+{
+    json_t *v;
+
+    if (op_set_model(op, model) != 0)
+        return -1;
 
     if (root == NULL) {
         set_error(op, 400, "invalid_request_error", "invalid_json",
@@ -615,6 +994,34 @@ static int op_read_body(struct op *op, json_t *root, const char *model)
         if (op->verify_id == NULL)
             return -1;
         op->verified = id_issued(op->verify_id);
+        break;
+    case EP_RESPONSES:
+    case EP_MESSAGES:
+        op->stream = json_is_true(json_object_get(root, "stream"));
+        v = json_object_get(root, op->ep == EP_RESPONSES ? "input" : "messages");
+        if (json_is_string(v)) {
+            op->input_text = strdup(json_string_value(v));
+        } else if (v != NULL) {
+            op->input_text = json_dumps(v, JSON_COMPACT);
+        } else {
+            set_error(op, 400, "invalid_request_error", "missing_input",
+                      op->ep == EP_RESPONSES ? "input is required" : "messages is required");
+            break;
+        }
+        op->turn = 1;
+        v = json_object_get(root, "previous_response_id");
+        if (op->ep == EP_RESPONSES && json_is_string(v)) {
+            json_t *e = store ? json_object_get(store, json_string_value(v)) : NULL;
+            op->prev_id = strdup(json_string_value(v));
+            if (e == NULL) {
+                char msg[200];
+                snprintf(msg, sizeof(msg), "Previous response with id '%.100s' not found.",
+                         json_string_value(v));
+                set_error(op, 404, "invalid_request_error", "previous_response_not_found", msg);
+                break;
+            }
+            op->turn = (int)json_integer_value(json_object_get(e, "turn")) + 1;
+        }
         break;
     default:
         break;
@@ -680,6 +1087,28 @@ static const struct ep_def *find_ep(const char *path)
 {
     size_t i;
 
+    if (strncmp(path, "/v1/responses/", 14) == 0 && path[14]) {
+        const char *id = path + 14, *slash = strchr(id, '/');
+        size_t n = slash ? (size_t)(slash - id) : strlen(id);
+        if (n == 0 || n >= sizeof(resp_path_id))
+            return NULL;
+        memcpy(resp_path_id, id, n);
+        resp_path_id[n] = '\0';
+        resp_ep.path = path;
+        if (slash == NULL) {
+            resp_ep.ep = EP_RESP_GET;      /* GET, or DELETE (see mock_api) */
+            resp_ep.method = EVHTTP_REQ_GET;
+        } else if (strcmp(slash, "/cancel") == 0) {
+            resp_ep.ep = EP_RESP_CANCEL;
+            resp_ep.method = EVHTTP_REQ_POST;
+        } else if (strcmp(slash, "/input_items") == 0) {
+            resp_ep.ep = EP_RESP_ITEMS;
+            resp_ep.method = EVHTTP_REQ_GET;
+        } else {
+            return NULL;
+        }
+        return &resp_ep;
+    }
     for (i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++)
         if (strcmp(path, endpoints[i].path) == 0)
             return &endpoints[i];
@@ -709,8 +1138,18 @@ void mock_api(struct evhttp_request *req, const char *path)
     if (strncmp(path, "/v1/", 4) == 0)
         mock.stats.requests++;
     if (d == NULL) {
+        /* Recorded with its query: what a pass-through sent. */
+        in = evhttp_request_get_input_buffer(req);
+        len = evbuffer_get_length(in);
+        mock_record_call(req, evhttp_request_get_uri(req), bearer(req), NULL,
+                         len ? (const char *)evbuffer_pullup(in, -1) : "", len);
         reply_error_now(req, 404, "unknown path", "not_found");
         return;
+    }
+    if (d == &resp_ep && d->ep == EP_RESP_GET
+        && evhttp_request_get_command(req) == EVHTTP_REQ_DELETE) {
+        resp_ep.ep = EP_RESP_DELETE;
+        resp_ep.method = EVHTTP_REQ_DELETE;
     }
     if (evhttp_request_get_command(req) != d->method) {
         reply_error_now(req, 405, "method not allowed", "method_not_allowed");
@@ -741,8 +1180,30 @@ void mock_api(struct evhttp_request *req, const char *path)
     if (root != NULL)
         model = json_string_value(json_object_get(root, "model"));
     key = bearer(req);
+    if (d->ep == EP_TRANSCRIBE || d->ep == EP_IMAGES_FORM)
+        model = form_model(req, body, len, form_model_buf, sizeof(form_model_buf));
     mock_record_call(req, path, key, model, body, len);
 
+    if (d->ep == EP_TRANSCRIBE || d->ep == EP_IMAGES_FORM || d->ep == EP_RESP_GET
+        || d->ep == EP_RESP_DELETE || d->ep == EP_RESP_CANCEL || d->ep == EP_RESP_ITEMS) {
+        /* Not JSON: a form (checked loosely), or no body at all. */
+        json_decref(root);
+        root = NULL;
+        if (op_set_model(op, model) != 0) {
+            op_free(op);
+            reply_error_now(req, 500, "out of memory", "internal_error");
+            return;
+        }
+        if ((d->ep == EP_TRANSCRIBE || d->ep == EP_IMAGES_FORM) && model == NULL)
+            set_error(op, 400, "invalid_request_error", "invalid_form",
+                      "multipart/form-data body with a \"model\" field required");
+        op->prompt_tokens = (int)(len / 4) + 1;
+        delay = op_faults(op, key, model, &hang);
+        op->chunks = mock.conf.chunks;
+        op->interval_ms = mock.conf.chunk_interval_ms;
+        op_start(op, delay, hang);
+        return;
+    }
     if (op_read_body(op, root, model) != 0) {
         json_decref(root);
         op_free(op);
