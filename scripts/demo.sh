@@ -1,6 +1,7 @@
 #!/bin/sh
 # make demo: three mock upstreams and infergate from conf/ on loopback,
-# a chat, a streaming chat and an embeddings request, then a stop.
+# a chat, a streaming chat, an embeddings request, a Responses call and
+# a Messages call, then a stop.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,25 @@ curl -s -D /tmp/infergate-demo.h -H 'Content-Type: application/json' \
     -d '{"model":"nomic-embed","input":"Your text here"}' "http://$GW/v1/embeddings"
 echo; grep -i '^x-upstream-host' /tmp/infergate-demo.h
 
+show "POST /v1/responses (OpenAI Responses API), then GET /v1/responses/{id} on its host"
+curl -s -D /tmp/infergate-demo.h -H 'Content-Type: application/json' \
+    -d '{"model":"llama-3.1-8b-instruct","input":"Hello!"}' "http://$GW/v1/responses" \
+    > /tmp/infergate-demo.resp
+python3 -c 'import json; r = json.load(open("/tmp/infergate-demo.resp")); print("  id %s: %s (usage %s)" % (r["id"], r["output"][0]["content"][0]["text"], r["usage"]))'
+grep -i '^x-upstream-host' /tmp/infergate-demo.h
+RID=$(python3 -c 'import json; print(json.load(open("/tmp/infergate-demo.resp"))["id"])')
+curl -s -o /dev/null -D /tmp/infergate-demo.h "http://$GW/v1/responses/$RID"
+grep -i -E '^(HTTP|x-upstream-host)' /tmp/infergate-demo.h
+
+show "POST /v1/messages (Anthropic Messages API)"
+curl -s -D /tmp/infergate-demo.h -H 'Content-Type: application/json' -H 'anthropic-version: 2023-06-01' \
+    -d '{"model":"llama-3.1-8b-instruct","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}' \
+    "http://$GW/v1/messages"
+echo; grep -i '^x-upstream-host' /tmp/infergate-demo.h
+
+show "Tokens counted from the answers' usage (GET /metrics)"
+curl -s "http://$GW/metrics" | grep '^infergate_tokens_total' | sed 's/^/  /'
+
 show "Keys rotated: uses per key (from /status; keys are shown by fingerprint only)"
 curl -s "http://$GW/status" | python3 -c '
 import json, sys
@@ -69,6 +89,6 @@ s = json.load(sys.stdin)
 print("  %s: %d chats/embeddings, keys %s" % (s["name"], sum(n for p, n in s["paths"].items() if p != "/v1/models"),
       {"…" + k[-4:]: n for k, n in s["keys"].items()}))'
 done
-rm -f /tmp/infergate-demo.h
+rm -f /tmp/infergate-demo.h /tmp/infergate-demo.resp
 echo
 echo "demo done; gateway log: /tmp/infergate-demo.log"

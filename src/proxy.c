@@ -860,7 +860,8 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         px_copy_headers(p, x);
         http_stream_start(p->req, status, ctype ? ctype : "application/octet-stream");
         px_remember(p, l, NULL);
-        if (!(p->route->flags & API_ANSWER_RAW))      /* audio: no usage in it */
+        /* Not in audio, and a retrieved response's was counted already. */
+        if (!(p->route->flags & (API_ANSWER_RAW | API_ID_IN_PATH)))
             p->ustream = calloc(1, sizeof(*p->ustream));  /* none: not counted */
         if (p->strip_usage && (p->sse_hold = evbuffer_new()) == NULL)
             p->strip_usage = 0;
@@ -1045,7 +1046,7 @@ static void px_reply_buffered(struct proxy *p, struct px_leg *l,
     px_add_headers(p);
     px_copy_headers(p, x);
     p->bytes_out = len;
-    if (l->status >= 200 && l->status < 300)
+    if (l->status >= 200 && l->status < 300 && !(p->route->flags & API_ID_IN_PATH))
         usage_scan_last((const char *)evbuffer_pullup(l->buf, -1)
                             + (len > USAGE_TAIL ? len - USAGE_TAIL : 0),
                         len > USAGE_TAIL ? USAGE_TAIL : len, &p->usage);

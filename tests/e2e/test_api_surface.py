@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from conftest import assert_openai_error, hosts_of, wait_for
+from conftest import assert_openai_error, hosts_of
+from test_sessions import redis_policies, redis_server  # noqa: F401 (fixture)
 
 
 def sse(body):
@@ -104,6 +105,8 @@ def test_responses_json_stream_and_owner(mocks, gateway):
     total_in = sum(tokens(g, m.name, "mock-model").get("input", 0) for m in ms)
     total_out = sum(tokens(g, m.name, "mock-model").get("output", 0) for m in ms)
     assert total_out == 3 + 3 * 3 + 5 and total_in > 0
+    # Retrieving a response does not count its usage again.
+    assert all(tokens(g, m.name, "none") == {} for m in ms)
     st, _, body = g.request("GET", "/metrics")
     assert re.search(r'infergate_requests_total\{route="responses",code="200",host="%s"' % owner,
                      body.decode())
@@ -348,3 +351,40 @@ def test_config_rejects_unknown_api_and_bad_prefix(tmp_path):
     assert r.returncode == 1
     assert 'unknown API "video"' in r.stdout + r.stderr
     assert "must start with '/'" in r.stdout + r.stderr
+
+
+def test_two_replicas_share_response_owners(mocks, gateway, redis_server):
+    """A response created through replica A is retrieved, continued and
+    deleted through replica B on its owner; owner removed: a clear 409."""
+    port, _, _ = redis_server
+    ms = mocks(3)
+    pol = redis_policies(port, "ig-resp:") + "retry:\n  backoff: {initial: 1ms}\n"
+    a = gateway(hosts_of(ms), policies=pol)
+    b = gateway(hosts_of(ms), policies=pol)
+    for stream in (False, True):
+        st, h, body = a.request("POST", "/v1/responses", dict(RESP, stream=stream))
+        assert st == 200
+        rid = (sse(body)[0][1]["response"]["id"] if stream else json.loads(body)["id"])
+        owner = h["x-upstream-host"]
+        for _ in range(3):
+            st, hb, body = b.request("GET", "/v1/responses/" + rid)
+            assert st == 200 and hb["x-upstream-host"] == owner, body
+        st, hb, body = b.request("POST", "/v1/responses", dict(RESP, previous_response_id=rid))
+        assert st == 200 and hb["x-upstream-host"] == owner
+        assert "(turn 2)" in json.loads(body)["output"][0]["content"][0]["text"]
+        st, hb, body = b.request("DELETE", "/v1/responses/" + rid)
+        assert st == 200 and hb["x-upstream-host"] == owner and json.loads(body)["deleted"]
+    st, h, body = a.request("POST", "/v1/responses", RESP)
+    rid, owner = json.loads(body)["id"], h["x-upstream-host"]
+    rest = [m for m in ms if m.name != owner]
+    with open(b.conf_dir + "/hosts.json", "w") as f:
+        json.dump({"hosts": hosts_of(rest)}, f)
+    assert b.request("POST", "/admin/reload")[0] == 200
+    before = sum(api_calls(m) for m in rest)
+    st, _, body = b.request("GET", "/v1/responses/" + rid)
+    assert assert_openai_error(st, body, 409)["code"] == "host_gone"
+    st, _, body = b.request("POST", "/v1/responses", dict(RESP, previous_response_id=rid))
+    assert assert_openai_error(st, body, 409)["code"] == "host_gone"
+    assert sum(api_calls(m) for m in rest) == before
+    a.stop()
+    b.stop()
