@@ -79,7 +79,7 @@ int main(int argc, char **argv)
     metrics_tokens(h[0], "llama-3.1-8b-instruct", 7, (const uint64_t[]){ 120, 30, 64 });
     metrics_tokens(h[0], "llama-3.1-8b-instruct", 3, (const uint64_t[]){ 5, 1, 0 });
     for (int i = 0; i < 20; i++) {      /* past 16 models a host counts "other" */
-        char m[16];
+        char m[24];
         snprintf(m, sizeof(m), "tok-model-%d", i);
         metrics_tokens(h[2], m, 2, (const uint64_t[]){ 0, 1, 0 });
     }
