@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import assert_openai_error, hosts_of
+from conftest import assert_openai_error, hosts_of, wait_for
 from test_sessions import redis_policies, redis_server  # noqa: F401 (fixture)
 
 
@@ -38,7 +38,19 @@ def api_calls(m):
     return sum(n for p, n in m.stats()["paths"].items() if p.startswith("/v1/") and p != "/v1/models")
 
 
-def tokens(g, host, model):
+def tokens(g, host, model, until=None):
+    """{kind: value} of infergate_tokens_total for host and model. With
+    workers, a request's counts land just after its answer: `until(t)`
+    waits for them (then returns t whatever it is, for the assert)."""
+    if until is not None:
+        try:
+            wait_for(lambda: until(tokens(g, host, model)), timeout=10, what="token counts")
+        except AssertionError:
+            pass
+    return _tokens(g, host, model)
+
+
+def _tokens(g, host, model):
     st, _, body = g.request("GET", "/metrics")
     out = {}
     for m in re.finditer(r'^infergate_tokens_total\{host="([^"]*)",model="([^"]*)",kind="([^"]*)"\} (\d+)$',
@@ -102,6 +114,8 @@ def test_responses_json_stream_and_owner(mocks, gateway):
         st, h, body = g.request("GET", "/v1/responses/" + sid)
         assert st == 200 and h["x-upstream-host"] == sowner
     # Usage of JSON and stream answers.
+    wait_for(lambda: sum(tokens(g, m.name, "mock-model").get("output", 0) for m in ms) >= 17,
+             timeout=10, what="token counts")
     total_in = sum(tokens(g, m.name, "mock-model").get("input", 0) for m in ms)
     total_out = sum(tokens(g, m.name, "mock-model").get("output", 0) for m in ms)
     assert total_out == 3 + 3 * 3 + 5 and total_in > 0
@@ -166,7 +180,7 @@ def test_messages_shapes_auth_and_stream(mocks, gateway):
     assert last["x-api-key"] == "sk-ant-upstream-0001" and "authorization" not in last
     assert last["anthropic-version"] == "2023-06-01" and last["anthropic-beta"] == "tools-2024"
     u = m["usage"]
-    assert tokens(g, "m0", "claude-x") == {
+    assert tokens(g, "m0", "claude-x", until=lambda t: t.get("output") == 3) == {
         "input": u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"],
         "output": 3, "cached": 2}
     st, _, body = g.request("POST", "/v1/messages/count_tokens", MSG)
@@ -176,7 +190,7 @@ def test_messages_shapes_auth_and_stream(mocks, gateway):
     evs = sse(body)
     assert [e[0] for e in evs][:3] == ["message_start", "content_block_start", "ping"]
     assert evs[-1][0] == "message_stop"
-    assert tokens(g, "m0", "claude-x")["output"] == 3 + 5
+    assert tokens(g, "m0", "claude-x", until=lambda t: t.get("output") == 8)["output"] == 3 + 5
     # Errors in Anthropic's shape.
     for body, ctype, want in ((b"{bad", "application/json", 400),
                               (b"[1]", "application/json", 400),
@@ -233,7 +247,7 @@ def test_audio_images_moderations_rerank(mocks, gateway):
         st, h, data = g.request("POST", path, body, {"Content-Type": ctype})
         assert st == 200 and json.loads(data)["text"] == "Hello from m0", data
         assert ms[0].stats()["last_body"] is None      # a form, passed as it was
-    assert tokens(g, "m0", "whisper-1")["output"] == 8
+    assert tokens(g, "m0", "whisper-1", until=lambda t: t.get("output") == 8)["output"] == 8
     st, h, data = g.request("POST", "/v1/audio/speech", {"model": "tts-1", "input": "hi", "voice": "alloy"})
     assert st == 200 and h["content-type"] == "audio/mpeg" and data.startswith(b"ID3")
     assert len(data) == 10 + 4096
@@ -247,10 +261,9 @@ def test_audio_images_moderations_rerank(mocks, gateway):
     assert st == 200 and json.loads(data)["results"][0]["flagged"] is False
     st, _, data = g.request("POST", "/v1/rerank", {"model": "rr", "query": "q", "documents": ["a", "b"]})
     assert st == 200 and json.loads(data)["results"][0]["index"] == 1
-    st, _, data = g.request("GET", "/metrics")
     for route in ("audio", "images", "moderations", "rerank"):
-        assert re.search(r'infergate_requests_total\{route="%s",code="200",host="m0"' % route,
-                         data.decode()), route
+        wait_for(lambda: re.search(r'infergate_requests_total\{route="%s",code="200",host="m0"' % route,
+                                   g.request("GET", "/metrics")[2].decode()), timeout=10, what=route)
     g.stop()
 
 
@@ -335,8 +348,8 @@ def test_passthrough_and_apis_filter(mocks, gateway):
     st, h, body = g.request("GET", "/v1/unknown/thing")
     assert_openai_error(st, body, 404)
     assert "x-upstream-host" not in h       # outside the prefixes: the gateway's 404
-    st, _, body = g.request("GET", "/metrics")
-    assert 'route="passthrough"' in body.decode()
+    wait_for(lambda: 'route="passthrough"' in g.request("GET", "/metrics")[2].decode(),
+             timeout=10, what="passthrough route label")
     g.stop()
 
 

@@ -7,7 +7,19 @@ import re
 from conftest import hosts_of, wait_for
 
 
-def tokens(g, host, model):
+def tokens(g, host, model, until=None):
+    """{kind: value} of infergate_tokens_total for host and model. With
+    workers, a request's counts land just after its answer: `until(t)`
+    waits for them (then returns t whatever it is, for the assert)."""
+    if until is not None:
+        try:
+            wait_for(lambda: until(tokens(g, host, model)), timeout=10, what="token counts")
+        except AssertionError:
+            pass
+    return _tokens(g, host, model)
+
+
+def _tokens(g, host, model):
     """{kind: value} of infergate_tokens_total for host and model."""
     st, _, body = g.request("GET", "/metrics")
     assert st == 200
@@ -44,9 +56,10 @@ def test_json_usage_metrics_status_and_log(mocks, gateway, tmp_path):
     st, _, body = g.request("POST", "/v1/embeddings", {"model": "mock-model", "input": ["a", "b"]})
     assert st == 200
     u2 = json.loads(body)["usage"]
-    t = tokens(g, "m0", "mock-model")
-    assert t == {"input": u1["prompt_tokens"] + u2["prompt_tokens"],
-                 "output": u1["completion_tokens"], "cached": 0}, t
+    want = {"input": u1["prompt_tokens"] + u2["prompt_tokens"],
+            "output": u1["completion_tokens"], "cached": 0}
+    t = tokens(g, "m0", "mock-model", until=lambda t: t == want)
+    assert t == want, t
     st, _, body = g.request("GET", "/status")
     h = [h for h in json.loads(body)["hosts"] if h["name"] == "m0"][0]
     assert h["tokens"] == {"input": t["input"], "output": t["output"], "cached": 0}
@@ -67,8 +80,8 @@ def test_stream_usage_asked_by_client(mocks, gateway, tmp_path):
     evs = sse_events(body)
     last = json.loads(evs[-2][len("data: "):])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
-    assert tokens(g, "m0", "mock-model") == {"input": last["usage"]["prompt_tokens"],
-                                             "output": 5, "cached": 0}
+    want = {"input": last["usage"]["prompt_tokens"], "output": 5, "cached": 0}
+    assert tokens(g, "m0", "mock-model", until=lambda t: t == want) == want
     # A stream without usage counts nothing and logs dashes.
     st, _, body = g.chat(stream=True)
     assert st == 200
@@ -93,23 +106,23 @@ def test_include_in_stream_is_invisible(mocks, gateway):
     sent = json.loads(sent) if isinstance(sent, str) else sent
     assert sent["stream_options"] == {"include_usage": True}
     prompt = len(json.dumps(sent, separators=(",", ":"))) // 4 + 1
-    t = tokens(g, "m0", "mock-model")
+    t = tokens(g, "m0", "mock-model", until=lambda t: t.get("output") == 5)
     assert t["output"] == 5 and t["input"] > 0, t
     # stream_options present without include_usage: rewritten, still invisible.
     st, _, body = g.chat(stream=True, stream_options={"include_usage": False})
     evs = sse_events(body)
     assert len(evs) == 6 and all('"usage"' not in e for e in evs), evs
-    assert tokens(g, "m0", "mock-model")["output"] == 10
+    assert tokens(g, "m0", "mock-model", until=lambda t: t.get("output") == 10)["output"] == 10
     # A client that asks gets the chunk, once.
     st, _, body = g.chat(stream=True, stream_options={"include_usage": True})
     evs = sse_events(body)
     assert len(evs) == 7 and sum('"usage"' in e for e in evs) == 1, evs
-    assert tokens(g, "m0", "mock-model")["output"] == 15
+    assert tokens(g, "m0", "mock-model", until=lambda t: t.get("output") == 15)["output"] == 15
     # Completions too.
     st, _, body = g.request("POST", "/v1/completions",
                             {"model": "mock-model", "prompt": "x", "stream": True})
     evs = sse_events(body)
     assert len(evs) == 6 and all('"usage"' not in e for e in evs), evs
-    assert tokens(g, "m0", "mock-model")["output"] == 20
+    assert tokens(g, "m0", "mock-model", until=lambda t: t.get("output") == 20)["output"] == 20
     del prompt
     g.stop()
