@@ -562,12 +562,87 @@ void gateway_health_moved(struct gateway *gw)
                          panic_changed, s);
 }
 
+#define GW_PANIC_COMPARED 64        /* tiers in panic compared across a rebuild */
+
+/* A tier in panic as its log lines name it. */
+struct panic_line {
+    int    priority;
+    size_t usable, n;
+    char   names[256];
+};
+
+struct panic_set {
+    const struct snapshot *s;
+    struct panic_line     *v;
+    size_t                 n;
+};
+
+static void panic_collect(void *ctx, const struct balance_tier *t)
+{
+    struct panic_set *ps = ctx;
+    struct panic_line *l;
+
+    if (ps->n == GW_PANIC_COMPARED)
+        return;
+    l = &ps->v[ps->n++];
+    l->priority = t->priority;
+    l->usable = t->usable;
+    l->n = t->n;
+    tier_names(ps->s, t, l->names, sizeof(l->names));
+}
+
+static int panic_has(const struct panic_set *ps, const struct panic_line *l)
+{
+    size_t i;
+
+    for (i = 0; i < ps->n; i++)
+        if (ps->v[i].priority == l->priority && strcmp(ps->v[i].names, l->names) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * gw->snap has a new balancer (reload, discovered models), which starts
+ * with no tier in panic: decides again and logs only what differs from
+ * `old_b` (whose hosts `old_s` names), so a rebuild neither repeats an
+ * "on" line nor loses an "off" one.
+ */
+static void panic_rebuilt(struct gateway *gw, const struct snapshot *old_s,
+                          const struct balance *old_b)
+{
+    struct snapshot *s = gw->snap;
+    struct panic_set before = { old_s, calloc(GW_PANIC_COMPARED, sizeof(struct panic_line)), 0 };
+    struct panic_set after = { s, calloc(GW_PANIC_COMPARED, sizeof(struct panic_line)), 0 };
+    size_t i;
+
+    if (before.v == NULL || after.v == NULL) {
+        gateway_health_moved(gw);           /* logs every tier in panic */
+        goto out;
+    }
+    balance_panic_list(old_b, panic_collect, &before);
+    balance_panic_update(s->bal, s->live, s->cfg->health.panic_threshold, NULL, NULL);
+    balance_panic_list(s->bal, panic_collect, &after);
+    for (i = 0; i < after.n; i++)
+        if (!panic_has(&before, &after.v[i]))
+            log_warn("panic mode on for the priority %d tier of %s: %zu of %zu hosts"
+                     " usable, below health_check.panic_threshold %g; balancing over"
+                     " all of them", after.v[i].priority, after.v[i].names,
+                     after.v[i].usable, after.v[i].n, s->cfg->health.panic_threshold);
+    for (i = 0; i < before.n; i++)
+        if (!panic_has(&after, &before.v[i]))
+            log_info("panic mode off for the priority %d tier of %s (new configuration)",
+                     before.v[i].priority, before.v[i].names);
+out:
+    free(before.v);
+    free(after.v);
+}
+
 /* Probes changed some host's models: rebuild the balancer (coalesced). */
 static void gateway_rebalance(evutil_socket_t fd, short what, void *arg)
 {
     struct gateway *gw = arg;
     struct snapshot *s = gw->snap;
-    struct balance *b = snapshot_balance(s->cfg, s->hs);
+    struct balance *b = snapshot_balance(s->cfg, s->hs), *old;
 
     (void)fd;
     (void)what;
@@ -575,9 +650,10 @@ static void gateway_rebalance(evutil_socket_t fd, short what, void *arg)
         log_error("out of memory rebuilding the balancer for discovered models");
         return;
     }
-    balance_free(s->bal);
+    old = s->bal;
     s->bal = b;
-    gateway_health_moved(gw);
+    panic_rebuilt(gw, s, old);
+    balance_free(old);
 }
 
 static void gateway_health_changed(void *arg, size_t host, unsigned what)
@@ -960,7 +1036,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
 {
     struct cfg_errors errs = job->errs;
     struct config *cfg = job->cfg;
-    struct snapshot *s;
+    struct snapshot *s, *old;
     int64_t t0 = gw_now_ms();
     size_t i;
 
@@ -1026,7 +1102,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
         if (session_reconfigure(gw->sess, cfg, s->generation, serr, sizeof(serr)) < 0)
             log_error("reload: sessions kept their old settings: %s", serr);
     }
-    snapshot_unref(gw->snap);
+    old = gw->snap;                     /* unref'd once panic_rebuilt() read it */
     gw->snap = s;
     snapshot_activate(s);
     tls_install(cfg);
@@ -1041,9 +1117,10 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     if (cfg->server.workers != gw->nworkers && (cfg->server.workers > 1 || gw->threaded))
         log_warn("reload: server.workers changes from %d to %d at the next restart",
                  gw->nworkers, cfg->server.workers);
+    panic_rebuilt(gw, old, old->bal);
+    snapshot_unref(old);
     if (health_set_snapshot(gw->health, s) < 0)
         log_error("out of memory: health checks still follow the previous configuration");
-    gateway_health_moved(gw);
     retry_budget_set_params(&gw->budget, &s->rp);
     apply_limits(gw);
     cfg_errors_free(&gw->reload_errs);

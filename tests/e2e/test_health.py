@@ -2,6 +2,7 @@
 model discovery in GET /v1/models and routing, and the Infernet route-only
 endpoint GET /api/v1/ip (containers and pending jobs from the nodes' /info)."""
 import json
+import os
 import signal
 import time
 
@@ -273,6 +274,25 @@ def test_panic_mode_prefers_a_usable_tier(mocks, gateway):
              what="both tiers in panic")
     # nothing usable anywhere: the first tier is served as if healthy
     assert served_by(g, 6) == ["m0"] * 6
+
+    # a reload rebuilds the balancer: panic mode is not announced again...
+    on = "panic mode on for the priority 0 tier of m0: 0 of 1 hosts usable"
+    assert g.output().count(on) == 1
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: status_doc(g)["generation"] == 2, timeout=15, what="reload")
+    assert status_doc(g)["panic"]["active"]
+    assert g.output().count(on) == 1, g.output()
+    # ... and turning it off by a reload says so
+    path = os.path.join(g.conf_dir, "policies.yaml")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("health_check:\n", "health_check:\n  panic_threshold: 0\n", 1))
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: status_doc(g)["generation"] == 3, timeout=15, what="second reload")
+    assert "panic mode off for the priority 0 tier of m0 (new configuration)" in g.output()
+    assert not status_doc(g)["panic"]["active"]
+    assert g.chat()[0] == 503
 
 
 def test_discovered_models_are_listed_and_routed(mocks, gateway):
