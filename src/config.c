@@ -677,6 +677,7 @@ static const char *check_template(const char *s);
 static const char *check_http_url(const char *s);
 static const char *check_host_name(const char *s);
 static const char *check_path(const char *s);
+static const char *check_server_name(const char *s);
 static const char *check_redis_url(const char *s);
 static const char *check_smtp_url(const char *s);
 static const char *check_header(const char *s);
@@ -821,6 +822,9 @@ static const struct field fields[] = {
     {S_HOST,   "labels",                            T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_labels},
     {S_HOST,   "auth",                              T_ENUM,    HOFF(auth),                          "bearer",        0, 0, .names = host_auths},
     {S_HOST,   "apis",                              T_STRLIST, HOFF(apis),                          NULL,            0, 0, .flags = 0},
+    {S_HOST,   "tls.ca_file",                       T_STR,     HOFF(tls.ca_file),                   NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_HOST,   "tls.verify",                        T_BOOL,    HOFF(tls.verify),                    "true",          0, 0, .flags = 0},
+    {S_HOST,   "tls.server_name",                   T_STR,     HOFF(tls.server_name),               NULL,            0, 0, .check = check_server_name},
 
     /* api-keys.json: an object in apiKeys[] */
     {S_KEY,    "key",                               T_STR,     KOFF(k.secret),                      NULL,            0, 0, .flags = FL_NONEMPTY, .check = check_secret},
@@ -979,6 +983,13 @@ static const char *check_host_name(const char *s)
 {
     if (!host_name_ok(s, 1))
         return "a host name is letters, digits, '.', '_', '-' and ':', starting with a letter or digit";
+    return NULL;
+}
+
+static const char *check_server_name(const char *s)
+{
+    if (!host_name_ok(s, 0) || strchr(s, '_'))
+        return "a DNS name: letters, digits, '.' and '-'";
     return NULL;
 }
 
@@ -2114,6 +2125,8 @@ static void host_free(struct cfg_host *h)
     free(h->region);
     free(h->address);
     free(h->keys);
+    free(h->tls.ca_file);
+    free(h->tls.server_name);
     for (i = 0; i < h->nlabels; i++) {
         free(h->labels[i].name);
         free(h->labels[i].value);
@@ -2200,6 +2213,16 @@ static int host_from_object(struct loader *ld, const struct cur *c, struct cfg_h
     struct cur kc;
 
     walk(ld, c, S_HOST, "", h, ~0u, 1);
+    if (h->tls.ca_file && cur_lookup(c, "tls.ca_file", &kc)) {
+        char *path = join_path(ld->dir, h->tls.ca_file);
+        FILE *f = fopen(path, "rb");
+        if (f == NULL)
+            cerr(ld, &kc, "%s: cannot read: %s", path, strerror(errno));
+        else
+            fclose(f);
+        free(h->tls.ca_file);
+        h->tls.ca_file = path;
+    }
     if (h->url) {
         char *base = url_base(h->url);
         free(h->url);
@@ -2924,6 +2947,11 @@ int config_check_main(const char *dir, FILE *out)
             fprintf(out, "warning: %s: the certificate expires on %s (in %lld days)\n",
                     c->server.tls.cert, when, (long long)((ci->not_after - now) / 86400));
         }
+        size_t i;
+        for (i = 0; i < c->nhosts; i++)
+            if (!c->hosts[i].tls.verify)
+                fprintf(out, "warning: host %s: tls.verify is false: its certificate is"
+                        " not checked\n", c->hosts[i].name);
         fprintf(out, "configuration ok\n");
         config_unref(c);
         return 0;

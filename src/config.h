@@ -87,6 +87,11 @@ struct cfg_host {
     enum cfg_host_auth auth; /* how its API key is sent */
     struct cfg_strlist apis; /* endpoint families it serves; empty = all */
     unsigned apis_mask;      /* 1 << enum api_family of each; ~0 = all */
+    struct {                 /* https:// upstreams */
+        char *ca_file;       /* NULL = the system CA store; resolved path */
+        int   verify;        /* 0: certificate not checked (labs only) */
+        char *server_name;   /* NULL = the URL's host */
+    } tls;
 };
 
 struct cfg_key {

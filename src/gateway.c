@@ -819,13 +819,20 @@ size_t gateway_listeners(const struct gateway *gw, const struct config *cfg,
 }
 
 /* The listeners' certificate: installed for new handshakes, and a warning
- * when it expires soon (at start and at each reload). */
+ * when it expires soon; a warning for each upstream whose certificate is
+ * not checked (tls.verify: false). At start and at each reload. */
 static void tls_install(const struct config *cfg)
 {
     const struct tls_cert_info *ci = tls_ctx_cert(cfg->server.tls_ctx);
     int64_t now = gw_unix_ms() / 1000;
     char when[32];
+    size_t i;
 
+    for (i = 0; i < cfg->nhosts; i++)
+        if (!cfg->hosts[i].tls.verify)
+            log_warn("host %s: tls.verify is false: its certificate is not checked"
+                     " (anyone on the path can read and change its traffic)",
+                     cfg->hosts[i].name);
     tls_current_set(cfg->server.tls_ctx);
     if (ci == NULL)
         return;

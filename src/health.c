@@ -634,6 +634,9 @@ static void probe_start(struct probe *p)
     ur.nheaders = nh;
     ur.connect_timeout_ms = c->health.timeout_ms;
     ur.total_timeout_ms = c->health.timeout_ms;
+    ur.ca_file = c->hosts[p->idx].tls.ca_file;
+    ur.insecure = !c->hosts[p->idx].tls.verify;
+    ur.server_name = c->hosts[p->idx].tls.server_name;
 
     p->status = 0;
     p->len = 0;

@@ -1347,6 +1347,9 @@ static int px_send(struct px_leg *l)
     ur.body = s->body ? s->body : p->body;
     ur.body_len = s->body ? s->body_len : p->body_len;
     ur.connect_timeout_ms = per_try;
+    ur.ca_file = ch->tls.ca_file;
+    ur.insecure = !ch->tls.verify;
+    ur.server_name = ch->tls.server_name;
     /* A whole (non-streamed) answer must come within the deadline. */
     ur.total_timeout_ms = p->want_stream ? 0 : (left > 0 ? left : 1);
 

@@ -45,6 +45,8 @@ struct curl_xfer {
     struct upstream_xfer      x;           /* first: what callers hold */
     CURL                     *easy;
     struct curl_slist        *hdrs;
+    struct curl_slist        *connect_to; /* tls.server_name */
+    char                     *url;        /* ...and the URL rewritten for it */
     int                       raw;         /* not HTTP: no head to wait for */
     struct curl_xfer         *next_cancelled;
     char                      errbuf[CURL_ERROR_SIZE];
@@ -186,6 +188,32 @@ void upstream_rh_clear(struct upstream_xfer *x)
 
 /* --- curl transfers ---------------------------------------------------- */
 
+/* tls.server_name: the URL names server_name (SNI, certificate check,
+ * Host) and CURLOPT_CONNECT_TO sends the connection to the URL's own
+ * host and port. */
+static int tls_name(struct curl_xfer *cx, const struct upstream_req *req)
+{
+    CURLU *cu = curl_url();
+    char *host = NULL, *port = NULL, line[600];
+    int rc = -1;
+
+    if (cu && curl_url_set(cu, CURLUPART_URL, req->url, 0) == CURLUE_OK
+        && curl_url_get(cu, CURLUPART_HOST, &host, 0) == CURLUE_OK
+        && curl_url_get(cu, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK
+        && curl_url_set(cu, CURLUPART_HOST, req->server_name, 0) == CURLUE_OK
+        && curl_url_get(cu, CURLUPART_URL, &cx->url, 0) == CURLUE_OK
+        && (size_t)snprintf(line, sizeof(line), "%s:%s:%s:%s", req->server_name, port,
+                            host, port) < sizeof(line)
+        && (cx->connect_to = curl_slist_append(NULL, line)) != NULL) {
+        curl_easy_setopt(cx->easy, CURLOPT_CONNECT_TO, cx->connect_to);
+        rc = 0;
+    }
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(cu);
+    return rc;
+}
+
 static void curl_xfer_free(struct curl_xfer *cx)
 {
     struct upstream *u = cx->x.u;
@@ -199,6 +227,8 @@ static void curl_xfer_free(struct curl_xfer *cx)
         curl_easy_cleanup(cx->easy);
     }
     curl_slist_free_all(cx->hdrs);   /* holds the key: gone with the xfer */
+    curl_slist_free_all(cx->connect_to);
+    curl_free(cx->url);
     upstream_rh_clear(&cx->x);
     u->active--;
     free(cx);
@@ -367,7 +397,15 @@ static struct upstream_xfer *curl_start(struct upstream *u,
         goto fail;
     cx->hdrs = l;
 
-    curl_easy_setopt(easy, CURLOPT_URL, req->url);
+    if (req->server_name && tls_name(cx, req) < 0)
+        goto fail;
+    curl_easy_setopt(easy, CURLOPT_URL, cx->url ? cx->url : req->url);
+    if (req->ca_file)
+        curl_easy_setopt(easy, CURLOPT_CAINFO, req->ca_file);
+    if (req->insecure) {
+        curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
     curl_easy_setopt(easy, CURLOPT_PRIVATE, cx);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, cx->errbuf);
@@ -400,6 +438,8 @@ static struct upstream_xfer *curl_start(struct upstream *u,
 
 fail:
     curl_slist_free_all(cx->hdrs);
+    curl_slist_free_all(cx->connect_to);
+    curl_free(cx->url);
     curl_easy_cleanup(easy);
     free(cx);
     return NULL;

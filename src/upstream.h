@@ -55,6 +55,13 @@ struct upstream_req {
     size_t      body_len;
     int64_t     connect_timeout_ms;
     int64_t     total_timeout_ms; /* 0 = none */
+    /* https:// only (hosts.json `tls`): certificates are verified against
+     * the system CA store unless ca_file names another; insecure = 1 skips
+     * the check; server_name replaces the URL's host for SNI, verification
+     * and Host, while the connection still goes to the URL's address. */
+    const char *ca_file;
+    int         insecure;
+    const char *server_name;
 };
 
 struct upstream *upstream_new(struct event_base *base);

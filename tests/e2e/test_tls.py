@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from conftest import INFERGATE_BIN, SANITIZED, Gateway, free_port, hosts_of, proc_env, \
+from conftest import INFERGATE_BIN, SANITIZED, Gateway, Mock, free_port, hosts_of, proc_env, \
     wait_for, write_conf
 from tls_pki import Pki
 
@@ -265,6 +265,8 @@ def test_rotation_under_load(mocks, gateway, tmp_path, pki):
             if conn:
                 conn.close()
 
+    # The port accepts before the signal handlers are in place (worker threads).
+    wait_for(lambda: "started (pid" in g.output(), timeout=15 * SLOW, what="start-up")
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
@@ -391,3 +393,83 @@ def test_handshake_slowloris_is_bounded(mocks, gateway, pki):
         for s in socks:
             s.close()
     g.stop()
+
+
+# ------------------------------------------------------------ upstreams
+class TLSMock(Mock):
+    """infergate-mock serving HTTPS with a certificate of `pki`."""
+
+    def __init__(self, name, pki, *args):
+        self.pki = pki
+        cert, key, _ = pki.issue()
+        super().__init__(name, "--tls-cert", cert, "--tls-key", key, *args)
+        self.url = "https://127.0.0.1:%d" % self.port
+
+    def stats(self):
+        st, _, data = https(self.port, self.pki.ca, "GET", "/_mock/stats")
+        assert st == 200, data
+        return json.loads(data)
+
+
+@pytest.fixture
+def tls_mock(tmp_path):
+    started = []
+
+    def make(*args):
+        m = TLSMock("u%d" % len(started), Pki(tmp_path / ("upki%d" % len(started)),
+                                              name="Upstream CA"), *args)
+        started.append(m)
+        return m
+
+    yield make
+    for m in started:
+        err = m.stop()
+        assert "Sanitizer" not in err and "runtime error" not in err, err
+
+
+def test_https_upstream_verified_against_ca_file(gateway, tls_mock):
+    m = tls_mock()
+    # Without ca_file the system store does not know the mock's CA: refused.
+    g = gateway([{"name": "up", "url": m.url}], policies="retry:\n  max_attempts: 1\n")
+    st, _, body = g.chat()
+    assert st == 502, body
+    assert "SSL certificate problem" in json.loads(body)["error"]["message"], body
+    assert m.stats()["requests"] == 0
+    g.stop()
+    # With it: chat and stream, over reused connections.
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
+    for i in range(20):
+        st, _, body = g.chat(stream=i % 2 == 1)
+        assert st == 200, body
+        assert (b"[DONE]" in body) if i % 2 else json.loads(body)["object"] == "chat.completion"
+    s = m.stats()
+    assert s["requests"] == 20
+    # Connections are kept and reused: a few per worker, far fewer than requests.
+    assert 1 <= s["tls_handshakes"] <= 6, s
+    g.stop()
+
+
+def test_https_upstream_server_name_and_verify_false(gateway, tls_mock):
+    m = tls_mock()
+    # The certificate names localhost and 127.0.0.1, not "wrong.test".
+    g = gateway([{"name": "bad", "url": m.url,
+                  "tls": {"ca_file": m.pki.ca, "server_name": "wrong.test"}}],
+                policies="retry:\n  max_attempts: 1\n")
+    st, _, body = g.chat()
+    assert st == 502, body
+    g.stop()
+    g = gateway([{"name": "good", "url": m.url,
+                  "tls": {"ca_file": m.pki.ca, "server_name": "localhost"}}])
+    st, _, body = g.chat()
+    assert st == 200, body
+    assert m.stats()["last_headers"]["host"].startswith("localhost:")
+    g.stop()
+    # verify: false works without the CA, with a warning at start and reload.
+    g = gateway([{"name": "lab", "url": m.url, "tls": {"verify": False}}],
+                policies="admin:\n  token: tk\n")
+    st, _, body = g.chat()
+    assert st == 200, body
+    st, _, body = g.request("POST", "/admin/reload", headers={"Authorization": "Bearer tk"})
+    assert st == 200, body
+    out = g.stop()
+    assert out.count("host lab: tls.verify is false") == 2, out

@@ -26,6 +26,10 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "mock.h"
 
@@ -56,6 +60,8 @@ static const char usage_text[] =
 "  --probe-status N           status of GET /v1/models, /info, /api/info\n"
 "  --probe-delay-ms N         delay of the same\n"
 "  --strict-models            a model not in --models gets 404 model_not_found\n"
+"  --tls-cert FILE            serve HTTPS with this PEM certificate (and --tls-key)\n"
+"  --tls-key FILE             its PEM private key\n"
 "  --quiet                    nothing on stderr but fatal errors\n"
 "  --verbose                  one stderr line per answer\n"
 "  -h, --help                 this text\n";
@@ -265,7 +271,7 @@ enum {
     OPT_DELAY, OPT_CHUNKS, OPT_INTERVAL, OPT_CLOSE_AFTER, OPT_HANG,
     OPT_GARBAGE, OPT_DROP, OPT_CONTAINERS, OPT_PENDING, OPT_FAIL_KEY,
     OPT_FAIL_NEXT, OPT_PROBE_STATUS, OPT_PROBE_DELAY, OPT_STRICT, OPT_QUIET,
-    OPT_VERBOSE, OPT_CONTENT_BYTES
+    OPT_VERBOSE, OPT_CONTENT_BYTES, OPT_TLS_CERT, OPT_TLS_KEY
 };
 
 static const struct option long_opts[] = {
@@ -291,11 +297,15 @@ static const struct option long_opts[] = {
     { "strict-models",      no_argument,       NULL, OPT_STRICT },
     { "quiet",              no_argument,       NULL, OPT_QUIET },
     { "verbose",            no_argument,       NULL, OPT_VERBOSE },
+    { "tls-cert",           required_argument, NULL, OPT_TLS_CERT },
+    { "tls-key",            required_argument, NULL, OPT_TLS_KEY },
     { "help",               no_argument,       NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
 
 /* Fills mock.boot from argv. Returns 0, 1 for --help, -1 on error. */
+static const char *tls_cert, *tls_key;
+
 static int parse_args(int argc, char **argv, const char **listen_spec)
 {
     struct mock_conf *c = &mock.boot;
@@ -327,6 +337,8 @@ static int parse_args(int argc, char **argv, const char **listen_spec)
         case OPT_STRICT:       c->strict_models = 1; break;
         case OPT_QUIET:        mock.quiet = 1; break;
         case OPT_VERBOSE:      mock.verbose = 1; break;
+        case OPT_TLS_CERT:     tls_cert = o; break;
+        case OPT_TLS_KEY:      tls_key = o; break;
         case 'h':              fputs(usage_text, stdout); return 1;
         default:               fputs(usage_text, stderr); return -1;
         }
@@ -346,6 +358,40 @@ static int parse_args(int argc, char **argv, const char **listen_spec)
         snprintf(mock.name, sizeof(mock.name), "%s", name);
     }
     return 0;
+}
+
+/* HTTPS: evhttp asks for each connection's bufferevent (libevent's
+ * https-server sample). /_mock/stats counts the handshakes. */
+static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
+{
+    SSL *ssl = SSL_new(arg);
+
+    return ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE)
+               : NULL;
+}
+
+static SSL_CTX *tls_setup(void)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+    if (ctx == NULL || SSL_CTX_use_certificate_chain_file(ctx, tls_cert) != 1
+        || SSL_CTX_use_PrivateKey_file(ctx, tls_key, SSL_FILETYPE_PEM) != 1) {
+        fprintf(stderr, "infergate-mock: --tls-cert/--tls-key: %s\n",
+                ERR_reason_error_string(ERR_get_error()));
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"mock", 4);
+    return ctx;
+}
+
+long long mock_tls_handshakes(long long *resumed)
+{
+    SSL_CTX *ctx = mock.tls;
+
+    *resumed = ctx ? SSL_CTX_sess_hits(ctx) : 0;
+    return ctx ? SSL_CTX_sess_accept_good(ctx) : 0;
 }
 
 int main(int argc, char **argv)
@@ -382,6 +428,18 @@ int main(int argc, char **argv)
     }
     evhttp_set_timeout(mock.http, IDLE_TIMEOUT_SEC);
     evhttp_set_gencb(mock.http, on_request, NULL);
+    if ((tls_cert != NULL) != (tls_key != NULL)) {
+        fprintf(stderr, "infergate-mock: --tls-cert and --tls-key go together\n");
+        close(fd);
+        goto out;
+    }
+    if (tls_cert) {
+        if ((mock.tls = tls_setup()) == NULL) {
+            close(fd);
+            goto out;
+        }
+        evhttp_set_bevcb(mock.http, tls_bevcb, mock.tls);
+    }
     if (evhttp_accept_socket_with_handle(mock.http, fd) == NULL) {
         fprintf(stderr, "infergate-mock: cannot accept on %s\n", bound);
         close(fd);
@@ -412,6 +470,7 @@ out:
     mock_api_shutdown();
     if (mock.http)
         evhttp_free(mock.http);
+    SSL_CTX_free(mock.tls);
     if (sigterm)
         event_free(sigterm);
     if (sigint)

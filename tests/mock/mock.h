@@ -74,6 +74,7 @@ struct mock_stats {
 struct mock {
     struct event_base *base;
     struct evhttp     *http;
+    void              *tls;          /* SSL_CTX with --tls-cert, else NULL */
     char   name[MOCK_NAME_MAX];
     int    quiet;                /* nothing on stderr but fatal errors */
     int    verbose;              /* one stderr line per answer */
@@ -114,5 +115,9 @@ void mock_control(struct evhttp_request *req, const char *path);
 /* mock_api.c */
 void mock_api(struct evhttp_request *req, const char *path);
 void mock_api_shutdown(void);    /* forget parked requests before evhttp_free */
+
+/* TLS handshakes completed since start, and how many of them resumed a
+ * session (0 without --tls-cert). */
+long long mock_tls_handshakes(long long *resumed);
 
 #endif

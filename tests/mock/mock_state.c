@@ -502,6 +502,11 @@ static json_t *stats_to_json(void)
     json_object_set_new(o, "drops", json_integer(st->drops));
     json_object_set_new(o, "in_flight", json_integer(mock.in_flight));
     json_object_set_new(o, "seq", json_integer((json_int_t)mock.seq));
+    {
+        long long resumed, n = mock_tls_handshakes(&resumed);
+        json_object_set_new(o, "tls_handshakes", json_integer(n));
+        json_object_set_new(o, "tls_resumed", json_integer(resumed));
+    }
 
     while (at < st->last_headers.len) {
         const char *k = st->last_headers.p + at;
