@@ -50,7 +50,7 @@ step "staging the source tree in ${STAGE#"$ROOT"/}"
 rm -rf "$OUT"
 mkdir -p "$STAGE"
 tar -cf - --exclude='*.o' --exclude=__pycache__ \
-    Makefile LICENSE README.md src conf schemas docs packaging \
+    Makefile LICENSE README.md src web scripts/embed-page.sh conf schemas docs packaging \
     | tar -xf - -C "$STAGE"
 cp -r packaging/debian "$STAGE/debian"
 

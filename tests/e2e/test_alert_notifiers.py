@@ -30,7 +30,7 @@ from conftest import ROOT, SANITIZED, free_port, proc_env, wait_for
 
 SOURCES = ["tests/alerts_driver/alerts_driver.c", "src/alerts.c", "src/metrics.c",
            "src/upstream.c", "src/upstream_h1.c", "src/log.c", "src/config.c", "src/doc.c", "src/session.c",
-           "src/session_redis.c"]
+           "src/session_redis.c", "src/tls.c"]
 FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
 REL_FLAGS = ["-O2", "-g"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
@@ -44,7 +44,7 @@ SMTP_USER, SMTP_PASSWORD = "alerts", "smtp-pass-Zq9v"
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("alerts_driver") / "alerts_driver")
-    pkg = subprocess.run(["pkg-config", "--cflags", "--libs", "libevent", "libcurl", "jansson",
+    pkg = subprocess.run(["pkg-config", "--cflags", "--libs", "libevent", "libevent_openssl", "openssl", "libcurl", "jansson",
                           "yaml-0.1", "hiredis"],
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + FLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
