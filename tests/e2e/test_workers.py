@@ -148,6 +148,9 @@ def test_reloads_under_load_lose_nothing_then_drain(mocks, gateway):
         # Four POSTs reload each; the two SIGHUPs at least once (a SIGHUP that
         # comes while a reload runs shares the one that follows).
         wait_for(lambda: status_doc(g)["generation"] >= 6, what="every reload installed")
+        # The load goes on until it has some volume: how much fits in the
+        # reloads' time depends on the machine (sanitizers, a busy core).
+        wait_for(lambda: done[0] > 20 or errors, timeout=60, what="load during the reloads")
     finally:
         stop.set()
         for t in ts:
