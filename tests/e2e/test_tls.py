@@ -18,6 +18,7 @@ import pytest
 
 from conftest import INFERGATE_BIN, SANITIZED, Gateway, Mock, free_port, hosts_of, proc_env, \
     wait_for, write_conf
+from test_api_sdk import node_sdks  # noqa: F401 -- a fixture
 from tls_pki import Pki
 
 SLOW = 10 if SANITIZED else 1
@@ -473,3 +474,26 @@ def test_https_upstream_server_name_and_verify_false(gateway, tls_mock):
     assert st == 200, body
     out = g.stop()
     assert out.count("host lab: tls.verify is false") == 2, out
+
+
+# ------------------------------------------------------------ the SDK
+def test_openai_node_sdk_over_https(node_sdks, mocks, gateway, pki):
+    """The official openai npm package, trusting the test CA through
+    NODE_EXTRA_CA_CERTS: a chat completion and a stream over TLS."""
+    ms = mocks(1)
+    cert, key, _ = pki.issue()
+    g = gateway(hosts_of(ms), policies=tls_policies(cert, key))
+    env = dict(os.environ, INFERGATE_URL="https://127.0.0.1:%d" % g.port,
+               NODE_EXTRA_CA_CERTS=pki.ca)
+    r = subprocess.run(["node", "tls_chat.mjs"], cwd=node_sdks, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr + g.output()[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["chat"] == {"object": "chat.completion", "text": "Hello from m0"}, out
+    assert out["stream"]["chunks"] >= 5 and out["stream"]["text"], out
+    # Without the CA the SDK refuses the certificate: it is TLS for real.
+    env.pop("NODE_EXTRA_CA_CERTS")
+    r = subprocess.run(["node", "tls_chat.mjs"], cwd=node_sdks, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    g.stop()
