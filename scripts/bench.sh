@@ -1,7 +1,8 @@
 #!/bin/sh
 # make bench: direct vs nginx vs infergate on the same mock upstreams, with
 # wrk (JSON and SSE, 64 and 256 connections) and a small C client for the
-# time to first SSE chunk; then infergate with 10 vs 10,000 hosts.
+# time to first SSE chunk; then infergate with 10 vs 10,000 hosts, and
+# infergate vs nginx in front of HTTPS (TLS) mocks.
 # Reports, never asserts. Prints a table, writes bench/results/*.json.
 #
 #   ./scripts/bench.sh                  full run (~7 min on 2 cores)

@@ -27,6 +27,8 @@ Environment (all optional):
   BENCH_SCALE_STREAMS  idle streams to hold (10000; fewer if RLIMIT_NOFILE is short)
   BENCH_POOL=0         skip the pool-size run (10 vs 10,000 hosts, reload, -t)
   BENCH_WORKERS=0      skip the server.workers run (1 worker vs 2, JSON, 64 connections)
+  BENCH_HTTPS=0        skip the HTTPS-upstream run (infergate vs nginx to TLS mocks)
+  BENCH_HTTPS_ONLY=1   only the HTTPS-upstream run
   BENCH_NOISY_PCT      a repetition during which other processes used more than
                        this % of a core is left out of the median when possible (15)
   BENCH_PERF=1         one extra JSON run of infergate under perf record -g (needs
@@ -126,6 +128,8 @@ DO_TTFB = os.environ.get("BENCH_TTFB", "1") not in ("0", "")
 DO_POOL = os.environ.get("BENCH_POOL", "1") not in ("0", "")
 DO_WORKERS = os.environ.get("BENCH_WORKERS", "1") not in ("0", "")
 DO_PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
+DO_HTTPS = os.environ.get("BENCH_HTTPS", "1") not in ("0", "")
+HTTPS_ONLY = os.environ.get("BENCH_HTTPS_ONLY", "") not in ("", "0")
 NMOCKS = max(1, env_int("BENCH_MOCKS", 2))
 CONTENT_BYTES = env_int("BENCH_CONTENT_BYTES", 700)
 # Fixed-rate (open loop) runs: latency added by the proxy when it is not
@@ -376,9 +380,9 @@ def mock_has_flag(flag):
         return False
 
 
-def start_mock(name, cpus):
+def start_mock(name, cpus, extra=()):
     argv = [MOCK, "--listen", "127.0.0.1:0", "--name", name, "--quiet",
-            "--models", MODEL, "--chunks", str(SSE_CHUNKS)]
+            "--models", MODEL, "--chunks", str(SSE_CHUNKS), *extra]
     if CONTENT_BYTES > 0 and mock_has_flag("--content-bytes"):
         argv += ["--content-bytes", str(CONTENT_BYTES)]
     p = PROCS.start(name, argv, cpus=cpus, stdout=subprocess.PIPE, text=True)
@@ -398,9 +402,17 @@ def mock_config(mocks, **conf):
             raise RuntimeError("mock config %s: %d %s" % (m.addr, st, body))
 
 
-def write_nginx_conf(tmp, listen, upstreams):
+def write_nginx_conf(tmp, listen, upstreams, https_ca=None):
     with open(os.path.join(HERE, "nginx.conf.in")) as f:
         conf = f.read()
+    if https_ca:
+        # TLS to the upstreams, verified, sessions reused on new connections.
+        conf = conf.replace("proxy_pass http://mocks;", "proxy_pass https://mocks;\n"
+                            "            proxy_ssl_session_reuse on;\n"
+                            "            proxy_ssl_verify on;\n"
+                            "            proxy_ssl_trusted_certificate %s;\n"
+                            "            proxy_ssl_server_name on;\n"
+                            "            proxy_ssl_name localhost;" % https_ca)
     servers = "\n".join("        server %s max_fails=0;" % u for u in upstreams)
     nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
     conf = conf.replace("@TMP@", tmp).replace("@LISTEN@", listen).replace("@SERVERS@", servers)
@@ -411,10 +423,10 @@ def write_nginx_conf(tmp, listen, upstreams):
     return path
 
 
-def start_nginx(tmp, upstreams):
+def start_nginx(tmp, upstreams, https_ca=None):
     port = free_port()
     listen = "127.0.0.1:%d" % port
-    conf = write_nginx_conf(tmp, listen, upstreams)
+    conf = write_nginx_conf(tmp, listen, upstreams, https_ca)
     chk = subprocess.run([NGINX, "-t", "-q", "-p", tmp, "-c", conf], capture_output=True, text=True)
     if chk.returncode != 0:
         raise RuntimeError("nginx -t failed:\n" + chk.stderr)
@@ -428,12 +440,16 @@ def start_nginx(tmp, upstreams):
 
 
 def infergate_conf_dir(tmp, name, upstreams, nhosts=None, nkeys=4, health=True, extra="",
-                       log_level="warn", workers=1):
+                       log_level="warn", workers=1, https_ca=None):
     d = os.path.join(tmp, name)
     os.makedirs(d, exist_ok=True)
     if nhosts is None:
         hosts = [{"name": "up-%d" % i, "url": "http://%s" % u, "models": [MODEL]}
                  for i, u in enumerate(upstreams)]
+        if https_ca:
+            for h in hosts:
+                h["url"] = h["url"].replace("http://", "https://")
+                h["tls"] = {"ca_file": https_ca}
     else:
         hosts = [{"name": "h%05d.bench" % i, "url": "http://%s" % upstreams[i % len(upstreams)],
                   "models": [MODEL]} for i in range(nhosts)]
@@ -850,6 +866,13 @@ def run_all(tmp, results, t_begin):
         bodies[scen] = os.path.join(tmp, "body-%s.json" % scen)
         with open(bodies[scen], "w") as f:
             f.write(chat_body(stream))
+    if HTTPS_ONLY:
+        results["https"] = run_https(tmp, bodies)
+        results["elapsed_s"] = round(time.monotonic() - t_begin, 1)
+        print_https_table(results["https"])
+        path = write_results(results)
+        log("results: %s (%.0f s)" % (os.path.relpath(path, ROOT), results["elapsed_s"]))
+        return 0
 
     # Upstreams on the load cores; the direct target's own mock on the target core.
     ups = [start_mock("up-%d" % i, LOAD_CPUS) for i in range(NMOCKS)]
@@ -973,6 +996,9 @@ def run_all(tmp, results, t_begin):
 
     if DO_WORKERS and "infergate" in TARGETS:
         results["workers"] = run_workers(tmp, up_addrs, bodies["json"])
+
+    if DO_HTTPS:
+        results["https"] = run_https(tmp, bodies)
 
     if DO_POOL and "infergate" in TARGETS:
         results["pool"] = run_pool(tmp, up_addrs, bodies["json"])
@@ -1247,6 +1273,126 @@ def print_workers_table(wk):
     log("")
 
 
+def make_test_ca(tmp):
+    """A CA and a localhost/127.0.0.1 certificate for the TLS mocks (openssl CLI)."""
+    d = os.path.join(tmp, "tls")
+    os.makedirs(d, exist_ok=True)
+
+    def ossl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA")
+    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "up.key", "-out", "up.csr", "-subj", "/CN=localhost")
+    with open(os.path.join(d, "ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", "up.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "up.pem", "-days", "2", "-extfile", "ext")
+    return {k: os.path.join(d, k + ".pem") for k in ("ca", "up")} | {"key": os.path.join(d, "up.key")}
+
+
+def tls_mock_stats(mocks, ca):
+    """(requests, TLS handshakes, resumed) summed over the TLS mocks."""
+    req = hs = res = 0
+    for m in mocks:
+        out = subprocess.run(["curl", "-s", "--cacert", ca, "https://%s/_mock/stats" % m.addr],
+                             capture_output=True, text=True, timeout=10)
+        s = json.loads(out.stdout)
+        req += s["requests"]
+        hs += s.get("tls_handshakes", 0)
+        res += s.get("tls_resumed", 0)
+    return req, hs, res
+
+
+def run_https(tmp, bodies):
+    """infergate vs nginx (proxy_pass https://, keep-alive, proxy_ssl_session_reuse)
+    in front of TLS mocks: JSON and SSE at 64 connections, CPU per request, and
+    the handshakes the mocks counted (connections reused: far fewer than requests)."""
+    if not mock_has_flag("--tls-cert"):
+        note("the mock has no --tls-cert: no HTTPS-upstream run")
+        return {}
+    try:
+        pki = make_test_ca(tmp)
+    except (OSError, subprocess.CalledProcessError) as e:
+        note("HTTPS run: cannot make a test CA: %s" % e)
+        return {}
+    mocks, procs, runs, seen = [], {}, {}, {}
+    try:
+        mocks = [start_mock("tls-%d" % i, LOAD_CPUS,
+                            ("--tls-cert", pki["up"], "--tls-key", pki["key"]))
+                 for i in range(NMOCKS)]
+        addrs = [m.addr for m in mocks]
+        ntmp = os.path.join(tmp, "nginx-https")
+        os.makedirs(ntmp, exist_ok=True)
+        procs["nginx"] = start_nginx(ntmp, addrs, pki["ca"])
+        procs["infergate"] = start_infergate(
+            tmp, "infergate-https", infergate_conf_dir(tmp, "conf-https", addrs, https_ca=pki["ca"]))
+        for t, p in procs.items():
+            sanity(t, p.addr, tmp)
+            for scen in SCENARIOS:
+                run_wrk(p.addr, bodies[scen], 64, WARMUP, p.pid)
+        for rep in range(REPS):
+            for scen in SCENARIOS:
+                for t, p in procs.items():
+                    r0 = tls_mock_stats(mocks, pki["ca"])
+                    try:
+                        r = run_wrk(p.addr, bodies[scen], 64, DURATION, p.pid)
+                    except RuntimeError as e:
+                        note("https %s %s rep %d: %s" % (t, scen, rep + 1, e))
+                        continue
+                    r1 = tls_mock_stats(mocks, pki["ca"])
+                    r["upstream_requests"] = r1[0] - r0[0]
+                    r["upstream_handshakes"] = r1[1] - r0[1]
+                    r["upstream_resumed"] = r1[2] - r0[2]
+                    runs.setdefault(scen, {}).setdefault(t, []).append(r)
+                    log("  rep %d https %-4s %-10s %10s req/s  p99 %6s ms  err %d  cpu %3.0f%%  "
+                        "CPU %s us/req  upstream handshakes %d for %d requests" % (
+                            rep + 1, scen, t, fmt_rate(r["rps"]), fmt_ms(r["p99_ms"]), r["errors"],
+                            r["cpu_pct"], r["cpu_us_per_req"], r["upstream_handshakes"],
+                            r["upstream_requests"]))
+        seen = {"total": dict(zip(("requests", "handshakes", "resumed"),
+                                  tls_mock_stats(mocks, pki["ca"])))}
+    except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
+        note("HTTPS run: %s" % e)
+    finally:
+        for p in list(procs.values()) + mocks:
+            PROCS.stop(p)
+    cells = {scen: {t: median_of(v) for t, v in c.items()} for scen, c in runs.items()}
+    ratios = {}
+    for scen, c in cells.items():
+        ig, ng = c.get("infergate"), c.get("nginx")
+        if ig and ng:
+            ratios[scen] = {"rps_vs_nginx": ratio(ig["rps"], ng["rps"]),
+                            "cpu_per_req_vs_nginx": ratio(ig.get("cpu_us_per_req"),
+                                                          ng.get("cpu_us_per_req"))}
+    return {"cells": cells, "runs": runs, "ratios": ratios, "upstream_tls": seen}
+
+
+def print_https_table(hs):
+    if not hs or not hs.get("cells"):
+        return
+    log("HTTPS upstreams: %d TLS mocks (certificates from a test CA, verified by both), "
+        "64 connections; nginx: proxy_pass https://, keepalive, proxy_ssl_session_reuse on"
+        % NMOCKS)
+    log("%-6s %-10s %10s %8s %8s %7s %6s %10s %16s" % (
+        "", "target", "req/s", "p50 ms", "p99 ms", "errors", "CPU%", "CPU us/req",
+        "handshakes/req"))
+    log("-" * 92)
+    for scen, c in hs["cells"].items():
+        for t, m in sorted(c.items()):
+            hpr = (m.get("upstream_handshakes", 0) / m["upstream_requests"]
+                   if m.get("upstream_requests") else None)
+            log("%-6s %-10s %10s %8s %8s %7d %6.0f %10s %16s" % (
+                scen, t, ("*" if m.get("noisy") else "") + fmt_rate(m["rps"]), fmt_ms(m["p50_ms"]),
+                fmt_ms(m["p99_ms"]), m["errors"], m["cpu_pct"], m.get("cpu_us_per_req"),
+                "%.4f" % hpr if hpr is not None else "-"))
+        r = hs["ratios"].get(scen)
+        if r:
+            log("%17s %s: infergate / nginx: req/s %s, CPU per request %s" % (
+                "", scen, r["rps_vs_nginx"], r["cpu_per_req_vs_nginx"]))
+    log("")
+
+
 def perf_report(perf_out):
     try:
         o = subprocess.run(["perf", "report", "-i", perf_out, "--stdio", "--no-children",
@@ -1270,6 +1416,8 @@ def print_all(results):
         print_scale_table(results["scale"])
     if results.get("workers"):
         print_workers_table(results["workers"])
+    if results.get("https"):
+        print_https_table(results["https"])
     if "pool" in results:
         print_pool_table(results["pool"])
     if results.get("upstream_stats"):
