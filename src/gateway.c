@@ -922,6 +922,16 @@ int gateway_start(struct gateway *gw)
     return 0;
 }
 
+/* http.c's error bodies: Anthropic's shape on its routes (also for the
+ * server's own 413, 431, 408 and 400 there). */
+static char *gw_error_body(const char *path, int status, const char *type,
+                           const char *code, const char *msg)
+{
+    if (route_family_of_path(path) != API_MESSAGES)
+        return NULL;
+    return route_error_body(API_ANTHROPIC, status, type, code, msg);
+}
+
 int gateway_init(struct gateway *gw, struct event_base *base,
                  struct config *cfg, const char *conf_dir,
                  const char *listen_override)
@@ -930,6 +940,7 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     size_t nls, i;
 
     memset(gw, 0, sizeof(*gw));
+    http_set_error_body(gw_error_body);
     gw->base = base;
     gw->conf_dir = conf_dir;
     gw->listen_override = listen_override;

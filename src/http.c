@@ -437,6 +437,13 @@ void http_reply(struct http_req *r, int status, const char *ctype,
     req_finish(r);
 }
 
+static http_error_body_fn error_body_fn;
+
+void http_set_error_body(http_error_body_fn fn)
+{
+    error_body_fn = fn;
+}
+
 void http_reply_error(struct http_req *r, int status, const char *type,
                       const char *code, const char *fmt, ...)
 {
@@ -448,6 +455,12 @@ void http_reply_error(struct http_req *r, int status, const char *type,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (error_body_fn && r->target
+        && (s = error_body_fn(r->target, status, type, code, msg)) != NULL) {
+        http_reply(r, status, "application/json", s, strlen(s));
+        free(s);
+        return;
+    }
     o = json_pack("{s:{s:s, s:s, s:s?}}", "error", "message", msg,
                   "type", type, "code", code);
     s = o ? json_dumps(o, JSON_COMPACT) : NULL;

@@ -43,6 +43,14 @@ struct http_limits {
 
 struct http_server *http_server_new(struct event_base *base, http_handler h,
                                     void *arg);
+
+/* Error bodies in another API's shape for some paths (Anthropic's under
+ * /v1/messages): returns a malloc'd JSON body, or NULL for the default
+ * OpenAI shape. Used by http_reply_error(), including the server's own
+ * limits (413, 431, 408, 400). Set once, before serving. */
+typedef char *(*http_error_body_fn)(const char *path, int status, const char *type,
+                                    const char *code, const char *msg);
+void http_set_error_body(http_error_body_fn fn);
 /* Binds "ADDR:PORT" or "[V6]:PORT". Returns -1 with a message in err. */
 int    http_server_listen(struct http_server *s, const char *addr,
                           char *err, size_t errlen);

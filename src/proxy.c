@@ -1844,7 +1844,7 @@ static void px_start(struct proxy *p)
 /* The top-level members a proxied body is read for; the rest is the
  * upstream's to judge. The last of duplicate members wins, as in jansson. */
 struct px_fields {
-    struct jscan_val model, stream, messages, user, id, prev_rid, stream_options;
+    struct jscan_val model, stream, messages, user, id, prev_rid, stream_options, conversation;
 };
 
 static void px_field(void *arg, const char *key, size_t klen, const struct jscan_val *v)
@@ -1867,6 +1867,8 @@ static void px_field(void *arg, const char *key, size_t klen, const struct jscan
         dst = &f->prev_rid;
     else if (IS("stream_options"))
         dst = &f->stream_options;
+    else if (IS("conversation"))
+        dst = &f->conversation;
 #undef IS
     if (dst)
         *dst = *v;
@@ -1921,6 +1923,30 @@ static int px_ask_usage(struct proxy *p, const struct jscan_val *opts)
     p->body = p->body_own;
     p->body_len = strlen(p->body_own);
     return 0;
+}
+
+static void px_conv_member(void *arg, const char *key, size_t klen,
+                           const struct jscan_val *v)
+{
+    if (klen == 2 && memcmp(key, "id", 2) == 0)
+        *(struct jscan_val *)arg = *v;
+}
+
+/* Responses' "conversation": "conv_..." or {"id": "conv_..."}; NULL if
+ * neither (the upstream judges). */
+static char *px_conversation_id(const struct jscan_val *v)
+{
+    struct jscan_val id;
+    struct jscan_error err;
+
+    if (v->type == JSCAN_STRING)
+        return v->len > 2 ? jscan_string(v, NULL) : NULL;
+    memset(&id, 0, sizeof(id));
+    if (v->type != JSCAN_OBJECT
+        || jscan_top(v->start, v->len, px_conv_member, &id, &err) != JSCAN_OBJECT
+        || id.type != JSCAN_STRING || id.len <= 2)
+        return NULL;
+    return jscan_string(&id, NULL);
 }
 
 /* A JSON body: an object, with a string "model" and a boolean "stream"
@@ -2001,6 +2027,10 @@ static int px_read_json(struct proxy *p)
         p->owned = 1;
         p->lookup_kind = SESSION_RID;
         p->lookup_key = strdup(p->prev_rid);
+    } else if (p->route->family == API_RESPONSES && f.conversation.type) {
+        p->lookup_key = px_conversation_id(&f.conversation);
+        p->owned = p->lookup_key != NULL;
+        p->lookup_kind = SESSION_RID;
     }
     return 0;
 }

@@ -24,7 +24,8 @@ enum api_family {
 
 #define API_BODY_JSON    (1u << 0)  /* a JSON object body is required */
 #define API_BODY_FORM    (1u << 1)  /* multipart/form-data body is required */
-#define API_ID_IN_PATH   (1u << 2)  /* /v1/responses/{id}[/...]: goes to its owner */
+#define API_ID_IN_PATH   (1u << 2)  /* /v1/responses/{id}[/...], /v1/conversations/{id}[/...]:
+                                       goes to the host that made it */
 #define API_ANSWER_JSON  (1u << 3)  /* a 2xx non-stream answer must be JSON */
 #define API_ANSWER_RAW   (1u << 4)  /* a 2xx answer is passed on as it arrives */
 #define API_ANTHROPIC    (1u << 5)  /* Anthropic-shaped errors */
@@ -85,7 +86,8 @@ static inline const char *route_family_name(enum api_family f)
 static inline enum api_family route_family_of_path(const char *path)
 {
     static const struct { const char *prefix; size_t n; enum api_family f; } p[] = {
-        { "/v1/responses", 13, API_RESPONSES }, { "/v1/messages", 12, API_MESSAGES },
+        { "/v1/responses", 13, API_RESPONSES }, { "/v1/conversations", 17, API_RESPONSES },
+        { "/v1/messages", 12, API_MESSAGES },
         { "/v1/audio/", 10, API_AUDIO }, { "/v1/images/", 11, API_IMAGES },
         { "/v1/moderations", 15, API_MODERATIONS }, { "/v1/rerank", 10, API_RERANK },
     };

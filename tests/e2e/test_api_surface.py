@@ -127,6 +127,27 @@ def test_responses_json_stream_and_owner(mocks, gateway):
     g.stop()
 
 
+def test_conversations_pin_to_their_host(mocks, gateway):
+    ms = mocks(3)
+    g = gateway(hosts_of(ms))
+    st, h, body = g.request("POST", "/v1/conversations", {"metadata": {}})
+    assert st == 200, body
+    cid, owner = json.loads(body)["id"], h["x-upstream-host"]
+    assert cid.startswith("conv_" + owner)
+    for n in range(1, 4):
+        conv = cid if n % 2 else {"id": cid}      # both spellings
+        st, h, body = g.request("POST", "/v1/responses", dict(RESP, conversation=conv))
+        assert st == 200 and h["x-upstream-host"] == owner, body
+        assert "(turn %d)" % n in json.loads(body)["output"][0]["content"][0]["text"]
+    st, h, body = g.request("GET", "/v1/conversations/%s/items?limit=3" % cid)
+    assert h["x-upstream-host"] == owner
+    st, h, body = g.request("GET", "/v1/conversations/" + cid)
+    assert st == 200 and h["x-upstream-host"] == owner and json.loads(body)["metadata"]["turns"] == "3"
+    st, h, body = g.request("DELETE", "/v1/conversations/" + cid)
+    assert st == 200 and h["x-upstream-host"] == owner and json.loads(body)["deleted"] is True
+    g.stop()
+
+
 def test_response_owner_gone_or_down(mocks, gateway):
     ms = mocks(2)
     g = gateway(hosts_of(ms))
@@ -202,6 +223,14 @@ def test_messages_shapes_auth_and_stream(mocks, gateway):
         assert e["type"] == "error" and e["error"]["type"] == "invalid_request_error" \
             and e["error"]["message"], e
         assert api_calls(ms[0]) == before
+    # The server's own limits answer in Anthropic's shape there too.
+    st, _, data = g.request("POST", "/v1/messages", b"x" * (5 * 1024 * 1024),
+                            {"Content-Type": "application/json"})
+    e = json.loads(data)
+    assert st == 413 and e["type"] == "error" and e["error"]["type"] == "request_too_large", data
+    st, _, data = g.request("GET", "/v1/messages")
+    e = json.loads(data)
+    assert st == 405 and e["error"]["type"] == "invalid_request_error", data
     # Mid-stream break: Anthropic's error event ends the stream.
     ms[0].config(close_after_chunks=2)
     st, _, body = g.request("POST", "/v1/messages", dict(MSG, stream=True))

@@ -46,7 +46,7 @@ enum ep {
     EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_VERIFY, EP_MODELS, EP_INFO,
     EP_RESPONSES, EP_RESP_GET, EP_RESP_DELETE, EP_RESP_CANCEL, EP_RESP_ITEMS,
     EP_MESSAGES, EP_COUNT_TOKENS, EP_TRANSCRIBE, EP_SPEECH, EP_IMAGES, EP_IMAGES_FORM,
-    EP_MODERATIONS, EP_RERANK
+    EP_MODERATIONS, EP_RERANK, EP_CONV_CREATE, EP_CONV_ID
 };
 
 struct ep_def {
@@ -74,6 +74,7 @@ static const struct ep_def endpoints[] = {
     { "/v1/images/variations", EP_IMAGES_FORM, EVHTTP_REQ_POST },
     { "/v1/moderations",      EP_MODERATIONS, EVHTTP_REQ_POST },
     { "/v1/rerank",           EP_RERANK,      EVHTTP_REQ_POST },
+    { "/v1/conversations",    EP_CONV_CREATE, EVHTTP_REQ_POST },
 };
 
 /* /v1/responses/{id}[/cancel|/input_items]: filled in by find_ep. */
@@ -112,6 +113,7 @@ struct op {
 
 static struct op *ops;
 static json_t *store;                     /* Responses made here, see store_put */
+static json_t *convs;                     /* conversations: id -> {"turns": n} */
 
 /* ---- op lifecycle --------------------------------------------------- */
 
@@ -166,6 +168,8 @@ void mock_api_shutdown(void)
         op_free(ops);
     json_decref(store);
     store = NULL;
+    json_decref(convs);
+    convs = NULL;
 }
 
 /* Drops op's connection without (more of) an answer; frees the request. */
@@ -498,6 +502,41 @@ static void answer_resp_id(struct op *op)
     op_finish(op, 200, "application/json");
 }
 
+/* POST /v1/conversations; GET/POST/DELETE /v1/conversations/{id}[/...] */
+static void answer_conversation(struct op *op)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
+    char id[160];
+    json_t *c;
+
+    if (op->ep == EP_CONV_CREATE) {
+        op->seq = ++mock.seq;
+        snprintf(id, sizeof(id), "conv_%s_%llu", mock.name, op->seq);
+        if (convs == NULL)
+            convs = json_object();
+        json_object_set_new(convs, id, json_pack("{s:i}", "turns", 0));
+        evbuffer_add_printf(b, "{\"id\":\"%s\",\"object\":\"conversation\",\"created_at\":%lld,"
+                            "\"metadata\":{}}", id, (long long)time(NULL));
+        op_finish(op, 200, "application/json");
+        return;
+    }
+    c = convs ? json_object_get(convs, resp_path_id) : NULL;
+    if (c == NULL) {
+        op_error(op, 404, "Conversation not found.", "invalid_request_error", "not_found");
+        return;
+    }
+    if (evhttp_request_get_command(op->req) == EVHTTP_REQ_DELETE) {
+        evbuffer_add_printf(b, "{\"id\":\"%s\",\"object\":\"conversation.deleted\","
+                            "\"deleted\":true}", resp_path_id);
+        json_object_del(convs, resp_path_id);
+    } else {
+        evbuffer_add_printf(b, "{\"id\":\"%s\",\"object\":\"conversation\",\"created_at\":0,"
+                            "\"metadata\":{\"turns\":\"%d\",\"served_by\":\"%s\"}}", resp_path_id,
+                            (int)json_integer_value(json_object_get(c, "turns")), mock.name);
+    }
+    op_finish(op, 200, "application/json");
+}
+
 static void answer_messages(struct op *op)
 {
     struct evbuffer *b = evhttp_request_get_output_buffer(op->req);
@@ -810,6 +849,10 @@ static void op_respond(struct op *op)
     case EP_RESP_ITEMS:
         answer_resp_id(op);
         return;
+    case EP_CONV_CREATE:
+    case EP_CONV_ID:
+        answer_conversation(op);
+        return;
     case EP_MESSAGES:
     case EP_COUNT_TOKENS:
         if (op->stream)
@@ -1022,6 +1065,19 @@ static int op_read_body(struct op *op, json_t *root, const char *model)
             }
             op->turn = (int)json_integer_value(json_object_get(e, "turn")) + 1;
         }
+        v = json_object_get(root, "conversation");
+        if (json_is_object(v))
+            v = json_object_get(v, "id");
+        if (op->ep == EP_RESPONSES && json_is_string(v)) {
+            json_t *c = convs ? json_object_get(convs, json_string_value(v)) : NULL;
+            if (c == NULL) {
+                set_error(op, 404, "invalid_request_error", "conversation_not_found",
+                          "Conversation not found.");
+                break;
+            }
+            op->turn = (int)json_integer_value(json_object_get(c, "turns")) + 1;
+            json_object_set_new(c, "turns", json_integer(op->turn));
+        }
         break;
     default:
         break;
@@ -1087,6 +1143,18 @@ static const struct ep_def *find_ep(const char *path)
 {
     size_t i;
 
+    if (strncmp(path, "/v1/conversations/", 18) == 0 && path[18]) {
+        const char *id = path + 18, *slash = strchr(id, '/');
+        size_t n = slash ? (size_t)(slash - id) : strlen(id);
+        if (n == 0 || n >= sizeof(resp_path_id))
+            return NULL;
+        memcpy(resp_path_id, id, n);
+        resp_path_id[n] = '\0';
+        resp_ep.path = path;
+        resp_ep.ep = EP_CONV_ID;
+        resp_ep.method = EVHTTP_REQ_GET;   /* or DELETE, POST (see mock_api) */
+        return &resp_ep;
+    }
     if (strncmp(path, "/v1/responses/", 14) == 0 && path[14]) {
         const char *id = path + 14, *slash = strchr(id, '/');
         size_t n = slash ? (size_t)(slash - id) : strlen(id);
@@ -1146,6 +1214,8 @@ void mock_api(struct evhttp_request *req, const char *path)
         reply_error_now(req, 404, "unknown path", "not_found");
         return;
     }
+    if (d == &resp_ep && d->ep == EP_CONV_ID)
+        resp_ep.method = evhttp_request_get_command(req);
     if (d == &resp_ep && d->ep == EP_RESP_GET
         && evhttp_request_get_command(req) == EVHTTP_REQ_DELETE) {
         resp_ep.ep = EP_RESP_DELETE;
@@ -1185,6 +1255,7 @@ void mock_api(struct evhttp_request *req, const char *path)
     mock_record_call(req, path, key, model, body, len);
 
     if (d->ep == EP_TRANSCRIBE || d->ep == EP_IMAGES_FORM || d->ep == EP_RESP_GET
+        || d->ep == EP_CONV_ID || d->ep == EP_CONV_CREATE
         || d->ep == EP_RESP_DELETE || d->ep == EP_RESP_CANCEL || d->ep == EP_RESP_ITEMS) {
         /* Not JSON: a form (checked loosely), or no body at all. */
         json_decref(root);
