@@ -1352,6 +1352,11 @@ def run_https(tmp, bodies):
                             r["upstream_requests"]))
         seen = {"total": dict(zip(("requests", "handshakes", "resumed"),
                                   tls_mock_stats(mocks, pki["ca"])))}
+        if DO_PERF and shutil.which("perf") and "json" in SCENARIOS:
+            perf_out = os.path.join(tmp, "perf-https.data")
+            run_wrk(procs["infergate"].addr, bodies["json"], 64, DURATION,
+                    procs["infergate"].pid, perf_out)
+            seen["perf_report"] = perf_report(perf_out)
     except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
         note("HTTPS run: %s" % e)
     finally:
@@ -1390,6 +1395,11 @@ def print_https_table(hs):
         if r:
             log("%17s %s: infergate / nginx: req/s %s, CPU per request %s" % (
                 "", scen, r["rps_vs_nginx"], r["cpu_per_req_vs_nginx"]))
+    rep = hs.get("upstream_tls", {}).get("perf_report")
+    if rep:
+        log("perf (infergate, HTTPS upstreams, JSON 64 connections, self time):")
+        for l in rep[:25]:
+            log("  " + l)
     log("")
 
 
