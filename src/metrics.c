@@ -600,24 +600,36 @@ static void hist_add(uint64_t *to, const struct hist *h, size_t nb)
     to[nb] += h->count - inb;               /* past the last bound */
 }
 
+/* The routes whose answers come from upstream inference hosts. */
+static int route_inference(unsigned r)
+{
+    switch (r) {
+    case METRICS_ROUTE_CHAT: case METRICS_ROUTE_COMPLETIONS: case METRICS_ROUTE_EMBEDDINGS:
+    case METRICS_ROUTE_RESPONSES: case METRICS_ROUTE_MESSAGES: case METRICS_ROUTE_AUDIO:
+    case METRICS_ROUTE_IMAGES: case METRICS_ROUTE_MODERATIONS: case METRICS_ROUTE_RERANK:
+    case METRICS_ROUTE_PASSTHROUGH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 void metrics_totals(struct metrics_totals *t)
 {
-    static const enum metrics_route inference[] = {
-        METRICS_ROUTE_CHAT, METRICS_ROUTE_COMPLETIONS, METRICS_ROUTE_EMBEDDINGS
-    };
+    unsigned r;
     size_t i;
 
     memset(t, 0, sizeof(*t));
-    for (i = 0; i < NELEM(inference); i++) {
-        t->requests += reg.route_duration[inference[i]].count;
-        hist_add(t->duration, &reg.route_duration[inference[i]], NELEM(latency_bounds));
-        hist_add(t->ttfb, &reg.route_ttfb[inference[i]], NELEM(latency_bounds));
+    for (r = 0; r < METRICS_ROUTES; r++) {
+        if (!route_inference(r))
+            continue;
+        t->requests += reg.route_duration[r].count;
+        hist_add(t->duration, &reg.route_duration[r], NELEM(latency_bounds));
+        hist_add(t->ttfb, &reg.route_ttfb[r], NELEM(latency_bounds));
     }
     for (i = 0; i < METRICS_REQ_SERIES; i++) {
         const struct req_series *e = &reg.req[i];
-        if (e->used && (e->route == METRICS_ROUTE_CHAT
-                        || e->route == METRICS_ROUTE_COMPLETIONS
-                        || e->route == METRICS_ROUTE_EMBEDDINGS)
+        if (e->used && route_inference(e->route)
             && (e->code == 429 || e->code >= 500 || e->code == 0))
             t->errors += e->n;
     }

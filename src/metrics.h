@@ -174,7 +174,7 @@ void metrics_set_tls_failures(size_t n, const char *const *reason, const uint64_
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 int metrics_render(struct evbuffer *out);
 
-/* Totals over the inference routes (chat, completions, embeddings), for
+/* Totals over the inference routes (those proxied to upstream hosts), for
  * the 1 s samples of the time series: answers, answers with status 429 or
  * 5xx, and the duration and time-to-first-byte histograms (per bucket of
  * metrics_latency_bounds(), the last one past the last bound). Reads the
