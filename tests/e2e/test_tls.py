@@ -325,6 +325,29 @@ def test_bad_certificate_on_reload_is_refused_and_old_serves(mocks, gateway, tmp
     assert_no_key_material(out + json.dumps(doc), k0)
 
 
+def test_min_version_and_tls_added_by_reload_needs_restart(mocks, gateway, pki):
+    ms = mocks(1)
+    cert, key, _ = pki.issue()
+    g = gateway(hosts_of(ms), policies=tls_policies(cert, key, "    min_version: \"1.3\"\n"))
+    ctx = client_ctx(pki.ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with socket.create_connection(("127.0.0.1", g.port)) as s:
+            ctx.wrap_socket(s, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", g.port)) as s:
+        with client_ctx(pki.ca).wrap_socket(s, server_hostname="127.0.0.1") as t:
+            assert t.version() == "TLSv1.3"
+    g.stop()
+    # A plain listener does not turn into a TLS one on reload: that needs a restart.
+    g = gateway(hosts_of(ms), policies="admin:\n  token: tk\n")
+    write_conf(g.conf_dir, hosts_of(ms), policies=tls_policies(cert, key))
+    st, _, body = g.request("POST", "/admin/reload", headers={"Authorization": "Bearer tk"})
+    doc = json.loads(body)
+    assert doc["ok"] is False and "needs a restart" in doc["errors"][0], doc
+    assert g.chat()[0] == 200
+    g.stop()
+
+
 def check_t(conf_dir):
     p = subprocess.run([INFERGATE_BIN, "-t", "-c", conf_dir], capture_output=True, text=True,
                        env=proc_env(), timeout=60)
