@@ -7,7 +7,7 @@ set -eu
 PKGS="build-essential pkg-config curl
 libevent-dev libssl-dev openssl libcurl4-openssl-dev libjansson-dev libyaml-dev libhiredis-dev
 libcmocka-dev python3 python3-pytest python3-jsonschema python3-yaml
-redis-server prometheus nodejs
+redis-server redis-sentinel prometheus nodejs
 debhelper dpkg-dev lintian groff-base man-db logrotate systemd iproute2
 chromium"
 

@@ -541,6 +541,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
     metrics_set_generation(s->generation);
     session_metrics_read(gw->sess, &sm);
     metrics_set_redis(sm.redis_configured, sm.redis_up);
+    metrics_set_redis_failovers(sm.redis_sentinel, sm.redis_failovers);
     alerts_export_metrics(gw->alerts);
     tls_export_metrics(gw);
     if (metrics_render(b) < 0) {

@@ -795,6 +795,11 @@ static const struct field fields[] = {
     {S_POLICY, "sessions.redis.url",                T_STR,     OFF(sessions.redis_url),             "redis://127.0.0.1:6379/0", 0, 0, .check = check_redis_url},
     {S_POLICY, "sessions.redis.prefix",             T_STR,     OFF(sessions.redis_prefix),          "'infergate:'",  0, 0, .flags = 0},
     {S_POLICY, "sessions.redis.timeout",            T_DUR,     OFF(sessions.redis_timeout_ms),      "200ms",         1 * MS, 10 * SEC, .flags = 0},
+    {S_POLICY, "sessions.redis.username",           T_STR,     OFF(sessions.redis_username),        NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "sessions.redis.password",           T_STR,     OFF(sessions.redis_password),        NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "sessions.redis.sentinels",          T_STRLIST, OFF(sessions.redis_sentinels),       NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "sessions.redis.master_name",        T_STR,     OFF(sessions.redis_master_name),     NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "sessions.redis.sentinel_password",  T_STR,     OFF(sessions.redis_sentinel_password), NULL,          0, 0, .flags = FL_NONEMPTY},
 
     {S_POLICY, "alerts.window",                     T_DUR,     OFF(alerts.window_ms),               "5m",            SEC,   DAY, .flags = 0},
     {S_POLICY, "alerts.for",                        T_DUR,     OFF(alerts.for_ms),                  "1m",            0,     DAY, .flags = 0},
@@ -2051,6 +2056,20 @@ static void build_tls(struct loader *ld)
     ld->nerrs++;
 }
 
+/* sessions.redis as a whole: one checker (session_redis.c) for -t and runtime. */
+static void check_redis(struct loader *ld, const struct cur *root)
+{
+    const char *key = NULL, *why = session_redis_conf_problem(ld->c, &key);
+    struct cur c;
+
+    if (why == NULL)
+        return;
+    if (key != NULL && cur_lookup(root, key, &c))
+        cerr(ld, &c, "%s", why);
+    else if (cur_lookup(root, "sessions.redis", &c))
+        cerr(ld, &c, "%s", why);
+}
+
 static void load_policies(struct loader *ld)
 {
     struct config *cfg = ld->c;
@@ -2096,6 +2115,7 @@ static void load_policies(struct loader *ld)
             cerr(ld, &c, "prefix \"%.60s\" must start with '/', have no '?' and not be"
                  " under /admin", pre);
     }
+    check_redis(ld, &root);
 }
 
 /* Settles values whose spelling in the file means "none". */
@@ -2375,15 +2395,19 @@ static void load_hosts(struct loader *ld)
 
 /* ---- api-keys.json ----------------------------------------------------- */
 
+/* Best effort: do not leave a secret lying around in freed memory. */
+static void secret_free(char *s)
+{
+    volatile char *p = s;
+
+    while (p != NULL && *p)
+        *p++ = '\0';
+    free(s);
+}
+
 static void key_free(struct cfg_key *k)
 {
-    if (k->secret) {
-        /* Best effort: do not leave the key lying around in freed memory. */
-        volatile char *p = k->secret;
-        while (*p)
-            *p++ = '\0';
-    }
-    free(k->secret);
+    secret_free(k->secret);
     free(k->id);
     free(k->fingerprint);
     free(k->description);
@@ -2620,6 +2644,10 @@ static void collect_secrets(struct loader *ld, const char ***v, size_t *n)
     if (cur_lookup(&pr, "alerts.notifications", &c))
         json_array_foreach(c.v, i, e)
             add_secret(v, n, json_object_get(e, "password"));
+    if (cur_lookup(&pr, "sessions.redis.password", &c))
+        add_secret(v, n, c.v);
+    if (cur_lookup(&pr, "sessions.redis.sentinel_password", &c))
+        add_secret(v, n, c.v);
     for (i = 0; i < ld->c->nkeys; i++) {   /* from key_file too */
         *v = grow(*v, *n, sizeof(**v));
         (*v)[(*n)++] = ld->c->keys[i].secret;
@@ -2825,6 +2853,11 @@ static void config_free(struct config *c)
     free(c->health.path);
     free(c->sessions.redis_url);
     free(c->sessions.redis_prefix);
+    free(c->sessions.redis_username);
+    secret_free(c->sessions.redis_password);
+    cfg_strlist_free(&c->sessions.redis_sentinels);
+    free(c->sessions.redis_master_name);
+    secret_free(c->sessions.redis_sentinel_password);
     for (i = 0; i < c->alerts.nnotify; i++)
         notify_free(&c->alerts.notify[i]);
     free(c->alerts.notify);

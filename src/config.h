@@ -263,6 +263,11 @@ struct config {
         char    *redis_url;
         char    *redis_prefix;
         int64_t  redis_timeout_ms;
+        char    *redis_username;         /* NULL: none (or in the url) */
+        char    *redis_password;         /* secret; NULL: none (or in the url) */
+        struct cfg_strlist redis_sentinels;  /* "host:port"; empty: no Sentinel */
+        char    *redis_master_name;      /* with sentinels */
+        char    *redis_sentinel_password;    /* secret; NULL: sentinels without AUTH */
     } sessions;
 
     struct {

@@ -963,7 +963,12 @@ int gateway_init(struct gateway *gw, struct event_base *base,
         event_add(gw->tick, &tv);
     }
     {
-        char serr[256];
+        char serr[512];
+        /* Before the loop runs: a refused Redis password stops the start. */
+        if (session_redis_check_auth(cfg, serr, sizeof(serr)) < 0) {
+            log_error("%s/policies.yaml: %s", conf_dir, serr);
+            return -1;
+        }
         gw->sess = session_new(base, cfg, 1,
                                listen_override ? listen_override : cfg->server.listen,
                                serr, sizeof(serr));
@@ -1024,6 +1029,27 @@ struct reload_job {
  * (nice 10: about a tenth of the core when the loop wants all of it). */
 #define RELOAD_NICE 10
 
+/* Off the loop: Redis credentials refused make the reload fail (blocking
+ * connects, each bounded by sessions.redis.timeout; unreachable is fine). */
+static void reload_check_redis(struct reload_job *job)
+{
+    char serr[512], msg[1024], **v;
+
+    if (session_redis_check_auth(job->cfg, serr, sizeof(serr)) == 0)
+        return;
+    snprintf(msg, sizeof(msg), "%s/policies.yaml: %s", job->gw->conf_dir, serr);
+    v = realloc(job->errs.msg, (job->errs.n + 1) * sizeof(*v));
+    if (v != NULL) {
+        job->errs.msg = v;
+        if ((v[job->errs.n] = strdup(msg)) != NULL)
+            job->errs.n++;
+    }
+    keys_free(job->rings, job->cfg->nhosts);
+    job->rings = NULL;
+    config_unref(job->cfg);
+    job->cfg = NULL;
+}
+
 static void *reload_thread(void *arg)
 {
     struct reload_job *job = arg;
@@ -1036,6 +1062,8 @@ static void *reload_thread(void *arg)
         config_unref(job->cfg);
         job->cfg = NULL;
     }
+    if (job->cfg)
+        reload_check_redis(job);
     /* The parse trees are gone: hand their pages back (a big configuration
      * leaves hundreds of MB free in this thread's malloc arena). */
     malloc_trim(0);

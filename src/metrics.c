@@ -126,6 +126,8 @@ static struct {
     uint64_t             keys[KEY_STATES];
     int                  redis_configured;
     int                  redis_up;
+    int                  redis_sentinel;
+    uint64_t             redis_failovers;
     uint64_t             alerts_firing[METRICS_ALERTS];
     uint64_t             notify_sent[METRICS_CHANNELS];
     uint64_t             notify_failed[METRICS_CHANNELS];
@@ -681,6 +683,12 @@ void metrics_set_keys(uint64_t active, uint64_t cooling, uint64_t disabled)
     reg.keys[KEYS_DISABLED] = disabled;
 }
 
+void metrics_set_redis_failovers(int sentinel, uint64_t followed)
+{
+    reg.redis_sentinel = sentinel;
+    reg.redis_failovers = followed;
+}
+
 void metrics_set_redis(int configured, int up)
 {
     reg.redis_configured = configured;
@@ -1019,6 +1027,11 @@ static void render_gateway(struct out *o)
         family(o, "infergate_redis_up", "gauge",
                "1 if the Redis session store is connected, else 0.");
         sample_u64(o, "infergate_redis_up", NULL, reg.redis_up ? 1 : 0);
+    }
+    if (reg.redis_configured && reg.redis_sentinel) {
+        family(o, "infergate_redis_failovers_followed_total", "counter",
+               "Redis failovers followed: moves to a new master named by the sentinels.");
+        sample_u64(o, "infergate_redis_failovers_followed_total", NULL, reg.redis_failovers);
     }
     family(o, "infergate_alerts_firing", "gauge", "Alerts firing, by rule.");
     for (i = 0; i < METRICS_ALERTS; i++) {

@@ -154,6 +154,8 @@ void metrics_host_set_state(struct metrics_host *h, int breaker, int health,
 void metrics_set_keys(uint64_t active, uint64_t cooling, uint64_t disabled);
 /* configured = 0 hides infergate_redis_up. */
 void metrics_set_redis(int configured, int up);
+/* With Sentinel: failovers followed (moves to a new master) since start. */
+void metrics_set_redis_failovers(int sentinel, uint64_t followed);
 void metrics_set_alerts_firing(enum metrics_alert a, uint64_t n);
 void metrics_set_alert_notifications(enum metrics_channel c, uint64_t sent,
                                      uint64_t failed);

@@ -752,14 +752,11 @@ static int apply_redis(struct session *s, const struct config *cfg, char *err, s
         s->redis = NULL;
         return 0;
     }
-    if (s->redis != NULL
-        && session_redis_same(s->redis, cfg->sessions.redis_url, cfg->sessions.redis_prefix)) {
+    if (s->redis != NULL && session_redis_same(s->redis, cfg)) {
         session_redis_set_timeout(s->redis, cfg->sessions.redis_timeout_ms);
         return 0;
     }
-    r = session_redis_new(s, s->base, cfg->sessions.redis_url,
-                          cfg->sessions.redis_prefix ? cfg->sessions.redis_prefix : "",
-                          cfg->sessions.redis_timeout_ms, &s->self, err, errlen);
+    r = session_redis_new(s, s->base, cfg, &s->self, err, errlen);
     if (r == NULL)
         return -1;
     session_redis_free(s->redis);
@@ -990,6 +987,8 @@ void session_metrics_read(const struct session *s, struct session_metrics *out)
     out->redis_errors = rc.errors;
     out->redis_timeouts = rc.timeouts;
     out->redis_reconnects = rc.connects;
+    out->redis_failovers = rc.failovers;
+    out->redis_sentinel = rc.sentinel;
     out->replicas = rc.replicas ? rc.replicas : 1;
 }
 

@@ -232,8 +232,10 @@ struct session_metrics {
     uint64_t shared_dropped;    /* not published: Redis down or memory store */
     size_t   entries;           /* gauge: memory store entries */
     size_t   replicas;          /* gauge: replicas seen, this one included */
+    uint64_t redis_failovers;   /* Sentinel: moved to a new master */
     int      redis_configured;  /* store is redis */
     int      redis_up;          /* connected and answering */
+    int      redis_sentinel;    /* the master is found through sentinels */
 };
 
 void session_metrics_read(const struct session *s, struct session_metrics *out);
@@ -243,7 +245,10 @@ void session_metrics_read(const struct session *s, struct session_metrics *out);
  *   {"store", "ttl_ms", "max_entries", "entries", "hits", "misses", ...,
  *    "replica": {id, address, started_unix_ms, generation},
  *    "redis": {url (password shown as ***), state up|connecting|down,
- *              since_unix_ms, last_error, timeout_ms}       (redis store)
+ *              since_unix_ms, last_error, timeout_ms, master (host:port
+ *              in use or being connected to), found_by, failovers_followed,
+ *              sentinel: {master_name, sentinels, watched, watching,
+ *              last_error, errors} (with sentinels)}        (redis store)
  *    "replicas": [{id, address, started_unix_ms, heartbeat_unix_ms,
  *                  generation}, ...]}                        (redis store)
  * "replicas" is the last list read from Redis (kept while it is down).
@@ -255,6 +260,23 @@ const char *session_replica_id(const struct session *s);
 /* For config.c's check of sessions.redis.url: NULL when url is fine, else
  * a message ("expected ..."). Never echoes a password. */
 const char *session_redis_url_problem(const char *url);
+
+/* For config.c: sessions.redis as a whole (url, username and password,
+ * sentinels, master_name, sentinel_password). NULL when fine, else a
+ * message, and *key the key it is about. Never echoes a password. */
+const char *session_redis_conf_problem(const struct config *cfg, const char **key);
+
+/*
+ * Start-up and reload: are cfg's Redis credentials accepted? Connects
+ * synchronously (blocking, each step bounded by sessions.redis.timeout:
+ * call it before the loop runs or off the loop), asks the sentinels for
+ * the master if there are any, then AUTHs (or PINGs) there. Returns -1
+ * with a message in err only when a server refuses the credentials (or
+ * wants some that are not configured); a server that cannot be reached is
+ * not an error (the session serves from memory and keeps trying). 0 for
+ * the memory store.
+ */
+int session_redis_check_auth(const struct config *cfg, char *err, size_t errlen);
 
 /* ---- internal: between session.c and session_redis.c only ---------------- */
 
@@ -274,21 +296,21 @@ enum session_redis_answer {
 };
 
 struct session_redis_counters {
-    uint64_t errors, timeouts, connects, received, published;
+    uint64_t errors, timeouts, connects, received, published, failovers;
     size_t   replicas;
     int      up;
+    int      sentinel;
 };
 
 /* session_redis.c */
 struct session_redis *session_redis_new(struct session *s, struct event_base *base,
-                                        const char *url, const char *prefix,
-                                        int64_t timeout_ms,
+                                        const struct config *cfg,
                                         const struct session_identity *self,
                                         char *err, size_t errlen);
 void session_redis_free(struct session_redis *r);
 void session_redis_set_timeout(struct session_redis *r, int64_t timeout_ms);
 int  session_redis_up(const struct session_redis *r);
-int  session_redis_same(const struct session_redis *r, const char *url, const char *prefix);
+int  session_redis_same(const struct session_redis *r, const struct config *cfg);
 /* 0: sent, session_get_done() follows; -1: not sent, nothing follows. */
 int  session_redis_get(struct session_redis *r, struct session_call *c,
                        enum session_kind kind, const char *key);
