@@ -134,6 +134,9 @@ class Load:
 
     def __init__(self, gateways):
         self.stop_ev = threading.Event()
+        self.go = threading.Event()
+        self.go.set()
+        self.busy = 0
         self.ok = 0
         self.failed = []
         self.lock = threading.Lock()
@@ -146,17 +149,30 @@ class Load:
         body = {"model": "mock-model", "stream": stream,
                 "messages": [{"role": "user", "content": "hi"}]}
         while not self.stop_ev.is_set():
+            if not self.go.wait(0.05):
+                continue
+            with self.lock:
+                self.busy += 1
             try:
                 st, _, data = http_request(g.port, "POST", "/v1/chat/completions", body)
                 good = st == 200 and (not stream or b"[DONE]" in data)
             except OSError as e:
                 st, data, good = -1, str(e).encode(), False
             with self.lock:
+                self.busy -= 1
                 if good:
                     self.ok += 1
                 else:
                     self.failed.append((g.port, stream, st, data[:200]))
             time.sleep(0.01)
+
+    def pause(self):
+        """No new request until resume(); returns once none is in flight."""
+        self.go.clear()
+        wait_for(lambda: self.busy == 0, timeout=60, what="load to pause")
+
+    def resume(self):
+        self.go.set()
 
     def count(self):
         with self.lock:
@@ -279,28 +295,32 @@ def test_sentinel_failover_under_load(mocks, gateway, servers):
         assert st == 200 and vh["x-upstream-host"] == served2
         assert replica.cmd("GET", "ha:rid:" + rid2) == served2
 
-        # shared cooldowns continue: a key cooling on g1 is skipped by g2
+        # Shared advice continues through the new master. The load pauses so
+        # that g2 learns from g1 only, never from its own requests.
+        load.pause()
+        # a key cooling on g1 is cooling on g2
         for m in ms:
             m.config(fail_keys={KEYS[0]["key"]: 429}, retry_after=60)
-
-        def cooled_on_2():
-            g1.chat()
-            return {k["description"]: k["state"] for k in status(g2)["keys"]}["cools"] \
-                == "cooling"
-        wait_for(cooled_on_2, timeout=10, what="shared cooldown after the failover")
-        # shared breakers continue: m0 drops connections, g1's breaker opens, g2 skips m0
+        wait_for(lambda: g1.chat()[0] == 200 and {k["description"]: k["state"] for k in
+                 status(g1)["keys"]}["cools"] == "cooling", timeout=15, what="cooling on g1")
+        wait_for(lambda: {k["description"]: k["state"] for k in status(g2)["keys"]}["cools"]
+                 == "cooling", timeout=10, what="shared cooldown after the failover")
+        # g1's breaker for m0 opens; g2 sends m0 nothing without trying it itself
+        received = status(g2)["sessions"]["shared_received"]
         ms[0].config(drop=True)
 
         def opened_on_1():
             g1.chat()
             return any(h["name"] == "m0" and h["breaker"] == "open" for h in status(g1)["hosts"])
         wait_for(opened_on_1, timeout=15, what="g1's breaker for m0")
-        time.sleep(0.5)     # the advice crosses Redis; then nothing more reaches m0
+        wait_for(lambda: status(g2)["sessions"]["shared_received"] > received, timeout=10,
+                 what="the breaker advice on g2")
         before = ms[0].stats()["requests"]
-        for _ in range(10):
+        for _ in range(9):
             assert g2.chat()[0] == 200
         assert ms[0].stats()["requests"] == before
         ms[0].config(drop=False)
+        load.resume()
 
         # pause the watched sentinel, then kill them all and restart them
         watched = redis_status(g1)["sentinel"]["watched"]
