@@ -50,6 +50,9 @@ static const char usage_text[] =
 "  --chunk-interval-ms N      pause between SSE chunks (default 0)\n"
 "  --content-bytes N          pad a chat answer's content to N bytes (default: no padding)\n"
 "  --close-after-chunks N     drop a stream's connection after N chunks (0 = off)\n"
+"  --stall-after-chunks N     a stream sends N chunks, then nothing (0 = off)\n"
+"  --stall-body               a stream sends its head, a JSON answer half its body, then nothing\n"
+"  --partial-bytes N          before a close or stall after chunks: N bytes of the next event\n"
 "  --hang                     never answer API calls\n"
 "  --garbage                  answer API calls 200 with a non-JSON body\n"
 "  --drop                     close API calls' connections without an answer\n"
@@ -271,7 +274,8 @@ enum {
     OPT_DELAY, OPT_CHUNKS, OPT_INTERVAL, OPT_CLOSE_AFTER, OPT_HANG,
     OPT_GARBAGE, OPT_DROP, OPT_CONTAINERS, OPT_PENDING, OPT_FAIL_KEY,
     OPT_FAIL_NEXT, OPT_PROBE_STATUS, OPT_PROBE_DELAY, OPT_STRICT, OPT_QUIET,
-    OPT_VERBOSE, OPT_CONTENT_BYTES, OPT_TLS_CERT, OPT_TLS_KEY
+    OPT_VERBOSE, OPT_CONTENT_BYTES, OPT_TLS_CERT, OPT_TLS_KEY, OPT_STALL_AFTER,
+    OPT_STALL_BODY, OPT_PARTIAL
 };
 
 static const struct option long_opts[] = {
@@ -285,6 +289,9 @@ static const struct option long_opts[] = {
     { "chunk-interval-ms",  required_argument, NULL, OPT_INTERVAL },
     { "content-bytes",      required_argument, NULL, OPT_CONTENT_BYTES },
     { "close-after-chunks", required_argument, NULL, OPT_CLOSE_AFTER },
+    { "stall-after-chunks", required_argument, NULL, OPT_STALL_AFTER },
+    { "stall-body",         no_argument,       NULL, OPT_STALL_BODY },
+    { "partial-bytes",      required_argument, NULL, OPT_PARTIAL },
     { "hang",               no_argument,       NULL, OPT_HANG },
     { "garbage",            no_argument,       NULL, OPT_GARBAGE },
     { "drop",               no_argument,       NULL, OPT_DROP },
@@ -326,6 +333,9 @@ static int parse_args(int argc, char **argv, const char **listen_spec)
         case OPT_INTERVAL:     rc = parse_int("chunk-interval-ms", o, 0, 3600000, &c->chunk_interval_ms); break;
         case OPT_CONTENT_BYTES: rc = parse_int("content-bytes", o, 0, 1 << 20, &c->content_bytes); break;
         case OPT_CLOSE_AFTER:  rc = parse_int("close-after-chunks", o, 0, 1000000, &c->close_after_chunks); break;
+        case OPT_STALL_AFTER:  rc = parse_int("stall-after-chunks", o, 0, 1000000, &c->stall_after_chunks); break;
+        case OPT_PARTIAL:      rc = parse_int("partial-bytes", o, 0, 1000000, &c->partial_bytes); break;
+        case OPT_STALL_BODY:   c->stall_body = 1; break;
         case OPT_PENDING:      rc = parse_int("pending", o, 0, INT_MAX, &c->pending); break;
         case OPT_FAIL_NEXT:    rc = parse_int("fail-next", o, 0, INT_MAX, &c->fail_next); break;
         case OPT_PROBE_STATUS: rc = parse_int("probe-status", o, 200, 599, &c->probe_status); break;

@@ -35,6 +35,11 @@ struct mock_conf {
     int chunk_interval_ms;   /* pause between two SSE chunks */
     int content_bytes;       /* 0 = "Hello from NAME"; N = padded to N bytes */
     int close_after_chunks;  /* 0 = off; K = drop a stream after K chunks */
+    int stall_after_chunks;  /* 0 = off; K = a stream goes silent after K chunks */
+    int stall_body;          /* an answer goes silent after its head (stream) or
+                              * half its body (JSON) */
+    int partial_bytes;       /* with a close or stall after K chunks: the first
+                              * N bytes of the next event go out before it */
     int hang;                /* never answer API calls */
     int garbage;             /* API calls get 200 with a non-JSON body */
     int drop;                /* API calls get the connection closed, no answer */
@@ -61,6 +66,7 @@ struct mock_stats {
     long long streams_completed; /* SSE streams that sent [DONE] */
     long long disconnects;       /* clients gone before their answer ended */
     long long drops;             /* connections closed on purpose */
+    long long stalls;            /* answers left unfinished on purpose */
     json_t *paths;               /* path -> n, every path outside /_mock/ */
     json_t *keys;                /* bearer token -> n, API calls */
     json_t *models;              /* body "model" -> n, API calls */

@@ -21,6 +21,11 @@
  * close_after_chunks and drop close the connection on purpose: the last
  * chunk is sent with a "drained" callback, and only once it has left the
  * buffer is the connection freed (a FIN, no terminating chunk).
+ * stall_after_chunks and stall_body leave an answer unfinished: what was
+ * sent stays sent and the op waits, with nothing scheduled, until the
+ * client goes away. partial_bytes puts the start of the next event after
+ * the last whole one before such a close or stall (a writer dying
+ * mid-event).
  */
 #include <ctype.h>
 #include <errno.h>
@@ -99,6 +104,7 @@ struct op {
     int   garbage, drop;
     int   stream, chunks, interval_ms, close_after, sent;
     int   include_usage;                  /* stream_options.include_usage */
+    int   stall_after, stall_body, partial;
     int   items;                          /* embeddings: inputs */
     int   prompt_tokens;
     unsigned long long seq;
@@ -250,10 +256,36 @@ static int timer_arm(struct op *op, int ms)
 
 /* ---- answers -------------------------------------------------------- */
 
+/* stall_body: the head and the first half of the body already in the
+ * output buffer (chunked), then nothing; op stays until the client goes. */
+static void op_stall_body(struct op *op, const char *ctype)
+{
+    struct evhttp_request *req = op->req;
+    struct evbuffer *b = evhttp_request_get_output_buffer(req);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    size_t len = evbuffer_get_length(b);
+
+    evbuffer_drain(mock.scratch, evbuffer_get_length(mock.scratch));
+    evbuffer_remove_buffer(b, mock.scratch, len / 2);
+    evbuffer_drain(b, evbuffer_get_length(b));
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "X-Mock-Name", mock.name);
+    mock_count_status(200);
+    mock.stats.stalls++;
+    op->stage = ST_STREAM;              /* nothing scheduled: it never ends */
+    evhttp_send_reply_start(req, 200, NULL);
+    evhttp_send_reply_chunk(req, mock.scratch);
+}
+
 /* Sends the body already in the output buffer and forgets op. */
 static void op_finish(struct op *op, int code, const char *ctype)
 {
     struct evhttp_request *req = op->req;
+
+    if (code == 200 && op->stall_body) {
+        op_stall_body(op, ctype);
+        return;
+    }
 
     if (code != 200 && op->retry_after > 0) {
         char ra[16];
@@ -729,41 +761,72 @@ static void named_end(struct op *op)
     evhttp_send_reply_chunk(op->req, b);
 }
 
-/* Sends chunks until the stream ends, drops, or must wait an interval. */
+/* Appends event i of op's stream to b ([DONE] after the last). */
+static void add_event(struct op *op, struct evbuffer *b, int i)
+{
+    if (i >= op->chunks)
+        evbuffer_add(b, "data: [DONE]\n\n", 14);
+    else if (op->ep == EP_RESPONSES)
+        evbuffer_add_printf(b, "event: response.output_text.delta\ndata: "
+                            "{\"type\":\"response.output_text.delta\",\"sequence_number\":%d,"
+                            "\"item_id\":\"msg_%s_%llu\",\"output_index\":0,"
+                            "\"content_index\":0,\"delta\":\"tok%d \"}\n\n",
+                            i + 4, mock.name, op->seq, i);
+    else if (op->ep == EP_MESSAGES)
+        evbuffer_add_printf(b, "event: content_block_delta\ndata: "
+                            "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+                            "{\"type\":\"text_delta\",\"text\":\"tok%d \"}}\n\n", i);
+    else if (op->ep == EP_CHAT)
+        evbuffer_add_printf(b, "data: {\"id\":\"chatcmpl-%s-%llu\","
+                            "\"object\":\"chat.completion.chunk\",\"model\":%s,"
+                            "\"choices\":[{\"index\":0,\"delta\":{\"content\":"
+                            "\"tok%d \"}}]}\n\n",
+                            mock.name, op->seq, op->model_json, i);
+    else
+        evbuffer_add_printf(b, "data: {\"id\":\"cmpl-%s-%llu\","
+                            "\"object\":\"text_completion\",\"model\":%s,"
+                            "\"choices\":[{\"index\":0,\"text\":\"tok%d \"}]}\n\n",
+                            mock.name, op->seq, op->model_json, i);
+}
+
+/* partial_bytes: the first N bytes of event i go after the last whole one. */
+static void add_partial(struct op *op, int i)
+{
+    struct evbuffer *t = evbuffer_new();
+
+    if (t == NULL)
+        return;
+    add_event(op, t, i);
+    evbuffer_remove_buffer(t, mock.scratch, (size_t)op->partial);
+    evbuffer_free(t);
+}
+
+/* Sends chunks until the stream ends, drops, stalls, or must wait an
+ * interval. */
 static void stream_next(struct op *op)
 {
     for (;;) {
+        int close_now, stall_now;
+
         if (op->sent >= op->chunks) {
             stream_end(op);
             return;
         }
-        if (op->ep == EP_RESPONSES)
-            evbuffer_add_printf(mock.scratch, "event: response.output_text.delta\ndata: "
-                                "{\"type\":\"response.output_text.delta\",\"sequence_number\":%d,"
-                                "\"item_id\":\"msg_%s_%llu\",\"output_index\":0,"
-                                "\"content_index\":0,\"delta\":\"tok%d \"}\n\n",
-                                op->sent + 4, mock.name, op->seq, op->sent);
-        else if (op->ep == EP_MESSAGES)
-            evbuffer_add_printf(mock.scratch, "event: content_block_delta\ndata: "
-                                "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
-                                "{\"type\":\"text_delta\",\"text\":\"tok%d \"}}\n\n", op->sent);
-        else if (op->ep == EP_CHAT)
-            evbuffer_add_printf(mock.scratch, "data: {\"id\":\"chatcmpl-%s-%llu\","
-                                "\"object\":\"chat.completion.chunk\",\"model\":%s,"
-                                "\"choices\":[{\"index\":0,\"delta\":{\"content\":"
-                                "\"tok%d \"}}]}\n\n",
-                                mock.name, op->seq, op->model_json, op->sent);
-        else
-            evbuffer_add_printf(mock.scratch, "data: {\"id\":\"cmpl-%s-%llu\","
-                                "\"object\":\"text_completion\",\"model\":%s,"
-                                "\"choices\":[{\"index\":0,\"text\":\"tok%d \"}]}\n\n",
-                                mock.name, op->seq, op->model_json, op->sent);
+        add_event(op, mock.scratch, op->sent);
         op->sent++;
-        if (op->close_after > 0 && op->sent == op->close_after) {
+        close_now = op->close_after > 0 && op->sent == op->close_after;
+        stall_now = op->stall_after > 0 && op->sent == op->stall_after;
+        if ((close_now || stall_now) && op->partial > 0)
+            add_partial(op, op->sent);
+        if (close_now) {
             evhttp_send_reply_chunk_with_cb(op->req, mock.scratch, on_drained, op);
             return;
         }
         evhttp_send_reply_chunk(op->req, mock.scratch);
+        if (stall_now) {
+            mock.stats.stalls++;        /* nothing scheduled: it never ends */
+            return;
+        }
         if (op->interval_ms > 0 && op->sent < op->chunks) {
             if (timer_arm(op, op->interval_ms) == 0)
                 return;
@@ -785,6 +848,10 @@ static void stream_start(struct op *op)
     if (mock.verbose)
         mock_notice("%s 200 stream", evhttp_request_get_uri(req));
     evhttp_send_reply_start(req, 200, NULL);
+    if (op->stall_body) {
+        mock.stats.stalls++;            /* the head only, then nothing */
+        return;
+    }
     if (op->ep == EP_RESPONSES || op->ep == EP_MESSAGES)
         named_start(op);
     stream_next(op);
@@ -1115,7 +1182,7 @@ static int op_faults(struct op *op, const char *key, const char *model, int *han
         return 0;
     }
     any = c->status != 200 || c->delay_ms > 0 || c->hang || c->garbage ||
-          c->drop || c->close_after_chunks > 0;
+          c->drop || c->close_after_chunks > 0 || c->stall_after_chunks > 0 || c->stall_body;
     if (c->fail_next == 0 && !any)
         return 0;
 
@@ -1126,6 +1193,9 @@ static int op_faults(struct op *op, const char *key, const char *model, int *han
     op->garbage = c->garbage;
     op->drop = c->drop;
     op->close_after = c->close_after_chunks;
+    op->stall_after = c->stall_after_chunks;
+    op->stall_body = c->stall_body;
+    op->partial = c->partial_bytes;
     *hang = c->hang;
     delay = c->delay_ms;
 
@@ -1133,7 +1203,7 @@ static int op_faults(struct op *op, const char *key, const char *model, int *han
         c->status = 200;
         c->delay_ms = 0;
         c->hang = c->garbage = c->drop = 0;
-        c->close_after_chunks = 0;
+        c->close_after_chunks = c->stall_after_chunks = c->stall_body = 0;
         mock_notice("fail_next used up: faults cleared");
     }
     return delay;

@@ -48,6 +48,9 @@ static const struct field fields[] = {
     INT_FIELD(chunk_interval_ms, 0, 3600000),
     INT_FIELD(content_bytes, 0, 1 << 20),
     INT_FIELD(close_after_chunks, 0, 1000000),
+    INT_FIELD(stall_after_chunks, 0, 1000000),
+    BOOL_FIELD(stall_body),
+    INT_FIELD(partial_bytes, 0, 1000000),
     BOOL_FIELD(hang),
     BOOL_FIELD(garbage),
     BOOL_FIELD(drop),
@@ -480,7 +483,7 @@ static void stats_reset(void)
     json_object_clear(st->keys);
     json_object_clear(st->models);
     json_object_clear(st->statuses);
-    st->requests = st->streams_completed = st->disconnects = st->drops = 0;
+    st->requests = st->streams_completed = st->disconnects = st->drops = st->stalls = 0;
     st->last_path.len = st->last_headers.len = st->last_body.len = 0;
     st->have_last = 0;
 }
@@ -500,6 +503,7 @@ static json_t *stats_to_json(void)
     json_object_set_new(o, "streams_completed", json_integer(st->streams_completed));
     json_object_set_new(o, "disconnects", json_integer(st->disconnects));
     json_object_set_new(o, "drops", json_integer(st->drops));
+    json_object_set_new(o, "stalls", json_integer(st->stalls));
     json_object_set_new(o, "in_flight", json_integer(mock.in_flight));
     json_object_set_new(o, "seq", json_integer((json_int_t)mock.seq));
     {

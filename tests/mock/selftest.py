@@ -222,8 +222,29 @@ def main():
     assert m.stats()["drops"] == 2
     assert m.call("POST", "/v1/chat/completions", {})[0].status == 200   # non-stream unaffected
 
+    # partial_bytes: the start of the next event before the cut
+    m.config(partial_bytes=9)
+    got = raw_request(port, "/v1/chat/completions", {"stream": True}, 3)
+    assert got.count(b"data: {") == 3 and got.endswith(b'\n\ndata: {"i\r\n'), got[-60:]
+    m.config(partial_bytes=0, close_after_chunks=0, chunk_interval_ms=0)
+
+    # stall_after_chunks / stall_body: unfinished answers, the client goes away
+    disc = m.stats()["disconnects"]
+    m.config(stall_after_chunks=2)
+    got = raw_request(port, "/v1/chat/completions", {"stream": True}, 0.5)
+    assert got.count(b"data: {") == 2 and not got.endswith(b"0\r\n\r\n"), got
+    m.config(stall_after_chunks=0, stall_body=True)
+    got = raw_request(port, "/v1/chat/completions", {"stream": True}, 0.5)
+    assert b"200 OK" in got and b"data:" not in got, got
+    got = raw_request(port, "/v1/chat/completions", {}, 0.5)
+    assert b"200 OK" in got and b'"chat.completion"' in got and not got.endswith(b"}"), got
+    m.config(stall_body=False)
+    assert m.stats()["stalls"] == 3
+    m.wait_stat("disconnects", disc + 3)
+    m.wait_stat("in_flight", 0)
+
     # drop: connection closed without an answer
-    m.config(close_after_chunks=0, drop=True)
+    m.config(drop=True)
     assert raw_request(port, "/v1/chat/completions", {}, 3) == b""
     m.config(drop=False)
 
@@ -231,12 +252,12 @@ def main():
     m.config(chunks=100, chunk_interval_ms=50)
     got = raw_request(port, "/v1/chat/completions", {"stream": True}, 0.3)
     assert got.count(b"data: {") >= 2
-    m.wait_stat("disconnects", 3)
+    m.wait_stat("disconnects", disc + 4)
     m.wait_stat("in_flight", 0)
 
     # stats shape
     st = m.stats()
-    for k in ("name", "requests", "paths", "keys", "models", "streams_completed", "in_flight",
+    for k in ("name", "requests", "paths", "keys", "models", "streams_completed", "stalls", "in_flight",
               "last_headers", "last_body"):
         assert k in st, k
 
