@@ -756,6 +756,8 @@ static const struct field fields[] = {
     {S_POLICY, "retry.respect_retry_after",         T_BOOL,    OFF(retry.respect_retry_after),      "true",          0, 0, .flags = 0},
     {S_POLICY, "retry.per_try_timeout",             T_DUR,     OFF(retry.per_try_timeout_ms),       "30s",           1 * MS, HOUR, .flags = 0},
     {S_POLICY, "retry.deadline",                    T_DUR,     OFF(retry.deadline_ms),              "60s",           1 * MS, DAY, .flags = 0},
+    {S_POLICY, "retry.stream_idle_timeout",         T_DUR,     OFF(retry.stream_idle_timeout_ms),   "60s",           0,     HOUR, .flags = 0},  /* 0 = off */
+    {S_POLICY, "retry.response_timeout",            T_DUR,     OFF(retry.response_timeout_ms),      "0",             0,     DAY, .flags = 0},   /* 0 = off */
     {S_POLICY, "retry.budget.ratio",                T_NUM,     OFF(retry.budget_ratio),             "0.2",           0,     1, .flags = 0},
     {S_POLICY, "retry.budget.window",               T_DUR,     OFF(retry.budget_window_ms),         "10s",           SEC,   HOUR, .flags = 0},
     {S_POLICY, "retry.no_retry_header",             T_STR,     OFF(retry.no_retry_header),          NULL,            0, 0, .check = check_header},

@@ -215,6 +215,8 @@ struct config {
         int      respect_retry_after;
         int64_t  per_try_timeout_ms;
         int64_t  deadline_ms;
+        int64_t  stream_idle_timeout_ms; /* longest gap between reads of an answer; 0 = off */
+        int64_t  response_timeout_ms;    /* longest answer, send to last byte; 0 = off */
         double   budget_ratio;
         int64_t  budget_window_ms;
         int      budget_min_retries;

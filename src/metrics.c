@@ -60,6 +60,7 @@ struct metrics_host {
     struct metrics_host *hnext;         /* hosts_idx chain */
     uint64_t             attempts[METRICS_OUTCOMES];
     uint64_t             chunks;
+    uint64_t             stalls[2];     /* stream_idle_timeout, response_timeout */
     struct hist          ttfb;          /* latency_bounds */
     struct hist          duration;      /* latency_bounds */
     int                  breaker;       /* METRICS_BREAKER_* */
@@ -582,6 +583,12 @@ void metrics_set_panic_tiers(uint64_t n)
     reg.panic_tiers = n;
 }
 
+void metrics_upstream_stall(struct metrics_host *h, int response)
+{
+    if (h)
+        h->stalls[response != 0]++;
+}
+
 void metrics_stream_chunks(struct metrics_host *h, uint64_t n)
 {
     if (h)
@@ -740,6 +747,7 @@ void metrics_reset(void)
     for (h = hosts; h; h = h->next) {
         memset(h->attempts, 0, sizeof(h->attempts));
         h->chunks = 0;
+        memset(h->stalls, 0, sizeof(h->stalls));
         memset(&h->ttfb, 0, sizeof(h->ttfb));
         memset(&h->duration, 0, sizeof(h->duration));
         h->breaker = h->health = 0;
@@ -972,6 +980,15 @@ static void render_hosts(struct out *o)
                                      token_kind_names[k] }};
                 sample_u64(o, "infergate_tokens_total", &l, h->tok[i].n[k]);
             }
+        }
+    }
+    family(o, "infergate_upstream_stalls_total", "counter",
+           "Upstream answers cut by retry.stream_idle_timeout (timeout idle) or"
+           " retry.response_timeout (timeout response), by host.");
+    for (h = reg.hosts; h; h = h->next) {
+        for (i = 0; i < 2; i++) {
+            struct labels l = {{ "host", "timeout" }, { h->name, i ? "response" : "idle" }};
+            sample_u64(o, "infergate_upstream_stalls_total", &l, h->stalls[i]);
         }
     }
     family(o, "infergate_breaker_state", "gauge",

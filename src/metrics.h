@@ -139,6 +139,9 @@ void metrics_retry_budget_exhausted(void);
 void metrics_stream_chunks(struct metrics_host *h, uint64_t n);
 /* An attempt sent in panic mode to a host held out by health. */
 void metrics_panic_pick(void);
+/* An answer from h cut by retry.stream_idle_timeout (response = 0) or
+ * retry.response_timeout (response = 1). */
+void metrics_upstream_stall(struct metrics_host *h, int response);
 
 /* --- events and gauges (reload, scrape) ------------------------------ */
 

@@ -17,8 +17,10 @@
  * In a parallel chain the first `race` steps start at once, one leg each;
  * the first leg with a successful head wins and the others are cancelled
  * (their transfers removed at once). Nothing is retried once the first
- * byte went to the client: a stream that breaks ends with an SSE
- * `event: error` frame. Every exit goes through px_done().
+ * byte went to the client: a stream that breaks, stalls
+ * (retry.stream_idle_timeout) or runs too long (retry.response_timeout)
+ * ends with an SSE `event: error` frame, after whole events only (sse.h).
+ * Every exit goes through px_done().
  *
  * Threads: a request lives on the worker that read it (p->w). Shared state
  * -- host and key state, breakers, the balancer, metrics, alerts, the
@@ -52,6 +54,7 @@
 #include "retry.h"
 #include "route.h"
 #include "session.h"
+#include "sse.h"
 #include "upstream.h"
 #include "usage.h"
 #include "worker.h"
@@ -68,6 +71,7 @@
 #define PX_MAX_REQUEST_ID   64
 #define PX_USER_AGENT       "infergate/" INFERGATE_VERSION
 #define PX_ID_SCAN          4096                /* stream bytes searched for an id */
+#define PX_SSE_HOLD_MAX     (1024 * 1024)       /* an event held back until its end */
 
 enum px_state {
     PX_LOOKUP = 0, PX_ATTEMPT, PX_WAITING, PX_BUFFERING, PX_STREAMING, PX_DONE
@@ -107,7 +111,10 @@ struct px_leg {
     int                   streaming;     /* its head started the client stream */
     int64_t               t_try;
     int64_t               t_head;        /* its response head, 0 = none yet */
-    struct event         *try_timer;     /* connect + first byte */
+    int64_t               t_last;        /* its last read after the head */
+    int                   paused;        /* held for a slow client: not idle */
+    struct event         *try_timer;     /* connect + first byte, then the
+                                          * answer's idle and total limits */
     struct evbuffer      *buf;           /* buffered response body */
 };
 
@@ -186,8 +193,12 @@ struct proxy {
     struct usage          usage;         /* what the answer reported */
     struct usage_stream  *ustream;       /* a stream's head and tail */
     int                   strip_usage;   /* drop the usage-only chunk we asked for */
-    struct evbuffer      *sse_hold;      /* strip_usage: an event not yet complete */
     char                 *body_own;      /* the body with include_usage added */
+
+    /* A stream goes to the client in whole SSE events (sse.h). */
+    struct sse_track      sse;
+    struct evbuffer      *sse_hold;      /* an event's start, until its end */
+    int                   sse_mid;       /* part of an oversized event went out */
 };
 
 /* Requests waiting for a free host (routing.when_full: queue), from
@@ -200,6 +211,7 @@ static uint64_t px_freed;
 static void px_attempt(struct proxy *p);
 static void px_begin(struct proxy *p);
 static void px_leg_cancel(struct px_leg *l);
+static void px_arm_answer_timer(struct px_leg *l, int64_t now);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
 static void px_scan_id(struct proxy *p, const struct px_leg *l,
                        const char *data, size_t len);
@@ -806,6 +818,8 @@ static void px_drain(struct http_req *req, void *arg)
     struct px_leg *l = arg;
 
     (void)req;
+    l->paused = 0;
+    l->t_last = gw_now_ms();        /* the pause was ours, not the upstream's */
     if (l->xfer)
         upstream_resume(l->xfer);   /* may call px_on_data right away */
 }
@@ -839,7 +853,10 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
 
     l->status = status;
     l->t_head = now;
+    l->t_last = now;
+    l->paused = 0;
     evtimer_del(l->try_timer);
+    px_arm_answer_timer(l, now);
     lock_take();
     balance_observe_latency(&hs->live.ewma_ms, (double)(now - l->t_try),
                             BALANCE_EWMA_ALPHA);
@@ -863,48 +880,97 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         /* Not in audio, and a retrieved response's was counted already. */
         if (!(p->route->flags & (API_ANSWER_RAW | API_ID_IN_PATH)))
             p->ustream = calloc(1, sizeof(*p->ustream));  /* none: not counted */
-        if (p->strip_usage && (p->sse_hold = evbuffer_new()) == NULL)
-            p->strip_usage = 0;
         return UPSTREAM_CONTINUE;
     }
     p->st = PX_BUFFERING;
     return UPSTREAM_CONTINUE;
 }
 
-/* usage.include_in_stream: passes the stream on event by event, without
- * the usage-only chunk the client did not ask for. `end`: flush what is
- * left. Returns what is queued on the client's socket. */
-static size_t px_write_stripped(struct proxy *p, const char *data, size_t len, int end)
+static size_t px_write(struct proxy *p, const char *data, size_t len)
 {
-    struct evbuffer *h = p->sse_hold;
+    p->bytes_out += len;
+    return http_stream_write(p->req, data, len);
+}
+
+/* Writes whole events; with usage.include_in_stream, without the
+ * usage-only chunk the client did not ask for. Returns what is queued on
+ * the client's socket. */
+static size_t px_write_events(struct proxy *p, const char *ev, size_t n)
+{
+    const char *e = ev + n, *run = ev, *at;
     size_t pending = 0;
     int wrote = 0;
 
-    evbuffer_add(h, data, len);
-    for (;;) {
-        struct evbuffer_ptr at = evbuffer_search(h, "\n\n", 2, NULL);
-        size_t n;
-        const char *ev;
-
-        if (at.pos < 0)
-            break;
-        n = (size_t)at.pos + 2;
-        ev = (const char *)evbuffer_pullup(h, (ev_ssize_t)n);
-        if (!usage_only_event(ev, n - 2)) {
-            pending = http_stream_write(p->req, ev, n);
-            wrote = 1;
+    if (!p->strip_usage)
+        return px_write(p, ev, n);
+    while ((at = memmem(ev, (size_t)(e - ev), "\n\n", 2)) != NULL) {
+        if (usage_only_event(ev, (size_t)(at - ev))) {
+            if (ev > run) {
+                pending = px_write(p, run, (size_t)(ev - run));
+                wrote = 1;
+            }
+            run = at + 2;
         }
-        evbuffer_drain(h, n);
+        ev = at + 2;
     }
-    if (end && evbuffer_get_length(h)) {
-        size_t n = evbuffer_get_length(h);
-        pending = http_stream_write(p->req, (const char *)evbuffer_pullup(h, -1), n);
-        evbuffer_drain(h, n);
+    if (e > run) {
+        pending = px_write(p, run, (size_t)(e - run));
         wrote = 1;
     }
-    if (!wrote)
-        pending = http_stream_write(p->req, "", 0);
+    return wrote ? pending : http_req_pending_output(p->req);
+}
+
+/* Writes what p->sse_hold holds (whole events, or at the end what is left
+ * as it came) and empties it. */
+static size_t px_write_hold(struct proxy *p, int events)
+{
+    size_t n = evbuffer_get_length(p->sse_hold), pending;
+    const char *b = (const char *)evbuffer_pullup(p->sse_hold, -1);
+
+    pending = events ? px_write_events(p, b, n) : px_write(p, b, n);
+    evbuffer_drain(p->sse_hold, n);
     return pending;
+}
+
+/*
+ * Passes stream bytes on in whole SSE events, so that a break at any byte
+ * can be followed by a clean error event (sse.h): what follows the last
+ * event end of a chunk waits in p->sse_hold for the rest of its event.
+ * A chunk of whole events with nothing held, the usual case, is written
+ * as it came. Returns the bytes queued for the client.
+ */
+static size_t px_relay(struct proxy *p, const char *data, size_t len)
+{
+    size_t end = sse_event_end(&p->sse, data, len), pending = 0;
+    size_t held = p->sse_hold ? evbuffer_get_length(p->sse_hold) : 0;
+
+    if (end == len && held == 0)
+        return px_write_events(p, data, len);
+    if (p->sse_hold == NULL && (p->sse_hold = evbuffer_new()) == NULL) {
+        p->sse_mid = end != len;        /* out of memory: pass it all on */
+        return px_write(p, data, len);
+    }
+    if (end > 0) {
+        if (held) {
+            evbuffer_add(p->sse_hold, data, end);
+            pending = px_write_hold(p, 1);
+        } else {
+            pending = px_write_events(p, data, end);
+        }
+        p->sse_mid = 0;
+        data += end;
+        len -= end;
+    }
+    if (len == 0)
+        return pending;
+    evbuffer_add(p->sse_hold, data, len);
+    if (evbuffer_get_length(p->sse_hold) > PX_SSE_HOLD_MAX) {
+        /* An event this large goes on in pieces; a break inside it can
+         * only end it with a blank line (px_stream_error). */
+        p->sse_mid = 1;
+        return px_write_hold(p, 0);
+    }
+    return end > 0 ? pending : http_req_pending_output(p->req);
 }
 
 static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
@@ -912,6 +978,7 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
     struct px_leg *l = arg;
     struct proxy *p = l->p;
 
+    l->t_last = gw_now_ms();
     if (l->streaming) {
         size_t pending;
         if (!p->id_done && (p->route->flags & API_RECORD_ID))
@@ -921,11 +988,10 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         lock_drop();
         if (p->ustream)
             usage_stream_feed(p->ustream, data, len);
-        pending = p->strip_usage ? px_write_stripped(p, data, len, 0)
-                                 : http_stream_write(p->req, data, len);
-        p->bytes_out += len;
+        pending = px_relay(p, data, len);
         if (pending > PX_STREAM_HIGH) {
             /* Slow client: hold the upstream until the socket drains. */
+            l->paused = 1;
             http_req_on_drain(p->req, px_drain, l);
             return UPSTREAM_PAUSE;
         }
@@ -937,20 +1003,25 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
     return UPSTREAM_CONTINUE;
 }
 
-static void px_stream_error(struct proxy *p, const char *why)
+/* Ends a stream that cannot go on with an error event in the API's shape
+ * (route.c). The start of an event cut short is dropped, never sent: the
+ * client's stream ends on an event boundary before the error event. */
+static void px_stream_error(struct proxy *p, const char *code, const char *why)
 {
-    char *s = route_stream_error(p->route->family, p->route->flags, why);
-    struct evbuffer *frame = evbuffer_new();
+    char *data = route_stream_error(p->route->family, p->route->flags, code, why);
+    size_t len = 0;
+    char *frame = data ? sse_frame("error", data, &len) : NULL;
 
-    if (s && frame) {
-        evbuffer_add_printf(frame, "event: error\ndata: %s\n\n", s);
-        http_stream_write(p->req, (const char *)evbuffer_pullup(frame, -1),
-                          evbuffer_get_length(frame));
-    }
+    if (p->sse_hold)
+        evbuffer_drain(p->sse_hold, evbuffer_get_length(p->sse_hold));
+    if (p->sse_mid)
+        px_write(p, "\n\n", 2);
+    p->sse_mid = 0;
     if (frame)
-        evbuffer_free(frame);
-    free(s);
-    }
+        px_write(p, frame, len);
+    free(frame);
+    free(data);
+}
 
 /* A 2xx answer that is not JSON (an HTML error page, a stray text,
  * whatever its Content-Type says) is an upstream fault like a reset
@@ -1069,12 +1140,12 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
         px_leg_record(l, res != UPSTREAM_OK, 0);
         if (p->ustream)
             usage_stream_result(p->ustream, &p->usage);
-        if (p->strip_usage)
-            px_write_stripped(p, "", 0, 1);
         if (res != UPSTREAM_OK) {
             log_warn("request %s: stream from %s broke: %s", p->id,
                      p->snap->cfg->hosts[l->host].name, err);
-            px_stream_error(p, "upstream stream interrupted");
+            px_stream_error(p, "stream_interrupted", "upstream stream interrupted");
+        } else if (p->sse_hold && evbuffer_get_length(p->sse_hold)) {
+            px_write_hold(p, 0);      /* ended cleanly: passed on as it came */
         }
         http_stream_end(p->req);
         px_done(p);
@@ -1141,19 +1212,103 @@ static const struct upstream_cbs px_cbs = { px_on_headers, px_on_data, px_on_don
 
 /* --- timers and client events ---------------------------------------- */
 
+static void px_timer_ms(struct event *ev, int64_t ms)
+{
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+
+    evtimer_add(ev, &tv);
+}
+
+/* The first-byte limit of an attempt: its step's, or retry.per_try_timeout. */
+static int64_t px_per_try_ms(const struct px_leg *l)
+{
+    const struct px_step *s = &l->p->steps[l->step];
+
+    return s->timeout_ms ? s->timeout_ms : l->p->snap->cfg->retry.per_try_timeout_ms;
+}
+
+/* After a response head, l->try_timer watches the answer: it must keep
+ * coming (retry.stream_idle_timeout) and end in time
+ * (retry.response_timeout). Armed for the sooner of the two; a read only
+ * stamps l->t_last, and the timer, when it fires early, arms itself again. */
+static void px_arm_answer_timer(struct px_leg *l, int64_t now)
+{
+    const struct config *c = l->p->snap->cfg;
+    int64_t idle = c->retry.stream_idle_timeout_ms, total = c->retry.response_timeout_ms;
+    int64_t at = -1;
+
+    if (idle > 0)
+        at = (l->paused ? now : l->t_last) + idle;
+    if (total > 0 && (at < 0 || l->t_try + total < at))
+        at = l->t_try + total;
+    if (at >= 0)
+        px_timer_ms(l->try_timer, at > now ? at - now : 0);
+}
+
+/*
+ * An answer stalled or took too long. Before the first byte went to the
+ * client it is a failed attempt like any timeout (retry, failover); once a
+ * stream has started the stream ends with an error event. Both count as a
+ * failure of the host (breaker, passive health) and as a stall in metrics.
+ */
+static void px_answer_expired(struct px_leg *l, int response, const char *msg)
+{
+    struct proxy *p = l->p;
+
+    upstream_cancel(l->xfer);
+    l->xfer = NULL;
+    px_leg_end(l, METRICS_OUTCOME_TIMEOUT);
+    lock_take();
+    metrics_upstream_stall(p->snap->mh[l->host], response);
+    lock_drop();
+    if (!l->streaming) {
+        if (p->winner == l)
+            p->winner = NULL;
+        px_leg_failed(l, RETRY_FAULT_TIMEOUT, 0, NULL, msg);
+        return;
+    }
+    px_leg_record(l, 1, 0);
+    px_note_failure(l, FAIL_TIMEOUT, 0, msg);
+    px_stream_error(p, "stream_timeout", msg);
+    http_stream_end(p->req);
+    px_done(p);
+}
+
 static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct px_leg *l = arg;
+    const struct config *c;
+    int64_t now, total, idle;
 
     (void)fd;
     (void)what;
-    if (l->xfer == NULL || l->status)
+    if (l->xfer == NULL)
         return;
-    upstream_cancel(l->xfer);
-    l->xfer = NULL;
-    px_leg_end(l, METRICS_OUTCOME_TIMEOUT);  /* breaker: recorded below */
-    px_leg_failed(l, RETRY_FAULT_TIMEOUT, 0, NULL,
-                  "no response head within the per-try timeout");
+    c = l->p->snap->cfg;
+    now = gw_now_ms();
+    total = c->retry.response_timeout_ms;
+    idle = c->retry.stream_idle_timeout_ms;
+    if (l->status == 0) {
+        if (total > 0 && total < px_per_try_ms(l)) {
+            px_answer_expired(l, 1, "no complete answer within retry.response_timeout");
+            return;
+        }
+        upstream_cancel(l->xfer);
+        l->xfer = NULL;
+        px_leg_end(l, METRICS_OUTCOME_TIMEOUT);  /* breaker: recorded below */
+        px_leg_failed(l, RETRY_FAULT_TIMEOUT, 0, NULL,
+                      "no response head within the per-try timeout");
+        return;
+    }
+    if (total > 0 && now - l->t_try >= total) {
+        px_answer_expired(l, 1, "no complete answer within retry.response_timeout");
+        return;
+    }
+    if (idle > 0 && !l->paused && now - l->t_last >= idle) {
+        px_answer_expired(l, 0, "no data from the upstream within retry.stream_idle_timeout");
+        return;
+    }
+    px_arm_answer_timer(l, now);
 }
 
 static void px_deadline(evutil_socket_t fd, short what, void *arg)
@@ -1306,6 +1461,7 @@ static int px_send(struct px_leg *l)
     size_t nh = 0;
     int64_t now = gw_now_ms(), left = p->t_start + p->deadline_ms - now;
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
+    int64_t first = per_try;
 
     snprintf(url, sizeof(url), "%s%s%s%s", ch->url, p->upath, p->query ? "?" : "",
              p->query ? p->query : "");
@@ -1355,6 +1511,7 @@ static int px_send(struct px_leg *l)
 
     l->status = 0;
     l->streaming = 0;
+    l->paused = 0;
     l->t_try = now;
     l->t_head = 0;
     l->xfer = upstream_start(p->w->up, &ur, &px_cbs, l);
@@ -1363,10 +1520,9 @@ static int px_send(struct px_leg *l)
         return -1;
     if (p->active++ == 0)
         p->t_up = now;
-    {
-        struct timeval tv = { (time_t)(per_try / 1000), (suseconds_t)((per_try % 1000) * 1000) };
-        evtimer_add(l->try_timer, &tv);
-    }
+    if (c->retry.response_timeout_ms > 0 && c->retry.response_timeout_ms < first)
+        first = c->retry.response_timeout_ms;
+    px_timer_ms(l->try_timer, first);
     return 0;
 }
 
@@ -1876,7 +2032,7 @@ static void px_field(void *arg, const char *key, size_t klen, const struct jscan
 
 /* usage.include_in_stream: a streamed chat/completions request that does
  * not ask for usage gets stream_options.include_usage, and the client's
- * stream loses the usage-only chunk again (px_write_stripped). */
+ * stream loses the usage-only chunk again (px_write_events). */
 static int px_ask_usage(struct proxy *p, const struct jscan_val *opts)
 {
     static const char member[] = "\"stream_options\":{\"include_usage\":true}";
@@ -2123,7 +2279,7 @@ void proxy_abort_all(struct worker *w)
         for (i = 0; i < p->nlegs; i++)
             px_leg_cancel(&p->legs[i]);
         if (p->st == PX_STREAMING) {
-            px_stream_error(p, "gateway shutting down");
+            px_stream_error(p, "stream_interrupted", "gateway shutting down");
             http_stream_end(p->req);
             px_done(p);
         } else {

@@ -135,16 +135,17 @@ char *route_error_body(unsigned flags, int status, const char *type,
                           "type", type, "param", "code", code));
 }
 
-char *route_stream_error(enum api_family f, unsigned flags, const char *msg)
+char *route_stream_error(enum api_family f, unsigned flags, const char *code,
+                         const char *msg)
 {
     if (flags & API_ANTHROPIC)
         return dump(json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error",
                               "type", "api_error", "message", msg));
     if (f == API_RESPONSES)
         return dump(json_pack("{s:s, s:s, s:s, s:n}", "type", "error",
-                              "code", "stream_interrupted", "message", msg, "param"));
+                              "code", code, "message", msg, "param"));
     return dump(json_pack("{s:{s:s, s:s, s:s}}", "error", "message", msg,
-                          "type", "upstream_error", "code", "stream_interrupted"));
+                          "type", "upstream_error", "code", code));
 }
 
 /* --- Responses stream ids ---------------------------------------------- */

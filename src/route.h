@@ -111,8 +111,10 @@ char *route_error_body(unsigned flags, int status, const char *type,
 
 /* The JSON of an SSE `event: error` that ends a stream broken after its
  * first byte, in the family's shape (Responses: {"type": "error", "code",
- * "message", ...}; Messages: Anthropic's error; others OpenAI's). */
-char *route_stream_error(enum api_family f, unsigned flags, const char *msg);
+ * "message", ...}; Messages: Anthropic's error, which has no code; others
+ * OpenAI's, type upstream_error). `code`: e.g. "stream_interrupted". */
+char *route_stream_error(enum api_family f, unsigned flags, const char *code,
+                         const char *msg);
 
 /* Responses streams: the id of `response.created`, found in the first
  * `data:` line's "response" object. Returns 1 found, 0 need more bytes,

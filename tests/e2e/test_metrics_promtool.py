@@ -119,6 +119,7 @@ EXPECTED = {
     "infergate_upstream_in_flight_requests": "gauge",
     "infergate_stream_chunks_total": "counter",
     "infergate_tokens_total": "counter",
+    "infergate_upstream_stalls_total": "counter",
     "infergate_breaker_state": "gauge",
     "infergate_host_health": "gauge",
     "infergate_retries_total": "counter",

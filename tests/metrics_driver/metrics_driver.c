@@ -83,6 +83,7 @@ int main(int argc, char **argv)
         snprintf(m, sizeof(m), "tok-model-%d", i);
         metrics_tokens(h[2], m, 2, (const uint64_t[]){ 0, 1, 0 });
     }
+    metrics_upstream_stall(h[0], 0);
 
     if (overflow) {
         char model[32];

@@ -90,6 +90,7 @@ static void test_every_family_has_help_and_type(void **state)
         {"infergate_upstream_duration_seconds", "histogram"},
         {"infergate_upstream_in_flight_requests", "gauge"},
         {"infergate_stream_chunks_total", "counter"},
+        {"infergate_upstream_stalls_total", "counter"},
         {"infergate_breaker_state", "gauge"},
         {"infergate_host_health", "gauge"},
         {"infergate_retries_total", "counter"},
@@ -225,8 +226,15 @@ static void test_label_values_escaped(void **state)
     (void)state;
     req(METRICS_ROUTE_CHAT, 200, h, "m\"1\\\n", 1, 1, 1);
     metrics_stream_chunks(h, 7);
+    metrics_upstream_stall(h, 0);
+    metrics_upstream_stall(h, 1);
+    metrics_upstream_stall(h, 1);
     s = render();
     assert_true(has_line(s, "infergate_stream_chunks_total{host=\"a\\\\b\\\"c\\nd\"} 7"));
+    assert_true(has_line(s, "infergate_upstream_stalls_total{host=\"a\\\\b\\\"c\\nd\","
+                            "timeout=\"idle\"} 1"));
+    assert_true(has_line(s, "infergate_upstream_stalls_total{host=\"a\\\\b\\\"c\\nd\","
+                            "timeout=\"response\"} 2"));
     assert_true(has_line(s, "infergate_requests_total{route=\"chat_completions\",code=\"200\","
                             "host=\"a\\\\b\\\"c\\nd\",model=\"m\\\"1\\\\\\n\"} 1"));
     /* No raw newline leaked into a sample line. */

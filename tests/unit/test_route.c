@@ -55,7 +55,8 @@ static void test_errors(void **st)
 {
     char *a = route_error_body(API_ANTHROPIC, 429, "rate_limit_error", "x", "slow down");
     char *o = route_error_body(0, 404, "invalid_request_error", "not_found", "no \"such\"");
-    char *s = route_stream_error(API_RESPONSES, 0, "broken");
+    char *s = route_stream_error(API_RESPONSES, 0, "stream_interrupted", "broken");
+    char *t = route_stream_error(0, 0, "stream_timeout", "stalled");
     json_t *j;
 
     (void)st;
@@ -71,6 +72,13 @@ static void test_errors(void **st)
     j = json_loads(s, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(j, "code")), "stream_interrupted");
     json_decref(j);
+    j = json_loads(t, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "code")),
+                        "stream_timeout");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "type")),
+                        "upstream_error");
+    json_decref(j);
+    free(t);
     free(a);
     free(o);
     free(s);
