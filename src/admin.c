@@ -259,6 +259,9 @@ static json_t *host_json(const struct snapshot *s, size_t i)
         json_object_set_new(o, "out", out_json(hs, now));
         json_object_set_new(o, "ejections", json_integer(hs->ejections));
         json_object_set_new(o, "ejections_total", json_integer((json_int_t)hs->ejections_total));
+        json_object_set_new(o, "apis", strlist(&h->apis));     /* [] = every API */
+        json_object_set_new(o, "auth", json_string(h->auth == HOST_AUTH_X_API_KEY
+                                                   ? "x-api-key" : "bearer"));
     }
     return o;
 }

@@ -374,6 +374,13 @@ static int passthrough(const struct config *c, const char *path)
     return 0;
 }
 
+/* What a pass-through proxies (HEAD, OPTIONS, ... stay the gateway's). */
+static int passthrough_method(const char *m)
+{
+    return strcmp(m, "GET") == 0 || strcmp(m, "POST") == 0 || strcmp(m, "DELETE") == 0
+           || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0;
+}
+
 /* The API surface beyond the table above (route.c) and the pass-through
  * prefixes: client auth, then proxy.c. Returns 1 when req was taken (the
  * state lock is still held; proxy_handle runs without it). Anthropic's
@@ -385,7 +392,7 @@ static int proxied_route(struct gateway *gw, struct http_req *req, const char *p
     int known = 0, status;
     const struct api_route *r = route_find(method, path, &known, id, sizeof(id));
 
-    if (r == NULL && !passthrough(gw->snap->cfg, path)) {
+    if (r == NULL && (!passthrough(gw->snap->cfg, path) || !passthrough_method(method))) {
         *path_known |= known;
         return 0;
     }

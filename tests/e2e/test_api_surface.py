@@ -362,6 +362,8 @@ def test_passthrough_and_apis_filter(mocks, gateway):
         assert st == 200 and h["x-upstream-host"] == "m1"
     st, _, body = g.request("POST", "/v1/moderations", {"input": "x"})
     assert assert_openai_error(st, body, 404)["code"] == "api_not_served"
+    hosts = {h["name"]: h for h in json.loads(g.request("GET", "/status")[2])["hosts"]}
+    assert hosts["m0"]["apis"] == ["chat", "responses"] and hosts["m1"]["auth"] == "bearer"
     # Pass-through: method, query and body untouched (the mock 404s unknown paths).
     st, h, body = g.request("GET", "/v1/files?purpose=batch&limit=2")
     assert st == 404 and h["x-upstream-host"] in ("m0", "m1"), body
@@ -430,3 +432,28 @@ def test_two_replicas_share_response_owners(mocks, gateway, redis_server):
     assert sum(api_calls(m) for m in rest) == before
     a.stop()
     b.stop()
+
+
+def test_form_model_routes_and_passthrough_fails_over(mocks, gateway):
+    ms = mocks(3)
+    ms[2].config(probe_status=500)
+    g = gateway(hosts_of(ms, m0={"models": ["whisper-1"]}, m1={"models": ["dall-e-2"]},
+                         m2={"models": ["llama"]}),
+                policies="routing:\n  passthrough: [/info]\n"
+                         "retry:\n  backoff: {initial: 1ms, max: 2ms}\n")
+    body, ctype = form({"model": "whisper-1"}, [("file", "a.wav", b"RIFF")])
+    for _ in range(3):
+        st, h, data = g.request("POST", "/v1/audio/transcriptions", body, {"Content-Type": ctype})
+        assert st == 200 and h["x-upstream-host"] == "m0", data
+    body, ctype = form({"model": "dall-e-2", "prompt": "x"}, [("image", "a.png", b"PNG")])
+    for _ in range(3):
+        st, h, data = g.request("POST", "/v1/images/variations", body, {"Content-Type": ctype})
+        assert st == 200 and h["x-upstream-host"] == "m1", data
+    # Pass-through: m2 fails with 500, the answer comes from another host.
+    seen = set()
+    for _ in range(6):
+        st, h, data = g.request("GET", "/info")
+        assert st == 200 and json.loads(data)["containers"] == [], data
+        seen.add(h["x-upstream-host"])
+    assert "m2" not in seen and ms[2].stats()["statuses"].get("500", 0) >= 1
+    g.stop()
