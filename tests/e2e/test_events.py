@@ -1,9 +1,13 @@
 """GET /admin/events (SSE of state changes) and GET /admin/timeseries.
 
 A watcher sees a reload, a failed reload with its FILE:LINE:COL errors, a
-breaker opening and a key cooling down, in that order; a watcher that never
-reads is dropped while a reading one keeps up, and the gateway's memory stays
-bounded; both endpoints need the admin token when one is set.
+breaker opening and a key cooling down, in that order; half-open and closed,
+hosts out and back by probes, by passive ejection and by breaker, a key
+disabled and back by a reload, a host+model breaker, alerts, replicas joining
+and leaving through Redis, and the drain that ends the streams are told too;
+64 watchers each get every event; a watcher that never reads is dropped while
+a reading one keeps up, and the gateway's memory stays bounded; both endpoints
+need the admin token when one is set.
 """
 import http.client
 import json
@@ -16,6 +20,7 @@ import threading
 import time
 
 from conftest import SANITIZED, hosts_of, wait_for
+from test_sessions import redis_policies, redis_server  # noqa: F401 (fixture)
 
 TOKEN = "dash-admin-token"
 AUTH = {"Authorization": "Bearer " + TOKEN}
@@ -323,3 +328,112 @@ def test_drain_is_told_and_ends_the_streams(mocks, gateway):
     finally:
         for w in ws:
             w.close()
+
+
+def test_probe_and_passive_out_and_back(mocks, gateway):
+    ms = mocks(3)
+    g = gateway(hosts_of(ms), policies=(
+        "health_check:\n  interval: 200ms\n  timeout: 150ms\n"
+        "  unhealthy_threshold: 2\n  healthy_threshold: 2\n  ejection_base: 1s\n"
+        "  panic_threshold: 0\n"
+        "circuit_breaker:\n  enabled: false\nretry:\n  backoff: {initial: 1ms}\n"))
+    w = Watcher(g.port)
+    try:
+        wait_for(lambda: status(g)["events"]["watchers"] == 1, what="watcher registered")
+        ms[1].config(probe_status=503)
+        out = w.until(lambda e: e["type"] == "host_out", what="host_out by probes")[-1]
+        assert out["host"] == "m1" and out["why"] == "probe" and "503" in out["detail"]
+        ms[1].config(probe_status=200)
+        back = w.until(lambda e: e["type"] == "host_back", what="host_back by probes")[-1]
+        assert back["host"] == "m1" and back["why"] == "probe"
+        # passive: m2's answers fail; after 2 in a row it is ejected for 1 s
+        ms[2].config(status=502)
+        seen = []
+        wait_for(lambda: g.chat()[0] == 200 and (seen.extend(drain(w.events)) or any(
+            e["type"] == "host_out" for e in seen)), timeout=20, what="host_out (passive)")
+        i = next(i for i, e in enumerate(seen) if e["type"] == "host_out")
+        assert seen[i]["host"] == "m2" and seen[i]["why"] == "passive"
+        ms[2].config(status=200)
+        backs = [e for e in seen[i:] if e["type"] == "host_back"]
+        back = backs[0] if backs else w.until(lambda e: e["type"] == "host_back",
+                                               what="host_back (passive)")[-1]
+        assert back["host"] == "m2" and back["why"] == "passive"
+    finally:
+        w.close()
+
+
+def test_key_disabled_then_back_by_reload(mocks, gateway):
+    ms = mocks(1)
+    keys = [{"key": "sk-revoked-key-0000001", "description": "revoked"},
+            {"key": "sk-fine-key-0000000002", "description": "fine"}]
+    ms[0].config(fail_keys={"sk-revoked-key-0000001": 401})
+    g = gateway(hosts_of(ms), keys, policies="retry:\n  backoff: {initial: 1ms}\n")
+    w = Watcher(g.port)
+    try:
+        wait_for(lambda: status(g)["events"]["watchers"] == 1, what="watcher registered")
+        for _ in range(3):
+            assert g.chat()[0] == 200
+        d = w.until(lambda e: e["type"] == "key_disabled", what="key_disabled")[-1]
+        assert d["description"] == "revoked" and d["status"] == 401 and d["host"] == "m0"
+        assert g.request("POST", "/admin/reload")[0] == 200
+        got = w.until(lambda e: e["type"] == "key_back", what="key_back")
+        assert got[-1]["description"] == "revoked" and got[-1]["why"] == "reload"
+        assert "reload_ok" in [e["type"] for e in got]
+    finally:
+        w.close()
+
+
+def test_many_watchers_all_get_each_event(mocks, gateway):
+    ms = mocks(1)
+    g = gateway(hosts_of(ms))
+    ws = []
+    try:
+        ws = [Watcher(g.port) for _ in range(64)]
+        wait_for(lambda: status(g)["events"]["watchers"] == 64, what="64 watchers")
+        for _ in range(3):
+            assert g.request("POST", "/admin/reload")[0] == 200
+        for w in ws:
+            got = w.until(lambda e: e["type"] == "reload_ok" and e["generation"] == 4,
+                          what="the third reload")
+            assert [e["generation"] for e in got if e["type"] == "reload_ok"] == [2, 3, 4]
+    finally:
+        for w in ws:
+            w.close()
+    wait_for(lambda: status(g)["events"]["watchers"] == 0, what="watchers gone")
+
+
+def test_replicas_joined_and_left(mocks, gateway, redis_server):
+    port, _, _ = redis_server
+    ms = mocks(1)
+    g1 = gateway(hosts_of(ms), policies=redis_policies(port))
+    w = Watcher(g1.port)
+    try:
+        me = status(g1)["sessions"]["replica"]["id"]
+        g2 = gateway(hosts_of(ms), policies=redis_policies(port))
+        other = status(g2)["sessions"]["replica"]["id"]
+        j = w.until(lambda e: e["type"] == "replica_joined" and e["replica"] == other,
+                    what="replica_joined", timeout=30)[-1]
+        assert j["address"] == "127.0.0.1:%d" % g2.port and other != me
+        g2.stop()
+        w.until(lambda e: e["type"] == "replica_left" and e["replica"] == other,
+                what="replica_left", timeout=30)
+    finally:
+        w.close()
+
+
+def test_model_breaker_open_is_told_with_its_model(mocks, gateway):
+    ms = mocks(2)
+    ms[0].config(fail_models={"model-a": 500})
+    hosts = hosts_of(ms, m0={"models": ["model-a", "model-b"]}, m1={"models": ["model-a", "model-b"]})
+    g = gateway(hosts, policies="retry:\n  backoff: {initial: 1ms}\n"
+                "circuit_breaker:\n  failure_threshold: 2\n  reset_timeout: 60s\n")
+    w = Watcher(g.port)
+    try:
+        wait_for(lambda: status(g)["events"]["watchers"] == 1, what="watcher registered")
+        for _ in range(6):
+            assert g.chat(model="model-a")[0] == 200
+        ev = w.until(lambda e: e["type"] == "breaker_open", what="breaker_open")[-1]
+        assert ev["host"] == "m0" and ev["model"] == "model-a"
+        assert not any(e["type"] == "host_out" for e in drain(w.events))
+    finally:
+        w.close()
