@@ -988,7 +988,8 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         lock_drop();
         if (p->ustream)
             usage_stream_feed(p->ustream, data, len);
-        pending = px_relay(p, data, len);
+        pending = (p->route->flags & API_ANSWER_RAW) ? px_write(p, data, len)
+                                                     : px_relay(p, data, len);
         if (pending > PX_STREAM_HIGH) {
             /* Slow client: hold the upstream until the socket drains. */
             l->paused = 1;
@@ -1140,6 +1141,15 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
         px_leg_record(l, res != UPSTREAM_OK, 0);
         if (p->ustream)
             usage_stream_result(p->ustream, &p->usage);
+        if (res != UPSTREAM_OK && (p->route->flags & API_ANSWER_RAW)) {
+            /* Binary (speech): no error event fits in it; the client sees
+             * the body cut short. */
+            log_warn("request %s: stream from %s broke: %s", p->id,
+                     p->snap->cfg->hosts[l->host].name, err);
+            http_req_abort(p->req);
+            px_done(p);
+            return;
+        }
         if (res != UPSTREAM_OK) {
             log_warn("request %s: stream from %s broke: %s", p->id,
                      p->snap->cfg->hosts[l->host].name, err);
@@ -1269,8 +1279,12 @@ static void px_answer_expired(struct px_leg *l, int response, const char *msg)
     }
     px_leg_record(l, 1, 0);
     px_note_failure(l, FAIL_TIMEOUT, 0, msg);
-    px_stream_error(p, "stream_timeout", msg);
-    http_stream_end(p->req);
+    if (p->route->flags & API_ANSWER_RAW) {
+        http_req_abort(p->req);       /* binary: cut short, no error event */
+    } else {
+        px_stream_error(p, "stream_timeout", msg);
+        http_stream_end(p->req);
+    }
     px_done(p);
 }
 

@@ -280,6 +280,19 @@ def test_audio_images_moderations_rerank(mocks, gateway):
     st, h, data = g.request("POST", "/v1/audio/speech", {"model": "tts-1", "input": "hi", "voice": "alloy"})
     assert st == 200 and h["content-type"] == "audio/mpeg" and data.startswith(b"ID3")
     assert len(data) == 10 + 4096
+    # Cut short upstream: the client's body is cut short too (no SSE error in audio).
+    ms[0].config(close_after_chunks=1)
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=30)
+    conn.request("POST", "/v1/audio/speech", json.dumps({"model": "tts-1", "input": "x"}),
+                 {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200
+    with pytest.raises(http.client.IncompleteRead) as e:
+        r.read()
+    assert e.value.partial.startswith(b"ID3") and b"event:" not in e.value.partial
+    conn.close()
+    ms[0].config(close_after_chunks=0)
     st, _, data = g.request("POST", "/v1/images/generations", {"model": "img-1", "prompt": "cat"})
     assert st == 200 and json.loads(data)["data"][0]["b64_json"]
     body, ctype = form({"model": "img-1", "prompt": "x"}, [("image", "a.png", b"\x89PNG" * 10)])

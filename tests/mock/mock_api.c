@@ -409,6 +409,8 @@ static void answer_verify(struct op *op)
     op_finish(op, 200, "application/json");
 }
 
+static void on_drained(struct evhttp_connection *evcon, void *arg);
+
 /* ---- Responses, Messages and the other APIs --------------------------- */
 
 /* Responses made here: id -> {"response": ..., "items": [...], "turn": n}. */
@@ -605,6 +607,20 @@ static void answer_other(struct op *op)
         evbuffer_add(b, "ID3\x04\x00\x00\x00\x00\x00\x00", 10);
         for (i = 0; i < 4096; i++)
             evbuffer_add(b, &"\xff\xfb\x90\x00"[i % 4], 1);
+        if (op->close_after > 0) {
+            /* close_after_chunks: the first 1 KB, chunked, then a cut. */
+            struct evkeyvalq *h = evhttp_request_get_output_headers(op->req);
+            evbuffer_drain(mock.scratch, evbuffer_get_length(mock.scratch));
+            evbuffer_remove_buffer(b, mock.scratch, 1024);
+            evbuffer_drain(b, evbuffer_get_length(b));
+            evhttp_add_header(h, "Content-Type", "audio/mpeg");
+            evhttp_add_header(h, "X-Mock-Name", mock.name);
+            mock_count_status(200);
+            op->stage = ST_STREAM;
+            evhttp_send_reply_start(op->req, 200, NULL);
+            evhttp_send_reply_chunk_with_cb(op->req, mock.scratch, on_drained, op);
+            return;
+        }
         op_finish(op, 200, "audio/mpeg");
         return;
     case EP_IMAGES:
