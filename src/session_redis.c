@@ -33,9 +33,11 @@
  * sessions.redis.timeout, Redis is slow or gone: the session goes down at
  * once (every pending lookup is answered from memory) and reconnects.
  *
- * States: CONNECTING (resolve, connect, AUTH, SELECT, [ROLE,] PING,
+ * States: CONNECTING (resolve, connect, AUTH, SELECT, ROLE, PING,
  * SUBSCRIBE, all within one timeout) -> UP -> DOWN (backoff timer,
- * BACKOFF_MIN_MS doubling to BACKOFF_MAX_MS) -> CONNECTING ... One warning
+ * BACKOFF_MIN_MS doubling to BACKOFF_MAX_MS) -> CONNECTING ... A server
+ * whose ROLE is not master is not used (without sentinels, a user not
+ * allowed ROLE is trusted to name the master). One warning
  * when Redis goes away (or is not there at start), one info line when it
  * is back; failed retries in between log at debug level only.
  *
@@ -537,7 +539,7 @@ enum redis_state { RS_DOWN = 0, RS_CONNECTING, RS_UP };
 enum call_type {
     CALL_AUTH = 0,
     CALL_SELECT,
-    CALL_ROLE,          /* with sentinels: is it the master? */
+    CALL_ROLE,          /* is it the master? */
     CALL_READY,         /* the PING that ends the handshake */
     CALL_GET,
     CALL_WRITE,         /* SET, SADD, SREM, PUBLISH: only errors matter */
@@ -1287,6 +1289,10 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *priv)
         go_down(r, NULL);
         return;
     }
+    if (reply->type == REDIS_REPLY_ERROR && c->type == CALL_ROLE && r->conf.nsentinels == 0) {
+        rcall_free(c);                  /* a url's user without +role: trust the url */
+        return;
+    }
     if (reply->type == REDIS_REPLY_ERROR) {
         r->errors++;
         switch (c->type) {
@@ -1297,7 +1303,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *priv)
             set_error(r, "SELECT failed", reply->str);
             break;
         case CALL_ROLE:
-            set_error(r, "ROLE failed (an ACL user needs +role)", reply->str);
+            set_error(r, "ROLE failed (with sentinels an ACL user needs +role)", reply->str);
             break;
         case CALL_READY:
             set_error(r, "PING failed", reply->str);
@@ -1488,10 +1494,8 @@ static void connect_to(struct session_redis *r, const char *addr)
         argv[1] = db;
         send_cmd(r, CALL_SELECT, 2, argv, NULL, 0);
     }
-    if (r->conf.nsentinels > 0) {       /* a master named by sentinels: check it */
-        argv[0] = "ROLE";
-        send_cmd(r, CALL_ROLE, 1, argv, NULL, 0);
-    }
+    argv[0] = "ROLE";                   /* never write to a replica */
+    send_cmd(r, CALL_ROLE, 1, argv, NULL, 0);
     argv[0] = "PING";
     chan = channel(r);
     if (send_cmd(r, CALL_READY, 1, argv, NULL, 0) == NULL || chan == NULL) {

@@ -275,11 +275,13 @@ def test_sentinel_failover_under_load(mocks, gateway, servers):
             return False
         wait_for(promoted, timeout=30, interval=0.02, what="sentinels to promote the replica")
         t_promoted = time.monotonic()
+        moves = []
         for g in (g1, g2):
             wait_for(lambda: (lambda r: r["state"] == "up" and r["master"] == new)(
                 redis_status(g)), timeout=30, interval=0.02, what="gateway on the new master")
             moved = time.monotonic() - t_promoted
             assert moved <= TIMEOUT_S + SLACK_S, (moved, redis_status(g))
+            moves.append(moved)
             rs = redis_status(g)
             assert rs["failovers_followed"] == 1, rs
             assert metric(g, "infergate_redis_failovers_followed_total") == 1
@@ -347,8 +349,8 @@ def test_sentinel_failover_under_load(mocks, gateway, servers):
     finally:
         load.stop()
     assert load.failed == [], load.failed[:5]
-    print("failover: %.2f s from kill to promotion; %d requests, none failed"
-          % (failover_s, load.ok))
+    print("failover: %.2f s from kill to promotion; gateways on the new master %s s after it;"
+          " %d requests, none failed" % (failover_s, ["%.3f" % m for m in moves], load.ok))
     for g in (g1, g2):
         out = g.output()
         assert "+switch-master" in out and "failover followed" in out
@@ -435,3 +437,96 @@ def test_wrong_password_fails_start_and_reload(mocks, gateway, servers, tmp_path
     assert redis_status(g)["state"] == "up"
     assert wrong not in json.dumps(st) and wrong not in g.output()
     assert "reload rejected" in g.output()
+
+
+def _heredoc(script, tag):
+    lines = script.split("\n")
+    start = next(i for i, l in enumerate(lines) if l.endswith("<<" + tag))
+    end = lines.index(tag, start + 1)
+    return lines[start + 1:end]
+
+
+def test_compose_sentinel_example_works(mocks, gateway, servers, tmp_path):
+    """packaging/docker/compose.sentinel.yaml, run with processes instead of
+    containers: its ACL users, replica and sentinel settings, and the
+    replicas' conf-sentinel/policies.yaml."""
+    import yaml
+    docker = os.path.join(os.path.dirname(__file__), "..", "..", "packaging", "docker")
+    with open(os.path.join(docker, "compose.sentinel.yaml")) as f:
+        compose = yaml.safe_load(f)
+    svc = compose["services"]
+    assert {"redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(svc)
+    pw, spw = "compose-redis-pw-1", "compose-sentinel-pw-2"
+    sub = lambda l: l.replace("$$REDIS_PASSWORD", pw).replace("$$SENTINEL_PASSWORD", spw)
+    acl = str(tmp_path / "users.acl")
+    with open(acl, "w") as f:
+        f.write("\n".join(sub(l) for l in _heredoc(svc["redis"]["command"][2], "ACL")) + "\n")
+    common = ["aclfile %s" % acl, "masteruser replicator", "masterauth %s" % pw]
+    master = servers(REDIS, "cmaster", common)
+    replica = servers(REDIS, "creplica", common + ["replicaof 127.0.0.1 %d" % master.port])
+    wait_for(lambda: "master_link_status:up" in _info(replica.port, pw),
+             timeout=15, what="replication as user replicator")
+    sconf = []
+    for l in _heredoc(svc["sentinel-1"]["command"][2], "CONF"):
+        l = sub(l)
+        if l.startswith("port "):
+            continue
+        if l.startswith("sentinel monitor"):
+            l = "sentinel monitor infergate 127.0.0.1 %d 1" % master.port
+        sconf.append(l)
+    sent = servers(SENTINEL, "csentinel", sconf, auth=spw)
+
+    def sentinel_sees_both():
+        m = sent.cmd("SENTINEL", "master", "infergate")
+        if not isinstance(m, list):
+            return False
+        d = dict(zip(m[::2], m[1::2]))
+        return d.get("flags") == "master" and d.get("num-slaves") == "1"
+    wait_for(sentinel_sees_both, timeout=20, interval=0.1, what="the sentinel (user sentinel)")
+
+    with open(os.path.join(docker, "conf-sentinel", "policies.yaml")) as f:
+        pol = f.read()
+    want = '["sentinel-1:26379", "sentinel-2:26379", "sentinel-3:26379"]'
+    assert want in pol
+    pol = pol.replace(want, '["127.0.0.1:%d"]' % sent.port)
+    ms = mocks(2)
+    env = {"REDIS_PASSWORD": pw, "SENTINEL_PASSWORD": spw, "INFERGATE_ADMIN_TOKEN": "t0ken"}
+    g = gateway(hosts_of(ms), policies=pol, env=env)
+    wait_for(lambda: redis_status(g)["state"] == "up", timeout=15, what="redis up")
+    rs = redis_status(g)
+    assert rs["master"] == "127.0.0.1:%d" % master.port and rs["errors"] == 0, rs
+    st, h, body = g.chat()
+    assert st == 200, body
+    rid = json.loads(body)["id"]
+    wait_for(lambda: _get(replica.port, pw, "infergate:rid:" + rid) == h["x-upstream-host"],
+             timeout=10, what="the session on the replica")
+    assert pw not in g.output() and spw not in g.output()
+
+
+def _info(port, pw):
+    """INFO replication, as the compose file's sentinel user (it has +info)."""
+    r = try_resp(port, ("AUTH", "sentinel", pw), ("INFO", "replication"))
+    return r if isinstance(r, str) else ""
+
+
+def _get(port, pw, key):
+    return try_resp(port, ("AUTH", "infergate", pw), ("GET", key))
+
+
+def test_a_replica_is_never_used(mocks, gateway, servers):
+    """A url naming a replica: ROLE says so, the gateway does not use it (no
+    write ever reaches a replica) and serves sessions from memory."""
+    ms = mocks(2)
+    master = servers(REDIS, "rmaster", [])
+    replica = servers(REDIS, "rreplica", ["replicaof 127.0.0.1 %d" % master.port])
+    g = gateway(hosts_of(ms), policies="sessions:\n  store: redis\n  redis: {url: \"redis://"
+                "127.0.0.1:%d/0\", prefix: \"rep:\"}\n" % replica.port)
+    wait_for(lambda: "not the master: ROLE says: slave" in redis_status(g)["last_error"],
+             timeout=15, what="the replica refused")
+    for _ in range(5):
+        rid, served = chat_id(g)
+        st, vh, _ = g.request("POST", "/v1/verify", {"id": rid})
+        assert st == 200 and vh["x-upstream-host"] == served
+    assert redis_status(g)["state"] != "up" and redis_status(g)["connects"] == 0
+    assert master.cmd("DBSIZE") == 0
+    assert "not the master" in g.output()
