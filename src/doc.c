@@ -380,10 +380,27 @@ static const char *jp_what(const struct jp *j, char *buf, size_t cap)
  * Parses a string at the cursor (on its opening quote). Returns a malloc'd,
  * NUL-terminated UTF-8 buffer, or NULL after recording an error.
  */
+/* Bytes from the cursor (an opening quote) to the end of the string's
+ * source: its closing quote, or the raw newline or end of input where
+ * jp_string() stops with an error. Escapes are skipped whole, as
+ * jp_string() consumes them. */
+static size_t jp_string_span(const struct jp *j)
+{
+    const char *p = j->p + 1;
+
+    while (p < j->end && *p != '"' && *p != '\n') {
+        if (*p == '\\' && p + 1 < j->end)
+            p++;
+        p++;
+    }
+    return (size_t)(p - j->p);
+}
+
 static char *jp_string(struct jp *j, const char *path)
 {
-    /* The decoded string is never longer than its source. */
-    char *out = malloc((size_t)(j->end - j->p) + 1);
+    /* The decoded string is never longer than its source: allocate that,
+     * not the rest of the input (a large allocation per string). */
+    char *out = malloc(jp_string_span(j) + 1);
     size_t n = 0;
 
     if (out == NULL) {

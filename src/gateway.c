@@ -1071,8 +1071,9 @@ static void *reload_thread(void *arg)
     }
     if (job->cfg)
         reload_check_redis(job);
-    /* The parse trees are gone: hand their pages back (a big configuration
-     * leaves hundreds of MB free in this thread's malloc arena). */
+    /* The parse trees are gone: hand their pages back. They lie below the
+     * configuration's own strings, so only a trim returns them (10,000
+     * hosts + 100,000 keys: 59 MB idle instead of 120; docs/benchmarks.md). */
     malloc_trim(0);
     job->parse_ms = gw_now_ms() - t0;
     {

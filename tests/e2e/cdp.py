@@ -18,6 +18,8 @@ import subprocess
 import time
 import urllib.request
 
+from conftest import spawn
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -109,8 +111,8 @@ class Browser:
                 "--proxy-server=http://127.0.0.1:9",
                 "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
                 "--window-size=%d,%d" % (width, height), "about:blank"]
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = spawn(args, stdout=self.log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
         self.ws = None
         self.next_id = 0
         self.events = []

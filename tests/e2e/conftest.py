@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -79,6 +80,98 @@ def terminate(proc, timeout):
         return False
 
 
+# Every process a test starts (gateway, mock, redis-server, drivers) goes
+# through spawn(), which records it before anyone waits for it to be ready:
+# the autouse fixture below stops, at the end of each test, whatever that
+# test left running (a start that failed or timed out included), and
+# pytest_sessionfinish fails the run if any process the tests started is
+# still alive at the end.
+SPAWNED = []
+
+
+def spawn(argv, **kw):
+    """subprocess.Popen(argv, **kw), recorded for teardown first."""
+    p = subprocess.Popen(argv, **kw)
+    SPAWNED.append(p)
+    return p
+
+
+def _kill(p):
+    if p.poll() is None:
+        try:
+            os.kill(p.pid, signal.SIGCONT)      # a test may have paused it
+            if os.getpgid(p.pid) == p.pid:      # its own group (a browser): all of it
+                os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        p.kill()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    """Runs before the test's own fixtures and ends after them: what they
+    stopped is gone, anything else this test started is killed here."""
+    first = len(SPAWNED)
+    yield
+    for p in SPAWNED[first:]:
+        _kill(p)
+
+
+def _leftovers(basetemp):
+    """Live processes this session started: children of this pytest, and
+    any process whose command line names this session's temp dir (a
+    gateway's -c). Other sessions' processes match neither."""
+    own = {p.pid: p for p in SPAWNED if p.poll() is None}
+    found = {}
+    marker = (basetemp.rstrip(os.sep) + os.sep).encode() if basetemp else None
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid, "rb") as f:
+                stat = f.read()
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if fields[0] == b"Z":
+            continue
+        if int(fields[1]) == os.getpid() or int(pid) in own or (marker and marker in cmd):
+            found[int(pid)] = cmd.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    try:
+        basetemp = str(session.config._tmp_path_factory.getbasetemp())
+    except (AttributeError, ValueError, OSError):
+        basetemp = None
+    left = _leftovers(basetemp)
+    if not left:
+        return
+    rep = session.config.pluginmanager.get_plugin("terminalreporter")
+    for pid, cmd in sorted(left.items()):
+        msg = "process started by the tests still alive at the end: pid %d: %s" % (pid, cmd)
+        if rep is not None:
+            rep.ensure_newline()
+            rep.write_line("LEFTOVER " + msg, red=True)
+        else:
+            print("LEFTOVER " + msg)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for p in SPAWNED:
+        if p.pid in left:
+            _kill(p)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def hosts_of(ms, **extra):
     """hosts.json entries for mocks; extra: {mock name: {field: value}}."""
     out = []
@@ -110,12 +203,13 @@ class Mock:
 
     def __init__(self, name, *args):
         self.name = name
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [MOCK_BIN, "--listen", "127.0.0.1:0", "--name", name, "--quiet", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=proc_env(), text=True)
-        line = self.proc.stdout.readline().strip()
+        r, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline().strip() if r else ""
         if not line.startswith("listening "):
-            self.proc.kill()
+            _kill(self.proc)
             raise RuntimeError("mock %s did not start: %r %s" % (name, line, self.proc.stderr.read()))
         self.port = int(line.rsplit(":", 1)[1])
         self.url = "http://127.0.0.1:%d" % self.port
@@ -171,15 +265,20 @@ def write_conf(d, hosts, keys=None, policies=""):
 class Gateway:
     """The real gateway binary, started on a free loopback port."""
 
-    def __init__(self, conf_dir, extra_args=(), env=None):
+    def __init__(self, conf_dir, extra_args=(), env=None, started=None, **popen):
+        """Starts the gateway, appends it to `started` (the fixture's list)
+        and only then waits for it to listen."""
         self.conf_dir = conf_dir
         self.port = free_port()
         self.log_path = os.path.join(conf_dir, "gateway.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [INFERGATE_BIN, "-c", conf_dir, "-l", "127.0.0.1:%d" % self.port, *extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=dict(proc_env(), **(env or {})))
-        wait_for(self._up, timeout=15, what="gateway to listen")
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(proc_env(), **(env or {})),
+            **popen)
+        if started is not None:
+            started.append(self)
+        wait_for(self._up, timeout=60 if SANITIZED else 15, what="gateway to listen")
 
     def _up(self):
         if self.proc.poll() is not None:
@@ -240,9 +339,7 @@ def gateway(tmp_path):
     def make(hosts, keys=None, policies="", extra_args=(), env=None):
         d = str(tmp_path / ("conf%d" % len(started)))
         write_conf(d, hosts, keys, policies)
-        g = Gateway(d, extra_args, env)
-        started.append(g)
-        return g
+        return Gateway(d, extra_args, env, started=started)
 
     yield make
     for g in started:

@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import (INFERGATE_BIN, ROOT, SANITIZED, Gateway, assert_openai_error, free_port,
+from conftest import (ROOT, SANITIZED, Gateway, assert_openai_error,
                       hosts_of, proc_env, wait_for, write_conf)
 
 MALFORMED = os.path.join(ROOT, "tests", "malformed")
@@ -419,14 +419,7 @@ class LowFdGateway(Gateway):
         def limit():
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.conf_dir = conf_dir
-        self.port = free_port()
-        self.log_path = os.path.join(conf_dir, "gateway.log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [INFERGATE_BIN, "-c", conf_dir, "-l", "127.0.0.1:%d" % self.port],
-            stdout=self.log, stderr=subprocess.STDOUT, env=proc_env(), preexec_fn=limit)
-        wait_for(self._up, timeout=15, what="gateway to listen")
+        super().__init__(conf_dir, preexec_fn=limit)
 
 
 def test_connection_cap_closes_at_accept_and_logs_once(mocks, tmp_path):

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from conftest import (INFERGATE_BIN, ROOT, SANITIZED, Mock, free_port, http_request, terminate,
-                      proc_env, wait_for)
+                      proc_env, spawn, wait_for)
 
 PKG = os.path.join(ROOT, "packaging")
 UNIT = os.path.join(PKG, "debian", "infergate.service")
@@ -229,9 +229,9 @@ def test_dockerfile_shape():
 
 def _start_redis(port):
     d = tempfile.mkdtemp(prefix="ig-redis-")
-    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no", "--dir", d],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", d],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def up():
         try:
@@ -285,8 +285,8 @@ class Replica:
         env = proc_env()
         env["INFERGATE_ADMIN_TOKEN"] = token
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(prefix + self.argv, stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+        self.proc = spawn(prefix + self.argv, stdout=self.log,
+                          stderr=subprocess.STDOUT, env=env)
 
     def output(self):
         self.log.seek(0)
@@ -449,8 +449,8 @@ def test_notify_socket_ready_reload_stopping(mocks, tmp_path):
     env = proc_env()
     env["NOTIFY_SOCKET"] = sock_path
     log = open(str(tmp_path / "gw.log"), "w+")
-    p = subprocess.Popen([INFERGATE_BIN, "-c", str(d), "-l", "127.0.0.1:%d" % port],
-                         stdout=log, stderr=subprocess.STDOUT, env=env)
+    p = spawn([INFERGATE_BIN, "-c", str(d), "-l", "127.0.0.1:%d" % port],
+              stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def recv_until(word):
         seen = []

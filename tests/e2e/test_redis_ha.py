@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import (INFERGATE_BIN, SANITIZED, free_port, http_request, hosts_of,
-                      proc_env, wait_for, write_conf)
+                      proc_env, spawn, wait_for, write_conf)
 
 REDIS = shutil.which("redis-server")
 SENTINEL = shutil.which("redis-sentinel")
@@ -97,8 +97,8 @@ class Server:
 
     def start(self):
         self.log = open(os.path.join(self.dir, "server.log"), "a")
-        self.proc = subprocess.Popen([self.exe, self.conf], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = spawn([self.exe, self.conf], stdout=self.log,
+                          stderr=subprocess.STDOUT)
         wait_for(lambda: self.cmd("PING") is not None, timeout=15,
                  what="%s on %d" % (os.path.basename(self.exe), self.port))
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SANITIZED, free_port, proc_env, wait_for
+from conftest import ROOT, SANITIZED, free_port, proc_env, spawn, wait_for
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed")
@@ -41,7 +41,7 @@ class Redis:
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -93,7 +93,7 @@ class Driver:
     def __init__(self, binary, log_path):
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = spawn([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, env=proc_env(), text=True, bufsize=1)
         assert self.readline(10) == "ready"
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for, http_request
+from conftest import free_port, http_request, spawn, wait_for
 from test_proxy import assert_openai_error, hosts_of
 
 REDIS = shutil.which("redis-server")
@@ -102,9 +102,9 @@ def redis_server(tmp_path):
     procs = []
 
     def start():
-        p = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = spawn([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", str(tmp_path)],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(p)
         wait_for(lambda: _redis_ping(port), what="redis")
         return p

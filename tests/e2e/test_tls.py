@@ -17,7 +17,7 @@ import warnings
 import pytest
 
 from conftest import INFERGATE_BIN, SANITIZED, Gateway, Mock, free_port, hosts_of, proc_env, \
-    wait_for, write_conf
+    spawn, wait_for, write_conf
 from test_api_sdk import node_sdks  # noqa: F401 -- a fixture
 from tls_pki import Pki
 
@@ -116,8 +116,8 @@ class ListGateway(Gateway):
         self.port = port
         self.log_path = os.path.join(conf_dir, "gateway.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([INFERGATE_BIN, "-c", conf_dir], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=proc_env())
+        self.proc = spawn([INFERGATE_BIN, "-c", conf_dir], stdout=self.log,
+                          stderr=subprocess.STDOUT, env=proc_env())
         wait_for(self._up, timeout=15, what="gateway to listen")
 
 

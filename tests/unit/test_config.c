@@ -1651,6 +1651,46 @@ static void test_json_tree_and_positions(void **state)
     doc_free(&d);
 }
 
+/* Each string gets a buffer of its own source length (not of the rest of
+ * the input): strings that decode to their full span, escaped quotes and
+ * backslashes, and strings cut by the end of the input, on exact-size
+ * copies so that ASan sees any byte past either buffer. */
+static void test_json_string_bounds(void **state)
+{
+    static const struct { const char *text; int ok; const char *want; } cases[] = {
+        {"{\"a\": \"\"}", 1, ""},
+        {"{\"a\": \"x\"}", 1, "x"},
+        {"{\"a\": \"\\\"\\\\\"}", 1, "\"\\"},
+        {"{\"a\": \"q\\\"\\\"\\u00e9\"}", 1, "q\"\"\xc3\xa9"},
+        {"{\"a\": \"\\ud83d\\ude00\"}", 1, "\xf0\x9f\x98\x80"},
+        {"{\"a\": \"abc", 0, NULL},
+        {"{\"a\": \"abc\\", 0, NULL},
+        {"{\"a\": \"abc\\\"", 0, NULL},
+        {"{\"a\": \"ab\\u00", 0, NULL},
+        {"{\"a\": \"ab\\\nc\"}", 0, NULL},
+        {"{\"", 0, NULL},
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t len = strlen(cases[i].text);
+        char *copy = malloc(len);
+        struct doc d;
+
+        assert_non_null(copy);
+        memcpy(copy, cases[i].text, len);
+        memset(&d, 0, sizeof(d));
+        assert_int_equal(doc_parse_json(&d, copy, len), cases[i].ok ? 0 : -1);
+        if (cases[i].ok)
+            assert_string_equal(json_string_value(json_object_get(d.root, "a")), cases[i].want);
+        else
+            assert_true(d.nerrs > 0);
+        doc_free(&d);
+        free(copy);
+    }
+}
+
 static void test_doc_paths(void **state)
 {
     char buf[64];
@@ -1849,6 +1889,7 @@ int main(void)
         T(test_yaml_tree_and_positions),
         T(test_json_syntax_errors),
         T(test_json_tree_and_positions),
+        T(test_json_string_bounds),
         T(test_doc_paths),
         T(test_parse_duration),
         T(test_parse_size),
