@@ -364,10 +364,11 @@ def acl_server(servers):
         " +smembers +publish +subscribe +ping +select" % ACL_PW])
 
 
-def start_gateway_raw(conf_dir):
+def start_gateway_raw(conf_dir, env=None):
     """The gateway binary, for a start that must fail: (rc, output)."""
     p = subprocess.run([INFERGATE_BIN, "-c", conf_dir, "-l", "127.0.0.1:%d" % free_port()],
-                       capture_output=True, text=True, timeout=60, env=proc_env())
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(proc_env(), **(env or {})))
     return p.returncode, p.stdout + p.stderr
 
 
@@ -501,6 +502,13 @@ def test_compose_sentinel_example_works(mocks, gateway, servers, tmp_path):
     wait_for(lambda: _get(replica.port, pw, "infergate:rid:" + rid) == h["x-upstream-host"],
              timeout=10, what="the session on the replica")
     assert pw not in g.output() and spw not in g.output()
+    # a sentinel password the sentinels refuse stops the start, clearly
+    d = str(tmp_path / "badsentinel")
+    write_conf(d, hosts_of(ms), policies=pol)
+    rc, out = start_gateway_raw(d, dict(env, SENTINEL_PASSWORD="wrong-" + spw))
+    assert rc == 1 and "sessions.redis.sentinel_password: sentinel 127.0.0.1:%d refused it" \
+        % sent.port in out, out
+    assert spw not in out
 
 
 def _info(port, pw):
