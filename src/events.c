@@ -272,6 +272,11 @@ void events_serve(struct gateway *gw, struct http_req *req)
     struct watcher *wt;
     struct hub *h;
 
+    if (strcmp(http_req_method(req), "HEAD") == 0) {   /* a head, no stream */
+        http_resp_header(req, "Cache-Control", "no-store");
+        http_reply(req, 200, "text/event-stream; charset=utf-8", NULL, 0);
+        return;
+    }
     if (gw->draining) {
         http_reply_error(req, 503, "service_unavailable", "shutting_down",
                          "the gateway is shutting down");

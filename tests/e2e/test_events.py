@@ -280,6 +280,8 @@ def test_admin_token_guards_events_and_timeseries(mocks, gateway):
         assert st == 401, (path, body)
     st, _, body = g.request("GET", "/admin/timeseries", headers=AUTH)
     assert st == 200 and "t" in json.loads(body)
+    st, h, body = g.request("HEAD", "/admin/events", headers=AUTH)
+    assert st == 200 and body == b"" and h["content-type"].startswith("text/event-stream")
     w = Watcher(g.port, AUTH)
     try:
         assert w.status == 200
