@@ -266,6 +266,21 @@ static json_t *host_json(const struct snapshot *s, size_t i)
     return o;
 }
 
+/* Requests answered so far by route label (endpoint family), non-zero only. */
+static json_t *routes_json(void)
+{
+    uint64_t n[METRICS_ROUTES];
+    json_t *o = json_object();
+    int r;
+
+    metrics_route_requests(n);
+    for (r = 0; r < METRICS_ROUTES; r++)
+        if (n[r])
+            json_object_set_new(o, metrics_route_name((enum metrics_route)r),
+                                json_integer((json_int_t)n[r]));
+    return o;
+}
+
 static json_t *key_json(const struct snapshot *s, size_t i, int64_t now)
 {
     const struct cfg_key *k = &s->cfg->keys[i];
@@ -413,6 +428,7 @@ void admin_status(struct gateway *gw, struct http_req *req)
                 "emitted", (json_int_t)es.emitted, "watchers", (json_int_t)es.watchers,
                 "dropped", (json_int_t)es.dropped));
         }
+        json_object_set_new(o, "routes", routes_json());
         json_object_set_new(o, "time_ms", json_integer(gw_unix_ms()));
         json_object_set_new(o, "panic", panic_json(s));
         if (gw->threaded) {

@@ -483,6 +483,16 @@ static void req_remove_host(const struct metrics_host *h)
     }
 }
 
+void metrics_route_requests(uint64_t out[METRICS_ROUTES])
+{
+    size_t i;
+
+    memset(out, 0, sizeof(uint64_t) * METRICS_ROUTES);
+    for (i = 0; i < METRICS_REQ_SERIES; i++)
+        if (reg.req[i].used && reg.req[i].route < METRICS_ROUTES)
+            out[reg.req[i].route] += reg.req[i].n;
+}
+
 /* --- hot path -------------------------------------------------------- */
 
 /* Adds r's tokens to its host's series of its model. A host keeps up to

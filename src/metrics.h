@@ -196,6 +196,8 @@ void metrics_totals(struct metrics_totals *t);
 const double *metrics_latency_bounds(size_t *n);
 
 const char *metrics_route_name(enum metrics_route r);
+/* Client requests answered so far, by route (for /status). */
+void metrics_route_requests(uint64_t out[METRICS_ROUTES]);
 const char *metrics_outcome_name(enum metrics_outcome o);
 /* The route label for a request path ("/v1/chat/completions" -> chat). */
 enum metrics_route metrics_route_of(const char *path);

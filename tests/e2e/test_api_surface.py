@@ -375,8 +375,13 @@ def test_passthrough_and_apis_filter(mocks, gateway):
         assert st == 200 and h["x-upstream-host"] == "m1"
     st, _, body = g.request("POST", "/v1/moderations", {"input": "x"})
     assert assert_openai_error(st, body, 404)["code"] == "api_not_served"
-    hosts = {h["name"]: h for h in json.loads(g.request("GET", "/status")[2])["hosts"]}
+    wait_for(lambda: json.loads(g.request("GET", "/status")[2])["routes"].get("moderations"),
+             timeout=10, what="route counts")    # with workers: just after the answer
+    status = json.loads(g.request("GET", "/status")[2])
+    hosts = {h["name"]: h for h in status["hosts"]}
     assert hosts["m0"]["apis"] == ["chat", "responses"] and hosts["m1"]["auth"] == "bearer"
+    assert status["routes"]["responses"] == 3 and status["routes"]["messages"] == 3
+    assert status["routes"]["moderations"] == 1
     # Pass-through: method, query and body untouched (the mock 404s unknown paths).
     st, h, body = g.request("GET", "/v1/files?purpose=batch&limit=2")
     assert st == 404 and h["x-upstream-host"] in ("m0", "m1"), body
