@@ -614,6 +614,7 @@ struct session_redis {
     struct sen_conn                ask, watch;  /* with sentinels */
     char                           sen_error[LAST_ERROR_MAX];
     uint64_t                       sen_errors;
+    int                            watch_warned;   /* no sentinel watched: logged */
     char                           last_ctx_error[LAST_ERROR_MAX];  /* open_ctx() */
 
     enum redis_state               state;
@@ -1565,6 +1566,10 @@ static void sen_failed(struct sen_conn *sc, const char *what, const char *detail
     }
     sc->tries = 0;
     if (sc->watch) {
+        if (!r->watch_warned)
+            log_warn("sessions: no sentinel to watch for +switch-master (%s); a failover is"
+                     " noticed only when the master connection breaks", r->sen_error);
+        r->watch_warned = 1;
         timer_arm(sc->ev, SENTINEL_RETRY_MS);
         return;
     }
@@ -1725,6 +1730,10 @@ static void on_sen_message(redisAsyncContext *ac, void *reply_, void *priv)
         evtimer_del(sc->ev);
         sc->ready = 1;
         sc->tries = 0;
+        if (r->watch_warned)
+            log_info("sessions: watching +switch-master again on sentinel %s",
+                     r->conf.sentinels[sc->idx].shown);
+        r->watch_warned = 0;
         if (r->state == RS_UP)
             ask_start(r);               /* a switch may have passed unwatched */
         return;

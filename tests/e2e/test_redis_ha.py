@@ -354,6 +354,8 @@ def test_sentinel_failover_under_load(mocks, gateway, servers):
     for g in (g1, g2):
         out = g.output()
         assert "+switch-master" in out and "failover followed" in out
+        assert out.count("no sentinel to watch for +switch-master") == 1, out[-3000:]
+        assert "watching +switch-master again" in out
         assert SENTINEL_PW not in out and SENTINEL_PW not in json.dumps(status(g))
 
 
