@@ -986,6 +986,73 @@ static int host_name_ok(const char *s, int colon)
     return 1;
 }
 
+/* A decimal port 1..65535, without leading zeros. */
+static int port_ok(const char *s, size_t n)
+{
+    unsigned long v = 0;
+    size_t i;
+
+    if (n == 0 || n > 5 || s[0] == '0')
+        return 0;
+    for (i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    return v <= 65535;
+}
+
+/* "[v6]" or "[v6]:port" over n bytes; 0 when it is not one. */
+static int v6_authority_ok(const char *s, size_t n)
+{
+    const char *end = memchr(s, ']', n), *p;
+
+    if (n < 3 || s[0] != '[' || end == NULL || memchr(s, ':', (size_t)(end - s)) == NULL)
+        return 0;
+    for (p = s + 1; p < end; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F')
+              || *p == ':' || *p == '.'))
+            return 0;
+    if (end + 1 == s + n)
+        return 1;
+    return end[1] == ':' && port_ok(end + 2, (size_t)(s + n - end - 2));
+}
+
+/* A bare entry of hosts[]: "name", "name:port", "ip:port", "[v6]" or
+ * "[v6]:port" (docs/configuration.md; the schema's bareName). */
+static int bare_host_ok(const char *s)
+{
+    const char *colon = strchr(s, ':');
+
+    if (s[0] == '[')
+        return v6_authority_ok(s, strlen(s));
+    if (colon == NULL)
+        return host_name_ok(s, 0);
+    return host_name_ok(s, 1) && strchr(colon + 1, ':') == NULL
+           && port_ok(colon + 1, strlen(colon + 1));
+}
+
+/* The host[:port] of a URL made from hosts_template: a DNS name or IPv4
+ * address with an optional port, or a bracketed IPv6 one. */
+static int template_authority_ok(const char *url)
+{
+    const char *p = url + http_scheme(url);
+    size_t n = strcspn(p, "/?#");
+    const char *at = memchr(p, '@', n), *colon;
+
+    if (at) {
+        n -= (size_t)(at + 1 - p);
+        p = at + 1;
+    }
+    if (n > 0 && p[0] == '[')
+        return v6_authority_ok(p, n);
+    colon = memchr(p, ':', n);
+    if (colon == NULL)
+        return n > 0;
+    return colon > p && memchr(colon + 1, ':', (size_t)(p + n - colon - 1)) == NULL
+           && port_ok(colon + 1, (size_t)(p + n - colon - 1));
+}
+
 static const char *check_host_name(const char *s)
 {
     if (!host_name_ok(s, 1))
@@ -2097,14 +2164,6 @@ static void load_policies(struct loader *ld)
             cerr(ld, &c, "must not be more than retry.backoff.max (%s)",
                  fmt_duration(a, sizeof(a), (double)cfg->retry.backoff_max_ms));
     }
-    if (cfg->health.timeout_ms > cfg->health.interval_ms) {
-        if (cur_lookup(&root, "health_check.timeout", &c))
-            cerr(ld, &c, "must not be more than health_check.interval (%s)",
-                 fmt_duration(a, sizeof(a), (double)cfg->health.interval_ms));
-        else if (cur_lookup(&root, "health_check.interval", &c))
-            cerr(ld, &c, "must not be less than health_check.timeout (%s)",
-                 fmt_duration(a, sizeof(a), (double)cfg->health.timeout_ms));
-    }
     check_affinity(ld, &root, "routing.sticky", sticky_by, cfg->routing.sticky,
                    cfg->routing.sticky_header);
     check_affinity(ld, &root, "routing.hash_key", hash_by, cfg->routing.hash_key,
@@ -2207,6 +2266,18 @@ static char *expand_template(const char *tmpl, const char *name)
     return u;
 }
 
+/* A URL made from hosts_template must still have a valid host[:port]:
+ * "10.0.0.5:4000" through the default "https://{name}.gaia.domains" has
+ * not. -1 (reported) when it has not. */
+static int template_url_check(struct loader *ld, const struct cur *c, const struct cfg_host *h)
+{
+    if (template_authority_ok(h->url))
+        return 0;
+    cerr(ld, c, "\"%.100s\" through routing.hosts_template gives \"%.200s\", which has no valid"
+         " host[:port]: write a URL, or set a template such as \"http://{name}\"", h->name, h->url);
+    return -1;
+}
+
 /* A string entry of hosts[]: a bare name or a URL. 0 when h is filled. */
 static int host_from_string(struct loader *ld, const struct cur *c, struct cfg_host *h)
 {
@@ -2221,13 +2292,14 @@ static int host_from_string(struct loader *ld, const struct cur *c, struct cfg_h
         h->name = url_authority(s);
         return 0;
     }
-    if (!host_name_ok(s, 0)) {
-        cerr(ld, c, "expected a host name like \"asia\" or a URL like \"https://host:port\"");
+    if (!bare_host_ok(s)) {
+        cerr(ld, c, "expected a host name like \"asia\", \"10.0.0.5:4000\" or \"[::1]:4000\","
+             " or a URL like \"https://host:port\"");
         return -1;
     }
     h->name = xstrdup(s);
     h->url = expand_template(ld->c->routing.hosts_template, s);
-    return 0;
+    return template_url_check(ld, c, h);
 }
 
 static int host_from_object(struct loader *ld, const struct cur *c, struct cfg_host *h)
@@ -2264,6 +2336,8 @@ static int host_from_object(struct loader *ld, const struct cur *c, struct cfg_h
         if (json_object_get(c->v, "url"))
             return -1;
         h->url = expand_template(ld->c->routing.hosts_template, h->name);
+        if (template_url_check(ld, c, h) < 0)
+            return -1;
     }
     if (h->keys && cur_get(c, "keys", &kc))
         add_ref(ld, REF_POOL, &kc, h->keys);

@@ -98,6 +98,26 @@ def test_probes_are_spread_over_the_interval(mocks, gateway):
     assert all(probes(m) <= 3 for m in ms), [probes(m) for m in ms]
 
 
+def test_probe_longer_than_the_interval_skips_turns(mocks, gateway):
+    """health_check.timeout may exceed interval: a probe that takes 1 s with
+    a 200 ms interval counts as up (not cut at the interval), and the turns
+    that come while it runs are skipped (one probe in flight per host)."""
+    ms = mocks(1, "--probe-delay-ms", "1000")
+    g = gateway(hosts_of(ms), policies=(
+        "health_check:\n  interval: 200ms\n  timeout: 5s\n"
+        "  unhealthy_threshold: 1\n  healthy_threshold: 1\n"))
+    wait_for(lambda: probes(ms[0]) >= 1, timeout=30, interval=0.005, what="a first probe")
+    t1 = time.monotonic()
+    wait_for(lambda: probes(ms[0]) >= 3, timeout=60, interval=0.005, what="a third probe")
+    # each probe starts at the first turn after the previous one ended
+    # (>= 1 s apart); without the skip they would come every 200 ms
+    assert time.monotonic() - t1 >= 1.9, probes(ms[0])
+    h = host_status(g, "m0")
+    assert h["health"] == "healthy", h
+    assert "timeout" not in json.dumps(h).lower(), h
+    assert g.chat()[0] == 200
+
+
 @pytest.mark.parametrize("fault", ["dead", "5xx"])
 def test_passive_failures_drop_a_host_before_the_next_probe(mocks, gateway, fault):
     ms = mocks(2)
@@ -428,3 +448,24 @@ def test_ips_txt_is_a_hosts_source(mocks, tmp_path):
     (d / "ips.txt").write_text("127.0.0.1:%d\nftp://bad\n" % ms[0].port)
     out = subprocess.run([INFERGATE_BIN, "-t", "-c", str(d)], capture_output=True, text=True)
     assert out.returncode == 1 and "ips.txt:2:" in out.stdout + out.stderr, out.stdout
+
+
+def test_bare_ip_port_names_go_through_hosts_template(mocks, gateway):
+    """{"hosts": ["10.0.0.5:4000"]} as an Infernet operator writes it, with
+    hosts_template "http://{name}": -t accepts it and requests reach the
+    nodes; with the default template -t says why it cannot be."""
+    import subprocess
+    from conftest import INFERGATE_BIN
+    ms = mocks(2)
+    names = ["127.0.0.1:%d" % m.port for m in ms]
+    g = gateway(names, policies="routing:\n  hosts_template: \"http://{name}\"\n")
+    out = subprocess.run([INFERGATE_BIN, "-t", "-c", g.conf_dir], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {g.chat()[1]["x-upstream-host"] for _ in range(4)} == set(names)
+    assert sorted(h["url"] for h in status_doc(g)["hosts"]) == sorted(m.url for m in ms)
+    with open(os.path.join(g.conf_dir, "policies.yaml"), "w") as f:
+        f.write("health_check:\n  enabled: false\n")
+    out = subprocess.run([INFERGATE_BIN, "-t", "-c", g.conf_dir], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "hosts.json:3:5: hosts[0]: \"%s\" through routing.hosts_template gives" % names[0] \
+        in out.stdout, out.stdout

@@ -293,6 +293,58 @@ static void test_host_urls_and_template(void **state)
     config_unref(c);
 }
 
+#define BARE_NAME_ERR "expected a host name like \"asia\", \"10.0.0.5:4000\" or \"[::1]:4000\"," \
+    " or a URL like \"https://host:port\""
+
+/* Bare host:port, ip:port and [v6]:port names go through hosts_template
+ * like any bare name; the URL made must keep a valid host[:port]. */
+static void test_host_bare_ports(void **state)
+{
+    struct config *c;
+
+    put(state, "policies.yaml", "routing:\n  hosts_template: \"http://{name}\"\n");
+    put(state, "hosts.json",
+        "{\"hosts\": [\"10.0.0.5:4000\", \"gpu-b.lan:8080\", \"[fd00::5]:4000\", \"[::1]\", \"asia\",\n"
+        "  {\"name\": \"10.0.0.6:4001\", \"weight\": 2}]}\n");
+    c = load_ok(state);
+    assert_int_equal(c->nhosts, 6);
+    assert_string_equal(c->hosts[0].name, "10.0.0.5:4000");
+    assert_string_equal(c->hosts[0].url, "http://10.0.0.5:4000");
+    assert_string_equal(c->hosts[1].url, "http://gpu-b.lan:8080");
+    assert_string_equal(c->hosts[2].name, "[fd00::5]:4000");
+    assert_string_equal(c->hosts[2].url, "http://[fd00::5]:4000");
+    assert_string_equal(c->hosts[3].url, "http://[::1]");
+    assert_string_equal(c->hosts[4].url, "http://asia");
+    assert_string_equal(c->hosts[5].url, "http://10.0.0.6:4001");
+    config_unref(c);
+
+    put(state, "hosts.json",
+        "{\"hosts\": [\"a:0\", \"a:65536\", \"a:080\", \"a:b\", \"a:1:2\", \":80\", \"[::1\",\n"
+        "  \"[zz::1]:80\", \"[::1]x\", \"a:65535\"]}\n");
+    load_fails(state,
+        "hosts.json:1:12: hosts[0]: " BARE_NAME_ERR,
+        "hosts.json:1:19: hosts[1]: " BARE_NAME_ERR,
+        "hosts.json:1:30: hosts[2]: " BARE_NAME_ERR,
+        "hosts.json:1:39: hosts[3]: " BARE_NAME_ERR,
+        "hosts.json:1:46: hosts[4]: " BARE_NAME_ERR,
+        "hosts.json:1:55: hosts[5]: " BARE_NAME_ERR,
+        "hosts.json:1:62: hosts[6]: " BARE_NAME_ERR,
+        "hosts.json:2:3: hosts[7]: " BARE_NAME_ERR,
+        "hosts.json:2:17: hosts[8]: " BARE_NAME_ERR,
+        NULL);
+
+    put(state, "policies.yaml", "");           /* the default https://{name}.gaia.domains */
+    put(state, "hosts.json", "{\"hosts\": [\"10.0.0.5:4000\", {\"name\": \"x:9\"}, \"asia\"]}\n");
+    load_fails(state,
+        "hosts.json:1:12: hosts[0]: \"10.0.0.5:4000\" through routing.hosts_template gives"
+        " \"https://10.0.0.5:4000.gaia.domains\", which has no valid host[:port]: write a URL,"
+        " or set a template such as \"http://{name}\"",
+        "hosts.json:1:29: hosts[1]: \"x:9\" through routing.hosts_template gives"
+        " \"https://x:9.gaia.domains\", which has no valid host[:port]: write a URL,"
+        " or set a template such as \"http://{name}\"",
+        NULL);
+}
+
 static void test_host_errors(void **state)
 {
     put(state, "hosts.json",
@@ -302,7 +354,7 @@ static void test_host_errors(void **state)
         " {\"name\": \"z\", \"url\": \"https://h/?q=1\", \"region\": \"\", \"wieght\": 2, \"models\": \"m\"}],\n"
         " \"extra\": 1}\n");
     load_fails(state,
-        "hosts.json:1:12: hosts[0]: expected a host name like \"asia\" or a URL like \"https://host:port\"",
+        "hosts.json:1:12: hosts[0]: expected a host name like \"asia\", \"10.0.0.5:4000\" or \"[::1]:4000\", or a URL like \"https://host:port\"",
         "hosts.json:1:21: hosts[1]: expected an http:// or https:// URL",
         "hosts.json:1:32: hosts[2]: the URL has no host",
         "hosts.json:1:44: hosts[3]: expected a host name, a URL or an object",
@@ -828,8 +880,21 @@ static void test_cross_field_checks(void **state)
         "retry:\n  backoff: {initial: 2s, max: 1s}\nhealth_check:\n  interval: 1s\n");
     load_fails(state,
         "policies.yaml:2:31: retry.backoff.max: must not be less than retry.backoff.initial (2s)",
-        "policies.yaml:4:13: health_check.interval: must not be less than health_check.timeout (2s)",
         NULL);
+}
+
+/* A probe may take longer than the interval (the prober skips the turns
+ * that come while one runs), as HAProxy and Envoy allow. */
+static void test_health_timeout_over_interval(void **state)
+{
+    struct config *c;
+
+    put(state, "hosts.json", GAIA_HOSTS);
+    put(state, "policies.yaml", "health_check:\n  interval: 1s\n  timeout: 10s\n");
+    c = load_ok(state);
+    assert_int_equal(c->health.interval_ms, 1000);
+    assert_int_equal(c->health.timeout_ms, 10000);
+    config_unref(c);
 }
 
 static void test_root_shapes(void **state)
@@ -1856,6 +1921,7 @@ int main(void)
         T(test_gaia_hosts_only),
         T(test_host_object_every_field),
         T(test_host_urls_and_template),
+        T(test_host_bare_ports),
         T(test_host_errors),
         T(test_hosts_root_shapes),
         T(test_missing_hosts_file),
@@ -1866,6 +1932,7 @@ int main(void)
         T(test_did_you_mean),
         T(test_types_and_ranges),
         T(test_cross_field_checks),
+        T(test_health_timeout_over_interval),
         T(test_root_shapes),
         T(test_env_interpolation),
         T(test_env_unset),
