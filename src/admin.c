@@ -441,26 +441,42 @@ void admin_status(struct gateway *gw, struct http_req *req)
     reply_json(req, 200, o);
 }
 
+static void mark_panic(void *ctx, const struct balance_tier *t)
+{
+    char *in_panic = ctx;
+    size_t k;
+
+    for (k = 0; k < t->n; k++)
+        in_panic[t->node[k]] = 1;
+}
+
 void admin_models(struct gateway *gw, struct http_req *req)
 {
     const struct config *c = gw->snap->cfg;
     json_t *seen = json_object(), *data = json_array(), *o;
+    char *in_panic = calloc(c->nhosts ? c->nhosts : 1, 1);
     const char *name;
     json_t *v;
     size_t i, j;
     int listed = 0;
 
-    /* The union over usable hosts of configured and discovered models. */
+    /* The union over usable hosts (and hosts that panic mode serves) of
+     * configured and discovered models. */
+    if (in_panic)
+        balance_panic_list(gw->snap->bal, mark_panic, in_panic);
     for (i = 0; i < c->nhosts; i++) {
         const struct host_state *hs = gw->snap->hs[i];
         listed |= c->hosts[i].models.n > 0 || hs->models_found.n > 0;
-        if (!host_usable(gw->snap, i))
+        if (!host_usable(gw->snap, i)
+            && !(in_panic && in_panic[i]
+                 && breaker_state(&hs->br, gw_now_ms()) != BREAKER_OPEN))
             continue;
         for (j = 0; j < c->hosts[i].models.n; j++)
             json_object_set_new(seen, c->hosts[i].models.v[j], json_true());
         for (j = 0; j < hs->models_found.n; j++)
             json_object_set_new(seen, hs->models_found.v[j], json_true());
     }
+    free(in_panic);
     if (!listed && c->nhosts > 0) {
         /* No host lists its models: ask one. */
         json_decref(seen);

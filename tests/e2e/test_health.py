@@ -243,7 +243,8 @@ def test_probe_path_not_served_panic_mode_still_serves(mocks, gateway, code):
     ms = mocks(2)
     for m in ms:
         m.config(probe_status=code)        # no GET /v1/models; chat works
-    g = gateway(hosts_of(ms), policies=(
+    served = {"models": ["mock-model"]}
+    g = gateway(hosts_of(ms, m0=served, m1=served), policies=(
         "health_check:\n  interval: 200ms\n  timeout: 150ms\n  unhealthy_threshold: 2\n"))
     wait_for(lambda: status_doc(g)["panic"]["active"], timeout=15,
              what="panic mode with every host failing its probes")
@@ -263,6 +264,9 @@ def test_probe_path_not_served_panic_mode_still_serves(mocks, gateway, code):
     assert json.loads(body)["status"] == "panic"
     assert metric(g, "infergate_panic_mode") == 1
     assert metric(g, "infergate_panic_picks_total") >= 8
+    # the models the panicking hosts serve are still listed
+    st, _, body = g.request("GET", "/v1/models")
+    assert st == 200 and [m["id"] for m in json.loads(body)["data"]] == ["mock-model"], body
     out = g.output()
     assert out.count("panic mode on for the priority 0 tier of m0, m1: 0 of 2 hosts usable") == 1, out
     # the probe path's hint: once per host, not at every interval
@@ -318,9 +322,10 @@ def test_panic_mode_prefers_a_usable_tier(mocks, gateway):
 def test_discovered_models_are_listed_and_routed(mocks, gateway):
     (m0,) = mocks(1, "--models", "alpha,beta")
     (m1,) = mocks(1, "--models", "gamma")
+    # panic mode off: gamma's only host would otherwise still serve it
     g = gateway(hosts_of([m0, m1]), policies=(
         "health_check:\n  interval: 200ms\n  timeout: 150ms\n"
-        "  discover_models: true\n  unhealthy_threshold: 1\n"))
+        "  discover_models: true\n  unhealthy_threshold: 1\n  panic_threshold: 0\n"))
 
     def ids():
         st, _, body = g.request("GET", "/v1/models")
