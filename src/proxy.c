@@ -72,6 +72,7 @@
 #define PX_USER_AGENT       "infergate/" INFERGATE_VERSION
 #define PX_ID_SCAN          4096                /* stream bytes searched for an id */
 #define PX_SSE_HOLD_MAX     (1024 * 1024)       /* an event held back until its end */
+#define PX_IDLE_TICKS       4                   /* idle checks per stream_idle_timeout */
 
 enum px_state {
     PX_LOOKUP = 0, PX_ATTEMPT, PX_WAITING, PX_BUFFERING, PX_STREAMING, PX_DONE
@@ -111,7 +112,10 @@ struct px_leg {
     int                   streaming;     /* its head started the client stream */
     int64_t               t_try;
     int64_t               t_head;        /* its response head, 0 = none yet */
-    int64_t               t_last;        /* its last read after the head */
+    unsigned              reads;         /* reads after the head */
+    unsigned              reads_seen;    /* `reads` at the last idle tick */
+    int                   silent;        /* idle ticks in a row without a read */
+    int64_t               tick_at;       /* when the next idle tick is due */
     int                   paused;        /* held for a slow client: not idle */
     struct event         *try_timer;     /* connect + first byte, then the
                                           * answer's idle and total limits */
@@ -818,8 +822,7 @@ static void px_drain(struct http_req *req, void *arg)
     struct px_leg *l = arg;
 
     (void)req;
-    l->paused = 0;
-    l->t_last = gw_now_ms();        /* the pause was ours, not the upstream's */
+    l->paused = 0;                  /* the pause was ours, not the upstream's */
     if (l->xfer)
         upstream_resume(l->xfer);   /* may call px_on_data right away */
 }
@@ -853,7 +856,8 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
 
     l->status = status;
     l->t_head = now;
-    l->t_last = now;
+    l->reads = l->reads_seen = 0;
+    l->silent = 0;
     l->paused = 0;
     evtimer_del(l->try_timer);
     px_arm_answer_timer(l, now);
@@ -978,7 +982,7 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
     struct px_leg *l = arg;
     struct proxy *p = l->p;
 
-    l->t_last = gw_now_ms();
+    l->reads++;                       /* the idle check's only cost here */
     if (l->streaming) {
         size_t pending;
         if (!p->id_done && (p->route->flags & API_RECORD_ID))
@@ -1237,18 +1241,25 @@ static int64_t px_per_try_ms(const struct px_leg *l)
     return s->timeout_ms ? s->timeout_ms : l->p->snap->cfg->retry.per_try_timeout_ms;
 }
 
-/* After a response head, l->try_timer watches the answer: it must keep
+/*
+ * After a response head, l->try_timer watches the answer: it must keep
  * coming (retry.stream_idle_timeout) and end in time
- * (retry.response_timeout). Armed for the sooner of the two; a read only
- * stamps l->t_last, and the timer, when it fires early, arms itself again. */
+ * (retry.response_timeout). A read only counts (no clock, no timer call
+ * per chunk); the timer ticks PX_IDLE_TICKS times per idle timeout and the
+ * answer is idle after that many ticks in a row without a read: never
+ * before a silence of the whole timeout, at most a tick after it. The
+ * response cap, when sooner, is the next firing.
+ */
 static void px_arm_answer_timer(struct px_leg *l, int64_t now)
 {
     const struct config *c = l->p->snap->cfg;
     int64_t idle = c->retry.stream_idle_timeout_ms, total = c->retry.response_timeout_ms;
     int64_t at = -1;
 
-    if (idle > 0)
-        at = (l->paused ? now : l->t_last) + idle;
+    if (idle > 0) {
+        int64_t tick = idle / PX_IDLE_TICKS;
+        at = l->tick_at = now + (tick > 0 ? tick : 1);
+    }
     if (total > 0 && (at < 0 || l->t_try + total < at))
         at = l->t_try + total;
     if (at >= 0)
@@ -1318,8 +1329,16 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
         px_answer_expired(l, 1, "no complete answer within retry.response_timeout");
         return;
     }
-    if (idle > 0 && !l->paused && now - l->t_last >= idle) {
-        px_answer_expired(l, 0, "no data from the upstream within retry.stream_idle_timeout");
+    if (idle > 0 && now >= l->tick_at) {
+        if (l->paused || l->reads != l->reads_seen)
+            l->silent = 0;
+        else if (++l->silent >= PX_IDLE_TICKS) {
+            px_answer_expired(l, 0, "no data from the upstream within retry.stream_idle_timeout");
+            return;
+        }
+        l->reads_seen = l->reads;
+    } else if (idle > 0) {
+        px_timer_ms(l->try_timer, l->tick_at - now);   /* woken for the cap */
         return;
     }
     px_arm_answer_timer(l, now);
