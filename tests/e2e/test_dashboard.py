@@ -5,7 +5,9 @@ The page asks for the admin token and keeps it in the tab; it lists the
 hosts, shows a breaker open after faults, a failed reload's FILE:LINE:COL
 error, a key's cooldown counting down and charts with data points; it fits a
 phone-width screen and has a dark look; it makes no request outside the
-gateway. Screenshots go to build/ (docs/dashboard.png is one of them, copied
+gateway. On a loopback listener without a token it opens at once and shows an
+alert firing; it lists the listeners with the TLS certificate's expiry; off
+loopback without a token the page and its data answer 403. Screenshots go to build/ (docs/dashboard.png is one of them, copied
 when INFERGATE_DOCS_SCREENSHOT=1).
 """
 import json
@@ -19,7 +21,7 @@ import time
 import pytest
 
 from cdp import CHROMIUM, Browser
-from conftest import INFERGATE_BIN, ROOT, hosts_of, proc_env, wait_for, write_conf
+from conftest import INFERGATE_BIN, ROOT, free_port, hosts_of, proc_env, wait_for, write_conf
 
 TOKEN = "dash-token-123"
 AUTH = {"Authorization": "Bearer " + TOKEN}
@@ -165,16 +167,31 @@ def run_page(g, ms, browser, origin):
     assert any(u.startswith(origin + "/admin/timeseries") for u in browser.requests)
 
 
-def test_dashboard_page_needs_loopback_or_a_token(mocks, gateway):
+def test_dashboard_on_loopback_without_token_shows_alerts(mocks, gateway, browser):
     ms = mocks(1)
+    ms[0].config(status=500)
     # No token and a loopback listener: the page and its data are open.
-    g = gateway(hosts_of(ms))
+    g = gateway(hosts_of(ms), policies=(
+        "retry:\n  max_attempts: 1\ncircuit_breaker:\n  enabled: false\n"
+        "alerts:\n  window: 2s\n  for: 0s\n  thresholds: {error_rate: 0.3}\n"))
     st, h, body = g.request("GET", "/dashboard")
     assert st == 200 and h["content-type"].startswith("text/html") and b"/admin/events" in body
     assert g.request("GET", "/admin/timeseries")[0] == 200
-    # HEAD works like GET without the body
-    st, h, body = g.request("HEAD", "/dashboard")
+    st, h, body = g.request("HEAD", "/dashboard")          # a head, no body
     assert st == 200 and body == b""
+    browser.goto("http://127.0.0.1:%d/dashboard" % g.port)
+    browser.wait("document.querySelectorAll('#hosts tr[data-host]').length === 1", what="host row")
+    assert browser.js("document.getElementById('auth').className") == ""   # no token asked
+    browser.wait("document.getElementById('live').className === 'on'", what="live events")
+    for _ in range(5):
+        assert g.chat()[0] >= 500
+    browser.wait("document.getElementById('alerts').textContent.includes('error_rate')",
+                 what="the error_rate alert listed as firing")
+    browser.wait("!!document.querySelector('#events li[data-type=alert_fired]')",
+                 what="the alert_fired event listed")
+    browser.wait("document.getElementById('c-err').dataset.points > 0 && "
+                 "document.querySelector('#c-err [data-v]').textContent !== '0 %'",
+                 what="errors in the error-rate chart")
 
 
 NETNS_SCRIPT = r"""
@@ -223,3 +240,28 @@ def test_dashboard_off_a_loopback_without_token_is_403(tmp_path):
     out = json.loads(r.stdout)
     for path, (st, body) in out.items():
         assert st == 403 and "admin_disabled" in body, (path, st, body)
+
+
+def test_dashboard_lists_listeners_and_certificate_expiry(mocks, tmp_path, browser):
+    from test_tls import ListGateway
+    from tls_pki import Pki
+    ms = mocks(1)
+    cert, key, _ = Pki(tmp_path / "pki").issue(days=5)
+    tport, pport = free_port(), free_port()
+    d = str(tmp_path / "conf")
+    write_conf(d, hosts_of(ms), policies=(
+        "server:\n  listen:\n    - 127.0.0.1:%d\n    - {address: \"127.0.0.1:%d\", tls: false}\n"
+        "  tls:\n    cert: %s\n    key: %s\n" % (tport, pport, cert, key)))
+    g = ListGateway(d, tport)
+    try:
+        wait_for(lambda: "127.0.0.1:%d" % pport in g.output(), what="both listeners")
+        browser.goto("http://127.0.0.1:%d/dashboard" % pport)
+        browser.wait("document.querySelectorAll('#listeners tbody tr').length === 2",
+                     what="two listener rows")
+        rows = browser.js("[...document.querySelectorAll('#listeners tbody tr')]"
+                          ".map(r => r.textContent)")
+        tls = next(r for r in rows if "127.0.0.1:%d" % tport in r)
+        assert "TLS" in tls and "CN=localhost" in tls and ("4 days" in tls or "5 days" in tls), rows
+        assert browser.js("document.getElementById('listeners-s').hidden") is False
+    finally:
+        g.stop()
