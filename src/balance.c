@@ -51,6 +51,10 @@
 /* Consistent hash: ring points walked before the rendezvous scan. */
 #define RING_WALK       64
 
+/* Latency: weighted draws of the second candidate that may land on the
+ * first before it is drawn uniformly among the others (skewed weights). */
+#define DISTINCT_REDRAWS 4
+
 /* Names (models, regions) interned to ids through an open-addressing table. */
 struct name_slot {
     char     *name;                 /* NULL = empty */
@@ -124,6 +128,7 @@ struct balance {
     uint32_t    *region;            /* 0 = none, else an id of `regions` */
     uint64_t    *name_hash;
     uint64_t     rng;
+    int64_t      latency_decay_ms;  /* latency: estimates expire after it */
     struct pool *pool;
     size_t       npool;
     size_t       all_pool;
@@ -531,24 +536,113 @@ static size_t pick_least(struct pick *pk, struct group *g)
     return pos != NO_POS ? pos : scan_best(pk, g, load_better);
 }
 
-/* Peak-EWMA style cost: latency times the queue a request would join. A
- * node without a sample yet is compared by in-flight only, and wins ties. */
+/* How long ago the node's last latency sample was taken (>= 0). */
+static int64_t latency_age(const struct pick *pk, const struct balance_live *l)
+{
+    int64_t age = pk->q->now_ms - l->ewma_at_ms;
+
+    return age > 0 ? age : 0;
+}
+
+/* 1 when the node has a latency estimate younger than the decay. */
+static int latency_known(const struct pick *pk, const struct balance_live *l)
+{
+    return l->ewma_ms > 0.0 && latency_age(pk, l) < pk->b->latency_decay_ms;
+}
+
+/* Peak-EWMA cost: the estimate, faded toward 0 by e^(-age/decay) since the
+ * node's last answer (as Finagle reads it: an idle node is tried again
+ * sooner the closer it was), times the queue a request would join. A node
+ * without a current estimate (new, or not answered for `decay`) is taken
+ * to be as fast as the node it is compared with, so it is compared by
+ * in-flight only and wins ties: it is tried at once, yet holds no more
+ * requests than the other while its first answers are pending. */
 static int latency_better(const struct pick *pk, uint32_t a, uint32_t b)
 {
     const struct balance_live *la = pk->live[a], *lb = pk->live[b];
-    int ka = la->ewma_ms > 0.0, kb = lb->ewma_ms > 0.0;
+    int ka = latency_known(pk, la), kb = latency_known(pk, lb);
 
-    if (ka && kb)
-        return la->ewma_ms * (nonneg(la->in_flight) + 1.0) <
-               lb->ewma_ms * (nonneg(lb->in_flight) + 1.0);
+    if (ka && kb) {
+        double ca = la->ewma_ms * (nonneg(la->in_flight) + 1.0);
+        double cb = lb->ewma_ms * (nonneg(lb->in_flight) + 1.0);
+        int64_t older = latency_age(pk, la) - latency_age(pk, lb);
+
+        if (older != 0)             /* one exp() for the pair */
+            cb *= exp((double)older / (double)pk->b->latency_decay_ms);
+        return ca < cb;
+    }
     if (nonneg(la->in_flight) != nonneg(lb->in_flight))
         return nonneg(la->in_flight) < nonneg(lb->in_flight);
     return !ka && kb;
 }
 
+/* The second candidate when draws keep missing: by weight among the
+ * eligible nodes other than `first` that pass the share test (a
+ * recovering node keeps its share even in a pair). */
+static size_t scan_other(struct pick *pk, const struct group *g, size_t first)
+{
+    uint64_t total = 0;
+    size_t best = NO_POS;
+
+    for (size_t p = 0; p < g->n; p++) {
+        uint32_t w = pk->b->weight[g->node[p]];
+
+        if (p == first || !eligible(pk, g->node[p]) ||
+            !takes_share(pk, g->node[p]))
+            continue;
+        total += w;
+        if (rng_below(pk->b, total) < w)
+            best = p;
+    }
+    return best;
+}
+
+/* Power of two choices over two different nodes, drawn by weight (nginx's
+ * `random two`). Drawn with replacement, any node however slow keeps about
+ * 1/n^2 of the traffic (a quarter with two hosts); distinct, the worse of
+ * two eligible nodes never wins on score. A second draw landing on the
+ * first is redrawn, uniformly among the others after DISTINCT_REDRAWS
+ * tries; the group is scanned for it after as many misses in a small
+ * group, BALANCE_PROBES more draws in a large one (nearly all of it out:
+ * with 90% of the nodes out, 0.1% of the picks scan). */
+static size_t pick_two_distinct(struct pick *pk, const struct group *g)
+{
+    size_t first = NO_POS, second = NO_POS;
+    int misses = 0;
+
+    for (int probe = 0; probe < BALANCE_PROBES && first == NO_POS; probe++) {
+        size_t p = sample_pos(pk, g);
+
+        if (eligible(pk, g->node[p]) && takes_share(pk, g->node[p]))
+            first = p;
+    }
+    if (first == NO_POS || g->n < 2)
+        return first;
+    for (; misses < BALANCE_PROBES && second == NO_POS; misses++) {
+        size_t p;
+
+        if (misses >= DISTINCT_REDRAWS && g->n <= BALANCE_SCAN_MAX)
+            break;
+        p = sample_pos(pk, g);
+        if (p == first) {
+            if (misses < DISTINCT_REDRAWS)
+                continue;
+            p = below_u32(rng_next(pk->b), g->n - 1);
+            p += p >= first;
+        }
+        if (eligible(pk, g->node[p]) && takes_share(pk, g->node[p]))
+            second = p;
+    }
+    if (second == NO_POS)
+        second = scan_other(pk, g, first);
+    if (second == NO_POS)
+        return first;
+    return latency_better(pk, g->node[second], g->node[first]) ? second : first;
+}
+
 static size_t pick_latency(struct pick *pk, struct group *g)
 {
-    size_t pos = pick_two(pk, g, latency_better, 1);
+    size_t pos = pick_two_distinct(pk, g);
 
     return pos != NO_POS ? pos : scan_best(pk, g, latency_better);
 }
@@ -1075,6 +1169,7 @@ struct balance *balance_new(enum cfg_strategy strategy,
     b->strategy = strategy;
     b->n = n;
     b->rng = seed;
+    b->latency_decay_ms = BALANCE_LATENCY_DECAY_MS;
     b->any_pool = NO_POS;
     b->weight = calloc(n + 1, sizeof *b->weight);
     b->priority = calloc(n + 1, sizeof *b->priority);
@@ -1281,16 +1376,40 @@ void balance_live_init(struct balance_live *live, size_t n)
     }
 }
 
-void balance_observe_latency(double *ewma_ms, double sample_ms, double alpha)
+void balance_set_latency_decay(struct balance *b, int64_t decay_ms)
 {
-    if (ewma_ms == NULL || !(sample_ms >= 0.0))
+    if (b)
+        b->latency_decay_ms = decay_ms > 0 ? decay_ms : BALANCE_LATENCY_DECAY_MS;
+}
+
+void balance_observe_peak(struct balance_live *l, double sample_ms,
+                          int64_t now_ms, int64_t decay_ms, int peak_only)
+{
+    int64_t age;
+
+    if (l == NULL || !(sample_ms >= 0.0) || isinf(sample_ms))
         return;
-    if (!(alpha > 0.0) || alpha > 1.0)
-        alpha = BALANCE_EWMA_ALPHA;
-    if (!(*ewma_ms > 0.0))
-        *ewma_ms = sample_ms;
-    else
-        *ewma_ms += alpha * (sample_ms - *ewma_ms);
+    if (decay_ms <= 0)
+        decay_ms = BALANCE_LATENCY_DECAY_MS;
+    if (sample_ms < BALANCE_LATENCY_MIN_MS)
+        sample_ms = BALANCE_LATENCY_MIN_MS;
+    age = now_ms - l->ewma_at_ms;
+    if (age < 0)
+        age = 0;
+    if (!(l->ewma_ms > 0.0) || age >= decay_ms) {    /* no current estimate */
+        if (peak_only)
+            return;
+        l->ewma_ms = sample_ms;
+    } else if (sample_ms > l->ewma_ms) {
+        l->ewma_ms = sample_ms;                       /* the peak, at once */
+    } else if (peak_only) {
+        return;
+    } else {
+        double w = exp(-(double)age / (double)decay_ms);
+
+        l->ewma_ms = l->ewma_ms * w + sample_ms * (1.0 - w);
+    }
+    l->ewma_at_ms = now_ms;
 }
 
 size_t balance_panic_update(struct balance *b, struct balance_live *const *live,

@@ -33,7 +33,8 @@
  *                        heap (as Envoy), O(log n)
  *   least-connections,   n <= BALANCE_SCAN_MAX: exact minimum, O(n);
  *   least-pending        larger: power of two random choices, O(1)
- *   latency              power of two choices drawn by weight, O(1)
+ *   latency              power of two distinct choices drawn by weight,
+ *                        Peak-EWMA x (in-flight + 1), O(1)
  *   random               by weight (Vose's alias table), O(1)
  *   consistent-hash      binary search on the ring, O(log n)
  * When the fast path meets only ineligible nodes (it tries up to
@@ -61,8 +62,11 @@
 #define BALANCE_RING_MAX     ((size_t)1 << 20)
 /* Weights are clamped to 1..BALANCE_WEIGHT_MAX. */
 #define BALANCE_WEIGHT_MAX   1000000
-/* A reasonable smoothing factor for balance_observe_latency(). */
-#define BALANCE_EWMA_ALPHA   0.3
+/* Latency strategy: the default decay (time constant of the Peak-EWMA,
+ * and the age after which an estimate no longer counts), and the least
+ * sample (the caller's clock ticks in ms: 0 means "under 1 ms"). */
+#define BALANCE_LATENCY_DECAY_MS  10000
+#define BALANCE_LATENCY_MIN_MS    0.5
 
 /* The static facts about one node. Strings are copied by balance_new(). */
 struct balance_node_cfg {
@@ -82,7 +86,8 @@ struct balance_live {
     int     in_flight;           /* requests sent and not yet finished */
     int     max_concurrent;      /* 0 = unlimited */
     int     pending;             /* Infernet pending jobs (least-pending) */
-    double  ewma_ms;             /* time to first byte; <= 0 = no sample */
+    double  ewma_ms;             /* Peak-EWMA latency; <= 0 = no sample */
+    int64_t ewma_at_ms;          /* caller's clock at its last sample */
     double  share;               /* 1 = full traffic, 0.3 = ~30% of it */
 };
 
@@ -96,6 +101,7 @@ struct balance_query {
     size_t       nexclude;
     int        (*filter)(void *ctx, int node);  /* NULL = all pass */
     void        *filter_ctx;
+    int64_t      now_ms;         /* caller's clock (latency: sample ages) */
 };
 
 /* Why balance_pick() found nothing; the caller maps it to a status. */
@@ -165,7 +171,26 @@ size_t balance_panic_list(const struct balance *b, balance_tier_fn fn, void *ctx
 /* Sets every entry to usable, idle, unlimited, share 1. */
 void balance_live_init(struct balance_live *live, size_t n);
 
-/* Folds a sample into an EWMA; the first sample (ewma <= 0) is taken as is. */
-void balance_observe_latency(double *ewma_ms, double sample_ms, double alpha);
+/*
+ * The latency strategy's decay in ms (<= 0: BALANCE_LATENCY_DECAY_MS, the
+ * default until this is called). A pick reads a node's estimate faded by
+ * e^(-age/decay), age = the time since its last sample (the query's now_ms
+ * minus ewma_at_ms); one whose last sample is at least `decay` old counts
+ * as no estimate: the node is tried again like a new one.
+ */
+void balance_set_latency_decay(struct balance *b, int64_t decay_ms);
+
+/*
+ * Folds one attempt's latency, taken at `now_ms`, into a node's Peak-EWMA
+ * (Finagle's): a sample above the estimate replaces it at once; a lower one
+ * pulls it down with weight 1 - exp(-elapsed / decay), elapsed = the time
+ * since the previous sample, so the estimate follows the last `decay` ms of
+ * answers whatever their rate. Without a current estimate (none yet, or
+ * older than `decay`) the sample is taken as is. With `peak_only` (failed
+ * or abandoned attempts, whose time is a lower bound) the sample can raise
+ * a current estimate but never lowers one, nor starts one.
+ */
+void balance_observe_peak(struct balance_live *l, double sample_ms,
+                          int64_t now_ms, int64_t decay_ms, int peak_only);
 
 #endif

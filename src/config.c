@@ -744,6 +744,7 @@ static const struct field fields[] = {
     {S_POLICY, "routing.when_full",                 T_ENUM,    OFF(routing.when_full),              "reject",        0, 0, .names = when_full},
     {S_POLICY, "routing.passthrough",               T_STRLIST, OFF(routing.passthrough),            NULL,            0, 0, .flags = 0},
     {S_POLICY, "routing.queue_timeout",             T_DUR,     OFF(routing.queue_timeout_ms),       "5s",            0,     10 * MIN, .flags = 0},
+    {S_POLICY, "routing.latency.decay",             T_DUR,     OFF(routing.latency_decay_ms),       "10s",           100 * MS, HOUR, .flags = 0},
 
     {S_POLICY, "models",                            T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_models},
 

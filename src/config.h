@@ -198,6 +198,7 @@ struct config {
         enum cfg_when_full when_full;
         int64_t  queue_timeout_ms;
         struct cfg_strlist passthrough;  /* path prefixes proxied as they are */
+        int64_t  latency_decay_ms;   /* latency strategy: Peak-EWMA decay */
     } routing;
 
     struct cfg_model_group *models;  /* models: section */

@@ -129,6 +129,7 @@ static struct balance *snapshot_balance(const struct config *cfg,
     }
     b = balance_new(cfg->routing.strategy, nodes, cfg->nhosts,
                     (uint64_t)gw_unix_ms() ^ 0x5bd1e995ULL);
+    balance_set_latency_decay(b, cfg->routing.latency_decay_ms);
 out:
     free(names);
     free(nodes);

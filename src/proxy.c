@@ -110,6 +110,7 @@ struct px_leg {
     int                   mticket_open;
     int                   status;
     int                   streaming;     /* its head started the client stream */
+    int                   lat_sampled;   /* latency sample taken (stream head) */
     int64_t               t_try;
     int64_t               t_head;        /* its response head, 0 = none yet */
     unsigned              reads;         /* reads after the head */
@@ -517,7 +518,9 @@ static struct breaker *px_model_breaker(struct proxy *p, int h, const char *mode
 }
 
 /* Ends a leg's accounting: in-flight count, first-byte timer, metrics
- * and alert samples for its outcome. */
+ * and alert samples for its outcome, and the host's latency estimate when
+ * the head did not give it (a whole answer; a failed or abandoned attempt
+ * only as a lower bound: it may raise the estimate, never lower it). */
 static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
 {
     struct proxy *p = l->p;
@@ -531,6 +534,12 @@ static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
     lock_take();
     if (hs->live.in_flight > 0)
         hs->live.in_flight--;
+    if (!l->lat_sampled)
+        balance_observe_peak(&hs->live, (double)(now - l->t_try), now,
+                             p->snap->cfg->routing.latency_decay_ms,
+                             o != METRICS_OUTCOME_SUCCESS &&
+                             o != METRICS_OUTCOME_CLIENT_ERROR);
+    l->lat_sampled = 1;
     px_wake_one();
     metrics_attempt(p->snap->mh[l->host], o, ttfb, (double)(now - l->t_try));
     if (o != METRICS_OUTCOME_CANCELLED)
@@ -853,6 +862,9 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     const char *ctype = upstream_resp_header(x, "Content-Type");
     struct host_state *hs = p->snap->hs[l->host];
     int64_t now = gw_now_ms();
+    /* Passed on as it arrives: an event stream, or a raw answer (audio). */
+    int stream = (ctype && strncasecmp(ctype, "text/event-stream", 17) == 0)
+                 || (p->route->flags & API_ANSWER_RAW);
 
     l->status = status;
     l->t_head = now;
@@ -861,17 +873,20 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     l->paused = 0;
     evtimer_del(l->try_timer);
     px_arm_answer_timer(l, now);
-    lock_take();
-    balance_observe_latency(&hs->live.ewma_ms, (double)(now - l->t_try),
-                            BALANCE_EWMA_ALPHA);
-    lock_drop();
+    if (stream && status >= 200 && status < 300) {
+        /* A stream's latency is its first byte, not its length. */
+        lock_take();
+        balance_observe_peak(&hs->live, (double)(now - l->t_try), now,
+                             p->snap->cfg->routing.latency_decay_ms, 0);
+        l->lat_sampled = 1;
+        lock_drop();
+    }
     evbuffer_drain(l->buf, evbuffer_get_length(l->buf));
     if (p->winner || status < 200 || status >= 300)
         return UPSTREAM_CONTINUE;     /* judged when complete */
     px_take_winner(p, l);
     p->t_head = now;
-    if ((ctype && strncasecmp(ctype, "text/event-stream", 17) == 0)
-        || (p->route->flags & API_ANSWER_RAW)) {
+    if (stream) {
         /* The first byte goes to the client now: no retry after this. */
         p->st = PX_STREAMING;
         l->streaming = 1;
@@ -1438,6 +1453,7 @@ static int px_pick_host(struct proxy *p, const struct px_step *s)
     q.nexclude = (size_t)p->ntried;
     q.filter = px_filter;
     q.filter_ctx = &f;
+    q.now_ms = gw_now_ms();
     if (c->routing.strategy == STRAT_CONSISTENT_HASH)
         q.hash_key = c->routing.hash_key == AFF_HEADER
                          ? http_req_header(p->req, c->routing.hash_header)
@@ -1545,6 +1561,7 @@ static int px_send(struct px_leg *l)
     l->status = 0;
     l->streaming = 0;
     l->paused = 0;
+    l->lat_sampled = 0;
     l->t_try = now;
     l->t_head = 0;
     l->xfer = upstream_start(p->w->up, &ur, &px_cbs, l);

@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -269,74 +270,247 @@ static void test_lc_large_prefers_idle(void **state)
 
 /* -------------------------------------------------------------- latency */
 
-static void test_latency_p2c_ratio(void **state)
+#define SIM_STEP_MS   10            /* simulated time between two picks */
+#define SIM_DECAY_MS  10000
+
+/* Simulated traffic, one request at a time: every SIM_STEP_MS a pick, whose
+ * host answers in lat_ms[host] (folded into its Peak-EWMA at once). Returns
+ * how many of the `picks` went to `watch`; *now moves on. */
+static int latency_sim(struct balance *b, const double *lat_ms, int picks,
+                       int watch, int64_t *now, int64_t decay_ms)
 {
+    struct balance_query q = { 0 };
+    int got = 0;
+
+    for (int i = 0; i < picks; i++, *now += SIM_STEP_MS) {
+        int h;
+
+        q.now_ms = *now;
+        h = balance_pick(b, livep, &q, NULL);
+        assert_true(h >= 0);
+        got += h == watch;
+        balance_observe_peak(&live[h], lat_ms[h], *now, decay_ms, 0);
+    }
+    return got;
+}
+
+/* 5 ms against 200 ms: two distinct candidates, so the slow host only gets
+ * its first tries (drawn with replacement it kept about a quarter). */
+static void test_latency_slow_host_share(void **state)
+{
+    static const double two[] = { 5.0, 200.0 };
+    static const double four[] = { 5.0, 6.0, 7.0, 200.0 };
     struct balance *b;
-    int fast = 0;
+    int64_t now = 1000;
+    int slow;
 
     (void)state;
     nodes_reset(2);
     b = build(STRAT_LATENCY, 2);
-    live[0].ewma_ms = 20.0;
-    live[1].ewma_ms = 80.0;
-    for (int i = 0; i < MANY_PICKS; i++)
-        fast += balance_pick(b, livep, NULL, NULL) == 0;
-    /* with replacement: the slow one wins only when drawn twice */
-    assert_in_range(fast, MANY_PICKS * 73 / 100, MANY_PICKS * 77 / 100);
+    slow = latency_sim(b, two, 1000, 1, &now, SIM_DECAY_MS);
+    if (slow >= 1000 * 5 / 100)
+        fail_msg("slow host got %d of 1000 picks", slow);
+    balance_free(b);
+
+    nodes_reset(4);
+    b = build(STRAT_LATENCY, 4);
+    now = 1000;
+    slow = latency_sim(b, four, 1000, 3, &now, SIM_DECAY_MS);
+    if (slow >= 1000 * 5 / 100)
+        fail_msg("slow host got %d of 1000 picks among 4", slow);
+    balance_free(b);
+
+    /* weights choose the draws, not the outcome of a pair */
+    nodes_reset(2);
+    cfg[1].weight = 100;
+    b = build(STRAT_LATENCY, 2);
+    now = 1000;
+    slow = latency_sim(b, two, 1000, 1, &now, SIM_DECAY_MS);
+    if (slow >= 1000 * 5 / 100)
+        fail_msg("heavy slow host got %d of 1000 picks", slow);
+    balance_free(b);
+}
+
+/* The pair is two different nodes, also in a large group that is nearly
+ * all down (found by the scan after the draws). */
+static void test_latency_distinct_pair(void **state)
+{
+    struct balance *b;
+    int slow = 0;
+
+    (void)state;
+    nodes_reset(LARGE);
+    b = build(STRAT_LATENCY, LARGE);
+    for (size_t i = 0; i < LARGE; i++)
+        live[i].usable = i == 17 || i == 150;
+    live[17].ewma_ms = 5.0;
+    live[150].ewma_ms = 200.0;
+    for (int i = 0; i < PICKS; i++)
+        slow += balance_pick(b, livep, NULL, NULL) == 150;
+    assert_int_equal(slow, 0);
     balance_free(b);
 
     nodes_reset(10);
     b = build(STRAT_LATENCY, 10);
     for (int i = 0; i < 10; i++)
         live[i].ewma_ms = 100.0 + i;
-    fast = 0;
     for (int i = 0; i < MANY_PICKS; i++)
-        fast += balance_pick(b, livep, NULL, NULL) == 0;
-    /* 1 - (9/10)^2 = 0.19, against 0.10 for a uniform pick */
-    assert_in_range(fast, MANY_PICKS * 17 / 100, MANY_PICKS * 21 / 100);
+        counts[balance_pick(b, livep, NULL, NULL)]++;
+    /* the best is in 2 of 10 draws: 0.20 (0.19 with replacement); the
+     * worst is never picked (0.01 with replacement) */
+    assert_in_range(counts[0], MANY_PICKS * 19 / 100, MANY_PICKS * 21 / 100);
+    assert_int_equal(counts[9], 0);
     balance_free(b);
 }
 
-static void test_latency_in_flight_damps(void **state)
+/* Cost = estimate x (in-flight + 1): a node that queues loses share while
+ * its estimate has not moved. Others: 5 ms with 0, 1, 2 in flight (cost
+ * 5, 10, 15); node 0: 4 ms with k in flight (4, 8, 12, 16). */
+static void test_latency_in_flight_before_latency(void **state)
 {
+    static const int want_pct[] = { 50, 33, 17, 0 };
     struct balance *b;
-    int slow = 0;
 
     (void)state;
+    nodes_reset(4);
+    b = build(STRAT_LATENCY, 4);
+    for (int i = 1; i < 4; i++) {
+        live[i].ewma_ms = 5.0;
+        live[i].in_flight = i - 1;
+    }
+    live[0].ewma_ms = 4.0;
+    for (int k = 0; k < 4; k++) {
+        int mine = 0;
+
+        live[0].in_flight = k;
+        for (int i = 0; i < MANY_PICKS; i++)
+            mine += balance_pick(b, livep, NULL, NULL) == 0;
+        if (abs(mine - MANY_PICKS * want_pct[k] / 100) > MANY_PICKS / 50)
+            fail_msg("%d in flight: %d%% of the picks, want %d%%", k,
+                     mine * 100 / MANY_PICKS, want_pct[k]);
+        assert_true(live[0].ewma_ms == 4.0);
+    }
+    balance_free(b);
+
+    /* and a fast node with 9 in flight loses to an idle slower one */
     nodes_reset(2);
     b = build(STRAT_LATENCY, 2);
     live[0].ewma_ms = 20.0;
     live[0].in_flight = 9;                  /* cost 20 * 10 */
     live[1].ewma_ms = 50.0;                 /* cost 50 * 1 */
-    for (int i = 0; i < MANY_PICKS; i++)
-        slow += balance_pick(b, livep, NULL, NULL) == 1;
-    /* the loaded fast node wins only when drawn twice */
-    assert_in_range(slow, MANY_PICKS * 73 / 100, MANY_PICKS * 77 / 100);
+    for (int i = 0; i < PICKS; i++)
+        assert_int_equal(balance_pick(b, livep, NULL, NULL), 1);
     balance_free(b);
 }
 
-static void test_latency_unknown_gets_tried(void **state)
+/* An idle node's estimate fades by e^(-age/decay): 10 ms answered at 0
+ * against 5 ms answered now loses until ln 2 x decay (693 ms) has passed. */
+static void test_latency_idle_estimate_fades(void **state)
 {
+    struct balance_query q = { 0 };
     struct balance *b;
-    int fresh = 0;
 
     (void)state;
     nodes_reset(2);
     b = build(STRAT_LATENCY, 2);
-    live[0].ewma_ms = 5.0;
-    live[1].ewma_ms = 0.0;                  /* no sample yet */
-    for (int i = 0; i < PICKS; i++)
-        fresh += balance_pick(b, livep, NULL, NULL) == 1;
-    assert_true(fresh > PICKS / 2);
-    live[1].in_flight = 3;                  /* but not a herd */
-    fresh = 0;
-    for (int i = 0; i < PICKS; i++)
-        fresh += balance_pick(b, livep, NULL, NULL) == 1;
-    assert_true(fresh < PICKS / 3);
+    balance_set_latency_decay(b, 1000);
+    live[0].ewma_ms = 10.0;
+    live[0].ewma_at_ms = 0;
+    live[1].ewma_ms = 5.0;
+    for (q.now_ms = 0; q.now_ms <= 680; q.now_ms += 20) {
+        live[1].ewma_at_ms = q.now_ms;
+        for (int i = 0; i < 20; i++)
+            assert_int_equal(balance_pick(b, livep, &q, NULL), 1);
+    }
+    for (q.now_ms = 700; q.now_ms < 1000; q.now_ms += 20) {
+        live[1].ewma_at_ms = q.now_ms;
+        for (int i = 0; i < 20; i++)
+            assert_int_equal(balance_pick(b, livep, &q, NULL), 0);
+    }
     balance_free(b);
 }
 
-/* -------------------------------------------------------- least-pending */
+/* A node without a sample is tried within a few picks, and holds no more
+ * requests in flight than the node it is compared with until it answers. */
+static void test_latency_new_host_tried(void **state)
+{
+    static const double lat[] = { 5.0, 6.0, 7.0, 8.0 };
+    struct balance_query q = { 0 };
+    struct balance *b;
+    int64_t now = 1000;
+    int first = -1;
+
+    (void)state;
+    nodes_reset(4);
+    b = build(STRAT_LATENCY, 4);
+    live[3].usable = 0;                     /* not there yet */
+    latency_sim(b, lat, 200, 3, &now, SIM_DECAY_MS);
+    live[3].usable = 1;                     /* the new host */
+    for (int i = 0; i < 5 && first < 0; i++)
+        if (latency_sim(b, lat, 1, 3, &now, SIM_DECAY_MS) == 1)
+            first = i;
+    if (first < 0)
+        fail_msg("a new host was not tried within 5 picks");
+    assert_true(live[3].ewma_ms == 8.0);
+    balance_free(b);
+
+    nodes_reset(2);
+    b = build(STRAT_LATENCY, 2);
+    q.now_ms = 1000;
+    live[0].ewma_ms = 5.0;
+    live[0].ewma_at_ms = 1000;
+    live[1].ewma_ms = 0.0;                  /* no sample yet */
+    for (int i = 0; i < PICKS; i++)
+        assert_int_equal(balance_pick(b, livep, &q, NULL), 1);
+    live[1].in_flight = 1;                  /* its first answer pending */
+    for (int i = 0; i < PICKS; i++)
+        assert_int_equal(balance_pick(b, livep, &q, NULL), 0);
+    live[0].in_flight = 3;                  /* fewer than the other */
+    for (int i = 0; i < PICKS; i++)
+        assert_int_equal(balance_pick(b, livep, &q, NULL), 1);
+    balance_free(b);
+}
+
+/* A slow host that became fast: its estimate expires `decay` after its last
+ * answer, it is tried again and takes its share back. With a decay longer
+ * than the run it stays out. */
+static void test_latency_decay_brings_back(void **state)
+{
+    static const int64_t decays[] = { 1000, 3600 * 1000 };
+    double lat[] = { 5.0, 200.0 };
+
+    (void)state;
+    for (size_t d = 0; d < 2; d++) {
+        struct balance *b;
+        int64_t now = 1000, changed, back = -1;
+        int slow, later;
+
+        nodes_reset(2);
+        b = build(STRAT_LATENCY, 2);
+        balance_set_latency_decay(b, decays[d]);
+        lat[1] = 200.0;
+        slow = latency_sim(b, lat, 1000, 1, &now, decays[d]);
+        assert_true(slow < 1000 * 5 / 100);
+        lat[1] = 5.0;                       /* the slow host is fast now */
+        changed = now;
+        while (back < 0 && now < changed + 2 * decays[0])
+            if (latency_sim(b, lat, 1, 1, &now, decays[d]) == 1)
+                back = now - changed;
+        later = latency_sim(b, lat, 1000, 1, &now, decays[d]);
+        if (d == 0) {
+            if (back < 0 || back > decays[0] + SIM_STEP_MS)
+                fail_msg("the host came back after %lld ms", (long long)back);
+            if (later < 1000 * 30 / 100)
+                fail_msg("the host that got fast took %d of 1000", later);
+        } else {
+            assert_true(back < 0);
+            assert_int_equal(later, 0);
+        }
+        balance_free(b);
+    }
+}
+
+/* -------------------------------------------------------- least-pending *//* -------------------------------------------------------- least-pending */
 
 static void test_least_pending(void **state)
 {
@@ -949,20 +1123,41 @@ static void test_share_in_load_score(void **state)
 
 /* ----------------------------------------------------------------- misc */
 
-static void test_observe_latency(void **state)
+static void test_observe_peak(void **state)
 {
-    double e = 0.0;
+    struct balance_live l;
 
     (void)state;
-    balance_observe_latency(&e, 100.0, 0.5);
-    assert_true(e == 100.0);                /* first sample taken as is */
-    balance_observe_latency(&e, 200.0, 0.5);
-    assert_true(e == 150.0);
-    balance_observe_latency(&e, -1.0, 0.5); /* ignored */
-    assert_true(e == 150.0);
-    balance_observe_latency(&e, 150.0 + 100.0, 7.0);    /* bad alpha */
-    assert_true(e == 150.0 + 100.0 * BALANCE_EWMA_ALPHA);
-    balance_observe_latency(NULL, 1.0, 0.5);
+    balance_live_init(&l, 1);
+    balance_observe_peak(&l, 100.0, 1000, 1000, 1);   /* a failure starts none */
+    assert_true(l.ewma_ms == 0.0);
+    balance_observe_peak(&l, 100.0, 1000, 1000, 0);   /* first: as is */
+    assert_true(l.ewma_ms == 100.0);
+    assert_int_equal(l.ewma_at_ms, 1000);
+    balance_observe_peak(&l, 50.0, 1000, 1000, 0);    /* no time: no weight */
+    assert_true(l.ewma_ms == 100.0);
+    balance_observe_peak(&l, 300.0, 1010, 1000, 0);   /* a peak: at once */
+    assert_true(l.ewma_ms == 300.0);
+    balance_observe_peak(&l, 100.0, 1010 + 693, 1000, 0);  /* w = e^-0.693 */
+    assert_in_range((long)(l.ewma_ms * 1000), 199900, 200100);
+    assert_int_equal(l.ewma_at_ms, 1703);
+    balance_observe_peak(&l, 10.0, 1800, 1000, 1);    /* failure: not lower */
+    assert_in_range((long)l.ewma_ms, 199, 200);
+    assert_int_equal(l.ewma_at_ms, 1703);
+    balance_observe_peak(&l, 900.0, 1800, 1000, 1);   /* but higher */
+    assert_true(l.ewma_ms == 900.0);
+    balance_observe_peak(&l, 7.0, 1800 + 1000, 1000, 0);  /* stale: as is */
+    assert_true(l.ewma_ms == 7.0);
+    balance_observe_peak(&l, 0.0, 2800 + 5000, 1000, 0);  /* under 1 ms */
+    assert_true(l.ewma_ms == BALANCE_LATENCY_MIN_MS);
+    balance_observe_peak(&l, -1.0, 9000, 1000, 0);    /* ignored */
+    balance_observe_peak(&l, 0.0 / 0.0, 9000, 1000, 0);
+    assert_true(l.ewma_ms == BALANCE_LATENCY_MIN_MS);
+    balance_observe_peak(&l, 50.0, 9000, 0, 0);       /* 0 = the default */
+    assert_true(l.ewma_ms == 50.0);
+    balance_observe_peak(&l, 10.0, 9000 + BALANCE_LATENCY_DECAY_MS / 2, 0, 0);
+    assert_true(l.ewma_ms > 10.0 && l.ewma_ms < 50.0);
+    balance_observe_peak(NULL, 1.0, 0, 1000, 0);
 }
 
 static void test_edges(void **state)
@@ -1008,9 +1203,12 @@ int main(void)
         cmocka_unit_test(test_lc_follows_in_flight),
         cmocka_unit_test(test_lc_ties_rotate),
         cmocka_unit_test(test_lc_large_prefers_idle),
-        cmocka_unit_test(test_latency_p2c_ratio),
-        cmocka_unit_test(test_latency_in_flight_damps),
-        cmocka_unit_test(test_latency_unknown_gets_tried),
+        cmocka_unit_test(test_latency_slow_host_share),
+        cmocka_unit_test(test_latency_distinct_pair),
+        cmocka_unit_test(test_latency_in_flight_before_latency),
+        cmocka_unit_test(test_latency_idle_estimate_fades),
+        cmocka_unit_test(test_latency_new_host_tried),
+        cmocka_unit_test(test_latency_decay_brings_back),
         cmocka_unit_test(test_least_pending),
         cmocka_unit_test(test_random_weighted),
         cmocka_unit_test(test_random_weighted_large),
@@ -1030,7 +1228,7 @@ int main(void)
         cmocka_unit_test(test_needle_in_large_pool),
         cmocka_unit_test(test_share_ratio),
         cmocka_unit_test(test_share_in_load_score),
-        cmocka_unit_test(test_observe_latency),
+        cmocka_unit_test(test_observe_peak),
         cmocka_unit_test(test_edges),
     };
     livep_init();

@@ -425,6 +425,7 @@ static void check_all_defaults(const struct config *c)
     assert_null(c->routing.hash_header);
     assert_int_equal(c->routing.when_full, WHEN_FULL_REJECT);
     assert_int_equal(c->routing.queue_timeout_ms, 5000);
+    assert_int_equal(c->routing.latency_decay_ms, 10000);
 
     assert_int_equal(c->nmodels, 0);
 
@@ -533,6 +534,7 @@ static void test_policies_full(void **state)
         "  hash_key: {by: header, header: X-User}\n"
         "  when_full: queue\n"
         "  queue_timeout: 250ms\n"
+        "  latency: {decay: 2s}\n"
         "models:\n"
         "  fast: [llama-3.1-8b, qwen-2.5-7b]\n"
         "  default: llama-3.1-8b\n"
@@ -610,6 +612,7 @@ static void test_policies_full(void **state)
     assert_string_equal(c->routing.hash_header, "X-User");
     assert_int_equal(c->routing.when_full, WHEN_FULL_QUEUE);
     assert_int_equal(c->routing.queue_timeout_ms, 250);
+    assert_int_equal(c->routing.latency_decay_ms, 2000);
 
     assert_int_equal(c->nmodels, 2);
     assert_string_equal(config_model_group(c, "fast")->models.v[1], "qwen-2.5-7b");
