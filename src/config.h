@@ -263,6 +263,10 @@ struct config {
         enum cfg_session_store store;
         int64_t  ttl_ms;
         int      max_entries;
+        int      keep_content;           /* keep chat answers' text for /v1/verify */
+        int64_t  content_ttl_ms;
+        int      content_max_bytes;      /* of the JSON-encoded text */
+        int      content_max_entries;
         char    *redis_url;
         char    *redis_prefix;
         int64_t  redis_timeout_ms;

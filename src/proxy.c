@@ -40,6 +40,7 @@
 
 #include "balance.h"
 #include "breaker.h"
+#include "content.h"
 #include "gateway.h"
 #include "health.h"
 #include "http.h"
@@ -73,6 +74,7 @@
 #define PX_ID_SCAN          4096                /* stream bytes searched for an id */
 #define PX_SSE_HOLD_MAX     (1024 * 1024)       /* an event held back until its end */
 #define PX_IDLE_TICKS       4                   /* idle checks per stream_idle_timeout */
+#define PX_CONTENT_SCAN     (4 * 1024 * 1024)   /* stream bytes read for kept content */
 
 enum px_state {
     PX_LOOKUP = 0, PX_ATTEMPT, PX_WAITING, PX_BUFFERING, PX_STREAMING, PX_DONE
@@ -178,6 +180,10 @@ struct proxy {
     char                 *pinned;        /* host the lookup answered, or NULL */
     int                   prefer;        /* host index to try first, -1 none */
     int                   id_done;       /* response id recorded or not found */
+    char                 *rid;           /* the answer's response id, or NULL */
+    struct evbuffer      *ctext;         /* keep_content: the stream so far */
+    char                 *content;       /* verify: the kept content (JSON) */
+    int                   content_done;  /* verify: its lookup answered */
     struct evbuffer      *idscan;        /* stream prefix searched for the id */
 
     enum px_fail          fail;          /* last failure */
@@ -215,11 +221,18 @@ static uint64_t px_freed;
 
 static void px_attempt(struct proxy *p);
 static void px_begin(struct proxy *p);
+static void px_lookup_done(void *arg, const char *host);
 static void px_leg_cancel(struct px_leg *l);
 static void px_arm_answer_timer(struct px_leg *l, int64_t now);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
 static void px_scan_id(struct proxy *p, const struct px_leg *l,
                        const char *data, size_t len);
+
+/* sessions.keep_content applies to this request's answer. */
+static int px_keeps_content(const struct proxy *p)
+{
+    return p->snap->cfg->sessions.keep_content && p->route->family == API_CHAT;
+}
 
 /* --- bookkeeping ----------------------------------------------------- */
 
@@ -334,6 +347,10 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         event_free(p->backoff_timer);
     if (p->idscan)
         evbuffer_free(p->idscan);
+    if (p->ctext)
+        evbuffer_free(p->ctext);
+    free(p->rid);
+    free(p->content);
     if (p->sse_hold)
         evbuffer_free(p->sse_hold);
     free(p->ustream);
@@ -899,6 +916,8 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         /* Not in audio, and a retrieved response's was counted already. */
         if (!(p->route->flags & (API_ANSWER_RAW | API_ID_IN_PATH)))
             p->ustream = calloc(1, sizeof(*p->ustream));  /* none: not counted */
+        if (px_keeps_content(p))
+            p->ctext = evbuffer_new();
         return UPSTREAM_CONTINUE;
     }
     p->st = PX_BUFFERING;
@@ -1007,6 +1026,8 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         lock_drop();
         if (p->ustream)
             usage_stream_feed(p->ustream, data, len);
+        if (p->ctext && evbuffer_get_length(p->ctext) + len <= PX_CONTENT_SCAN)
+            evbuffer_add(p->ctext, data, len);
         pending = (p->route->flags & API_ANSWER_RAW) ? px_write(p, data, len)
                                                      : px_relay(p, data, len);
         if (pending > PX_STREAM_HIGH) {
@@ -1075,6 +1096,8 @@ static void px_remember(struct proxy *p, const struct px_leg *l, const char *id)
     const char *host = p->snap->cfg->hosts[l->host].name;
     int64_t now = gw_now_ms();
 
+    if (id && p->rid == NULL)
+        p->rid = strdup(id);
     lock_take();
     if (id)
         session_put(p->gw->sess, SESSION_RID, id, host, now);
@@ -1110,6 +1133,24 @@ static void px_scan_id(struct proxy *p, const struct px_leg *l,
         p->id_done = 1;
 }
 
+/* sessions.keep_content: a chat answer's text, JSON-encoded, kept with its
+ * response id for /v1/verify (content.h). */
+static void px_keep_content(struct proxy *p, const char *buf, size_t len, int sse)
+{
+    size_t max = (size_t)p->snap->cfg->sessions.content_max_bytes;
+    char *c;
+
+    if (p->rid == NULL)
+        return;
+    c = sse ? content_from_sse(buf, len, max) : content_from_json(buf, len, max);
+    if (c == NULL)
+        return;
+    lock_take();
+    session_put(p->gw->sess, SESSION_CONTENT, p->rid, c, gw_now_ms());
+    lock_drop();
+    free(c);
+}
+
 /* A whole answer: its response id and the sticky key point at l's host. */
 static void px_remember_buffered(struct proxy *p, struct px_leg *l)
 {
@@ -1120,8 +1161,12 @@ static void px_remember_buffered(struct proxy *p, struct px_leg *l)
     if ((p->route->flags & API_RECORD_ID)
         && session_extract_id((const char *)evbuffer_pullup(l->buf, -1),
                            evbuffer_get_length(l->buf), id, sizeof(id))
-        == SESSION_ID_FOUND)
+        == SESSION_ID_FOUND) {
         px_remember(p, l, id);
+        if (px_keeps_content(p))
+            px_keep_content(p, (const char *)evbuffer_pullup(l->buf, -1),
+                            evbuffer_get_length(l->buf), 0);
+    }
     px_remember(p, l, NULL);
 }
 
@@ -1176,6 +1221,9 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
         } else if (p->sse_hold && evbuffer_get_length(p->sse_hold)) {
             px_write_hold(p, 0);      /* ended cleanly: passed on as it came */
         }
+        if (res == UPSTREAM_OK && p->ctext)
+            px_keep_content(p, (const char *)evbuffer_pullup(p->ctext, -1),
+                            evbuffer_get_length(p->ctext), 1);
         http_stream_end(p->req);
         px_done(p);
         return;
@@ -1929,6 +1977,59 @@ static int px_host_index(const struct proxy *p, const char *name)
     return h ? (int)(h - p->snap->cfg->hosts) : -1;
 }
 
+/* body with the kept content added, replacing it (p->body_own). */
+static int px_body_add_content(struct proxy *p)
+{
+    char *b = content_add_to_body(p->body, p->body_len, p->content);
+    int i;
+
+    if (b == NULL)
+        return -1;
+    free(p->body_own);
+    p->body = p->body_own = b;
+    p->body_len = strlen(b);
+    for (i = 0; i < PX_MAX_STEPS; i++) {    /* a model rewrite's copy */
+        free(p->steps[i].body);
+        p->steps[i].body = NULL;
+    }
+    return 0;
+}
+
+/*
+ * sessions.keep_content: /v1/verify carries the content kept for its id
+ * ({"id", "content"}), looked up after the host. Returns 1 while the
+ * lookup waits for Redis (px_begin runs again), -1 once answered, 0 to go on.
+ */
+static int px_verify_content(struct proxy *p)
+{
+    if (!p->content_done) {
+        int answered;
+
+        p->content_done = 1;
+        p->lookup_kind = SESSION_CONTENT;
+        p->st = PX_LOOKUP;
+        lock_take();
+        p->lookup_sync = 1;
+        p->call = session_get(p->gw->sess, SESSION_CONTENT, p->lookup_key, gw_now_ms(),
+                              px_lookup_done, p);
+        p->lookup_sync = 0;
+        answered = p->call == NULL;
+        lock_drop();
+        if (!answered)
+            return 1;
+    }
+    if (p->content == NULL) {
+        px_error(p, 404, "invalid_request_error", "no_cached_content",
+                 "No cached content for this id");
+        return -1;
+    }
+    if (px_body_add_content(p) != 0) {
+        px_error(p, 500, "server_error", "out_of_memory", "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 /* After the session lookup (if any): pins /v1/verify to the host that
  * served the id, points a sticky request at its host, then starts. */
 static void px_begin(struct proxy *p)
@@ -1936,6 +2037,8 @@ static void px_begin(struct proxy *p)
     char msg[300];
     int h;
 
+    if (p->verify && p->snap->cfg->sessions.keep_content && px_verify_content(p) != 0)
+        return;
     if (p->verify || (p->owned && p->pinned)) {
         if (p->pinned == NULL) {
             snprintf(msg, sizeof(msg), "unknown id \"%.100s\": never served here or expired",
@@ -1989,7 +2092,9 @@ static void px_lookup_done(void *arg, const char *host)
     struct timeval now = { 0, 0 };
 
     p->call = NULL;
-    if (host)
+    if (host && p->lookup_kind == SESSION_CONTENT)
+        p->content = strdup(host);
+    else if (host)
         p->pinned = strdup(host);
     if (p->lookup_sync)
         return;                       /* px_start goes on */

@@ -161,6 +161,7 @@ struct session_mem {
     size_t           count;
     size_t           max_entries;
     int64_t          ttl_ms;
+    size_t           value_max;     /* longest value stored */
     uint64_t         k0, k1;        /* hash seed */
     struct session_mem_stats st;    /* counters; entries/buckets filled on read */
     struct mem_slab *slabs;
@@ -395,6 +396,7 @@ struct session_mem *session_mem_new(size_t max_entries, int64_t ttl_ms)
     node_init(&m->age);
     m->max_entries = max_entries ? max_entries : 1;
     m->ttl_ms = ttl_ms > 0 ? ttl_ms : 1;
+    m->value_max = SESSION_HOST_MAX;
     random_bytes(seed, sizeof(seed));
     m->k0 = seed[0];
     m->k1 = seed[1];
@@ -430,6 +432,11 @@ void session_mem_configure(struct session_mem *m, size_t max_entries, int64_t tt
         mem_evict_lru(m);
 }
 
+void session_mem_set_value_max(struct session_mem *m, size_t value_max)
+{
+    m->value_max = value_max < SESSION_CONTENT_MAX ? value_max : SESSION_CONTENT_MAX;
+}
+
 int session_mem_put(struct session_mem *m, enum session_kind kind,
                     const char *key, const char *host, int64_t now_ms)
 {
@@ -438,7 +445,7 @@ int session_mem_put(struct session_mem *m, enum session_kind kind,
     uint64_t hash;
 
     if ((unsigned)kind >= SESSION_KINDS || klen == 0 || klen > SESSION_KEY_MAX
-        || hlen == 0 || hlen > SESSION_HOST_MAX)
+        || hlen == 0 || hlen > m->value_max)
         return -1;
     mem_rehash_step(m);
     mem_sweep(m, now_ms);
@@ -706,6 +713,8 @@ struct session {
     int64_t                 ttl_ms;
     size_t                  max_entries;
     struct session_mem     *mem;
+    struct session_mem     *content;    /* SESSION_CONTENT (keep_content) */
+    int64_t                 content_ttl_ms;
     struct session_redis   *redis;      /* NULL with the memory store */
     struct session_identity self;
     session_shared_cb       shared_cb;
@@ -779,8 +788,12 @@ struct session *session_new(struct event_base *base, const struct config *cfg,
     s->ttl_ms = cfg->sessions.ttl_ms;
     s->max_entries = (size_t)cfg->sessions.max_entries;
     s->mem = session_mem_new(s->max_entries, s->ttl_ms);
+    s->content_ttl_ms = cfg->sessions.content_ttl_ms;
+    s->content = session_mem_new((size_t)cfg->sessions.content_max_entries, s->content_ttl_ms);
+    if (s->content != NULL)
+        session_mem_set_value_max(s->content, (size_t)cfg->sessions.content_max_bytes);
     s->self.address = strdup(replica_addr ? replica_addr : "");
-    if (s->mem == NULL || s->self.address == NULL) {
+    if (s->mem == NULL || s->content == NULL || s->self.address == NULL) {
         snprintf(err, errlen, "sessions: out of memory");
         session_free(s);
         return NULL;
@@ -804,6 +817,10 @@ int session_reconfigure(struct session *s, const struct config *cfg,
     s->ttl_ms = cfg->sessions.ttl_ms;
     s->max_entries = (size_t)cfg->sessions.max_entries;
     session_mem_configure(s->mem, s->max_entries, s->ttl_ms);
+    s->content_ttl_ms = cfg->sessions.content_ttl_ms;
+    session_mem_configure(s->content, (size_t)cfg->sessions.content_max_entries,
+                          s->content_ttl_ms);
+    session_mem_set_value_max(s->content, (size_t)cfg->sessions.content_max_bytes);
     s->self.generation = generation;
     return 0;
 }
@@ -815,19 +832,27 @@ void session_free(struct session *s)
     session_redis_free(s->redis);       /* answers pending lookups from memory */
     s->redis = NULL;
     session_mem_free(s->mem);
+    session_mem_free(s->content);
     free(s->self.address);
     free(s);
+}
+
+/* Kept contents live in their own store: their own ttl, size and bound. */
+static struct session_mem *store_of(struct session *s, enum session_kind kind)
+{
+    return kind == SESSION_CONTENT ? s->content : s->mem;
 }
 
 int session_put(struct session *s, enum session_kind kind, const char *key,
                 const char *host, int64_t now_ms)
 {
-    if (session_mem_put(s->mem, kind, key, host, now_ms) != 0)
+    if (session_mem_put(store_of(s, kind), kind, key, host, now_ms) != 0)
         return -1;
     s->m.puts++;
     if (s->redis == NULL)
         return 0;
-    if (session_redis_put(s->redis, kind, key, host, s->ttl_ms) != 0)
+    if (session_redis_put(s->redis, kind, key, host,
+                          kind == SESSION_CONTENT ? s->content_ttl_ms : s->ttl_ms) != 0)
         s->m.fallbacks++;
     return 0;
 }
@@ -836,8 +861,8 @@ int session_put(struct session *s, enum session_kind kind, const char *key,
 static void answer_from_memory(struct session *s, enum session_kind kind, const char *key,
                                int64_t now_ms, session_get_cb cb, void *arg)
 {
-    char host[SESSION_HOST_MAX + 1];
-    const char *h = session_mem_get(s->mem, kind, key, now_ms);
+    char host[SESSION_CONTENT_MAX + 1];
+    const char *h = session_mem_get(store_of(s, kind), kind, key, now_ms);
 
     if (h != NULL) {
         snprintf(host, sizeof(host), "%s", h);
@@ -886,19 +911,20 @@ void session_cancel(struct session_call *c)
 void session_get_done(struct session_call *c, enum session_redis_answer a, const char *host)
 {
     struct session *s = c->s;
-    char buf[SESSION_HOST_MAX + 1];
+    char buf[SESSION_CONTENT_MAX + 1];
     const char *h = NULL;
+    size_t max = c->kind == SESSION_CONTENT ? SESSION_CONTENT_MAX : SESSION_HOST_MAX;
 
     if (a == SESSION_REDIS_HIT && host != NULL && host[0] != '\0'
-        && strlen(host) <= SESSION_HOST_MAX) {
+        && strlen(host) <= max) {
         snprintf(buf, sizeof(buf), "%s", host);
         /* Keep a copy: it answers if Redis goes away later. */
-        session_mem_put(s->mem, c->kind, c->key, buf, c->now_ms);
+        session_mem_put(store_of(s, c->kind), c->kind, c->key, buf, c->now_ms);
         h = buf;
     } else {
         if (a == SESSION_REDIS_FAILED)
             s->m.fallbacks++;
-        h = session_mem_get(s->mem, c->kind, c->key, c->now_ms);
+        h = session_mem_get(store_of(s, c->kind), c->kind, c->key, c->now_ms);
         if (h != NULL) {
             snprintf(buf, sizeof(buf), "%s", h);
             h = buf;

@@ -50,12 +50,16 @@ struct session;
 enum session_kind {
     SESSION_RID = 0,        /* upstream response id -> host (/v1/verify) */
     SESSION_STICKY,         /* routing.sticky key (header, body user) -> host */
+    SESSION_CONTENT,        /* response id -> its answer's text, JSON-encoded
+                               (sessions.keep_content; its own store, ttl
+                               sessions.content_ttl) */
     SESSION_KINDS
 };
 
 #define SESSION_KEY_MAX     512     /* longer keys are neither stored nor found */
 #define SESSION_HOST_MAX    255     /* longer host names are not stored */
 #define SESSION_REPLICA_MAX 96      /* replica id, with its NUL */
+#define SESSION_CONTENT_MAX 60000   /* most bytes of a kept content (its JSON) */
 
 /* ---- response ids ---------------------------------------------------- */
 
@@ -101,6 +105,10 @@ void session_mem_free(struct session_mem *m);
 /* New limits; evicts least recently used entries down to max_entries now.
  * The ttl applies to puts from now on. */
 void session_mem_configure(struct session_mem *m, size_t max_entries, int64_t ttl_ms);
+
+/* Longest value stored (SESSION_HOST_MAX unless set; at most
+ * SESSION_CONTENT_MAX): the content store holds longer values than hosts. */
+void session_mem_set_value_max(struct session_mem *m, size_t value_max);
 
 /* Maps (kind, key) to host until now_ms + ttl, replacing any old mapping;
  * the entry becomes the most recently used. The strings are copied.

@@ -7,6 +7,8 @@
  * Two connections: `cmd` for commands, `sub` for SUBSCRIBE. With P the
  * configured prefix:
  *   P rid:<id>, P sticky:<key>      host, PX sessions.ttl           SET/GET
+ *   P content:<id>                  kept content (JSON string), PX
+ *                                   sessions.content_ttl            SET/GET
  *   P replica:<id>                  JSON of one replica, PX REPLICA_TTL_MS,
  *                                   re-SET every HEARTBEAT_MS
  *   P replicas                      SET of replica ids
@@ -2076,7 +2078,7 @@ int session_redis_same(const struct session_redis *r, const struct config *cfg)
 
 static const char *kind_part(enum session_kind kind)
 {
-    return kind == SESSION_STICKY ? "sticky:" : "rid:";
+    return kind == SESSION_STICKY ? "sticky:" : kind == SESSION_CONTENT ? "content:" : "rid:";
 }
 
 /*
