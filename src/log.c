@@ -4,6 +4,11 @@
  * Writes are plain stdio to a line-buffered FILE: the logs are small lines
  * and a local file or pipe; this is the same trade nginx makes for its
  * error log. JSON lines go through jansson so every string is escaped.
+ * Log forging (CWE-117): every value a client chose (model, path, method,
+ * request id, anything an error message quotes) is escaped before it
+ * reaches a text line -- control bytes, DEL and invalid UTF-8 as \xNN --
+ * and bounded in length; JSON lines get valid UTF-8 (jansson refuses a
+ * string that is not, which would lose the line). One request, one line.
  * Threads: a line is formatted by the calling thread, then written whole
  * under a mutex that also guards opening and reopening the files.
  */
@@ -20,6 +25,7 @@
 
 #include "log.h"
 #include "route.h"
+#include "utf8.h"
 
 struct log_sink {
     FILE               *fp;
@@ -147,19 +153,100 @@ static void sink_write(struct log_sink *s, FILE *dflt, const char *line)
     pthread_mutex_unlock(&log_mu);
 }
 
-/* s with a newline appended (s is taken; NULL when out of memory). */
-static char *realloc_line(char *s)
+/*
+ * o as one JSON line with its newline (NULL when out of memory): ASCII
+ * only (every non-ASCII character as \uXXXX, so no C1 control or U+2028
+ * line separator reaches the file raw) and DEL, which jansson leaves raw,
+ * as \u007f (it only occurs inside strings).
+ */
+static char *json_line(json_t *o)
 {
-    size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    size_t n, ndel = 0, i, j;
+    char *t;
 
-    if (t == NULL) {
-        free(s);
+    if (s == NULL)
         return NULL;
+    for (n = 0; s[n]; n++)
+        ndel += s[n] == 0x7f;
+    t = malloc(n + 5 * ndel + 2);
+    if (t != NULL) {
+        for (i = j = 0; i < n; i++) {
+            if (s[i] == 0x7f) {
+                memcpy(t + j, "\\u007f", 6);
+                j += 6;
+            } else {
+                t[j++] = s[i];
+            }
+        }
+        t[j++] = '\n';
+        t[j] = '\0';
     }
-    t[n] = '\n';
-    t[n + 1] = '\0';
+    free(s);
     return t;
+}
+
+/* How log_escape() treats a value. */
+enum esc_mode {
+    ESC_MSG,        /* an error log message: control characters (C0, DEL, C1,
+                       U+2028/9) and invalid UTF-8 */
+    ESC_QUOTED,     /* inside "...": also '"' and '\\' */
+    ESC_BARE,       /* a key=value field: also ' ', '"' and '\\' */
+    ESC_JSON,       /* a JSON string: invalid UTF-8 only (jansson does the rest) */
+};
+
+/*
+ * Copies s into out (cap bytes, always terminated) escaped for mode, at
+ * most max bytes of s, then "..." when s was longer. An escaped byte
+ * takes 4 bytes (\xNN), so cap = 4 * max + 4 always holds the whole
+ * value. Returns out.
+ */
+static char *log_escape(char *out, size_t cap, const char *s, size_t max, enum esc_mode mode)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end;
+    size_t n = 0, len;
+
+    if (cap == 0)
+        return out;
+    len = strlen(s);
+    end = p + (len < max ? len : max);
+    while (p < end) {
+        unsigned c = *p;
+        int seq = c < 0x80 ? 1 : utf8_seq_len(p, end);
+        int esc = seq == 0
+                  || (mode != ESC_JSON && (c < 0x20 || c == 0x7f
+                                           || (seq == 2 && c == 0xc2 && p[1] < 0xa0)
+                                           || (seq == 3 && c == 0xe2 && p[1] == 0x80
+                                               && (p[2] == 0xa8 || p[2] == 0xa9))))
+                  || ((mode == ESC_QUOTED || mode == ESC_BARE) && (c == '"' || c == '\\'))
+                  || (mode == ESC_BARE && c == ' ');
+
+        if (esc) {                  /* a sequence is escaped byte by byte */
+            int k, nb = seq ? seq : 1;
+            if (n + 4 * (size_t)nb >= cap)
+                break;
+            for (k = 0; k < nb; k++) {
+                out[n++] = '\\';
+                out[n++] = 'x';
+                out[n++] = hex[p[k] >> 4];
+                out[n++] = hex[p[k] & 15];
+            }
+            p += nb;
+            continue;
+        }
+        if (n + (size_t)seq >= cap)
+            break;
+        memcpy(out + n, p, (size_t)seq);
+        n += (size_t)seq;
+        p += seq;
+    }
+    if (len > max && n + 3 < cap) {
+        memcpy(out + n, "...", 3);
+        n += 3;
+    }
+    out[n] = '\0';
+    return out;
 }
 
 static void timestamp(char *buf, size_t len)
@@ -174,26 +261,30 @@ static void timestamp(char *buf, size_t len)
     snprintf(buf + n, len - n, ".%03dZ", (int)(tv.tv_usec / 1000));
 }
 
+#define LOG_MSG_MAX 2048
+
 void log_msg(enum cfg_log_level level, const char *fmt, ...)
 {
-    char msg[2048], ts[40], line[2200];
+    char raw[LOG_MSG_MAX], msg[4 * LOG_MSG_MAX + 4], ts[40], line[4 * LOG_MSG_MAX + 80];
     enum cfg_log_format f;
     va_list ap;
 
     if (!log_enabled(level))
         return;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
     timestamp(ts, sizeof(ts));
     pthread_mutex_lock(&log_mu);
     f = elog.fmt;
     pthread_mutex_unlock(&log_mu);
+    /* the message may quote what a client sent: one line, valid UTF-8 */
+    log_escape(msg, sizeof(msg), raw, sizeof(raw), f == LOGF_JSON ? ESC_JSON : ESC_MSG);
     if (f == LOGF_JSON) {
         json_t *o = json_pack("{s:s, s:s, s:s}", "time", ts,
                               "level", level_names[level], "msg", msg);
-        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (s && (s = realloc_line(s)))
+        char *s = json_line(o);
+        if (s)
             sink_write(&elog, stderr, s);
         free(s);
         json_decref(o);
@@ -201,11 +292,6 @@ void log_msg(enum cfg_log_level level, const char *fmt, ...)
     }
     snprintf(line, sizeof(line), "%s [%s] %s\n", ts, level_names[level], msg);
     sink_write(&elog, stderr, line);
-}
-
-static const char *dash(const char *s)
-{
-    return s && *s ? s : "-";
 }
 
 static void count_or_dash(char *out, size_t len, int have, uint64_t n)
@@ -240,10 +326,27 @@ static const char *route_of(const char *path)
     return route_family_label(route_family_of_path(path));
 }
 
+/* Longest part of each client-chosen field a log line keeps (bytes). */
+#define LOG_FIELD_MAX  256
+#define LOG_PATH_MAX   1024
+#define ESC_CAP(max)   (4 * (max) + 4)
+
+/* One field of an access line: NULL stays NULL (JSON) or "-" (text). */
+static const char *field(char *buf, size_t cap, const char *s, size_t max, enum esc_mode mode)
+{
+    if (s == NULL || *s == '\0')
+        return mode == ESC_JSON ? s : "-";
+    return log_escape(buf, cap, s, max, mode);
+}
+
 void log_access(const struct log_access *a)
 {
     char ts[40], line[2048], *big = NULL;
+    char rid[ESC_CAP(LOG_FIELD_MAX)], method[ESC_CAP(LOG_FIELD_MAX)], path[ESC_CAP(LOG_PATH_MAX)];
+    char model[ESC_CAP(LOG_FIELD_MAX)], host[ESC_CAP(LOG_FIELD_MAX)], key[ESC_CAP(LOG_FIELD_MAX)];
+    char peer[ESC_CAP(LOG_FIELD_MAX)];
     enum cfg_log_format f;
+    enum esc_mode bare, quoted;
     int on, n;
 
     pthread_mutex_lock(&log_mu);
@@ -253,14 +356,23 @@ void log_access(const struct log_access *a)
     if (!on)
         return;
     timestamp(ts, sizeof(ts));
+    bare = f == LOGF_JSON ? ESC_JSON : ESC_BARE;
+    quoted = f == LOGF_JSON ? ESC_JSON : ESC_QUOTED;
+    const char *e_rid = field(rid, sizeof(rid), a->request_id, LOG_FIELD_MAX, bare);
+    const char *e_method = field(method, sizeof(method), a->method, LOG_FIELD_MAX, quoted);
+    const char *e_path = field(path, sizeof(path), a->path, LOG_PATH_MAX, quoted);
+    const char *e_model = field(model, sizeof(model), a->model, LOG_FIELD_MAX, bare);
+    const char *e_host = field(host, sizeof(host), a->host, LOG_FIELD_MAX, bare);
+    const char *e_key = field(key, sizeof(key), a->key_fp, LOG_FIELD_MAX, bare);
+    const char *e_peer = field(peer, sizeof(peer), a->peer, LOG_FIELD_MAX, bare);
     if (f == LOGF_JSON) {
         json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:s?, s:s?, s:s?,"
                               " s:i, s:i, s:b, s:f, s:f, s:I}",
-                              "time", ts, "request_id", a->request_id,
-                              "method", a->method, "path", a->path,
+                              "time", ts, "request_id", e_rid,
+                              "method", e_method, "path", e_path,
                               "route", a->route ? a->route : route_of(a->path),
-                              "model", a->model, "host", a->host,
-                              "key", a->key_fp, "peer", a->peer,
+                              "model", e_model, "host", e_host,
+                              "key", e_key, "peer", e_peer,
                               "status", a->status, "attempts", a->attempts,
                               "stream", a->stream, "ttfb_ms", a->ttfb_ms,
                               "total_ms", a->total_ms,
@@ -276,8 +388,8 @@ void log_access(const struct log_access *a)
                 json_object_set_new(t, "cached", json_integer((json_int_t)a->tokens_cached));
             json_object_set_new(o, "tokens", t);
         }
-        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (s && (s = realloc_line(s)))
+        char *s = json_line(o);
+        if (s)
             sink_write(&alog, NULL, s);
         free(s);
         json_decref(o);
@@ -291,9 +403,9 @@ void log_access(const struct log_access *a)
             "%s %s %s \"%s %s\" %d model=%s host=%s key=%s attempts=%d" \
             " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu" \
             " tokens_in=%s tokens_out=%s tokens_cached=%s\n", \
-            ts, dash(a->peer), dash(a->request_id), dash(a->method), \
-            dash(a->path), a->status, dash(a->model), dash(a->host), \
-            dash(a->key_fp), a->attempts, a->stream, a->ttfb_ms, a->total_ms, \
+            ts, e_peer, e_rid, e_method, \
+            e_path, a->status, e_model, e_host, \
+            e_key, a->attempts, a->stream, a->ttfb_ms, a->total_ms, \
             a->bytes_out, tin, tout, tcached)
     n = ACCESS_LINE(line, sizeof(line));
     if (n >= (int)sizeof(line) && (big = malloc((size_t)n + 1)) != NULL)

@@ -427,6 +427,103 @@ def test_access_log_marks_streams(mocks, gateway, tmp_path):
     assert json.loads(open(access).read())["stream"] is True
 
 
+# Log forging (CWE-117): values a client chose, each with what would forge
+# or garble a line if it reached the file raw.
+HOSTILE_MODELS = {
+    "newline": "x\n2099-01-01T00:00:00Z FAKE LINE host=m key=sk-x attempts=1",
+    "cr": "x\r2099-01-01T00:00:00Z FAKE LINE",
+    "tab": "x\tFAKE\ttab",
+    "esc": "x\x1b[31mRED\x1b[0m\x1b]0;title\x07",
+    "quote": 'x" 200 model=fake host=evil "',
+    "backslash": "x\\x0aFAKE",
+    "del-and-c1": "x\x7f\u0085\u2028y",
+    "long": "L" * 20000,
+}
+TS_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+TS_JSON = re.compile(r'^\{"time": ?"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"')
+
+
+def _multipart_model(model_bytes):
+    b = b"----forge"
+    body = (b"--" + b + b'\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + model_bytes
+            + b"\r\n--" + b + b'\r\nContent-Disposition: form-data; name="file"; filename="a.wav"'
+            b"\r\nContent-Type: application/octet-stream\r\n\r\nRIFF\r\n--" + b + b"--\r\n")
+    return body, "multipart/form-data; boundary=" + b.decode()
+
+
+def _assert_clean_lines(data, fmt, what):
+    """Every line starts with a timestamp, holds no raw control byte and is
+    valid UTF-8; JSON lines parse. Returns the lines."""
+    assert data.endswith(b"\n"), what
+    lines = data[:-1].split(b"\n")
+    for raw in lines:
+        line = raw.decode("utf-8")                     # raises on invalid UTF-8
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", line), (what, line[:300])
+        if fmt == "json":
+            assert TS_JSON.match(line), (what, line[:300])
+            assert isinstance(json.loads(line), dict)
+        else:
+            assert TS_LINE.match(line), (what, line[:300])
+    return [l.decode() for l in lines]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_client_values_cannot_forge_log_lines(mocks, gateway, tmp_path, fmt):
+    ms = mocks(1, "--status", "500")
+    access, elog = str(tmp_path / "access.log"), str(tmp_path / "error.log")
+    # a host serving several models has a breaker per model, whose opening
+    # the error log tells with the model's name
+    g = gateway(hosts_of(ms, m0={"models": list(HOSTILE_MODELS.values())}), policies=(
+        "server:\n  access_log: {file: %s, format: %s}\n  log: {file: %s, format: %s}\n"
+        "retry:\n  max_attempts: 1\n"
+        "health_check:\n  enabled: false\n  passive: false\n"
+        "circuit_breaker:\n  enabled: true\n  failure_threshold: 1\n  reset_timeout: 1ms\n"
+        % (access, fmt, elog, fmt)))
+    sent = 0
+    for name, model in HOSTILE_MODELS.items():
+        st, _, _b = g.chat(model=model, headers={"X-Request-Id": b'id "FAKE" \xc3\xa9-' + name.encode()})
+        assert st in (502, 503), (name, _b)
+        sent += 1
+    # a form's model is not JSON: raw control bytes and invalid UTF-8
+    for raw in (b"w\xff\xfe\n2099-01-01T00:00:00Z FAKE FORM", b"w\x1b[1m\r\tx\xc3"):
+        body, ctype = _multipart_model(raw)
+        g.request("POST", "/v1/audio/transcriptions", body, {"Content-Type": ctype})
+        sent += 1
+    g.request("GET", "/v1/" + "P" * 5000)                  # a very long path: 404
+    sent += 1
+    g.stop()
+
+    lines = _assert_clean_lines(open(access, "rb").read(), fmt, "access log")
+    assert len(lines) == sent, lines                        # one line per request
+    assert all(len(l) < 4000 for l in lines), max(len(l) for l in lines)
+    elines = _assert_clean_lines(open(elog, "rb").read(), fmt, "error log")
+    forged = [l for l in lines + elines if l.startswith("2099")]
+    assert not forged
+    if fmt == "json":
+        recs = [json.loads(l) for l in lines]
+        models = [r.get("model") for r in recs]
+        for name, model in HOSTILE_MODELS.items():
+            if name == "long":
+                assert "L" * 256 + "..." in models, [m[:20] for m in models if m]
+            else:
+                assert model in models, (name, models)     # the value itself, JSON-escaped
+        msgs = [json.loads(l)["msg"] for l in elines]
+        assert any(HOSTILE_MODELS["newline"] in m for m in msgs), msgs
+        assert any("w\\xff\\xfe\n2099" in (r.get("model") or "") for r in recs), models
+    else:
+        text = "\n".join(lines)
+        assert "model=x\\x0a2099-01-01T00:00:00Z\\x20FAKE\\x20LINE\\x20host=m" in text, text
+        assert "model=x\\x22\\x20200\\x20model=fake" in text
+        assert "model=x\\x5cx0aFAKE " in text
+        assert "model=x\\x1b[31mRED" in text
+        assert "model=x\\x7f\\xc2\\x85\\xe2\\x80\\xa8y " in text
+        assert "model=" + "L" * 256 + "... " in text
+        assert "model=w\\xff\\xfe\\x0a2099" in text, text
+        assert " host=m key=sk-x" not in text.replace("\\x20host=m\\x20key=sk-x", "")
+        etext = "\n".join(elines)
+        assert "breaker for model x\\x0a2099-01-01T00:00:00Z FAKE LINE" in etext, etext
+
+
 # --- alerts from real traffic ---------------------------------------------------
 
 class Receiver:
@@ -506,6 +603,7 @@ def test_alert_fires_once_and_resolves_once_from_real_traffic(mocks, gateway, re
     slack_path = "/services/T0/B0/SlackSecretToken123"
     g = gateway(hosts_of(ms), policies=(
         "retry:\n  max_attempts: 1\n"
+        "health_check:\n  enabled: false\n  passive: false\n"
         "circuit_breaker:\n  enabled: false\n"
         "alerts:\n  window: 2s\n  for: 1s\n  thresholds:\n    error_rate: 0.5\n"
         "  notifications:\n"
