@@ -8,6 +8,7 @@ a host name (libcurl).
 """
 import http.client
 import json
+import socket
 import time
 
 import pytest
@@ -70,6 +71,29 @@ def stream(g, body=None, timeout=30):
         return r.status, {k.lower(): v for k, v in r.getheaders()}, raw, time.monotonic() - t0
     finally:
         conn.close()
+
+
+def raw_stream_post(port):
+    """A socket with a streamed chat POST sent on it, nothing read yet."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return s
+
+
+def read_raw(s, until=None):
+    """Reads s until EOF, or until the bytes end with `until`; closes it."""
+    raw = bytearray()
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        raw += chunk
+        if until and raw.endswith(until):
+            break
+    s.close()
+    return bytes(raw)
 
 
 def check_whole_events_then_error(raw, n_chunks, code):
@@ -223,26 +247,13 @@ def test_response_timeout_caps_a_steady_stream(mocks, gateway, path):
 def test_paused_stream_is_not_idle(mocks, gateway):
     # A client that does not read pauses the upstream: that is not the
     # upstream's stall, and the stream must still complete afterwards.
-    import socket
     ms = mocks(1, "--chunks", "200000")
     g = gateway(hosts_of(ms), policies="retry:\n  stream_idle_timeout: 500ms\n")
-    s = socket.create_connection(("127.0.0.1", g.port))
-    body = json.dumps(dict(CHAT, stream=True)).encode()
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    s = raw_stream_post(g.port)
     wait_for(lambda: ms[0].stats()["requests"] == 1, what="stream to start")
     time.sleep(1.2)  # the point of the test: a client that does not read for > idle
-    s.settimeout(30)
-    tail = b""
-    while True:
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            break
-        tail = (tail + chunk)[-64:]
-        if b"0\r\n\r\n" in tail:
-            break
-    s.close()
-    assert b"[DONE]" in tail, tail
+    raw = read_raw(s, until=b"0\r\n\r\n")
+    assert raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), raw[-100:]
     assert metric(g, "infergate_upstream_stalls_total", host="m0", timeout="idle") == 0
 
 
@@ -279,19 +290,8 @@ def test_stall_mid_event_ends_on_a_boundary(mocks, gateway, path, offset):
 
 def test_mock_partial_bytes_cut_where_asked(mocks):
     # The last offset must fall between the two "\n" of the third event.
-    import socket
     ms = mocks(1, "--chunks", "5", "--close-after-chunks", "2", "--partial-bytes", str(OFFSETS[-1]))
-    body = json.dumps(dict(CHAT, stream=True)).encode()
-    s = socket.create_connection(("127.0.0.1", ms[0].port), timeout=10)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-    raw = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        raw += chunk
-    s.close()
+    raw = read_raw(raw_stream_post(ms[0].port))
     assert b'"tok2 "}}]}\n' in raw and b'"tok2 "}}]}\n\n' not in raw, raw[-200:]
 
 
