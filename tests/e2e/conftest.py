@@ -89,9 +89,12 @@ def terminate(proc, timeout):
 SPAWNED = []
 
 
-def spawn(argv, **kw):
-    """subprocess.Popen(argv, **kw), recorded for teardown first."""
+def spawn(argv, shared=False, **kw):
+    """subprocess.Popen(argv, **kw), recorded for teardown first. shared:
+    started by a module- or session-scoped fixture, which stops it; the
+    per-test teardown leaves it alone (the end-of-session check does not)."""
     p = subprocess.Popen(argv, **kw)
+    p.shared = shared
     SPAWNED.append(p)
     return p
 
@@ -118,7 +121,8 @@ def _stop_what_the_test_started():
     first = len(SPAWNED)
     yield
     for p in SPAWNED[first:]:
-        _kill(p)
+        if not p.shared:
+            _kill(p)
 
 
 def _leftovers(basetemp):
