@@ -14,6 +14,7 @@
 
 #include "admin.h"
 #include "alerts.h"
+#include "cache.h"
 #include "events.h"
 #include "metrics.h"
 #include "gateway.h"
@@ -27,6 +28,8 @@
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
+
+static json_t *cache_status(const struct gateway *gw);
 
 static json_t *listeners_json(struct gateway *gw);
 
@@ -416,6 +419,7 @@ void admin_status(struct gateway *gw, struct http_req *req)
                             json_integer((json_int_t)json_array_size(inst)));
         json_object_set_new(o, "instances", inst);
         json_object_set_new(o, "sessions", sess);
+        json_object_set_new(o, "cache", cache_status(gw));
         json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
         json_object_set_new(o, "connections", connections_json(gw));
         json_object_set_new(o, "workers", workers_json(gw));
@@ -544,6 +548,54 @@ static json_t *listeners_json(struct gateway *gw)
     return out;
 }
 
+/* The response cache in /status: settings and counters (cache.h). */
+static json_t *cache_status(const struct gateway *gw)
+{
+    const struct config *c = gw->snap->cfg;
+    struct cache_stats st;
+
+    if (gw->cache == NULL)
+        return json_pack("{s:b}", "enabled", 0);
+    cache_stats(gw->cache, &st);
+    return json_pack("{s:b, s:s, s:I, s:I, s:I, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                     "enabled", 1, "store", "memory", "ttl_ms", (json_int_t)c->cache.ttl_ms,
+                     "max_bytes", (json_int_t)c->cache.max_bytes,
+                     "max_entry_bytes", (json_int_t)c->cache.max_entry_bytes,
+                     "only_deterministic", c->cache.only_deterministic,
+                     "per_client", c->cache.per_client,
+                     "entries", (json_int_t)st.entries, "bytes", (json_int_t)st.bytes,
+                     "hits", (json_int_t)st.requests[CACHE_HIT],
+                     "misses", (json_int_t)st.requests[CACHE_MISS],
+                     "bypasses", (json_int_t)st.requests[CACHE_BYPASS],
+                     "stores", (json_int_t)st.stores, "evictions", (json_int_t)st.evictions,
+                     "expirations", (json_int_t)st.expirations);
+}
+
+/* The response cache's families, after metrics_render()'s (Prometheus text). */
+static int cache_metrics(const struct gateway *gw, struct evbuffer *b)
+{
+    struct cache_stats st;
+    int r, rc = 0;
+
+    memset(&st, 0, sizeof(st));
+    if (gw->cache)
+        cache_stats(gw->cache, &st);
+    rc |= evbuffer_add_printf(b, "# HELP infergate_cache_requests_total Requests the response"
+                              " cache answered (hit), missed or bypassed.\n"
+                              "# TYPE infergate_cache_requests_total counter\n") < 0;
+    for (r = 0; r < CACHE_RESULTS; r++)
+        rc |= evbuffer_add_printf(b, "infergate_cache_requests_total{result=\"%s\"} %llu\n",
+                                  cache_result_name((enum cache_result)r),
+                                  (unsigned long long)st.requests[r]) < 0;
+    rc |= evbuffer_add_printf(b, "# HELP infergate_cache_bytes Bytes the response cache holds.\n"
+                              "# TYPE infergate_cache_bytes gauge\n"
+                              "infergate_cache_bytes %zu\n"
+                              "# HELP infergate_cache_entries Answers the response cache holds.\n"
+                              "# TYPE infergate_cache_entries gauge\n"
+                              "infergate_cache_entries %zu\n", st.bytes, st.entries) < 0;
+    return rc ? -1 : 0;
+}
+
 void admin_metrics(struct gateway *gw, struct http_req *req)
 {
     const struct snapshot *s = gw->snap;
@@ -579,7 +631,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
     metrics_set_redis_failovers(sm.redis_sentinel, sm.redis_failovers);
     alerts_export_metrics(gw->alerts);
     tls_export_metrics(gw);
-    if (metrics_render(b) < 0) {
+    if (metrics_render(b) < 0 || cache_metrics(gw, b) < 0) {
         evbuffer_free(b);
         http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
         return;

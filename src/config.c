@@ -792,6 +792,14 @@ static const struct field fields[] = {
     {S_POLICY, "health_check.ejection_max",         T_DUR,     OFF(health.ejection_max_ms),         "5m",            1 * MS, DAY, .flags = 0},
     {S_POLICY, "health_check.panic_threshold",      T_NUM,     OFF(health.panic_threshold),         "0.5",           0,     1, .flags = 0},
 
+    {S_POLICY, "cache.enabled",                     T_BOOL,    OFF(cache.enabled),                  "false",         0, 0, .flags = 0},
+    {S_POLICY, "cache.ttl",                         T_DUR,     OFF(cache.ttl_ms),                   "5m",            100 * MS, 30 * DAY, .flags = 0},
+    {S_POLICY, "cache.max_bytes",                   T_SIZE,    OFF(cache.max_bytes),                "64MB",          KB,    64 * GB, .flags = 0},
+    {S_POLICY, "cache.max_entry_bytes",             T_SIZE,    OFF(cache.max_entry_bytes),          "1MB",           KB,    GB, .flags = 0},
+    {S_POLICY, "cache.routes",                      T_STRLIST, OFF(cache.routes),                   NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_POLICY, "cache.only_deterministic",          T_BOOL,    OFF(cache.only_deterministic),       "true",          0, 0, .flags = 0},
+    {S_POLICY, "cache.per_client",                  T_BOOL,    OFF(cache.per_client),               "false",         0, 0, .flags = 0},
+
     {S_POLICY, "sessions.store",                    T_ENUM,    OFF(sessions.store),                 "memory",        0, 0, .names = stores},
     {S_POLICY, "sessions.ttl",                      T_DUR,     OFF(sessions.ttl_ms),                "30m",           SEC,   30 * DAY, .flags = 0},
     {S_POLICY, "sessions.max_entries",              T_INT,     OFF(sessions.max_entries),           "100000",        1,     100000000, .flags = 0},
@@ -2181,6 +2189,18 @@ static void load_policies(struct loader *ld)
             cerr(ld, &c, "prefix \"%.60s\" must start with '/', have no '?' and not be"
                  " under /admin", pre);
     }
+    cfg->cache.routes_mask = cfg->cache.routes.n ? 0
+        : (1u << API_CHAT) | (1u << API_COMPLETIONS) | (1u << API_EMBEDDINGS)
+          | (1u << API_RESPONSES);
+    for (size_t i = 0; i < cfg->cache.routes.n; i++) {
+        int f = route_family_by_name(cfg->cache.routes.v[i]);
+        if (f < 0 && cur_lookup(&root, "cache.routes", &c))
+            cerr(ld, &c, "unknown API \"%.60s\" (chat, completions, embeddings,"
+                 " responses, audio, images, moderations, rerank, messages)",
+                 cfg->cache.routes.v[i]);
+        else if (f >= 0)
+            cfg->cache.routes_mask |= 1u << f;
+    }
     check_redis(ld, &root);
 }
 
@@ -2921,6 +2941,7 @@ static void config_free(struct config *c)
     free(c->routing.sticky_header);
     free(c->routing.hash_header);
     cfg_strlist_free(&c->routing.passthrough);
+    cfg_strlist_free(&c->cache.routes);
     free(c->retry.no_retry_header);
     for (i = 0; i < c->nmodels; i++) {
         free(c->models[i].name);

@@ -259,6 +259,17 @@ struct config {
         double   panic_threshold;    /* usable share of a tier; 0 = off */
     } health;
 
+    struct {                             /* the response cache (cache.h) */
+        int      enabled;
+        int64_t  ttl_ms;
+        size_t   max_bytes;
+        size_t   max_entry_bytes;
+        struct cfg_strlist routes;       /* API family names; empty: the default */
+        unsigned routes_mask;            /* 1 << api_family, from routes */
+        int      only_deterministic;     /* temperature 0 or a seed */
+        int      per_client;             /* the client's name is in the key */
+    } cache;
+
     struct {
         enum cfg_session_store store;
         int64_t  ttl_ms;

@@ -29,6 +29,7 @@
 #include "proxy.h"
 #include "route.h"
 #include "session.h"
+#include "cache.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -472,6 +473,28 @@ static void gateway_handle(struct http_req *req, void *arg)
 
 /* Another replica saw a key fail or a breaker open: follow its advice
  * until it expires (our own view stays as it is). */
+/* The response cache follows cfg->cache; a reload that leaves its settings
+ * as they were keeps it and what it holds. Runs on the control thread,
+ * which holds the state lock (lock.h). */
+static void gateway_cache_apply(struct gateway *gw, const struct config *old,
+                                const struct config *cfg)
+{
+    if (gw->cache == NULL && !cfg->cache.enabled)
+        return;
+    if (gw->cache != NULL && old != NULL && cfg->cache.enabled
+        && old->cache.ttl_ms == cfg->cache.ttl_ms && old->cache.max_bytes == cfg->cache.max_bytes
+        && old->cache.max_entry_bytes == cfg->cache.max_entry_bytes)
+        return;
+    lock_take();
+    cache_free(gw->cache);
+    gw->cache = cfg->cache.enabled ? cache_new(cfg->cache.max_bytes,
+                                               cfg->cache.max_entry_bytes,
+                                               cfg->cache.ttl_ms) : NULL;
+    lock_drop();
+    if (cfg->cache.enabled && gw->cache == NULL)
+        log_error("cache: out of memory; requests go upstream");
+}
+
 static void gateway_on_shared(void *arg, const struct session_shared *ev)
 {
     struct gateway *gw = arg;
@@ -986,6 +1009,7 @@ int gateway_init(struct gateway *gw, struct event_base *base,
         }
         session_on_shared(gw->sess, gateway_on_shared, gw);
     }
+    gateway_cache_apply(gw, NULL, cfg);
     gw->up = upstream_new(base);
     gw->alerts = gw->up ? alerts_new(base, gw->up) : NULL;
     gw->health = gw->up ? health_new(base, gw->up) : NULL;
@@ -1152,6 +1176,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
         metrics_reload(0);
         return -1;
     }
+    gateway_cache_apply(gw, gw->snap->cfg, cfg);
     {
         char serr[256];
         if (session_reconfigure(gw->sess, cfg, s->generation, serr, sizeof(serr)) < 0)
@@ -1391,6 +1416,8 @@ void gateway_free(struct gateway *gw)
     if (gw->tick)
         event_free(gw->tick);
     session_free(gw->sess);
+    cache_free(gw->cache);
+    gw->cache = NULL;
     alerts_free(gw->alerts);
     health_free(gw->health);            /* before upstream_free: cancels probes */
     if (gw->rebalance)

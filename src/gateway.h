@@ -72,6 +72,7 @@ struct gateway {
     int                 nworkers;
     int                 threaded;
     struct session     *sess;        /* response ids, sticky hosts, replicas */
+    struct cache       *cache;       /* response cache; NULL when off (cache.h) */
     struct alerts      *alerts;
     struct snapshot    *snap;        /* current; the gateway holds one ref */
     const char         *conf_dir;

@@ -388,6 +388,8 @@ void log_access(const struct log_access *a)
                 json_object_set_new(t, "cached", json_integer((json_int_t)a->tokens_cached));
             json_object_set_new(o, "tokens", t);
         }
+        if (o && a->cache)
+            json_object_set_new(o, "cache", json_string(a->cache));
         char *s = json_line(o);
         if (s)
             sink_write(&alog, NULL, s);
@@ -402,11 +404,12 @@ void log_access(const struct log_access *a)
 #define ACCESS_LINE(buf, len) snprintf(buf, len, \
             "%s %s %s \"%s %s\" %d model=%s host=%s key=%s attempts=%d" \
             " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu" \
-            " tokens_in=%s tokens_out=%s tokens_cached=%s\n", \
+            " tokens_in=%s tokens_out=%s tokens_cached=%s%s%s\n", \
             ts, e_peer, e_rid, e_method, \
             e_path, a->status, e_model, e_host, \
             e_key, a->attempts, a->stream, a->ttfb_ms, a->total_ms, \
-            a->bytes_out, tin, tout, tcached)
+            a->bytes_out, tin, tout, tcached, a->cache ? " cache=" : "", \
+            a->cache ? a->cache : "")
     n = ACCESS_LINE(line, sizeof(line));
     if (n >= (int)sizeof(line) && (big = malloc((size_t)n + 1)) != NULL)
         ACCESS_LINE(big, (size_t)n + 1);

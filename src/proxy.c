@@ -40,6 +40,7 @@
 
 #include "balance.h"
 #include "breaker.h"
+#include "cache.h"
 #include "content.h"
 #include "gateway.h"
 #include "health.h"
@@ -184,6 +185,11 @@ struct proxy {
     struct evbuffer      *ctext;         /* keep_content: the stream so far */
     char                 *content;       /* verify: the kept content (JSON) */
     int                   content_done;  /* verify: its lookup answered */
+
+    /* the response cache (cache.h) */
+    int                   cache_res;     /* enum cache_result, -1 = not used */
+    int                   cache_store;   /* store a 2xx answer under cache_key */
+    char                  cache_key[CACHE_KEY_LEN + 1];
     struct evbuffer      *idscan;        /* stream prefix searched for the id */
 
     enum px_fail          fail;          /* last failure */
@@ -222,11 +228,17 @@ static uint64_t px_freed;
 static void px_attempt(struct proxy *p);
 static void px_begin(struct proxy *p);
 static void px_lookup_done(void *arg, const char *host);
+static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype);
 static void px_leg_cancel(struct px_leg *l);
 static void px_arm_answer_timer(struct px_leg *l, int64_t now);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
 static void px_scan_id(struct proxy *p, const struct px_leg *l,
                        const char *data, size_t len);
+
+static const char *px_cache_label(int r)
+{
+    return r == CACHE_HIT ? "HIT" : r == CACHE_MISS ? "MISS" : "BYPASS";
+}
 
 /* sessions.keep_content applies to this request's answer. */
 static int px_keeps_content(const struct proxy *p)
@@ -257,6 +269,7 @@ static void px_access_log(struct proxy *p)
     a.ttfb_ms = p->t_head ? (double)(p->t_head - p->t_start) : 0;
     a.total_ms = (double)(now - p->t_start);
     a.bytes_out = p->bytes_out;
+    a.cache = p->cache_res >= 0 ? px_cache_label(p->cache_res) : NULL;
     a.token_have = p->usage.have;
     a.tokens_in = p->usage.input;
     a.tokens_out = p->usage.output;
@@ -400,6 +413,8 @@ static void px_add_headers(struct proxy *p)
     }
     snprintf(n, sizeof(n), "%d", p->attempts);
     http_resp_header(p->req, "X-Attempts", n);
+    if (p->cache_res >= 0)
+        http_resp_header(p->req, "X-Cache", px_cache_label(p->cache_res));
 }
 
 static void px_error(struct proxy *p, int status, const char *type,
@@ -1186,6 +1201,7 @@ static void px_reply_buffered(struct proxy *p, struct px_leg *l,
         usage_scan_last((const char *)evbuffer_pullup(l->buf, -1)
                             + (len > USAGE_TAIL ? len - USAGE_TAIL : 0),
                         len > USAGE_TAIL ? USAGE_TAIL : len, &p->usage);
+    px_cache_store(p, l, ctype);
     http_reply(p->req, l->status, ctype ? ctype : "application/json",
                (const char *)evbuffer_pullup(l->buf, -1), len);
 }
@@ -1948,6 +1964,7 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     px_make_id(p);
     lock_drop();
     p->last_host = -1;
+    p->cache_res = -1;
     p->last_key = -1;
     p->fail_host = -1;
     p->prefer = -1;
@@ -2106,6 +2123,89 @@ static void px_lookup_done(void *arg, const char *host)
     px_begin(p);
 }
 
+/*
+ * The response cache (cache.h), once the model is rewritten: a hit is
+ * answered here (returns 1); otherwise notes whether the answer is to be
+ * stored. Not looked up: Cache-Control no-cache (still stored), no-store
+ * (nor stored), a non-deterministic body with cache.only_deterministic, a
+ * Responses call continuing another (previous_response_id), a stream.
+ */
+static int px_cache_begin(struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    const char *cc = http_req_header(p->req, "Cache-Control");
+    const char *model = p->steps[0].model ? p->steps[0].model : p->model;
+    const char *client = c->cache.per_client ? http_req_header(p->req, "Authorization") : NULL;
+    struct cache_hit hit;
+    char *body = NULL, *ctype = NULL, age[24];
+    int det = 0, res, found = 0, status = 0;
+    size_t len = 0;
+    int64_t now = gw_now_ms();
+
+    if (!c->cache.enabled || !p->json_body || strcmp(p->method, "POST") != 0
+        || (unsigned)p->route->family >= API_FAMILIES
+        || !(c->cache.routes_mask & (1u << p->route->family)))
+        return 0;
+    if (cache_key(route_family_name(p->route->family), model, client, p->body, p->body_len,
+                  p->cache_key, &det) != 0)
+        return 0;
+    if ((cc && strcasestr(cc, "no-store")) || p->want_stream
+        || (p->prev_rid && *p->prev_rid) || (c->cache.only_deterministic && !det))
+        res = CACHE_BYPASS;
+    else if (cc && strcasestr(cc, "no-cache"))
+        res = CACHE_BYPASS, p->cache_store = 1;
+    else
+        res = CACHE_MISS, p->cache_store = 1;
+    lock_take();
+    if (p->gw->cache == NULL) {
+        lock_drop();
+        p->cache_store = 0;
+        return 0;
+    }
+    if (res == CACHE_MISS && cache_get(p->gw->cache, p->cache_key, now, &hit)) {
+        if ((body = malloc(hit.len ? hit.len : 1)) != NULL
+            && (hit.ctype == NULL || (ctype = strdup(hit.ctype)) != NULL)) {
+            memcpy(body, hit.body, hit.len);
+            len = hit.len;
+            status = hit.status;
+            snprintf(age, sizeof(age), "%lld", (long long)((now - hit.stored_ms) / 1000));
+            found = 1;
+            res = CACHE_HIT;
+        }
+    }
+    cache_count(p->gw->cache, (enum cache_result)res);
+    lock_drop();
+    p->cache_res = res;
+    if (!found) {
+        free(body);
+        free(ctype);
+        return 0;
+    }
+    p->cache_store = 0;
+    p->resp_status = status;
+    p->bytes_out = len;
+    px_add_headers(p);
+    http_resp_header(p->req, "Age", age);
+    http_reply(p->req, status, ctype ? ctype : "application/json", body, len);
+    free(body);
+    free(ctype);
+    px_done(p);
+    return 1;
+}
+
+/* A complete 2xx answer of a cached request goes into the cache. */
+static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype)
+{
+    if (!p->cache_store || l->status < 200 || l->status >= 300)
+        return;
+    lock_take();
+    if (p->gw->cache)
+        cache_put(p->gw->cache, p->cache_key, l->status, ctype,
+                  (const char *)evbuffer_pullup(l->buf, -1), evbuffer_get_length(l->buf),
+                  gw_now_ms());
+    lock_drop();
+}
+
 static void px_start(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
@@ -2116,6 +2216,8 @@ static void px_start(struct proxy *p)
         px_error(p, 500, "server_error", "out_of_memory", "out of memory");
         return;
     }
+    if (px_cache_begin(p))
+        return;
     tv.tv_sec = (time_t)(p->deadline_ms / 1000);
     tv.tv_usec = (suseconds_t)((p->deadline_ms % 1000) * 1000);
     evtimer_add(p->deadline_timer, &tv);
