@@ -41,6 +41,7 @@
 #include "balance.h"
 #include "breaker.h"
 #include "cache.h"
+#include "cache_sse.h"
 #include "content.h"
 #include "gateway.h"
 #include "health.h"
@@ -229,6 +230,7 @@ static void px_attempt(struct proxy *p);
 static void px_begin(struct proxy *p);
 static void px_lookup_done(void *arg, const char *host);
 static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype);
+static void px_cache_store_stream(struct proxy *p);
 static void px_leg_cancel(struct px_leg *l);
 static void px_arm_answer_timer(struct px_leg *l, int64_t now);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
@@ -931,7 +933,7 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         /* Not in audio, and a retrieved response's was counted already. */
         if (!(p->route->flags & (API_ANSWER_RAW | API_ID_IN_PATH)))
             p->ustream = calloc(1, sizeof(*p->ustream));  /* none: not counted */
-        if (px_keeps_content(p))
+        if (px_keeps_content(p) || (p->cache_store && status == 200))
             p->ctext = evbuffer_new();
         return UPSTREAM_CONTINUE;
     }
@@ -1043,6 +1045,10 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
             usage_stream_feed(p->ustream, data, len);
         if (p->ctext && evbuffer_get_length(p->ctext) + len <= PX_CONTENT_SCAN)
             evbuffer_add(p->ctext, data, len);
+        else if (p->ctext) {        /* too long to keep: none of it */
+            evbuffer_free(p->ctext);
+            p->ctext = NULL;
+        }
         pending = (p->route->flags & API_ANSWER_RAW) ? px_write(p, data, len)
                                                      : px_relay(p, data, len);
         if (pending > PX_STREAM_HIGH) {
@@ -1237,9 +1243,11 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
         } else if (p->sse_hold && evbuffer_get_length(p->sse_hold)) {
             px_write_hold(p, 0);      /* ended cleanly: passed on as it came */
         }
-        if (res == UPSTREAM_OK && p->ctext)
+        if (res == UPSTREAM_OK && p->ctext && px_keeps_content(p))
             px_keep_content(p, (const char *)evbuffer_pullup(p->ctext, -1),
                             evbuffer_get_length(p->ctext), 1);
+        if (res == UPSTREAM_OK && p->ctext)
+            px_cache_store_stream(p);
         http_stream_end(p->req);
         px_done(p);
         return;
@@ -2123,6 +2131,12 @@ static void px_lookup_done(void *arg, const char *host)
     px_begin(p);
 }
 
+/* Streams are cached for chat and completions (cache_sse.h). */
+static int px_cache_streams(const struct proxy *p)
+{
+    return p->route->family == API_CHAT || p->route->family == API_COMPLETIONS;
+}
+
 /*
  * The response cache (cache.h), once the model is rewritten: a hit is
  * answered here (returns 1); otherwise notes whether the answer is to be
@@ -2149,7 +2163,7 @@ static int px_cache_begin(struct proxy *p)
     if (cache_key(route_family_name(p->route->family), model, client, p->body, p->body_len,
                   p->cache_key, &det) != 0)
         return 0;
-    if ((cc && strcasestr(cc, "no-store")) || p->want_stream
+    if ((cc && strcasestr(cc, "no-store")) || (p->want_stream && !px_cache_streams(p))
         || (p->prev_rid && *p->prev_rid) || (c->cache.only_deterministic && !det))
         res = CACHE_BYPASS;
     else if (cc && strcasestr(cc, "no-cache"))
@@ -2183,6 +2197,29 @@ static int px_cache_begin(struct proxy *p)
     }
     p->cache_store = 0;
     p->resp_status = status;
+    if (p->want_stream) {
+        /* A stored JSON answer, as the stream of the API's shape. */
+        size_t n = 0;
+        char *sse = cache_json_to_sse(p->route->family == API_CHAT, body, len,
+                                      cache_sse_wants_usage(p->body, p->body_len)
+                                      && !p->strip_usage, &n);
+        free(body);
+        free(ctype);
+        if (sse == NULL) {          /* not expressible as a stream: go upstream */
+            p->cache_res = CACHE_MISS;
+            p->cache_store = 1;
+            return 0;
+        }
+        px_add_headers(p);
+        http_resp_header(p->req, "Age", age);
+        p->st = PX_STREAMING;
+        http_stream_start(p->req, status, "text/event-stream");
+        px_write(p, sse, n);
+        http_stream_end(p->req);
+        free(sse);
+        px_done(p);
+        return 1;
+    }
     p->bytes_out = len;
     px_add_headers(p);
     http_resp_header(p->req, "Age", age);
@@ -2191,6 +2228,26 @@ static int px_cache_begin(struct proxy *p)
     free(ctype);
     px_done(p);
     return 1;
+}
+
+/* A stream complete: its JSON answer goes into the cache. */
+static void px_cache_store_stream(struct proxy *p)
+{
+    char *json;
+
+    if (!p->cache_store || p->ctext == NULL)
+        return;
+    json = cache_sse_to_json(p->route->family == API_CHAT,
+                             (const char *)evbuffer_pullup(p->ctext, -1),
+                             evbuffer_get_length(p->ctext));
+    if (json == NULL)
+        return;
+    lock_take();
+    if (p->gw->cache)
+        cache_put(p->gw->cache, p->cache_key, 200, "application/json", json, strlen(json),
+                  gw_now_ms());
+    lock_drop();
+    free(json);
 }
 
 /* A complete 2xx answer of a cached request goes into the cache. */

@@ -88,7 +88,7 @@ def test_non_deterministic_not_cached_by_default(mocks, gateway):
     assert g2.chat(temperature=0.7)[1]["x-cache"] == "HIT"
 
 
-def test_errors_never_cached_and_streams_bypass(mocks, gateway):
+def test_errors_never_cached(mocks, gateway):
     ms = mocks(1)
     g = gateway(hosts_of(ms), policies=ON)
     ms[0].config(status=400)
@@ -98,9 +98,67 @@ def test_errors_never_cached_and_streams_bypass(mocks, gateway):
     assert chats(ms[0]) == 2
     ms[0].config(status=200)
     assert ask(g)[1]["x-cache"] == "MISS"
-    st, h, _ = ask(g, stream=True)
-    assert st == 200 and h["x-cache"] == "BYPASS"
     assert status_cache(g)["entries"] == 1
+    # a broken stream is never stored
+    ms[0].config(close_after_chunks=2)
+    st, h, _ = ask(g, seed=5, stream=True)
+    assert h["x-cache"] == "MISS"
+    ms[0].config(close_after_chunks=0)
+    assert ask(g, seed=5)[1]["x-cache"] == "MISS"
+
+
+def events(body):
+    lines = [l[6:] for l in body.decode().split("\n") if l.startswith("data: ")]
+    assert lines[-1] == "[DONE]", lines
+    return [json.loads(l) for l in lines[:-1]]
+
+
+def test_stream_stored_then_served_as_json(mocks, gateway):
+    ms = mocks(1)
+    ms[0].config(chunks=3)
+    g = gateway(hosts_of(ms), policies=ON)
+    st, h, body = ask(g, stream=True, stream_options={"include_usage": True})
+    assert st == 200 and h["x-cache"] == "MISS"
+    sid = events(body)[0]["id"]
+    st, h, body = ask(g)
+    assert st == 200 and h["x-cache"] == "HIT", h
+    d = json.loads(body)
+    assert d["object"] == "chat.completion" and d["id"] == sid
+    assert d["choices"][0]["message"] == {"role": "assistant", "content": "tok0 tok1 tok2 "}
+    assert d["usage"]["completion_tokens"] == 3
+    # completions too
+    st, h, body = g.request("POST", "/v1/completions", {"model": "mock-model", "prompt": "x",
+                                                         "temperature": 0, "stream": True})
+    assert st == 200 and h["x-cache"] == "MISS"
+    st, h, body = g.request("POST", "/v1/completions", {"model": "mock-model", "prompt": "x",
+                                                         "temperature": 0})
+    assert h["x-cache"] == "HIT" and json.loads(body)["choices"][0]["text"] == "tok0 tok1 tok2 "
+    assert chats(ms[0]) == 1 and ms[0].stats()["paths"]["/v1/completions"] == 1
+
+
+def test_json_answer_served_as_a_stream(mocks, gateway):
+    ms = mocks(1)
+    g = gateway(hosts_of(ms), policies=ON)
+    st, h, body = ask(g)
+    assert h["x-cache"] == "MISS"
+    want = json.loads(body)
+    for usage in (False, True):
+        extra = {"stream_options": {"include_usage": True}} if usage else {}
+        st, h, body = ask(g, stream=True, **extra)
+        assert st == 200 and h["x-cache"] == "HIT" and "age" in h
+        assert h["content-type"].startswith("text/event-stream")
+        ev = events(body)
+        assert all(e["object"] == "chat.completion.chunk" and e["id"] == want["id"] for e in ev)
+        text = "".join(c["delta"].get("content") or "" for e in ev for c in e["choices"])
+        assert text == want["choices"][0]["message"]["content"]
+        assert ev[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert [c["finish_reason"] for e in ev for c in e["choices"]][-1] == \
+            want["choices"][0]["finish_reason"]
+        tail = [e for e in ev if not e["choices"]]
+        assert len(tail) == (1 if usage else 0)
+        if usage:
+            assert tail[0]["usage"] == want["usage"] and ev[-1] is tail[0]
+    assert chats(ms[0]) == 1
 
 
 def test_lru_bound(mocks, gateway):

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "cache.h"
+#include "cache_sse.h"
 
 static void key_of(int i, char *k)
 {
@@ -125,12 +126,54 @@ static void test_key(void **state)
     assert_int_equal(cache_key("chat", "m", NULL, "[1]", 3, b, &det), -1);
 }
 
+static void test_stream_and_json(void **state)
+{
+    const char *sse =
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"m\","
+        "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"He\"}}]}\n\n"
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo\"},"
+        "\"finish_reason\":\"stop\"}]}\r\n\r\n"
+        "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"
+        "data: [DONE]\n\n";
+    char *j, *back, *again;
+    size_t n = 0;
+
+    (void)state;
+    j = cache_sse_to_json(1, sse, strlen(sse));
+    assert_string_equal(j, "{\"id\":\"c1\",\"object\":\"chat.completion\",\"created\":5,"
+                        "\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
+                        "\"assistant\",\"content\":\"Hello\"},\"finish_reason\":\"stop\"}],"
+                        "\"usage\":{\"prompt_tokens\":1}}");
+    back = cache_json_to_sse(1, j, strlen(j), 1, &n);
+    assert_int_equal(n, strlen(back));
+    assert_non_null(strstr(back, "\"usage\":{\"prompt_tokens\":1}"));
+    assert_int_equal(strcmp(back + n - 14, "data: [DONE]\n\n"), 0);
+    again = cache_sse_to_json(1, back, n);      /* the round trip holds */
+    assert_string_equal(again, j);
+    free(again);
+    free(back);
+    back = cache_json_to_sse(1, j, strlen(j), 0, &n);
+    assert_null(strstr(back, "usage"));
+    free(back);
+    free(j);
+    /* cut short (no [DONE]) or with tool calls: not converted */
+    assert_null(cache_sse_to_json(1, sse, strlen(sse) - 14));
+    j = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[]}}]}\n\n"
+        "data: [DONE]\n\n";
+    assert_null(cache_sse_to_json(1, j, strlen(j)));
+    assert_null(cache_json_to_sse(1, "{}", 2, 0, &n));
+    j = "{\"stream_options\":{\"include_usage\":true}}";
+    assert_int_equal(cache_sse_wants_usage(j, strlen(j)), 1);
+    assert_int_equal(cache_sse_wants_usage("{}", 2), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hit_ttl_replace),
         cmocka_unit_test(test_lru_bound),
         cmocka_unit_test(test_key),
+        cmocka_unit_test(test_stream_and_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
