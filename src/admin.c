@@ -558,7 +558,8 @@ static json_t *cache_status(const struct gateway *gw)
         return json_pack("{s:b}", "enabled", 0);
     cache_stats(gw->cache, &st);
     return json_pack("{s:b, s:s, s:I, s:I, s:I, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                     "enabled", 1, "store", "memory", "ttl_ms", (json_int_t)c->cache.ttl_ms,
+                     "enabled", 1,
+                     "store", c->cache.store == STORE_REDIS ? "redis" : "memory", "ttl_ms", (json_int_t)c->cache.ttl_ms,
                      "max_bytes", (json_int_t)c->cache.max_bytes,
                      "max_entry_bytes", (json_int_t)c->cache.max_entry_bytes,
                      "only_deterministic", c->cache.only_deterministic,

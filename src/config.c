@@ -793,6 +793,7 @@ static const struct field fields[] = {
     {S_POLICY, "health_check.panic_threshold",      T_NUM,     OFF(health.panic_threshold),         "0.5",           0,     1, .flags = 0},
 
     {S_POLICY, "cache.enabled",                     T_BOOL,    OFF(cache.enabled),                  "false",         0, 0, .flags = 0},
+    {S_POLICY, "cache.store",                       T_ENUM,    OFF(cache.store),                    "memory",        0, 0, .names = stores},
     {S_POLICY, "cache.ttl",                         T_DUR,     OFF(cache.ttl_ms),                   "5m",            100 * MS, 30 * DAY, .flags = 0},
     {S_POLICY, "cache.max_bytes",                   T_SIZE,    OFF(cache.max_bytes),                "64MB",          KB,    64 * GB, .flags = 0},
     {S_POLICY, "cache.max_entry_bytes",             T_SIZE,    OFF(cache.max_entry_bytes),          "1MB",           KB,    GB, .flags = 0},
@@ -2201,6 +2202,9 @@ static void load_policies(struct loader *ld)
         else if (f >= 0)
             cfg->cache.routes_mask |= 1u << f;
     }
+    if (cfg->cache.store == STORE_REDIS && cfg->sessions.store != STORE_REDIS
+        && cur_lookup(&root, "cache.store", &c))
+        cerr(ld, &c, "redis needs sessions.store: redis (the cache shares its connection)");
     check_redis(ld, &root);
 }
 

@@ -261,6 +261,7 @@ struct config {
 
     struct {                             /* the response cache (cache.h) */
         int      enabled;
+        enum cfg_session_store store;    /* redis: through the sessions connection */
         int64_t  ttl_ms;
         size_t   max_bytes;
         size_t   max_entry_bytes;

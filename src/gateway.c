@@ -482,6 +482,7 @@ static void gateway_cache_apply(struct gateway *gw, const struct config *old,
     if (gw->cache == NULL && !cfg->cache.enabled)
         return;
     if (gw->cache != NULL && old != NULL && cfg->cache.enabled
+        && old->cache.store == cfg->cache.store
         && old->cache.ttl_ms == cfg->cache.ttl_ms && old->cache.max_bytes == cfg->cache.max_bytes
         && old->cache.max_entry_bytes == cfg->cache.max_entry_bytes)
         return;

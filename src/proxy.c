@@ -190,6 +190,8 @@ struct proxy {
     /* the response cache (cache.h) */
     int                   cache_res;     /* enum cache_result, -1 = not used */
     int                   cache_store;   /* store a 2xx answer under cache_key */
+    int                   cache_wait;    /* the lookup out is the cache's (redis) */
+    char                 *cache_val;     /* what Redis answered for it */
     char                  cache_key[CACHE_KEY_LEN + 1];
     struct evbuffer      *idscan;        /* stream prefix searched for the id */
 
@@ -231,6 +233,9 @@ static void px_begin(struct proxy *p);
 static void px_lookup_done(void *arg, const char *host);
 static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype);
 static void px_cache_store_stream(struct proxy *p);
+static void px_start_rest(struct proxy *p);
+static int px_cache_resume(struct proxy *p);
+static void px_cache_count(struct proxy *p, int res);
 static void px_leg_cancel(struct px_leg *l);
 static void px_arm_answer_timer(struct px_leg *l, int64_t now);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
@@ -366,6 +371,7 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         evbuffer_free(p->ctext);
     free(p->rid);
     free(p->content);
+    free(p->cache_val);
     if (p->sse_hold)
         evbuffer_free(p->sse_hold);
     free(p->ustream);
@@ -2062,6 +2068,11 @@ static void px_begin(struct proxy *p)
     char msg[300];
     int h;
 
+    if (p->cache_wait) {            /* the cache's lookup answered (redis) */
+        if (!px_cache_resume(p))
+            px_start_rest(p);
+        return;
+    }
     if (p->verify && p->snap->cfg->sessions.keep_content && px_verify_content(p) != 0)
         return;
     if (p->verify || (p->owned && p->pinned)) {
@@ -2117,7 +2128,10 @@ static void px_lookup_done(void *arg, const char *host)
     struct timeval now = { 0, 0 };
 
     p->call = NULL;
-    if (host && p->lookup_kind == SESSION_CONTENT)
+    if (p->cache_wait) {
+        if (host)
+            p->cache_val = strdup(host);
+    } else if (host && p->lookup_kind == SESSION_CONTENT)
         p->content = strdup(host);
     else if (host)
         p->pinned = strdup(host);
@@ -2131,6 +2145,86 @@ static void px_lookup_done(void *arg, const char *host)
     px_begin(p);
 }
 
+/*
+ * Answers p from the cache: a JSON answer as it is, or for a streaming
+ * request as the stream of the API's shape. Returns 0 (nothing sent; p is
+ * then a miss to store) when the answer cannot be a stream.
+ */
+static int px_cache_serve(struct proxy *p, int status, const char *ctype,
+                          const char *body, size_t len, int64_t age_ms)
+{
+    char age[24];
+
+    snprintf(age, sizeof(age), "%lld", (long long)(age_ms > 0 ? age_ms / 1000 : 0));
+    p->resp_status = status;
+    p->cache_res = CACHE_HIT;
+    if (p->want_stream) {
+        size_t n = 0;
+        char *sse = cache_json_to_sse(p->route->family == API_CHAT, body, len,
+                                      cache_sse_wants_usage(p->body, p->body_len)
+                                      && !p->strip_usage, &n);
+        if (sse == NULL)
+            return 0;
+        px_add_headers(p);
+        http_resp_header(p->req, "Age", age);
+        p->st = PX_STREAMING;
+        http_stream_start(p->req, status, "text/event-stream");
+        px_write(p, sse, n);
+        http_stream_end(p->req);
+        free(sse);
+        px_cache_count(p, CACHE_HIT);
+        px_done(p);
+        return 1;
+    }
+    p->bytes_out = len;
+    px_add_headers(p);
+    http_resp_header(p->req, "Age", age);
+    http_reply(p->req, status, ctype ? ctype : "application/json", body, len);
+    px_cache_count(p, CACHE_HIT);
+    px_done(p);
+    return 1;
+}
+
+/* Counts the request's cache result (a hit, once served). */
+static void px_cache_count(struct proxy *p, int res)
+{
+    p->cache_res = res;
+    lock_take();
+    if (p->gw->cache)
+        cache_count(p->gw->cache, (enum cache_result)res);
+    lock_drop();
+}
+
+/*
+ * cache.store: redis. The value is "STATUS STORED_UNIX_MS CTYPE\nBODY";
+ * p->cache_val holds what Redis answered (NULL: a miss, or Redis down).
+ * Returns 1 when p was answered from it.
+ */
+static int px_cache_resume(struct proxy *p)
+{
+    const char *v = p->cache_val, *nl = v ? strchr(v, '\n') : NULL;
+    char ctype[128];
+    int status = 0, served = 0, n = 0;
+    long long stored = 0;
+
+    p->cache_wait = 0;
+    if (nl && sscanf(v, "%d %lld %n", &status, &stored, &n) == 2 && status >= 200
+        && status < 300 && n > 0 && v + n <= nl && (size_t)(nl - (v + n)) < sizeof(ctype)) {
+        memcpy(ctype, v + n, (size_t)(nl - (v + n)));
+        ctype[nl - (v + n)] = '\0';
+        p->cache_res = CACHE_HIT;
+        served = px_cache_serve(p, status, ctype[0] ? ctype : NULL, nl + 1, strlen(nl + 1),
+                                gw_unix_ms() - stored);
+    }
+    if (served)                   /* p is gone (px_done) */
+        return 1;
+    free(p->cache_val);
+    p->cache_val = NULL;
+    p->cache_store = 1;
+    px_cache_count(p, CACHE_MISS);
+    return 0;
+}
+
 /* Streams are cached for chat and completions (cache_sse.h). */
 static int px_cache_streams(const struct proxy *p)
 {
@@ -2139,10 +2233,13 @@ static int px_cache_streams(const struct proxy *p)
 
 /*
  * The response cache (cache.h), once the model is rewritten: a hit is
- * answered here (returns 1); otherwise notes whether the answer is to be
- * stored. Not looked up: Cache-Control no-cache (still stored), no-store
- * (nor stored), a non-deterministic body with cache.only_deterministic, a
- * Responses call continuing another (previous_response_id), a stream.
+ * answered here (returns 1); with the redis store the lookup may wait
+ * for Redis (returns 1 too: px_begin() goes on with px_cache_resume()).
+ * Otherwise notes whether the answer is to be stored. Not looked up:
+ * Cache-Control no-cache (still stored), no-store (nor stored), a
+ * non-deterministic body with cache.only_deterministic, a Responses call
+ * continuing another (previous_response_id), a stream of another API than
+ * chat and completions.
  */
 static int px_cache_begin(struct proxy *p)
 {
@@ -2151,10 +2248,10 @@ static int px_cache_begin(struct proxy *p)
     const char *model = p->steps[0].model ? p->steps[0].model : p->model;
     const char *client = c->cache.per_client ? http_req_header(p->req, "Authorization") : NULL;
     struct cache_hit hit;
-    char *body = NULL, *ctype = NULL, age[24];
-    int det = 0, res, found = 0, status = 0;
+    char *body = NULL, *ctype = NULL;
+    int det = 0, res, found = 0, status = 0, answered;
     size_t len = 0;
-    int64_t now = gw_now_ms();
+    int64_t now = gw_now_ms(), age = 0;
 
     if (!c->cache.enabled || !p->json_body || strcmp(p->method, "POST") != 0
         || (unsigned)p->route->family >= API_FAMILIES
@@ -2170,6 +2267,23 @@ static int px_cache_begin(struct proxy *p)
         res = CACHE_BYPASS, p->cache_store = 1;
     else
         res = CACHE_MISS, p->cache_store = 1;
+    if (c->cache.store == STORE_REDIS) {
+        if (res != CACHE_MISS) {
+            px_cache_count(p, res);
+            return 0;
+        }
+        p->cache_store = 0;
+        p->cache_wait = 1;
+        p->st = PX_LOOKUP;
+        lock_take();
+        p->lookup_sync = 1;
+        p->call = session_get_shared(p->gw->sess, SESSION_CACHE, p->cache_key,
+                                     px_lookup_done, p);
+        p->lookup_sync = 0;
+        answered = p->call == NULL;
+        lock_drop();
+        return answered ? px_cache_resume(p) : 1;
+    }
     lock_take();
     if (p->gw->cache == NULL) {
         lock_drop();
@@ -2182,52 +2296,64 @@ static int px_cache_begin(struct proxy *p)
             memcpy(body, hit.body, hit.len);
             len = hit.len;
             status = hit.status;
-            snprintf(age, sizeof(age), "%lld", (long long)((now - hit.stored_ms) / 1000));
+            age = now - hit.stored_ms;
             found = 1;
-            res = CACHE_HIT;
         }
     }
-    cache_count(p->gw->cache, (enum cache_result)res);
     lock_drop();
-    p->cache_res = res;
-    if (!found) {
-        free(body);
-        free(ctype);
-        return 0;
-    }
-    p->cache_store = 0;
-    p->resp_status = status;
-    if (p->want_stream) {
-        /* A stored JSON answer, as the stream of the API's shape. */
-        size_t n = 0;
-        char *sse = cache_json_to_sse(p->route->family == API_CHAT, body, len,
-                                      cache_sse_wants_usage(p->body, p->body_len)
-                                      && !p->strip_usage, &n);
-        free(body);
-        free(ctype);
-        if (sse == NULL) {          /* not expressible as a stream: go upstream */
-            p->cache_res = CACHE_MISS;
+    if (found) {
+        p->cache_store = 0;
+        p->cache_res = CACHE_HIT;
+        found = px_cache_serve(p, status, ctype, body, len, age);
+        if (!found)                 /* not expressible as a stream: go upstream */
             p->cache_store = 1;
-            return 0;
-        }
-        px_add_headers(p);
-        http_resp_header(p->req, "Age", age);
-        p->st = PX_STREAMING;
-        http_stream_start(p->req, status, "text/event-stream");
-        px_write(p, sse, n);
-        http_stream_end(p->req);
-        free(sse);
-        px_done(p);
-        return 1;
     }
-    p->bytes_out = len;
-    px_add_headers(p);
-    http_resp_header(p->req, "Age", age);
-    http_reply(p->req, status, ctype ? ctype : "application/json", body, len);
     free(body);
     free(ctype);
-    px_done(p);
-    return 1;
+    if (!found)                     /* a hit was counted, p is gone */
+        px_cache_count(p, res);
+    return found;
+}
+
+/* A complete 2xx answer goes into the cache (memory, or Redis). */
+static void px_cache_put(struct proxy *p, int status, const char *ctype,
+                         const char *body, size_t len)
+{
+    const struct config *c = p->snap->cfg;
+    char head[160];
+    char *v;
+    size_t hl;
+
+    if (c->cache.store != STORE_REDIS) {
+        lock_take();
+        if (p->gw->cache)
+            cache_put(p->gw->cache, p->cache_key, status, ctype, body, len, gw_now_ms());
+        lock_drop();
+        return;
+    }
+    if (len > c->cache.max_entry_bytes || memchr(body, '\0', len)
+        || (ctype && (strlen(ctype) > 100 || strchr(ctype, '\n'))))
+        return;
+    hl = (size_t)snprintf(head, sizeof(head), "%d %lld %s\n", status,
+                          (long long)gw_unix_ms(), ctype ? ctype : "");
+    if ((v = malloc(hl + len + 1)) == NULL)
+        return;
+    memcpy(v, head, hl);
+    memcpy(v + hl, body, len);
+    v[hl + len] = '\0';
+    lock_take();
+    session_put_shared(p->gw->sess, SESSION_CACHE, p->cache_key, v, c->cache.ttl_ms);
+    lock_drop();
+    free(v);
+}
+
+/* A complete 2xx answer of a cached request goes into the cache. */
+static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype)
+{
+    if (!p->cache_store || l->status < 200 || l->status >= 300)
+        return;
+    px_cache_put(p, l->status, ctype, (const char *)evbuffer_pullup(l->buf, -1),
+                 evbuffer_get_length(l->buf));
 }
 
 /* A stream complete: its JSON answer goes into the cache. */
@@ -2240,41 +2366,29 @@ static void px_cache_store_stream(struct proxy *p)
     json = cache_sse_to_json(p->route->family == API_CHAT,
                              (const char *)evbuffer_pullup(p->ctext, -1),
                              evbuffer_get_length(p->ctext));
-    if (json == NULL)
-        return;
-    lock_take();
-    if (p->gw->cache)
-        cache_put(p->gw->cache, p->cache_key, 200, "application/json", json, strlen(json),
-                  gw_now_ms());
-    lock_drop();
+    if (json != NULL)
+        px_cache_put(p, 200, "application/json", json, strlen(json));
     free(json);
-}
-
-/* A complete 2xx answer of a cached request goes into the cache. */
-static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype)
-{
-    if (!p->cache_store || l->status < 200 || l->status >= 300)
-        return;
-    lock_take();
-    if (p->gw->cache)
-        cache_put(p->gw->cache, p->cache_key, l->status, ctype,
-                  (const char *)evbuffer_pullup(l->buf, -1), evbuffer_get_length(l->buf),
-                  gw_now_ms());
-    lock_drop();
 }
 
 static void px_start(struct proxy *p)
 {
-    const struct config *c = p->snap->cfg;
-    struct timeval tv;
-    int answered;
-
     if (px_plan(p) < 0) {
         px_error(p, 500, "server_error", "out_of_memory", "out of memory");
         return;
     }
     if (px_cache_begin(p))
         return;
+    px_start_rest(p);
+}
+
+/* After the cache: the deadline, then the session lookup if any. */
+static void px_start_rest(struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    struct timeval tv;
+    int answered;
+
     tv.tv_sec = (time_t)(p->deadline_ms / 1000);
     tv.tv_usec = (suseconds_t)((p->deadline_ms % 1000) * 1000);
     evtimer_add(p->deadline_timer, &tv);

@@ -902,6 +902,36 @@ struct session_call *session_get(struct session *s, enum session_kind kind,
     return NULL;
 }
 
+int session_put_shared(struct session *s, enum session_kind kind, const char *key,
+                       const char *value, int64_t ttl_ms)
+{
+    if (s->redis == NULL || !session_redis_up(s->redis) || strlen(key) > SESSION_KEY_MAX)
+        return -1;
+    return session_redis_put(s->redis, kind, key, value, ttl_ms);
+}
+
+struct session_call *session_get_shared(struct session *s, enum session_kind kind,
+                                        const char *key, session_get_cb cb, void *arg)
+{
+    size_t klen = strlen(key);
+    struct session_call *c;
+
+    if (s->redis != NULL && klen > 0 && klen <= SESSION_KEY_MAX && session_redis_up(s->redis)
+        && (c = malloc(sizeof(*c) + klen + 1)) != NULL) {
+        c->s = s;
+        c->cb = cb;
+        c->arg = arg;
+        c->kind = kind;
+        c->now_ms = 0;
+        memcpy(c->key, key, klen + 1);
+        if (session_redis_get(s->redis, c, kind, key) == 0)
+            return c;
+        free(c);
+    }
+    cb(arg, NULL);
+    return NULL;
+}
+
 void session_cancel(struct session_call *c)
 {
     if (c != NULL)
@@ -914,6 +944,13 @@ void session_get_done(struct session_call *c, enum session_redis_answer a, const
     char buf[SESSION_CONTENT_MAX + 1];
     const char *h = NULL;
     size_t max = c->kind == SESSION_CONTENT ? SESSION_CONTENT_MAX : SESSION_HOST_MAX;
+
+    if (c->kind == SESSION_CACHE) {     /* Redis only: its answer as it is */
+        if (c->cb != NULL)
+            c->cb(c->arg, a == SESSION_REDIS_HIT ? host : NULL);
+        free(c);
+        return;
+    }
 
     if (a == SESSION_REDIS_HIT && host != NULL && host[0] != '\0'
         && strlen(host) <= max) {

@@ -53,6 +53,8 @@ enum session_kind {
     SESSION_CONTENT,        /* response id -> its answer's text, JSON-encoded
                                (sessions.keep_content; its own store, ttl
                                sessions.content_ttl) */
+    SESSION_CACHE,          /* response cache key -> answer (cache.store:
+                               redis): Redis only, session_*_shared() */
     SESSION_KINDS
 };
 
@@ -182,6 +184,19 @@ struct session_call *session_get(struct session *s, enum session_kind kind,
 /* cb will not be called; the handle is gone. Use it when the request that
  * asked goes away first. */
 void session_cancel(struct session_call *c);
+
+/*
+ * Values only Redis holds (SESSION_CACHE: the response cache shared by
+ * replicas), never the memory store. put: SET PX ttl_ms, fire-and-forget;
+ * -1 when Redis is not up (nothing stored). get: as session_get(), but a
+ * miss is not asked twice and when Redis is down, slow or failing cb gets
+ * NULL (a miss), before session_get_shared returns if Redis is not up.
+ * The value passed to cb is valid only during the call.
+ */
+int session_put_shared(struct session *s, enum session_kind kind, const char *key,
+                       const char *value, int64_t ttl_ms);
+struct session_call *session_get_shared(struct session *s, enum session_kind kind,
+                                        const char *key, session_get_cb cb, void *arg);
 
 /* ---- state shared across replicas -------------------------------------- */
 

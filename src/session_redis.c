@@ -9,6 +9,7 @@
  *   P rid:<id>, P sticky:<key>      host, PX sessions.ttl           SET/GET
  *   P content:<id>                  kept content (JSON string), PX
  *                                   sessions.content_ttl            SET/GET
+ *   P cache:<sha-256>               response cache answer, PX cache.ttl
  *   P replica:<id>                  JSON of one replica, PX REPLICA_TTL_MS,
  *                                   re-SET every HEARTBEAT_MS
  *   P replicas                      SET of replica ids
@@ -2078,7 +2079,8 @@ int session_redis_same(const struct session_redis *r, const struct config *cfg)
 
 static const char *kind_part(enum session_kind kind)
 {
-    return kind == SESSION_STICKY ? "sticky:" : kind == SESSION_CONTENT ? "content:" : "rid:";
+    return kind == SESSION_STICKY ? "sticky:" : kind == SESSION_CONTENT ? "content:"
+         : kind == SESSION_CACHE ? "cache:" : "rid:";
 }
 
 /*
@@ -2099,7 +2101,7 @@ int session_redis_get(struct session_redis *r, struct session_call *c,
 
     if (r->state != RS_UP || (k = rkey(r, kind_part(kind), key)) == NULL)
         return -1;
-    rc = send_get(r, c, k, 1);
+    rc = send_get(r, c, k, kind != SESSION_CACHE);    /* a cache miss is just a miss */
     free(k);
     return rc;
 }

@@ -5,6 +5,7 @@ import time
 
 from conftest import wait_for, write_conf
 from test_proxy import hosts_of
+from test_sessions import redis_policies, redis_server  # noqa: F401
 
 ON = "cache:\n  enabled: true\n"
 
@@ -208,3 +209,55 @@ def test_config_checked_by_dash_t(tmp_path):
     assert r.returncode == 1
     assert 'cache.routes: unknown API "bogus"' in r.stderr + r.stdout
     assert "cache.ttl: must be between 100ms and 720h" in r.stderr + r.stdout
+
+
+def redis_up(g):
+    return json.loads(g.request("GET", "/status")[2])["sessions"]["redis"]["state"] == "up"
+
+
+def test_two_replicas_share_hits_through_redis(mocks, gateway, redis_server):
+    port, _, _ = redis_server
+    ms = mocks(1)
+    pol = redis_policies(port) + ON + "  store: redis\n"
+    g1 = gateway(hosts_of(ms), policies=pol)
+    g2 = gateway(hosts_of(ms), policies=pol)
+    wait_for(lambda: redis_up(g1) and redis_up(g2), what="redis up")
+    st, h, b1 = ask(g1)
+    assert st == 200 and h["x-cache"] == "MISS"
+    st, h, b2 = ask(g2)
+    assert st == 200 and h["x-cache"] == "HIT" and "age" in h and b2 == b1
+    st, h, body = ask(g2, stream=True)            # the stored answer as a stream
+    assert h["x-cache"] == "HIT" and events(body)[0]["id"] == json.loads(b1)["id"]
+    assert chats(ms[0]) == 1
+    assert status_cache(g2)["store"] == "redis" and status_cache(g2)["hits"] == 2
+    # a stream stored by one replica is a JSON hit on the other
+    st, h, _ = ask(g1, seed=3, stream=True)
+    assert h["x-cache"] == "MISS"
+    assert ask(g2, seed=3)[1]["x-cache"] == "HIT"
+    assert chats(ms[0]) == 2
+
+
+def test_redis_down_is_a_miss_never_a_failure(mocks, gateway, redis_server):
+    port, _, procs = redis_server
+    ms = mocks(1)
+    g = gateway(hosts_of(ms), policies=redis_policies(port) + ON + "  store: redis\n  ttl: 300ms\n")
+    wait_for(lambda: redis_up(g), what="redis up")
+    assert ask(g)[1]["x-cache"] == "MISS"
+    assert ask(g)[1]["x-cache"] == "HIT"
+    procs[0].terminate()
+    procs[0].wait(10)
+    for _ in range(3):
+        st, h, _ = ask(g)
+        assert st == 200 and h["x-cache"] == "MISS"
+    assert chats(ms[0]) == 4
+
+
+def test_redis_store_needs_redis_sessions(tmp_path):
+    import subprocess
+    from conftest import INFERGATE_BIN
+    d = str(tmp_path / "conf")
+    write_conf(d, [{"name": "m0", "url": "http://127.0.0.1:1"}],
+               policies="cache:\n  enabled: true\n  store: redis\n")
+    r = subprocess.run([INFERGATE_BIN, "-t", "-c", d], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "cache.store: redis needs sessions.store: redis" in r.stderr + r.stdout
