@@ -66,12 +66,11 @@ def test_slow_host_avoided_then_back_within_decay(mocks, gateway):
     assert n[slow.name] >= 15, n
 
 
-def test_stream_measured_by_first_byte(mocks, gateway):
+def test_stream_measured_by_first_byte_json_whole(mocks, gateway):
     # A stream of 5 chunks 300 ms apart lasts 1.2 s or more; its host's
-    # estimate is its time to first byte. A JSON answer counts whole.
+    # estimate is its time to first byte.
     streamer, json_host = mocks(2)
     streamer.config(chunks=5, chunk_interval_ms=300)
-    json_host.config(delay_ms=250)
     g = gateway(hosts_of([streamer]), policies=POLICIES)
     t0 = time.monotonic()
     st, hdrs, body = g.chat(stream=True)
@@ -80,7 +79,16 @@ def test_stream_measured_by_first_byte(mocks, gateway):
     lat = status_hosts(g)[1][streamer.name]["latency_ms"]
     assert 0 < lat < 250, lat
 
-    g2 = gateway(hosts_of([json_host]), policies=POLICIES)
+    # A JSON answer counts whole: a head at once and a body that stalls
+    # (cut by stream_idle_timeout) is an attempt of 1 s, which raises the
+    # estimate (a failure can raise it, not lower it).
+    g2 = gateway(hosts_of([json_host]), policies=POLICIES + (
+        "retry:\n  max_attempts: 1\n  stream_idle_timeout: 1s\n"))
     assert served_by(g2) == json_host.name
     lat = status_hosts(g2)[1][json_host.name]["latency_ms"]
-    assert lat >= 250, lat
+    assert 0 < lat < 250, lat
+    json_host.config(stall_body=True)
+    st, _, body = g2.chat()
+    assert st >= 500, (st, body[:300])
+    lat = status_hosts(g2)[1][json_host.name]["latency_ms"]
+    assert lat >= 900, lat
