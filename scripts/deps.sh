@@ -13,7 +13,7 @@ chromium"
 
 [ "${1:-}" = "--fuzz" ] && PKGS="$PKGS clang-14 libfuzzer-14-dev"
 
-[ "${1:-}" = "--bench" ] && PKGS="$PKGS wrk nginx-light"
+[ "${1:-}" = "--bench" ] && PKGS="$PKGS wrk nginx-light haproxy"
 
 # The official OpenAI and Anthropic SDKs the e2e tests drive, from
 # tests/e2e/node/package-lock.json (npm ci; nodejs ships npm).

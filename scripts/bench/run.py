@@ -15,12 +15,12 @@ to itself and the table shows its CPU% and CPU time per request: below
 ~95% CPU the load side, not the target, was the limit.
 
 Environment (all optional):
-  INFERGATE_BIN, MOCK_BIN, NGINX_BIN, WRK_BIN, SSE_CLIENT   binaries
+  INFERGATE_BIN, MOCK_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN, SSE_CLIENT   binaries
   BENCH_QUICK=1        smoke run: 1 repetition of 3 s (< 60 s in all)
   BENCH_REPS           repetitions (3; the median is reported)
   BENCH_DURATION       seconds per load run (8)
-  BENCH_CONNS          connection counts (64,256)
-  BENCH_TARGETS        direct,nginx,infergate
+  BENCH_CONNS          connection counts (1,64,256; 1 = the added latency at low load)
+  BENCH_TARGETS        direct,nginx,haproxy,infergate
   BENCH_SCENARIOS      json,sse
   BENCH_TTFB=0         skip the fixed-rate runs (added latency, time to first chunk)
   BENCH_SCALE=0|1      the idle-stream run (on by default, off with BENCH_QUICK)
@@ -121,8 +121,8 @@ TTFB_DURATION = 1 if QUICK else 4
 TTFB_WARMUP = 0.3 if QUICK else 0.5
 POOL_DURATION = 2 if QUICK else 5
 POOL_RELOAD = not QUICK   # the reload-under-load row
-CONNS = [int(c) for c in env_list("BENCH_CONNS", "64,256")]
-TARGETS = env_list("BENCH_TARGETS", "direct,nginx,infergate")
+CONNS = [int(c) for c in env_list("BENCH_CONNS", "1,64,256")]
+TARGETS = env_list("BENCH_TARGETS", "direct,nginx,haproxy,infergate")
 SCENARIOS = env_list("BENCH_SCENARIOS", "json,sse")
 DO_TTFB = os.environ.get("BENCH_TTFB", "1") not in ("0", "")
 DO_POOL = os.environ.get("BENCH_POOL", "1") not in ("0", "")
@@ -153,6 +153,7 @@ CHECK_TIMEOUT = 60
 INFERGATE = find_bin("INFERGATE_BIN", "./infergate")
 MOCK = find_bin("MOCK_BIN", "build/release/infergate-mock")
 NGINX = find_bin("NGINX_BIN", "nginx", "/usr/sbin/nginx")
+HAPROXY = find_bin("HAPROXY_BIN", "haproxy", "/usr/sbin/haproxy")
 WRK = find_bin("WRK_BIN", "wrk")
 SSE_CLIENT = os.environ.get("SSE_CLIENT", "")
 OUT_DIR = os.path.join(ROOT, os.environ.get("BENCH_OUT", "bench/results"))
@@ -439,6 +440,32 @@ def start_nginx(tmp, upstreams, https_ca=None):
     return p
 
 
+def start_haproxy(tmp, upstreams):
+    """HAProxy (scripts/bench/haproxy.cfg.in): nbthread 1, http-reuse always."""
+    port = free_port()
+    listen = "127.0.0.1:%d" % port
+    with open(os.path.join(HERE, "haproxy.cfg.in")) as f:
+        conf = f.read()
+    servers = "\n".join("    server m%d %s" % (i, u) for i, u in enumerate(upstreams))
+    nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
+    # Each proxied connection takes two descriptors.
+    conf = conf.replace("@LISTEN@", listen).replace("@SERVERS@", servers)
+    conf = conf.replace("@MAXCONN@", str(max(256, nofile // 2 - 100)))
+    path = os.path.join(tmp, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(conf)
+    chk = subprocess.run([HAPROXY, "-c", "-q", "-f", path], capture_output=True, text=True)
+    if chk.returncode != 0:
+        raise RuntimeError("haproxy -c failed:\n" + chk.stdout + chk.stderr)
+    errf = open(os.path.join(tmp, "haproxy-stderr.log"), "w")
+    p = PROCS.start("haproxy", [HAPROXY, "-db", "-f", path], cpus=[TARGET_CPU],
+                    stdout=errf, stderr=errf)
+    p.addr = listen
+    if not wait_http("http://%s/" % listen, proc=p):
+        raise RuntimeError("haproxy did not start: see %s" % errf.name)
+    return p
+
+
 def infergate_conf_dir(tmp, name, upstreams, nhosts=None, nkeys=4, health=True, extra="",
                        log_level="warn", workers=1, https_ca=None):
     d = os.path.join(tmp, name)
@@ -674,15 +701,20 @@ def print_main_table(summary):
                 "%.1f" % m["cpu_us_per_req"] if m.get("cpu_us_per_req") else "-"))
         rr = summary["ratios"].get(key, {})
         parts = []
-        if rr.get("rps_vs_nginx") is not None:
-            parts.append("infergate/nginx %.2fx req/s, %.2fx CPU/req, p99 %+.2f ms" % (
-                rr["rps_vs_nginx"], rr.get("cpu_per_req_vs_nginx") or 0,
-                rr.get("p99_added_vs_nginx_ms") or 0))
+        for peer in ("nginx", "haproxy"):
+            if rr.get("rps_vs_" + peer) is not None:
+                parts.append("infergate/%s %.2fx req/s, %.2fx CPU/req, p99 %+.2f ms" % (
+                    peer, rr["rps_vs_" + peer], rr.get("cpu_per_req_vs_" + peer) or 0,
+                    rr.get("p99_added_vs_%s_ms" % peer) or 0))
         if rr.get("rps_vs_direct") is not None:
             parts.append("infergate/direct %.2fx req/s, p99 %+.2f ms" % (
                 rr["rps_vs_direct"], rr.get("p99_added_vs_direct_ms") or 0))
-        if parts:
-            log("%19s %s" % ("", "; ".join(parts)))
+        for part in parts:
+            log("%19s %s" % ("", part))
+        added = [(t, rr["added_us_" + t]) for t in TARGETS if "added_us_" + t in rr]
+        if added and conns == "1":
+            log("%19s added over direct at concurrency 1 (p50/p99 us): %s" % (
+                "", ", ".join("%s %+d/%+d" % (t, a["p50"], a["p99"]) for t, a in added)))
         log("")
 
 
@@ -809,8 +841,8 @@ def machine_info():
             info["os"] = m.group(1) if m else "?"
     except OSError:
         pass
-    for name, argv in (("nginx", [NGINX, "-v"]), ("wrk", [WRK, "-v"]),
-                       ("infergate", [INFERGATE, "-V"])):
+    for name, argv in (("nginx", [NGINX, "-v"]), ("haproxy", [HAPROXY, "-v"]),
+                       ("wrk", [WRK, "-v"]), ("infergate", [INFERGATE, "-V"])):
         try:
             o = subprocess.run(argv, capture_output=True, text=True, timeout=5)
             info[name] = (o.stdout + o.stderr).strip().splitlines()[0]
@@ -885,6 +917,8 @@ def run_all(tmp, results, t_begin):
                 targets[t] = start_mock("direct", [TARGET_CPU])
             elif t == "nginx":
                 targets[t] = start_nginx(tmp, up_addrs)
+            elif t == "haproxy":
+                targets[t] = start_haproxy(tmp, up_addrs)
             elif t == "infergate":
                 targets[t] = start_infergate(tmp, "infergate",
                                              infergate_conf_dir(tmp, "conf-main", up_addrs))
@@ -954,11 +988,21 @@ def run_all(tmp, results, t_begin):
         summary["cells"][key] = cell
         ig, ng, di = cell.get("infergate"), cell.get("nginx"), cell.get("direct")
         rr = {}
-        if ig and ng:
-            rr["rps_vs_nginx"] = ratio(ig["rps"], ng["rps"])
-            rr["cpu_per_req_vs_nginx"] = ratio(ig.get("cpu_us_per_req"), ng.get("cpu_us_per_req"))
-            rr["p50_added_vs_nginx_ms"] = round(ig["p50_ms"] - ng["p50_ms"], 3)
-            rr["p99_added_vs_nginx_ms"] = round(ig["p99_ms"] - ng["p99_ms"], 3)
+        for peer in ("nginx", "haproxy"):
+            pc = cell.get(peer)
+            if ig and pc:
+                rr["rps_vs_" + peer] = ratio(ig["rps"], pc["rps"])
+                rr["cpu_per_req_vs_" + peer] = ratio(ig.get("cpu_us_per_req"),
+                                                    pc.get("cpu_us_per_req"))
+                rr["p50_added_vs_%s_ms" % peer] = round(ig["p50_ms"] - pc["p50_ms"], 3)
+                rr["p99_added_vs_%s_ms" % peer] = round(ig["p99_ms"] - pc["p99_ms"], 3)
+        # Latency each proxy adds over the bare mock (the concurrency-1 rows
+        # are the issue's "added latency at low load").
+        if di:
+            for t, m in cell.items():
+                if t != "direct" and m:
+                    rr["added_us_" + t] = {"p50": round((m["p50_ms"] - di["p50_ms"]) * 1000),
+                                           "p99": round((m["p99_ms"] - di["p99_ms"]) * 1000)}
         if ig and di:
             rr["rps_vs_direct"] = ratio(ig["rps"], di["rps"])
             rr["p50_added_vs_direct_ms"] = round(ig["p50_ms"] - di["p50_ms"], 3)
@@ -1437,7 +1481,8 @@ def print_all(results):
                 keys[k] = keys.get(k, 0) + v
         log("upstreams: %s; keys seen: %s" % (
             ", ".join("%s %d req" % (s["name"], s["requests"]) for s in results["upstream_stats"]),
-            ", ".join("%s %d" % (k[:16] + "..." if len(k) > 16 else (k or "(no key: nginx)"), v)
+            ", ".join("%s %d" % (k[:16] + "..." if len(k) > 16
+                                 else (k or "(no key: nginx, haproxy)"), v)
                       for k, v in sorted(keys.items()))))
     if results.get("perf_report"):
         log("")
