@@ -1,12 +1,7 @@
 /*
- * gateway.h -- the running gateway: current snapshot, reload, routing of
- * client requests to the proxy or the status pages.
- *
- * A `struct snapshot` wraps one immutable `struct config` with what is
- * derived from it once (key rings) and pointers to the runtime state of
- * its hosts and keys. Requests take a reference for their whole life;
- * a reload installs a new snapshot and the old one is freed when its last
- * request ends.
+ * gateway.h -- the running gateway, the wiring of the modules: the current
+ * snapshot (snapshot.h), reload, worker threads, and routing of client
+ * requests to the proxy or the status pages.
  */
 #ifndef INFERGATE_GATEWAY_H
 #define INFERGATE_GATEWAY_H
@@ -14,12 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "balance.h"
-#include "breaker.h"
+#include "clock.h"
 #include "config.h"
-#include "keys.h"
 #include "retry.h"
-#include "state.h"
+#include "snapshot.h"
 
 struct alerts;
 struct event_base;
@@ -31,20 +24,6 @@ struct observe;
 struct session;
 struct upstream;
 struct worker;
-
-struct snapshot {
-    int                 refs;
-    uint64_t            generation;
-    struct config      *cfg;        /* owned */
-    struct host_state **hs;         /* [cfg->nhosts], one ref each */
-    struct key_state  **ks;         /* [cfg->nkeys], one ref each */
-    struct keys_ring   *rings;      /* [cfg->nhosts] */
-    struct balance     *bal;        /* built from cfg->hosts */
-    struct balance_live **live;     /* [cfg->nhosts] = &hs[i]->live */
-    struct metrics_host **mh;       /* [cfg->nhosts], one ref each */
-    struct retry_params rp;
-    struct breaker_params bp;
-};
 
 #define GW_MAX_RELOAD_ERRORS 64
 
@@ -105,18 +84,6 @@ struct gateway {
     uint64_t            retries_total;
     uint64_t            budget_exhausted_total;
 };
-
-int64_t gw_now_ms(void);      /* monotonic milliseconds */
-/* Monotonic deadline `until_unix_ms` (wall clock) as monotonic ms. */
-int64_t gw_mono_from_unix(int64_t until_unix_ms);
-int64_t gw_unix_from_mono(int64_t until_mono_ms);
-int64_t gw_unix_ms(void);     /* wall clock milliseconds */
-
-/* rings: prebuilt by keys_build() (taken over), or NULL to build here. */
-struct snapshot *snapshot_new(struct config *cfg, struct keys_ring *rings,
-                              uint64_t generation);
-void snapshot_ref(struct snapshot *s);
-void snapshot_unref(struct snapshot *s);
 
 /* The addresses served: server.listen, or the -l address (TLS when
  * server.tls is set). Fills out[CFG_MAX_LISTENERS]; points into cfg. */

@@ -18,7 +18,8 @@
 #include <event2/event.h>
 #include <jansson.h>
 
-#include "gateway.h"
+#include "clock.h"
+#include "snapshot.h"
 #include "health.h"
 #include "keys.h"
 #include "log.h"

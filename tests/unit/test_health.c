@@ -24,7 +24,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "gateway.h"
+#include "snapshot.h"
 #include "health.h"
 #include "infernet.h"
 #include "log.h"
