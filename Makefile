@@ -2,8 +2,9 @@
 #
 #   make            ./infergate and the mock upstream (release, -O2 -g)
 #   make asan       the same under ASan+UBSan, in build/asan/
-#   make test       Debian deps, the builds, unit + e2e tests (release, ASan+UBSan,
-#                   and TSan with two worker threads)
+#   make test       Debian deps, the builds, check-layers, unit + e2e tests (release,
+#                   ASan+UBSan, and TSan with two worker threads)
+#   make check-layers  fails on a new cycle between modules (scripts/check-layers.py)
 #   make demo       Debian deps, build, mocks + gateway from conf/, a few requests
 #   make bench      wrk: direct vs nginx vs infergate on the same mocks
 
@@ -31,7 +32,7 @@ ASAN_UNIT:= $(UNITSRC:tests/unit/%.c=build/asan/unit/%)
 
 PYTEST   := /usr/bin/python3 -m pytest
 
-.PHONY: all asan tsan deps test unit e2e demo bench bench-balance clean
+.PHONY: all asan tsan deps test unit e2e demo bench bench-balance clean check-layers
 all: infergate build/release/infergate-mock
 
 # The dashboard's page, built into the binary (see scripts/embed-page.sh).
@@ -86,7 +87,12 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all asan tsan $(REL_UNIT) $(ASAN_UNIT)
+	@$(MAKE) --no-print-directory check-layers
 	@PYTEST="$(PYTEST)" ./scripts/run-tests.sh
+
+# No new cycle between modules, by includes and by calls (nm of the objects).
+check-layers: $(REL_OBJ)
+	@python3 scripts/check-layers.py build/release
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -752,8 +752,13 @@ static int64_t unix_now_ms(void)
 }
 
 /* Creates, replaces or drops the Redis side to match cfg. */
+static void session_get_done(struct session_call *c, enum session_redis_answer a,
+                             const char *host);
+static void session_shared_received(void *arg, const struct session_shared *ev);
+
 static int apply_redis(struct session *s, const struct config *cfg, char *err, size_t errlen)
 {
+    struct session_redis_cbs cbs;
     struct session_redis *r;
 
     if (cfg->sessions.store != STORE_REDIS) {
@@ -765,7 +770,10 @@ static int apply_redis(struct session *s, const struct config *cfg, char *err, s
         session_redis_set_timeout(s->redis, cfg->sessions.redis_timeout_ms);
         return 0;
     }
-    r = session_redis_new(s, s->base, cfg, &s->self, err, errlen);
+    cbs.get_done = session_get_done;
+    cbs.shared_received = session_shared_received;
+    cbs.arg = s;
+    r = session_redis_new(&cbs, s->base, cfg, &s->self, err, errlen);
     if (r == NULL)
         return -1;
     session_redis_free(s->redis);
@@ -938,7 +946,8 @@ void session_cancel(struct session_call *c)
         c->cb = NULL;
 }
 
-void session_get_done(struct session_call *c, enum session_redis_answer a, const char *host)
+static void session_get_done(struct session_call *c, enum session_redis_answer a,
+                             const char *host)
 {
     struct session *s = c->s;
     char buf[SESSION_CONTENT_MAX + 1];
@@ -1022,8 +1031,10 @@ void session_on_shared(struct session *s, session_shared_cb cb, void *arg)
     s->shared_arg = arg;
 }
 
-void session_shared_received(struct session *s, const struct session_shared *ev)
+static void session_shared_received(void *arg, const struct session_shared *ev)
 {
+    struct session *s = arg;
+
     s->m.shared_received++;
     if (s->shared_cb != NULL)
         s->shared_cb(s->shared_arg, ev);

@@ -325,8 +325,21 @@ struct session_redis_counters {
     int      sentinel;
 };
 
+/* How the backend answers its front: session.c gives these to
+ * session_redis_new(); session_redis.c never calls into session.c. */
+struct session_redis_cbs {
+    /* A session_redis_get() ends: HIT with the value, MISS, or FAILED
+     * (error, timeout or gone: the front answers from memory). */
+    void (*get_done)(struct session_call *c, enum session_redis_answer a,
+                     const char *value);
+    /* Another replica published `ev` (session_redis_publish()). */
+    void (*shared_received)(void *arg, const struct session_shared *ev);
+    void  *arg;
+};
+
 /* session_redis.c */
-struct session_redis *session_redis_new(struct session *s, struct event_base *base,
+struct session_redis *session_redis_new(const struct session_redis_cbs *cbs,
+                                        struct event_base *base,
                                         const struct config *cfg,
                                         const struct session_identity *self,
                                         char *err, size_t errlen);
@@ -334,7 +347,7 @@ void session_redis_free(struct session_redis *r);
 void session_redis_set_timeout(struct session_redis *r, int64_t timeout_ms);
 int  session_redis_up(const struct session_redis *r);
 int  session_redis_same(const struct session_redis *r, const struct config *cfg);
-/* 0: sent, session_get_done() follows; -1: not sent, nothing follows. */
+/* 0: sent, cbs->get_done() follows; -1: not sent, nothing follows. */
 int  session_redis_get(struct session_redis *r, struct session_call *c,
                        enum session_kind kind, const char *key);
 int  session_redis_put(struct session_redis *r, enum session_kind kind,
@@ -343,10 +356,5 @@ int  session_redis_publish(struct session_redis *r, const struct session_shared 
 void session_redis_counters(const struct session_redis *r, struct session_redis_counters *out);
 json_t *session_redis_status_json(const struct session_redis *r);
 json_t *session_redis_replicas_json(const struct session_redis *r);
-
-/* session.c, called by session_redis.c */
-void session_get_done(struct session_call *c, enum session_redis_answer a,
-                      const char *host);
-void session_shared_received(struct session *s, const struct session_shared *ev);
 
 #endif

@@ -598,7 +598,7 @@ struct sen_conn {
 };
 
 struct session_redis {
-    struct session                *s;
+    struct session_redis_cbs       cbs;     /* the front (session.c) */
     struct event_base             *base;
     const struct session_identity *self;   /* owned by the session */
     char                          *conf_key;   /* conf_key(): holds secrets */
@@ -1023,7 +1023,7 @@ static void shared_apply(struct session_redis *r, const char *s, size_t len)
     ev.until_unix_ms = (int64_t)json_integer_value(until);
     ev.replica = from;
     r->received++;
-    session_shared_received(r->s, &ev);
+    r->cbs.shared_received(r->cbs.arg, &ev);
     json_decref(o);
 }
 
@@ -1139,7 +1139,7 @@ static void answer_later(struct session_redis *r)
 
     while ((l = r->later) != NULL) {
         r->later = l->next;
-        session_get_done(l->get, SESSION_REDIS_FAILED, NULL);
+        r->cbs.get_done(l->get, SESSION_REDIS_FAILED, NULL);
         free(l);
     }
 }
@@ -1159,7 +1159,7 @@ static void answer_failed(struct session_redis *r, struct session_call *get)
     struct later *l = r->flushing ? malloc(sizeof(*l)) : NULL;
 
     if (l == NULL) {
-        session_get_done(get, SESSION_REDIS_FAILED, NULL);
+        r->cbs.get_done(get, SESSION_REDIS_FAILED, NULL);
         return;
     }
     l->get = get;
@@ -1325,7 +1325,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *priv)
             set_error(r, "error reply", reply->str);
             log_debug("sessions: redis error reply: %s", reply->str);
             if (get != NULL)
-                session_get_done(get, SESSION_REDIS_FAILED, NULL);
+                r->cbs.get_done(get, SESSION_REDIS_FAILED, NULL);
             rcall_free(c);
             return;
         }
@@ -1354,9 +1354,9 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *priv)
         if (get == NULL)
             break;
         if (reply->type == REDIS_REPLY_STRING)
-            session_get_done(get, SESSION_REDIS_HIT, reply->str);
+            r->cbs.get_done(get, SESSION_REDIS_HIT, reply->str);
         else if (!c->recheck || send_get(r, get, c->names[0], 0) != 0)
-            session_get_done(get, SESSION_REDIS_MISS, NULL);
+            r->cbs.get_done(get, SESSION_REDIS_MISS, NULL);
         break;
     case CALL_REPLICA_IDS:
         index_members(r, reply, "replica:", CALL_REPLICAS);
@@ -1967,7 +1967,8 @@ static void on_watch(evutil_socket_t fd, short what, void *arg)
 
 /* ---- interface to session.c ------------------------------------------------------ */
 
-struct session_redis *session_redis_new(struct session *s, struct event_base *base,
+struct session_redis *session_redis_new(const struct session_redis_cbs *cbs,
+                                        struct event_base *base,
                                         const struct config *cfg,
                                         const struct session_identity *self,
                                         char *err, size_t errlen)
@@ -1987,7 +1988,7 @@ struct session_redis *session_redis_new(struct session *s, struct event_base *ba
         free(r);
         return NULL;
     }
-    r->s = s;
+    r->cbs = *cbs;
     r->base = base;
     r->self = self;
     r->conf_key = conf_key(cfg);

@@ -179,14 +179,6 @@ int upstream_rh_add(struct upstream_xfer *x, const char *name, size_t nlen,
     return 0;
 }
 
-void upstream_rh_clear(struct upstream_xfer *x)
-{
-    free(x->rh);
-    x->rh = NULL;
-    x->rh_len = x->rh_cap = 0;
-    x->nresp = 0;
-}
-
 /* --- curl transfers ---------------------------------------------------- */
 
 /* tls.server_name: the URL names server_name (SNI, certificate check,

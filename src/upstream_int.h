@@ -11,6 +11,7 @@
 #define INFERGATE_UPSTREAM_INT_H
 
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "upstream.h"
 
@@ -54,7 +55,16 @@ static inline void upstream_xfer_init(struct upstream_xfer *x, struct upstream *
 /* Appends one response header to x->rh; -1 when out of memory. */
 int upstream_rh_add(struct upstream_xfer *x, const char *name, size_t nlen,
                     const char *value, size_t vlen);
-void upstream_rh_clear(struct upstream_xfer *x);
+
+/* Forgets the head kept so far (a 1xx, or the transfer ends). Here rather
+ * than in upstream.c so that upstream_h1.c never calls up into the facade. */
+static inline void upstream_rh_clear(struct upstream_xfer *x)
+{
+    free(x->rh);
+    x->rh = NULL;
+    x->rh_len = x->rh_cap = 0;
+    x->nresp = 0;
+}
 
 /* upstream_h1.c */
 struct h1_pool *h1_pool_new(struct event_base *base);
