@@ -15,6 +15,7 @@
 #include "admin.h"
 #include "alerts.h"
 #include "cache.h"
+#include "clients.h"
 #include "events.h"
 #include "metrics.h"
 #include "gateway.h"
@@ -420,6 +421,7 @@ void admin_status(struct gateway *gw, struct http_req *req)
         json_object_set_new(o, "instances", inst);
         json_object_set_new(o, "sessions", sess);
         json_object_set_new(o, "cache", cache_status(gw));
+        json_object_set_new(o, "clients", clients_json(s->cfg, gw_unix_ms()));
         json_object_set_new(o, "alerts", alerts_status_json(gw->alerts));
         json_object_set_new(o, "connections", connections_json(gw));
         json_object_set_new(o, "workers", workers_json(gw));
@@ -645,6 +647,14 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
 void admin_reload(struct gateway *gw, struct http_req *req)
 {
     gateway_reload(gw, req);          /* answers when the reload is done */
+}
+
+/* GET /admin/clients: each client's counters and budgets, never its key. */
+void admin_clients(struct gateway *gw, struct http_req *req)
+{
+    json_t *o = json_pack("{s:o}", "clients", clients_json(gw->snap->cfg, gw_unix_ms()));
+
+    reply_json(req, 200, o);
 }
 
 void admin_timeseries(struct gateway *gw, struct http_req *req)

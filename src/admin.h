@@ -18,6 +18,7 @@ void admin_reload(struct gateway *gw, struct http_req *req);
 /* GET /admin/timeseries[?since=UNIX_MS]: the 1 s points of the last
  * 15 minutes (observe.h). */
 void admin_timeseries(struct gateway *gw, struct http_req *req);
+void admin_clients(struct gateway *gw, struct http_req *req);
 /* GET /dashboard: the page built into the binary (dashboard_page.c). */
 void admin_dashboard(struct gateway *gw, struct http_req *req);
 

@@ -27,6 +27,7 @@
 #include "session.h"
 #include "doc.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -34,6 +35,8 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+
+#include <openssl/sha.h>
 
 #define MAX_FILE_BYTES     (16 * 1024 * 1024)
 #define MAX_KEY_FILE_BYTES (64 * 1024)
@@ -592,7 +595,8 @@ enum scope {
     S_KEY,      /* struct key_tmp, an object in api-keys.json apiKeys[] */
     S_CHAIN,    /* struct cfg_fallback_chain, fallback.chains[] */
     S_STEP,     /* struct cfg_fallback_step, fallback.chains[].steps[] */
-    S_NOTIFY    /* struct notify_tmp, alerts.notifications[] */
+    S_NOTIFY,   /* struct notify_tmp, alerts.notifications[] */
+    S_CLIENT    /* struct client_tmp, clients[] */
 };
 
 #define FL_REQ       (1u << 0)  /* must be present (when its mapping is) */
@@ -631,6 +635,12 @@ struct key_tmp {
 struct notify_tmp {
     struct cfg_notify n;
     int format;                 /* webhook: 0 json, 1 slack */
+};
+
+struct client_tmp {
+    struct cfg_client c;
+    char *key, *key_file, *key_sha256;
+    int rpm, tpm, max_concurrent, per_day, per_month;
 };
 
 static const struct ename strategies[] = {
@@ -691,6 +701,8 @@ static int sp_chains(struct loader *, const struct field *, const struct cur *, 
 static int sp_steps(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_notifications(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_labels(struct loader *, const struct field *, const struct cur *, void *);
+static int sp_clients(struct loader *, const struct field *, const struct cur *, void *);
+static const char *check_sha256(const char *s);
 
 #define MS    1.0
 #define SEC   1000.0
@@ -707,6 +719,7 @@ static int sp_labels(struct loader *, const struct field *, const struct cur *, 
 #define COFF(m)  offsetof(struct cfg_fallback_chain, m)
 #define SOFF(m)  offsetof(struct cfg_fallback_step, m)
 #define NOFF(m)  offsetof(struct notify_tmp, m)
+#define CLOFF(m) offsetof(struct client_tmp, m)
 #define ONLY(t)  (1u << (t))
 
 /*
@@ -828,6 +841,9 @@ static const struct field fields[] = {
 
     {S_POLICY, "admin.token",                       T_STR,     OFF(admin.token),                    NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_POLICY, "admin.client_keys",                 T_STRLIST, OFF(admin.client_keys),              NULL,            0, 0, .flags = 0},
+    {S_POLICY, "clients",                           T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_clients},
+    {S_POLICY, "limits.window",                     T_DUR,     OFF(limits.window_ms),               "60s",           100 * MS, HOUR, .flags = 0},
+    {S_POLICY, "limits.default_max_tokens",         T_INT,     OFF(limits.default_max_tokens),      "1024",          0,     10000000, .flags = 0},
 
     /* hosts.json: an object in hosts[] */
     {S_HOST,   "name",                              T_STR,     HOFF(name),                          NULL,            0, 0, .check = check_host_name},
@@ -878,6 +894,16 @@ static const struct field fields[] = {
     {S_NOTIFY, "username",                          T_STR,     NOFF(n.username),                    NULL,            0, 0, .only = ONLY(NOTIFY_EMAIL)},
     {S_NOTIFY, "password",                          T_STR,     NOFF(n.password),                    NULL,            0, 0, .only = ONLY(NOTIFY_EMAIL)},
     {S_NOTIFY, "timeout",                           T_DUR,     NOFF(n.timeout_ms),                  "5s",            1 * MS, 5 * MIN, .flags = 0},
+    {S_CLIENT, "name",                              T_STR,     CLOFF(c.name),                       NULL,            0, 0, .flags = FL_REQ | FL_NONEMPTY},
+    {S_CLIENT, "key",                               T_STR,     CLOFF(key),                          NULL,            0, 0, .flags = FL_NONEMPTY, .check = check_secret},
+    {S_CLIENT, "key_file",                          T_STR,     CLOFF(key_file),                     NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_CLIENT, "key_sha256",                        T_STR,     CLOFF(key_sha256),                   NULL,            0, 0, .check = check_sha256},
+    {S_CLIENT, "models",                            T_STRLIST, CLOFF(c.models),                     NULL,            0, 0, .flags = FL_NONEMPTY},
+    {S_CLIENT, "limits.rpm",                        T_INT,     CLOFF(rpm),                          "0",             0,     1000000000, .flags = 0},
+    {S_CLIENT, "limits.tpm",                        T_INT,     CLOFF(tpm),                          "0",             0,     2000000000, .flags = 0},
+    {S_CLIENT, "limits.max_concurrent",             T_INT,     CLOFF(max_concurrent),               "0",             0,     1000000, .flags = 0},
+    {S_CLIENT, "limits.tokens_per_day",             T_INT,     CLOFF(per_day),                      "0",             0,     2000000000, .flags = 0},
+    {S_CLIENT, "limits.tokens_per_month",           T_INT,     CLOFF(per_month),                    "0",             0,     2000000000, .flags = 0},
 };
 
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
@@ -2678,6 +2704,175 @@ static void load_keys(struct loader *ld)
     free(seen.slot);
 }
 
+/* ---- clients ------------------------------------------------------------ */
+
+static const char *check_sha256(const char *s)
+{
+    size_t n = strspn(s, "0123456789abcdefABCDEF");
+
+    return n == 64 && s[n] == '\0' ? NULL : "expected the 64 hex digits of a SHA-256";
+}
+
+static void sha256_hex(const char *key, char out[65])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    size_t i;
+
+    SHA256((const unsigned char *)key, strlen(key), md);
+    for (i = 0; i < SHA256_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void client_free(struct cfg_client *c)
+{
+    free(c->name);
+    cfg_strlist_free(&c->models);
+}
+
+static const char *client_name_of(const struct config *c, size_t i)
+{
+    return c->clients[i].name;
+}
+
+static const char *client_hash_of(const struct config *c, size_t i)
+{
+    return c->clients[i].key_sha256;
+}
+
+/*
+ * clients: [{name, key | key_file | key_sha256, models, limits}]. The entry
+ * named `default` has no key: its models and limits go to the clients that
+ * set none. Keys are kept as SHA-256 only.
+ */
+static int sp_clients(struct loader *ld, const struct field *f, const struct cur *c, void *base)
+{
+    struct config *cfg = base;
+    struct client_tmp def;
+    struct nameset names, hashes;
+    int have_def = 0;
+    size_t i, j;
+
+    (void)f;
+    if (!json_is_array(c->v)) {
+        cerr(ld, c, "%s of clients", want_list(c));
+        return -1;
+    }
+    memset(&def, 0, sizeof(def));
+    nameset_init(&names, json_array_size(c->v));
+    nameset_init(&hashes, json_array_size(c->v));
+    for (i = 0; i < json_array_size(c->v); i++) {
+        struct client_tmp ct;
+        struct cur ec, fc;
+        int nkeys;
+
+        cur_elem(c, i, &ec);
+        if (!json_is_object(ec.v)) {
+            cerr(ld, &ec, "%s", want_map(&ec));
+            continue;
+        }
+        memset(&ct, 0, sizeof(ct));
+        defaults_apply(ld, S_CLIENT, &ct);
+        walk(ld, &ec, S_CLIENT, "", &ct, ~0u, 1);
+        ct.c.limits.rpm = ct.rpm;
+        ct.c.limits.tpm = ct.tpm;
+        ct.c.limits.max_concurrent = ct.max_concurrent;
+        ct.c.limits.tokens_per_day = ct.per_day;
+        ct.c.limits.tokens_per_month = ct.per_month;
+        ct.c.has_limits = json_object_get(ec.v, "limits") != NULL;
+        nkeys = (json_object_get(ec.v, "key") != NULL) + (json_object_get(ec.v, "key_file") != NULL)
+                + (json_object_get(ec.v, "key_sha256") != NULL);
+        if (ct.c.name && strcmp(ct.c.name, "default") == 0) {
+            if (nkeys)
+                cerr(ld, &ec, "the \"default\" entry has no key: it gives its models and"
+                     " limits to the clients that set none");
+            else if (have_def)
+                cerr(ld, &ec, "duplicate client name \"default\"");
+            else {
+                def = ct;
+                have_def = 1;
+                ct.c.name = NULL;
+                memset(&ct.c.models, 0, sizeof(ct.c.models));
+            }
+        } else if (nkeys != 1) {
+            if (nkeys)
+                cerr(ld, &ec, "use one of \"key\", \"key_file\" or \"key_sha256\"");
+            else
+                merr(ld, &ec, "key", "missing required key \"key\" (or \"key_file\", \"key_sha256\")");
+        } else if (ct.key) {
+            sha256_hex(ct.key, ct.c.key_sha256);
+        } else if (ct.key_file && cur_get(&ec, "key_file", &fc)) {
+            char *secret = NULL;
+            if (read_key_file(ld, &fc, ct.key_file, &secret) == 0 && secret)
+                sha256_hex(secret, ct.c.key_sha256);
+            if (secret)
+                memset(secret, 0, strlen(secret));
+            free(secret);
+        } else if (ct.key_sha256) {
+            for (j = 0; j < 64; j++)
+                ct.c.key_sha256[j] = (char)tolower((unsigned char)ct.key_sha256[j]);
+            ct.c.key_sha256[64] = '\0';
+        }
+        if (ct.key)
+            memset(ct.key, 0, strlen(ct.key));
+        free(ct.key);
+        free(ct.key_file);
+        free(ct.key_sha256);
+        if (ct.c.name == NULL || ct.c.key_sha256[0] == '\0') {
+            client_free(&ct.c);
+            continue;
+        }
+        cfg->clients = grow(cfg->clients, cfg->nclients, sizeof(*cfg->clients));
+        cfg->clients[cfg->nclients] = ct.c;
+        if (nameset_add(&names, ct.c.name, cfg->nclients, client_name_of, cfg) >= 0) {
+            cur_get(&ec, "name", &fc);
+            cerr(ld, &fc, "duplicate client name \"%s\"", ct.c.name);
+            client_free(&ct.c);
+            continue;
+        }
+        if (nameset_add(&hashes, ct.c.key_sha256, cfg->nclients, client_hash_of, cfg) >= 0) {
+            cerr(ld, &ec, "client \"%s\" has the same key as another client", ct.c.name);
+            client_free(&ct.c);
+            continue;
+        }
+        cfg->nclients++;
+    }
+    free(names.slot);
+    free(hashes.slot);
+    if (have_def) {
+        for (i = 0; i < cfg->nclients; i++) {
+            struct cfg_client *cl = &cfg->clients[i];
+            if (!cl->has_limits)
+                cl->limits = def.c.limits;
+            if (cl->models.n == 0 && def.c.models.n) {
+                cl->models.v = xcalloc(def.c.models.n, sizeof(char *));
+                for (j = 0; j < def.c.models.n; j++)
+                    cl->models.v[j] = xstrdup(def.c.models.v[j]);
+                cl->models.n = def.c.models.n;
+            }
+        }
+        client_free(&def.c);
+    }
+    return 0;
+}
+
+/* admin.client_keys: clients "client_keys[N]" without limits, any model. */
+static void finish_clients(struct config *cfg)
+{
+    size_t i;
+
+    for (i = 0; i < cfg->admin.client_keys.n; i++) {
+        struct cfg_client *cl;
+        char name[48];
+
+        cfg->clients = grow(cfg->clients, cfg->nclients, sizeof(*cfg->clients));
+        cl = &cfg->clients[cfg->nclients++];
+        memset(cl, 0, sizeof(*cl));
+        snprintf(name, sizeof(name), "client_keys[%zu]", i);
+        cl->name = xstrdup(name);
+        sha256_hex(cfg->admin.client_keys.v[i], cl->key_sha256);
+    }
+}
+
 /* ---- cross-references -------------------------------------------------- */
 
 static void check_refs(struct loader *ld)
@@ -2749,6 +2944,9 @@ static void collect_secrets(struct loader *ld, const char ***v, size_t *n)
     if (cur_lookup(&pr, "alerts.notifications", &c))
         json_array_foreach(c.v, i, e)
             add_secret(v, n, json_object_get(e, "password"));
+    if (cur_lookup(&pr, "clients", &c))
+        json_array_foreach(c.v, i, e)
+            add_secret(v, n, json_object_get(e, "key"));
     if (cur_lookup(&pr, "sessions.redis.password", &c))
         add_secret(v, n, c.v);
     if (cur_lookup(&pr, "sessions.redis.sentinel_password", &c))
@@ -2969,6 +3167,9 @@ static void config_free(struct config *c)
     free(c->alerts.notify);
     free(c->admin.token);
     cfg_strlist_free(&c->admin.client_keys);
+    for (i = 0; i < c->nclients; i++)
+        client_free(&c->clients[i]);
+    free(c->clients);
     free(c);
 }
 
@@ -3008,6 +3209,7 @@ struct config *config_load(const char *dir, struct cfg_errors *errs)
     load_file(&ld, FILE_KEYS, 0);
     load_policies(&ld);
     finish_policies(c);
+    finish_clients(c);
     load_hosts(&ld);
     load_keys(&ld);
     check_refs(&ld);

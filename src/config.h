@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "limits.h"
+
 /* All durations are milliseconds, all sizes bytes. */
 
 enum cfg_strategy {
@@ -92,6 +94,17 @@ struct cfg_host {
         int   verify;        /* 0: certificate not checked (labs only) */
         char *server_name;   /* NULL = the URL's host */
     } tls;
+};
+
+/* policies.yaml clients[]: a client key with its name, models and limits.
+ * The key itself is kept only as its SHA-256. admin.client_keys become
+ * clients named "client_keys[N]" without limits. */
+struct cfg_client {
+    char    *name;
+    char     key_sha256[65];             /* lowercase hex */
+    struct cfg_strlist models;           /* empty = any model ("*") */
+    struct limits_cfg limits;
+    int      has_limits;                 /* else the `default` entry's */
 };
 
 struct cfg_key {
@@ -302,6 +315,13 @@ struct config {
     struct {
         int      include_in_stream;      /* add stream_options.include_usage */
     } usage;
+
+    struct cfg_client *clients;          /* empty = /v1 open (or client_keys) */
+    size_t   nclients;
+    struct {
+        int64_t  window_ms;              /* rpm/tpm window (scaled) */
+        int      default_max_tokens;     /* reservation without max_tokens */
+    } limits;
 
     struct {
         char    *token;                  /* NULL = admin endpoints disabled */

@@ -31,6 +31,7 @@
 #include "route.h"
 #include "session.h"
 #include "cache.h"
+#include "clients.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -63,6 +64,7 @@ static const struct route routes[] = {
     { "POST", "/admin/reload",        AUTH_ADMIN,  admin_reload },
     { "GET",  "/admin/events",        AUTH_ADMIN,  events_serve },
     { "GET",  "/admin/timeseries",    AUTH_ADMIN,  admin_timeseries },
+    { "GET",  "/admin/clients",       AUTH_ADMIN,  admin_clients },
     { "GET",  "/dashboard",           AUTH_PAGE,   admin_dashboard },
     { "GET",  "/api/v1/ip",           AUTH_CLIENT, infernet_route },
 };
@@ -84,6 +86,11 @@ static const char *bearer(const struct http_req *req)
     while (*a == ' ')
         a++;
     return *a ? a : NULL;
+}
+
+const char *gateway_bearer(const struct http_req *req)
+{
+    return bearer(req);
 }
 
 /* Compares without an early exit, so timing does not tell how much of a
@@ -132,7 +139,8 @@ static void check_key_overlap(const struct snapshot *s)
 /*
  * /admin/...: the Bearer admin.token; without a token configured, allowed
  * only on a listener bound to a loopback address (403 otherwise).
- * /v1/...: when admin.client_keys is set, the Bearer one of them (401
+ * /v1/...: when clients (or admin.client_keys) are set, the Bearer key of
+ * one of them (401
  * otherwise); an upstream key is refused even if it is listed there too.
  * Returns 0 when allowed, else the status to answer (see deny()). Tokens
  * are never echoed in answers nor logged.
@@ -142,7 +150,6 @@ static int authorized(struct gateway *gw, struct http_req *req, int auth)
     const struct config *c = gw->snap->cfg;
     const char *tok = bearer(req);
     int ok = 0;
-    size_t i;
     long k;
 
     if (auth == AUTH_PAGE)          /* no data in it: the token guards its data */
@@ -152,13 +159,12 @@ static int authorized(struct gateway *gw, struct http_req *req, int auth)
             return http_req_local_loopback(req) ? 0 : 403;
         return tok && token_equal(tok, c->admin.token) ? 0 : 401;
     }
-    if (auth != AUTH_CLIENT || c->admin.client_keys.n == 0)
+    if (auth != AUTH_CLIENT || c->nclients == 0)
         return 0;
     check_key_overlap(gw->snap);
     if (tok == NULL)
         return 401;
-    for (i = 0; i < c->admin.client_keys.n; i++)
-        ok |= token_equal(tok, c->admin.client_keys.v[i]);
+    ok = clients_find(c, tok) != NULL;      /* admin.client_keys among them */
     if ((k = upstream_key_index(c, tok)) >= 0) {
         static uint64_t warned_gen;
         ok = 0;

@@ -344,7 +344,7 @@ void log_access(const struct log_access *a)
     char ts[40], line[2048], *big = NULL;
     char rid[ESC_CAP(LOG_FIELD_MAX)], method[ESC_CAP(LOG_FIELD_MAX)], path[ESC_CAP(LOG_PATH_MAX)];
     char model[ESC_CAP(LOG_FIELD_MAX)], host[ESC_CAP(LOG_FIELD_MAX)], key[ESC_CAP(LOG_FIELD_MAX)];
-    char peer[ESC_CAP(LOG_FIELD_MAX)];
+    char peer[ESC_CAP(LOG_FIELD_MAX)], client[ESC_CAP(LOG_FIELD_MAX)];
     enum cfg_log_format f;
     enum esc_mode bare, quoted;
     int on, n;
@@ -365,6 +365,8 @@ void log_access(const struct log_access *a)
     const char *e_host = field(host, sizeof(host), a->host, LOG_FIELD_MAX, bare);
     const char *e_key = field(key, sizeof(key), a->key_fp, LOG_FIELD_MAX, bare);
     const char *e_peer = field(peer, sizeof(peer), a->peer, LOG_FIELD_MAX, bare);
+    const char *e_client = a->client && *a->client
+                           ? field(client, sizeof(client), a->client, LOG_FIELD_MAX, bare) : NULL;
     if (f == LOGF_JSON) {
         json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:s?, s:s?, s:s?,"
                               " s:i, s:i, s:b, s:f, s:f, s:I}",
@@ -390,6 +392,8 @@ void log_access(const struct log_access *a)
         }
         if (o && a->cache)
             json_object_set_new(o, "cache", json_string(a->cache));
+        if (o && e_client)
+            json_object_set_new(o, "client", json_string(e_client));
         char *s = json_line(o);
         if (s)
             sink_write(&alog, NULL, s);
@@ -404,12 +408,13 @@ void log_access(const struct log_access *a)
 #define ACCESS_LINE(buf, len) snprintf(buf, len, \
             "%s %s %s \"%s %s\" %d model=%s host=%s key=%s attempts=%d" \
             " stream=%d ttfb_ms=%.1f total_ms=%.1f bytes=%zu" \
-            " tokens_in=%s tokens_out=%s tokens_cached=%s%s%s\n", \
+            " tokens_in=%s tokens_out=%s tokens_cached=%s%s%s%s%s\n", \
             ts, e_peer, e_rid, e_method, \
             e_path, a->status, e_model, e_host, \
             e_key, a->attempts, a->stream, a->ttfb_ms, a->total_ms, \
             a->bytes_out, tin, tout, tcached, a->cache ? " cache=" : "", \
-            a->cache ? a->cache : "")
+            a->cache ? a->cache : "", e_client ? " client=" : "", \
+            e_client ? e_client : "")
     n = ACCESS_LINE(line, sizeof(line));
     if (n >= (int)sizeof(line) && (big = malloc((size_t)n + 1)) != NULL)
         ACCESS_LINE(big, (size_t)n + 1);

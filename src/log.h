@@ -46,6 +46,7 @@ struct log_access {
     unsigned    token_have;  /* usage.h USAGE_HAVE_* bits; 0 = no usage seen */
     uint64_t    tokens_in, tokens_out, tokens_cached;
     const char *cache;       /* response cache: HIT, MISS, BYPASS; NULL = not used */
+    const char *client;      /* the client's name (clients.h); NULL = none */
 };
 void log_access(const struct log_access *a);
 

@@ -60,6 +60,7 @@
 #include "sse.h"
 #include "upstream.h"
 #include "usage.h"
+#include "clients.h"
 #include "worker.h"
 
 #ifndef INFERGATE_VERSION
@@ -215,6 +216,12 @@ struct proxy {
     int                   strip_usage;   /* drop the usage-only chunk we asked for */
     char                 *body_own;      /* the body with include_usage added */
 
+    /* client limits (clients.h) */
+    const struct cfg_client *client;     /* NULL = the gateway is open */
+    struct limits_ticket  ticket;
+    int                   admitted;      /* ticket holds a reservation */
+    int64_t               max_out;       /* max_tokens & co in the body; -1 none */
+
     /* A stream goes to the client in whole SSE events (sse.h). */
     struct sse_track      sse;
     struct evbuffer      *sse_hold;      /* an event's start, until its end */
@@ -277,6 +284,7 @@ static void px_access_log(struct proxy *p)
     a.total_ms = (double)(now - p->t_start);
     a.bytes_out = p->bytes_out;
     a.cache = p->cache_res >= 0 ? px_cache_label(p->cache_res) : NULL;
+    a.client = p->client ? p->client->name : NULL;
     a.token_have = p->usage.have;
     a.tokens_in = p->usage.input;
     a.tokens_out = p->usage.output;
@@ -316,6 +324,25 @@ static void px_wake_one(void)
     evtimer_add(p->backoff_timer, &now);    /* thread-safe */
 }
 
+/* The client's reservation becomes what was used: the usage the answer
+ * reported, else (no usage: failed, cancelled before it came) the input
+ * part of the reservation when an upstream was reached, else nothing.
+ * Under the state lock. */
+static void px_settle(struct proxy *p)
+{
+    int64_t in = 0, out = 0;
+
+    if (p->usage.have) {
+        in = (int64_t)p->usage.input;
+        out = (int64_t)p->usage.output;
+    } else if (p->last_host >= 0) {
+        in = p->ticket.reserved_in;
+    }
+    clients_settle(p->client->name, &p->ticket, p->snap->cfg->limits.window_ms,
+                   gw_unix_ms(), in, out);
+    p->admitted = 0;
+}
+
 /* Frees p: its legs are cancelled, then one section under the state lock
  * ends its shared life (metrics `m` when not NULL, the queue, the session
  * lookup, the snapshot reference), then its own memory goes. */
@@ -339,6 +366,8 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         alerts_observe(p->gw->alerts, NULL, m->status < 500,
                        m->ttfb_ms >= 0 ? m->ttfb_ms : m->total_ms, now);
     }
+    if (p->admitted)
+        px_settle(p);
     px_unqueue(p);
     p->gw->active--;
     session_cancel(p->call);    /* before backoff_timer goes: see px_lookup_done */
@@ -861,6 +890,8 @@ static void px_copy_headers(struct proxy *p, const struct upstream_xfer *x)
     for (i = 0; i < n; i++) {
         const char *name, *value;
         upstream_resp_header_at(x, i, &name, &value);
+        if (p->client && strncasecmp(name, "x-ratelimit-", 12) == 0)
+            continue;                /* the client's own limits say it */
         if (!hop_by_hop(name))
             http_resp_header(p->req, name, value);
     }
@@ -1985,6 +2016,7 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     snprintf(p->method, sizeof(p->method), "%s", method);
     p->route = &px_default_route;
     p->t_start = gw_now_ms();
+    p->max_out = -1;
     snprintf(p->upath, sizeof(p->upath), "%s", upath);
     snprintf(p->peer, sizeof(p->peer), "%s", http_req_peer(req));
     p->deadline_timer = evtimer_new(p->w->base, px_deadline, p);
@@ -2429,6 +2461,7 @@ static void px_start_rest(struct proxy *p)
  * upstream's to judge. The last of duplicate members wins, as in jansson. */
 struct px_fields {
     struct jscan_val model, stream, messages, user, id, prev_rid, stream_options, conversation;
+    struct jscan_val max_tokens;     /* max_tokens, max_completion_tokens, max_output_tokens */
 };
 
 static void px_field(void *arg, const char *key, size_t klen, const struct jscan_val *v)
@@ -2453,6 +2486,8 @@ static void px_field(void *arg, const char *key, size_t klen, const struct jscan
         dst = &f->stream_options;
     else if (IS("conversation"))
         dst = &f->conversation;
+    else if (IS("max_tokens") || IS("max_completion_tokens") || IS("max_output_tokens"))
+        dst = &f->max_tokens;
 #undef IS
     if (dst)
         *dst = *v;
@@ -2595,6 +2630,10 @@ static int px_read_json(struct proxy *p)
     }
     if (f.user.type == JSCAN_STRING)
         p->user = jscan_string(&f.user, NULL);
+    if (f.max_tokens.type == JSCAN_NUMBER) {
+        long long n = strtoll(f.max_tokens.start, NULL, 10);
+        p->max_out = n > 0 ? (int64_t)n : 0;
+    }
     if (f.prev_rid.type == JSCAN_STRING)
         p->prev_rid = jscan_string(&f.prev_rid, NULL);
     if (p->route->family == API_VERIFY) {
@@ -2644,6 +2683,92 @@ static int px_read_form(struct proxy *p)
     return 0;
 }
 
+/* "1s", "6m0s", "250ms": OpenAI's way of writing a reset time. */
+static void px_fmt_reset(char *buf, size_t cap, int64_t ms)
+{
+    if (ms < 1000)
+        snprintf(buf, cap, "%lldms", (long long)ms);
+    else if (ms < 60000)
+        snprintf(buf, cap, "%llds", (long long)((ms + 999) / 1000));
+    else
+        snprintf(buf, cap, "%lldm%llds", (long long)(ms / 60000),
+                 (long long)((ms % 60000 + 999) / 1000));
+}
+
+static void px_limit_headers(struct proxy *p, const struct limits_view *v)
+{
+    char n[32];
+
+    if (v->req_limit) {
+        snprintf(n, sizeof(n), "%lld", (long long)v->req_limit);
+        http_resp_header(p->req, "x-ratelimit-limit-requests", n);
+        snprintf(n, sizeof(n), "%lld", (long long)v->req_remaining);
+        http_resp_header(p->req, "x-ratelimit-remaining-requests", n);
+        px_fmt_reset(n, sizeof(n), v->reset_ms);
+        http_resp_header(p->req, "x-ratelimit-reset-requests", n);
+    }
+    if (v->tok_limit) {
+        snprintf(n, sizeof(n), "%lld", (long long)v->tok_limit);
+        http_resp_header(p->req, "x-ratelimit-limit-tokens", n);
+        snprintf(n, sizeof(n), "%lld", (long long)v->tok_remaining);
+        http_resp_header(p->req, "x-ratelimit-remaining-tokens", n);
+        px_fmt_reset(n, sizeof(n), v->reset_ms);
+        http_resp_header(p->req, "x-ratelimit-reset-tokens", n);
+    }
+}
+
+/*
+ * Admission before any upstream work (clients.h): the client's model and
+ * limits. Reserves the prompt estimate (body bytes / 4) plus max_tokens
+ * (limits.default_max_tokens without it). Returns 0 when admitted (or no
+ * clients configured), else -1 with the request answered.
+ */
+static int px_admit(struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    struct limits_view v;
+    enum limits_verdict r;
+    int64_t in, out;
+    char msg[200];
+
+    if (c->nclients == 0)
+        return 0;
+    lock_take();
+    p->client = clients_find(c, gateway_bearer(p->req));
+    if (p->client == NULL) {       /* removed by a reload since gateway.c looked */
+        lock_drop();
+        px_error(p, 401, "authentication_error", "invalid_api_key", "missing or invalid API key");
+        return -1;
+    }
+    if (!clients_model_allowed(c, p->client, p->model)) {
+        clients_note_refused(p->client->name);
+        lock_drop();
+        snprintf(msg, sizeof(msg), "this key may not use model \"%.100s\"",
+                 p->model ? p->model : "");
+        px_error(p, 403, "permission_error", "model_not_allowed", msg);
+        return -1;
+    }
+    in = (int64_t)(p->body_len / 4) + 1;
+    out = p->max_out >= 0 ? p->max_out : c->limits.default_max_tokens;
+    r = clients_admit(c, p->client, gw_unix_ms(), in + out, in, &p->ticket, &v);
+    p->admitted = r == LIMITS_OK;
+    lock_drop();
+    px_limit_headers(p, &v);
+    if (r == LIMITS_OK)
+        return 0;
+    snprintf(msg, sizeof(msg), "%lld", (long long)v.retry_after_s);
+    http_resp_header(p->req, "Retry-After", msg);
+    if (r == LIMITS_DAY || r == LIMITS_MONTH) {
+        snprintf(msg, sizeof(msg), "token budget spent (%s)", limits_verdict_name(r));
+        px_error(p, 429, "insufficient_quota", "insufficient_quota", msg);
+    } else {
+        snprintf(msg, sizeof(msg), "rate limit exceeded (%s): retry after %lld s",
+                 limits_verdict_name(r), (long long)v.retry_after_s);
+        px_error(p, 429, "rate_limit_exceeded", "rate_limit_exceeded", msg);
+    }
+    return -1;
+}
+
 void proxy_handle(struct gateway *gw, struct http_req *req)
 {
     const char *path = http_req_path(req), *query = http_req_query(req);
@@ -2684,6 +2809,8 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
         p->lookup_kind = SESSION_RID;
         p->lookup_key = strdup(rid);
     }
+    if (px_admit(p) < 0)
+        return;
     px_start(p);
 }
 
@@ -2695,6 +2822,8 @@ void proxy_handle_get(struct gateway *gw, struct http_req *req, const char *path
         http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
         return;
     }
+    if (px_admit(p) < 0)
+        return;
     px_start(p);
 }
 

@@ -1,0 +1,46 @@
+/*
+ * clients.h -- client keys as tenants (policies.yaml `clients`): who a
+ * Bearer key is, which models it may use, and its limits' counters.
+ *
+ * A configuration holds the clients (config.h, keys as SHA-256 only); the
+ * counters live here, kept by client name, so they survive reloads: a
+ * changed limit applies to the counts already made, a removed client is no
+ * longer found (refused at once; its requests in flight still settle).
+ * Every call but clients_find and clients_model_allowed is made under the
+ * state lock (lock.h).
+ */
+#ifndef INFERGATE_CLIENTS_H
+#define INFERGATE_CLIENTS_H
+
+#include <stdint.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "limits.h"
+
+/* The client whose key is tok, or NULL. */
+const struct cfg_client *clients_find(const struct config *c, const char *tok);
+
+/* 1 when cl may use model (its `models`: names, aliases of the models
+ * section, "*"; none = any). A request without a model passes only a
+ * client allowed any model. */
+int clients_model_allowed(const struct config *c, const struct cfg_client *cl,
+                          const char *model);
+
+/* Admission of one request of cl (see limits_admit). */
+enum limits_verdict clients_admit(const struct config *c, const struct cfg_client *cl,
+                                  int64_t now_unix_ms, int64_t reserve, int64_t reserve_in,
+                                  struct limits_ticket *t, struct limits_view *v);
+
+/* The request admitted with t ended having used in + out tokens. */
+void clients_settle(const char *name, const struct limits_ticket *t, int64_t window_ms,
+                    int64_t now_unix_ms, int64_t in, int64_t out);
+
+/* A refusal before admission (a model not allowed) counts as limited. */
+void clients_note_refused(const char *name);
+
+/* Each client of c: name, requests, limited, tokens in/out today and this
+ * month, in flight, remaining budgets (never the key). */
+json_t *clients_json(const struct config *c, int64_t now_unix_ms);
+
+#endif
