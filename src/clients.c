@@ -4,11 +4,13 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/sha.h>
 
 #include "clients.h"
 #include "hash.h"
+#include "http.h"
 
 #define CL_BUCKETS 1024
 
@@ -38,6 +40,20 @@ static struct cl_entry *cl_get(const char *name, int create)
     e->next = table[b];
     table[b] = e;
     return e;
+}
+
+const char *clients_bearer(const struct http_req *req)
+{
+    const char *a = http_req_header(req, "Authorization");
+
+    if (a == NULL && (a = http_req_header(req, "x-api-key")) != NULL)
+        return *a ? a : NULL;       /* Anthropic's clients send their key so */
+    if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0)
+        return NULL;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    return *a ? a : NULL;
 }
 
 const struct cfg_client *clients_find(const struct config *c, const char *tok)

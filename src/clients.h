@@ -18,6 +18,12 @@
 #include "config.h"
 #include "limits.h"
 
+struct http_req;
+
+/* The client's key: Authorization: Bearer, or Anthropic's x-api-key
+ * (NULL when none). */
+const char *clients_bearer(const struct http_req *req);
+
 /* The client whose key is tok, or NULL. */
 const struct cfg_client *clients_find(const struct config *c, const char *tok);
 

@@ -74,25 +74,6 @@ static const struct route routes[] = {
 
 /* --- routing --------------------------------------------------------- */
 
-static const char *bearer(const struct http_req *req)
-{
-    const char *a = http_req_header(req, "Authorization");
-
-    if (a == NULL && (a = http_req_header(req, "x-api-key")) != NULL)
-        return *a ? a : NULL;       /* Anthropic's clients send their key so */
-    if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0)
-        return NULL;
-    a += 7;
-    while (*a == ' ')
-        a++;
-    return *a ? a : NULL;
-}
-
-const char *gateway_bearer(const struct http_req *req)
-{
-    return bearer(req);
-}
-
 /* Compares without an early exit, so timing does not tell how much of a
  * guessed token was right. */
 static int token_equal(const char *a, const char *b)
@@ -148,7 +129,7 @@ static void check_key_overlap(const struct snapshot *s)
 static int authorized(struct gateway *gw, struct http_req *req, int auth)
 {
     const struct config *c = gw->snap->cfg;
-    const char *tok = bearer(req);
+    const char *tok = clients_bearer(req);
     int ok = 0;
     long k;
 

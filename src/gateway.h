@@ -85,9 +85,6 @@ struct gateway {
     uint64_t            budget_exhausted_total;
 };
 
-/* The client's key: Authorization: Bearer, or Anthropic's x-api-key. */
-const char *gateway_bearer(const struct http_req *req);
-
 /* The addresses served: server.listen, or the -l address (TLS when
  * server.tls is set). Fills out[CFG_MAX_LISTENERS]; points into cfg. */
 size_t gateway_listeners(const struct gateway *gw, const struct config *cfg,
