@@ -634,7 +634,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
     metrics_set_redis_failovers(sm.redis_sentinel, sm.redis_failovers);
     alerts_export_metrics(gw->alerts);
     tls_export_metrics(gw);
-    if (metrics_render(b) < 0 || cache_metrics(gw, b) < 0) {
+    if (metrics_render(b) < 0 || cache_metrics(gw, b) < 0 || clients_metrics(s->cfg, b) < 0) {
         evbuffer_free(b);
         http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
         return;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <event2/buffer.h>
 #include <openssl/sha.h>
 
 #include "clients.h"
@@ -18,6 +19,7 @@ struct cl_entry {
     struct cl_entry    *next;
     char               *name;
     struct limits_state st;
+    uint64_t            tok_in, tok_out;   /* since start, for /metrics */
 };
 
 static struct cl_entry *table[CL_BUCKETS];
@@ -125,8 +127,11 @@ void clients_settle(const char *name, const struct limits_ticket *t, int64_t win
 {
     struct cl_entry *e = cl_get(name, 0);
 
-    if (e)
-        limits_settle(&e->st, t, now_unix_ms, window_ms, in, out);
+    if (e == NULL)
+        return;
+    limits_settle(&e->st, t, now_unix_ms, window_ms, in, out);
+    e->tok_in += (uint64_t)(in > 0 ? in : 0);
+    e->tok_out += (uint64_t)(out > 0 ? out : 0);
 }
 
 void clients_note_refused(const char *name)
@@ -185,4 +190,74 @@ json_t *clients_json(const struct config *c, int64_t now_unix_ms)
             json_array_append_new(a, o);
     }
     return a;
+}
+
+/* A label value: backslash, quote and newline escaped. */
+static int put_label(struct evbuffer *out, const char *s)
+{
+    for (; *s; s++) {
+        const char *e = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
+        if ((e ? evbuffer_add(out, e, 2) : evbuffer_add(out, s, 1)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+struct cl_sums {
+    uint64_t admitted, limited, in, out;
+};
+
+static int put_series(struct evbuffer *out, const char *family, const char *name,
+                      const char *label, const char *v1, uint64_t n1,
+                      const char *v2, uint64_t n2)
+{
+    int rc = 0;
+
+    rc |= evbuffer_add_printf(out, "%s{client=\"", family) < 0;
+    rc |= put_label(out, name);
+    rc |= evbuffer_add_printf(out, "\",%s=\"%s\"} %llu\n", label, v1, (unsigned long long)n1) < 0;
+    rc |= evbuffer_add_printf(out, "%s{client=\"", family) < 0;
+    rc |= put_label(out, name);
+    rc |= evbuffer_add_printf(out, "\",%s=\"%s\"} %llu\n", label, v2, (unsigned long long)n2) < 0;
+    return rc ? -1 : 0;
+}
+
+int clients_metrics(const struct config *c, struct evbuffer *out)
+{
+    struct cl_sums *sum;
+    size_t i, n = c->nclients < CLIENTS_METRICS_MAX ? c->nclients : CLIENTS_METRICS_MAX;
+    int rc = 0, other = c->nclients > CLIENTS_METRICS_MAX;
+
+    if (c->nclients == 0)
+        return 0;
+    if ((sum = calloc(n + 1, sizeof(*sum))) == NULL)
+        return -1;
+    for (i = 0; i < c->nclients; i++) {
+        struct cl_entry *e = cl_get(c->clients[i].name, 0);
+        struct cl_sums *d = &sum[i < n ? i : n];
+        if (e == NULL)
+            continue;
+        d->admitted += e->st.requests;
+        d->limited += e->st.limited;
+        d->in += e->tok_in;
+        d->out += e->tok_out;
+    }
+    rc |= evbuffer_add_printf(out, "# HELP infergate_client_requests_total Requests of each client"
+                              " (policies.yaml clients; the first %d, then \"other\"), admitted"
+                              " or refused by its limits or models.\n"
+                              "# TYPE infergate_client_requests_total counter\n",
+                              CLIENTS_METRICS_MAX) < 0;
+    for (i = 0; i < n + (size_t)other && rc == 0; i++)
+        rc |= put_series(out, "infergate_client_requests_total",
+                         i < n ? c->clients[i].name : "other", "result",
+                         "admitted", sum[i].admitted, "limited", sum[i].limited);
+    rc |= evbuffer_add_printf(out, "# HELP infergate_client_tokens_total Tokens charged to each"
+                              " client when its requests ended (input, output).\n"
+                              "# TYPE infergate_client_tokens_total counter\n") < 0;
+    for (i = 0; i < n + (size_t)other && rc == 0; i++)
+        rc |= put_series(out, "infergate_client_tokens_total",
+                         i < n ? c->clients[i].name : "other", "kind",
+                         "input", sum[i].in, "output", sum[i].out);
+    free(sum);
+    return rc ? -1 : 0;
 }

@@ -49,4 +49,12 @@ void clients_note_refused(const char *name);
  * month, in flight, remaining budgets (never the key). */
 json_t *clients_json(const struct config *c, int64_t now_unix_ms);
 
+/* Prometheus text: infergate_client_requests_total{client,result} and
+ * infergate_client_tokens_total{client,kind} for the first
+ * CLIENTS_METRICS_MAX clients of c, the rest as client="other". Returns -1
+ * when out of memory. */
+#define CLIENTS_METRICS_MAX 100
+struct evbuffer;
+int clients_metrics(const struct config *c, struct evbuffer *out);
+
 #endif

@@ -115,6 +115,11 @@ clients:
     alice = [c for c in doc["clients"] if c["name"] == "alice"][0]
     assert alice["requests"] == 4 and alice["limited"] == 2
     st, _, metrics = g.request("GET", "/metrics")
+    m = metrics.decode()
+    assert 'infergate_client_requests_total{client="alice",result="admitted"} 4' in m
+    assert 'infergate_client_requests_total{client="alice",result="limited"} 2' in m
+    assert 'infergate_client_tokens_total{client="alice",kind="input"} ' in m
+    assert 'client="bob"' not in m                      # removed: not a label any more
     out = g.stop()
     for k in (KA, KB):
         assert k not in out and k not in log.read_text() and k not in json.dumps(doc)
@@ -160,6 +165,23 @@ clients:
     assert st == 200 and h["x-ratelimit-limit-tokens"] == "100"
     st, h, body = g.chat(headers=auth(KC), max_tokens=90)
     assert st == 429 and json.loads(body)["error"]["code"] == "rate_limit_exceeded"
+    g.stop()
+
+
+def test_budget_spent_mid_stream(mocks, gateway):
+    ms = mocks(1)
+    g = gateway(hosts_of(ms), policies="clients:\n  - {name: alice, key: %s, limits: {tokens_per_day: 1}}\n" % KA)
+    st, h, body = g.chat(headers=auth(KA), stream=True, stream_options={"include_usage": True})
+    assert st == 200
+    text = body.decode()
+    assert text.rstrip().endswith("data: [DONE]") and '"usage"' in text   # finished whole
+    def refused():
+        st, _, body = g.chat(headers=auth(KA), stream=True)
+        return st == 429 and json.loads(body)["error"]["code"] == "insufficient_quota"
+    wait_for(refused, timeout=10, what="the next request refused")
+    st, _, body = g.request("GET", "/admin/clients")
+    alice = json.loads(body)["clients"][0]
+    assert alice["today"]["tokens_out"] > 0 and alice["remaining"]["tokens_today"] == 0
     g.stop()
 
 
