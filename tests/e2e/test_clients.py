@@ -185,6 +185,27 @@ def test_budget_spent_mid_stream(mocks, gateway):
     g.stop()
 
 
+def test_cancelled_request_charged_its_input_part(mocks, gateway):
+    import socket
+    ms = mocks(1, "--delay-ms", "3000")
+    g = gateway(hosts_of(ms), policies="clients:\n  - {name: alice, key: %s, limits: {max_concurrent: 1}}\n" % KA)
+    body = json.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "x" * 400}]})
+    s = socket.create_connection(("127.0.0.1", g.port))
+    s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (KA, len(body), body)).encode())
+    def alice():
+        return json.loads(g.request("GET", "/admin/clients")[2])["clients"][0]
+    wait_for(lambda: alice()["in_flight"] == 1 and ms[0].stats()["paths"].get("/v1/chat/completions"),
+             timeout=20, what="at the upstream")
+    wait_for(lambda: g.chat(headers=auth(KA))[0] == 429, timeout=5, what="max_concurrent")
+    s.close()                                    # the client goes away
+    wait_for(lambda: alice()["in_flight"] == 0, timeout=20, what="settled")
+    a = alice()
+    assert a["today"]["tokens_in"] == len(body) // 4 + 1 and a["today"]["tokens_out"] == 0, a
+    g.stop()
+
+
 def test_dash_t_checks_clients(tmp_path):
     d = str(tmp_path / "conf")
     write_conf(d, [{"name": "m0", "url": "http://127.0.0.1:1"}], policies="""
