@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "cache_sse.h"
+#include "sse.h"
 
 #define MAX_CHOICES 16
 
@@ -48,32 +49,23 @@ static int unsupported(json_t *choice, json_t *delta)
 
 char *cache_sse_to_json(int chat, const char *sse, size_t len)
 {
-    const char *p = sse, *end = sse + len;
+    const char *p = sse, *end = sse + len, *d;
+    size_t dn;
     struct acc acc[MAX_CHOICES];
     json_t *first = NULL, *usage = NULL, *out = NULL, *choices;
     int done = 0, bad = 0, i;
     char *res = NULL;
 
     memset(acc, 0, sizeof(acc));
-    while (p < end && !bad) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p)), *d = p;
-        const char *le = eol ? eol : end;
+    while (!bad && sse_next_data(&p, end, &d, &dn)) {
         json_t *doc, *ch, *c;
         size_t k;
 
-        p = eol ? eol + 1 : end;
-        if (le > d && le[-1] == '\r')
-            le--;
-        if (le - d < 5 || memcmp(d, "data:", 5) != 0)
-            continue;
-        d += 5;
-        while (d < le && *d == ' ')
-            d++;
-        if ((size_t)(le - d) == 6 && memcmp(d, "[DONE]", 6) == 0) {
+        if (dn == 6 && memcmp(d, "[DONE]", 6) == 0) {
             done = 1;
             continue;
         }
-        if ((doc = json_loadb(d, (size_t)(le - d), 0, NULL)) == NULL || !json_is_object(doc)) {
+        if ((doc = json_loadb(d, dn, 0, NULL)) == NULL || !json_is_object(doc)) {
             json_decref(doc);
             bad = 1;
             break;

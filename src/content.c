@@ -7,6 +7,7 @@
 #include <jansson.h>
 
 #include "content.h"
+#include "sse.h"
 
 /* choices[0]'s `member` (message or delta) .content, or NULL. */
 static const char *content_of(json_t *doc, const char *member, size_t *len)
@@ -61,27 +62,16 @@ char *content_from_json(const char *body, size_t len, size_t max)
 
 char *content_from_sse(const char *stream, size_t len, size_t max)
 {
-    const char *p = stream, *end = stream + len;
+    const char *p = stream, *end = stream + len, *d;
     char *text = NULL, *out = NULL;
-    size_t tlen = 0, cap = 0;
+    size_t tlen = 0, cap = 0, dn;
     int any = 0;
 
     if (max < 3)
         return NULL;
-    while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p)), *d = p;
-        const char *le = eol ? eol : end;
-
-        p = eol ? eol + 1 : end;
-        if (le > d && le[-1] == '\r')
-            le--;
-        if (le - d < 5 || memcmp(d, "data:", 5) != 0)
-            continue;
-        d += 5;
-        while (d < le && *d == ' ')
-            d++;
-        if (d < le && *d == '{') {
-            json_t *doc = json_loadb(d, (size_t)(le - d), 0, NULL);
+    while (sse_next_data(&p, end, &d, &dn)) {
+        if (dn > 0 && *d == '{') {
+            json_t *doc = json_loadb(d, dn, 0, NULL);
             size_t n = 0;
             const char *piece = doc ? content_of(doc, "delta", &n) : NULL;
 

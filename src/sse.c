@@ -70,3 +70,24 @@ char *sse_frame(const char *event, const char *data, size_t *len)
     *len = (size_t)(w + 2 - f);
     return f;
 }
+
+int sse_next_data(const char **p, const char *end, const char **val, size_t *vlen)
+{
+    while (*p < end) {
+        const char *d = *p, *eol = memchr(d, '\n', (size_t)(end - d));
+        const char *le = eol ? eol : end;
+
+        *p = eol ? eol + 1 : end;
+        if (le > d && le[-1] == '\r')
+            le--;
+        if (le - d < 5 || memcmp(d, "data:", 5) != 0)
+            continue;
+        d += 5;
+        while (d < le && *d == ' ')
+            d++;
+        *val = d;
+        *vlen = (size_t)(le - d);
+        return 1;
+    }
+    return 0;
+}

@@ -36,4 +36,11 @@ size_t sse_event_end(struct sse_track *t, const char *data, size_t len);
  * JSON is). */
 char *sse_frame(const char *event, const char *data, size_t *len);
 
+/* The next `data:` line of [*p, end): its value (after "data:" and the
+ * spaces that follow, without the line end, CR or LF) in *val and *vlen.
+ * Advances *p past that line; other lines are skipped. 0 when no data
+ * line is left. For readers of a whole stored stream (cache, kept
+ * content), not for the relay. */
+int sse_next_data(const char **p, const char *end, const char **val, size_t *vlen);
+
 #endif

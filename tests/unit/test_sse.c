@@ -152,6 +152,30 @@ static void test_frame(void **state)
     free(f);
 }
 
+/* The data lines of a stored stream, whatever its line ends and other fields. */
+static void test_next_data(void **state)
+{
+    static const char s[] = "event: x\r\ndata: {\"a\":1}\r\n\r\n: comment\n"
+                            "data:[DONE]\n\nid: 7\ndata:   spaced\ndata:";
+    const char *p = s, *end = s + sizeof(s) - 1, *v;
+    size_t n;
+
+    (void)state;
+    assert_true(sse_next_data(&p, end, &v, &n));
+    assert_int_equal(n, 7);
+    assert_memory_equal(v, "{\"a\":1}", 7);
+    assert_true(sse_next_data(&p, end, &v, &n));
+    assert_int_equal(n, 6);
+    assert_memory_equal(v, "[DONE]", 6);
+    assert_true(sse_next_data(&p, end, &v, &n));
+    assert_int_equal(n, 6);
+    assert_memory_equal(v, "spaced", 6);
+    assert_true(sse_next_data(&p, end, &v, &n));  /* "data:" at the very end */
+    assert_int_equal(n, 0);
+    assert_false(sse_next_data(&p, end, &v, &n));
+    assert_ptr_equal(p, end);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -159,6 +183,7 @@ int main(void)
         cmocka_unit_test(test_byte_by_byte),
         cmocka_unit_test(test_whole_events_end_at_the_chunk_end),
         cmocka_unit_test(test_frame),
+        cmocka_unit_test(test_next_data),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
