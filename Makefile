@@ -16,8 +16,9 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 
 REL_FLAGS  := -O2 -g
-ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+# INFERGATE_LOCK_CHECKS: lock_assert_held() checks the lock contract (lock.h)
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -DINFERGATE_LOCK_CHECKS
+TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer -DINFERGATE_LOCK_CHECKS
 
 SRC      := $(wildcard src/*.c)
 LIBSRC   := $(filter-out src/main.c,$(SRC))

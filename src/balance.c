@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "balance.h"
+#include "lock.h"
 
 #define NO_POS          ((size_t)-1)
 
@@ -1285,6 +1286,7 @@ int balance_pick(struct balance *b, struct balance_live *const *live,
     struct pick pk;
     size_t pi;
 
+    lock_assert_held();
     if (status == NULL)
         status = &ignored;
     if (q == NULL)
@@ -1387,6 +1389,7 @@ void balance_observe_peak(struct balance_live *l, double sample_ms,
 {
     int64_t age;
 
+    lock_assert_held();
     if (l == NULL || !(sample_ms >= 0.0) || isinf(sample_ms))
         return;
     if (decay_ms <= 0)
@@ -1417,6 +1420,7 @@ size_t balance_panic_update(struct balance *b, struct balance_live *const *live,
 {
     size_t npanic = 0;
 
+    lock_assert_held();
     if (b == NULL)
         return 0;
     for (size_t i = 0; i < b->npool; i++) {

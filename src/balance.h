@@ -42,7 +42,10 @@
  * is scanned: worst case O(n) per tier, i.e. a pick costs O(size of the
  * model's pool) when (almost) every node is out, e.g. a whole primary tier
  * down in active-passive setups (about 1-2 ns per node scanned).
- * A `struct balance` is not thread safe: one per worker, or a lock.
+ * A `struct balance` is not thread safe: one per worker, or a lock. The
+ * gateway shares one per snapshot: callers of balance_pick(),
+ * balance_panic_update() and balance_observe_peak() hold the state lock
+ * (lock.h; checked by lock_assert_held() in the asan and tsan builds).
  */
 #ifndef INFERGATE_BALANCE_H
 #define INFERGATE_BALANCE_H

@@ -1212,6 +1212,10 @@ static void workers_free(struct gateway *gw)
         lock_loop_owner_end();          /* the workers may need it to finish */
     for (i = 0; i < gw->nworkers; i++)
         worker_join(&gw->workers[i]);
+    /* Alone now; what follows frees shared state: hold the lock for it
+     * as everyone else does (gateway_free() drops it at the end). */
+    if (gw->threaded)
+        lock_take();
     for (i = 0; i < gw->nworkers; i++) {
         struct worker *w = &gw->workers[i];
 
@@ -1264,4 +1268,6 @@ void gateway_free(struct gateway *gw)
     tls_current_set(NULL);
     cfg_errors_free(&gw->reload_errs);
     observe_free(gw->obs);
+    if (gw->threaded)
+        lock_drop();
 }

@@ -6,6 +6,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include <sys/epoll.h>
 
@@ -83,6 +85,15 @@ int lock_depth(void)
 {
     return lock_held;
 }
+
+#ifdef INFERGATE_LOCK_CHECKS
+void lock_assert_failed(const char *func, const char *file, int line)
+{
+    fprintf(stderr, "%s:%d: %s: the state lock is not held by this thread "
+            "(lock.h: caller holds the state lock)\n", file, line, func);
+    abort();
+}
+#endif
 
 void lock_as_loop_owner(void)
 {

@@ -41,6 +41,25 @@ void lock_contention(uint64_t *waits, uint64_t *wait_ns);
 /* Depth of this thread's hold (0 = not held); for assertions. */
 int  lock_depth(void);
 
+/*
+ * lock_assert_held(): the contract of a function whose header says "caller
+ * holds the state lock", checked at its top. Active when built with
+ * INFERGATE_LOCK_CHECKS (make asan, make tsan): aborts naming the function
+ * when the lock is on and this thread does not hold it. With the lock off
+ * (one worker, unit tests) it always passes; in the release build it is
+ * nothing at all.
+ */
+#ifdef INFERGATE_LOCK_CHECKS
+void lock_assert_failed(const char *func, const char *file, int line);
+#define lock_assert_held() \
+    do { \
+        if (lock_enabled() && lock_depth() == 0) \
+            lock_assert_failed(__func__, __FILE__, __LINE__); \
+    } while (0)
+#else
+#define lock_assert_held() do { } while (0)
+#endif
+
 /* The calling thread (the control thread) takes the lock and keeps it,
  * except while it waits in epoll_wait(). */
 void lock_as_loop_owner(void);

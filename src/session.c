@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <sys/random.h>
 
+#include "lock.h"
 #include "log.h"
 #include "session.h"
 
@@ -854,6 +855,7 @@ static struct session_mem *store_of(struct session *s, enum session_kind kind)
 int session_put(struct session *s, enum session_kind kind, const char *key,
                 const char *host, int64_t now_ms)
 {
+    lock_assert_held();
     if (session_mem_put(store_of(s, kind), kind, key, host, now_ms) != 0)
         return -1;
     s->m.puts++;
@@ -889,6 +891,7 @@ struct session_call *session_get(struct session *s, enum session_kind kind,
     size_t klen = strlen(key);
     struct session_call *c;
 
+    lock_assert_held();
     if (s->redis != NULL && klen > 0 && klen <= SESSION_KEY_MAX) {
         if (session_redis_up(s->redis)) {
             c = malloc(sizeof(*c) + klen + 1);
@@ -913,6 +916,7 @@ struct session_call *session_get(struct session *s, enum session_kind kind,
 int session_put_shared(struct session *s, enum session_kind kind, const char *key,
                        const char *value, int64_t ttl_ms)
 {
+    lock_assert_held();
     if (s->redis == NULL || !session_redis_up(s->redis) || strlen(key) > SESSION_KEY_MAX)
         return -1;
     return session_redis_put(s->redis, kind, key, value, ttl_ms);
@@ -924,6 +928,7 @@ struct session_call *session_get_shared(struct session *s, enum session_kind kin
     size_t klen = strlen(key);
     struct session_call *c;
 
+    lock_assert_held();
     if (s->redis != NULL && klen > 0 && klen <= SESSION_KEY_MAX && session_redis_up(s->redis)
         && (c = malloc(sizeof(*c) + klen + 1)) != NULL) {
         c->s = s;
@@ -1017,11 +1022,13 @@ static void publish(struct session *s, enum session_shared_type type, const char
 void session_publish_key(struct session *s, const char *key_id, int disabled,
                          int64_t until_unix_ms)
 {
+    lock_assert_held();
     publish(s, disabled ? SESSION_KEY_DISABLED : SESSION_KEY_COOLING, key_id, until_unix_ms);
 }
 
 void session_publish_breaker(struct session *s, const char *host, int64_t open_until_unix_ms)
 {
+    lock_assert_held();
     publish(s, SESSION_BREAKER_OPEN, host, open_until_unix_ms);
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "clock.h"
+#include "lock.h"
 #include "metrics.h"
 #include "snapshot.h"
 
@@ -52,6 +53,7 @@ void snapshot_activate(struct snapshot *s)
 {
     size_t i;
 
+    lock_assert_held();
     for (i = 0; i < s->cfg->nhosts; i++) {
         s->hs[i]->live.max_concurrent = s->cfg->hosts[i].max_concurrent;
         breaker_set_params(&s->hs[i]->br, &s->bp);
@@ -102,6 +104,7 @@ fail:
 
 void snapshot_ref(struct snapshot *s)
 {
+    lock_assert_held();
     s->refs++;
 }
 
@@ -109,6 +112,7 @@ void snapshot_unref(struct snapshot *s)
 {
     size_t i, nh, nk;
 
+    lock_assert_held();
     if (s == NULL || --s->refs > 0)
         return;
     nh = s->cfg ? s->cfg->nhosts : 0;

@@ -6,7 +6,8 @@
  * runtime state of its hosts and keys. Requests take a reference for their
  * whole life; a reload installs a new snapshot and the old one is freed
  * when its last request ends. With worker threads the reference count is
- * shared state: callers of snapshot_ref/unref hold the state lock (lock.h).
+ * shared state: callers of snapshot_ref/unref/activate hold the state lock
+ * (lock.h; checked by lock_assert_held() in the asan and tsan builds).
  */
 #ifndef INFERGATE_SNAPSHOT_H
 #define INFERGATE_SNAPSHOT_H

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lock.h"
 #include "state.h"
 
 #define STATE_INITIAL_SLOTS 64
@@ -127,8 +128,10 @@ static void table_put(struct table *t, struct state_entry *e)
 struct host_state *state_host_get(const char *name, const struct breaker_params *bp)
 {
     int created;
-    struct host_state *h = (struct host_state *)table_get(&hosts, name, &created);
+    struct host_state *h;
 
+    lock_assert_held();
+    h = (struct host_state *)table_get(&hosts, name, &created);
     if (h && created) {
         balance_live_init(&h->live, 1);
         h->rr = config_hash(name) >> 16;   /* hosts start their key rotation apart */
@@ -143,6 +146,7 @@ struct host_state *state_host_get(const char *name, const struct breaker_params 
 
 void state_host_put(struct host_state *h)
 {
+    lock_assert_held();
     table_put(&hosts, h ? &h->e : NULL);
 }
 
@@ -152,6 +156,7 @@ struct breaker *state_model_breaker(struct host_state *h, const char *model,
     struct model_breaker **v, *m;
     size_t i;
 
+    lock_assert_held();
     for (i = 0; i < h->nmbr; i++)
         if (strcmp(h->mbr[i]->model, model) == 0)
             return &h->mbr[i]->br;
@@ -176,6 +181,7 @@ void state_model_breakers_params(struct host_state *h, const struct breaker_para
 {
     size_t i;
 
+    lock_assert_held();
     for (i = 0; i < h->nmbr; i++)
         breaker_set_params(&h->mbr[i]->br, bp);
 }
@@ -184,15 +190,18 @@ struct key_state *state_key_get(const char *id)
 {
     int created;
 
+    lock_assert_held();
     return (struct key_state *)table_get(&keys, id, &created);
 }
 
 void state_key_put(struct key_state *k)
 {
+    lock_assert_held();
     table_put(&keys, k ? &k->e : NULL);
 }
 
 size_t state_hosts_count(void)
 {
+    lock_assert_held();
     return hosts.count;
 }

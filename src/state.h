@@ -81,6 +81,9 @@ struct key_state {
     int       ev_state;          /* observe.c: 0 active, 1 cooling, 2 disabled */
 };
 
+/* Every function below: caller holds the state lock (lock.h; checked by
+ * lock_assert_held() in the asan and tsan builds). */
+
 /* +1 ref; a new entry starts healthy, idle, with a breaker built from `bp`. */
 struct host_state *state_host_get(const char *name, const struct breaker_params *bp);
 void state_host_put(struct host_state *h);              /* -1 ref, frees at 0 */

@@ -10,6 +10,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+#include <sys/wait.h>
 #include <cmocka.h>
 
 #include <event2/event.h>
@@ -181,12 +185,51 @@ static void test_loop_owner_lets_go_only_while_sleeping(void **state)
     event_base_free(o.base);
 }
 
+/* Runs lock_assert_held() in a child, with the lock held (`held`) or not;
+ * returns the child's wait status. */
+static int assert_in_child(int held)
+{
+    int status = 0;
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0)
+            dup2(null, 2);              /* the failure's message */
+        if (held)
+            lock_take();
+        lock_assert_held();
+        _exit(0);
+    }
+    assert_true(pid > 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return status;
+}
+
+/* The lock contract is checked where it is built to be (make asan, tsan:
+ * INFERGATE_LOCK_CHECKS) and costs nothing elsewhere. */
+static void test_lock_assert_held(void **state)
+{
+    int st;
+
+    (void)state;
+    st = assert_in_child(1);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    st = assert_in_child(0);
+#ifdef INFERGATE_LOCK_CHECKS
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+#else
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_post_runs_on_the_worker_in_order),
         cmocka_unit_test(test_messages_left_run_at_join),
         cmocka_unit_test(test_loop_owner_lets_go_only_while_sleeping),
+        cmocka_unit_test(test_lock_assert_held),
     };
 
     evthread_use_pthreads();
