@@ -12,6 +12,7 @@
 #include "clients.h"
 #include "hash.h"
 #include "http.h"
+#include "session.h"
 
 #define CL_BUCKETS 1024
 
@@ -260,4 +261,197 @@ int clients_metrics(const struct config *c, struct evbuffer *out)
                          "input", sum[i].in, "output", sum[i].out);
     free(sum);
     return rc ? -1 : 0;
+}
+
+/* --- across replicas -------------------------------------------------- */
+
+/* KEYS: window hash {r, t}, in-flight set (request -> expiry, so a
+ * request whose settlement never came leaves it by itself), day total,
+ * month total. ARGV: requests and tokens per window, max_concurrent, per
+ * day, per month (0 = none), reservation, TTLs (window, in-flight set),
+ * now, this request's expiry and its member in the set.
+ * Answers "verdict requests tokens day month" (verdict as limits.h). */
+static const char admit_lua[] =
+    "local rl,tl,mc,pd,pm,res=tonumber(ARGV[1]),tonumber(ARGV[2]),tonumber(ARGV[3]),"
+    "tonumber(ARGV[4]),tonumber(ARGV[5]),tonumber(ARGV[6]) "
+    "local req=tonumber(redis.call('HGET',KEYS[1],'r') or '0') "
+    "local tok=tonumber(redis.call('HGET',KEYS[1],'t') or '0') "
+    "redis.call('ZREMRANGEBYSCORE',KEYS[2],'-inf',ARGV[9]) "
+    "local conc=redis.call('ZCARD',KEYS[2]) "
+    "local day=tonumber(redis.call('GET',KEYS[3]) or '0') "
+    "local mon=tonumber(redis.call('GET',KEYS[4]) or '0') "
+    "local v=0 "
+    "if pm>0 and mon>=pm then v=5 elseif pd>0 and day>=pd then v=4 "
+    "elseif rl>0 and req>=rl then v=1 elseif tl>0 and tok>0 and tok+res>tl then v=2 "
+    "elseif mc>0 and conc>=mc then v=3 end "
+    "if v==0 then "
+    "redis.call('HINCRBY',KEYS[1],'r',1) redis.call('HINCRBY',KEYS[1],'t',res) "
+    "redis.call('PEXPIRE',KEYS[1],ARGV[7]) "
+    "redis.call('ZADD',KEYS[2],ARGV[10],ARGV[11]) redis.call('PEXPIRE',KEYS[2],ARGV[8]) "
+    "req=req+1 tok=tok+res end "
+    "return v..' '..req..' '..tok..' '..day..' '..mon";
+
+/* KEYS as above, the window the request was admitted in. ARGV: reserved,
+ * used, TTLs of day and month, the request's member of the in-flight set. */
+static const char settle_lua[] =
+    "local used,rsv=tonumber(ARGV[2]),tonumber(ARGV[1]) "
+    "if rsv>=0 and redis.call('EXISTS',KEYS[1])==1 then "
+    "local t=redis.call('HINCRBY',KEYS[1],'t',used-rsv) "
+    "if t<0 then redis.call('HSET',KEYS[1],'t',0) end end "
+    "redis.call('ZREM',KEYS[2],ARGV[5]) "
+    "if used>0 then redis.call('INCRBY',KEYS[3],used) redis.call('PEXPIRE',KEYS[3],ARGV[3]) "
+    "redis.call('INCRBY',KEYS[4],used) redis.call('PEXPIRE',KEYS[4],ARGV[4]) end "
+    "return 'ok'";
+
+#define CL_KEY_MAX 600
+
+static void shared_keys(const char *name, int64_t win, int64_t now_unix_ms,
+                        char k[4][CL_KEY_MAX])
+{
+    int64_t d, m;
+
+    limits_calendar(now_unix_ms, &d, &m);
+    snprintf(k[0], CL_KEY_MAX, "limits:%s:w:%lld", name, (long long)win);
+    snprintf(k[1], CL_KEY_MAX, "limits:%s:c", name);
+    snprintf(k[2], CL_KEY_MAX, "limits:%s:d:%lld", name, (long long)d);
+    snprintf(k[3], CL_KEY_MAX, "limits:%s:m:%lld", name, (long long)m);
+}
+
+static int64_t window_of(const struct config *c)
+{
+    return c->limits.window_ms > 0 ? c->limits.window_ms : 60000;
+}
+
+struct session_call *clients_admit_shared(struct session *s, const struct config *c,
+                                          const struct cfg_client *cl, int64_t now_unix_ms,
+                                          int64_t reserve, int64_t reserve_in,
+                                          const char *member, struct limits_ticket *t,
+                                          clients_shared_cb cb, void *arg)
+{
+    char k[4][CL_KEY_MAX], a[10][24];
+    const char *keys[4] = { k[0], k[1], k[2], k[3] }, *args[11];
+    int64_t life = c->retry.deadline_ms + 60000;
+    int64_t w = window_of(c);
+    int i;
+
+    t->win = now_unix_ms / w;
+    t->reserved = reserve;
+    t->reserved_in = reserve_in < reserve ? reserve_in : reserve;
+    shared_keys(cl->name, t->win, now_unix_ms, k);
+    snprintf(a[0], 24, "%lld", (long long)limits_per_window(cl->limits.rpm, w));
+    snprintf(a[1], 24, "%lld", (long long)limits_per_window(cl->limits.tpm, w));
+    snprintf(a[2], 24, "%lld", (long long)cl->limits.max_concurrent);
+    snprintf(a[3], 24, "%lld", (long long)cl->limits.tokens_per_day);
+    snprintf(a[4], 24, "%lld", (long long)cl->limits.tokens_per_month);
+    snprintf(a[5], 24, "%lld", (long long)reserve);
+    snprintf(a[6], 24, "%lld", (long long)(2 * w));
+    snprintf(a[7], 24, "%lld", (long long)(2 * life));
+    snprintf(a[8], 24, "%lld", (long long)now_unix_ms);
+    snprintf(a[9], 24, "%lld", (long long)(now_unix_ms + life));
+    for (i = 0; i < 10; i++)
+        args[i] = a[i];
+    args[10] = member;
+    return session_eval(s, admit_lua, 4, keys, 11, args, cb, arg);
+}
+
+enum limits_verdict clients_shared_verdict(const struct config *c, const struct cfg_client *cl,
+                                           const char *answer, int64_t now_unix_ms,
+                                           struct limits_view *v)
+{
+    long long verdict = 0, req = 0, tok = 0, day = 0, mon = 0;
+    struct cl_entry *e = cl_get(cl->name, 1);
+    int64_t w = window_of(c), d, m;
+
+    sscanf(answer, "%lld %lld %lld %lld %lld", &verdict, &req, &tok, &day, &mon);
+    if (verdict < LIMITS_OK || verdict > LIMITS_MONTH)
+        verdict = LIMITS_OK;
+    memset(v, 0, sizeof(*v));
+    v->req_limit = limits_per_window(cl->limits.rpm, w);
+    v->tok_limit = limits_per_window(cl->limits.tpm, w);
+    v->req_remaining = v->req_limit > req ? v->req_limit - req : 0;
+    v->tok_remaining = v->tok_limit > tok ? v->tok_limit - tok : 0;
+    v->reset_ms = (now_unix_ms / w + 1) * w - now_unix_ms;
+    v->retry_after_s = (v->reset_ms + 999) / 1000;
+    if (v->retry_after_s < 1 || verdict == LIMITS_CONCURRENT)
+        v->retry_after_s = 1;
+    if (verdict == LIMITS_DAY || verdict == LIMITS_MONTH) {
+        limits_calendar(now_unix_ms, &d, &m);
+        v->retry_after_s = ((d + 1) * 86400000 - now_unix_ms + 999) / 1000;
+    }
+    if (e) {
+        if (verdict == LIMITS_OK) {
+            e->st.requests++;
+            e->st.inflight++;
+        } else {
+            e->st.limited++;
+        }
+    }
+    return (enum limits_verdict)verdict;
+}
+
+void clients_settle_shared(struct session *s, const struct config *c, const char *name,
+                           const struct limits_ticket *t, const char *member,
+                           int64_t now_unix_ms, int64_t in, int64_t out)
+{
+    char k[4][CL_KEY_MAX], a[4][24];
+    const char *keys[4] = { k[0], k[1], k[2], k[3] };
+    const char *args[5] = { a[0], a[1], a[2], a[3], member };
+    struct cl_entry *e = cl_get(name, 0);
+    int64_t d, m;
+
+    (void)c;
+    if (in < 0)
+        in = 0;
+    if (out < 0)
+        out = 0;
+    shared_keys(name, t->win, now_unix_ms, k);
+    snprintf(a[0], 24, "%lld", (long long)t->reserved);
+    snprintf(a[1], 24, "%lld", (long long)(in + out));
+    snprintf(a[2], 24, "%lld", 2LL * 86400000);
+    snprintf(a[3], 24, "%lld", 32LL * 86400000);
+    session_eval_write(s, settle_lua, 4, keys, 5, args);
+    if (e == NULL || t->reserved < 0)
+        return;
+    /* this replica's share, for /status and /metrics */
+    limits_calendar(now_unix_ms, &d, &m);
+    if (e->st.day != d) {
+        e->st.day = d;
+        e->st.day_in = e->st.day_out = 0;
+    }
+    if (e->st.month != m) {
+        e->st.month = m;
+        e->st.month_in = e->st.month_out = 0;
+    }
+    e->st.day_in += in;
+    e->st.day_out += out;
+    e->st.month_in += in;
+    e->st.month_out += out;
+    if (e->st.inflight > 0)
+        e->st.inflight--;
+    e->tok_in += (uint64_t)in;
+    e->tok_out += (uint64_t)out;
+}
+
+enum limits_verdict clients_admit_local(const struct config *c, const struct cfg_client *cl,
+                                        size_t share, int64_t now_unix_ms, int64_t reserve,
+                                        int64_t reserve_in, struct limits_ticket *t,
+                                        struct limits_view *v)
+{
+    struct limits_cfg l = cl->limits;
+    struct cl_entry *e = cl_get(cl->name, 1);
+    struct limits_state tmp;
+    int64_t n = share > 0 ? (int64_t)share : 1;
+
+#define SHARE(x) ((x) > 0 ? ((x) / n > 0 ? (x) / n : 1) : 0)
+    l.rpm = SHARE(l.rpm);
+    l.tpm = SHARE(l.tpm);
+    l.max_concurrent = SHARE(l.max_concurrent);
+    l.tokens_per_day = SHARE(l.tokens_per_day);
+    l.tokens_per_month = SHARE(l.tokens_per_month);
+#undef SHARE
+    if (e == NULL) {
+        memset(&tmp, 0, sizeof(tmp));
+        return limits_admit(&l, &tmp, now_unix_ms, c->limits.window_ms, reserve, reserve_in, t, v);
+    }
+    return limits_admit(&l, &e->st, now_unix_ms, c->limits.window_ms, reserve, reserve_in, t, v);
 }

@@ -42,6 +42,36 @@ enum limits_verdict clients_admit(const struct config *c, const struct cfg_clien
 void clients_settle(const char *name, const struct limits_ticket *t, int64_t window_ms,
                     int64_t now_unix_ms, int64_t in, int64_t out);
 
+/*
+ * Across replicas (sessions.store: redis): one atomic script per admission
+ * and one per settlement. clients_admit_shared sends the admission (cb
+ * gets its answer, NULL when Redis failed); clients_shared_verdict reads
+ * that answer. clients_settle_shared is fire-and-forget. `member` names
+ * the request in the client's in-flight set (unique across replicas). A
+ * ticket with reserved < 0 (the request went away before Redis answered
+ * its admission) only takes the request out of that set. When Redis fails,
+ * clients_admit_local (limits.on_store_failure: local) admits on this
+ * process's counters with each limit divided by `share` live replicas.
+ */
+struct session;
+struct session_call;
+typedef void (*clients_shared_cb)(void *arg, const char *answer);
+struct session_call *clients_admit_shared(struct session *s, const struct config *c,
+                                          const struct cfg_client *cl, int64_t now_unix_ms,
+                                          int64_t reserve, int64_t reserve_in,
+                                          const char *member, struct limits_ticket *t,
+                                          clients_shared_cb cb, void *arg);
+enum limits_verdict clients_shared_verdict(const struct config *c, const struct cfg_client *cl,
+                                           const char *answer, int64_t now_unix_ms,
+                                           struct limits_view *v);
+void clients_settle_shared(struct session *s, const struct config *c, const char *name,
+                           const struct limits_ticket *t, const char *member,
+                           int64_t now_unix_ms, int64_t in, int64_t out);
+enum limits_verdict clients_admit_local(const struct config *c, const struct cfg_client *cl,
+                                        size_t share, int64_t now_unix_ms, int64_t reserve,
+                                        int64_t reserve_in, struct limits_ticket *t,
+                                        struct limits_view *v);
+
 /* A refusal before admission (a model not allowed) counts as limited. */
 void clients_note_refused(const char *name);
 

@@ -680,6 +680,9 @@ static const struct ename notify_types[] = {
 static const struct ename host_auths[] = {
     {"bearer", HOST_AUTH_BEARER}, {"x-api-key", HOST_AUTH_X_API_KEY}, {NULL, 0}
 };
+static const struct ename store_failures[] = {
+    {"local", LIMITS_FAIL_LOCAL}, {"open", LIMITS_FAIL_OPEN}, {"closed", LIMITS_FAIL_CLOSED}, {NULL, 0}
+};
 static const struct ename webhook_formats[] = {{"json", 0}, {"slack", 1}, {NULL, 0}};
 
 static const char *check_listen(const char *s);
@@ -844,6 +847,7 @@ static const struct field fields[] = {
     {S_POLICY, "clients",                           T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_clients},
     {S_POLICY, "limits.window",                     T_DUR,     OFF(limits.window_ms),               "60s",           100 * MS, HOUR, .flags = 0},
     {S_POLICY, "limits.default_max_tokens",         T_INT,     OFF(limits.default_max_tokens),      "1024",          0,     10000000, .flags = 0},
+    {S_POLICY, "limits.on_store_failure",           T_ENUM,    OFF(limits.on_store_failure),        "local",         0, 0, .names = store_failures},
 
     /* hosts.json: an object in hosts[] */
     {S_HOST,   "name",                              T_STR,     HOFF(name),                          NULL,            0, 0, .check = check_host_name},

@@ -96,6 +96,9 @@ struct cfg_host {
     } tls;
 };
 
+/* limits.on_store_failure (sessions.store: redis) */
+enum { LIMITS_FAIL_LOCAL = 0, LIMITS_FAIL_OPEN, LIMITS_FAIL_CLOSED };
+
 /* policies.yaml clients[]: a client key with its name, models and limits.
  * The key itself is kept only as its SHA-256. admin.client_keys become
  * clients named "client_keys[N]" without limits. */
@@ -321,6 +324,7 @@ struct config {
     struct {
         int64_t  window_ms;              /* rpm/tpm window (scaled) */
         int      default_max_tokens;     /* reservation without max_tokens */
+        int      on_store_failure;       /* LIMITS_FAIL_*: Redis down or slow */
     } limits;
 
     struct {

@@ -220,6 +220,10 @@ struct proxy {
     const struct cfg_client *client;     /* NULL = the gateway is open */
     struct limits_ticket  ticket;
     int                   admitted;      /* ticket holds a reservation */
+    int                   admit_shared;  /* ... in Redis (settle there) */
+    int                   admit_wait;    /* Redis's admission answer pending */
+    char                 *admit_ans;     /* that answer; NULL = failed */
+    char                  admit_member[160]; /* in the client's in-flight set */
     int64_t               max_out;       /* max_tokens & co in the body; -1 none */
 
     /* A stream goes to the client in whole SSE events (sse.h). */
@@ -241,6 +245,8 @@ static void px_lookup_done(void *arg, const char *host);
 static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype);
 static void px_cache_store_stream(struct proxy *p);
 static void px_start_rest(struct proxy *p);
+static int px_admit_finish(struct proxy *p);
+static void px_start(struct proxy *p);
 static int px_cache_resume(struct proxy *p);
 static void px_cache_count(struct proxy *p, int res);
 static void px_leg_cancel(struct px_leg *l);
@@ -338,8 +344,12 @@ static void px_settle(struct proxy *p)
     } else if (p->last_host >= 0) {
         in = p->ticket.reserved_in;
     }
-    clients_settle(p->client->name, &p->ticket, p->snap->cfg->limits.window_ms,
-                   gw_unix_ms(), in, out);
+    if (p->admit_shared)
+        clients_settle_shared(p->gw->sess, p->snap->cfg, p->client->name, &p->ticket,
+                              p->admit_member, gw_unix_ms(), in, out);
+    else
+        clients_settle(p->client->name, &p->ticket, p->snap->cfg->limits.window_ms,
+                       gw_unix_ms(), in, out);
     p->admitted = 0;
 }
 
@@ -368,6 +378,12 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     }
     if (p->admitted)
         px_settle(p);
+    else if (p->admit_wait && p->client) {
+        struct limits_ticket t = p->ticket;     /* gone before Redis answered */
+        t.reserved = -1;
+        clients_settle_shared(p->gw->sess, p->snap->cfg, p->client->name, &t,
+                              p->admit_member, gw_unix_ms(), 0, 0);
+    }
     px_unqueue(p);
     p->gw->active--;
     session_cancel(p->call);    /* before backoff_timer goes: see px_lookup_done */
@@ -405,6 +421,7 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         evbuffer_free(p->sse_hold);
     free(p->ustream);
     free(p->body_own);
+    free(p->admit_ans);
     free(p->query);
     free(p->lookup_key);
     free(p->pinned);
@@ -2100,6 +2117,12 @@ static void px_begin(struct proxy *p)
     char msg[300];
     int h;
 
+    if (p->admit_wait) {            /* Redis answered the admission */
+        p->admit_wait = 0;
+        if (px_admit_finish(p) == 0)
+            px_start(p);
+        return;
+    }
     if (p->cache_wait) {            /* the cache's lookup answered (redis) */
         if (!px_cache_resume(p))
             px_start_rest(p);
@@ -2160,7 +2183,10 @@ static void px_lookup_done(void *arg, const char *host)
     struct timeval now = { 0, 0 };
 
     p->call = NULL;
-    if (p->cache_wait) {
+    if (p->admit_wait) {
+        if (host)
+            p->admit_ans = strdup(host);
+    } else if (p->cache_wait) {
         if (host)
             p->cache_val = strdup(host);
     } else if (host && p->lookup_kind == SESSION_CONTENT)
@@ -2717,18 +2743,84 @@ static void px_limit_headers(struct proxy *p, const struct limits_view *v)
     }
 }
 
+/* Answers a refused admission. Returns -1. */
+static int px_refuse(struct proxy *p, enum limits_verdict r, const struct limits_view *v,
+                     const char *why)
+{
+    char msg[200];
+
+    snprintf(msg, sizeof(msg), "%lld", (long long)v->retry_after_s);
+    http_resp_header(p->req, "Retry-After", msg);
+    if (r == LIMITS_DAY || r == LIMITS_MONTH) {
+        snprintf(msg, sizeof(msg), "token budget spent (%s)", limits_verdict_name(r));
+        px_error(p, 429, "insufficient_quota", "insufficient_quota", msg);
+    } else {
+        snprintf(msg, sizeof(msg), "rate limit exceeded (%s): retry after %lld s",
+                 why ? why : limits_verdict_name(r), (long long)v->retry_after_s);
+        px_error(p, 429, "rate_limit_exceeded", "rate_limit_exceeded", msg);
+    }
+    return -1;
+}
+
+static int64_t px_reserve_in(const struct proxy *p)
+{
+    return (int64_t)(p->body_len / 4) + 1;
+}
+
+static int64_t px_reserve(const struct proxy *p)
+{
+    return px_reserve_in(p) + (p->max_out >= 0 ? p->max_out
+                                               : p->snap->cfg->limits.default_max_tokens);
+}
+
+/* Redis answered the admission (p->admit_ans), or failed (NULL): decide
+ * as limits.on_store_failure says. 0 = admitted, -1 = answered. */
+static int px_admit_finish(struct proxy *p)
+{
+    const struct config *c = p->snap->cfg;
+    struct limits_view v;
+    enum limits_verdict r;
+    struct session_metrics sm;
+    int64_t now = gw_unix_ms();
+
+    memset(&v, 0, sizeof(v));
+    lock_take();
+    if (p->admit_ans) {
+        r = clients_shared_verdict(c, p->client, p->admit_ans, now, &v);
+        p->admitted = r == LIMITS_OK;
+        p->admit_shared = 1;
+    } else if (c->limits.on_store_failure == LIMITS_FAIL_LOCAL) {
+        session_metrics_read(p->gw->sess, &sm);
+        r = clients_admit_local(c, p->client, sm.replicas, now, px_reserve(p),
+                                px_reserve_in(p), &p->ticket, &v);
+        p->admitted = r == LIMITS_OK;
+    } else {
+        r = c->limits.on_store_failure == LIMITS_FAIL_OPEN ? LIMITS_OK : LIMITS_RPM;
+        v.retry_after_s = 1;
+        if (r != LIMITS_OK)
+            clients_note_refused(p->client->name);
+    }
+    lock_drop();
+    px_limit_headers(p, &v);
+    if (r == LIMITS_OK)
+        return 0;
+    return px_refuse(p, r, &v, p->admit_ans || c->limits.on_store_failure != LIMITS_FAIL_CLOSED
+                               ? NULL : "the limits store is unavailable");
+}
+
 /*
  * Admission before any upstream work (clients.h): the client's model and
  * limits. Reserves the prompt estimate (body bytes / 4) plus max_tokens
- * (limits.default_max_tokens without it). Returns 0 when admitted (or no
- * clients configured), else -1 with the request answered.
+ * (limits.default_max_tokens without it). With sessions.store: redis the
+ * limits are shared: one script in Redis decides (px_admit_finish when it
+ * answers). Returns 0 when admitted (or no clients configured), 1 when
+ * Redis's answer is awaited, -1 with the request answered.
  */
 static int px_admit(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
     struct limits_view v;
     enum limits_verdict r;
-    int64_t in, out;
     char msg[200];
 
     if (c->nclients == 0)
@@ -2748,25 +2840,32 @@ static int px_admit(struct proxy *p)
         px_error(p, 403, "permission_error", "model_not_allowed", msg);
         return -1;
     }
-    in = (int64_t)(p->body_len / 4) + 1;
-    out = p->max_out >= 0 ? p->max_out : c->limits.default_max_tokens;
-    r = clients_admit(c, p->client, gw_unix_ms(), in + out, in, &p->ticket, &v);
+    if (c->sessions.store == STORE_REDIS) {
+        p->admit_wait = 1;
+        p->st = PX_LOOKUP;
+        p->lookup_sync = 1;
+        snprintf(p->admit_member, sizeof(p->admit_member), "%s:%s",
+                 session_replica_id(p->gw->sess), p->id);
+        p->call = clients_admit_shared(p->gw->sess, c, p->client, gw_unix_ms(), px_reserve(p),
+                                       px_reserve_in(p), p->admit_member, &p->ticket,
+                                       px_lookup_done, p);
+        p->lookup_sync = 0;
+        if (p->call != NULL) {
+            lock_drop();
+            return 1;
+        }
+        p->admit_wait = 0;           /* Redis not up: answered already */
+        lock_drop();
+        return px_admit_finish(p);
+    }
+    r = clients_admit(c, p->client, gw_unix_ms(), px_reserve(p), px_reserve_in(p),
+                      &p->ticket, &v);
     p->admitted = r == LIMITS_OK;
     lock_drop();
     px_limit_headers(p, &v);
     if (r == LIMITS_OK)
         return 0;
-    snprintf(msg, sizeof(msg), "%lld", (long long)v.retry_after_s);
-    http_resp_header(p->req, "Retry-After", msg);
-    if (r == LIMITS_DAY || r == LIMITS_MONTH) {
-        snprintf(msg, sizeof(msg), "token budget spent (%s)", limits_verdict_name(r));
-        px_error(p, 429, "insufficient_quota", "insufficient_quota", msg);
-    } else {
-        snprintf(msg, sizeof(msg), "rate limit exceeded (%s): retry after %lld s",
-                 limits_verdict_name(r), (long long)v.retry_after_s);
-        px_error(p, 429, "rate_limit_exceeded", "rate_limit_exceeded", msg);
-    }
-    return -1;
+    return px_refuse(p, r, &v, NULL);
 }
 
 void proxy_handle(struct gateway *gw, struct http_req *req)
@@ -2809,7 +2908,7 @@ void proxy_handle(struct gateway *gw, struct http_req *req)
         p->lookup_kind = SESSION_RID;
         p->lookup_key = strdup(rid);
     }
-    if (px_admit(p) < 0)
+    if (px_admit(p) != 0)
         return;
     px_start(p);
 }
@@ -2822,7 +2921,7 @@ void proxy_handle_get(struct gateway *gw, struct http_req *req, const char *path
         http_reply_error(req, 500, "server_error", "out_of_memory", "out of memory");
         return;
     }
-    if (px_admit(p) < 0)
+    if (px_admit(p) != 0)
         return;
     px_start(p);
 }

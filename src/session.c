@@ -945,6 +945,42 @@ struct session_call *session_get_shared(struct session *s, enum session_kind kin
     return NULL;
 }
 
+struct session_call *session_eval(struct session *s, const char *script,
+                                  int nkeys, const char *const *keys,
+                                  int nargs, const char *const *args,
+                                  session_get_cb cb, void *arg)
+{
+    struct session_call *c;
+
+    if (s != NULL && s->redis != NULL && session_redis_up(s->redis)
+        && (c = malloc(sizeof(*c) + 1)) != NULL) {
+        c->s = s;
+        c->cb = cb;
+        c->arg = arg;
+        c->kind = SESSION_CACHE;        /* Redis's answer as it is */
+        c->now_ms = 0;
+        c->key[0] = '\0';
+        if (session_redis_eval(s->redis, c, script, nkeys, keys, nargs, args) == 0)
+            return c;
+        free(c);
+    }
+    cb(arg, NULL);
+    return NULL;
+}
+
+int session_eval_write(struct session *s, const char *script, int nkeys,
+                       const char *const *keys, int nargs, const char *const *args)
+{
+    if (s == NULL || s->redis == NULL || !session_redis_up(s->redis))
+        return -1;
+    return session_redis_eval(s->redis, NULL, script, nkeys, keys, nargs, args);
+}
+
+int session_shared_up(const struct session *s)
+{
+    return s != NULL && s->redis != NULL && session_redis_up(s->redis);
+}
+
 void session_cancel(struct session_call *c)
 {
     if (c != NULL)

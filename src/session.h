@@ -202,6 +202,22 @@ int session_put_shared(struct session *s, enum session_kind kind, const char *ke
 struct session_call *session_get_shared(struct session *s, enum session_kind kind,
                                         const char *key, session_get_cb cb, void *arg);
 
+/*
+ * A Lua script run atomically by Redis (client limits shared by replicas),
+ * keys under the store's prefix. eval: cb gets the script's string answer,
+ * or NULL when Redis is not up (before this returns), fails or does not
+ * answer within sessions.redis.timeout. eval_write: fire-and-forget; -1
+ * when Redis is not up.
+ */
+struct session_call *session_eval(struct session *s, const char *script,
+                                  int nkeys, const char *const *keys,
+                                  int nargs, const char *const *args,
+                                  session_get_cb cb, void *arg);
+int session_eval_write(struct session *s, const char *script, int nkeys,
+                       const char *const *keys, int nargs, const char *const *args);
+/* 1 when the store is Redis and it is up. */
+int session_shared_up(const struct session *s);
+
 /* ---- state shared across replicas -------------------------------------- */
 
 enum session_shared_type {
@@ -354,6 +370,9 @@ int  session_redis_same(const struct session_redis *r, const struct config *cfg)
 /* 0: sent, cbs->get_done() follows; -1: not sent, nothing follows. */
 int  session_redis_get(struct session_redis *r, struct session_call *c,
                        enum session_kind kind, const char *key);
+#define SESSION_EVAL_MAX 16     /* keys + args of one script */
+int  session_redis_eval(struct session_redis *r, struct session_call *c, const char *script,
+                        int nkeys, const char *const *keys, int nargs, const char *const *args);
 int  session_redis_put(struct session_redis *r, enum session_kind kind,
                        const char *key, const char *host, int64_t ttl_ms);
 int  session_redis_publish(struct session_redis *r, const struct session_shared *ev);

@@ -2107,6 +2107,57 @@ int session_redis_get(struct session_redis *r, struct session_call *c,
     return rc;
 }
 
+/*
+ * EVAL script with keys (each under the prefix) and args. With c: the
+ * script's string answer goes to get_done as a HIT (anything else is a
+ * MISS, an error or timeout FAILED); without: fire-and-forget, written to
+ * the socket before this returns.
+ */
+int session_redis_eval(struct session_redis *r, struct session_call *c, const char *script,
+                       int nkeys, const char *const *keys, int nargs, const char *const *args)
+{
+    const char *argv[3 + SESSION_EVAL_MAX];
+    char *owned[SESSION_EVAL_MAX], nk[INT_TEXT_MAX], **names;
+    struct rcall *rc = NULL;
+    int i, n = 0, ret = -1;
+
+    if (r->state != RS_UP || nkeys < 0 || nargs < 0 || nkeys + nargs > SESSION_EVAL_MAX)
+        return -1;
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    argv[n++] = "EVAL";
+    argv[n++] = script;
+    argv[n++] = nk;
+    for (i = 0; i < nkeys; i++)
+        if ((owned[i] = rkey(r, keys[i], "")) == NULL)
+            break;
+    if (i < nkeys) {
+        while (i-- > 0)
+            free(owned[i]);
+        return -1;
+    }
+    for (i = 0; i < nkeys; i++)
+        argv[n++] = owned[i];
+    for (i = 0; i < nargs; i++)
+        argv[n++] = args[i];
+    if (c == NULL) {
+        ret = send_write(r, n, argv);
+    } else if ((names = calloc(1, sizeof(*names))) != NULL
+               && (names[0] = strdup("eval")) != NULL) {
+        rc = send_cmd(r, CALL_GET, n, argv, names, 1);
+        if (rc != NULL) {
+            rc->get = c;
+            rc->recheck = 0;
+            ret = 0;
+        }
+    } else {
+        free(names);
+    }
+    for (i = 0; i < nkeys; i++)
+        free(owned[i]);
+    flush(r);
+    return ret;
+}
+
 int session_redis_put(struct session_redis *r, enum session_kind kind,
                       const char *key, const char *host, int64_t ttl_ms)
 {
