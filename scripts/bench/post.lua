@@ -1,7 +1,7 @@
 -- wrk script for `make bench`: POST a fixed JSON body, then print the
 -- summary as one JSON line (wrk's own text has no p99.9 and rounds).
 --
---   wrk -t1 -c64 -d8s -s post.lua URL -- BODYFILE [PATH]
+--   wrk -t1 -c64 -d8s -s post.lua URL -- BODYFILE [PATH [CLIENT_KEY]]
 --
 -- BODYFILE holds the request body (a chat completion request; with
 -- "stream": true for SSE). wrk counts an answer with status >= 400 under
@@ -20,6 +20,9 @@ function init(args)
    wrk.path = path
    wrk.body = body
    wrk.headers["Content-Type"] = "application/json"
+   if args[3] then
+      wrk.headers["Authorization"] = "Bearer " .. args[3]
+   end
    wrk.headers["Accept"] = body:find('"stream"%s*:%s*true') and "text/event-stream"
                            or "application/json"
 end

@@ -28,6 +28,8 @@ Environment (all optional):
   BENCH_POOL=0         skip the pool-size run (10 vs 10,000 hosts, reload, -t)
   BENCH_WORKERS=0      skip the server.workers run (1 worker vs 2, JSON, 64 connections)
   BENCH_HTTPS=0        skip the HTTPS-upstream run (infergate vs nginx to TLS mocks)
+  BENCH_LIMITS=0       skip the client-limits run (clients off vs on with Redis, JSON,
+                       64 and 1 connections; needs redis-server)
   BENCH_HTTPS_ONLY=1   only the HTTPS-upstream run
   BENCH_NOISY_PCT      a repetition during which other processes used more than
                        this % of a core is left out of the median when possible (15)
@@ -129,6 +131,8 @@ DO_POOL = os.environ.get("BENCH_POOL", "1") not in ("0", "")
 DO_WORKERS = os.environ.get("BENCH_WORKERS", "1") not in ("0", "")
 DO_PERF = os.environ.get("BENCH_PERF", "") not in ("", "0")
 DO_HTTPS = os.environ.get("BENCH_HTTPS", "1") not in ("0", "")
+DO_LIMITS = os.environ.get("BENCH_LIMITS", "1") not in ("0", "")
+REDIS = find_bin("REDIS_BIN", "redis-server", "/usr/bin/redis-server")
 HTTPS_ONLY = os.environ.get("BENCH_HTTPS_ONLY", "") not in ("", "0")
 NMOCKS = max(1, env_int("BENCH_MOCKS", 2))
 CONTENT_BYTES = env_int("BENCH_CONTENT_BYTES", 700)
@@ -564,11 +568,14 @@ def sanity(target, addr, tmp):
 
 # --- load runs ----------------------------------------------------------------
 
-def run_wrk(addr, body_file, conns, duration, pid, perf_out=None, during=None, cpus=None):
+def run_wrk(addr, body_file, conns, duration, pid, perf_out=None, during=None, cpus=None,
+            client_key=None):
     threads = min(WRK_THREADS, conns)
     argv = ["taskset", "-c", ",".join(map(str, cpus or LOAD_CPUS)), WRK, "-t%d" % threads,
             "-c%d" % conns, "-d%ds" % max(1, round(duration)), "--timeout", "5s",
             "-s", os.path.join(HERE, "post.lua"), "http://%s" % addr, "--", body_file]
+    if client_key:
+        argv += ["/v1/chat/completions", client_key]
     perf = None
     with Sampler(pid) as smp:
         if perf_out:
@@ -1044,6 +1051,9 @@ def run_all(tmp, results, t_begin):
     if DO_HTTPS:
         results["https"] = run_https(tmp, bodies)
 
+    if DO_LIMITS and "infergate" in TARGETS:
+        results["limits"] = run_limits(tmp, up_addrs, bodies["json"])
+
     if DO_POOL and "infergate" in TARGETS:
         results["pool"] = run_pool(tmp, up_addrs, bodies["json"])
 
@@ -1239,6 +1249,86 @@ def workers_cases():
     all_cpus = sorted(set([TARGET_CPU] + LOAD_CPUS))
     return [("pinned", 1, [TARGET_CPU], LOAD_CPUS), ("pinned", 2, all_cpus, LOAD_CPUS),
             ("shared", 1, all_cpus, all_cpus), ("shared", 2, all_cpus, all_cpus)]
+
+
+def run_limits(tmp, up_addrs, body_json):
+    """Client limits (issue 19) off vs on, shared through a real
+    redis-server (sessions.store: redis; limits high enough never to
+    refuse): req/s at 64 connections and the latency added at 1."""
+    if not (os.path.exists(REDIS) or shutil.which(REDIS)):
+        note("limits run: redis-server not found (scripts/deps.sh installs it)")
+        return None
+    key = "sk-bench-client-0123456789"
+    port = free_port()
+    procs, runs = {}, {}
+    redis = PROCS.start("redis", [REDIS, "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", tmp],
+                        cpus=LOAD_CPUS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t_end = time.monotonic() + 10
+    while time.monotonic() < t_end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    shared = ("sessions:\n  store: redis\n  redis: {url: \"redis://127.0.0.1:%d/0\","
+              " prefix: \"bench:\", timeout: 200ms}\n" % port)
+    on = shared + ("clients:\n  - {name: bench, key: %s, limits: {rpm: 100000000,"
+                   " tpm: 2000000000, max_concurrent: 100000, tokens_per_day: 2000000000}}\n" % key)
+    cases = (("off", shared, None), ("on", on, key))
+    try:
+        for label, extra, k in cases:
+            d = infergate_conf_dir(tmp, "conf-limits-" + label, up_addrs, extra=extra)
+            procs[label] = start_infergate(tmp, "infergate-limits-" + label, d)
+            run_wrk(procs[label].addr, body_json, 64, WARMUP, procs[label].pid, client_key=k)
+        for rep in range(REPS):
+            for conns in (64, 1):
+                for label, extra, k in cases:
+                    cell = "%s/%d" % (label, conns)
+                    try:
+                        r = run_wrk(procs[label].addr, body_json, conns, DURATION,
+                                    procs[label].pid, client_key=k)
+                    except RuntimeError as e:
+                        note("limits %s rep %d: %s" % (cell, rep + 1, e))
+                        continue
+                    runs.setdefault(cell, []).append(r)
+                    log("  rep %d limits %-6s %10s req/s  p50 %6s  p99 %6s ms  err %d  cpu %3.0f%%"
+                        % (rep + 1, cell, fmt_rate(r["rps"]), fmt_ms(r["p50_ms"]),
+                           fmt_ms(r["p99_ms"]), r["errors"], r["cpu_pct"]))
+    except RuntimeError as e:
+        note("limits run: %s" % e)
+    finally:
+        for p in procs.values():
+            PROCS.stop(p)
+        PROCS.stop(redis)
+    cells = {k: median_of(v) for k, v in runs.items() if v}
+    out = {"cells": cells, "runs": runs}
+    a, b = cells.get("off/64"), cells.get("on/64")
+    if a and b:
+        out["rps_on_vs_off"] = ratio(b["rps"], a["rps"])
+    a, b = cells.get("off/1"), cells.get("on/1")
+    if a and b:
+        out["added_us_at_1"] = {"p50": round((b["p50_ms"] - a["p50_ms"]) * 1000),
+                                "p99": round((b["p99_ms"] - a["p99_ms"]) * 1000)}
+    return out
+
+
+def print_limits_table(lim):
+    c = lim.get("cells", {})
+    log("")
+    log("client limits (issue 19), JSON, shared through Redis: off vs on")
+    for conns in (64, 1):
+        for label in ("off", "on"):
+            m = c.get("%s/%d" % (label, conns))
+            if m:
+                log("  %-3s %3d conns %10s req/s  p50 %6s  p99 %6s ms  err %d" % (
+                    label, conns, fmt_rate(m["rps"]), fmt_ms(m["p50_ms"]), fmt_ms(m["p99_ms"]),
+                    m["errors"]))
+    if "rps_on_vs_off" in lim:
+        log("  req/s on/off at 64 connections: %s" % lim["rps_on_vs_off"])
+    if "added_us_at_1" in lim:
+        log("  latency added by limits at 1 connection: p50 %+d us, p99 %+d us" % (
+            lim["added_us_at_1"]["p50"], lim["added_us_at_1"]["p99"]))
 
 
 def run_workers(tmp, up_addrs, body_json):
@@ -1472,6 +1562,8 @@ def print_all(results):
         print_workers_table(results["workers"])
     if results.get("https"):
         print_https_table(results["https"])
+    if results.get("limits"):
+        print_limits_table(results["limits"])
     if "pool" in results:
         print_pool_table(results["pool"])
     if results.get("upstream_stats"):
