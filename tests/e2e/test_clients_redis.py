@@ -103,3 +103,114 @@ def test_store_failure_closed_refuses_without_5xx(mocks, gateway, redis_server):
     assert st == 429 and json.loads(body)["error"]["code"] == "rate_limit_exceeded", body
     assert "retry-after" in h
     g.stop()
+
+
+def _fresh_window(margin=12):
+    """Waits for a new minute when fewer than `margin` s are left in this
+    one (the default 60 s windows are aligned on the clock)."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
+def test_replicas_share_tokens_budget_headers_and_reload(mocks, gateway, redis_server, tmp_path):
+    import hashlib
+    import signal
+    port, _, _ = redis_server
+    ms = mocks(1)
+    logs = [tmp_path / ("access%d.log" % i) for i in range(3)]
+    kb = "sk-bob-redis-0123456789"
+    pol = redis_policies(port) + """limits:
+  default_max_tokens: 10
+clients:
+  - {name: alice, key_sha256: %s, limits: {rpm: 3, tpm: 100000}}
+  - {name: bob, key: %s, limits: {tokens_per_day: 1}}
+""" % (hashlib.sha256(KA.encode()).hexdigest(), kb)
+    gs = []
+    for i in range(3):
+        gs.append(gateway(hosts_of(ms), policies="server:\n  access_log: {file: %s}\n" % logs[i] + pol))
+    wait_for(lambda: all(redis_up(g) for g in gs), timeout=20, what="redis up")
+    _fresh_window()
+    # rpm 3 over three replicas; the headers count the shared window
+    rem = []
+    for g in gs:
+        st, h, _ = g.chat(headers=AUTH)
+        assert st == 200
+        assert h["x-ratelimit-limit-requests"] == "3" and h["x-ratelimit-limit-tokens"] == "100000"
+        rem.append((int(h["x-ratelimit-remaining-requests"]), int(h["x-ratelimit-remaining-tokens"])))
+    assert [r[0] for r in rem] == [2, 1, 0]
+    assert rem[0][1] > rem[1][1] > rem[2][1]
+    for g in gs:
+        st, h, body = g.chat(headers=AUTH)
+        assert st == 429 and json.loads(body)["error"]["code"] == "rate_limit_exceeded"
+    # SIGHUP raises the limit on every replica: applies at once to the shared count
+    for g in gs:
+        p = g.conf_dir + "/policies.yaml"
+        with open(p) as f:
+            text = f.read()
+        with open(p, "w") as f:
+            f.write(text.replace("rpm: 3,", "rpm: 5,"))
+        gen = json.loads(g.request("GET", "/status")[2])["generation"]
+        g.signal(signal.SIGHUP)
+        wait_for(lambda: json.loads(g.request("GET", "/status")[2])["generation"] > gen,
+                 timeout=20, what="reload")
+    assert [gs[0].chat(headers=AUTH)[0], gs[1].chat(headers=AUTH)[0], gs[2].chat(headers=AUTH)[0]] \
+        == [200, 200, 429]
+    # a budget spent by a stream on one replica: that stream finishes, the next is refused anywhere
+    st, _, body = gs[0].chat(headers={"Authorization": "Bearer " + kb}, stream=True,
+                             stream_options={"include_usage": True})
+    assert st == 200 and body.decode().rstrip().endswith("data: [DONE]")
+
+    def refused(g):
+        st, _, body = g.chat(headers={"Authorization": "Bearer " + kb})
+        return st == 429 and json.loads(body)["error"]["code"] == "insufficient_quota"
+    wait_for(lambda: refused(gs[1]) and refused(gs[2]), timeout=10, what="budget shared")
+    # no client key anywhere
+    outs = []
+    for g in gs:
+        outs.append(json.dumps(json.loads(g.request("GET", "/status")[2])))
+        outs.append(g.request("GET", "/metrics")[2].decode())
+        outs.append(g.request("GET", "/admin/clients")[2].decode())
+    for g in gs:
+        outs.append(g.stop())
+    outs += [l.read_text() for l in logs if l.exists()]
+    assert any("client=alice" in o for o in outs)
+    for o in outs:
+        assert KA not in o and kb not in o
+
+
+def test_three_replicas_share_tpm(mocks, gateway, redis_server):
+    port, _, _ = redis_server
+    ms = mocks(1)
+    # window 1s, tpm 24000: 400 tokens per window for the three together
+    pol = redis_policies(port) + ("limits:\n  window: 1s\n  default_max_tokens: 5\n"
+                                  "clients:\n  - {name: alice, key: %s, limits: {tpm: 24000}}\n" % KA)
+    gs = [gateway(hosts_of(ms), policies=pol) for _ in range(3)]
+    wait_for(lambda: all(redis_up(g) for g in gs), timeout=20, what="redis up")
+    used, lock = [], threading.Lock()
+    now = time.time()
+    start = int(now) + 1.02
+    time.sleep(start - now)
+    windows = 4
+    until = start + windows - 0.3
+
+    def run(i):
+        g = gs[i % 3]
+        while time.time() < until:
+            st, _, body = g.chat(headers=AUTH)
+            assert st in (200, 429), st
+            if st == 200:
+                u = json.loads(body)["usage"]
+                with lock:
+                    used.append(u["prompt_tokens"] + u["completion_tokens"])
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    total = sum(used)
+    print("tpm: %d requests, %d tokens (limit %d)" % (len(used), total, 400 * windows))
+    assert total <= 400 * windows * 1.02, (total, len(used))
+    assert total >= 400 * windows * 0.9, (total, len(used))
+    for g in gs:
+        g.stop()
