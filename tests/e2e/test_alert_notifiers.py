@@ -1,7 +1,7 @@
-"""Alert notifications (src/alerts.c) against real receivers on loopback.
+"""Alert notifications (src/alerts_notify.c) against real receivers on loopback.
 
 A small driver (tests/alerts_driver/alerts_driver.c), compiled here with gcc
-against src/alerts.c and its neighbours, makes an `availability` alert fire
+against src/alerts.c, src/alerts_notify.c and their neighbours, makes an `availability` alert fire
 and then resolve, and sends both events through the channels it is given:
 - webhook (generic JSON) and Slack-shaped payloads to an HTTP receiver
   started here;
@@ -28,7 +28,7 @@ import pytest
 
 from conftest import ROOT, SANITIZED, free_port, proc_env, wait_for
 
-SOURCES = ["tests/alerts_driver/alerts_driver.c", "src/alerts.c", "src/metrics.c",
+SOURCES = ["tests/alerts_driver/alerts_driver.c", "src/alerts.c", "src/alerts_notify.c", "src/metrics.c",
            "src/upstream.c", "src/upstream_h1.c", "src/log.c", "src/config.c", "src/doc.c", "src/session.c",
            "src/session_redis.c", "src/tls.c"]
 FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
@@ -48,7 +48,7 @@ def driver(tmp_path_factory):
                           "yaml-0.1", "hiredis"],
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + FLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
-           + ["-I" + os.path.join(ROOT, "src")]
+           + ["-iquote", os.path.join(ROOT, "src")]
            + [os.path.join(ROOT, s) for s in SOURCES] + pkg + ["-lm", "-o", out])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
