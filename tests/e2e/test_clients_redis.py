@@ -214,3 +214,27 @@ def test_three_replicas_share_tpm(mocks, gateway, redis_server):
     assert total >= 400 * windows * 0.9, (total, len(used))
     for g in gs:
         g.stop()
+
+
+def test_slow_redis_adds_at_most_its_timeout_then_open(mocks, gateway, redis_server):
+    import signal
+    port, _, procs = redis_server
+    ms = mocks(1)
+    pol = redis_policies(port) + ("limits:\n  on_store_failure: open\n"
+                                  "clients:\n  - {name: alice, key: %s, limits: {rpm: 1}}\n" % KA)
+    g = gateway(hosts_of(ms), policies=pol)
+    wait_for(lambda: redis_up(g), timeout=20, what="redis up")
+    _fresh_window()
+    assert g.chat(headers=AUTH)[0] == 200
+    assert g.chat(headers=AUTH)[0] == 429          # Redis counts: rpm 1
+    procs[0].send_signal(signal.SIGSTOP)           # Redis stalls: answers nothing
+    try:
+        t0 = time.monotonic()
+        st, _, body = g.chat(headers=AUTH)
+        took = time.monotonic() - t0
+        # sessions.redis.timeout is 200ms; open admits when it passes
+        assert st == 200, body
+        assert took < 0.2 + 1.5, took
+    finally:
+        procs[0].send_signal(signal.SIGCONT)
+    g.stop()
