@@ -838,6 +838,7 @@ static int take_line(struct http_conn *c, struct evbuffer *in, size_t max,
     size_t avail = evbuffer_get_length(in), n;
     struct evbuffer_ptr start, pos;
     char *l;
+    const unsigned char *head;
 
     pos.pos = -1;
     if (c->line_scan > avail)
@@ -854,8 +855,15 @@ static int take_line(struct http_conn *c, struct evbuffer *in, size_t max,
         return -1;
     if ((l = malloc(n + 1)) == NULL)
         return -1;
-    evbuffer_remove(in, l, n);
-    evbuffer_drain(in, 1);
+    /* One drain for the line and its '\n' (evbuffer_remove would copy out
+     * and drain, then a second drain: each drain runs the callbacks). The
+     * head is usually in one chain, so the pullup moves nothing. */
+    if ((head = evbuffer_pullup(in, (ev_ssize_t)n + 1)) == NULL) {
+        free(l);
+        return -1;
+    }
+    memcpy(l, head, n);
+    evbuffer_drain(in, n + 1);
     c->line_scan = 0;
     *raw = n + 1;
     if (n > 0 && l[n - 1] == '\r')

@@ -29,6 +29,7 @@
  * in the small functions below and never across socket I/O.
  */
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -986,7 +987,7 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         px_remember(p, l, NULL);
         /* Not in audio, and a retrieved response's was counted already. */
         if (!(p->route->flags & (API_ANSWER_RAW | API_ID_IN_PATH)))
-            p->ustream = calloc(1, sizeof(*p->ustream));  /* none: not counted */
+            p->ustream = usage_stream_new();  /* none: not counted */
         if (px_keeps_content(p) || (p->cache_store && status == 200))
             p->ctext = evbuffer_new();
         return UPSTREAM_CONTINUE;
@@ -1620,6 +1621,31 @@ static struct px_leg *px_leg_get(struct proxy *p)
     return l;
 }
 
+/*
+ * snprintf(dst, size, "%s%s...", ...) without the format engine (a few
+ * hundred instructions a call on the request path): the strings of the
+ * NULL-ended list one after the other, cut at size - 1, always ended.
+ * Returns the length written.
+ */
+static size_t px_concat(char *dst, size_t size, ...)
+{
+    va_list ap;
+    const char *sp;
+    size_t n = 0, k;
+
+    va_start(ap, size);
+    while ((sp = va_arg(ap, const char *)) != NULL) {
+        k = strlen(sp);
+        if (k > size - 1 - n)
+            k = size - 1 - n;
+        memcpy(dst + n, sp, k);
+        n += k;
+    }
+    va_end(ap);
+    dst[n] = '\0';
+    return n;
+}
+
 static int px_send(struct px_leg *l)
 {
     struct proxy *p = l->p;
@@ -1633,19 +1659,20 @@ static int px_send(struct px_leg *l)
     const char *ctype = http_req_header(p->req, "Content-Type");
     const char *av = http_req_header(p->req, "anthropic-version");
     const char *ab = http_req_header(p->req, "anthropic-beta");
-    size_t nh = 0;
+    size_t nh = 0, auth_len = 0;
     int64_t now = gw_now_ms(), left = p->t_start + p->deadline_ms - now;
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
     int64_t first = per_try;
 
-    snprintf(url, sizeof(url), "%s%s%s%s", ch->url, p->upath, p->query ? "?" : "",
-             p->query ? p->query : "");
+    px_concat(url, sizeof(url), ch->url, p->upath, p->query ? "?" : "",
+              p->query ? p->query : "", (const char *)NULL);
     if (l->has_key && ch->auth == HOST_AUTH_X_API_KEY) {
-        snprintf(auth, sizeof(auth), "%s", c->keys[l->key].secret);
+        auth_len = px_concat(auth, sizeof(auth), c->keys[l->key].secret, (const char *)NULL);
         hdr[nh].name = "x-api-key";
         hdr[nh++].value = auth;
     } else if (l->has_key) {
-        snprintf(auth, sizeof(auth), "Bearer %s", c->keys[l->key].secret);
+        auth_len = px_concat(auth, sizeof(auth), "Bearer ", c->keys[l->key].secret,
+                             (const char *)NULL);
         hdr[nh].name = "Authorization";
         hdr[nh++].value = auth;
     }
@@ -1691,7 +1718,7 @@ static int px_send(struct px_leg *l)
     l->t_try = now;
     l->t_head = 0;
     l->xfer = upstream_start(p->w->up, &ur, &px_cbs, l);
-    explicit_bzero(auth, sizeof(auth));   /* the key does not outlive the call */
+    explicit_bzero(auth, auth_len);       /* the key does not outlive the call */
     if (l->xfer == NULL)
         return -1;
     if (p->active++ == 0)
@@ -1994,16 +2021,20 @@ static void px_make_id(struct proxy *p)
 {
     const char *cid = http_req_header(p->req, "X-Request-Id");
     uint64_t z;
+    int i;
 
     if (cid && valid_request_id(cid)) {
-        snprintf(p->id, sizeof(p->id), "%s", cid);
+        px_concat(p->id, sizeof(p->id), cid, (const char *)NULL);
         return;
     }
     z = p->gw->id_seed + 0x9e3779b97f4a7c15ULL * ++p->gw->next_id;  /* splitmix64 */
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     z ^= z >> 31;
-    snprintf(p->id, sizeof(p->id), "req-%016llx", (unsigned long long)z);
+    memcpy(p->id, "req-", 4);                      /* "req-%016llx" */
+    for (i = 0; i < 16; i++)
+        p->id[4 + i] = "0123456789abcdef"[(z >> (60 - 4 * i)) & 0xf];
+    p->id[20] = '\0';
 }
 
 /* GET /v1/models when no host lists models: a JSON answer, any host. */
@@ -2030,12 +2061,12 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->last_key = -1;
     p->fail_host = -1;
     p->prefer = -1;
-    snprintf(p->method, sizeof(p->method), "%s", method);
+    px_concat(p->method, sizeof(p->method), method, (const char *)NULL);
     p->route = &px_default_route;
     p->t_start = gw_now_ms();
     p->max_out = -1;
-    snprintf(p->upath, sizeof(p->upath), "%s", upath);
-    snprintf(p->peer, sizeof(p->peer), "%s", http_req_peer(req));
+    px_concat(p->upath, sizeof(p->upath), upath, (const char *)NULL);
+    px_concat(p->peer, sizeof(p->peer), http_req_peer(req), (const char *)NULL);
     p->deadline_timer = evtimer_new(p->w->base, px_deadline, p);
     p->backoff_timer = evtimer_new(p->w->base, px_backoff_done, p);
     p->next = p->w->inflight;

@@ -1,6 +1,7 @@
 /*
  * usage.c -- token usage from the end of answers and streams (see usage.h).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "jscan.h"
@@ -142,14 +143,29 @@ static int try_at(const char *k, const char *e, struct usage *u)
     return usage_parse_object(b, (size_t)(end - b), u);
 }
 
+/* The last key that starts a valid usage object. The keys are found going
+ * forward with memmem (a stream's tail usually has none or one; a byte by
+ * byte walk back from the end cost ~5 instructions per byte), the last
+ * SCAN_KEEP of them tried from the last; with more keys than that and none
+ * of those valid, the earlier ones are tried the slow way. */
+#define SCAN_KEEP 16
+
 int usage_scan_last(const char *buf, size_t len, struct usage *u)
 {
-    const char *k;
+    const char *at[SCAN_KEEP], *k = buf, *e = buf + len;
+    size_t n = 0, i;
 
-    if (len < KEYLEN)
+    while (e - k >= (ptrdiff_t)KEYLEN && (k = memmem(k, (size_t)(e - k), KEY, KEYLEN)) != NULL) {
+        at[n++ % SCAN_KEEP] = k;
+        k += KEYLEN - 1;               /* its closing quote may open the next */
+    }
+    for (i = 0; i < n && i < SCAN_KEEP; i++)
+        if (try_at(at[(n - 1 - i) % SCAN_KEEP], e, u) == 0)
+            return 0;
+    if (n <= SCAN_KEEP)
         return -1;
-    for (k = buf + len - KEYLEN; k >= buf; k--)
-        if (*k == '"' && memcmp(k, KEY, KEYLEN) == 0 && try_at(k, buf + len, u) == 0)
+    for (k = at[n % SCAN_KEEP] - 1; k >= buf; k--)     /* before the oldest kept */
+        if (*k == '"' && memcmp(k, KEY, KEYLEN) == 0 && try_at(k, e, u) == 0)
             return 0;
     return -1;
 }
@@ -167,6 +183,19 @@ int usage_scan_first(const char *buf, size_t len, struct usage *u)
 }
 
 /* --- streams ------------------------------------------------------------ */
+
+struct usage_stream *usage_stream_new(void)
+{
+    /* Not zeroed (12 KB): only the bytes fed are ever read. */
+    struct usage_stream *s = malloc(sizeof(*s));
+
+    if (s != NULL) {
+        s->head_len = 0;
+        s->pos = 0;
+        s->total = 0;
+    }
+    return s;
+}
 
 void usage_stream_feed(struct usage_stream *s, const char *data, size_t len)
 {

@@ -57,6 +57,9 @@ struct usage_stream {
     size_t total;                /* bytes fed */
 };
 
+/* An empty one (free() it), or NULL without memory. */
+struct usage_stream *usage_stream_new(void);
+
 void usage_stream_feed(struct usage_stream *s, const char *data, size_t len);
 
 /* At the end of a stream: the counts of the last usage object in the tail,

@@ -75,6 +75,51 @@ static void test_none_and_broken(void **st)
     assert_int_equal(usage_scan_last("", 0, &u), -1);
 }
 
+/* The last valid usage object wins, however many keys come after it or
+ * before it (the scan keeps the last 16 keys it finds and walks back past
+ * them only when none of those is valid). */
+static void test_scan_last_many_keys(void **st)
+{
+    char b[8192];
+    size_t n = 0;
+    int i, nulls[] = { 0, 3, 15, 16, 17, 40 }, k;
+    struct usage u;
+
+    (void)st;
+    for (k = 0; k < (int)(sizeof(nulls) / sizeof(nulls[0])); k++) {
+        n = (size_t)sprintf(b, "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}"
+                               "{\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":2}}",
+                            100 + k);
+        for (i = 0; i < nulls[k]; i++)
+            n += (size_t)sprintf(b + n, "{\"usage\":null}");
+        assert_int_equal(usage_scan_last(b, n, &u), 0);
+        assert_int_equal(u.input, 100 + k);
+        assert_int_equal(u.output, 2);
+    }
+    /* a key whose closing quote opens the next one */
+    n = (size_t)sprintf(b, "\"usage\"usage\":{\"prompt_tokens\":5}");
+    assert_int_equal(usage_scan_last(b, n, &u), 0);
+    assert_int_equal(u.input, 5);
+}
+
+/* A new stream reads back only what was fed (its buffers are not zeroed). */
+static void test_stream_new_short(void **st)
+{
+    const char *s = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,"
+                    "\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
+    struct usage_stream *us = usage_stream_new();
+    struct usage u;
+
+    (void)st;
+    assert_non_null(us);
+    assert_int_equal(usage_stream_result(us, &u), -1);
+    usage_stream_feed(us, s, strlen(s));
+    assert_int_equal(usage_stream_result(us, &u), 0);
+    assert_int_equal(u.input, 3);
+    assert_int_equal(u.output, 4);
+    free(us);
+}
+
 /* Feeds s in pieces of `step` bytes. */
 static void feed(struct usage_stream *us, const char *s, size_t len, size_t step)
 {
@@ -157,6 +202,8 @@ int main(void)
         cmocka_unit_test(test_embeddings_and_responses),
         cmocka_unit_test(test_anthropic_json),
         cmocka_unit_test(test_none_and_broken),
+        cmocka_unit_test(test_scan_last_many_keys),
+        cmocka_unit_test(test_stream_new_short),
         cmocka_unit_test(test_stream_chat_long),
         cmocka_unit_test(test_stream_anthropic),
         cmocka_unit_test(test_usage_only_chunk),
