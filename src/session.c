@@ -952,6 +952,7 @@ struct session_call *session_eval(struct session *s, const char *script,
 {
     struct session_call *c;
 
+    lock_assert_held();
     if (s != NULL && s->redis != NULL && session_redis_up(s->redis)
         && (c = malloc(sizeof(*c) + 1)) != NULL) {
         c->s = s;
@@ -971,6 +972,7 @@ struct session_call *session_eval(struct session *s, const char *script,
 int session_eval_write(struct session *s, const char *script, int nkeys,
                        const char *const *keys, int nargs, const char *const *args)
 {
+    lock_assert_held();
     if (s == NULL || s->redis == NULL || !session_redis_up(s->redis))
         return -1;
     return session_redis_eval(s->redis, NULL, script, nkeys, keys, nargs, args);

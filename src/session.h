@@ -154,8 +154,8 @@ int session_reconfigure(struct session *s, const struct config *cfg,
 void session_free(struct session *s);
 
 /* session_put, session_get, session_put_shared, session_get_shared,
- * session_publish_key and session_publish_breaker: caller holds the state
- * lock (lock.h; checked by lock_assert_held() in the asan and tsan builds). */
+ * session_eval, session_eval_write, session_publish_key and
+ * session_publish_breaker: caller holds the state lock (lock.h; checked by lock_assert_held() in the asan and tsan builds). */
 
 /* Records that host served key. Redis store: also SET with PX ttl,
  * fire-and-forget but written to the socket before this returns, so call
