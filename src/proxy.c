@@ -2752,26 +2752,29 @@ static void px_fmt_reset(char *buf, size_t cap, int64_t ms)
                  (long long)((ms % 60000 + 999) / 1000));
 }
 
+/* x-ratelimit-limit-WHAT, -remaining-WHAT, -reset-WHAT. */
+static void px_limit_header(struct proxy *p, const char *what, int64_t limit,
+                            int64_t remaining, int64_t reset_ms)
+{
+    char n[32], name[48];
+
+    snprintf(name, sizeof(name), "x-ratelimit-limit-%s", what);
+    snprintf(n, sizeof(n), "%lld", (long long)limit);
+    http_resp_header(p->req, name, n);
+    snprintf(name, sizeof(name), "x-ratelimit-remaining-%s", what);
+    snprintf(n, sizeof(n), "%lld", (long long)remaining);
+    http_resp_header(p->req, name, n);
+    snprintf(name, sizeof(name), "x-ratelimit-reset-%s", what);
+    px_fmt_reset(n, sizeof(n), reset_ms);
+    http_resp_header(p->req, name, n);
+}
+
 static void px_limit_headers(struct proxy *p, const struct limits_view *v)
 {
-    char n[32];
-
-    if (v->req_limit) {
-        snprintf(n, sizeof(n), "%lld", (long long)v->req_limit);
-        http_resp_header(p->req, "x-ratelimit-limit-requests", n);
-        snprintf(n, sizeof(n), "%lld", (long long)v->req_remaining);
-        http_resp_header(p->req, "x-ratelimit-remaining-requests", n);
-        px_fmt_reset(n, sizeof(n), v->reset_ms);
-        http_resp_header(p->req, "x-ratelimit-reset-requests", n);
-    }
-    if (v->tok_limit) {
-        snprintf(n, sizeof(n), "%lld", (long long)v->tok_limit);
-        http_resp_header(p->req, "x-ratelimit-limit-tokens", n);
-        snprintf(n, sizeof(n), "%lld", (long long)v->tok_remaining);
-        http_resp_header(p->req, "x-ratelimit-remaining-tokens", n);
-        px_fmt_reset(n, sizeof(n), v->reset_ms);
-        http_resp_header(p->req, "x-ratelimit-reset-tokens", n);
-    }
+    if (v->req_limit)
+        px_limit_header(p, "requests", v->req_limit, v->req_remaining, v->reset_ms);
+    if (v->tok_limit)
+        px_limit_header(p, "tokens", v->tok_limit, v->tok_remaining, v->reset_ms);
 }
 
 /* Answers a refused admission. Returns -1. */
