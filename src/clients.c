@@ -21,6 +21,9 @@ struct cl_entry {
     char               *name;
     struct limits_state st;
     uint64_t            tok_in, tok_out;   /* since start, for /metrics */
+    /* the replicas' totals, as Redis last answered an admission */
+    int64_t             sh_day, sh_day_used, sh_month, sh_month_used;
+    int                 shared;
 };
 
 static struct cl_entry *table[CL_BUCKETS];
@@ -159,7 +162,7 @@ json_t *clients_json(const struct config *c, int64_t now_unix_ms)
         const struct cfg_client *cl = &c->clients[i];
         struct cl_entry *e = cl_get(cl->name, 0);
         struct limits_state st;
-        int64_t d, m;
+        int64_t d, m, day_left, month_left;
         json_t *o;
 
         memset(&st, 0, sizeof(st));
@@ -170,6 +173,17 @@ json_t *clients_json(const struct config *c, int64_t now_unix_ms)
             st.day_in = st.day_out = 0;
         if (st.month != m)
             st.month_in = st.month_out = 0;
+        day_left = limits_day_left(&cl->limits, &st, now_unix_ms);
+        month_left = limits_month_left(&cl->limits, &st, now_unix_ms);
+        if (e && e->shared) {      /* the budgets are the replicas' together */
+            int64_t used_d = e->sh_day == d ? e->sh_day_used : 0;
+            int64_t used_m = e->sh_month == m ? e->sh_month_used : 0;
+            if (day_left >= 0)
+                day_left = used_d >= cl->limits.tokens_per_day ? 0 : cl->limits.tokens_per_day - used_d;
+            if (month_left >= 0)
+                month_left = used_m >= cl->limits.tokens_per_month ? 0
+                             : cl->limits.tokens_per_month - used_m;
+        }
         o = json_pack("{s:s, s:I, s:I, s:I, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:o, s:o},"
                       " s:{s:I, s:I, s:I, s:I, s:I}}",
                       "name", cl->name,
@@ -180,8 +194,8 @@ json_t *clients_json(const struct config *c, int64_t now_unix_ms)
                                "tokens_out", (json_int_t)st.day_out,
                       "this_month", "tokens_in", (json_int_t)st.month_in,
                                     "tokens_out", (json_int_t)st.month_out,
-                      "remaining", "tokens_today", budget(limits_day_left(&cl->limits, &st, now_unix_ms)),
-                                   "tokens_this_month", budget(limits_month_left(&cl->limits, &st, now_unix_ms)),
+                      "remaining", "tokens_today", budget(day_left),
+                                   "tokens_this_month", budget(month_left),
                       "limits", "rpm", (json_int_t)cl->limits.rpm,
                                 "tpm", (json_int_t)cl->limits.tpm,
                                 "max_concurrent", (json_int_t)cl->limits.max_concurrent,
@@ -379,6 +393,12 @@ enum limits_verdict clients_shared_verdict(const struct config *c, const struct 
         v->retry_after_s = ((d + 1) * 86400000 - now_unix_ms + 999) / 1000;
     }
     if (e) {
+        limits_calendar(now_unix_ms, &d, &m);
+        e->shared = 1;
+        e->sh_day = d;
+        e->sh_day_used = day;
+        e->sh_month = m;
+        e->sh_month_used = mon;
         if (verdict == LIMITS_OK) {
             e->st.requests++;
             e->st.inflight++;

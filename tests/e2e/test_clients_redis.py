@@ -165,6 +165,10 @@ clients:
         st, _, body = g.chat(headers={"Authorization": "Bearer " + kb})
         return st == 429 and json.loads(body)["error"]["code"] == "insufficient_quota"
     wait_for(lambda: refused(gs[1]) and refused(gs[2]), timeout=10, what="budget shared")
+    # a replica that never served bob's stream shows the shared budget spent
+    bob = [c for c in json.loads(gs[2].request("GET", "/admin/clients")[2])["clients"]
+           if c["name"] == "bob"][0]
+    assert bob["remaining"]["tokens_today"] == 0 and bob["requests"] == 0, bob
     # no client key anywhere
     outs = []
     for g in gs:
