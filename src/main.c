@@ -213,15 +213,13 @@ int main(int argc, char **argv)
     memset(&a, 0, sizeof(a));
     evthread_use_pthreads();          /* reloads parse in a thread; workers */
     a.base = main_base(cfg->server.workers > 1);
-    if (a.base == NULL || gateway_init(&a.gw, a.base, cfg, conf_dir, listen) < 0) {
+    if (a.base == NULL) {
         rc = 1;
         goto out;
     }
-    if (pidfile && write_pidfile(pidfile) < 0) {
-        log_error("cannot write pid file %s: %s", pidfile, strerror(errno));
-        rc = 1;
-        goto out;
-    }
+    /* Signals are caught before the listener is bound: whoever sees the
+     * port accept may send SIGHUP or SIGTERM, and the default action of
+     * either would kill the process. They are handled once the loop runs. */
     a.sig_hup = evsignal_new(a.base, SIGHUP, on_signal, &a);
     a.sig_term = evsignal_new(a.base, SIGTERM, on_signal, &a);
     a.sig_int = evsignal_new(a.base, SIGINT, on_signal, &a);
@@ -231,6 +229,15 @@ int main(int argc, char **argv)
     event_add(a.sig_term, NULL);
     event_add(a.sig_int, NULL);
     event_add(a.sig_usr1, NULL);
+    if (gateway_init(&a.gw, a.base, cfg, conf_dir, listen) < 0) {
+        rc = 1;
+        goto out;
+    }
+    if (pidfile && write_pidfile(pidfile) < 0) {
+        log_error("cannot write pid file %s: %s", pidfile, strerror(errno));
+        rc = 1;
+        goto out;
+    }
     if (gateway_start(&a.gw) < 0) {
         rc = 1;
         goto out;
