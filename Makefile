@@ -71,11 +71,11 @@ build/asan/infergate-mock: $(MOCKSRC) $(wildcard tests/mock/*.h)
 
 build/release/unit/%: tests/unit/%.c $(REL_OBJ) $(wildcard src/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) -Isrc $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
+	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) -iquote src $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
 
 build/asan/unit/%: tests/unit/%.c $(ASAN_OBJ) $(wildcard src/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) -Isrc $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) -iquote src $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
 
 asan: build/asan/infergate build/asan/infergate-mock
 
@@ -110,7 +110,7 @@ bench-balance: build/release/bench_balance
 
 build/release/bench_balance: tests/bench/bench_balance.c src/balance.c src/balance.h
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) -O2 -g -Isrc tests/bench/bench_balance.c src/balance.c -o $@ -lm
+	$(CC) $(CSTD) $(WARN) -O2 -g -iquote src tests/bench/bench_balance.c src/balance.c -o $@ -lm
 
 clean:
 	rm -rf build infergate

@@ -615,7 +615,7 @@ def build_replay(out, harness, with_gateway):
     pkg = subprocess.run(["pkg-config", "--cflags", "--libs"] + PKGS,
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + CFLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
-           + ["-I" + os.path.join(ROOT, "src"), harness, os.path.join(FUZZ, "replay.c")]
+           + ["-iquote", os.path.join(ROOT, "src"), harness, os.path.join(FUZZ, "replay.c")]
            + (gateway_objects() if with_gateway else []) + pkg + ["-lm", "-lpthread", "-o", out])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -32,7 +32,7 @@ def driver(tmp_path_factory):
     pkg = subprocess.run(["pkg-config", "--cflags", "--libs", "libevent"],
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + FLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
-           + ["-I" + os.path.join(ROOT, "src")] + DRIVER_SRC + pkg + ["-lm", "-o", out])
+           + ["-iquote", os.path.join(ROOT, "src")] + DRIVER_SRC + pkg + ["-lm", "-o", out])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out

@@ -164,7 +164,7 @@ def driver_bin(tmp_path_factory):
         "src/session.c", "src/session_redis.c", "src/log.c",
         "tests/session_driver/session_driver.c")]
     cmd = (["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"] + flags
-           + ["-I" + os.path.join(ROOT, "src")] + src + ["-o", out] + pkgs + ["-lm"])
+           + ["-iquote", os.path.join(ROOT, "src")] + src + ["-o", out] + pkgs + ["-lm"])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out

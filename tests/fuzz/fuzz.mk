@@ -15,7 +15,7 @@ FUZZ_CC    ?= $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev
 FUZZ_TIME  ?= 60
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O1 -g \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-              -fno-omit-frame-pointer -Isrc
+              -fno-omit-frame-pointer -iquote src
 FUZZ_LIBS   = $(shell pkg-config --cflags --libs libevent libevent_pthreads libevent_openssl openssl libcurl jansson yaml-0.1 hiredis) -lm -lpthread
 FUZZERS    := fuzz_config fuzz_request fuzz_jscan
 # Every gateway source but main.c, instrumented: the harnesses call a few
