@@ -126,6 +126,16 @@ enum limits_verdict clients_admit(const struct config *c, const struct cfg_clien
                         reserve, reserve_in, t, v);
 }
 
+void clients_view(const struct config *c, const struct cfg_client *cl, int64_t now_unix_ms,
+                  struct limits_view *v)
+{
+    struct cl_entry *e = cl_get(cl->name, 1);
+    struct limits_state tmp;
+
+    memset(&tmp, 0, sizeof(tmp));
+    limits_peek(&cl->limits, e ? &e->st : &tmp, now_unix_ms, c->limits.window_ms, v);
+}
+
 void clients_settle(const char *name, const struct limits_ticket *t, int64_t window_ms,
                     int64_t now_unix_ms, int64_t in, int64_t out)
 {

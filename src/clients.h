@@ -39,6 +39,11 @@ enum limits_verdict clients_admit(const struct config *c, const struct cfg_clien
                                   struct limits_ticket *t, struct limits_view *v);
 
 /* The request admitted with t ended having used in + out tokens. */
+/* The client's x-ratelimit view (this replica's counts), admitting
+ * nothing. Caller holds the state lock. */
+void clients_view(const struct config *c, const struct cfg_client *cl, int64_t now_unix_ms,
+                  struct limits_view *v);
+
 void clients_settle(const char *name, const struct limits_ticket *t, int64_t window_ms,
                     int64_t now_unix_ms, int64_t in, int64_t out);
 

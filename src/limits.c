@@ -145,6 +145,15 @@ enum limits_verdict limits_admit(const struct limits_cfg *c, struct limits_state
     return r;
 }
 
+void limits_peek(const struct limits_cfg *c, struct limits_state *s, int64_t now_ms,
+                 int64_t window_ms, struct limits_view *v)
+{
+    if (window_ms <= 0)
+        window_ms = 60000;
+    roll(s, now_ms, window_ms);
+    view_of(c, s, now_ms, window_ms, v);
+}
+
 void limits_settle(struct limits_state *s, const struct limits_ticket *t,
                    int64_t now_ms, int64_t window_ms, int64_t in, int64_t out)
 {

@@ -69,6 +69,11 @@ enum limits_verdict limits_admit(const struct limits_cfg *c, struct limits_state
                                  int64_t reserve, int64_t reserve_in,
                                  struct limits_ticket *t, struct limits_view *v);
 
+/* *v as it stands now, without admitting anything (for the headers of
+ * an answer that refused the request before its limits were asked). */
+void limits_peek(const struct limits_cfg *c, struct limits_state *s, int64_t now_ms,
+                 int64_t window_ms, struct limits_view *v);
+
 /* The request ended having used in + out tokens: the reservation is
  * replaced by them, the day and month charged, the request leaves the
  * in-flight count. */

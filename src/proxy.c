@@ -2868,7 +2868,10 @@ static int px_admit(struct proxy *p)
     }
     if (!clients_model_allowed(c, p->client, p->model)) {
         clients_note_refused(p->client->name);
+        memset(&v, 0, sizeof(v));
+        clients_view(c, p->client, gw_unix_ms(), &v);
         lock_drop();
+        px_limit_headers(p, &v);
         snprintf(msg, sizeof(msg), "this key may not use model \"%.100s\"",
                  p->model ? p->model : "");
         px_error(p, 403, "permission_error", "model_not_allowed", msg);

@@ -39,7 +39,7 @@ admin:
   client_keys: [%s]
 clients:
   - {name: alice, key: "${ALICE_KEY}", models: [fast]}
-  - {name: bob, key_file: %s, models: [other-model]}
+  - {name: bob, key_file: %s, models: [other-model], limits: {rpm: 60}}
   - {name: carol, key_sha256: %s}
 """ % (KD, kf, hashlib.sha256(KC.encode()).hexdigest().upper())
     g = gateway(hosts_of(ms), policies=pol, env={"ALICE_KEY": KA})
@@ -48,8 +48,12 @@ clients:
     assert g.chat(headers=auth(KA))[0] == 200          # via the alias it allows
     assert g.chat(headers=auth(KC))[0] == 200          # key_sha256, any model
     assert g.chat(headers=auth(KD))[0] == 200          # admin.client_keys
-    st, _, body = g.chat(headers=auth(KB))              # key_file, model refused
+    st, h, body = g.chat(headers=auth(KB))              # key_file, model refused
     assert st == 403, body
+    # The refusal carries the client's limits too, and used none of them.
+    assert h["x-ratelimit-limit-requests"] == "60", h
+    assert h["x-ratelimit-remaining-requests"] == "60", h
+    assert h["x-ratelimit-reset-requests"].endswith("s"), h
     err = json.loads(body)["error"]
     assert err["code"] == "model_not_allowed" and err["type"] == "permission_error"
     # Anthropic's shape on /v1/messages

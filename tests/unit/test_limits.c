@@ -156,6 +156,27 @@ static void test_month_budget_calendar(void **st)
     { struct limits_cfg z = cfg(0, 0, 0, 0, 0); assert_int_equal(limits_month_left(&z, &s, T0), -1); }
 }
 
+/* A peek shows the window as it stands and admits nothing. */
+static void test_peek_admits_nothing(void **st)
+{
+    struct limits_cfg c = {.rpm = 2};
+    struct limits_state s;
+    struct limits_ticket t;
+    struct limits_view v;
+
+    (void)st;
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(limits_admit(&c, &s, 1000, 60000, 1, 1, &t, &v), LIMITS_OK);
+    limits_peek(&c, &s, 2000, 60000, &v);
+    assert_int_equal(v.req_limit, 2);
+    assert_int_equal(v.req_remaining, 1);
+    limits_peek(&c, &s, 3000, 60000, &v);
+    assert_int_equal(v.req_remaining, 1);
+    assert_int_equal(s.requests, 1);
+    limits_peek(&c, &s, 61000, 60000, &v);      /* the next window */
+    assert_int_equal(v.req_remaining, 2);
+}
+
 static void test_changed_limit_applies_at_once(void **st)
 {
     struct limits_cfg c = cfg(10, 0, 0, 0, 0);
@@ -184,6 +205,7 @@ int main(void)
         cmocka_unit_test(test_day_budget),
         cmocka_unit_test(test_month_budget_calendar),
         cmocka_unit_test(test_changed_limit_applies_at_once),
+        cmocka_unit_test(test_peek_admits_nothing),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
