@@ -312,10 +312,13 @@ def test_audio_images_moderations_rerank(mocks, gateway):
 @pytest.mark.parametrize("path,body", [
     ("/v1/responses", RESP),
     ("/v1/messages", MSG),
+    ("/v1/messages/count_tokens", {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/audio/speech", {"model": "tts-1", "input": "hi", "voice": "alloy"}),
     ("/v1/audio/transcriptions", None),
+    ("/v1/audio/translations", None),
     ("/v1/images/generations", {"model": "img-1", "prompt": "cat"}),
     ("/v1/images/edits", None),
+    ("/v1/images/variations", None),
     ("/v1/moderations", {"input": "x"}),
     ("/v1/rerank", {"model": "rr", "query": "q", "documents": ["a"]}),
 ])
