@@ -148,14 +148,25 @@ clients:
         assert st == 200, body
         u = json.loads(body)["usage"]
         used += u["prompt_tokens"] + u["completion_tokens"]
+    spent_too = [0]
+
     def spent():
+        # With worker threads a request's usage is settled just after its
+        # answer: one more request may pass before it is, and uses tokens.
         st, _, body = g.chat(headers=auth(KA))
+        if st == 200:
+            u = json.loads(body)["usage"]
+            spent_too[0] += u["prompt_tokens"] + u["completion_tokens"]
+            return False
         return st == 429 and json.loads(body)["error"]["code"] == "insufficient_quota"
     wait_for(spent, timeout=10, what="budget spent")
+    used += spent_too[0]
     st, _, body = g.request("GET", "/admin/clients")
     alice = [c for c in json.loads(body)["clients"] if c["name"] == "alice"][0]
     assert alice["remaining"]["tokens_today"] == 0
-    assert alice["today"]["tokens_in"] + alice["today"]["tokens_out"] == used
+    wait_for(lambda: (lambda a: a["today"]["tokens_in"] + a["today"]["tokens_out"] == used)(
+        [c for c in json.loads(g.request("GET", "/admin/clients")[2])["clients"]
+         if c["name"] == "alice"][0]), what="alice's tokens settled")
     # max_concurrent: 1 -> of two at once, one is refused
     res = []
     ts = [threading.Thread(target=lambda: res.append(g.chat(headers=auth(KB))[0])) for _ in range(2)]

@@ -6,6 +6,7 @@ global (rotation, breakers, max_concurrent, the when_full queue, reloads,
 drain) behaves as with one worker. make test also runs this file on the
 ThreadSanitizer build, and the whole e2e suite once with two workers.
 """
+import http.client
 import json
 import signal
 import threading
@@ -216,17 +217,32 @@ def test_second_stop_signal_ends_streams_on_every_worker(mocks, gateway):
     ms = mocks(1)
     ms[0].config(chunks=20, chunk_interval_ms=1000)
     g = gateway(hosts_of(ms), policies="server:\n  workers: 2\n  drain_timeout: 60s\n")
-    results, lock = [], threading.Lock()
+    results, heads, lock = [], [], threading.Lock()
 
     def stream():
-        r = g.chat(stream=True)
-        with lock:
-            results.append(r)
+        # Counted once its head has arrived: a request still before its
+        # first byte when the second signal comes gets a 503, not a stream
+        # cut short (a slow build admits before it streams).
+        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=60)
+        try:
+            conn.request("POST", "/v1/chat/completions",
+                         json.dumps({"model": "mock-model", "stream": True,
+                                     "messages": [{"role": "user", "content": "hi"}]}),
+                         {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            with lock:
+                heads.append(r.status)
+            body = r.read()
+            with lock:
+                results.append((r.status, None, body))
+        finally:
+            conn.close()
 
     ts = [threading.Thread(target=stream) for _ in range(6)]
     for t in ts:
         t.start()
-    wait_for(lambda: status_doc(g)["in_flight"] == 6, what="six streams in flight")
+    wait_for(lambda: len(heads) == 6, timeout=60, what="six streams under way")
+    assert status_doc(g)["in_flight"] == 6
     g.signal(signal.SIGTERM)
     wait_for(lambda: "draining 6 request(s)" in g.output(), what="the drain")
     g.signal(signal.SIGTERM)
