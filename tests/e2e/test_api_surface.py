@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from conftest import assert_openai_error, hosts_of, wait_for
+from test_api_usage import tokens
 from test_sessions import redis_policies, redis_server  # noqa: F401 (fixture)
 
 
@@ -36,28 +37,6 @@ def sse(body):
 def api_calls(m):
     """Calls the mock got on /v1/ paths other than /v1/models."""
     return sum(n for p, n in m.stats()["paths"].items() if p.startswith("/v1/") and p != "/v1/models")
-
-
-def tokens(g, host, model, until=None):
-    """{kind: value} of infergate_tokens_total for host and model. With
-    workers, a request's counts land just after its answer: `until(t)`
-    waits for them (then returns t whatever it is, for the assert)."""
-    if until is not None:
-        try:
-            wait_for(lambda: until(tokens(g, host, model)), timeout=10, what="token counts")
-        except AssertionError:
-            pass
-    return _tokens(g, host, model)
-
-
-def _tokens(g, host, model):
-    st, _, body = g.request("GET", "/metrics")
-    out = {}
-    for m in re.finditer(r'^infergate_tokens_total\{host="([^"]*)",model="([^"]*)",kind="([^"]*)"\} (\d+)$',
-                         body.decode(), re.M):
-        if m.group(1) == host and m.group(2) == model:
-            out[m.group(3)] = int(m.group(4))
-    return out
 
 
 def form(fields, files=()):
