@@ -20,7 +20,15 @@ REL_FLAGS  := -O2 -g
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -DINFERGATE_LOCK_CHECKS
 TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer -DINFERGATE_LOCK_CHECKS
 
-SRC      := $(wildcard src/*.c)
+# src/ by layer (docs/internals.md): config/ (the files and their readers),
+# core/ (pure logic, no I/O library), io/ (sockets, threads, upstream
+# clients), app/ (the gateway: proxy, routes, admin, health, sessions);
+# main.c on top. Every folder is on the quote-include path, so a file
+# includes "balance.h" wherever it lives; check-layers keeps the direction.
+LAYERS   := config core io app
+IQUOTE   := $(LAYERS:%=-iquote src/%)
+SRC      := src/main.c $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.c))
+HDR      := $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.h))
 LIBSRC   := $(filter-out src/main.c,$(SRC))
 MOCKSRC  := $(wildcard tests/mock/*.c)
 UNITSRC  := $(wildcard tests/unit/test_*.c)
@@ -37,20 +45,20 @@ PYTEST   := /usr/bin/python3 -m pytest
 all: infergate build/release/infergate-mock
 
 # The dashboard's page, built into the binary (see scripts/embed-page.sh).
-src/dashboard_page.c: web/dashboard.html scripts/embed-page.sh
+src/app/dashboard_page.c: web/dashboard.html scripts/embed-page.sh
 	./scripts/embed-page.sh web/dashboard.html > $@.tmp && mv $@.tmp $@
 
-build/release/%.o: src/%.c $(wildcard src/*.h)
+build/release/%.o: src/%.c $(HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) $(IQUOTE) -c $< -o $@
 
-build/asan/%.o: src/%.c $(wildcard src/*.h)
+build/asan/%.o: src/%.c $(HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) $(IQUOTE) -c $< -o $@
 
-build/tsan/%.o: src/%.c $(wildcard src/*.h)
+build/tsan/%.o: src/%.c $(HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(TSAN_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+	$(CC) $(CSTD) $(WARN) $(TSAN_FLAGS) $(PKG_CFLAGS) $(IQUOTE) -c $< -o $@
 
 infergate: build/release/main.o $(REL_OBJ)
 	$(CC) $(REL_FLAGS) $^ -o $@ $(PKG_LIBS)
@@ -69,13 +77,13 @@ build/asan/infergate-mock: $(MOCKSRC) $(wildcard tests/mock/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) $(MOCKSRC) -o $@ $(PKG_LIBS)
 
-build/release/unit/%: tests/unit/%.c $(REL_OBJ) $(wildcard src/*.h)
+build/release/unit/%: tests/unit/%.c $(REL_OBJ) $(HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) -iquote src $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
+	$(CC) $(CSTD) $(WARN) $(REL_FLAGS) $(PKG_CFLAGS) $(IQUOTE) $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
 
-build/asan/unit/%: tests/unit/%.c $(ASAN_OBJ) $(wildcard src/*.h)
+build/asan/unit/%: tests/unit/%.c $(ASAN_OBJ) $(HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) -iquote src $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
+	$(CC) $(CSTD) $(WARN) $(ASAN_FLAGS) $(PKG_CFLAGS) $(IQUOTE) $(filter %.c %.o,$^) -o $@ $(PKG_LIBS) -lcmocka
 
 asan: build/asan/infergate build/asan/infergate-mock
 
@@ -108,9 +116,9 @@ bench:
 bench-balance: build/release/bench_balance
 	@./build/release/bench_balance
 
-build/release/bench_balance: tests/bench/bench_balance.c src/balance.c src/balance.h
+build/release/bench_balance: tests/bench/bench_balance.c src/core/balance.c $(HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) -O2 -g -iquote src tests/bench/bench_balance.c src/balance.c -o $@ -lm
+	$(CC) $(CSTD) $(WARN) -O2 -g $(IQUOTE) tests/bench/bench_balance.c src/core/balance.c -o $@ -lm
 
 clean:
 	rm -rf build infergate

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Turns a text file (web/dashboard.html) into a C string the binary serves:
-#   scripts/embed-page.sh web/dashboard.html > src/dashboard_page.c
+#   scripts/embed-page.sh web/dashboard.html > src/app/dashboard_page.c
 # Backslashes, quotes and '?' (trigraphs) are escaped; each line becomes
 # one string literal ending in \n. `make` reruns it when the page changes.
 set -eu

@@ -1,5 +1,5 @@
 /*
- * alerts_driver.c -- drives the notifications of src/alerts.c and src/alerts_notify.c against real
+ * alerts_driver.c -- drives the notifications of src/core/alerts.c and src/app/alerts_notify.c against real
  * receivers for tests/e2e/test_alert_notifiers.py.
  *
  * It configures an `availability` rule with the channels given on the

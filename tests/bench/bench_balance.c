@@ -2,7 +2,7 @@
  * bench_balance.c -- time per balance_pick() for each strategy at 10, 1,000
  * and 10,000 nodes. A standalone program; it reports and asserts nothing.
  *
- *   cc -std=c11 -D_GNU_SOURCE -O2 -Isrc src/balance.c \
+ *   cc -std=c11 -D_GNU_SOURCE -O2 -iquote src/core -iquote src/config -iquote src/io src/core/balance.c \
  *      tests/bench/bench_balance.c -o build/bench_balance -lm
  *   ./build/bench_balance [picks]
  *

@@ -19,6 +19,26 @@ import time
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# src/ by layer (the Makefile's LAYERS): drivers built by a test include
+# headers the way the gateway does and name sources by file name.
+SRC_LAYERS = ("config", "core", "io", "app")
+SRC_IQUOTE = [a for layer in SRC_LAYERS for a in ("-iquote", os.path.join(ROOT, "src", layer))]
+
+
+def src_path(name):
+    """src/LAYER/name for a source file of the gateway ("session.c")."""
+    for layer in SRC_LAYERS:
+        p = os.path.join(ROOT, "src", layer, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(f"src/*/{name}")
+
+
+def src_files():
+    """Every source of the gateway but main.c, by layer."""
+    import glob
+    return sorted(f for layer in SRC_LAYERS
+                  for f in glob.glob(os.path.join(ROOT, "src", layer, "*.c")))
 INFERGATE_BIN = os.path.abspath(os.path.join(ROOT, os.environ.get("INFERGATE_BIN", "infergate")))
 MOCK_BIN = os.path.abspath(os.path.join(ROOT, os.environ.get("MOCK_BIN", "build/release/infergate-mock")))
 SANITIZED = os.environ.get("INFERGATE_SANITIZED") == "1"

@@ -1,7 +1,7 @@
-"""Alert notifications (src/alerts_notify.c) against real receivers on loopback.
+"""Alert notifications (src/app/alerts_notify.c) against real receivers on loopback.
 
 A small driver (tests/alerts_driver/alerts_driver.c), compiled here with gcc
-against src/alerts.c, src/alerts_notify.c and their neighbours, makes an `availability` alert fire
+against src/core/alerts.c, src/app/alerts_notify.c and their neighbours, makes an `availability` alert fire
 and then resolve, and sends both events through the channels it is given:
 - webhook (generic JSON) and Slack-shaped payloads to an HTTP receiver
   started here;
@@ -26,11 +26,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import ROOT, SANITIZED, free_port, proc_env, wait_for
+from conftest import ROOT, SANITIZED, SRC_IQUOTE, src_path, free_port, proc_env, wait_for
 
-SOURCES = ["tests/alerts_driver/alerts_driver.c", "src/alerts.c", "src/alerts_notify.c", "src/metrics.c",
-           "src/upstream.c", "src/upstream_h1.c", "src/log.c", "src/config.c", "src/doc.c", "src/session.c",
-           "src/session_redis.c", "src/tls.c"]
+SOURCES = [os.path.join(ROOT, "tests/alerts_driver/alerts_driver.c")] + [src_path(f) for f in (
+    "alerts.c", "alerts_notify.c", "metrics.c", "upstream.c", "upstream_h1.c", "log.c", "config.c",
+    "doc.c", "session.c", "session_redis.c", "tls.c")]
 FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
 REL_FLAGS = ["-O2", "-g"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
@@ -48,8 +48,7 @@ def driver(tmp_path_factory):
                           "yaml-0.1", "hiredis"],
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + FLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
-           + ["-iquote", os.path.join(ROOT, "src")]
-           + [os.path.join(ROOT, s) for s in SOURCES] + pkg + ["-lm", "-o", out])
+           + SRC_IQUOTE + SOURCES + pkg + ["-lm", "-o", out])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out

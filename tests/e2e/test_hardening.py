@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import (ROOT, SANITIZED, Gateway, assert_openai_error,
+from conftest import (ROOT, SANITIZED, SRC_IQUOTE, src_files, Gateway, assert_openai_error,
                       hosts_of, proc_env, wait_for, write_conf)
 
 MALFORMED = os.path.join(ROOT, "tests", "malformed")
@@ -602,9 +602,9 @@ def gateway_objects():
     """The gateway's objects but main.o, from the build `make test` made
     (build/asan or build/release); the sources when there is none."""
     objdir = os.path.join(ROOT, "build", "asan" if SANITIZED else "release")
-    srcs = sorted(f for f in glob.glob(os.path.join(ROOT, "src", "*.c"))
-                  if not f.endswith("/main.c"))
-    objs = [os.path.join(objdir, os.path.basename(f)[:-2] + ".o") for f in srcs]
+    srcs = src_files()
+    objs = [os.path.join(objdir, os.path.relpath(f, os.path.join(ROOT, "src"))[:-2] + ".o")
+            for f in srcs]
     if all(os.path.exists(o) and os.path.getmtime(o) >= os.path.getmtime(c)
            for o, c in zip(objs, srcs)):
         return objs
@@ -615,7 +615,7 @@ def build_replay(out, harness, with_gateway):
     pkg = subprocess.run(["pkg-config", "--cflags", "--libs"] + PKGS,
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + CFLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
-           + ["-iquote", os.path.join(ROOT, "src"), harness, os.path.join(FUZZ, "replay.c")]
+           + SRC_IQUOTE + [harness, os.path.join(FUZZ, "replay.c")]
            + (gateway_objects() if with_gateway else []) + pkg + ["-lm", "-lpthread", "-o", out])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

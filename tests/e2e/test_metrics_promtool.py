@@ -1,7 +1,7 @@
-"""Metrics exposition (src/metrics.c) checked by Prometheus' own promtool.
+"""Metrics exposition (src/app/metrics.c) checked by Prometheus' own promtool.
 
 A small driver (tests/metrics_driver/metrics_driver.c), compiled here with
-gcc against src/metrics.c, fills a sample registry (escaping-hostile host
+gcc against src/app/metrics.c, fills a sample registry (escaping-hostile host
 and model names, every family, an overflowing request-series table) and
 prints the exposition; `promtool check metrics` (Debian's prometheus
 package) must accept it, and the histograms must be well formed. A live
@@ -14,10 +14,10 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, SANITIZED, proc_env
+from conftest import ROOT, SANITIZED, SRC_IQUOTE, proc_env, src_path
 
 DRIVER_SRC = [os.path.join(ROOT, "tests", "metrics_driver", "metrics_driver.c"),
-              os.path.join(ROOT, "src", "metrics.c")]
+              src_path("metrics.c")]
 FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
 REL_FLAGS = ["-O2", "-g"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
@@ -32,7 +32,7 @@ def driver(tmp_path_factory):
     pkg = subprocess.run(["pkg-config", "--cflags", "--libs", "libevent"],
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + FLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
-           + ["-iquote", os.path.join(ROOT, "src")] + DRIVER_SRC + pkg + ["-lm", "-o", out])
+           + SRC_IQUOTE + DRIVER_SRC + pkg + ["-lm", "-o", out])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out

@@ -1,4 +1,4 @@
-"""Redis high availability for the shared state (src/session_redis.c):
+"""Redis high availability for the shared state (src/app/session_redis.c):
 Sentinel discovery and failover, Redis 6 ACL users, refused credentials.
 
 Real processes on loopback: redis-server (a master and its replica),

@@ -1,4 +1,4 @@
-"""Session store on a real redis-server (src/session.c, src/session_redis.c).
+"""Session store on a real redis-server (src/app/session.c, src/app/session_redis.c).
 
 The gateway does not use the session store yet, so these tests drive it
 through tests/session_driver/session_driver.c: one process, one event loop,
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SANITIZED, free_port, proc_env, spawn, wait_for
+from conftest import ROOT, SANITIZED, SRC_IQUOTE, free_port, proc_env, spawn, src_path, wait_for
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed")
@@ -160,11 +160,10 @@ def driver_bin(tmp_path_factory):
                           capture_output=True, text=True, check=True).stdout.split()
     flags = (["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
               "-fno-sanitize-recover=undefined"] if SANITIZED else ["-O2", "-g"])
-    src = [os.path.join(ROOT, p) for p in (
-        "src/session.c", "src/session_redis.c", "src/log.c",
-        "tests/session_driver/session_driver.c")]
+    src = [src_path(f) for f in ("session.c", "session_redis.c", "log.c")] + [
+        os.path.join(ROOT, "tests/session_driver/session_driver.c")]
     cmd = (["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"] + flags
-           + ["-iquote", os.path.join(ROOT, "src")] + src + ["-o", out] + pkgs + ["-lm"])
+           + SRC_IQUOTE + src + ["-o", out] + pkgs + ["-lm"])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out

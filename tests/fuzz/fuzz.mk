@@ -15,17 +15,17 @@ FUZZ_CC    ?= $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev
 FUZZ_TIME  ?= 60
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O1 -g \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-              -fno-omit-frame-pointer -iquote src
+              -fno-omit-frame-pointer $(IQUOTE)
 FUZZ_LIBS   = $(shell pkg-config --cflags --libs libevent libevent_pthreads libevent_openssl openssl libcurl jansson yaml-0.1 hiredis) -lm -lpthread
 FUZZERS    := fuzz_config fuzz_request fuzz_jscan
 # Every gateway source but main.c, instrumented: the harnesses call a few
 # modules, which call others.
-FUZZ_SRC   := $(filter-out src/main.c,$(wildcard src/*.c))
+FUZZ_SRC   := $(LIBSRC)
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZERS:%=build/fuzz/%)
 
-build/fuzz/%: tests/fuzz/%.c $(wildcard src/*.c src/*.h)
+build/fuzz/%: tests/fuzz/%.c $(LIBSRC) $(HDR)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $< $(FUZZ_SRC) $(FUZZ_LIBS) -o $@
 

@@ -1,7 +1,7 @@
 /*
  * fuzz_config.c -- libFuzzer harness for the configuration loader: the
- * position-keeping JSON and YAML parsers (src/doc.c) and config_load()
- * (src/config.c) on all three files.
+ * position-keeping JSON and YAML parsers (src/config/doc.c) and config_load()
+ * (src/config/config.c) on all three files.
  *
  * The first byte picks what the rest of the input becomes:
  *   0  hosts.json       (the other two files valid)

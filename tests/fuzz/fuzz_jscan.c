@@ -1,5 +1,5 @@
 /*
- * fuzz_jscan.c -- libFuzzer harness for src/jscan.c, the request-body
+ * fuzz_jscan.c -- libFuzzer harness for src/config/jscan.c, the request-body
  * validator, against jansson as the reference: the same verdict (valid or
  * not, top-level type), every top-level member reported, and each
  * reported string decoded to what jansson decodes. Any difference aborts.

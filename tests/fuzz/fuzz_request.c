@@ -1,6 +1,6 @@
 /*
  * fuzz_request.c -- libFuzzer harness for the client side of a request:
- * the HTTP/1.1 parser of src/http.c (request line, headers, Content-Length
+ * the HTTP/1.1 parser of src/io/http.c (request line, headers, Content-Length
  * and chunked bodies, limits, pipelining, replies and streams) and the
  * checks the gateway makes on a request before proxying it (route table,
  * Bearer token, the JSON body as proxy_handle() reads it, with jscan.c's

@@ -1,5 +1,5 @@
 /*
- * metrics_driver.c -- fills the metrics registry (src/metrics.c) with a
+ * metrics_driver.c -- fills the metrics registry (src/app/metrics.c) with a
  * sample of everything it can hold and prints the rendered exposition to
  * stdout, for tests/e2e/test_metrics_promtool.py to feed to
  * `promtool check metrics`.

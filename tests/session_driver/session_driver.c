@@ -1,6 +1,6 @@
 /*
- * session_driver.c -- a line-driven harness around src/session.c and
- * src/session_redis.c, for tests/e2e/test_session_redis_store.py.
+ * session_driver.c -- a line-driven harness around src/app/session.c and
+ * src/app/session_redis.c, for tests/e2e/test_session_redis_store.py.
  *
  * One event loop, up to DRV_MAX sessions (think: replicas) against
  * whatever Redis the test runs. Commands come one per line on stdin; each
@@ -22,8 +22,8 @@
  *   free NAME                                       -> ok
  *   quit                                            -> bye (frees everything, exits 0)
  *
- * Built by the test with gcc from this file, src/session.c,
- * src/session_redis.c and src/log.c; not part of the gateway.
+ * Built by the test with gcc from this file, src/app/session.c,
+ * src/app/session_redis.c and src/io/log.c; not part of the gateway.
  */
 #include <errno.h>
 #include <fcntl.h>

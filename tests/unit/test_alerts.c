@@ -1,5 +1,5 @@
 /*
- * test_alerts.c -- alert rules (src/alerts.c) with injected time: fire once
+ * test_alerts.c -- alert rules (src/core/alerts.c) with injected time: fire once
  * after `for`, never again while firing, resolve once, no flapping, per
  * host versus global, the p99 estimator's accuracy, reconfiguration, and
  * the payload shapes. No event loop: notifications are not sent (the

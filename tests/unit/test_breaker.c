@@ -1,5 +1,5 @@
 /*
- * test_breaker.c -- every transition of the circuit breaker (src/breaker.c),
+ * test_breaker.c -- every transition of the circuit breaker (src/core/breaker.c),
  * driven with made-up times: no clock, no sleep.
  */
 #include <stdarg.h>

@@ -1,5 +1,5 @@
 /*
- * test_cache.c -- the response cache's store and key (src/cache.c): hits,
+ * test_cache.c -- the response cache's store and key (src/core/cache.c): hits,
  * ttl, replacement, the byte bound with least-recently-used eviction, the
  * entry bound, and a key blind to stream, stream_options and user only.
  */

@@ -1,5 +1,5 @@
 /*
- * test_content.c -- the chat answer text kept for /v1/verify (src/content.c):
+ * test_content.c -- the chat answer text kept for /v1/verify (src/core/content.c):
  * read from a JSON answer and from a stream, JSON-encoded, cut to its bound
  * on a character boundary, and added to a verify body.
  */

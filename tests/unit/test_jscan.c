@@ -1,5 +1,5 @@
 /*
- * test_jscan.c -- src/jscan.c against jansson, the parser it replaces on
+ * test_jscan.c -- src/config/jscan.c against jansson, the parser it replaces on
  * the request path: fixed cases, the malformed-body corpus, and 300,000
  * seeded random mutations of realistic bodies must get the same verdict
  * (valid or not, top-level type) and the same decoded top-level strings.

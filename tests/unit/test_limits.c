@@ -1,5 +1,5 @@
 /*
- * test_limits.c -- the pure limiter (src/limits.c): windows, reservations,
+ * test_limits.c -- the pure limiter (src/core/limits.c): windows, reservations,
  * reconciliation, concurrency and calendar budgets, with made-up times.
  */
 #include <stdarg.h>

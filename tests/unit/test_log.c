@@ -1,5 +1,5 @@
 /*
- * test_log.c -- log forging (CWE-117) in src/log.c: every field of an
+ * test_log.c -- log forging (CWE-117) in src/io/log.c: every field of an
  * access log line and every error message, with newlines, CR, tabs, ESC,
  * DEL, C1 controls, U+2028, quotes, backslashes, invalid UTF-8 and very
  * long values, in the text and the JSON formats, written to a temp file:

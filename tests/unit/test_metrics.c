@@ -1,5 +1,5 @@
 /*
- * test_metrics.c -- the metrics registry (src/metrics.c): what each update
+ * test_metrics.c -- the metrics registry (src/app/metrics.c): what each update
  * adds, how it renders (families, labels, escaping, cumulative histogram
  * buckets, +Inf, _sum, _count), the model cap, the request-series table
  * (overflow, removal of a host's series) and the label helpers.

@@ -1,5 +1,5 @@
 /*
- * test_notify.c -- notify_send() (src/notify.c) against a real AF_UNIX
+ * test_notify.c -- notify_send() (src/io/notify.c) against a real AF_UNIX
  * datagram socket standing in for systemd: a path socket, an abstract
  * ('@') socket, the unset variable, MONOTONIC_USEC on RELOADING=1, and a
  * receiver that never reads (the sender must not block).

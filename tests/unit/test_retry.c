@@ -1,6 +1,6 @@
 /*
  * test_retry.c -- backoff arithmetic, Retry-After parsing, outcome
- * classification and the retry budget (src/retry.c). No clock, no sleep.
+ * classification and the retry budget (src/core/retry.c). No clock, no sleep.
  */
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /*
- * test_route.c -- src/route.c: the route table, ids in paths, error shapes,
+ * test_route.c -- src/core/route.c: the route table, ids in paths, error shapes,
  * the Responses stream id and the multipart/form-data check.
  */
 #include <stdarg.h>

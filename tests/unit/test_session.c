@@ -1,7 +1,7 @@
 /*
  * test_session.c -- the session store's memory backend, the response id
- * scanner and the session front with no Redis to talk to (src/session.c,
- * src/session_redis.c). Time is made up: no clock, no sleep, no network.
+ * scanner and the session front with no Redis to talk to (src/app/session.c,
+ * src/app/session_redis.c). Time is made up: no clock, no sleep, no network.
  * The Redis backend against a real redis-server is
  * tests/e2e/test_session_redis_store.py.
  */

@@ -1,6 +1,6 @@
 /*
  * test_sse.c -- event boundaries of a relayed SSE stream and the frame of
- * an added event (src/sse.c).
+ * an added event (src/core/sse.c).
  *
  * The boundary check is compared with a plain forward reading of the SSE
  * line rules on every way of cutting sample streams into three chunks:

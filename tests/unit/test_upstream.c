@@ -1,5 +1,5 @@
 /*
- * test_upstream.c -- the plain HTTP/1.1 upstream client (src/upstream_h1.c)
+ * test_upstream.c -- the plain HTTP/1.1 upstream client (src/io/upstream_h1.c)
  * through upstream.h, against a scripted server on a loopback socket in
  * the same event loop: framing (Content-Length, chunked with extensions
  * and trailers, until close, 1xx, 204), keep-alive reuse, a pooled

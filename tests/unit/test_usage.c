@@ -1,5 +1,5 @@
 /*
- * test_usage.c -- src/usage.c: usage of every API family's JSON answer and
+ * test_usage.c -- src/core/usage.c: usage of every API family's JSON answer and
  * stream, found in the tail (and a stream's head), whatever the chunking.
  */
 #include <stdarg.h>
