@@ -23,12 +23,14 @@
 #define BIG         200000      /* entries for the O(1) checks */
 #define SMALL_MAX   1000
 #define ID_LEN      64
+#define SEED0       0x0123456789abcdefULL   /* the SipHash key: fixed, runs repeat */
+#define SEED1       0xfedcba9876543210ULL
 
 /* ---- memory store ----------------------------------------------------------- */
 
 static void test_put_get(void **state)
 {
-    struct session_mem *m = session_mem_new(10, TTL);
+    struct session_mem *m = session_mem_new(10, TTL, SEED0, SEED1);
     struct session_mem_stats st;
 
     (void)state;
@@ -51,7 +53,7 @@ static void test_put_get(void **state)
 
 static void test_rejects_unstorable(void **state)
 {
-    struct session_mem *m = session_mem_new(10, TTL);
+    struct session_mem *m = session_mem_new(10, TTL, SEED0, SEED1);
     char long_key[SESSION_KEY_MAX + 2], long_host[SESSION_HOST_MAX + 2];
 
     (void)state;
@@ -74,7 +76,7 @@ static void test_rejects_unstorable(void **state)
 
 static void test_ttl_expiry(void **state)
 {
-    struct session_mem *m = session_mem_new(10, TTL);
+    struct session_mem *m = session_mem_new(10, TTL, SEED0, SEED1);
     struct session_mem_stats st;
 
     (void)state;
@@ -99,7 +101,7 @@ static void test_ttl_expiry(void **state)
 
 static void test_lru_eviction(void **state)
 {
-    struct session_mem *m = session_mem_new(3, TTL);
+    struct session_mem *m = session_mem_new(3, TTL, SEED0, SEED1);
     struct session_mem_stats st;
 
     (void)state;
@@ -136,7 +138,7 @@ static void test_lru_eviction(void **state)
  * the slots are not shared or leaked). */
 static void test_slab_and_malloc_entries_churn(void **state)
 {
-    struct session_mem *m = session_mem_new(500, TTL);
+    struct session_mem *m = session_mem_new(500, TTL, SEED0, SEED1);
     char key[400], host[64];
     int i, j;
 
@@ -167,7 +169,7 @@ static void test_slab_and_malloc_entries_churn(void **state)
 
 static void test_sweep_reclaims_expired(void **state)
 {
-    struct session_mem *m = session_mem_new(SMALL_MAX, 10);
+    struct session_mem *m = session_mem_new(SMALL_MAX, 10, SEED0, SEED1);
     struct session_mem_stats st;
     char key[32];
     int i;
@@ -191,7 +193,7 @@ static void test_sweep_reclaims_expired(void **state)
 
 static void test_constant_time(void **state)
 {
-    struct session_mem *m = session_mem_new(BIG, TTL);
+    struct session_mem *m = session_mem_new(BIG, TTL, SEED0, SEED1);
     struct session_mem_stats st;
     char key[32];
     int i;
@@ -217,7 +219,7 @@ static void test_constant_time(void **state)
     session_mem_free(m);
 
     /* at max_entries every new key costs exactly one eviction */
-    m = session_mem_new(SMALL_MAX, TTL);
+    m = session_mem_new(SMALL_MAX, TTL, SEED0, SEED1);
     for (i = 0; i < BIG; i++) {
         snprintf(key, sizeof(key), "u%d", i);
         session_mem_put(m, SESSION_STICKY, key, "h", 0);
