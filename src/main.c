@@ -21,6 +21,7 @@
 #include <event2/thread.h>
 
 #include "config.h"
+#include "config_check.h"
 #include "gateway.h"
 #include "http.h"
 #include "log.h"
@@ -182,6 +183,7 @@ int main(int argc, char **argv)
     if (check)
         return config_check_main(conf_dir, stdout);
 
+    config_check_init();
     cfg = config_load(conf_dir, &errs);
     if (cfg == NULL) {
         print_errors(&errs);

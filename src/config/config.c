@@ -23,8 +23,6 @@
 #include "config.h"
 #include "route.h"
 #include "hash.h"
-#include "tls.h"
-#include "session.h"
 #include "doc.h"
 
 #include <ctype.h>
@@ -47,6 +45,14 @@ static const char *const file_names[NFILES] = {
 };
 
 enum file_state { ST_MISSING = 0, ST_FAILED, ST_OK };
+
+/* Set once at start-up, before the first load (config_hooks_set). */
+static struct config_hooks hooks;
+
+void config_hooks_set(const struct config_hooks *h)
+{
+    hooks = *h;
+}
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -1125,7 +1131,8 @@ static const char *check_path(const char *s)
 
 static const char *check_redis_url(const char *s)
 {
-    return session_redis_url_problem(s);   /* one parser for -t and runtime */
+    /* one parser for -t and runtime (session_redis.c, through the hooks) */
+    return hooks.redis_url_problem ? hooks.redis_url_problem(s) : NULL;
 }
 
 static const char *check_smtp_url(const char *s)
@@ -2150,9 +2157,9 @@ static void build_tls(struct loader *ld)
     for (i = 0; i < cfg->server.nlisteners; i++)     /* -l, or no policies.yaml */
         if (cfg->server.listeners[i].tls < 0)
             cfg->server.listeners[i].tls = cfg->server.tls.cert != NULL;
-    if (cfg->server.tls.cert == NULL || ld->nerrs)
+    if (cfg->server.tls.cert == NULL || ld->nerrs || hooks.tls_new == NULL)
         return;
-    cfg->server.tls_ctx = tls_ctx_new(&cfg->server.tls, (int64_t)time(NULL), err, sizeof(err));
+    cfg->server.tls_ctx = hooks.tls_new(&cfg->server.tls, (int64_t)time(NULL), err, sizeof(err));
     if (cfg->server.tls_ctx)
         return;
     if (strncmp(err, "server.tls", 10) == 0) {
@@ -2169,12 +2176,16 @@ static void build_tls(struct loader *ld)
     ld->nerrs++;
 }
 
-/* sessions.redis as a whole: one checker (session_redis.c) for -t and runtime. */
+/* sessions.redis as a whole: one checker (session_redis.c, through the
+ * hooks) for -t and runtime. */
 static void check_redis(struct loader *ld, const struct cur *root)
 {
-    const char *key = NULL, *why = session_redis_conf_problem(ld->c, &key);
+    const char *key = NULL, *why;
     struct cur c;
 
+    if (hooks.redis_problem == NULL)
+        return;
+    why = hooks.redis_problem(ld->c, &key);
     if (why == NULL)
         return;
     if (key != NULL && cur_lookup(root, key, &c))
@@ -3139,7 +3150,8 @@ static void config_free(struct config *c)
     free(c->server.tls.client_ca);
     free(c->server.tls.ciphers);
     free(c->server.tls.ciphersuites);
-    tls_ctx_free(c->server.tls_ctx);
+    if (c->server.tls_ctx && hooks.tls_free)
+        hooks.tls_free(c->server.tls_ctx);
     free(c->server.log_file);
     free(c->server.access_log);
     free(c->routing.hosts_template);
@@ -3275,36 +3287,6 @@ void cfg_errors_free(struct cfg_errors *e)
     free(e->msg);
     e->msg = NULL;
     e->n = 0;
-}
-
-int config_check_main(const char *dir, FILE *out)
-{
-    struct cfg_errors errs = {NULL, 0};
-    struct config *c = config_load(dir, &errs);
-    size_t i;
-
-    if (c != NULL) {
-        const struct tls_cert_info *ci = tls_ctx_cert(c->server.tls_ctx);
-        int64_t now = (int64_t)time(NULL);
-        if (ci && ci->not_after - now < CFG_TLS_EXPIRY_WARN_S) {
-            char when[32];
-            tls_time_str(ci->not_after, when, sizeof(when));
-            fprintf(out, "warning: %s: the certificate expires on %s (in %lld days)\n",
-                    c->server.tls.cert, when, (long long)((ci->not_after - now) / 86400));
-        }
-        size_t i;
-        for (i = 0; i < c->nhosts; i++)
-            if (!c->hosts[i].tls.verify)
-                fprintf(out, "warning: host %s: tls.verify is false: its certificate is"
-                        " not checked\n", c->hosts[i].name);
-        fprintf(out, "configuration ok\n");
-        config_unref(c);
-        return 0;
-    }
-    for (i = 0; i < errs.n; i++)
-        fprintf(out, "%s\n", errs.msg[i]);
-    cfg_errors_free(&errs);
-    return 1;
 }
 
 /* ---- lookups ----------------------------------------------------------- */

@@ -376,8 +376,26 @@ const char *config_strategy_name(enum cfg_strategy s);
 int64_t config_parse_duration(const char *s);
 int64_t config_parse_size(const char *s);
 
-/* `infergate -t`: loads the configuration in `dir` and prints
- * "configuration ok" (returns 0) or every problem, one a line (returns 1). */
-int config_check_main(const char *dir, FILE *out);
+/*
+ * The checks the loader cannot make itself. server.tls and sessions.redis
+ * are understood by modules above config/ (tls.c reads the certificate,
+ * key and client CA; session_redis.c parses the Redis URL and options, the
+ * same code for -t and at run time). Those modules are not called from here:
+ * config_check.c (app/) hands their functions to the loader once, before
+ * the first config_load(). A hook left NULL is a check not made (and no
+ * server.tls_ctx built).
+ */
+struct config_hooks {
+    /* sessions.redis.url: NULL when fine, else a message (no password) */
+    const char *(*redis_url_problem)(const char *url);
+    /* sessions.redis as a whole: NULL when fine, else a message and *key
+     * the dotted key it is about (NULL: the section) */
+    const char *(*redis_problem)(const struct config *c, const char **key);
+    /* server.tls: the context, or NULL and a message in err, either
+     * "server.tls.KEY: problem" or one that names the file */
+    struct tls_ctx *(*tls_new)(const struct cfg_tls *t, int64_t now, char *err, size_t errlen);
+    void (*tls_free)(struct tls_ctx *x);
+};
+void config_hooks_set(const struct config_hooks *h);   /* copies *h */
 
 #endif

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config_check.h"
 #include "doc.h"
 
 #define MAX_INPUT (1024 * 1024)
@@ -84,6 +85,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     /* A key_file naming /dev/stdin must not wait for a terminal. */
     if (freopen("/dev/null", "r", stdin) == NULL)
         abort();
+    config_check_init();    /* server.tls and sessions.redis too */
     ready = 1;
     return 0;
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config_check.h"
 #include "doc.h"
 
 /* ---- fixtures ---------------------------------------------------------- */
@@ -1970,5 +1971,6 @@ int main(void)
         T(test_dir_with_trailing_slash),
     };
 
+    config_check_init();    /* server.tls and sessions.redis checks */
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
