@@ -294,7 +294,7 @@ int clients_metrics(const struct config *c, struct evbuffer *out)
  * month total. ARGV: requests and tokens per window, max_concurrent, per
  * day, per month (0 = none), reservation, TTLs (window, in-flight set),
  * now, this request's expiry and its member in the set.
- * Answers "verdict requests tokens day month" (verdict as limits.h). */
+ * Answers "verdict requests tokens day month" (verdict as limiter.h). */
 static const char admit_lua[] =
     "local rl,tl,mc,pd,pm,res=tonumber(ARGV[1]),tonumber(ARGV[2]),tonumber(ARGV[3]),"
     "tonumber(ARGV[4]),tonumber(ARGV[5]),tonumber(ARGV[6]) "

@@ -16,7 +16,7 @@
 #include <jansson.h>
 
 #include "config.h"
-#include "limits.h"
+#include "limiter.h"
 
 struct http_req;
 

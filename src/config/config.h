@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "limits.h"
+#include "limiter.h"
 
 /* All durations are milliseconds, all sizes bytes. */
 

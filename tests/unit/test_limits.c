@@ -1,5 +1,5 @@
 /*
- * test_limits.c -- the pure limiter (src/core/limits.c): windows, reservations,
+ * test_limits.c -- the pure limiter (src/core/limiter.c): windows, reservations,
  * reconciliation, concurrency and calendar budgets, with made-up times.
  */
 #include <stdarg.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "limits.h"
+#include "limiter.h"
 
 #define T0 1767225600000LL    /* 2026-01-01T00:00:00Z */
 #define W  60000

@@ -1,6 +1,8 @@
 /*
- * limits.h -- a client's limits: requests and tokens per window, requests
- * in flight, token budgets per UTC day and month.
+ * limiter.h -- a client's limits (limits_*): requests and tokens per
+ * window, requests in flight, token budgets per UTC day and month. Named
+ * limiter, not limits, so it never stands in for the C library's
+ * <limits.h> (GCC's #include_next searches the -iquote folders too).
  *
  * Fixed windows aligned on multiples of the window length since the Unix
  * epoch (so replicas agree on them). A request is admitted when its

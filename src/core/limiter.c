@@ -1,7 +1,7 @@
 /*
- * limits.c -- a client's limits, pure (see limits.h).
+ * limiter.c -- a client's limits, pure (see limiter.h).
  */
-#include "limits.h"
+#include "limiter.h"
 
 int64_t limits_per_window(int64_t per_minute, int64_t window_ms)
 {
