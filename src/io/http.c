@@ -19,6 +19,13 @@
  * cap are closed at accept, and accept errors (out of descriptors) pause
  * the listeners instead of spinning.
  *
+ * Plain connections read the socket themselves: one readv straight into the
+ * input buffer per readable event (a bufferevent asks the kernel how much
+ * is there with an ioctl before each read); writes go through the
+ * bufferevent's output. Timers are lazy: a connection has one deadline
+ * (first request, request head + body, keep-alive idle, linger) whose
+ * moves to later times cost no timer operation (conn_deadline()).
+ *
  * TLS listeners wrap each socket in an OpenSSL bufferevent (tls.c gives the
  * SSL from the current certificate). The handshake runs under the same
  * client_timeout deadline as the first request, so a stalled handshake
@@ -37,6 +44,7 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 
 #include <event2/buffer.h>
@@ -60,6 +68,7 @@
 #define HTTP_CHUNK_LINE_MAX 1024    /* chunk size line with its extensions */
 #define HTTP_LOG_EVERY_MS   10000   /* rate of the "connection limit" log line */
 #define HTTP_ACCEPT_PAUSE_MS 200    /* listeners rest this long after EMFILE */
+#define HTTP_READ_MAX       4000    /* bytes per read (one 4 KB chain) */
 
 enum conn_state {
     CONN_READ_HEAD = 0,   /* waiting for / reading a request head */
@@ -109,6 +118,11 @@ struct http_conn {
     size_t              head_bytes;
     size_t              line_scan;    /* input bytes known to hold no LF */
     struct event       *deadline;     /* client_timeout for head + body */
+    int64_t             expire_ms;    /* the deadline (monotonic ms), 0: none */
+    int64_t             timer_ms;     /* when `deadline` fires, 0: not armed */
+    int                 in_req;       /* expire_ms is the request's deadline */
+    struct event        rd_ev;        /* plain: the socket is readable */
+    int                 rd_on;        /* rd_ev added */
     int                 close_after;  /* close once output drained */
     int                 linger;       /* ...after discarding unread input */
     int                 loopback;     /* came in on a loopback listener */
@@ -149,6 +163,8 @@ static const struct http_limits default_limits = {
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_recv_cb(evutil_socket_t fd, short what, void *arg);
+static int64_t mono_ms(void);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_free(struct http_conn *c);
@@ -537,20 +553,64 @@ void http_req_set_sndbuf(struct http_req *r, int bytes)
                    &bytes, sizeof(bytes));
 }
 
-/* An error detected while reading a request: answer it and close. */
-static void conn_deadline_stop(struct http_conn *c)
-{
-    if (c->deadline)
-        evtimer_del(c->deadline);
-}
-
-static void conn_deadline_start(struct http_conn *c, int64_t ms)
+static void conn_timer_arm(struct http_conn *c, int64_t now, int64_t at)
 {
     struct timeval tv;
+    int64_t ms = at > now ? at - now : 0;
 
     tv.tv_sec = (time_t)(ms / 1000);
     tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
     evtimer_add(c->deadline, &tv);
+    c->timer_ms = at;
+}
+
+/*
+ * The connection's deadline becomes `ms` from now (0: none). The timer is
+ * only re-armed when the deadline moves earlier than it is set for: a
+ * deadline that moves later (the next request's, the next idle period's)
+ * is found when the timer fires early, which re-arms it for the rest
+ * (conn_deadline_cb). So a keep-alive request costs no timer operation.
+ */
+static void conn_deadline(struct http_conn *c, int64_t ms)
+{
+    int64_t now;
+
+    if (ms <= 0) {
+        c->expire_ms = 0;
+        return;
+    }
+    now = mono_ms();
+    c->expire_ms = now + ms;
+    if (c->timer_ms == 0 || c->timer_ms > c->expire_ms)
+        conn_timer_arm(c, now, c->expire_ms);
+}
+
+static void conn_deadline_stop(struct http_conn *c)
+{
+    conn_deadline(c, 0);
+    c->in_req = 0;
+}
+
+/* Reading on or off: plain connections have their own read event. */
+static void conn_read_on(struct http_conn *c)
+{
+    if (c->tls) {
+        bufferevent_enable(c->bev, EV_READ);
+        return;
+    }
+    if (!c->rd_on && event_add(&c->rd_ev, NULL) == 0)
+        c->rd_on = 1;
+}
+
+static void conn_read_off(struct http_conn *c)
+{
+    if (c->tls) {
+        bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    if (c->rd_on)
+        event_del(&c->rd_ev);
+    c->rd_on = 0;
 }
 
 /* An error detected while reading a request: answer it and close. */
@@ -724,16 +784,12 @@ static int body_append(struct http_req *r, struct evbuffer *in, size_t n)
 static void dispatch(struct http_conn *c)
 {
     struct http_req *r = c->req;
-    struct timeval tv;
 
+    /* The handler may take long (upstream time): no deadline now, but
+     * keep reading so a hang-up is seen. */
     conn_deadline_stop(c);
     c->state = CONN_HANDLING;
     __atomic_add_fetch(&c->srv->nreqs, 1, __ATOMIC_RELAXED);
-    /* The handler may take long (upstream time): no read timeout now,
-     * but keep reading so a hang-up is seen. */
-    tv.tv_sec = c->srv->lim.client_timeout_ms / 1000;
-    tv.tv_usec = (c->srv->lim.client_timeout_ms % 1000) * 1000;
-    bufferevent_set_timeouts(c->bev, NULL, &tv);
     if (r->body == NULL)
         r->body_len = 0;
     c->srv->handler(r, c->srv->arg);
@@ -926,8 +982,10 @@ static void conn_process(struct http_conn *c)
                 return;
             }
             /* The first byte of a request starts its deadline. */
-            if (evbuffer_get_length(in) > 0 && !evtimer_pending(c->deadline, NULL))
-                conn_deadline_start(c, c->srv->lim.client_timeout_ms);
+            if (!c->in_req && evbuffer_get_length(in) > 0) {
+                conn_deadline(c, c->srv->lim.client_timeout_ms);
+                c->in_req = 1;
+            }
             rc = read_line(c, in, &line, &len);
             if (rc <= 0) {
                 if (rc < 0)
@@ -1070,6 +1128,68 @@ static void conn_process(struct http_conn *c)
 
 /* --- connection events ---------------------------------------------- */
 
+/* What a client may have queued while its request is handled. */
+static size_t conn_input_cap(const struct http_server *s)
+{
+    return s->lim.max_header_bytes + s->lim.max_body_bytes + 4096;
+}
+
+/* A plain connection's socket is readable: one readv into the input
+ * buffer (no FIONREAD first), then the state machine. The end of the
+ * stream or an error closes the connection as the bufferevent would. */
+static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer_iovec v[2];
+    size_t len = evbuffer_get_length(in), cap = conn_input_cap(c->srv), want, left;
+    ssize_t got;
+    int n, i;
+
+    (void)what;
+    if (len >= cap) {                  /* resumed by the next request */
+        conn_read_off(c);
+        return;
+    }
+    want = cap - len < HTTP_READ_MAX ? cap - len : HTTP_READ_MAX;
+    /* A socket bufferevent keeps the end of its input frozen; its own
+     * read callback thaws it around the read, as this does. */
+    evbuffer_unfreeze(in, 0);
+    n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+    if (n <= 0) {
+        evbuffer_freeze(in, 0);
+        conn_free(c);
+        return;
+    }
+    for (i = 0, left = want; i < n; i++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    got = readv(fd, (struct iovec *)v, n);
+    if (got <= 0)
+        evbuffer_freeze(in, 0);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
+        return;
+    }
+    if (got == 0) {
+        conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF, c);
+        return;
+    }
+    if ((size_t)got <= v[0].iov_len) {
+        v[0].iov_len = (size_t)got;
+        n = 1;
+    } else {
+        v[1].iov_len = (size_t)got - v[0].iov_len;
+    }
+    evbuffer_commit_space(in, v, n);
+    evbuffer_freeze(in, 0);
+    conn_process(c);
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
@@ -1079,7 +1199,6 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
     struct http_conn *c = arg;
-    struct timeval tv;
 
     (void)bev;
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
@@ -1103,12 +1222,10 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
          * moment is a deadline too: a trickle does not stretch it. */
         c->state = CONN_LINGER;
         shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-        tv.tv_sec = HTTP_LINGER_MS / 1000;
-        tv.tv_usec = (HTTP_LINGER_MS % 1000) * 1000;
-        bufferevent_set_timeouts(c->bev, &tv, NULL);
-        conn_deadline_start(c, HTTP_LINGER_MS);
-        bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-        bufferevent_enable(c->bev, EV_READ);
+        conn_deadline(c, HTTP_LINGER_MS);
+        if (c->tls)
+            bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+        conn_read_on(c);
         conn_process(c);
         return;
     }
@@ -1116,15 +1233,14 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         conn_free(c);
         return;
     }
-    /* Next request on this keep-alive connection: idle time is the read
-     * timeout; the request's own deadline starts with its first byte. */
+    /* Next request on this keep-alive connection: it must start within
+     * client_timeout; its own deadline starts with its first byte. */
     c->state = CONN_READ_HEAD;
     c->head_bytes = 0;
     c->line_scan = 0;
-    tv.tv_sec = c->srv->lim.client_timeout_ms / 1000;
-    tv.tv_usec = (c->srv->lim.client_timeout_ms % 1000) * 1000;
-    bufferevent_set_timeouts(c->bev, &tv, &tv);
-    bufferevent_enable(c->bev, EV_READ);
+    c->in_req = 0;
+    conn_deadline(c, c->srv->lim.client_timeout_ms);
+    conn_read_on(c);
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
         conn_process(c);
 }
@@ -1135,9 +1251,19 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct http_conn *c = arg;
     char msg[96];
+    int64_t now;
 
     (void)fd;
     (void)what;
+    c->timer_ms = 0;
+    if (c->expire_ms == 0)
+        return;
+    now = mono_ms();
+    if (now < c->expire_ms) {                 /* moved later meanwhile */
+        conn_timer_arm(c, now, c->expire_ms);
+        return;
+    }
+    c->expire_ms = 0;
     if (c->state == CONN_LINGER) {
         conn_free(c);
         return;
@@ -1150,7 +1276,7 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
         conn_free(c);
         return;
     }
-    bufferevent_disable(c->bev, EV_READ);
+    conn_read_off(c);
     snprintf(msg, sizeof(msg), "request not received within client_timeout (%lld ms)",
              (long long)c->srv->lim.client_timeout_ms);
     conn_fail(c, 408, "request_timeout", msg);
@@ -1214,7 +1340,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         && c->req && c->state != CONN_HANDLING && c->state != CONN_FLUSHING
         && c->state != CONN_LINGER) {
         /* Slow client in the middle of a request: tell it why. */
-        bufferevent_disable(c->bev, EV_READ);
+        conn_read_off(c);
         conn_fail(c, 408, "request_timeout", "request not received in time");
         return;
     }
@@ -1248,6 +1374,8 @@ static void conn_free(struct http_conn *c)
     if (c->deadline)
         event_free(c->deadline);
     event_del(&c->flush_ev);
+    if (c->rd_on)
+        event_del(&c->rd_ev);
     bufferevent_free(c->bev);
     free(c);
 }
@@ -1335,6 +1463,7 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
         return -1;
     }
     event_assign(&c->flush_ev, s->base, -1, 0, conn_flush_cb, c);
+    event_assign(&c->rd_ev, s->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
     c->deadline = evtimer_new(s->base, conn_deadline_cb, c);
     if (c->deadline == NULL) {
         bufferevent_free(c->bev);
@@ -1365,15 +1494,18 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
     s->conns = c;
     __atomic_add_fetch(&s->nconns, 1, __ATOMIC_RELAXED);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-    /* Cap what a client may queue while its request is handled. */
-    bufferevent_setwatermark(c->bev, EV_READ, 0,
-                             s->lim.max_header_bytes + s->lim.max_body_bytes + 4096);
+    /* Cap what a client may queue while its request is handled (plain
+     * connections: conn_recv_cb). */
+    if (tls)
+        bufferevent_setwatermark(c->bev, EV_READ, 0, conn_input_cap(s));
+    /* Reading has the connection's deadline; the write timeout (a client
+     * that does not read its answer) is armed only while output waits. */
     tv.tv_sec = s->lim.client_timeout_ms / 1000;
     tv.tv_usec = (s->lim.client_timeout_ms % 1000) * 1000;
-    bufferevent_set_timeouts(c->bev, &tv, &tv);
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
     /* A connection must bring its first request within client_timeout. */
-    conn_deadline_start(c, s->lim.client_timeout_ms);
-    bufferevent_enable(c->bev, EV_READ);        /* EV_WRITE: see conn_flush() */
+    conn_deadline(c, s->lim.client_timeout_ms);
+    conn_read_on(c);                            /* EV_WRITE: see conn_flush() */
     return 0;
 }
 
