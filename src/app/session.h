@@ -14,8 +14,9 @@
  *           refuses us, the session answers from memory, logs once, shows
  *           it in status and metrics, reconnects with exponential backoff
  *           and shares again once Redis is back. Nothing here fails a
- *           request because Redis failed. See session_redis.c for the
- *           keys and channels it uses.
+ *           request because Redis failed. See session_redis.c
+ *           (sessions), replicas.c (registry, advice) and redis_conn.c
+ *           (the connection) for the keys and channels they use.
  *
  * With the redis store the session also registers this process as a
  * replica (heartbeat with a TTL, list of the replicas seen) and carries
@@ -247,6 +248,8 @@ json_t *session_status_json(const struct session *s);
 
 const char *session_replica_id(const struct session *s);
 
+/* The checks of sessions.redis (redis_conn.c, which owns the connection). */
+
 /* For config.c's check of sessions.redis.url: NULL when url is fine, else
  * a message ("expected ..."). Never echoes a password. */
 const char *session_redis_url_problem(const char *url);
@@ -268,7 +271,7 @@ const char *session_redis_conf_problem(const struct config *cfg, const char **ke
  */
 int session_redis_check_auth(const struct config *cfg, char *err, size_t errlen);
 
-/* ---- internal: between session.c and session_redis.c only ---------------- */
+/* ---- internal: between session.c and session_redis.c (and replicas.c) ---- */
 
 struct session_redis;
 
