@@ -1,7 +1,7 @@
 /*
  * upstream.c -- outgoing transfers (see upstream.h): the facade that sends
- * plain http:// to an IP address through upstream_h1.c, and everything
- * else (https://, host names, proxies from the environment, SMTP) through
+ * http:// and https:// to an IP address through upstream_h1.c, and
+ * everything else (host names, proxies from the environment, SMTP) through
  * libcurl's multi interface on the libevent loop.
  *
  * The curl glue follows curl's own multi-event.c/hiperfifo.c examples: curl

@@ -1,13 +1,24 @@
 /*
- * upstream_h1.c -- a small HTTP/1.1 client for plain http:// upstreams
- * given by IP address, on bufferevents, with a keep-alive pool.
+ * upstream_h1.c -- a small HTTP/1.1 client for http:// and https://
+ * upstreams given by IP address, on bufferevents, with a keep-alive pool.
  *
  * Why: libcurl costs about half of a proxied request's CPU (its socket
  * callback churns epoll registrations, it polls pooled connections, builds
  * and parses heads in general-purpose ways) and 20 KB per open stream.
  * Upstreams on a LAN or loopback are mostly plain HTTP/1.1, so those go
- * here: nginx's model. curl keeps https://, host names (its threaded
- * resolver), proxies from the environment and SMTP (upstream.c).
+ * here: nginx's model. curl keeps host names (its threaded resolver),
+ * proxies from the environment and SMTP (upstream.c).
+ *
+ * https:// runs on libevent's OpenSSL bufferevents (the same as the
+ * listeners). Each distinct (address, name, ca_file, verify) is a "TLS
+ * peer" with its own cached SSL_SESSION, so new connections resume; the
+ * SSL_CTX per (ca_file, verify) is built on first use and rebuilt when
+ * the file changes. Certificates are verified by default against the
+ * system CA store or ca_file, the name checked with
+ * X509_VERIFY_PARAM_set1_host (or _ip for an address), SNI sent for a
+ * name: what the curl path did with the same hosts.json `tls`. Idle
+ * connections are pooled per TLS peer, so hosts with different TLS
+ * settings never share one.
  *
  * A transfer writes one prebuilt request head plus a reference to the
  * caller's body, parses the response head in place into the shared
@@ -26,6 +37,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,10 +46,16 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <sys/stat.h>
+
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "upstream_int.h"
 
@@ -46,11 +64,38 @@
 #define H1_MAX_IDLE        4096          /* pooled connections, all peers */
 #define H1_IDLE_TIMEOUT_S  60
 #define H1_BUCKETS         4096          /* power of two */
+#define H1_TLS_BUCKETS     256           /* TLS peers; power of two */
+#define H1_MAX_TLS_PEERS   4096          /* more: curl takes the rest */
+
+/* An SSL_CTX for one (ca_file, verify): the trust of some TLS peers. */
+struct h1_trust {
+    struct h1_trust *next;
+    char            *ca_file;           /* NULL: the system CA store */
+    int              insecure;
+    SSL_CTX         *ctx;
+    struct timespec  mtime;             /* of ca_file when loaded */
+    off_t            size;
+};
+
+/* One https:// peer: its address, the name checked (and sent as SNI when
+ * it is not an address) and its trust. Its last session resumes the next
+ * connection. Kept until the pool is freed (bounded by H1_MAX_TLS_PEERS). */
+struct h1_tls_peer {
+    struct h1_tls_peer     *next;
+    uint32_t                hash;
+    struct sockaddr_storage sa;
+    socklen_t               salen;
+    char                   *name;       /* server_name, or the URL's address */
+    int                     name_is_ip;
+    struct h1_trust        *trust;
+    SSL_SESSION            *sess;
+};
 
 struct h1_conn {
     struct h1_pool     *pool;
     struct bufferevent *bev;
     struct h1_xfer     *x;              /* the transfer on it; NULL when idle */
+    struct h1_tls_peer *tls;            /* https://: part of the pool's key */
     uint32_t            hash;
     struct sockaddr_storage sa;         /* the peer: the pool's key */
     socklen_t           salen;
@@ -63,6 +108,11 @@ struct h1_pool {
     struct h1_conn    *bucket[H1_BUCKETS];
     struct h1_conn    *lru_head, *lru_tail;
     size_t             nidle;
+    int                no_tls;          /* https_proxy set: https:// via curl */
+    struct h1_trust   *trusts;
+    struct h1_tls_peer *tls_bucket[H1_TLS_BUCKETS];
+    size_t             ntls;
+    uint64_t           handshakes, resumed;
 };
 
 enum h1_state {
@@ -81,6 +131,7 @@ struct h1_xfer {
     struct event            timer;      /* connect / total timeout */
     struct sockaddr_storage sa;
     socklen_t               salen;
+    struct h1_tls_peer     *tls;        /* https://; NULL for http:// */
     char                   *head;       /* request head; holds the key: zeroed */
     size_t                  head_len;
     const char             *body;       /* the caller's: kept alive until done */
@@ -98,6 +149,7 @@ struct h1_xfer {
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void h1_process(struct h1_xfer *hx);
 
@@ -124,6 +176,15 @@ static uint32_t sa_hash(const struct sockaddr_storage *sa, socklen_t len)
 
 static void conn_close(struct h1_conn *c)
 {
+    if (c->tls) {
+        /* A close_notify (one write, never waited on): without it
+         * SSL_free() marks the session not resumable, and the peer's
+         * cached session with it. */
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        if (ssl && SSL_is_init_finished(ssl))
+            SSL_shutdown(ssl);
+        ERR_clear_error();
+    }
     bufferevent_free(c->bev);
     free(c);
 }
@@ -193,12 +254,13 @@ static void pool_put(struct h1_pool *p, struct h1_conn *c)
 }
 
 static struct h1_conn *pool_get(struct h1_pool *p, const struct sockaddr_storage *sa,
-                                socklen_t salen, uint32_t hash)
+                                socklen_t salen, uint32_t hash, const struct h1_tls_peer *tls)
 {
     struct h1_conn *c;
 
     for (c = p->bucket[hash & (H1_BUCKETS - 1)]; c; c = c->bnext)
-        if (c->hash == hash && c->salen == salen && memcmp(&c->sa, sa, salen) == 0) {
+        if (c->hash == hash && c->tls == tls && c->salen == salen
+            && memcmp(&c->sa, sa, salen) == 0) {
             pool_unlink(p, c);
             bufferevent_set_timeouts(c->bev, NULL, NULL);
             return c;
@@ -206,12 +268,232 @@ static struct h1_conn *pool_get(struct h1_pool *p, const struct sockaddr_storage
     return NULL;
 }
 
+/* --- TLS peers and their trust ------------------------------------------ */
+
+static int tls_peer_idx = -1;           /* SSL ex_data: the h1_tls_peer */
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_index_init(void)
+{
+    tls_peer_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* A new session of a peer's connection (TLS 1.3: after the handshake):
+ * kept for the peer's next connection. 1: we took the reference. */
+static int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct h1_tls_peer *peer = SSL_get_ex_data(ssl, tls_peer_idx);
+
+    if (peer == NULL)
+        return 0;
+    if (peer->sess)
+        SSL_SESSION_free(peer->sess);
+    peer->sess = sess;
+    return 1;
+}
+
+static int file_stat(const char *path, struct timespec *mtime, off_t *size)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0)
+        return -1;
+    *mtime = st.st_mtim;
+    *size = st.st_size;
+    return 0;
+}
+
+static SSL_CTX *trust_ctx_new(const char *ca_file, int insecure)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    static const unsigned char alpn[] = "\x08http/1.1";
+
+    if (ctx == NULL)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
+    if (!insecure) {
+        if ((ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+                     : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
+            ERR_clear_error();
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx;
+}
+
+/* The context for (ca_file, insecure), built on first use and again when
+ * ca_file changed (a stat per new connection, not per request). NULL when
+ * the CA file cannot be loaded: then curl takes the transfer and reports
+ * it in its own words. */
+static struct h1_trust *trust_get(struct h1_pool *p, const char *ca_file, int insecure)
+{
+    struct h1_trust *t;
+    struct timespec mt = { 0, 0 };
+    off_t size = 0;
+
+    if (insecure)
+        ca_file = NULL;
+    for (t = p->trusts; t; t = t->next)
+        if (t->insecure == insecure
+            && (ca_file ? t->ca_file && strcmp(t->ca_file, ca_file) == 0 : t->ca_file == NULL))
+            break;
+    if (ca_file && file_stat(ca_file, &mt, &size) != 0)
+        return NULL;
+    if (t && (ca_file == NULL || (t->size == size && t->mtime.tv_sec == mt.tv_sec
+                                  && t->mtime.tv_nsec == mt.tv_nsec)))
+        return t;
+    if (t == NULL) {
+        if ((t = calloc(1, sizeof(*t))) == NULL)
+            return NULL;
+        if (ca_file && (t->ca_file = strdup(ca_file)) == NULL) {
+            free(t);
+            return NULL;
+        }
+        t->insecure = insecure;
+        t->next = p->trusts;
+        p->trusts = t;
+    }
+    if (t->ctx)
+        SSL_CTX_free(t->ctx);           /* open connections keep their reference */
+    t->mtime = mt;
+    t->size = size;
+    t->ctx = trust_ctx_new(ca_file, insecure);
+    return t->ctx ? t : NULL;
+}
+
+static uint32_t str_hash(uint32_t h, const char *s)
+{
+    for (; s && *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return (h ^ 0xff) * 16777619u;
+}
+
+static int is_ip(const char *s)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* The peer for this address, name and trust settings, made on first use.
+ * Its trust context is looked up (and refreshed) for every new connection
+ * in send_request; here only the key. */
+static struct h1_tls_peer *tls_peer_get(struct h1_pool *p, const struct sockaddr_storage *sa,
+                                        socklen_t salen, const char *name,
+                                        const char *ca_file, int insecure)
+{
+    uint32_t h = sa_hash(sa, salen);
+    struct h1_tls_peer *peer;
+    struct h1_trust *t;
+
+    h = str_hash(str_hash(h, name), insecure ? NULL : ca_file) ^ (uint32_t)insecure;
+    for (peer = p->tls_bucket[h & (H1_TLS_BUCKETS - 1)]; peer; peer = peer->next)
+        if (peer->hash == h && peer->salen == salen && memcmp(&peer->sa, sa, salen) == 0
+            && strcmp(peer->name, name) == 0 && peer->trust->insecure == insecure
+            && (insecure || (ca_file ? peer->trust->ca_file
+                                       && strcmp(peer->trust->ca_file, ca_file) == 0
+                                     : peer->trust->ca_file == NULL)))
+            return peer;
+    if (p->ntls >= H1_MAX_TLS_PEERS || (t = trust_get(p, ca_file, insecure)) == NULL)
+        return NULL;
+    if ((peer = calloc(1, sizeof(*peer))) == NULL || (peer->name = strdup(name)) == NULL) {
+        free(peer);
+        return NULL;
+    }
+    peer->hash = h;
+    peer->sa = *sa;
+    peer->salen = salen;
+    peer->name_is_ip = is_ip(name);
+    peer->trust = t;
+    peer->next = p->tls_bucket[h & (H1_TLS_BUCKETS - 1)];
+    p->tls_bucket[h & (H1_TLS_BUCKETS - 1)] = peer;
+    p->ntls++;
+    return peer;
+}
+
+/* A client SSL for a new connection to peer: name check, SNI, session. */
+static SSL *tls_ssl_new(struct h1_pool *p, struct h1_tls_peer *peer)
+{
+    struct h1_trust *t = trust_get(p, peer->trust->ca_file, peer->trust->insecure);
+    SSL *ssl;
+
+    if (t == NULL || (ssl = SSL_new(t->ctx)) == NULL)
+        return NULL;
+    SSL_set_ex_data(ssl, tls_peer_idx, peer);
+    if (!t->insecure) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+        X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if ((peer->name_is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, peer->name)
+                              : X509_VERIFY_PARAM_set1_host(vp, peer->name, 0)) != 1) {
+            SSL_free(ssl);
+            return NULL;
+        }
+    }
+    if (!peer->name_is_ip && SSL_set_tlsext_host_name(ssl, peer->name) != 1) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    if (peer->sess)
+        SSL_set_session(ssl, peer->sess);
+    return ssl;
+}
+
+static void tls_peers_free(struct h1_pool *p)
+{
+    size_t i;
+
+    for (i = 0; i < H1_TLS_BUCKETS; i++)
+        while (p->tls_bucket[i]) {
+            struct h1_tls_peer *peer = p->tls_bucket[i];
+            p->tls_bucket[i] = peer->next;
+            if (peer->sess)
+                SSL_SESSION_free(peer->sess);
+            free(peer->name);
+            free(peer);
+        }
+    while (p->trusts) {
+        struct h1_trust *t = p->trusts;
+        p->trusts = t->next;
+        SSL_CTX_free(t->ctx);
+        free(t->ca_file);
+        free(t);
+    }
+}
+
+/* curl reads these for https://; with one set, https:// goes through curl
+ * so that the proxy is used. */
+static int https_proxy_in_env(void)
+{
+    static const char *const vars[] = { "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY" };
+    size_t i;
+
+    for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            return 1;
+    }
+    return 0;
+}
+
 struct h1_pool *h1_pool_new(struct event_base *base)
 {
     struct h1_pool *p = calloc(1, sizeof(*p));
 
-    if (p)
-        p->base = base;
+    if (p == NULL)
+        return NULL;
+    p->base = base;
+    p->no_tls = https_proxy_in_env();
+    pthread_once(&tls_once, tls_index_init);
+    if (tls_peer_idx < 0)
+        p->no_tls = 1;
     return p;
 }
 
@@ -224,6 +506,7 @@ void h1_pool_free(struct h1_pool *p)
         pool_unlink(p, c);
         conn_close(c);
     }
+    tls_peers_free(p);
     free(p);
 }
 
@@ -234,21 +517,43 @@ size_t h1_idle_count(const struct h1_pool *p)
 
 /* --- URLs and request heads --------------------------------------------- */
 
-/* http://IP[:port][/path]: fills the peer, the authority and the target.
- * 0 when the URL is not one for this client. */
-static int parse_url(const char *url, struct sockaddr_storage *sa, socklen_t *salen,
-                     const char **auth, size_t *auth_len, const char **path)
-{
-    const char *h = url + 7, *hend, *p, *port = NULL;
-    char host[64];
-    unsigned long pn = 80;
+/* What parse_url() finds in a URL. */
+struct h1_url {
+    struct sockaddr_storage sa;
+    socklen_t               salen;
+    int                     tls;        /* https:// */
+    char                    host[64];   /* the address, without brackets */
+    const char             *auth;       /* host[:port] as written */
+    size_t                  auth_len;
+    const char             *port;       /* ":port" as written, or "" */
+    size_t                  port_len;
+    const char             *path;
+};
 
-    memset(sa, 0, sizeof(*sa));
-    if (strncasecmp(url, "http://", 7) != 0)
+/* http[s]://IP[:port][/path]: fills u. 0 when the URL is not one for this
+ * client. */
+static int parse_url(const char *url, struct h1_url *u)
+{
+    const char *h, *hend, *p, *port = NULL;
+    unsigned long pn;
+
+    memset(&u->sa, 0, sizeof(u->sa));
+    if (strncasecmp(url, "http://", 7) == 0) {
+        h = url + 7;
+        u->tls = 0;
+        pn = 80;
+    } else if (strncasecmp(url, "https://", 8) == 0) {
+        h = url + 8;
+        u->tls = 1;
+        pn = 443;
+    } else {
         return 0;
+    }
     p = h + strcspn(h, "/?#");
     if (memchr(h, '@', (size_t)(p - h)))
         return 0;                               /* userinfo: curl's job */
+    u->auth = h;
+    u->auth_len = (size_t)(p - h);
     if (*h == '[') {
         hend = memchr(h, ']', (size_t)(p - h));
         if (hend == NULL)
@@ -258,6 +563,7 @@ static int parse_url(const char *url, struct sockaddr_storage *sa, socklen_t *sa
                 return 0;
             port = hend + 2;
         }
+        u->port = hend + 1;
         h++;
     } else {
         hend = memchr(h, ':', (size_t)(p - h));
@@ -265,35 +571,35 @@ static int parse_url(const char *url, struct sockaddr_storage *sa, socklen_t *sa
             port = hend + 1;
         else
             hend = p;
+        u->port = hend;
     }
-    if (hend == h || (size_t)(hend - h) >= sizeof(host))
+    u->port_len = (size_t)(p - u->port);
+    if (hend == h || (size_t)(hend - h) >= sizeof(u->host))
         return 0;
-    memcpy(host, h, (size_t)(hend - h));
-    host[hend - h] = '\0';
+    memcpy(u->host, h, (size_t)(hend - h));
+    u->host[hend - h] = '\0';
     if (port && port < p) {
         char *e;
         pn = strtoul(port, &e, 10);
         if (e != p || pn == 0 || pn > 65535)
             return 0;
     }
-    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)sa)->sin_addr) == 1) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+    if (inet_pton(AF_INET, u->host, &((struct sockaddr_in *)&u->sa)->sin_addr) == 1) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&u->sa;
         s4->sin_family = AF_INET;
         s4->sin_port = htons((uint16_t)pn);
-        *salen = sizeof(*s4);
-    } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)sa)->sin6_addr) == 1) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+        u->salen = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, u->host, &((struct sockaddr_in6 *)&u->sa)->sin6_addr) == 1) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&u->sa;
         s6->sin6_family = AF_INET6;
         s6->sin6_port = htons((uint16_t)pn);
-        *salen = sizeof(*s6);
+        u->salen = sizeof(*s6);
     } else {
         return 0;                               /* a name: curl resolves it */
     }
     if (*p == '#')
         return 0;
-    *auth = url + 7;
-    *auth_len = (size_t)(p - (url + 7));
-    *path = p;
+    u->path = p;
     return 1;
 }
 
@@ -313,7 +619,8 @@ static int h1_has_body(const char *method)
 /* "METHOD target HTTP/1.1" + Host + the caller's headers + Content-Length,
  * in one block. NULL on a header that would break the head. */
 static char *build_head(const struct upstream_req *req, const char *auth,
-                        size_t auth_len, const char *path, size_t *lenp)
+                        size_t auth_len, const char *port, size_t port_len,
+                        const char *path, size_t *lenp)
 {
     size_t mlen = strlen(req->method), plen = strlen(path), len, i;
     int has_host = 0;
@@ -332,7 +639,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
         len += strlen(hd->name) + 2 + strlen(hd->value) + 2;
     }
     if (!has_host)
-        len += 6 + auth_len + 2;
+        len += 6 + auth_len + port_len + 2;
     if (h1_has_body(req->method))
         len += (size_t)snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n",
                                 req->body_len);
@@ -350,6 +657,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
     if (!has_host) {
         PUT("Host: ", 6);
         PUT(auth, auth_len);
+        PUT(port, port_len);            /* after a server_name, see h1_start */
         PUT("\r\n", 2);
     }
     for (i = 0; i < req->nheaders; i++) {
@@ -450,8 +758,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 static int send_request(struct h1_xfer *hx)
 {
     struct h1_pool *p = hx->x.u->h1;
-    uint32_t hash = sa_hash(&hx->sa, hx->salen);
-    struct h1_conn *c = hx->resent ? NULL : pool_get(p, &hx->sa, hx->salen, hash);
+    uint32_t hash = hx->tls ? hx->tls->hash : sa_hash(&hx->sa, hx->salen);
+    struct h1_conn *c = hx->resent ? NULL : pool_get(p, &hx->sa, hx->salen, hash, hx->tls);
     struct evbuffer *out;
 
     hx->reused = c != NULL;
@@ -465,12 +773,27 @@ static int send_request(struct h1_xfer *hx)
         c->hash = hash;
         c->sa = hx->sa;
         c->salen = hx->salen;
-        c->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+        c->tls = hx->tls;
+        if (hx->tls) {
+            SSL *ssl = tls_ssl_new(p, hx->tls);
+            /* The handshake runs once the connect completes; CONNECTED
+             * is reported when it is done (verified). */
+            c->bev = ssl ? bufferevent_openssl_socket_new(p->base, -1, ssl,
+                                                          BUFFEREVENT_SSL_CONNECTING,
+                                                          BEV_OPT_CLOSE_ON_FREE)
+                         : NULL;
+            if (c->bev)
+                bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+            else if (ssl)
+                SSL_free(ssl);
+        } else {
+            c->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+        }
         if (c->bev == NULL) {
             free(c);
             return -1;
         }
-        bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
+        bufferevent_setcb(c->bev, conn_read_cb, c->tls ? conn_write_cb : NULL, conn_event_cb, c);
         if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&hx->sa,
                                        (int)hx->salen) < 0) {
             conn_close(c);
@@ -480,27 +803,30 @@ static int send_request(struct h1_xfer *hx)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     } else {
-        bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
+        bufferevent_setcb(c->bev, conn_read_cb, c->tls ? conn_write_cb : NULL, conn_event_cb, c);
     }
     c->x = hx;
     hx->conn = c;
     out = bufferevent_get_output(c->bev);
     /* A pooled connection is written at once, EV_WRITE off, as http.c's
      * conn_flush() does: no write event unless the socket is full. A new
-     * one is written by the bufferevent when the connect completes. */
-    if (hx->connected)
+     * one is written by the bufferevent when the connect completes. Over
+     * TLS OpenSSL writes from its own write event, which conn_write_cb
+     * turns off again once the output is empty. */
+    if (hx->connected && !c->tls)
         bufferevent_disable(c->bev, EV_WRITE);
     /* Both by reference: the transfer outlives what is queued, or the
      * connection is closed before the transfer is freed. */
     if (evbuffer_add_reference(out, hx->head, hx->head_len, NULL, NULL) < 0
         || (hx->body_len
             && evbuffer_add_reference(out, hx->body, hx->body_len, NULL, NULL) < 0)
-        || bufferevent_enable(c->bev, hx->connected ? EV_READ : EV_READ | EV_WRITE) < 0) {
+        || bufferevent_enable(c->bev, hx->connected && !c->tls ? EV_READ
+                                                                : EV_READ | EV_WRITE) < 0) {
         hx->conn = NULL;
         conn_close(c);
         return -1;
     }
-    if (hx->connected) {
+    if (hx->connected && !c->tls) {
         evbuffer_unfreeze(out, 1);              /* see http.c's conn_flush() */
         evbuffer_write(out, bufferevent_getfd(c->bev));
         evbuffer_freeze(out, 1);
@@ -533,29 +859,47 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
                                int *mine)
 {
     struct h1_xfer *hx;
-    const char *auth, *path;
-    size_t auth_len;
-    struct sockaddr_storage sa;
-    socklen_t salen = 0;
+    struct h1_tls_peer *tls = NULL;
+    struct h1_url url;
+    const char *auth, *port = "";
+    size_t auth_len, port_len = 0;
 
     *mine = 0;
-    if (!parse_url(req->url, &sa, &salen, &auth, &auth_len, &path))
+    if (!parse_url(req->url, &url))
         return NULL;
     if (strcmp(req->method, "GET") != 0 && !h1_has_body(req->method))
         return NULL;
+    auth = url.auth;
+    auth_len = url.auth_len;
+    if (url.tls) {
+        const char *name = req->server_name && *req->server_name ? req->server_name : url.host;
+        if (u->h1->no_tls || has_crlf(name) || strchr(name, ' '))
+            return NULL;
+        /* NULL: the CA file cannot be read, too many peers: curl's turn. */
+        if ((tls = tls_peer_get(u->h1, &url.sa, url.salen, name, req->ca_file,
+                                req->insecure)) == NULL)
+            return NULL;
+        if (name != url.host) {         /* Host: the name, the URL's port */
+            auth = name;
+            auth_len = strlen(name);
+            port = url.port;
+            port_len = url.port_len;
+        }
+    }
     *mine = 1;
     if ((hx = calloc(1, sizeof(*hx))) == NULL)
         return NULL;
     upstream_xfer_init(&hx->x, u, cbs, arg, UPSTREAM_KIND_H1);
-    hx->sa = sa;
-    hx->salen = salen;
+    hx->sa = url.sa;
+    hx->salen = url.salen;
+    hx->tls = tls;
     hx->body = req->body;
     hx->body_len = h1_has_body(req->method) ? req->body_len : 0;
     hx->connect_ms = req->connect_timeout_ms;
     hx->total_ms = req->total_timeout_ms;
     hx->t_start_ms = mono_ms();
     evtimer_assign(&hx->timer, u->base, timer_cb, hx);
-    hx->head = build_head(req, auth, auth_len, path, &hx->head_len);
+    hx->head = build_head(req, auth, auth_len, port, port_len, url.path, &hx->head_len);
     if (hx->head == NULL) {
         free(hx);
         return NULL;
@@ -885,16 +1229,55 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     h1_process(c->x);
 }
 
+/* TLS: OpenSSL's write event stays on only while there is output. */
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_disable(bev, EV_WRITE);
+}
+
+/* Why a TLS connection failed before it was up: the certificate check
+ * (in curl's words, which the docs quote), or OpenSSL's first error. */
+static void tls_failure(struct h1_conn *c, const char *ip, unsigned port, short what,
+                        int err, char *msg, size_t len)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e, first = 0;
+
+    while ((e = bufferevent_get_openssl_error(c->bev)) != 0)
+        if (first == 0)
+            first = e;
+    ERR_clear_error();
+    if (vr != X509_V_OK)
+        snprintf(msg, len, "SSL certificate problem: %s", X509_verify_cert_error_string(vr));
+    else if (first)
+        snprintf(msg, len, "TLS handshake with %s port %u failed: %s", ip, port,
+                 ERR_reason_error_string(first) ? ERR_reason_error_string(first) : "error");
+    else if (what & BEV_EVENT_EOF || err == 0)
+        snprintf(msg, len, "TLS handshake with %s port %u failed: connection closed", ip, port);
+    else
+        snprintf(msg, len, "Failed to connect to %s port %u: %s", ip, port,
+                 evutil_socket_error_to_string(err));
+}
+
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct h1_conn *c = arg;
     struct h1_xfer *hx = c->x;
-    char msg[160];
+    char msg[320];
     int err = EVUTIL_SOCKET_ERROR();
 
     (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
         hx->connected = 1;
+        if (c->tls) {
+            SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+            c->pool->handshakes++;
+            if (ssl && SSL_session_reused(ssl))
+                c->pool->resumed++;
+        }
         arm_timer(hx);
         return;
     }
@@ -908,11 +1291,19 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
             inet_ntop(AF_INET, &((struct sockaddr_in *)&hx->sa)->sin_addr, ip, sizeof(ip));
             port = ntohs(((struct sockaddr_in *)&hx->sa)->sin_port);
         }
-        snprintf(msg, sizeof(msg), "Failed to connect to %s port %u: %s", ip, port,
-                 (what & BEV_EVENT_EOF) ? "Connection closed"
-                                        : evutil_socket_error_to_string(err));
+        if (c->tls)
+            tls_failure(c, ip, port, what, err, msg, sizeof(msg));
+        else
+            snprintf(msg, sizeof(msg), "Failed to connect to %s port %u: %s", ip, port,
+                     (what & BEV_EVENT_EOF) ? "Connection closed"
+                                            : evutil_socket_error_to_string(err));
         finish(hx, UPSTREAM_ERR_CONNECT, msg);
         return;
+    }
+    if (c->tls) {                       /* no stale errors for the next SSL */
+        while (bufferevent_get_openssl_error(c->bev) != 0)
+            ;
+        ERR_clear_error();
     }
     if (try_resend(hx))
         return;

@@ -1,6 +1,6 @@
 /*
  * upstream_int.h -- what upstream.c (the facade and libcurl) and
- * upstream_h1.c (the plain HTTP/1.1 client) share. Not for other modules.
+ * upstream_h1.c (the own HTTP/1.1 client, plain and TLS) share. Not for other modules.
  *
  * A transfer is a `struct upstream_xfer` as the first member of a
  * backend's own struct; `kind` says which backend owns it. The final
@@ -23,8 +23,8 @@ enum upstream_kind { UPSTREAM_KIND_CURL = 0, UPSTREAM_KIND_H1 };
 struct upstream {
     struct event_base    *base;
     size_t                active;   /* transfers started and not yet freed */
-    struct upstream_curl *curl;     /* https://, names, proxies, SMTP */
-    struct h1_pool       *h1;       /* http:// to an IP; NULL: all via curl */
+    struct upstream_curl *curl;     /* names, proxies, SMTP */
+    struct h1_pool       *h1;       /* http(s):// to an IP; NULL: all via curl */
 };
 
 struct upstream_xfer {

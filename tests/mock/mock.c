@@ -143,6 +143,8 @@ void mock_reply(struct evhttp_request *req, int code, const char *ctype)
 
     evhttp_add_header(h, "Content-Type", ctype);
     evhttp_add_header(h, "X-Mock-Name", mock.name);
+    if (mock.conf.close_connection)
+        evhttp_add_header(h, "Connection", "close");
     evhttp_send_reply(req, code, reason_phrase(code), NULL);
 }
 
@@ -381,6 +383,22 @@ static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
                : NULL;
 }
 
+/* Counts the handshakes by SNI ("" when none was sent). */
+static int tls_sni_cb(SSL *ssl, int *alert, void *arg)
+{
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+
+    json_t *o = mock.tls_snis, *n;
+
+    (void)alert;
+    (void)arg;
+    if (o == NULL || json_object_size(o) >= 64)
+        return SSL_TLSEXT_ERR_OK;
+    n = json_object_get(o, name ? name : "");
+    json_object_set_new(o, name ? name : "", json_integer(n ? json_integer_value(n) + 1 : 1));
+    return SSL_TLSEXT_ERR_OK;
+}
+
 static SSL_CTX *tls_setup(void)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -393,6 +411,8 @@ static SSL_CTX *tls_setup(void)
         return NULL;
     }
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"mock", 4);
+    SSL_CTX_set_tlsext_servername_callback(ctx, tls_sni_cb);
+    mock.tls_snis = json_object();
     return ctx;
 }
 
@@ -481,6 +501,7 @@ out:
     if (mock.http)
         evhttp_free(mock.http);
     SSL_CTX_free(mock.tls);
+    json_decref(mock.tls_snis);
     if (sigterm)
         event_free(sigterm);
     if (sigint)

@@ -48,6 +48,7 @@ struct mock_conf {
     int probe_status;        /* status of /v1/models, /info, /api/info */
     int probe_delay_ms;      /* delay of the same */
     int strict_models;       /* a model not in `models` gets 404 */
+    int close_connection;    /* answers say Connection: close (no reuse) */
     json_t *models;          /* array of strings */
     json_t *containers;      /* array of strings */
     json_t *fail_keys;       /* object: bearer token -> status */
@@ -81,6 +82,7 @@ struct mock {
     struct event_base *base;
     struct evhttp     *http;
     void              *tls;          /* SSL_CTX with --tls-cert, else NULL */
+    json_t *tls_snis;                /* object: SNI name ("" = none) -> handshakes */
     char   name[MOCK_NAME_MAX];
     int    quiet;                /* nothing on stderr but fatal errors */
     int    verbose;              /* one stderr line per answer */

@@ -860,6 +860,8 @@ static void stream_start(struct op *op)
     evhttp_add_header(h, "Content-Type", "text/event-stream");
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_add_header(h, "X-Mock-Name", mock.name);
+    if (mock.conf.close_connection)
+        evhttp_add_header(h, "Connection", "close");
     mock_count_status(200);
     if (mock.verbose)
         mock_notice("%s 200 stream", evhttp_request_get_uri(req));

@@ -63,6 +63,7 @@ static const struct field fields[] = {
     INT_FIELD(probe_status, 200, 599),
     INT_FIELD(probe_delay_ms, 0, 3600000),
     BOOL_FIELD(strict_models),
+    BOOL_FIELD(close_connection),
 };
 
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
@@ -510,6 +511,8 @@ static json_t *stats_to_json(void)
         long long resumed, n = mock_tls_handshakes(&resumed);
         json_object_set_new(o, "tls_handshakes", json_integer(n));
         json_object_set_new(o, "tls_resumed", json_integer(resumed));
+        if (mock.tls_snis)
+            json_object_set(o, "tls_sni", mock.tls_snis);
     }
 
     while (at < st->last_headers.len) {

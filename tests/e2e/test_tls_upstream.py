@@ -1,0 +1,147 @@
+"""HTTPS upstreams through the own HTTP/1.1 client (upstream_h1.c on OpenSSL
+bufferevents): certificates verified by default, a certificate from another
+CA refused with a clear error, server_name used for SNI, the name check and
+Host, verify: false, connections kept and TLS sessions resumed, streams.
+The TLS mocks (test_tls.TLSMock) count handshakes and record the SNI."""
+import json
+import os
+
+import pytest
+
+from conftest import SANITIZED
+from test_tls import TLSMock, https  # noqa: F401 -- helpers, no tests
+from tls_pki import Pki
+
+ONE_TRY = "retry:\n  max_attempts: 1\n"
+
+
+class Upstream(TLSMock):
+    def control(self, path, body):
+        st, _, data = https(self.port, self.pki.ca, "POST", "/_mock/" + path, body=body)
+        assert st == 200, data
+        return json.loads(data)
+
+    def config(self, **kw):
+        return self.control("config", kw)
+
+
+@pytest.fixture
+def up(tmp_path):
+    started = []
+
+    def make(pki=None):
+        pki = pki or Pki(tmp_path / ("upki%d" % len(started)), name="Upstream CA")
+        m = Upstream("u%d" % len(started), pki)
+        started.append(m)
+        return m
+
+    yield make
+    for m in started:
+        err = m.stop()
+        assert "Sanitizer" not in err and "runtime error" not in err, err
+
+
+def error_message(body):
+    return json.loads(body)["error"]["message"]
+
+
+def test_certificate_from_another_ca_is_refused_clearly(gateway, up, tmp_path):
+    m = up()
+    other = Pki(tmp_path / "other", name="Other CA")
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": other.ca}}], policies=ONE_TRY)
+    st, _, body = g.chat()
+    assert st == 502, body
+    # OpenSSL's reason, in the words the docs quote (curl's).
+    assert "SSL certificate problem: unable to get local issuer certificate" in \
+        error_message(body), body
+    st, _, body = g.chat(stream=True)
+    assert st == 502, body
+    assert m.stats()["requests"] == 0
+    g.stop()
+
+
+def test_server_name_is_sent_as_sni_checked_and_used_as_host(gateway, up):
+    m = up()
+    # The URL names 127.0.0.1: checked against the certificate's IP entry, no SNI.
+    g = gateway([{"name": "ip", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
+    st, _, body = g.chat()
+    assert st == 200, body
+    s = m.stats()
+    # The test's own stats requests send no SNI either (127.0.0.1).
+    assert set(s["tls_sni"]) == {""}, s
+    assert s["last_headers"]["host"] == "127.0.0.1:%d" % m.port
+    g.stop()
+    g = gateway([{"name": "named", "url": m.url,
+                  "tls": {"ca_file": m.pki.ca, "server_name": "localhost"}}])
+    st, _, body = g.chat()
+    assert st == 200, body
+    s = m.stats()
+    assert s["tls_sni"].get("localhost", 0) >= 1, s
+    assert s["last_headers"]["host"] == "localhost:%d" % m.port, s["last_headers"]
+    g.stop()
+    # A name the certificate does not carry: sent, and refused by the check.
+    g = gateway([{"name": "wrong", "url": m.url,
+                  "tls": {"ca_file": m.pki.ca, "server_name": "wrong.test"}}], policies=ONE_TRY)
+    st, _, body = g.chat()
+    assert st == 502, body
+    assert "SSL certificate problem: hostname mismatch" in error_message(body), body
+    assert m.stats()["tls_sni"].get("wrong.test", 0) >= 1
+    g.stop()
+
+
+def test_verify_false_accepts_any_certificate(gateway, up, tmp_path):
+    m = up()
+    g = gateway([{"name": "lab", "url": m.url,
+                  "tls": {"verify": False, "server_name": "wrong.test"}}])
+    for stream in (False, True):
+        st, _, body = g.chat(stream=stream)
+        assert st == 200, body
+    assert m.stats()["tls_sni"].get("wrong.test", 0) >= 1
+    out = g.stop()
+    assert "host lab: tls.verify is false" in out
+
+
+def test_connections_kept_and_sessions_resumed(gateway, up):
+    m = up()
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
+    n = 30
+    for i in range(n):
+        st, _, body = g.chat(stream=i % 3 == 0)
+        assert st == 200, body
+    s = m.stats()
+    assert s["requests"] == n
+    assert 1 <= s["tls_handshakes"] <= 4, s          # one or a few per worker
+    # The mock closes after each answer: every request needs a new
+    # connection, and each of those resumes the cached session.
+    m.config(close_connection=True)
+    base_hs, base_res = s["tls_handshakes"], s["tls_resumed"]
+    for i in range(10):
+        st, _, body = g.chat(stream=i % 2 == 1)
+        assert st == 200, body
+    s = m.stats()
+    hs, res = s["tls_handshakes"] - base_hs, s["tls_resumed"] - base_res
+    # The first of the ten may still find the kept connection; m.config()
+    # and m.stats() are two full handshakes of the test's own.
+    # Each worker thread keeps its own sessions (INFERGATE_TEST_WORKERS).
+    workers = int(os.environ.get("INFERGATE_TEST_WORKERS") or 1)
+    assert hs >= 9 + 2, s
+    assert res >= 9 - workers, s
+    assert hs - res <= 2 + workers, s
+    g.stop()
+
+
+def test_long_stream_over_tls_upstream(gateway, up):
+    m = up()
+    m.config(chunks=200, chunk_interval_ms=1, content_bytes=2000)
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
+    st, hdrs, body = g.chat(stream=True)
+    assert st == 200, body
+    events = [l for l in body.split(b"\n") if l.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]", body[-300:]
+    assert len(events) >= 200, len(events)
+    # JSON with a big body, many TLS records.
+    st, _, body = g.chat()
+    assert st == 200, body
+    assert len(json.loads(body)["choices"][0]["message"]["content"]) >= 2000
+    assert m.stats()["tls_handshakes"] <= (4 if not SANITIZED else 6)
+    g.stop()
