@@ -83,6 +83,22 @@ const struct cfg_client *clients_find(const struct config *c, const char *tok)
     return NULL;
 }
 
+const struct cfg_client *clients_of_req(const struct config *c, const struct http_req *req)
+{
+    const char *tok = clients_bearer(req);
+    char subject[256];
+    size_t i;
+
+    if (tok || c->nclient_certs == 0)
+        return clients_find(c, tok);
+    if (!http_req_tls_subject(req, subject, sizeof(subject)))
+        return NULL;
+    for (i = 0; i < c->nclients; i++)
+        if (c->clients[i].cert_subject && strcmp(c->clients[i].cert_subject, subject) == 0)
+            return &c->clients[i];
+    return NULL;
+}
+
 int clients_model_allowed(const struct config *c, const struct cfg_client *cl,
                           const char *model)
 {

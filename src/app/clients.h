@@ -27,6 +27,11 @@ const char *clients_bearer(const struct http_req *req);
 /* The client whose key is tok, or NULL. */
 const struct cfg_client *clients_find(const struct config *c, const char *tok);
 
+/* The client a request comes from: by its key when it sends one, else by
+ * the subject of its verified client certificate (mutual TLS, a client's
+ * cert_subject). NULL when neither names one. */
+const struct cfg_client *clients_of_req(const struct config *c, const struct http_req *req);
+
 /* 1 when cl may use model (its `models`: names, aliases of the models
  * section, "*"; none = any). A request without a model passes only a
  * client allowed any model. */

@@ -143,8 +143,8 @@ static int authorized(struct gateway *gw, struct http_req *req, int auth)
     if (auth != AUTH_CLIENT || c->nclients == 0)
         return 0;
     check_key_overlap(gw->snap);
-    if (tok == NULL)
-        return 401;
+    if (tok == NULL)                /* a client certificate may name the client */
+        return clients_of_req(c, req) ? 0 : 401;
     ok = clients_find(c, tok) != NULL;      /* admin.client_keys among them */
     if ((k = upstream_key_index(c, tok)) >= 0) {
         static uint64_t warned_gen;

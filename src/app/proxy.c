@@ -2860,7 +2860,7 @@ static int px_admit(struct proxy *p)
     if (c->nclients == 0)
         return 0;
     lock_take();
-    p->client = clients_find(c, clients_bearer(p->req));
+    p->client = clients_of_req(c, p->req);
     if (p->client == NULL) {       /* removed by a reload since gateway.c looked */
         lock_drop();
         px_error(p, 401, "authentication_error", "invalid_api_key", "missing or invalid API key");

@@ -908,6 +908,7 @@ static const struct field fields[] = {
     {S_CLIENT, "key",                               T_STR,     CLOFF(key),                          NULL,            0, 0, .flags = FL_NONEMPTY, .check = check_secret},
     {S_CLIENT, "key_file",                          T_STR,     CLOFF(key_file),                     NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_CLIENT, "key_sha256",                        T_STR,     CLOFF(key_sha256),                   NULL,            0, 0, .check = check_sha256},
+    {S_CLIENT, "cert_subject",                      T_STR,     CLOFF(c.cert_subject),               NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_CLIENT, "models",                            T_STRLIST, CLOFF(c.models),                     NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_CLIENT, "limits.rpm",                        T_INT,     CLOFF(rpm),                          "0",             0,     1000000000, .flags = 0},
     {S_CLIENT, "limits.tpm",                        T_INT,     CLOFF(tpm),                          "0",             0,     2000000000, .flags = 0},
@@ -2741,6 +2742,7 @@ static void sha256_hex(const char *key, char out[65])
 static void client_free(struct cfg_client *c)
 {
     free(c->name);
+    free(c->cert_subject);
     cfg_strlist_free(&c->models);
 }
 
@@ -2754,17 +2756,24 @@ static const char *client_hash_of(const struct config *c, size_t i)
     return c->clients[i].key_sha256;
 }
 
+static const char *client_subject_of(const struct config *c, size_t i)
+{
+    return c->clients[i].cert_subject;
+}
+
 /*
- * clients: [{name, key | key_file | key_sha256, models, limits}]. The entry
- * named `default` has no key: its models and limits go to the clients that
- * set none. Keys are kept as SHA-256 only.
+ * clients: [{name, key | key_file | key_sha256, cert_subject, models,
+ * limits}]: a key, a certificate subject or both. The entry named `default`
+ * has neither: its models and limits go to the clients that set none. Keys
+ * are kept as SHA-256 only.
  */
 static int sp_clients(struct loader *ld, const struct field *f, const struct cur *c, void *base)
 {
     struct config *cfg = base;
     struct client_tmp def;
-    struct nameset names, hashes;
-    int have_def = 0;
+    struct nameset names, hashes, subjects;
+    struct cur pr, cac;
+    int have_def = 0, have_ca;
     size_t i, j;
 
     (void)f;
@@ -2775,6 +2784,9 @@ static int sp_clients(struct loader *ld, const struct field *f, const struct cur
     memset(&def, 0, sizeof(def));
     nameset_init(&names, json_array_size(c->v));
     nameset_init(&hashes, json_array_size(c->v));
+    nameset_init(&subjects, json_array_size(c->v));
+    cur_root(&pr, FILE_POLICIES, &ld->doc[FILE_POLICIES]);
+    have_ca = cur_lookup(&pr, "server.tls.client_ca", &cac);
     for (i = 0; i < json_array_size(c->v); i++) {
         struct client_tmp ct;
         struct cur ec, fc;
@@ -2796,8 +2808,11 @@ static int sp_clients(struct loader *ld, const struct field *f, const struct cur
         ct.c.has_limits = json_object_get(ec.v, "limits") != NULL;
         nkeys = (json_object_get(ec.v, "key") != NULL) + (json_object_get(ec.v, "key_file") != NULL)
                 + (json_object_get(ec.v, "key_sha256") != NULL);
+        if (ct.c.cert_subject && !have_ca && cur_get(&ec, "cert_subject", &fc))
+            cerr(ld, &fc, "cert_subject needs server.tls.client_ca (mutual TLS): without it"
+                 " no client certificate is asked for");
         if (ct.c.name && strcmp(ct.c.name, "default") == 0) {
-            if (nkeys)
+            if (nkeys || ct.c.cert_subject)
                 cerr(ld, &ec, "the \"default\" entry has no key: it gives its models and"
                      " limits to the clients that set none");
             else if (have_def)
@@ -2808,11 +2823,12 @@ static int sp_clients(struct loader *ld, const struct field *f, const struct cur
                 ct.c.name = NULL;
                 memset(&ct.c.models, 0, sizeof(ct.c.models));
             }
-        } else if (nkeys != 1) {
+        } else if (nkeys > 1 || (nkeys == 0 && ct.c.cert_subject == NULL)) {
             if (nkeys)
                 cerr(ld, &ec, "use one of \"key\", \"key_file\" or \"key_sha256\"");
             else
-                merr(ld, &ec, "key", "missing required key \"key\" (or \"key_file\", \"key_sha256\")");
+                merr(ld, &ec, "key", "missing required key \"key\" (or \"key_file\","
+                     " \"key_sha256\", \"cert_subject\")");
         } else if (ct.key) {
             sha256_hex(ct.key, ct.c.key_sha256);
         } else if (ct.key_file && cur_get(&ec, "key_file", &fc)) {
@@ -2832,7 +2848,8 @@ static int sp_clients(struct loader *ld, const struct field *f, const struct cur
         free(ct.key);
         free(ct.key_file);
         free(ct.key_sha256);
-        if (ct.c.name == NULL || ct.c.key_sha256[0] == '\0') {
+        if (ct.c.name == NULL || (ct.c.key_sha256[0] == '\0' && ct.c.cert_subject == NULL)
+            || (ct.c.cert_subject && !have_ca)) {
             client_free(&ct.c);
             continue;
         }
@@ -2844,15 +2861,28 @@ static int sp_clients(struct loader *ld, const struct field *f, const struct cur
             client_free(&ct.c);
             continue;
         }
-        if (nameset_add(&hashes, ct.c.key_sha256, cfg->nclients, client_hash_of, cfg) >= 0) {
+        if (ct.c.key_sha256[0]
+            && nameset_add(&hashes, ct.c.key_sha256, cfg->nclients, client_hash_of, cfg) >= 0) {
             cerr(ld, &ec, "client \"%s\" has the same key as another client", ct.c.name);
             client_free(&ct.c);
             continue;
         }
+        if (ct.c.cert_subject
+            && nameset_add(&subjects, ct.c.cert_subject, cfg->nclients, client_subject_of,
+                           cfg) >= 0) {
+            cur_get(&ec, "cert_subject", &fc);
+            cerr(ld, &fc, "client \"%s\" has the same cert_subject as another client",
+                 ct.c.name);
+            client_free(&ct.c);
+            continue;
+        }
+        if (ct.c.cert_subject)
+            cfg->nclient_certs++;
         cfg->nclients++;
     }
     free(names.slot);
     free(hashes.slot);
+    free(subjects.slot);
     if (have_def) {
         for (i = 0; i < cfg->nclients; i++) {
             struct cfg_client *cl = &cfg->clients[i];

@@ -104,7 +104,8 @@ enum { LIMITS_FAIL_LOCAL = 0, LIMITS_FAIL_OPEN, LIMITS_FAIL_CLOSED };
  * clients named "client_keys[N]" without limits. */
 struct cfg_client {
     char    *name;
-    char     key_sha256[65];             /* lowercase hex */
+    char     key_sha256[65];             /* lowercase hex; "" = no key */
+    char    *cert_subject;               /* client certificate subject (RFC 2253), or NULL */
     struct cfg_strlist models;           /* empty = any model ("*") */
     struct limits_cfg limits;
     int      has_limits;                 /* else the `default` entry's */
@@ -321,6 +322,7 @@ struct config {
 
     struct cfg_client *clients;          /* empty = /v1 open (or client_keys) */
     size_t   nclients;
+    size_t   nclient_certs;              /* clients with a cert_subject */
     struct {
         int64_t  window_ms;              /* rpm/tpm window (scaled) */
         int      default_max_tokens;     /* reservation without max_tokens */

@@ -1768,6 +1768,14 @@ int http_req_tls(const struct http_req *r)
     return r->conn ? r->conn->tls : 0;
 }
 
+int http_req_tls_subject(const struct http_req *r, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    if (r->conn == NULL || !r->conn->tls)
+        return 0;
+    return tls_peer_subject(bufferevent_openssl_get_ssl(r->conn->bev), buf, len);
+}
+
 int http_req_local_loopback(const struct http_req *r)
 {
     return r->conn ? r->conn->loopback : 0;

@@ -100,6 +100,9 @@ int         http_req_detached(const struct http_req *r);
 int         http_req_local_loopback(const struct http_req *r);
 /* 1 when the request came over TLS. */
 int         http_req_tls(const struct http_req *r);
+/* 1 with the subject of the client certificate verified on the request's
+ * TLS connection (mutual TLS, server.tls.client_ca) in buf; else 0. */
+int         http_req_tls_subject(const struct http_req *r, char *buf, size_t len);
 
 void http_req_on_close(struct http_req *r, http_req_cb cb, void *arg);
 

@@ -66,6 +66,17 @@ static void name_str(const X509_NAME *n, char *buf, size_t len)
     BIO_free(b);
 }
 
+int tls_peer_subject(void *ssl, char *buf, size_t len)
+{
+    X509 *x = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+
+    buf[0] = '\0';
+    if (x == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
+        return 0;
+    name_str(X509_get_subject_name(x), buf, len);
+    return buf[0] != '\0';
+}
+
 static void cert_info(X509 *x, struct tls_cert_info *ci)
 {
     BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);

@@ -64,6 +64,11 @@ void          tls_fail_count(enum tls_fail f);
 uint64_t      tls_fail_total(enum tls_fail f);
 const char   *tls_fail_name(enum tls_fail f);
 
+/* The subject (RFC 2253, as /status shows certificates) of the client
+ * certificate that the handshake of ssl (an `SSL *`) verified against
+ * client_ca. 1 when there is one, else 0 (buf ""). */
+int tls_peer_subject(void *ssl, char *buf, size_t len);
+
 /* Formats unix seconds as "2026-12-04T14:00:00Z". */
 void tls_time_str(int64_t t, char *buf, size_t len);
 
