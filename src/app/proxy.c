@@ -30,6 +30,7 @@
  */
 #include <ctype.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -960,8 +961,7 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     l->reads = l->reads_seen = 0;
     l->silent = 0;
     l->paused = 0;
-    evtimer_del(l->try_timer);
-    px_arm_answer_timer(l, now);
+    px_arm_answer_timer(l, now);      /* replaces the first-byte timer */
     if (stream && status >= 200 && status < 300) {
         /* A stream's latency is its first byte, not its length. */
         lock_take();
@@ -1406,6 +1406,8 @@ static void px_arm_answer_timer(struct px_leg *l, int64_t now)
         at = l->t_try + total;
     if (at >= 0)
         px_timer_ms(l->try_timer, at > now ? at - now : 0);
+    else
+        evtimer_del(l->try_timer);
 }
 
 /*
@@ -1605,6 +1607,7 @@ static struct px_leg *px_leg_get(struct proxy *p)
     if (p->nlegs == PX_MAX_LEGS)
         return NULL;
     l = &p->legs[p->nlegs];
+    memset(l, 0, sizeof(*l));
     l->p = p;
     l->buf = evbuffer_new();
     l->try_timer = evtimer_new(p->w->base, px_try_timeout, l);
@@ -2043,10 +2046,14 @@ static const struct api_route px_default_route = { "GET", "", API_NONE, API_ANSW
 static struct proxy *px_new(struct gateway *gw, struct http_req *req,
                             const char *upath, const char *method)
 {
-    struct proxy *p = calloc(1, sizeof(*p));
+    struct proxy *p = malloc(sizeof(*p));
 
     if (p == NULL)
         return NULL;
+    /* All but the legs (most of the struct, usually one used): a leg is
+     * cleared when px_leg_get() first hands it out. */
+    memset(p, 0, offsetof(struct proxy, legs));
+    memset(&p->nlegs, 0, sizeof(*p) - offsetof(struct proxy, nlegs));
     p->gw = gw;
     p->w = worker_self();
     p->req = req;

@@ -150,7 +150,8 @@ static int try_at(const char *k, const char *e, struct usage *u)
  * of those valid, the earlier ones are tried the slow way. */
 #define SCAN_KEEP 16
 
-int usage_scan_last(const char *buf, size_t len, struct usage *u)
+/* usage_scan_last(), also telling how many keys were found. */
+static int scan_last(const char *buf, size_t len, struct usage *u, size_t *nkeys)
 {
     const char *at[SCAN_KEEP], *k = buf, *e = buf + len;
     size_t n = 0, i;
@@ -159,6 +160,7 @@ int usage_scan_last(const char *buf, size_t len, struct usage *u)
         at[n++ % SCAN_KEEP] = k;
         k += KEYLEN - 1;               /* its closing quote may open the next */
     }
+    *nkeys = n;
     for (i = 0; i < n && i < SCAN_KEEP; i++)
         if (try_at(at[(n - 1 - i) % SCAN_KEEP], e, u) == 0)
             return 0;
@@ -168,6 +170,13 @@ int usage_scan_last(const char *buf, size_t len, struct usage *u)
         if (*k == '"' && memcmp(k, KEY, KEYLEN) == 0 && try_at(k, e, u) == 0)
             return 0;
     return -1;
+}
+
+int usage_scan_last(const char *buf, size_t len, struct usage *u)
+{
+    size_t n;
+
+    return scan_last(buf, len, u, &n);
 }
 
 int usage_scan_first(const char *buf, size_t len, struct usage *u)
@@ -221,19 +230,24 @@ void usage_stream_feed(struct usage_stream *s, const char *data, size_t len)
 int usage_stream_result(struct usage_stream *s, struct usage *u)
 {
     char tail[USAGE_TAIL];
-    size_t tlen;
+    const char *t = tail;
+    size_t tlen, nkeys;
     struct usage h;
 
     memset(u, 0, sizeof(*u));
-    if (s->total < USAGE_TAIL) {
-        tlen = (size_t)s->total;
-        memcpy(tail, s->ring, tlen);
+    if (s->total <= USAGE_TAIL) {
+        tlen = (size_t)s->total;       /* the whole stream, unwrapped */
+        t = s->ring;
     } else {
         tlen = USAGE_TAIL;
         memcpy(tail, s->ring + s->pos, USAGE_TAIL - s->pos);
         memcpy(tail + USAGE_TAIL - s->pos, s->ring, s->pos);
     }
-    usage_scan_last(tail, tlen, u);
+    scan_last(t, tlen, u, &nkeys);
+    /* A short stream is all in the tail: with no key there, the head (its
+     * first bytes) has none either. Most streams carry no usage. */
+    if (nkeys == 0 && s->total <= USAGE_TAIL)
+        return -1;
     if ((u->have & (USAGE_HAVE_INPUT | USAGE_HAVE_OUTPUT))
             != (USAGE_HAVE_INPUT | USAGE_HAVE_OUTPUT)
         && usage_scan_first(s->head, s->head_len, &h) == 0) {

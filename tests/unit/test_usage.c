@@ -129,6 +129,41 @@ static void feed(struct usage_stream *us, const char *s, size_t len, size_t step
         usage_stream_feed(us, s + i, len - i < step ? len - i : step);
 }
 
+/* A short stream (all of it in the tail) split at every point in pieces
+ * of every size: its usage is found; one without a usage key has none. */
+static void test_stream_key_across_feeds(void **st)
+{
+    static struct usage_stream us;
+    char s[512];
+    size_t n, step, i;
+    struct usage u;
+
+    (void)st;
+    n = (size_t)sprintf(s, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"
+                           "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,"
+                           "\"completion_tokens\":4}}\n\ndata: [DONE]\n\n");
+    for (step = 1; step <= 12; step++)
+        for (i = 0; i < step; i++) {
+            memset(&us, 0, sizeof(us));
+            usage_stream_feed(&us, s, i);
+            feed(&us, s + i, n - i, step);
+            assert_int_equal(usage_stream_result(&us, &u), 0);
+            assert_int_equal(u.input, 3);
+            assert_int_equal(u.output, 4);
+        }
+    n = (size_t)sprintf(s, "data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\n"
+                           "data: [DONE]\n\n");
+    for (step = 1; step <= 12; step++) {
+        memset(&us, 0, sizeof(us));
+        feed(&us, s, n, step);
+        assert_int_equal(usage_stream_result(&us, &u), -1);
+    }
+    n = (size_t)sprintf(s, "data: {\"choices\":[]}\n\n");
+    memset(&us, 0, sizeof(us));
+    feed(&us, s, n, 5);
+    assert_int_equal(usage_stream_result(&us, &u), -1);
+}
+
 static void test_stream_chat_long(void **st)
 {
     static struct usage_stream us;
@@ -204,6 +239,7 @@ int main(void)
         cmocka_unit_test(test_none_and_broken),
         cmocka_unit_test(test_scan_last_many_keys),
         cmocka_unit_test(test_stream_new_short),
+        cmocka_unit_test(test_stream_key_across_feeds),
         cmocka_unit_test(test_stream_chat_long),
         cmocka_unit_test(test_stream_anthropic),
         cmocka_unit_test(test_usage_only_chunk),
