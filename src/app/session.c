@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <sys/random.h>
 
+#include "jscan.h"
 #include "lock.h"
 #include "log.h"
 #include "session.h"
@@ -40,143 +41,35 @@ static void random_bytes(void *buf, size_t len)
     }
 }
 
-
 /* ---- response ids ---------------------------------------------------------- */
-
-enum scan_rc { SCAN_OK = 0, SCAN_MORE, SCAN_BAD };
-
-struct scan {
-    const char *p, *end;
-};
 
 static int is_blank(char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-static void scan_ws(struct scan *s)
-{
-    while (s->p < s->end && is_blank(*s->p))
-        s->p++;
-}
-
-/* s->p is at a '"'; leaves it after the closing one. The body is
- * [*str, *str + *len), raw; *esc says whether it holds a backslash. */
-static enum scan_rc scan_string(struct scan *s, const char **str, size_t *len, int *esc)
-{
-    const char *q = s->p + 1;
-
-    *esc = 0;
-    while (q < s->end) {
-        if (*q == '\\') {
-            *esc = 1;
-            q += 2;
-            continue;
-        }
-        if (*q == '"') {
-            *str = s->p + 1;
-            *len = (size_t)(q - *str);
-            s->p = q + 1;
-            return SCAN_OK;
-        }
-        if ((unsigned char)*q < 0x20)
-            return SCAN_BAD;
-        q++;
-    }
-    return SCAN_MORE;
-}
-
-/* Skips one value of any type (nested ones by counting brackets, strings
- * aware); leaves s->p on what follows it. Lenient: it finds the end, it
- * does not validate. */
-static enum scan_rc scan_skip_value(struct scan *s)
-{
-    const char *str;
-    size_t len;
-    int esc, depth = 0;
-    enum scan_rc rc;
-    char c;
-
-    while (s->p < s->end) {
-        c = *s->p;
-        if (c == '"') {
-            rc = scan_string(s, &str, &len, &esc);
-            if (rc != SCAN_OK)
-                return rc;
-            if (depth == 0)
-                return SCAN_OK;
-            continue;
-        }
-        if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (depth == 0)
-                return SCAN_OK;         /* a scalar ended by its container */
-            if (--depth == 0) {
-                s->p++;
-                return SCAN_OK;
-            }
-        } else if (depth == 0 && (c == ',' || is_blank(c))) {
-            return SCAN_OK;             /* a scalar ended */
-        }
-        s->p++;
-    }
-    return SCAN_MORE;
-}
-
-/* The top-level "id" string of the JSON object in [p, end). */
+/* The top-level "id" string of the JSON object in [p, end) (jscan.c). */
 static enum session_id_result json_id(const char *p, const char *end, char *out, size_t outlen)
 {
-    struct scan s = { p, end };
-    const char *k, *v;
-    size_t klen, vlen;
-    int esc;
-    enum scan_rc rc;
+    struct jscan_val v;
+    size_t vlen;
 
-    scan_ws(&s);
-    if (s.p >= s.end)
+    switch (jscan_find(p, (size_t)(end - p), "id", &v)) {
+    case JSCAN_FIND_MORE:
         return SESSION_ID_MORE;
-    if (*s.p != '{')
+    case JSCAN_FIND_NONE:
         return SESSION_ID_NONE;
-    s.p++;
-    for (;;) {
-        scan_ws(&s);
-        if (s.p >= s.end)
-            return SESSION_ID_MORE;
-        if (*s.p != '"')
-            return SESSION_ID_NONE;     /* '}' (no id) or not JSON */
-        rc = scan_string(&s, &k, &klen, &esc);
-        if (rc != SCAN_OK)
-            return rc == SCAN_MORE ? SESSION_ID_MORE : SESSION_ID_NONE;
-        scan_ws(&s);
-        if (s.p >= s.end)
-            return SESSION_ID_MORE;
-        if (*s.p++ != ':')
-            return SESSION_ID_NONE;
-        scan_ws(&s);
-        if (s.p >= s.end)
-            return SESSION_ID_MORE;
-        if (!esc && klen == 2 && memcmp(k, "id", 2) == 0) {
-            if (*s.p != '"')
-                return SESSION_ID_NONE;
-            rc = scan_string(&s, &v, &vlen, &esc);
-            if (rc != SCAN_OK)
-                return rc == SCAN_MORE ? SESSION_ID_MORE : SESSION_ID_NONE;
-            if (esc || vlen == 0 || vlen >= outlen)
-                return SESSION_ID_NONE;
-            memcpy(out, v, vlen);
-            out[vlen] = '\0';
-            return SESSION_ID_FOUND;
-        }
-        rc = scan_skip_value(&s);
-        if (rc != SCAN_OK)
-            return rc == SCAN_MORE ? SESSION_ID_MORE : SESSION_ID_NONE;
-        scan_ws(&s);
-        if (s.p >= s.end)
-            return SESSION_ID_MORE;
-        if (*s.p++ != ',')
-            return SESSION_ID_NONE;
+    case JSCAN_FIND_FOUND:
+        break;
     }
+    if (v.type != JSCAN_STRING)
+        return SESSION_ID_NONE;
+    vlen = v.len - 2;                   /* without the quotes */
+    if (vlen == 0 || vlen >= outlen || memchr(v.start + 1, '\\', vlen) != NULL)
+        return SESSION_ID_NONE;
+    memcpy(out, v.start + 1, vlen);
+    out[vlen] = '\0';
+    return SESSION_ID_FOUND;
 }
 
 #define SSE_DATA     "data:"

@@ -66,6 +66,9 @@ enum session_id_result {
  * (the first chunk). Pass the bytes from the start of the body, as many as
  * have arrived; the scan stops at the id, so a large body costs only the
  * bytes before it (OpenAI-style servers put it first). No allocation.
+ * The JSON is read by jscan_find() (jscan.h): checked as strictly as
+ * jansson up to the id (invalid before it: SESSION_ID_NONE), keys compared
+ * decoded, a text cut inside a token is SESSION_ID_MORE.
  * Which of the two is decided by the first non-blank byte: '{' is JSON,
  * ':' or a letter is SSE, anything else is SESSION_ID_NONE.
  * Ids holding a backslash escape, or needing outlen or more bytes, are

@@ -1,6 +1,8 @@
 /*
  * jscan.c -- one-pass JSON validation with top-level member spans (see
  * jscan.h). Recursive descent over the buffer; nothing is allocated.
+ * In prefix mode (jscan_find()) the buffer may stop anywhere: every
+ * failure that more bytes could cure goes through cut() and says so.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -15,6 +17,9 @@ struct js {
     const unsigned char *buf, *p, *end;
     int                  depth;
     struct jscan_error  *err;
+    int                  prefix;    /* jscan_find(): the text may go on */
+    int                  more;      /* prefix: it failed where the bytes ran out */
+    int                  stop;      /* prefix: the member was found */
 };
 
 static int fail(struct js *s, const unsigned char *at, const char *msg)
@@ -35,6 +40,14 @@ static int fail(struct js *s, const unsigned char *at, const char *msg)
     return -1;
 }
 
+/* A failure that more bytes could cure (the buffer ends in a token). */
+static int cut(struct js *s, const unsigned char *at, const char *msg)
+{
+    if (s->prefix)
+        s->more = 1;
+    return fail(s, at, msg);
+}
+
 static void ws(struct js *s)
 {
     while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r'
@@ -51,7 +64,7 @@ static int scan_string(struct js *s, int *escaped)
     for (;;) {
         unsigned c;
         if (p >= end)
-            return fail(s, p, "premature end of input in a string");
+            return cut(s, p, "premature end of input in a string");
         c = *p;
         if (c == '"')
             break;
@@ -59,14 +72,14 @@ static int scan_string(struct js *s, int *escaped)
             uint32_t cp, lo;
             *escaped = 1;
             if (p + 1 >= end)
-                return fail(s, p, "premature end of input in a string");
+                return cut(s, p, "premature end of input in a string");
             switch (p[1]) {
             case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
                 p += 2;
                 continue;
             case 'u':
                 if (utf8_hex4((const char *)p + 2, (const char *)end, &cp) < 0)
-                    return fail(s, p, "invalid escape");
+                    return (end - p < 6 ? cut : fail)(s, p, "invalid escape");
                 if (cp == 0)
                     return fail(s, p, "\\u0000 is not allowed");
                 if (cp >= 0xDC00 && cp <= 0xDFFF)
@@ -75,7 +88,8 @@ static int scan_string(struct js *s, int *escaped)
                     if (end - p < 12 || p[6] != '\\' || p[7] != 'u'
                         || utf8_hex4((const char *)p + 8, (const char *)end, &lo) < 0
                         || lo < 0xDC00 || lo > 0xDFFF)
-                        return fail(s, p, "invalid Unicode: a lone high surrogate");
+                        return (end - p < 12 ? cut : fail)(s, p,
+                                                          "invalid Unicode: a lone high surrogate");
                     p += 12;
                 } else {
                     p += 6;
@@ -92,7 +106,7 @@ static int scan_string(struct js *s, int *escaped)
         } else {
             int n = utf8_seq_len(p, end);
             if (n == 0)
-                return fail(s, p, "invalid UTF-8");
+                return (end - p < 4 ? cut : fail)(s, p, "invalid UTF-8");
             p += n;
         }
     }
@@ -115,13 +129,13 @@ static int scan_number(struct js *s)
         while (p < s->end && *p >= '0' && *p <= '9')
             p++;
     } else {
-        return fail(s, start, "invalid number");
+        return (p >= s->end ? cut : fail)(s, start, "invalid number");
     }
     nd = (size_t)(p - digits);
     if (p < s->end && *p == '.') {
         real = 1;
         if (++p >= s->end || *p < '0' || *p > '9')
-            return fail(s, start, "invalid number");
+            return (p >= s->end ? cut : fail)(s, start, "invalid number");
         while (p < s->end && *p >= '0' && *p <= '9')
             p++;
     }
@@ -131,7 +145,7 @@ static int scan_number(struct js *s)
         if (p < s->end && (*p == '+' || *p == '-'))
             p++;
         if (p >= s->end || *p < '0' || *p > '9')
-            return fail(s, start, "invalid number");
+            return (p >= s->end ? cut : fail)(s, start, "invalid number");
         while (p < s->end && *p >= '0' && *p <= '9')
             p++;
     }
@@ -163,7 +177,11 @@ static int scan_value(struct js *s, struct jscan_val *v, jscan_member_fn fn, voi
 
 static int literal(struct js *s, const char *word, size_t n)
 {
-    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
+    size_t have = (size_t)(s->end - s->p);
+
+    if (have < n && memcmp(s->p, word, have) == 0)
+        return cut(s, s->p, "invalid token");
+    if (have < n || memcmp(s->p, word, n) != 0)
         return fail(s, s->p, "invalid token");
     s->p += n;
     return 0;
@@ -188,18 +206,20 @@ static int scan_object(struct js *s, jscan_member_fn fn, void *arg)
         size_t kspan;
         int escaped;
         if (s->p >= s->end || *s->p != '"')
-            return fail(s, s->p, "string or '}' expected");
+            return (s->p >= s->end ? cut : fail)(s, s->p, "string or '}' expected");
         k = s->p;
         if (scan_string(s, &escaped) < 0)
             return -1;
         kspan = (size_t)(s->p - k);             /* quotes included */
         ws(s);
         if (s->p >= s->end || *s->p != ':')
-            return fail(s, s->p, "':' expected");
+            return (s->p >= s->end ? cut : fail)(s, s->p, "':' expected");
         s->p++;
         ws(s);
         if (scan_value(s, &child, NULL, NULL) < 0)
             return -1;
+        if (s->prefix && child.type == JSCAN_NUMBER && s->p >= s->end)
+            return cut(s, s->p, "',' or '}' expected");      /* more digits may follow */
         if (fn) {
             if (!escaped) {
                 fn(arg, (const char *)k + 1, kspan - 2, &child);
@@ -209,6 +229,8 @@ static int scan_object(struct js *s, jscan_member_fn fn, void *arg)
                 if (decode_into(k + 1, s->end, key, sizeof(key), &klen) == 0)
                     fn(arg, key, klen, &child);
             }
+            if (s->stop)
+                return 0;
         }
         ws(s);
         if (s->p < s->end && *s->p == ',') {
@@ -220,7 +242,7 @@ static int scan_object(struct js *s, jscan_member_fn fn, void *arg)
             s->p++;
             return 0;
         }
-        return fail(s, s->p, "',' or '}' expected");
+        return (s->p >= s->end ? cut : fail)(s, s->p, "',' or '}' expected");
     }
 }
 
@@ -250,7 +272,7 @@ static int scan_array(struct js *s, int *all_objects)
             s->p++;
             return 0;
         }
-        return fail(s, s->p, "',' or ']' expected");
+        return (s->p >= s->end ? cut : fail)(s, s->p, "',' or ']' expected");
     }
 }
 
@@ -261,7 +283,7 @@ static int scan_value(struct js *s, struct jscan_val *v, jscan_member_fn fn, voi
 
     memset(v, 0, sizeof(*v));
     if (s->p >= s->end)
-        return fail(s, s->p, "premature end of input");
+        return cut(s, s->p, "premature end of input");
     switch (*s->p) {
     case '{':
     case '[':
@@ -314,9 +336,9 @@ enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member
     struct js s;
     struct jscan_val v;
 
+    memset(&s, 0, sizeof(s));
     s.buf = s.p = (const unsigned char *)buf;
     s.end = s.buf + len;
-    s.depth = 0;
     s.err = err;
     ws(&s);
     if (s.p >= s.end) {
@@ -331,6 +353,49 @@ enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member
         return JSCAN_INVALID;
     }
     return v.type;
+}
+
+struct find {
+    struct js        *s;
+    const char       *key;
+    size_t            klen;
+    struct jscan_val *out;
+};
+
+static void find_member(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct find *f = arg;
+
+    if (klen == f->klen && memcmp(key, f->key, klen) == 0) {
+        *f->out = *v;
+        f->s->stop = 1;
+    }
+}
+
+enum jscan_find jscan_find(const char *buf, size_t len, const char *key, struct jscan_val *out)
+{
+    struct js s;
+    struct jscan_val v;
+    struct jscan_error err;
+    struct find f;
+
+    memset(&s, 0, sizeof(s));
+    s.buf = s.p = (const unsigned char *)buf;
+    s.end = s.buf + len;
+    s.err = &err;
+    s.prefix = 1;
+    f.s = &s;
+    f.key = key;
+    f.klen = strlen(key);
+    f.out = out;
+    ws(&s);
+    if (s.p >= s.end)
+        return JSCAN_FIND_MORE;
+    if (*s.p != '{')
+        return JSCAN_FIND_NONE;
+    if (scan_value(&s, &v, find_member, &f) < 0)
+        return s.more ? JSCAN_FIND_MORE : JSCAN_FIND_NONE;
+    return s.stop ? JSCAN_FIND_FOUND : JSCAN_FIND_NONE;
 }
 
 /* q just after the opening quote of a valid string. Decoded text is never

@@ -48,6 +48,19 @@ typedef void (*jscan_member_fn)(void *arg, const char *key, size_t klen,
 enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member,
                           void *arg, struct jscan_error *err);
 
+/*
+ * Prefix scan: buf[0..len) is the start of a JSON text whose remaining
+ * bytes may not have arrived yet. Finds the top-level object's member
+ * `key` (keys compared decoded), checking everything before it as strictly
+ * as jscan_top; stops there, so a large text costs only the bytes up to
+ * it. FOUND: *out is the member's value, whole in buf (a number only once
+ * a byte after it has come). MORE: these bytes do not settle it, call again
+ * with more. NONE: they do: not an object, invalid before the member, or
+ * the object closed without it. Nothing after the member is looked at.
+ */
+enum jscan_find { JSCAN_FIND_NONE = -1, JSCAN_FIND_MORE = 0, JSCAN_FIND_FOUND = 1 };
+enum jscan_find jscan_find(const char *buf, size_t len, const char *key, struct jscan_val *out);
+
 /* Decodes a string value as jscan_top reported it (quotes included,
  * already valid) into a new NUL-terminated UTF-8 string (caller frees);
  * NULL when out of memory. *outlen may be NULL. */

@@ -161,7 +161,7 @@ def driver_bin(tmp_path_factory):
     flags = (["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
               "-fno-sanitize-recover=undefined"] if SANITIZED else ["-O2", "-g"])
     src = [src_path(f) for f in ("session.c", "session_mem.c", "session_redis.c", "redis_conn.c",
-                                 "replicas.c", "clock.c", "log.c")] + [
+                                 "replicas.c", "clock.c", "jscan.c", "log.c")] + [
         os.path.join(ROOT, "tests/session_driver/session_driver.c")]
     cmd = (["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"] + flags
            + SRC_IQUOTE + src + ["-o", out] + pkgs + ["-lm"])

@@ -3,6 +3,9 @@
  * the request path: fixed cases, the malformed-body corpus, and 300,000
  * seeded random mutations of realistic bodies must get the same verdict
  * (valid or not, top-level type) and the same decoded top-level strings.
+ * jscan_find() (prefix scan, session ids): no prefix of a valid object is
+ * ever NONE, more bytes never change NONE or FOUND, and the whole text
+ * finds the member when jansson does.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -242,6 +245,99 @@ static void test_random_mutations(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* ---- jscan_find ------------------------------------------------------------- */
+
+/* 0 when jscan_find on every prefix of buf keeps its word (see above). */
+static int find_consistent(const char *buf, size_t len, const char *key, int verbose)
+{
+    json_t *j = json_loadb(buf, len, JSON_DECODE_ANY, NULL);
+    enum jscan_find r, whole;
+    struct jscan_val v, vw;
+    size_t n;
+    int ok = 1;
+
+    whole = jscan_find(buf, len, key, &vw);
+    if (json_is_object(j) && (whole == JSCAN_FIND_FOUND) != (json_object_get(j, key) != NULL))
+        ok = 0;
+    for (n = 0; ok && n < len; n++) {
+        r = jscan_find(buf, n, key, &v);
+        if (r == JSCAN_FIND_NONE && (json_is_object(j) || whole != JSCAN_FIND_NONE))
+            ok = 0;                     /* NONE too early, or taken back */
+        else if (r == JSCAN_FIND_FOUND
+                 && (whole != JSCAN_FIND_FOUND || v.start != vw.start || v.len != vw.len))
+            ok = 0;
+    }
+    if (!ok && verbose)
+        fprintf(stderr, "jscan_find(%s) inconsistent at %zu of %zu bytes (whole: %d): %.*s\n",
+                key, n, len, (int)whole, (int)(len < 300 ? len : 300), buf);
+    json_decref(j);
+    return ok ? 0 : -1;
+}
+
+static void test_find_fixed(void **state)
+{
+    struct jscan_val v;
+
+    (void)state;
+    assert_int_equal(jscan_find("{\"a\":[1,{\"id\":2}],\"id\":\"x\",", 26, "id", &v),
+                     JSCAN_FIND_FOUND);
+    assert_int_equal(v.type, JSCAN_STRING);
+    assert_int_equal(v.len, 3);
+    assert_memory_equal(v.start, "\"x\"", 3);
+    assert_int_equal(jscan_find("{\"i\\u0064\":\"y\"}", 16, "id", &v), JSCAN_FIND_FOUND);
+    /* cut inside a token: more bytes may mend it */
+    assert_int_equal(jscan_find("{\"a\":1", 6, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"a\":-", 6, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"a\":1.", 7, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"a\":1e+", 8, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"a\":tr", 7, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"a\":\"\\u00", 10, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"a\":\"\xc3", 7, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"id\":12", 8, "id", &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_find("{\"id\":12}", 9, "id", &v), JSCAN_FIND_FOUND);
+    /* settled: not an object, invalid before the member, closed without it */
+    assert_int_equal(jscan_find("[1]", 3, "id", &v), JSCAN_FIND_NONE);
+    assert_int_equal(jscan_find("{\"a\":tru,", 10, "id", &v), JSCAN_FIND_NONE);
+    assert_int_equal(jscan_find("{\"a\":01,\"id\":\"x\"}", 19, "id", &v), JSCAN_FIND_NONE);
+    assert_int_equal(jscan_find("{\"a\":\"\xff\",\"id\":\"x\"}", 20, "id", &v),
+                     JSCAN_FIND_NONE);
+    assert_int_equal(jscan_find("{\"a\":1}", 7, "id", &v), JSCAN_FIND_NONE);
+}
+
+static void test_find_prefixes(void **state)
+{
+    static const char *const seeds[] = {
+        "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"choices\":[]}",
+        "{\"model\":\"m\",\"usage\":{\"a\":[1,{\"id\":\"}\"}]},\"n\":-1.5e3,\"t\":true,"
+        "\"s\":\"\\ud83d\\ude00 \xc3\xa9\",\"id\":\"resp_2\",\"z\":null}",
+        "{\"x\":{\"y\":[1,-2.5e-3,null,false]},\"id\":42}",
+    };
+    static const char alphabet[] = "{}[]\",:\\u0123456789.eE+-tfnlrsa \n\t\xc3\xa9\xed\xff";
+    char buf[512];
+    int i, bad = 0;
+
+    (void)state;
+    for (i = 0; i < 3; i++)
+        bad += find_consistent(seeds[i], strlen(seeds[i]), "id", 1) != 0;
+    for (i = 0; i < 10000; i++) {
+        const char *seed = seeds[rnd(3)];
+        size_t len = strlen(seed), at;
+        char c;
+
+        memcpy(buf, seed, len);
+        at = rnd((uint32_t)len);
+        c = alphabet[rnd(sizeof(alphabet) - 1)];
+        if (rnd(2) == 0) {
+            buf[at] = c;
+        } else {
+            memmove(buf + at, buf + at + 1, len - at - 1);
+            len--;
+        }
+        bad += find_consistent(buf, len, "id", bad < 5) != 0;
+    }
+    assert_int_equal(bad, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -250,6 +346,8 @@ int main(void)
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_malformed_corpus),
         cmocka_unit_test(test_random_mutations),
+        cmocka_unit_test(test_find_fixed),
+        cmocka_unit_test(test_find_prefixes),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -255,7 +255,16 @@ static void test_id_json(void **state)
     assert_int_equal(extract("{\"id\":42}", out), SESSION_ID_NONE);
     assert_int_equal(extract("{\"id\":\"a\\\"b\"}", out), SESSION_ID_NONE);
     assert_int_equal(extract("{\"id\":\"\"}", out), SESSION_ID_NONE);
-    assert_int_equal(extract("{\"i\\u0064\":\"x\"}", out), SESSION_ID_NONE);
+    /* keys are compared decoded (jscan.c), as jansson would */
+    assert_int_equal(extract("{\"i\\u0064\":\"x\"}", out), SESSION_ID_FOUND);
+    assert_string_equal(out, "x");
+    /* checked as strictly as jansson up to the id: invalid before it, no id */
+    assert_int_equal(extract("{\"a\":01,\"id\":\"x\"}", out), SESSION_ID_NONE);
+    assert_int_equal(extract("{\"a\":\"\xff\",\"id\":\"x\"}", out), SESSION_ID_NONE);
+    /* cut inside a token before the id: wait for more */
+    assert_int_equal(extract("{\"n\":12", out), SESSION_ID_MORE);
+    assert_int_equal(extract("{\"n\":fal", out), SESSION_ID_MORE);
+    assert_int_equal(extract("{\"n\":\"\\u00", out), SESSION_ID_MORE);
     assert_int_equal(extract("[1,2]", out), SESSION_ID_NONE);
     assert_int_equal(extract("", out), SESSION_ID_MORE);
     assert_int_equal(extract("  ", out), SESSION_ID_MORE);
