@@ -773,12 +773,13 @@ int gateway_start(struct gateway *gw)
         return 0;
     /* From here on the main thread runs its callbacks under the state
      * lock; check that its loop really lets go of it while it sleeps. */
-    lock_as_loop_owner();
+    lock_as_loop_owner(gw->base);
     event_base_loop(gw->base, EVLOOP_NONBLOCK);
     if (lock_loop_hooked() == 0) {
-        log_error("server.workers: the main loop (libevent method %s) does not sleep"
-                  " in epoll_wait, so it cannot share state with worker threads",
-                  event_base_get_method(gw->base));
+        log_error("server.workers: the main loop (libevent method %s) does not let go"
+                  " of the state lock while it sleeps (%s), so it cannot share state"
+                  " with worker threads", event_base_get_method(gw->base),
+                  lock_loop_mechanism());
         return -1;
     }
     for (i = 0; i < gw->nworkers; i++)

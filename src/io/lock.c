@@ -1,15 +1,26 @@
 /*
- * lock.c -- the state lock of a multi-worker gateway (see lock.h), and
- * the epoll_wait() wrapper that lets the control thread hold it except
- * while it sleeps.
+ * lock.c -- the state lock of a multi-worker gateway (see lock.h), and the
+ * hand-over that lets the control thread hold it except while it sleeps:
+ * libevent's prepare/check watchers where libevent has them (2.2 and
+ * later), else wrappers of epoll_wait(), epoll_pwait() and epoll_pwait2()
+ * that call the C library's through dlsym(RTLD_NEXT) (libevent 2.1, the one
+ * Debian 12 ships, has no before-sleep hook).
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <sys/epoll.h>
+
+#include <event2/event.h>
+/* -DINFERGATE_LOCK_WRAP_EPOLL: the wrappers even with libevent 2.2 (to test them) */
+#if LIBEVENT_VERSION_NUMBER >= 0x02020000 && !defined(INFERGATE_LOCK_WRAP_EPOLL)
+#include <event2/watch.h>
+#define LOCK_EVWATCH 1
+#endif
 
 #include "lock.h"
 
@@ -17,26 +28,184 @@ static pthread_mutex_t lock_mu = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;  /* spin
 static int lock_on;                         /* set before threads start */
 static _Thread_local int lock_held;         /* this thread's depth */
 static _Thread_local int lock_owner;        /* holds it except in epoll_wait */
+static _Thread_local int lock_slept;         /* depth let go of for a sleep, 0: none */
 static uint64_t lock_hooked;                /* atomic */
 static uint64_t lock_waits, lock_wait_ns;   /* atomic: lock_take() found it held */
 
-typedef int (*epoll_wait_fn)(int, struct epoll_event *, int, int);
-static epoll_wait_fn lock_real_epoll_wait;
+/* ---- the hand-over: let go before the loop sleeps, take back after ---- */
 
-static epoll_wait_fn real_epoll_wait(void)
+/* Before the loop polls: the loop owner lets go of the lock entirely. */
+static void lock_sleep_begin(void)
 {
-    epoll_wait_fn f = __atomic_load_n(&lock_real_epoll_wait, __ATOMIC_ACQUIRE);
+    if (!lock_owner || lock_held == 0)
+        return;
+    __atomic_add_fetch(&lock_hooked, 1, __ATOMIC_RELAXED);
+    lock_slept = lock_held;
+    lock_held = 0;
+    pthread_mutex_unlock(&lock_mu);
+}
+
+/* After the poll, before any callback runs: takes it back. */
+static void lock_sleep_end(void)
+{
+    if (lock_slept == 0)
+        return;
+    pthread_mutex_lock(&lock_mu);
+    lock_held = lock_slept;
+    lock_slept = 0;
+}
+
+#ifdef LOCK_EVWATCH
+static struct evwatch *lock_prepare, *lock_check;
+
+static void lock_on_prepare(struct evwatch *w, const struct evwatch_prepare_cb_info *i, void *arg)
+{
+    (void)w;
+    (void)i;
+    (void)arg;
+    lock_sleep_begin();
+}
+
+static void lock_on_check(struct evwatch *w, const struct evwatch_check_cb_info *i, void *arg)
+{
+    (void)w;
+    (void)i;
+    (void)arg;
+    lock_sleep_end();
+}
+
+const char *lock_loop_mechanism(void)
+{
+    return "libevent prepare/check watchers";
+}
+
+static void lock_watch(struct event_base *base)
+{
+    if (base == NULL || lock_prepare != NULL)
+        return;
+    lock_prepare = evwatch_prepare_new(base, lock_on_prepare, NULL);
+    lock_check = evwatch_check_new(base, lock_on_check, NULL);
+}
+
+static void lock_unwatch(void)
+{
+    if (lock_prepare)
+        evwatch_free(lock_prepare);
+    if (lock_check)
+        evwatch_free(lock_check);
+    lock_prepare = lock_check = NULL;
+}
+
+static void lock_resolve(void)
+{
+}
+#else
+/*
+ * libevent 2.1: its epoll backend sleeps in epoll_wait(), which this file
+ * defines; the C library's (or a sanitizer's) is found through
+ * dlsym(RTLD_NEXT). epoll_pwait() and epoll_pwait2() are wrapped the same
+ * way, so a libevent built to call one of them is not silently missed.
+ */
+typedef int (*epoll_wait_fn)(int, struct epoll_event *, int, int);
+typedef int (*epoll_pwait_fn)(int, struct epoll_event *, int, int, const sigset_t *);
+typedef int (*epoll_pwait2_fn)(int, struct epoll_event *, int, const struct timespec *,
+                               const sigset_t *);
+static void *lock_real[3];                  /* atomic: epoll_wait, _pwait, _pwait2 */
+static const char *const lock_real_names[3] = { "epoll_wait", "epoll_pwait", "epoll_pwait2" };
+
+static void *real_fn(int i)
+{
+    void *f = __atomic_load_n(&lock_real[i], __ATOMIC_ACQUIRE);
 
     if (f == NULL) {
-        f = (epoll_wait_fn)dlsym(RTLD_NEXT, "epoll_wait");
-        __atomic_store_n(&lock_real_epoll_wait, f, __ATOMIC_RELEASE);
+        f = dlsym(RTLD_NEXT, lock_real_names[i]);
+        __atomic_store_n(&lock_real[i], f, __ATOMIC_RELEASE);
     }
     return f;
 }
 
+const char *lock_loop_mechanism(void)
+{
+    return "epoll_wait wrapper";
+}
+
+static void lock_watch(struct event_base *base)
+{
+    (void)base;
+}
+
+static void lock_unwatch(void)
+{
+}
+
+static void lock_resolve(void)
+{
+    for (int i = 0; i < 3; i++)
+        real_fn(i);
+}
+
+int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
+                 const struct timespec *timeout, const sigset_t *sigmask);
+
+/* libevent's epoll backend sleeps here. On the control thread the state
+ * lock is let go for the sleep and taken back before any callback runs. */
+int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
+{
+    epoll_wait_fn real = (epoll_wait_fn)real_fn(0);
+    int rc, err;
+
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    lock_sleep_begin();
+    rc = real(epfd, events, maxevents, timeout);
+    err = errno;
+    lock_sleep_end();
+    errno = err;
+    return rc;
+}
+
+int epoll_pwait(int epfd, struct epoll_event *events, int maxevents, int timeout,
+                const sigset_t *sigmask)
+{
+    epoll_pwait_fn real = (epoll_pwait_fn)real_fn(1);
+    int rc, err;
+
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    lock_sleep_begin();
+    rc = real(epfd, events, maxevents, timeout, sigmask);
+    err = errno;
+    lock_sleep_end();
+    errno = err;
+    return rc;
+}
+
+int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
+                 const struct timespec *timeout, const sigset_t *sigmask)
+{
+    epoll_pwait2_fn real = (epoll_pwait2_fn)real_fn(2);
+    int rc, err;
+
+    if (real == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    lock_sleep_begin();
+    rc = real(epfd, events, maxevents, timeout, sigmask);
+    err = errno;
+    lock_sleep_end();
+    errno = err;
+    return rc;
+}
+#endif
+
 void lock_enable(void)
 {
-    real_epoll_wait();
+    lock_resolve();
     lock_on = 1;
 }
 
@@ -95,10 +264,11 @@ void lock_assert_failed(const char *func, const char *file, int line)
 }
 #endif
 
-void lock_as_loop_owner(void)
+void lock_as_loop_owner(struct event_base *base)
 {
     lock_take();
     lock_owner = 1;
+    lock_watch(base);
 }
 
 void lock_loop_owner_end(void)
@@ -106,6 +276,7 @@ void lock_loop_owner_end(void)
     if (!lock_owner)
         return;
     lock_owner = 0;
+    lock_unwatch();
     if (lock_held > 0) {
         lock_held = 0;
         pthread_mutex_unlock(&lock_mu);
@@ -115,29 +286,4 @@ void lock_loop_owner_end(void)
 uint64_t lock_loop_hooked(void)
 {
     return __atomic_load_n(&lock_hooked, __ATOMIC_RELAXED);
-}
-
-/* libevent's epoll backend sleeps here. On the control thread the state
- * lock is let go for the sleep and taken back before any callback runs. */
-int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
-{
-    epoll_wait_fn real = real_epoll_wait();
-    int depth, rc, err;
-
-    if (real == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    if (!lock_owner || lock_held == 0)
-        return real(epfd, events, maxevents, timeout);
-    __atomic_add_fetch(&lock_hooked, 1, __ATOMIC_RELAXED);
-    depth = lock_held;
-    lock_held = 0;
-    pthread_mutex_unlock(&lock_mu);
-    rc = real(epfd, events, maxevents, timeout);
-    err = errno;
-    pthread_mutex_lock(&lock_mu);
-    lock_held = depth;
-    errno = err;
-    return rc;
 }

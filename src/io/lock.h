@@ -11,13 +11,15 @@
  *
  *   Workers take it around each piece of shared state they touch and
  *   never hold it across socket I/O (proxy.c, gateway.c).
- *   The control thread holds it all the time except while it sleeps in
- *   epoll_wait(), so every one of its callbacks runs under the lock
- *   without each taking it (the way Redis modules hold the GIL except
- *   in beforeSleep). libevent 2.1 has no before-sleep hook, so lock.c
- *   defines epoll_wait() and calls the C library's (or a sanitizer's)
- *   through dlsym(RTLD_NEXT); lock_loop_hooked() tells whether the
- *   control loop really went through it.
+ *   The control thread holds it all the time except while its loop
+ *   sleeps, so every one of its callbacks runs under the lock without
+ *   each taking it (the way Redis modules hold the GIL except in
+ *   beforeSleep). With libevent 2.2 or later lock.c lets go in a
+ *   "prepare" watcher and takes it back in a "check" watcher
+ *   (event2/watch.h); libevent 2.1 has no such hook, so lock.c defines
+ *   epoll_wait(), epoll_pwait() and epoll_pwait2() and calls the C
+ *   library's (or a sanitizer's) through dlsym(RTLD_NEXT).
+ *   lock_loop_hooked() tells whether the control loop really let go.
  *
  * With one worker (the default) the lock is off and every call here is a
  * test of one flag. The lock is recursive per thread: a function that
@@ -60,12 +62,16 @@ void lock_assert_failed(const char *func, const char *file, int line);
 #define lock_assert_held() do { } while (0)
 #endif
 
+struct event_base;
 /* The calling thread (the control thread) takes the lock and keeps it,
- * except while it waits in epoll_wait(). */
-void lock_as_loop_owner(void);
+ * except while `base`, the loop it runs, sleeps. Once per process. */
+void lock_as_loop_owner(struct event_base *base);
 /* Ends that: drops the lock entirely (before joining the workers). */
 void lock_loop_owner_end(void);
-/* epoll_wait() calls that went through lock.c on a loop-owner thread. */
+/* How often a loop-owner thread let go of the lock to sleep. */
 uint64_t lock_loop_hooked(void);
+/* The hand-over built in: "libevent prepare/check watchers" or
+ * "epoll_wait wrapper". */
+const char *lock_loop_mechanism(void);
 
 #endif

@@ -1,8 +1,9 @@
 /*
  * test_worker.c -- worker threads and the state lock: messages run on the
  * worker's own thread in the order posted; the lock is recursive per
- * thread; a loop-owner thread lets go of it only while it sleeps in
- * epoll_wait().
+ * thread; a loop-owner thread lets go of it only while its loop sleeps,
+ * whichever hand-over lock.c has (libevent's prepare/check watchers, or
+ * the epoll_wait wrapper for libevent 2.1).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -139,20 +140,45 @@ static void *owner_main(void *arg)
     struct timeval tv = { 0, 20000 };
 
     event_add(ev, &tv);
-    lock_as_loop_owner();
+    lock_as_loop_owner(o->base);
     event_base_dispatch(o->base);
     lock_loop_owner_end();
     event_free(ev);
     return NULL;
 }
 
+/* A thread that takes the lock once, so the test can wait for it with a
+ * deadline instead of hanging when the owner never lets go. */
+struct taker {
+    volatile int got;
+};
+
+static void *taker_main(void *arg)
+{
+    struct taker *tk = arg;
+
+    lock_take();
+    __atomic_store_n(&tk->got, 1, __ATOMIC_SEQ_CST);
+    lock_drop();
+    return NULL;
+}
+
+/* Ends the owner's loop and thread (it then drops the lock for good). */
+static void owner_stop(struct owner *o, pthread_t t)
+{
+    __atomic_store_n(&o->stop, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    event_base_free(o->base);
+}
+
 static void test_loop_owner_lets_go_only_while_sleeping(void **state)
 {
     struct event_config *ec = event_config_new();
     struct owner o;
-    pthread_t t;
-    uint64_t hooked0 = lock_loop_hooked();
-    int i;
+    struct taker tk = { 0 };
+    pthread_t t, tt;
+    uint64_t hooked0 = lock_loop_hooked(), hooked1;
+    int i, ticks0;
 
     (void)state;
     memset(&o, 0, sizeof(o));
@@ -164,6 +190,31 @@ static void test_loop_owner_lets_go_only_while_sleeping(void **state)
     assert_int_equal(pthread_create(&t, NULL, owner_main, &o), 0);
     while (__atomic_load_n(&o.ticks, __ATOMIC_SEQ_CST) < 2)
         sleep_ms(1);
+    /* Idle, the owner sleeps between its 20 ms ticks and lets go of the
+     * lock for each sleep: the count of releases grows with the ticks.
+     * Without a working hand-over it stays put (and nothing below could
+     * take the lock). */
+    ticks0 = __atomic_load_n(&o.ticks, __ATOMIC_SEQ_CST);
+    hooked1 = lock_loop_hooked();
+    for (i = 0; i < 2000 && __atomic_load_n(&o.ticks, __ATOMIC_SEQ_CST) < ticks0 + 5; i++)
+        sleep_ms(1);
+    if (lock_loop_hooked() - hooked1 < 5) {
+        unsigned long long n = lock_loop_hooked() - hooked1;
+        owner_stop(&o, t);
+        fail_msg("%s: %llu lock releases in %d idle ticks of the loop owner",
+                 lock_loop_mechanism(), n, __atomic_load_n(&o.ticks, __ATOMIC_SEQ_CST) - ticks0);
+    }
+    /* ... and really lets go: another thread gets it within a deadline. */
+    assert_int_equal(pthread_create(&tt, NULL, taker_main, &tk), 0);
+    for (i = 0; i < 2000 && !__atomic_load_n(&tk.got, __ATOMIC_SEQ_CST); i++)
+        sleep_ms(1);
+    if (!__atomic_load_n(&tk.got, __ATOMIC_SEQ_CST)) {
+        owner_stop(&o, t);              /* lets go at last: the taker ends */
+        pthread_join(tt, NULL);
+        fail_msg("%s: another thread did not get the lock in 2 s while the owner idled",
+                 lock_loop_mechanism());
+    }
+    pthread_join(tt, NULL);
     /* The owner sleeps 20 ms at a time: this thread gets the lock, and
      * while it holds it the owner runs no callback. */
     for (i = 0; i < 5; i++) {
@@ -180,9 +231,7 @@ static void test_loop_owner_lets_go_only_while_sleeping(void **state)
         sleep_ms(30);
     }
     assert_true(lock_loop_hooked() > hooked0);
-    __atomic_store_n(&o.stop, 1, __ATOMIC_SEQ_CST);
-    pthread_join(t, NULL);
-    event_base_free(o.base);
+    owner_stop(&o, t);
 }
 
 /* Runs lock_assert_held() in a child, with the lock held (`held`) or not;
