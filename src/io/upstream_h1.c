@@ -312,6 +312,12 @@ static SSL_CTX *trust_ctx_new(const char *ca_file, int insecure)
         return NULL;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1);     /* one read() for many records, see tls_drain */
+    /* A peer that closes without close_notify (many do after Connection:
+     * close) is a close, as allow_dirty_shutdown says, not a fatal error:
+     * that would also mark the session not resumable. Bodies are framed,
+     * so a cut one is still seen. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
@@ -1221,11 +1227,48 @@ static void h1_process(struct h1_xfer *hx)
     }
 }
 
+/*
+ * The OpenSSL bufferevent decrypts one record per read event and calls
+ * back for each: an SSE stream whose events came in one segment would cost
+ * a callback, a client write and two read()s per event. So the rest is
+ * taken here at once (read-ahead on: OpenSSL reads what the socket has in
+ * one call): everything buffered in the SSL moves to the input, so nothing
+ * waits there for a read event that will not come. An end met here (close,
+ * error) is handed to the bufferevent's event callback, deferred, as its
+ * own read would have.
+ */
+static void tls_drain(struct h1_conn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer_iovec v;
+    int r, e;
+
+    for (;;) {
+        if (evbuffer_reserve_space(in, 16384, &v, 1) < 1)
+            return;
+        ERR_clear_error();
+        if ((r = SSL_read(ssl, v.iov_base, (int)v.iov_len)) <= 0)
+            break;
+        v.iov_len = (size_t)r;
+        evbuffer_commit_space(in, &v, 1);
+    }
+    e = SSL_get_error(ssl, r);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return;
+    bufferevent_trigger_event(c->bev, e == SSL_ERROR_ZERO_RETURN ? BEV_EVENT_EOF | BEV_EVENT_READING
+                                                               : BEV_EVENT_ERROR | BEV_EVENT_READING,
+                              BEV_TRIG_DEFER_CALLBACKS);
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
     struct h1_conn *c = arg;
 
     (void)bev;
+    if (c->tls)
+        tls_drain(c);
     h1_process(c->x);
 }
 

@@ -5,6 +5,7 @@ Host, verify: false, connections kept and TLS sessions resumed, streams.
 The TLS mocks (test_tls.TLSMock) count handshakes and record the SNI."""
 import json
 import os
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ from test_tls import TLSMock, https  # noqa: F401 -- helpers, no tests
 from tls_pki import Pki
 
 ONE_TRY = "retry:\n  max_attempts: 1\n"
+SLOW = 10 if SANITIZED else 1
 
 
 class Upstream(TLSMock):
@@ -145,4 +147,26 @@ def test_long_stream_over_tls_upstream(gateway, up):
     assert st == 200, body
     assert len(json.loads(body)["choices"][0]["message"]["content"]) >= 2000
     assert m.stats()["tls_handshakes"] <= (4 if not SANITIZED else 6)
+    g.stop()
+
+
+def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, up):
+    """The records read ahead of the bufferevent (tls_drain) carry the end
+    too: a stream the upstream cuts ends at once with the error event, a
+    stalled one on stream_idle_timeout, and the cut event never leaks."""
+    m = up()
+    m.config(chunks=5, close_after_chunks=2, partial_bytes=40)
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
+                policies="retry:\n  max_attempts: 1\n  stream_idle_timeout: 500ms\n")
+    t0 = time.monotonic()
+    st, _, raw = g.chat(stream=True)
+    assert st == 200, raw
+    assert time.monotonic() - t0 < 5 * SLOW
+    assert b"stream_interrupted" in raw, raw
+    assert raw.count(b"data: {\"id\"") == 2 and b"tok2" not in raw, raw
+    m.config(chunks=5, close_after_chunks=0, stall_after_chunks=2, partial_bytes=40)
+    st, _, raw = g.chat(stream=True)
+    assert st == 200, raw
+    assert b"stream_timeout" in raw, raw
+    assert b"tok2" not in raw, raw
     g.stop()
