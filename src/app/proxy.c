@@ -22,6 +22,11 @@
  * ends with an SSE `event: error` frame, after whole events only (sse.h).
  * Every exit goes through px_done().
  *
+ * The decisions -- the plan, each leg's host and key, what an outcome
+ * means and what comes next -- are admit.c's (pure, unit-tested); this
+ * file does the I/O and what goes with each transition (logs, events,
+ * metrics, Redis advice, timers, the when_full queue).
+ *
  * Threads: a request lives on the worker that read it (p->w). Shared state
  * -- host and key state, breakers, the balancer, metrics, alerts, the
  * session store, the retry budget, the snapshot's reference count and the
@@ -40,6 +45,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "admit.h"
 #include "balance.h"
 #include "breaker.h"
 #include "cache.h"
@@ -69,9 +75,8 @@
 #define INFERGATE_VERSION "0.1.0"
 #endif
 
-#define PX_MAX_TRIED        32
-#define PX_MAX_LEGS         16                  /* parallel race width cap */
-#define PX_MAX_STEPS        16
+#define PX_MAX_LEGS         ADMIT_MAX_RACE      /* parallel race width cap */
+#define PX_MAX_STEPS        ADMIT_MAX_STEPS
 #define PX_STREAM_HIGH      (256 * 1024)        /* pause upstream above this */
 #define PX_MAX_BUFFERED     (64 * 1024 * 1024)  /* non-streamed response cap */
 #define PX_MAX_REQUEST_ID   64
@@ -92,29 +97,19 @@ enum px_fail {
 
 struct proxy;
 
-/* One step of the plan. */
-struct px_step {
-    const char  *model;          /* NULL = the request's model, unchanged */
-    int         *hosts;          /* allowed host indices, NULL = any */
-    size_t       nhosts;
-    int64_t      timeout_ms;     /* per attempt (connect + first byte) */
-    char        *body;           /* body with the model rewritten, owned */
-    size_t       body_len;
+/* A step's body when its model is rewritten (admit.h has the step). */
+struct px_body {
+    char        *body;           /* owned, NULL = the client's body */
+    size_t       len;
 };
 
 /* One upstream attempt. */
 struct px_leg {
     struct proxy         *p;
     struct upstream_xfer *xfer;          /* NULL when the leg is idle */
-    int                   host;
     int                   step;
-    int                   has_key;
-    size_t                key;
-    struct breaker_ticket ticket;
-    int                   ticket_open;   /* not yet recorded/released */
-    struct breaker       *mbr;           /* host+model breaker, NULL if none */
-    struct breaker_ticket mticket;
-    int                   mticket_open;
+    struct admit_pick     pk;            /* host, key, breaker tickets (open:
+                                          * not yet recorded/released) */
     int                   status;
     int                   streaming;     /* its head started the client stream */
     int                   lat_sampled;   /* latency sample taken (stream head) */
@@ -152,28 +147,19 @@ struct proxy {
     char                  peer[64];      /* copied: req may be gone at log time */
 
     enum px_state         st;
-    struct px_step        steps[PX_MAX_STEPS];
-    int                   nsteps;
-    int                   step;          /* current step (sequential) */
-    int                   step_attempts; /* attempts in the current step */
-    int                   race;          /* legs to race (1 = sequential) */
-    int                   max_attempts;  /* per step; 1 for no-retry requests */
+    struct admit_req      ad;            /* plan, tried hosts, attempts (admit.h) */
+    struct px_body        bodies[PX_MAX_STEPS];
     struct px_leg         legs[PX_MAX_LEGS];
     int                   nlegs;         /* legs allocated */
     int                   active;        /* legs with a transfer */
     struct px_leg        *winner;        /* the leg answering the client */
     struct event         *deadline_timer;
     struct event         *backoff_timer; /* wait before the next attempt */
-    int64_t               t_start, t_head, deadline_ms;
+    int64_t               t_start, t_head;
     int64_t               t_up;          /* since when a leg has been out */
     int64_t               upstream_ms;   /* time with a leg out, for overhead */
     int                   last_host;     /* host of the last leg, -1 none */
     int                   last_key;      /* key of the last leg, -1 none */
-    int                   attempts;
-    int                   tried[PX_MAX_TRIED];
-    int                   ntried;
-    int                   keys_cooling;  /* a host was skipped: keys cooling */
-    enum balance_status   pick_status;   /* why the last pick found nothing */
 
     /* sessions: /v1/verify and routing.sticky */
     int                   verify;        /* POST /v1/verify: only the id's host */
@@ -183,7 +169,6 @@ struct proxy {
     struct session_call  *call;          /* lookup waiting for Redis */
     int                   lookup_sync;   /* inside session_get() */
     char                 *pinned;        /* host the lookup answered, or NULL */
-    int                   prefer;        /* host index to try first, -1 none */
     int                   id_done;       /* response id recorded or not found */
     char                 *rid;           /* the answer's response id, or NULL */
     struct evbuffer      *ctext;         /* keep_content: the stream so far */
@@ -242,6 +227,18 @@ static struct proxy *waitq, *waitq_tail;
 static uint64_t px_freed;
 
 static void px_attempt(struct proxy *p);
+
+/* The serving snapshot as admit.c sees it; built inside each section of
+ * the state lock that calls admit.c (snap->bal is rebuilt on discoveries). */
+static struct admit_view px_view(const struct proxy *p)
+{
+    const struct snapshot *s = p->snap;
+    struct admit_view v = { s->cfg, s->hs, s->ks, s->rings, s->bal, s->live,
+                            &s->bp, &s->rp };
+
+    lock_assert_held();
+    return v;
+}
 static void px_begin(struct proxy *p);
 static void px_lookup_done(void *arg, const char *host);
 static void px_cache_store(struct proxy *p, const struct px_leg *l, const char *ctype);
@@ -286,7 +283,7 @@ static void px_access_log(struct proxy *p)
     a.key_fp = p->last_key >= 0 ? c->keys[p->last_key].fingerprint : NULL;
     a.peer = p->peer;
     a.status = p->resp_status;
-    a.attempts = p->attempts;
+    a.attempts = p->ad.attempts;
     a.stream = p->st == PX_STREAMING;
     a.ttfb_ms = p->t_head ? (double)(p->t_head - p->t_start) : 0;
     a.total_ms = (double)(now - p->t_start);
@@ -404,10 +401,9 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         if (p->legs[i].buf)
             evbuffer_free(p->legs[i].buf);
     }
-    for (i = 0; i < PX_MAX_STEPS; i++) {   /* a plan may have been cut short */
-        free(p->steps[i].hosts);
-        free(p->steps[i].body);
-    }
+    admit_req_free(&p->ad);                /* a plan may have been cut short */
+    for (i = 0; i < PX_MAX_STEPS; i++)
+        free(p->bodies[i].body);
     if (p->deadline_timer)
         event_free(p->deadline_timer);
     if (p->backoff_timer)
@@ -467,7 +463,7 @@ static void px_add_headers(struct proxy *p)
         if (h->address)
             http_resp_header(p->req, "X-Provider-Address", h->address);
     }
-    snprintf(n, sizeof(n), "%d", p->attempts);
+    snprintf(n, sizeof(n), "%d", p->ad.attempts);
     http_resp_header(p->req, "X-Attempts", n);
     if (p->cache_res >= 0)
         http_resp_header(p->req, "X-Cache", px_cache_label(p->cache_res));
@@ -498,19 +494,14 @@ static void px_error(struct proxy *p, int status, const char *type,
 /* Seconds until the first of the request's candidate keys is usable. */
 static int64_t px_soonest_key_s(const struct proxy *p)
 {
-    const struct snapshot *s = p->snap;
-    int64_t now = gw_now_ms(), best = -1;
-    size_t i;
+    struct admit_view v;
+    int64_t best;
 
     lock_take();
-    for (i = 0; i < s->cfg->nkeys; i++) {
-        int64_t left = s->ks[i]->cooldown_until_ms - now;
-        if (s->cfg->keys[i].active && !s->ks[i]->disabled && left > 0
-            && (best < 0 || left < best))
-            best = left;
-    }
+    v = px_view(p);
+    best = admit_soonest_key_ms(&v, gw_now_ms());
     lock_drop();
-    return best < 0 ? 1 : (best + 999) / 1000;
+    return best <= 0 ? 1 : (best + 999) / 1000;
 }
 
 /* The final answer when no attempt succeeded. */
@@ -520,7 +511,7 @@ static void px_fail_final(struct proxy *p)
     const char *hname = p->fail_host >= 0 ? c->hosts[p->fail_host].name : "-";
     char msg[320];
 
-    if (p->attempts == 0) {
+    if (p->ad.attempts == 0) {
         size_t i;
         for (i = 0; i < c->nhosts && !config_host_serves_api(&c->hosts[i],
                                                              (int)p->route->family); i++)
@@ -531,16 +522,16 @@ static void px_fail_final(struct proxy *p)
             px_error(p, 404, "invalid_request_error", "api_not_served", msg);
             return;
         }
-        if (p->pick_status == BALANCE_NO_MODEL && c->nhosts > 0) {
+        if (p->ad.pick_status == BALANCE_NO_MODEL && c->nhosts > 0) {
             snprintf(msg, sizeof(msg), "no host serves model \"%.100s\"",
                      p->model ? p->model : "");
             px_error(p, 404, "invalid_request_error", "model_not_found", msg);
-        } else if (p->keys_cooling) {
+        } else if (p->ad.keys_cooling) {
             snprintf(msg, sizeof(msg), "%lld", (long long)px_soonest_key_s(p));
             http_resp_header(p->req, "Retry-After", msg);
             px_error(p, 429, "rate_limit_error", "keys_cooling_down",
                      "every upstream API key is cooling down; retry later");
-        } else if (p->pick_status == BALANCE_ALL_FULL) {
+        } else if (p->ad.pick_status == BALANCE_ALL_FULL) {
             px_error(p, 429, "rate_limit_error", "hosts_full",
                      "every usable host is at its max_concurrent limit");
         } else {
@@ -552,12 +543,12 @@ static void px_fail_final(struct proxy *p)
     switch (p->fail) {
     case FAIL_TIMEOUT:
         snprintf(msg, sizeof(msg), "upstream %s timed out after %d attempt(s)",
-                 hname, p->attempts);
+                 hname, p->ad.attempts);
         px_error(p, 504, "upstream_error", "upstream_timeout", msg);
         return;
     case FAIL_STATUS:
         snprintf(msg, sizeof(msg), "upstream %s answered %d after %d attempt(s)",
-                 hname, p->fail_status, p->attempts);
+                 hname, p->fail_status, p->ad.attempts);
         if (p->fail_status == 429)
             px_error(p, 429, "rate_limit_error", "upstream_rate_limited", msg);
         else
@@ -570,7 +561,7 @@ static void px_fail_final(struct proxy *p)
         return;
     default:
         snprintf(msg, sizeof(msg), "upstream %s failed after %d attempt(s): %s",
-                 hname, p->attempts, p->fail_msg);
+                 hname, p->ad.attempts, p->fail_msg);
         px_error(p, 502, "upstream_error", "upstream_failed", msg);
         return;
     }
@@ -581,38 +572,27 @@ static void px_fail_final(struct proxy *p)
 /* The model a leg asks for (its step's, or the request's). */
 static const char *px_leg_model(const struct px_leg *l)
 {
-    const char *m = l->p->steps[l->step].model;
+    const char *m = l->p->ad.steps[l->step].model;
 
     return m ? m : l->p->model;
-}
-
-/* Hosts serving several models get one breaker per model besides the
- * host's own; NULL when that does not apply. `create` makes it. Under the
- * state lock. */
-static struct breaker *px_model_breaker(struct proxy *p, int h, const char *model,
-                                        int create)
-{
-    struct host_state *hs = p->snap->hs[h];
-    size_t i;
-
-    if (model == NULL || p->snap->cfg->hosts[h].models.n + hs->models_found.n < 2)
-        return NULL;
-    if (create)
-        return state_model_breaker(hs, model, &p->snap->bp);
-    for (i = 0; i < hs->nmbr; i++)
-        if (strcmp(hs->mbr[i]->model, model) == 0)
-            return &hs->mbr[i]->br;
-    return NULL;
 }
 
 /* Ends a leg's accounting: in-flight count, first-byte timer, metrics
  * and alert samples for its outcome, and the host's latency estimate when
  * the head did not give it (a whole answer; a failed or abandoned attempt
- * only as a lower bound: it may raise the estimate, never lower it). */
-static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
+ * only as a lower bound: it may raise the estimate, never lower it),
+ * and what `how` adds, in the same section of the state lock. */
+enum px_end {
+    PX_END_OUTCOME = 0,   /* an outcome follows (px_leg_record, px_leg_failed) */
+    PX_END_CANCEL,        /* none does: the breaker tickets go back */
+    PX_END_STALL_IDLE,    /* the answer stalled: a stall in metrics */
+    PX_END_STALL_TOTAL    /* the answer took too long: likewise */
+};
+
+static void px_leg_end(struct px_leg *l, enum metrics_outcome o, enum px_end how)
 {
     struct proxy *p = l->p;
-    struct host_state *hs = p->snap->hs[l->host];
+    struct host_state *hs = p->snap->hs[l->pk.host];
     int64_t now = gw_now_ms();
     double ttfb = l->t_head ? (double)(l->t_head - l->t_try) : -1;
 
@@ -629,11 +609,17 @@ static void px_leg_end(struct px_leg *l, enum metrics_outcome o)
                              o != METRICS_OUTCOME_CLIENT_ERROR);
     l->lat_sampled = 1;
     px_wake_one();
-    metrics_attempt(p->snap->mh[l->host], o, ttfb, (double)(now - l->t_try));
+    metrics_attempt(p->snap->mh[l->pk.host], o, ttfb, (double)(now - l->t_try));
     if (o != METRICS_OUTCOME_CANCELLED)
-        alerts_observe(p->gw->alerts, p->snap->cfg->hosts[l->host].name,
+        alerts_observe(p->gw->alerts, p->snap->cfg->hosts[l->pk.host].name,
                        o == METRICS_OUTCOME_SUCCESS || o == METRICS_OUTCOME_CLIENT_ERROR,
                        ttfb >= 0 ? ttfb : (double)(now - l->t_try), now);
+    if (how == PX_END_CANCEL) {
+        struct admit_view v = px_view(p);
+        admit_release(&v, &l->pk);
+    } else if (how != PX_END_OUTCOME) {
+        metrics_upstream_stall(p->snap->mh[l->pk.host], how == PX_END_STALL_TOTAL);
+    }
     lock_drop();
 }
 
@@ -645,26 +631,60 @@ static void px_leg_cancel(struct px_leg *l)
         return;
     upstream_cancel(l->xfer);
     l->xfer = NULL;
-    px_leg_end(l, METRICS_OUTCOME_CANCELLED);
-    lock_take();
-    if (l->ticket_open) {
-        breaker_release(&l->p->snap->hs[l->host]->br, l->ticket);
-        l->ticket_open = 0;
-    }
-    if (l->mticket_open) {
-        breaker_release(l->mbr, l->mticket);
-        l->mticket_open = 0;
-    }
-    lock_drop();
+    px_leg_end(l, METRICS_OUTCOME_CANCELLED, PX_END_CANCEL);
 }
 
-static void px_leg_record_locked(struct px_leg *l, int failure, int answered);
-
 /*
- * Feeds one finished leg to the breakers and the host's counters. A
- * failure that is an HTTP answer (the host is up, the model may not be)
- * goes only to the host+model breaker when there is one.
+ * Feeds one finished leg to the breakers and the host's counters
+ * (admit_record: a failure that is an HTTP answer -- the host is up, the
+ * model may not be -- goes only to the host+model breaker when there is
+ * one), then says what changed: logs, events, Redis advice, passive
+ * health. Caller holds the state lock.
  */
+static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
+{
+    struct proxy *p = l->p;
+    struct host_state *hs = p->snap->hs[l->pk.host];
+    const char *hname = p->snap->cfg->hosts[l->pk.host].name;
+    int64_t now = gw_now_ms();
+    struct admit_view v = px_view(p);
+    struct admit_recorded r;
+    int was_usable;
+
+    r = admit_record(&v, &l->pk, failure, answered, now - l->t_try, now);
+    if (r.host_recorded) {
+        if (r.host_after == BREAKER_OPEN && r.host_before != BREAKER_OPEN) {
+            log_warn("host %s: circuit breaker opened", hname);
+            session_publish_breaker(p->gw->sess, hname,
+                                    gw_unix_from_mono(breaker_open_until(&hs->br)));
+        }
+        observe_breaker(hs, hname, r.host_before, NULL);
+        observe_breaker(hs, hname, r.host_after, NULL);
+    }
+    if (r.model_opened) {
+        log_warn("host %s: breaker for model %s is open", hname, px_leg_model(l));
+        observe_breaker(hs, hname, BREAKER_OPEN, px_leg_model(l));
+    }
+    if (!r.counts_for_host)
+        return;
+    was_usable = hs->live.usable;
+    switch (health_passive(p->snap->cfg, hs, !failure, NULL, l->t_try, now)) {
+    case HEALTH_PASSIVE_EJECTED:
+        log_warn("host %s ejected for %lld ms after %llu failed requests in a row"
+                 " (ejection %d in a row)", hname,
+                 (long long)(hs->ejected_until_ms - now),
+                 (unsigned long long)hs->consecutive_failures, hs->ejections);
+        observe_host_out(hs, hname, "passive", hs->last_error);
+        break;
+    case HEALTH_PASSIVE_RETURNED:
+        log_info("host %s is back: a request sent during its ejection succeeded", hname);
+        observe_host_back(hs, hname);
+        break;
+    }
+    if (hs->live.usable != was_usable)
+        gateway_health_moved(p->gw);
+}
+
 static void px_leg_record(struct px_leg *l, int failure, int answered)
 {
     lock_take();
@@ -672,84 +692,40 @@ static void px_leg_record(struct px_leg *l, int failure, int answered)
     lock_drop();
 }
 
-static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
-{
-    struct host_state *hs = l->p->snap->hs[l->host];
-    int64_t now = gw_now_ms();
-    int model_only = failure && answered && l->mticket_open;
-    int host_failure = failure && !model_only;
-    int was_usable;
-
-    if (l->ticket_open && model_only) {
-        breaker_release(&hs->br, l->ticket);
-        l->ticket_open = 0;
-    }
-    if (l->ticket_open) {
-        enum breaker_state before = breaker_state(&hs->br, now), after;
-        after = breaker_record(&hs->br, l->ticket, !host_failure, now - l->t_try, now);
-        if (after == BREAKER_OPEN && before != BREAKER_OPEN) {
-            log_warn("host %s: circuit breaker opened", l->p->snap->cfg->hosts[l->host].name);
-            session_publish_breaker(l->p->gw->sess, l->p->snap->cfg->hosts[l->host].name,
-                                    gw_unix_from_mono(breaker_open_until(&hs->br)));
-        }
-        observe_breaker(hs, l->p->snap->cfg->hosts[l->host].name, before, NULL);
-        observe_breaker(hs, l->p->snap->cfg->hosts[l->host].name, after, NULL);
-        l->ticket_open = 0;
-    }
-    if (l->mticket_open) {
-        if (breaker_record(l->mbr, l->mticket, !failure, now - l->t_try, now)
-                == BREAKER_OPEN && failure) {
-            log_warn("host %s: breaker for model %s is open",
-                     l->p->snap->cfg->hosts[l->host].name, px_leg_model(l));
-            observe_breaker(hs, l->p->snap->cfg->hosts[l->host].name, BREAKER_OPEN,
-                            px_leg_model(l));
-        }
-        l->mticket_open = 0;
-    }
-    if (model_only)
-        return;
-    if (host_failure) {
-        hs->failures++;
-        hs->consecutive_failures++;
-    } else {
-        hs->consecutive_failures = 0;
-    }
-    was_usable = hs->live.usable;
-    switch (health_passive(l->p->snap->cfg, hs, !host_failure, NULL, l->t_try, now)) {
-    case HEALTH_PASSIVE_EJECTED:
-        log_warn("host %s ejected for %lld ms after %llu failed requests in a row"
-                 " (ejection %d in a row)", l->p->snap->cfg->hosts[l->host].name,
-                 (long long)(hs->ejected_until_ms - now),
-                 (unsigned long long)hs->consecutive_failures, hs->ejections);
-        observe_host_out(hs, l->p->snap->cfg->hosts[l->host].name, "passive",
-                         hs->last_error);
-        break;
-    case HEALTH_PASSIVE_RETURNED:
-        log_info("host %s is back: a request sent during its ejection succeeded",
-                 l->p->snap->cfg->hosts[l->host].name);
-        observe_host_back(hs, l->p->snap->cfg->hosts[l->host].name);
-        break;
-    }
-    if (hs->live.usable != was_usable)
-        gateway_health_moved(l->p->gw);
-}
-
-/* Records why a leg failed, for the final answer and the logs. */
-static void px_note_failure(struct px_leg *l, enum px_fail why, int status,
-                            const char *msg)
+/* Records why a leg failed, for the final answer and the host's status
+ * (its logging is px_note_log's). Caller holds the state lock. */
+static void px_note_failure_locked(struct px_leg *l, enum px_fail why, int status,
+                                   const char *msg)
 {
     struct proxy *p = l->p;
-    struct host_state *hs = p->snap->hs[l->host];
+    struct host_state *hs = p->snap->hs[l->pk.host];
 
+    lock_assert_held();
     p->fail = why;
     p->fail_status = status;
-    p->fail_host = l->host;
+    p->fail_host = l->pk.host;
     snprintf(p->fail_msg, sizeof(p->fail_msg), "%s", msg);
-    lock_take();
     snprintf(hs->last_error, sizeof(hs->last_error), "%s", msg);
+}
+
+static void px_note_log(const struct px_leg *l, const char *msg)
+{
+    const struct proxy *p = l->p;
+
+    log_warn("request %s: attempt %d to %s failed: %s", p->id, p->ad.attempts,
+             p->snap->cfg->hosts[l->pk.host].name, msg);
+}
+
+/* A leg that failed without a retry to follow (a stream cut short, a
+ * losing leg's oversized answer): the breakers and the failure, in one
+ * section of the state lock. */
+static void px_leg_lost(struct px_leg *l, enum px_fail why, const char *msg)
+{
+    lock_take();
+    px_leg_record_locked(l, 1, 0);
+    px_note_failure_locked(l, why, 0, msg);
     lock_drop();
-    log_warn("request %s: attempt %d to %s failed: %s", p->id, p->attempts,
-             p->snap->cfg->hosts[l->host].name, msg);
+    px_note_log(l, msg);
 }
 
 /* --- outcome and what comes next ------------------------------------- */
@@ -774,21 +750,20 @@ static void px_backoff_done(evutil_socket_t fd, short what, void *arg)
 /* Moves to the next step of the plan; returns 0 when there is none. */
 static int px_next_step(struct proxy *p)
 {
-    if (p->step + 1 >= p->nsteps)
+    if (!admit_next_step(&p->ad))
         return 0;
-    p->step++;
-    p->step_attempts = 0;
-    p->ntried = 0;          /* a new model: every host is new to it */
-    log_info("request %s: falling back to step %d (model %s)", p->id, p->step + 1,
-             p->steps[p->step].model ? p->steps[p->step].model : "unchanged");
+    log_info("request %s: falling back to step %d (model %s)", p->id, p->ad.step + 1,
+             p->ad.steps[p->ad.step].model ? p->ad.steps[p->ad.step].model : "unchanged");
     return 1;
 }
 
 /*
- * A leg failed before any byte went to the client. Classifies it, updates
- * breaker, key and counters; then, if no other leg of a race is still
- * running, schedules the next attempt (after a backoff), moves to the next
- * fallback step, or gives the final answer.
+ * A leg failed before any byte went to the client. admit_classify() says
+ * what it means; one section of the state lock feeds it to the breakers,
+ * the key and the counters (and, for a retry, takes it from the retry
+ * budget); then, unless other legs of a race are still running, the next
+ * attempt is scheduled (after a backoff), the plan moves to the next
+ * fallback step, or the final answer goes.
  */
 static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
                           const char *retry_after, const char *msg)
@@ -796,66 +771,73 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
     struct proxy *p = l->p;
     const struct config *c = p->snap->cfg;
     struct gateway *gw = p->gw;
-    struct retry_outcome o = { fault, status, l->has_key };
-    struct retry_verdict v = retry_classify(&p->snap->rp, &o);
-    int64_t now = gw_now_ms(), ra_ms = -1, delay;
-    int spent;
-    uint64_t rnd;
+    struct admit_verdict v = admit_classify(&p->snap->rp, &p->ad, &l->pk, fault, status,
+                                            p->active);
+    int64_t now = gw_now_ms(), ra_ms = -1, delay = -1;
+    int spent = 0;
 
     if (retry_after)
         ra_ms = retry_after_parse(retry_after, gw_unix_ms() / 1000);
     lock_take();
-    px_leg_record_locked(l, v.host_failure, fault == RETRY_FAULT_NONE);
-    if (v.key != RETRY_KEY_KEEP
-        && keys_report(p->snap->ks[l->key], status, ra_ms, now)) {
-        const struct key_state *ks = p->snap->ks[l->key];
+    px_leg_record_locked(l, v.rv.host_failure, fault == RETRY_FAULT_NONE);
+    if (v.key_report && keys_report(p->snap->ks[l->pk.key], status, ra_ms, now)) {
+        const struct key_state *ks = p->snap->ks[l->pk.key];
         log_warn("key %s (%s) %s after upstream %d from %s",
-                 c->keys[l->key].fingerprint, c->keys[l->key].description,
-                 v.key == RETRY_KEY_DISABLE ? "disabled until reload" : "cooling down",
-                 status, c->hosts[l->host].name);
-        session_publish_key(gw->sess, c->keys[l->key].id, ks->disabled,
+                 c->keys[l->pk.key].fingerprint, c->keys[l->pk.key].description,
+                 v.rv.key == RETRY_KEY_DISABLE ? "disabled until reload" : "cooling down",
+                 status, c->hosts[l->pk.host].name);
+        session_publish_key(gw->sess, c->keys[l->pk.key].id, ks->disabled,
                             ks->disabled ? 0 : gw_unix_from_mono(ks->cooldown_until_ms));
-        observe_key(p->snap->ks[l->key], &c->keys[l->key],
-                    ks->disabled ? "disabled" : "cooling", status, c->hosts[l->host].name,
+        observe_key(p->snap->ks[l->pk.key], &c->keys[l->pk.key],
+                    ks->disabled ? "disabled" : "cooling", status, c->hosts[l->pk.host].name,
                     ks->disabled ? 0 : gw_unix_from_mono(ks->cooldown_until_ms), NULL);
     }
+    px_note_failure_locked(l, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT
+                              : fault == RETRY_FAULT_NETWORK ? FAIL_NETWORK : FAIL_STATUS,
+                           status, msg);
+    if (v.next == ADMIT_RETRY) {
+        uint64_t rnd;
+
+        spent = retry_budget_try_spend(&gw->budget, now);
+        if (!spent) {
+            gw->budget_exhausted_total++;
+            metrics_retry_budget_exhausted();
+        }
+        rnd = retry_rand(&gw->rnd);
+        if (spent)
+            delay = admit_delay(&p->snap->rp, c, &p->ad, &v.rv, rnd, ra_ms, p->t_start, now);
+        if (delay >= 0) {
+            gw->retries_total++;
+            metrics_retry();
+        }
+    }
     lock_drop();
-    px_note_failure(l, fault == RETRY_FAULT_TIMEOUT ? FAIL_TIMEOUT
-                       : fault == RETRY_FAULT_NETWORK ? FAIL_NETWORK : FAIL_STATUS,
-                    status, msg);
-    if (p->active > 0)
+    px_note_log(l, msg);
+    switch (v.next) {
+    case ADMIT_WAIT:
         return;               /* other legs of the race are still running */
-    if (p->race > 1) {
+    case ADMIT_RACE_LOST:
         /* The race is lost as a whole: go on with the steps after it. */
-        p->step = p->race - 1;
-        p->race = 1;
+        admit_race_lost(&p->ad);
         if (!px_next_step(p)) {
             px_fail_final(p);
             return;
         }
         px_attempt(p);
         return;
-    }
-    if (!v.retryable) {
+    case ADMIT_GIVE_UP:
         px_fail_final(p);
         return;
-    }
-    if (p->step_attempts >= p->max_attempts) {
+    case ADMIT_NEXT_STEP:
         if (px_next_step(p)) {
             px_attempt(p);
             return;
         }
         px_fail_final(p);
         return;
+    case ADMIT_RETRY:
+        break;
     }
-    lock_take();
-    spent = retry_budget_try_spend(&gw->budget, now);
-    if (!spent) {
-        gw->budget_exhausted_total++;
-        metrics_retry_budget_exhausted();
-    }
-    rnd = retry_rand(&gw->rnd);
-    lock_drop();
     if (!spent) {
         log_warn("request %s: retry budget exhausted (ratio %.2f over %lld ms);"
                  " not retrying", p->id, c->retry.budget_ratio,
@@ -863,19 +845,10 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
         px_fail_final(p);
         return;
     }
-    /* A Retry-After that came with a key-related answer is that key's
-     * cooldown; the retry goes with another key without waiting for it. */
-    delay = retry_delay_ms(&p->snap->rp, p->step_attempts, rnd,
-                           c->retry.respect_retry_after && v.key == RETRY_KEY_KEEP
-                               ? ra_ms : -1);
-    if (now + delay >= p->t_start + p->deadline_ms) {
+    if (delay < 0) {              /* the backoff would end past the deadline */
         px_fail_final(p);
         return;
     }
-    lock_take();
-    gw->retries_total++;
-    metrics_retry();
-    lock_drop();
     p->st = PX_ATTEMPT;
     {
         struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
@@ -932,13 +905,13 @@ static void px_take_winner(struct proxy *p, struct px_leg *l)
     int i;
 
     p->winner = l;
-    p->last_host = l->host;
-    p->last_key = l->has_key ? (int)l->key : -1;
+    p->last_host = l->pk.host;
+    p->last_key = l->pk.has_key ? (int)l->pk.key : -1;
     for (i = 0; i < p->nlegs; i++)
         if (&p->legs[i] != l && p->legs[i].xfer) {
             log_debug("request %s: race won by %s, cancelling %s", p->id,
-                      p->snap->cfg->hosts[l->host].name,
-                      p->snap->cfg->hosts[p->legs[i].host].name);
+                      p->snap->cfg->hosts[l->pk.host].name,
+                      p->snap->cfg->hosts[p->legs[i].pk.host].name);
             /* Not from inside l's own curl callback: legs are distinct. */
             px_leg_cancel(&p->legs[i]);
         }
@@ -950,7 +923,7 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     struct px_leg *l = arg;
     struct proxy *p = l->p;
     const char *ctype = upstream_resp_header(x, "Content-Type");
-    struct host_state *hs = p->snap->hs[l->host];
+    struct host_state *hs = p->snap->hs[l->pk.host];
     int64_t now = gw_now_ms();
     /* Passed on as it arrives: an event stream, or a raw answer (audio). */
     int stream = (ctype && strncasecmp(ctype, "text/event-stream", 17) == 0)
@@ -1094,7 +1067,7 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         if (!p->id_done && (p->route->flags & API_RECORD_ID))
             px_scan_id(p, l, data, len);
         lock_take();
-        metrics_stream_chunks(p->snap->mh[l->host], 1);
+        metrics_stream_chunks(p->snap->mh[l->pk.host], 1);
         lock_drop();
         if (p->ustream)
             usage_stream_feed(p->ustream, data, len);
@@ -1169,7 +1142,7 @@ static int px_garbage(const struct px_leg *l)
  * id (so /v1/verify finds it) and for the sticky key. */
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id)
 {
-    const char *host = p->snap->cfg->hosts[l->host].name;
+    const char *host = p->snap->cfg->hosts[l->pk.host].name;
     int64_t now = gw_now_ms();
 
     if (id && p->rid == NULL)
@@ -1252,8 +1225,8 @@ static void px_reply_buffered(struct proxy *p, struct px_leg *l,
     const char *ctype = upstream_resp_header(x, "Content-Type");
     size_t len = evbuffer_get_length(l->buf);
 
-    p->last_host = l->host;
-    p->last_key = l->has_key ? (int)l->key : -1;
+    p->last_host = l->pk.host;
+    p->last_key = l->pk.has_key ? (int)l->pk.key : -1;
     p->resp_status = l->status;
     px_add_headers(p);
     px_copy_headers(p, x);
@@ -1272,11 +1245,10 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
     struct px_leg *l = arg;
     struct proxy *p = l->p;
     struct upstream_xfer *x = l->xfer;
-    struct retry_outcome o = { RETRY_FAULT_NONE, l->status, l->has_key };
     struct retry_verdict v;
     char msg[200];
 
-    px_leg_end(l, metrics_outcome_of(res, l->status));
+    px_leg_end(l, metrics_outcome_of(res, l->status), PX_END_OUTCOME);
     l->xfer = NULL;                   /* freed by upstream.c after this */
     if (l->streaming) {
         px_leg_record(l, res != UPSTREAM_OK, 0);
@@ -1286,14 +1258,14 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
             /* Binary (speech): no error event fits in it; the client sees
              * the body cut short. */
             log_warn("request %s: stream from %s broke: %s", p->id,
-                     p->snap->cfg->hosts[l->host].name, err);
+                     p->snap->cfg->hosts[l->pk.host].name, err);
             http_req_abort(p->req);
             px_done(p);
             return;
         }
         if (res != UPSTREAM_OK) {
             log_warn("request %s: stream from %s broke: %s", p->id,
-                     p->snap->cfg->hosts[l->host].name, err);
+                     p->snap->cfg->hosts[l->pk.host].name, err);
             px_stream_error(p, "stream_interrupted", "upstream stream interrupted");
         } else if (p->sse_hold && evbuffer_get_length(p->sse_hold)) {
             px_write_hold(p, 0);      /* ended cleanly: passed on as it came */
@@ -1309,13 +1281,11 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
     }
     if (res == UPSTREAM_ERR_ABORTED && p->winner != l && p->active > 0) {
         /* A losing leg of a race drowned in its error body: just a failure. */
-        px_leg_record(l, 1, 0);
-        px_note_failure(l, FAIL_TOO_LARGE, 0, "response too large");
+        px_leg_lost(l, FAIL_TOO_LARGE, "response too large");
         return;
     }
     if (res == UPSTREAM_ERR_ABORTED) {
-        px_leg_record(l, 1, 0);
-        px_note_failure(l, FAIL_TOO_LARGE, 0, "response too large");
+        px_leg_lost(l, FAIL_TOO_LARGE, "response too large");
         px_error(p, 502, "upstream_error", "upstream_response_too_large",
                  "upstream response too large");
         return;
@@ -1336,19 +1306,14 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
                       "upstream sent a malformed JSON body");
         return;
     }
-    v = retry_classify(&p->snap->rp, &o);
-    if (l->status == 404 && (p->owned || (p->route->flags & API_ID_IN_PATH)
-                             || p->route->family == API_PASSTHROUGH)) {
-        /* An unknown response id, or a path the upstream does not know:
-         * its own answer, not a retry (404 is retried for unknown models). */
-        v.retryable = 0;
-        v.host_failure = 0;
-    }
+    v = admit_answer(&p->snap->rp, &l->pk, l->status,
+                     p->owned || (p->route->flags & API_ID_IN_PATH)
+                     || p->route->family == API_PASSTHROUGH);
     if (!v.retryable && (p->winner == l || p->active == 0)) {
         /* A success, or an answer no retry can change (e.g. 400). One
          * section of the state lock for both (it is recursive). */
         lock_take();
-        px_leg_record(l, v.host_failure, 1);
+        px_leg_record_locked(l, v.host_failure, 1);
         px_remember_buffered(p, l);
         lock_drop();
         px_reply_buffered(p, l, x);
@@ -1378,7 +1343,7 @@ static void px_timer_ms(struct event *ev, int64_t ms)
 /* The first-byte limit of an attempt: its step's, or retry.per_try_timeout. */
 static int64_t px_per_try_ms(const struct px_leg *l)
 {
-    const struct px_step *s = &l->p->steps[l->step];
+    const struct admit_step *s = &l->p->ad.steps[l->step];
 
     return s->timeout_ms ? s->timeout_ms : l->p->snap->cfg->retry.per_try_timeout_ms;
 }
@@ -1422,18 +1387,14 @@ static void px_answer_expired(struct px_leg *l, int response, const char *msg)
 
     upstream_cancel(l->xfer);
     l->xfer = NULL;
-    px_leg_end(l, METRICS_OUTCOME_TIMEOUT);
-    lock_take();
-    metrics_upstream_stall(p->snap->mh[l->host], response);
-    lock_drop();
+    px_leg_end(l, METRICS_OUTCOME_TIMEOUT, response ? PX_END_STALL_TOTAL : PX_END_STALL_IDLE);
     if (!l->streaming) {
         if (p->winner == l)
             p->winner = NULL;
         px_leg_failed(l, RETRY_FAULT_TIMEOUT, 0, NULL, msg);
         return;
     }
-    px_leg_record(l, 1, 0);
-    px_note_failure(l, FAIL_TIMEOUT, 0, msg);
+    px_leg_lost(l, FAIL_TIMEOUT, msg);
     if (p->route->flags & API_ANSWER_RAW) {
         http_req_abort(p->req);       /* binary: cut short, no error event */
     } else {
@@ -1464,7 +1425,7 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
         }
         upstream_cancel(l->xfer);
         l->xfer = NULL;
-        px_leg_end(l, METRICS_OUTCOME_TIMEOUT);  /* breaker: recorded below */
+        px_leg_end(l, METRICS_OUTCOME_TIMEOUT, PX_END_OUTCOME);  /* breaker: below */
         px_leg_failed(l, RETRY_FAULT_TIMEOUT, 0, NULL,
                       "no response head within the per-try timeout");
         return;
@@ -1519,82 +1480,6 @@ static void px_client_gone(struct http_req *req, void *arg)
 }
 
 /* --- picking and sending -------------------------------------------- */
-
-static int px_was_tried(const struct proxy *p, int h)
-{
-    int i;
-
-    for (i = 0; i < p->ntried; i++)
-        if (p->tried[i] == h)
-            return 1;
-    return 0;
-}
-
-struct px_filter_ctx {
-    struct proxy         *p;
-    const struct px_step *step;
-};
-
-/* balance.c filter: hosts whose breaker is open are out (health checks
- * mark unhealthy hosts in live.usable), and so are hosts outside the
- * step's host set. The breaker's recovery share depends on time, so it
- * is refreshed here, just before balance.c reads it for this candidate.
- * Under the state lock. */
-static int px_filter(void *ctx, int node)
-{
-    struct px_filter_ctx *f = ctx;
-    struct host_state *hs = f->p->snap->hs[node];
-    int64_t now = gw_now_ms();
-    size_t i;
-
-    if (f->step->hosts) {
-        for (i = 0; i < f->step->nhosts && f->step->hosts[i] != node; i++)
-            ;
-        if (i == f->step->nhosts)
-            return 0;
-    }
-    if (!config_host_serves_api(&f->p->snap->cfg->hosts[node], (int)f->p->route->family))
-        return 0;
-    struct breaker *mb = px_model_breaker(f->p, node,
-                                          f->step->model ? f->step->model : f->p->model, 0);
-
-    hs->live.share = breaker_share(&hs->br, now);
-    return breaker_state(&hs->br, now) != BREAKER_OPEN
-           && (mb == NULL || breaker_state(mb, now) != BREAKER_OPEN)
-           && hs->shared_open_until_ms <= now;
-}
-
-/* Picks a host for step s: the strategy's choice among usable hosts that
- * serve the step's model, never one this request already tried unless
- * nothing else is left (then a failed host may be retried, e.g. with
- * another key). Under the state lock. */
-static int px_pick_host(struct proxy *p, const struct px_step *s)
-{
-    const struct config *c = p->snap->cfg;
-    struct px_filter_ctx f = { p, s };
-    struct balance_query q;
-    int h;
-
-    memset(&q, 0, sizeof(q));
-    q.model = s->model ? s->model : p->model;
-    q.prefer_region = c->routing.prefer_region;
-    q.exclude = p->tried;
-    q.nexclude = (size_t)p->ntried;
-    q.filter = px_filter;
-    q.filter_ctx = &f;
-    q.now_ms = gw_now_ms();
-    if (c->routing.strategy == STRAT_CONSISTENT_HASH)
-        q.hash_key = c->routing.hash_key == AFF_HEADER
-                         ? http_req_header(p->req, c->routing.hash_header)
-                         : p->user;
-    h = balance_pick(p->snap->bal, p->snap->live, &q, &p->pick_status);
-    if (h < 0 && p->pick_status == BALANCE_ALL_TRIED && p->race == 1
-        && p->step_attempts > 0) {
-        q.nexclude = 0;
-        h = balance_pick(p->snap->bal, p->snap->live, &q, &p->pick_status);
-    }
-    return h;
-}
 
 static struct px_leg *px_leg_get(struct proxy *p)
 {
@@ -1653,8 +1538,8 @@ static int px_send(struct px_leg *l)
 {
     struct proxy *p = l->p;
     const struct config *c = p->snap->cfg;
-    const struct px_step *s = &p->steps[l->step];
-    const struct cfg_host *ch = &c->hosts[l->host];
+    const struct admit_step *s = &p->ad.steps[l->step];
+    const struct cfg_host *ch = &c->hosts[l->pk.host];
     struct upstream_header hdr[12];
     struct upstream_req ur;
     char url[4096], auth[4096];
@@ -1663,18 +1548,18 @@ static int px_send(struct px_leg *l)
     const char *av = http_req_header(p->req, "anthropic-version");
     const char *ab = http_req_header(p->req, "anthropic-beta");
     size_t nh = 0, auth_len = 0;
-    int64_t now = gw_now_ms(), left = p->t_start + p->deadline_ms - now;
+    int64_t now = gw_now_ms(), left = p->t_start + p->ad.deadline_ms - now;
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
     int64_t first = per_try;
 
     px_concat(url, sizeof(url), ch->url, p->upath, p->query ? "?" : "",
               p->query ? p->query : "", (const char *)NULL);
-    if (l->has_key && ch->auth == HOST_AUTH_X_API_KEY) {
-        auth_len = px_concat(auth, sizeof(auth), c->keys[l->key].secret, (const char *)NULL);
+    if (l->pk.has_key && ch->auth == HOST_AUTH_X_API_KEY) {
+        auth_len = px_concat(auth, sizeof(auth), c->keys[l->pk.key].secret, (const char *)NULL);
         hdr[nh].name = "x-api-key";
         hdr[nh++].value = auth;
-    } else if (l->has_key) {
-        auth_len = px_concat(auth, sizeof(auth), "Bearer ", c->keys[l->key].secret,
+    } else if (l->pk.has_key) {
+        auth_len = px_concat(auth, sizeof(auth), "Bearer ", c->keys[l->pk.key].secret,
                              (const char *)NULL);
         hdr[nh].name = "Authorization";
         hdr[nh++].value = auth;
@@ -1705,8 +1590,8 @@ static int px_send(struct px_leg *l)
     ur.method = p->method;
     ur.headers = hdr;
     ur.nheaders = nh;
-    ur.body = s->body ? s->body : p->body;
-    ur.body_len = s->body ? s->body_len : p->body_len;
+    ur.body = p->bodies[l->step].body ? p->bodies[l->step].body : p->body;
+    ur.body_len = p->bodies[l->step].body ? p->bodies[l->step].len : p->body_len;
     ur.connect_timeout_ms = per_try;
     ur.ca_file = ch->tls.ca_file;
     ur.insecure = !ch->tls.verify;
@@ -1733,107 +1618,57 @@ static int px_send(struct px_leg *l)
 }
 
 /*
- * Starts one leg for step `si`: picks a host (skipping hosts whose keys
- * all cool down or whose half-open breaker has no probe left), a key, and
- * sends. Returns 0 when a leg is running, -1 when this step has no host.
+ * Starts one leg for step `si`: admit_pick() chooses the host and key
+ * (skipping hosts whose keys all cool down or whose half-open breaker has
+ * no probe left) and takes the host's slot, then the leg is sent. Returns
+ * 0 when a leg is running, -1 when this step has no host.
  */
 static int px_start_leg(struct proxy *p, int si)
 {
-    const struct config *c = p->snap->cfg;
-    int64_t now = gw_now_ms();
-    int picks = 0;
+    struct admit_view v;
+    struct admit_pick pk;
+    struct px_leg *l;
+    int picks = 0, got;
 
-    lock_take();
-    while (picks++ <= (int)c->nhosts) {
-        struct host_state *hs;
-        struct px_leg *l;
-        size_t k = 0;
-        int h = -1, has_key = 0;
-        struct px_filter_ctx f = { p, &p->steps[si] };
-
-        /* A sticky request tries its host first, if usable. */
-        if (p->prefer >= 0 && p->step_attempts == 0 && p->race == 1
-            && !px_was_tried(p, p->prefer) && p->snap->live[p->prefer]->usable
-            && px_filter(&f, p->prefer))
-            h = p->prefer;
-        if (h < 0)
-            h = px_pick_host(p, &p->steps[si]);
-        if (h < 0)
-            break;
-        hs = p->snap->hs[h];
-        if (p->ntried < PX_MAX_TRIED && !px_was_tried(p, h))
-            p->tried[p->ntried++] = h;
-        switch (keys_pick(&p->snap->rings[h], p->snap->ks, &hs->rr, now, &k)) {
-        case KEYS_ALL_COOLING:
-            p->keys_cooling = 1;
-            continue;
-        case KEYS_NONE:
-            break;
-        case KEYS_PICKED:
-            has_key = 1;
-            break;
-        }
-        if ((l = px_leg_get(p)) == NULL)
-            break;
-        if (!breaker_allow(&hs->br, now, &l->ticket))
-            continue;                 /* half-open and its probes are out */
-        l->ticket_open = 1;
-        l->mbr = px_model_breaker(p, h, p->steps[si].model ? p->steps[si].model
-                                                           : p->model, 1);
-        l->mticket_open = 0;
-        if (l->mbr && !breaker_allow(l->mbr, now, &l->mticket)) {
-            breaker_release(&hs->br, l->ticket);
-            l->ticket_open = 0;
-            continue;
-        }
-        l->mticket_open = l->mbr != NULL;
-        l->host = h;
-        l->step = si;
-        l->has_key = has_key;
-        l->key = k;
-        p->last_host = h;
-        p->last_key = has_key ? (int)k : -1;
-        p->attempts++;
-        p->step_attempts++;
-        if (!hs->live.usable)
+    for (;;) {
+        l = px_leg_get(p);
+        got = -1;
+        lock_take();
+        v = px_view(p);
+        if (l)
+            got = admit_pick(&v, &p->ad, si, gw_now_ms(), &picks, &pk);
+        if (got == 0 && pk.panic)
             metrics_panic_pick();           /* panic mode picked it */
-        /* The host's slot is taken before the lock goes, so that workers
-         * picking at the same time respect max_concurrent. */
-        hs->live.in_flight++;
-        hs->requests++;
+        if (got < 0)
+            p->freed_seen = px_freed;
         lock_drop();
+        if (got < 0)
+            return -1;
+        l->pk = pk;
+        l->step = si;
+        p->last_host = pk.host;
+        p->last_key = pk.has_key ? (int)pk.key : -1;
         if (px_send(l) == 0)
             return 0;
         lock_take();
-        hs->live.in_flight--;
-        hs->requests--;
+        v = px_view(p);
+        admit_unpick(&v, &l->pk);
         px_wake_one();
-        breaker_release(&hs->br, l->ticket);
-        l->ticket_open = 0;
-        if (l->mticket_open)
-            breaker_release(l->mbr, l->mticket);
-        l->mticket_open = 0;
-        px_note_failure(l, FAIL_NETWORK, 0, "cannot start the upstream transfer");
+        px_note_failure_locked(l, FAIL_NETWORK, 0, "cannot start the upstream transfer");
+        lock_drop();
+        px_note_log(l, "cannot start the upstream transfer");
     }
-    p->freed_seen = px_freed;
-    lock_drop();
-    return -1;
 }
 
 /* routing.when_full: queue. Every usable host is at max_concurrent: wait
- * (FIFO) for one to finish a request, up to queue_timeout. Returns 1 when
- * the request is now waiting. */
+ * (FIFO) for one to finish a request, up to queue_timeout (admit_queue()
+ * says whether). Returns 1 when the request is now waiting. */
 static int px_queue(struct proxy *p)
 {
-    const struct config *c = p->snap->cfg;
     int64_t now = gw_now_ms();
     struct timeval zero = { 0, 0 };
 
-    if (c->routing.when_full != WHEN_FULL_QUEUE)
-        return 0;
-    if (p->queue_until == 0)
-        p->queue_until = now + c->routing.queue_timeout_ms;
-    if (now >= p->queue_until)
+    if (!admit_queue(p->snap->cfg, &p->ad, &p->queue_until, now))
         return 0;
     p->st = PX_ATTEMPT;
     lock_take();
@@ -1868,22 +1703,21 @@ static void px_attempt(struct proxy *p)
     int i;
 
     p->st = PX_WAITING;
-    if (p->race > 1) {
-        for (i = 0; i < p->race; i++)
-            px_start_leg(p, i < p->nsteps ? i : p->nsteps - 1);
+    if (p->ad.race > 1) {
+        for (i = 0; i < p->ad.race; i++)
+            px_start_leg(p, i < p->ad.nsteps ? i : p->ad.nsteps - 1);
         if (p->active > 0)
             return;
-        p->step = p->race - 1;
-        p->race = 1;
+        admit_race_lost(&p->ad);
         if (!px_next_step(p)) {
             px_fail_final(p);
             return;
         }
     }
     for (;;) {
-        if (p->step_attempts < p->max_attempts && px_start_leg(p, p->step) == 0)
+        if (p->ad.step_attempts < p->ad.max_attempts && px_start_leg(p, p->ad.step) == 0)
             return;
-        if (p->pick_status == BALANCE_ALL_FULL && px_queue(p))
+        if (px_queue(p))
             return;
         if (!px_next_step(p))
             break;
@@ -1893,13 +1727,15 @@ static void px_attempt(struct proxy *p)
 
 /* --- the plan ---------------------------------------------------------- */
 
-/* The body with "model" set to `model`, for a step that rewrites it. */
-static int px_step_rewrite(struct proxy *p, struct px_step *s, const char *model)
+/* The body with "model" set to step si's model, for a step that
+ * rewrites it. */
+static int px_step_rewrite(struct proxy *p, int si)
 {
+    const char *model = p->ad.steps[si].model;
+    struct px_body *b = &p->bodies[si];
     json_t *copy;
 
-    s->model = model;
-    if (!p->json_body || (p->model && strcmp(p->model, model) == 0))
+    if (model == NULL || !p->json_body || (p->model && strcmp(p->model, model) == 0))
         return 0;
     /* The only place a request body becomes a tree (jscan validated it). */
     if (p->doc == NULL && (p->doc = json_loadb(p->body, p->body_len, 0, NULL)) == NULL)
@@ -1908,102 +1744,51 @@ static int px_step_rewrite(struct proxy *p, struct px_step *s, const char *model
     if (copy == NULL)
         return -1;
     json_object_set_new(copy, "model", json_string(model));
-    s->body = json_dumps(copy, JSON_COMPACT);
+    b->body = json_dumps(copy, JSON_COMPACT);
     json_decref(copy);
-    if (s->body == NULL)
+    if (b->body == NULL)
         return -1;
-    s->body_len = strlen(s->body);
+    b->len = strlen(b->body);
     return 0;
 }
 
-/* A step's model may name a `models:` group: the first member some host
- * serves stands for it. */
-static const char *px_concrete_model(const struct proxy *p, const char *name)
-{
-    const struct cfg_model_group *g = config_model_group(p->snap->cfg, name);
-    const char *m = NULL;
-    size_t i;
-
-    if (g == NULL)
-        return name;
-    lock_take();                      /* snap->bal is rebuilt on discoveries */
-    for (i = 0; i < g->models.n && m == NULL; i++)
-        if (balance_serves(p->snap->bal, g->models.v[i]))
-            m = g->models.v[i];
-    lock_drop();
-    if (m)
-        return m;
-    return g->models.n ? g->models.v[0] : name;
-}
-
-static const struct cfg_fallback_chain *px_chain(const struct proxy *p)
-{
-    const struct config *c = p->snap->cfg;
-    size_t i;
-
-    for (i = 0; i < c->fallback.nchains; i++) {
-        const char *m = c->fallback.chains[i].match;
-        if (strcmp(m, "*") == 0 || (p->model && strcmp(m, p->model) == 0))
-            return &c->fallback.chains[i];
-    }
-    return NULL;
-}
-
 /*
- * Builds the plan: the matching fallback chain's steps; else, for a model
- * that names a `models:` group, one step per member in order; else one
- * step with the request as it is.
+ * Builds the plan (admit_plan: the matching fallback chain's steps; else,
+ * for a model that names a `models:` group, one step per member in order;
+ * else one step with the request as it is), then each step's body with
+ * its model.
  */
 static int px_plan(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
-    const struct cfg_fallback_chain *ch = px_chain(p);
-    const struct cfg_model_group *g = p->model ? config_model_group(c, p->model) : NULL;
-    size_t i, j;
+    struct admit_view v;
+    int no_retry = 0, rc, i;
 
-    p->race = 1;
-    p->max_attempts = c->retry.max_attempts;
-    p->deadline_ms = c->retry.deadline_ms;
     if (c->retry.no_retry_header) {
-        const char *v = http_req_header(p->req, c->retry.no_retry_header);
-        if (v && strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0) {
-            p->max_attempts = 1;      /* the client's call has side effects */
-            ch = NULL;
-            g = NULL;
-        }
+        const char *h = http_req_header(p->req, c->retry.no_retry_header);
+        no_retry = h && strcmp(h, "0") != 0 && strcasecmp(h, "false") != 0;
     }
-    if (ch) {
-        for (i = 0; i < ch->nsteps && p->nsteps < PX_MAX_STEPS; i++) {
-            const struct cfg_fallback_step *cs = &ch->steps[i];
-            struct px_step *s = &p->steps[p->nsteps++];
-
-            s->timeout_ms = cs->timeout_ms;
-            if (cs->model && px_step_rewrite(p, s, px_concrete_model(p, cs->model)) < 0)
-                return -1;
-            if (cs->hosts.n) {
-                s->hosts = calloc(cs->hosts.n, sizeof(int));
-                if (s->hosts == NULL)
-                    return -1;
-                for (j = 0; j < cs->hosts.n; j++) {
-                    const struct cfg_host *h = config_host_by_name(c, cs->hosts.v[j]);
-                    if (h)
-                        s->hosts[s->nhosts++] = (int)(h - c->hosts);
-                }
-            }
-        }
-        if (ch->mode == FALLBACK_PARALLEL)
-            p->race = ch->race < PX_MAX_LEGS ? ch->race : PX_MAX_LEGS;
-        if (ch->timeout_ms)
-            p->deadline_ms = ch->timeout_ms;
-    } else if (g) {
-        for (i = 0; i < g->models.n && p->nsteps < PX_MAX_STEPS; i++)
-            if (px_step_rewrite(p, &p->steps[p->nsteps++], g->models.v[i]) < 0)
-                return -1;
+    p->ad.model = p->model;
+    p->ad.family = (int)p->route->family;
+    if (c->routing.strategy == STRAT_CONSISTENT_HASH)
+        p->ad.hash_key = c->routing.hash_key == AFF_HEADER
+                             ? http_req_header(p->req, c->routing.hash_header)
+                             : p->user;
+    if (admit_chain(c, p->model)) {
+        lock_take();                  /* snap->bal is rebuilt on discoveries */
+        v = px_view(p);
+        rc = admit_plan(&v, &p->ad, no_retry);
+        lock_drop();
+    } else {
+        memset(&v, 0, sizeof(v));     /* no chain: the plan reads the config only */
+        v.cfg = c;
+        rc = admit_plan(&v, &p->ad, no_retry);
     }
-    if (p->nsteps == 0)
-        p->nsteps = 1;                /* the request as it is */
-    if (p->max_attempts == 1)
-        p->nsteps = 1;
+    if (rc < 0)
+        return -1;
+    for (i = 0; i < p->ad.nsteps; i++)
+        if (px_step_rewrite(p, i) < 0)
+            return -1;
     return 0;
 }
 
@@ -2067,7 +1852,7 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->cache_res = -1;
     p->last_key = -1;
     p->fail_host = -1;
-    p->prefer = -1;
+    admit_req_init(&p->ad, NULL, 0);
     px_concat(p->method, sizeof(p->method), method, (const char *)NULL);
     p->route = &px_default_route;
     p->t_start = gw_now_ms();
@@ -2107,8 +1892,8 @@ static int px_body_add_content(struct proxy *p)
     p->body = p->body_own = b;
     p->body_len = strlen(b);
     for (i = 0; i < PX_MAX_STEPS; i++) {    /* a model rewrite's copy */
-        free(p->steps[i].body);
-        p->steps[i].body = NULL;
+        free(p->bodies[i].body);
+        p->bodies[i].body = NULL;
     }
     return 0;
 }
@@ -2184,9 +1969,11 @@ static void px_begin(struct proxy *p)
         }
         int down;
 
+        struct admit_view v;
+
         lock_take();
-        down = !p->snap->hs[h]->live.usable || p->snap->hs[h]->health == HEALTH_UNHEALTHY
-               || breaker_state(&p->snap->hs[h]->br, gw_now_ms()) == BREAKER_OPEN;
+        v = px_view(p);
+        down = admit_host_down(&v, h, gw_now_ms());
         lock_drop();
         if (down) {
             snprintf(msg, sizeof(msg), "the host that served this id (%.100s) is"
@@ -2197,18 +1984,18 @@ static void px_begin(struct proxy *p)
         }
         /* Verification is provider-specific, and a response lives on the
          * host that made it: that host only. */
-        p->nsteps = 1;
-        p->race = 1;
-        free(p->steps[0].hosts);
-        p->steps[0].hosts = malloc(sizeof(int));
-        if (p->steps[0].hosts == NULL) {
+        p->ad.nsteps = 1;
+        p->ad.race = 1;
+        free(p->ad.steps[0].hosts);
+        p->ad.steps[0].hosts = malloc(sizeof(int));
+        if (p->ad.steps[0].hosts == NULL) {
             px_error(p, 500, "server_error", "out_of_memory", "out of memory");
             return;
         }
-        p->steps[0].hosts[0] = h;
-        p->steps[0].nhosts = 1;
+        p->ad.steps[0].hosts[0] = h;
+        p->ad.steps[0].nhosts = 1;
     } else if (p->pinned) {
-        p->prefer = px_host_index(p, p->pinned);
+        p->ad.prefer = px_host_index(p, p->pinned);
     }
     px_attempt(p);
 }
@@ -2341,7 +2128,7 @@ static int px_cache_begin(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
     const char *cc = http_req_header(p->req, "Cache-Control");
-    const char *model = p->steps[0].model ? p->steps[0].model : p->model;
+    const char *model = p->ad.steps[0].model ? p->ad.steps[0].model : p->model;
     const char *client = c->cache.per_client ? http_req_header(p->req, "Authorization") : NULL;
     struct cache_hit hit;
     char *body = NULL, *ctype = NULL;
@@ -2485,8 +2272,8 @@ static void px_start_rest(struct proxy *p)
     struct timeval tv;
     int answered;
 
-    tv.tv_sec = (time_t)(p->deadline_ms / 1000);
-    tv.tv_usec = (suseconds_t)((p->deadline_ms % 1000) * 1000);
+    tv.tv_sec = (time_t)(p->ad.deadline_ms / 1000);
+    tv.tv_usec = (suseconds_t)((p->ad.deadline_ms % 1000) * 1000);
     evtimer_add(p->deadline_timer, &tv);
     lock_take();
     retry_budget_note_request(&p->gw->budget, p->t_start);
