@@ -417,7 +417,7 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     free(p->cache_val);
     if (p->sse_hold)
         evbuffer_free(p->sse_hold);
-    free(p->ustream);
+    usage_stream_free(p->ustream);
     free(p->body_own);
     free(p->admit_ans);
     free(p->query);
@@ -1161,25 +1161,37 @@ static void px_scan_id(struct proxy *p, const struct px_leg *l,
 {
     char id[SESSION_KEY_MAX];
     enum session_id_result r;
+    const char *buf = data;
+    size_t n = len;
 
-    if (p->idscan == NULL && (p->idscan = evbuffer_new()) == NULL) {
-        p->id_done = 1;
-        return;
+    /* Usually the first chunk holds the id: searched where it is, and only
+     * kept (to be searched with the next) when it does not. */
+    if (p->idscan != NULL) {
+        evbuffer_add(p->idscan, data, len);
+        n = evbuffer_get_length(p->idscan);
+        buf = (const char *)evbuffer_pullup(p->idscan, -1);
     }
-    evbuffer_add(p->idscan, data, len);
     if (p->route->family == API_RESPONSES) {
         /* response.created: the id is in its "response" object. */
-        int f = route_stream_response_id((const char *)evbuffer_pullup(p->idscan, -1),
-                                         evbuffer_get_length(p->idscan), id, sizeof(id));
+        int f = route_stream_response_id(buf, n, id, sizeof(id));
         r = f > 0 ? SESSION_ID_FOUND : f == 0 ? SESSION_ID_MORE : SESSION_ID_NONE;
     } else {
-        r = session_extract_id((const char *)evbuffer_pullup(p->idscan, -1),
-                               evbuffer_get_length(p->idscan), id, sizeof(id));
+        r = session_extract_id(buf, n, id, sizeof(id));
     }
     if (r == SESSION_ID_FOUND)
         px_remember(p, l, id);
-    if (r != SESSION_ID_MORE || evbuffer_get_length(p->idscan) >= PX_ID_SCAN)
+    if (r != SESSION_ID_MORE || n >= PX_ID_SCAN) {
         p->id_done = 1;
+    } else if (p->idscan == NULL) {
+        if ((p->idscan = evbuffer_new()) == NULL)
+            p->id_done = 1;
+        else
+            evbuffer_add(p->idscan, data, len);
+    }
+    if (p->id_done && p->idscan != NULL) {
+        evbuffer_free(p->idscan);           /* an idle stream keeps nothing */
+        p->idscan = NULL;
+    }
 }
 
 /* sessions.keep_content: a chat answer's text, JSON-encoded, kept with its

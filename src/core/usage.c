@@ -195,35 +195,83 @@ int usage_scan_first(const char *buf, size_t len, struct usage *u)
 
 struct usage_stream *usage_stream_new(void)
 {
-    /* Not zeroed (12 KB): only the bytes fed are ever read. */
-    struct usage_stream *s = malloc(sizeof(*s));
-
-    if (s != NULL) {
-        s->head_len = 0;
-        s->pos = 0;
-        s->total = 0;
-    }
-    return s;
+    return calloc(1, sizeof(struct usage_stream));
 }
 
+void usage_stream_free(struct usage_stream *s)
+{
+    if (s == NULL)
+        return;
+    free(s->buf);
+    free(s->head);
+    free(s);
+}
+
+/* buf holds at least `want` bytes (at most USAGE_TAIL); 0 when it could
+ * not grow, and the stream is then given up (no counts). */
+static int stream_room(struct usage_stream *s, size_t want)
+{
+    size_t cap = s->cap ? s->cap : USAGE_STREAM_MIN;
+    char *nb;
+
+    if (want <= s->cap)
+        return 1;
+    while (cap < want)
+        cap *= 2;
+    if (cap > USAGE_TAIL)
+        cap = USAGE_TAIL;
+    if ((nb = realloc(s->buf, cap)) == NULL) {
+        s->failed = 1;
+        return 0;
+    }
+    s->buf = nb;
+    s->cap = cap;
+    return 1;
+}
+
+/*
+ * Up to USAGE_TAIL bytes the stream is kept as it came, in a buffer that
+ * grows with it (an idle stream holds a few hundred bytes, not 12 KB).
+ * Beyond, its first USAGE_HEAD bytes are put aside and the buffer becomes
+ * the ring of its last USAGE_TAIL bytes: byte i of the stream at i % TAIL.
+ */
 void usage_stream_feed(struct usage_stream *s, const char *data, size_t len)
 {
     size_t n;
 
-    if (s->head_len < USAGE_HEAD) {
-        n = USAGE_HEAD - s->head_len < len ? USAGE_HEAD - s->head_len : len;
-        memcpy(s->head + s->head_len, data, n);
-        s->head_len += n;
+    if (s->failed || len == 0)
+        return;
+    if (s->total + len <= USAGE_TAIL) {
+        if (!stream_room(s, (size_t)s->total + len))
+            return;
+        memcpy(s->buf + s->total, data, len);
+        s->total += len;
+        s->pos = (size_t)(s->total % USAGE_TAIL);
+        return;
+    }
+    if (s->head == NULL) {                 /* outgrows the tail now */
+        size_t had = (size_t)s->total < USAGE_HEAD ? (size_t)s->total : USAGE_HEAD;
+        if ((s->head = malloc(USAGE_HEAD)) == NULL) {
+            s->failed = 1;
+            return;
+        }
+        if (had)
+            memcpy(s->head, s->buf, had);
+        n = USAGE_HEAD - had < len ? USAGE_HEAD - had : len;
+        memcpy(s->head + had, data, n);
+        s->head_len = had + n;
+        if (!stream_room(s, USAGE_TAIL))
+            return;
     }
     s->total += len;
     if (len >= USAGE_TAIL) {
-        memcpy(s->ring, data + len - USAGE_TAIL, USAGE_TAIL);
+        memcpy(s->buf, data + len - USAGE_TAIL, USAGE_TAIL);
         s->pos = 0;
         return;
     }
     n = USAGE_TAIL - s->pos < len ? USAGE_TAIL - s->pos : len;
-    memcpy(s->ring + s->pos, data, n);
-    memcpy(s->ring, data + n, len - n);
+    memcpy(s->buf + s->pos, data, n);
+    memcpy(s->buf, data + n, len - n);
     s->pos = (s->pos + len) % USAGE_TAIL;
 }
 
@@ -234,14 +282,23 @@ int usage_stream_result(struct usage_stream *s, struct usage *u)
     size_t tlen, nkeys;
     struct usage h;
 
+    const char *head;
+    size_t hlen;
+
     memset(u, 0, sizeof(*u));
+    if (s->failed || s->total == 0)
+        return -1;
     if (s->total <= USAGE_TAIL) {
-        tlen = (size_t)s->total;       /* the whole stream, unwrapped */
-        t = s->ring;
+        tlen = (size_t)s->total;       /* the whole stream, as it came */
+        t = s->buf;
+        head = s->buf;
+        hlen = tlen < USAGE_HEAD ? tlen : USAGE_HEAD;
     } else {
         tlen = USAGE_TAIL;
-        memcpy(tail, s->ring + s->pos, USAGE_TAIL - s->pos);
-        memcpy(tail + USAGE_TAIL - s->pos, s->ring, s->pos);
+        memcpy(tail, s->buf + s->pos, USAGE_TAIL - s->pos);
+        memcpy(tail + USAGE_TAIL - s->pos, s->buf, s->pos);
+        head = s->head;
+        hlen = s->head_len;
     }
     scan_last(t, tlen, u, &nkeys);
     /* A short stream is all in the tail: with no key there, the head (its
@@ -250,7 +307,7 @@ int usage_stream_result(struct usage_stream *s, struct usage *u)
         return -1;
     if ((u->have & (USAGE_HAVE_INPUT | USAGE_HAVE_OUTPUT))
             != (USAGE_HAVE_INPUT | USAGE_HAVE_OUTPUT)
-        && usage_scan_first(s->head, s->head_len, &h) == 0) {
+        && usage_scan_first(head, hlen, &h) == 0) {
         if (!(u->have & USAGE_HAVE_INPUT) && (h.have & USAGE_HAVE_INPUT)) {
             u->input = h.input;
             u->have |= USAGE_HAVE_INPUT;

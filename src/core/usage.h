@@ -48,17 +48,23 @@ int usage_scan_last(const char *buf, size_t len, struct usage *u);
 /* The first complete `"usage": {...}` in buf[0..len). */
 int usage_scan_first(const char *buf, size_t len, struct usage *u);
 
-/* A stream's head and tail, fed chunk by chunk. */
+/* A stream's head and tail, fed chunk by chunk: kept as it came while it
+ * is at most USAGE_TAIL bytes (a buffer that grows from USAGE_STREAM_MIN),
+ * then its first USAGE_HEAD bytes and a ring of its last USAGE_TAIL. */
+#define USAGE_STREAM_MIN 512
 struct usage_stream {
-    char   head[USAGE_HEAD];
-    size_t head_len;
-    char   ring[USAGE_TAIL];
-    size_t pos;                  /* next write position in ring */
-    size_t total;                /* bytes fed */
+    char    *buf;                /* the stream so far, then the ring */
+    size_t   cap;
+    char    *head;               /* NULL until the stream outgrows the tail */
+    size_t   head_len;
+    size_t   pos;                /* ring: next write position (total % TAIL) */
+    uint64_t total;              /* bytes fed */
+    int      failed;             /* out of memory: no counts */
 };
 
-/* An empty one (free() it), or NULL without memory. */
+/* An empty one (usage_stream_free() it), or NULL without memory. */
 struct usage_stream *usage_stream_new(void);
+void usage_stream_free(struct usage_stream *s);
 
 void usage_stream_feed(struct usage_stream *s, const char *data, size_t len);
 

@@ -63,6 +63,7 @@
 #include "tls.h"
 
 #define HTTP_MAX_HEADERS    100
+#define HTTP_HDR_INLINE     16      /* header fields held in the request itself */
 #define HTTP_MAX_LISTENERS  4
 #define HTTP_MAX_CONNS      10000   /* also capped by RLIMIT_NOFILE, see below */
 #define HTTP_CHUNK_LINE_MAX 1024    /* chunk size line with its extensions */
@@ -96,8 +97,9 @@ struct http_req {
     char               *query;
     int                 minor;        /* HTTP/1.x */
     int                 keepalive;
-    struct http_header  hdr[HTTP_MAX_HEADERS];
+    struct http_header *hdr;          /* hdr_in, or up to HTTP_MAX_HEADERS */
     size_t              nhdr;
+    struct http_header  hdr_in[HTTP_HDR_INLINE];
     char               *body;
     size_t              body_len;
     size_t              body_cap;
@@ -212,6 +214,7 @@ static struct http_req *req_new(struct http_conn *c)
         return NULL;
     r->conn = c;
     r->srv = c->srv;
+    r->hdr = r->hdr_in;
     r->resp_hdrs = evbuffer_new();
     if (r->resp_hdrs == NULL) {
         free(r);
@@ -226,10 +229,10 @@ static void req_free(struct http_req *r)
 
     if (r == NULL)
         return;
-    for (i = 0; i < r->nhdr; i++) {
-        free(r->hdr[i].name);
-        free(r->hdr[i].value);
-    }
+    for (i = 0; i < r->nhdr; i++)
+        free(r->hdr[i].name);              /* the line; value points into it */
+    if (r->hdr != r->hdr_in)
+        free(r->hdr);
     free(r->method);
     free(r->target);
     free(r->body);
@@ -750,13 +753,17 @@ static const char *parse_header_line(struct http_req *r, char *line, size_t len)
     end = v + strlen(v);
     while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
         *--end = '\0';
-    r->hdr[r->nhdr].name = strdup(line);
-    r->hdr[r->nhdr].value = strdup(v);
-    if (r->hdr[r->nhdr].name == NULL || r->hdr[r->nhdr].value == NULL) {
-        free(r->hdr[r->nhdr].name);
-        free(r->hdr[r->nhdr].value);
-        return "out of memory";
+    if (r->nhdr == HTTP_HDR_INLINE && r->hdr == r->hdr_in) {
+        struct http_header *h = malloc(HTTP_MAX_HEADERS * sizeof(*h));
+        if (h == NULL)
+            return "out of memory";
+        memcpy(h, r->hdr_in, sizeof(r->hdr_in));
+        r->hdr = h;
     }
+    /* The field keeps the line: its name ends at the colon, its value
+     * points into it (no copies). */
+    r->hdr[r->nhdr].name = line;
+    r->hdr[r->nhdr].value = v;
     r->nhdr++;
     return NULL;
 }
@@ -1028,8 +1035,8 @@ static void conn_process(struct http_conn *c)
                 return;
             }
             why = parse_header_line(c->req, line, len);
-            free(line);
             if (why) {
+                free(line);         /* else the request keeps it */
                 conn_fail(c, 400, "bad_request", why);
                 return;
             }

@@ -117,7 +117,9 @@ static void test_stream_new_short(void **st)
     assert_int_equal(usage_stream_result(us, &u), 0);
     assert_int_equal(u.input, 3);
     assert_int_equal(u.output, 4);
-    free(us);
+    assert_true(us->cap <= USAGE_STREAM_MIN);   /* a short stream holds little */
+    assert_null(us->head);
+    usage_stream_free(us);
 }
 
 /* Feeds s in pieces of `step` bytes. */
@@ -133,7 +135,7 @@ static void feed(struct usage_stream *us, const char *s, size_t len, size_t step
  * of every size: its usage is found; one without a usage key has none. */
 static void test_stream_key_across_feeds(void **st)
 {
-    static struct usage_stream us;
+    struct usage_stream *us = NULL;
     char s[512];
     size_t n, step, i;
     struct usage u;
@@ -144,29 +146,36 @@ static void test_stream_key_across_feeds(void **st)
                            "\"completion_tokens\":4}}\n\ndata: [DONE]\n\n");
     for (step = 1; step <= 12; step++)
         for (i = 0; i < step; i++) {
-            memset(&us, 0, sizeof(us));
-            usage_stream_feed(&us, s, i);
-            feed(&us, s + i, n - i, step);
-            assert_int_equal(usage_stream_result(&us, &u), 0);
+            usage_stream_free(us);
+            us = usage_stream_new();
+            assert_non_null(us);
+            usage_stream_feed(us, s, i);
+            feed(us, s + i, n - i, step);
+            assert_int_equal(usage_stream_result(us, &u), 0);
             assert_int_equal(u.input, 3);
             assert_int_equal(u.output, 4);
         }
     n = (size_t)sprintf(s, "data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\n"
                            "data: [DONE]\n\n");
     for (step = 1; step <= 12; step++) {
-        memset(&us, 0, sizeof(us));
-        feed(&us, s, n, step);
-        assert_int_equal(usage_stream_result(&us, &u), -1);
+        usage_stream_free(us);
+        us = usage_stream_new();
+        assert_non_null(us);
+        feed(us, s, n, step);
+        assert_int_equal(usage_stream_result(us, &u), -1);
     }
     n = (size_t)sprintf(s, "data: {\"choices\":[]}\n\n");
-    memset(&us, 0, sizeof(us));
-    feed(&us, s, n, 5);
-    assert_int_equal(usage_stream_result(&us, &u), -1);
+    usage_stream_free(us);
+    us = usage_stream_new();
+    assert_non_null(us);
+    feed(us, s, n, 5);
+    assert_int_equal(usage_stream_result(us, &u), -1);
+    usage_stream_free(us);
 }
 
 static void test_stream_chat_long(void **st)
 {
-    static struct usage_stream us;
+    struct usage_stream *us = NULL;
     char *big = malloc(200000);
     size_t n = 0;
     int i;
@@ -182,18 +191,21 @@ static void test_stream_chat_long(void **st)
     n += (size_t)sprintf(big + n, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,"
                                   "\"completion_tokens\":1500}}\n\ndata: [DONE]\n\n");
     for (k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
-        memset(&us, 0, sizeof(us));
-        feed(&us, big, n, steps[k]);
-        assert_int_equal(usage_stream_result(&us, &u), 0);
+        usage_stream_free(us);
+        us = usage_stream_new();
+        assert_non_null(us);
+        feed(us, big, n, steps[k]);
+        assert_int_equal(usage_stream_result(us, &u), 0);
         assert_int_equal(u.input, 21);
         assert_int_equal(u.output, 1500);
     }
+    usage_stream_free(us);
     free(big);
 }
 
 static void test_stream_anthropic(void **st)
 {
-    static struct usage_stream us;
+    struct usage_stream *us = NULL;
     char big[40000];
     size_t n = 0;
     int i;
@@ -209,12 +221,14 @@ static void test_stream_anthropic(void **st)
     n += (size_t)sprintf(big + n, "event: message_delta\ndata: {\"type\":\"message_delta\","
                          "\"usage\":{\"output_tokens\":42}}\n\nevent: message_stop\n"
                          "data: {\"type\":\"message_stop\"}\n\n");
-    memset(&us, 0, sizeof(us));
-    feed(&us, big, n, 33);
-    assert_int_equal(usage_stream_result(&us, &u), 0);
+    us = usage_stream_new();
+    assert_non_null(us);
+    feed(us, big, n, 33);
+    assert_int_equal(usage_stream_result(us, &u), 0);
     assert_int_equal(u.input, 35);
     assert_int_equal(u.cached, 5);
     assert_int_equal(u.output, 42);
+    usage_stream_free(us);
 }
 
 static void test_usage_only_chunk(void **st)
