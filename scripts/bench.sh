@@ -45,6 +45,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; trap - EXIT; exit 130' INT TERM HUP
 
+# The idle-stream run wants two descriptors per stream (10,000 streams): the
+# soft limit goes up to the hard one, which is said here.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "bench: open files limit $(ulimit -n) (hard $(ulimit -Hn))" >&2
+
 # The time-to-first-chunk client (wrk cannot time the first chunk of a stream).
 cc -std=c11 -O2 -Wall -Wextra -o "$tmp/sse-client" scripts/bench/sse-client.c
 export SSE_CLIENT="$tmp/sse-client"

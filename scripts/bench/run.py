@@ -25,6 +25,10 @@ Environment (all optional):
   BENCH_TTFB=0         skip the fixed-rate runs (added latency, time to first chunk)
   BENCH_SCALE=0|1      the idle-stream run (on by default, off with BENCH_QUICK)
   BENCH_SCALE_STREAMS  idle streams to hold (10000; fewer if RLIMIT_NOFILE is short)
+  BENCH_STREAMS=0|1    the concurrent-streams check (on by default, 2 s with BENCH_QUICK):
+                       BENCH_STREAMS_CONNS (512) streams at once, closed loop, every
+                       stream's numbered events checked (lost, reordered)
+  BENCH_STREAMS_INTERVAL_MS  between two events of a stream in that run (1)
   BENCH_POOL=0         skip the pool-size run (10 vs 10,000 hosts, reload, -t)
   BENCH_WORKERS=0      skip the server.workers run (1 worker vs 2, JSON, 64 connections)
   BENCH_HTTPS=0        skip the HTTPS-upstream run (infergate vs nginx to TLS mocks)
@@ -148,6 +152,11 @@ POOL_BIG_KEYS = int(os.environ.get("BENCH_POOL_KEYS", "100000"))  # keys of the 
 DO_SCALE = os.environ.get("BENCH_SCALE", "0" if QUICK else "1") not in ("0", "")
 SCALE_STREAMS = env_int("BENCH_SCALE_STREAMS", 10000)
 SCALE_HOLD = 6            # s; the second chunk comes after 10 s, so every stream is idle
+# Concurrent streams at full rate (issue 24: 512, zero lost or reordered frames).
+DO_STREAMS = os.environ.get("BENCH_STREAMS", "1") not in ("0", "")
+STREAMS_CONNS = env_int("BENCH_STREAMS_CONNS", 512)
+STREAMS_DURATION = 2 if QUICK else 5
+STREAMS_INTERVAL_MS = env_int("BENCH_STREAMS_INTERVAL_MS", 1)
 POOL_RELOAD_EVERY = 1.0   # s between two SIGHUPs in the reload run
 # configurations timed with `infergate -t` (hosts, keys); 100k keys is the
 # issue's reload target, skipped in a quick run
@@ -320,6 +329,7 @@ class Sampler:
         self.child_s = 0.0      # CPU of the load client, set by the caller
         self.stop_ev = threading.Event()
         self.peak_rss = 0
+        self.peak_total = 0     # the target and the upstream mocks, sampled together
         self.rss = []
 
     def _loop(self):
@@ -327,6 +337,7 @@ class Sampler:
             kb = sum(rss_kb(p) for p in proc_tree(self.pid))
             self.rss.append(kb)
             self.peak_rss = max(self.peak_rss, kb)
+            self.peak_total = max(self.peak_total, kb + sum(rss_kb(p) for p in self.mocks))
 
     def __enter__(self):
         self.pids = proc_tree(self.pid)
@@ -361,6 +372,7 @@ class Sampler:
         return {"cpu_pct": round(100.0 * self.cpu_s / el, 1),
                 "cpu_s": round(self.cpu_s, 3),
                 "rss_kb": self.peak_rss,
+                "rss_with_mocks_kb": self.peak_total or self.peak_rss,
                 "load_cpu_busy_pct": round(self.load_busy, 1),
                 "upstream_mocks_cpu_pct": round(100.0 * self.mock_s / el, 1),
                 "client_cpu_pct": round(100.0 * self.child_s / el, 1),
@@ -759,21 +771,25 @@ def print_fixed_table(fixed):
 def print_scale_table(sc):
     log("Idle SSE streams held at once (%d asked, one chunk then 10 s of silence, held %d s)"
         % (sc["streams"], sc["hold_s"]))
-    log("%-10s %8s %7s %13s %13s %12s" % ("target", "held", "errors", "RSS before MB",
-                                          "RSS peak MB", "bytes/stream"))
-    log("-" * 68)
+    log("%-10s %8s %7s %13s %13s %12s %14s %14s" % (
+        "target", "held", "errors", "RSS before MB", "RSS peak MB", "bytes/stream",
+        "+mocks peak MB", "+mocks 10k MB"))
+    log("-" * 100)
     for t in TARGETS:
         m = sc["targets"].get(t)
         if not m:
             continue
-        log("%-10s %8d %7d %13.1f %13.1f %12s" % (
+        log("%-10s %8d %7d %13.1f %13.1f %12s %14.1f %14s" % (
             t, m["held"], m["errors"], m["rss_before_kb"] / 1024.0, m["rss_kb"] / 1024.0,
-            "{:,}".format(m["bytes_per_stream"]) if m["bytes_per_stream"] else "-"))
+            "{:,}".format(m["bytes_per_stream"]) if m["bytes_per_stream"] else "-",
+            m.get("rss_with_mocks_kb", 0) / 1024.0,
+            "%.1f" % m["total_10k_mb"] if m.get("total_10k_mb") else "-"))
     ig = sc["targets"].get("infergate")
     if ig and ig.get("bytes_per_stream"):
-        log("%19s infergate: %.0f MB for 10,000 streams at this rate (target <= 200 MB "
-            "in all, no error)" % ("", (ig["rss_before_kb"] * 1024 + 10000 * ig["bytes_per_stream"])
-                                  / 1048576.0))
+        log("%19s infergate: %.0f MB for 10,000 streams at this rate, %.0f MB with the upstream "
+            "mocks (target: <= 150 MB in all, no error)" % (
+                "", (ig["rss_before_kb"] * 1024 + 10000 * ig["bytes_per_stream"]) / 1048576.0,
+                ig.get("total_10k_mb") or 0))
     if sc["streams"] < sc["requested"]:
         log("%19s (RLIMIT_NOFILE %d: %d streams instead of %d)" % (
             "", sc["rlimit_nofile"], sc["streams"], sc["requested"]))
@@ -1026,6 +1042,9 @@ def run_all(tmp, results, t_begin):
     elif DO_TTFB:
         note("SSE_CLIENT not set: no fixed-rate (time to first chunk) runs")
 
+    if DO_STREAMS and SSE_CLIENT and "sse" in SCENARIOS:
+        results["streams"] = run_streams(targets, ups, bodies)
+
     if DO_SCALE and SSE_CLIENT and "sse" in SCENARIOS:
         results["scale"] = run_scale(targets, ups, bodies)
 
@@ -1104,6 +1123,75 @@ def run_fixed_rate(targets, ups, bodies):
     return out
 
 
+def run_streams(targets, ups, bodies):
+    """STREAMS_CONNS SSE streams at once, closed loop (a connection starts its
+    next stream as soon as one ends), the upstream's SSE_CHUNKS events
+    STREAMS_INTERVAL_MS apart. sse-client -s checks every stream: the mock
+    numbers its deltas (tok0, tok1, ...), each must come once and in order,
+    then [DONE]. Lost or reordered frames are reported, never asserted."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    n = STREAMS_CONNS
+    if 2 * n + 64 > soft:
+        n = max(16, (soft - 64) // 2)
+        note("RLIMIT_NOFILE is %d here: concurrent-streams check with %d streams instead of %d"
+             % (soft, n, STREAMS_CONNS))
+    mocks = ups + ([targets["direct"]] if "direct" in targets else [])
+    out = {"conns": n, "duration_s": STREAMS_DURATION, "events": SSE_CHUNKS,
+           "interval_ms": STREAMS_INTERVAL_MS, "targets": {}}
+    mock_config(mocks, chunks=SSE_CHUNKS, chunk_interval_ms=STREAMS_INTERVAL_MS)
+    try:
+        for t, p in targets.items():
+            time.sleep(0.5)
+            argv = ["taskset", "-c", ",".join(map(str, LOAD_CPUS)), SSE_CLIENT, "-a", p.addr,
+                    "-b", bodies["sse"], "-c", str(n), "-d", str(STREAMS_DURATION), "-w", "0.5",
+                    "-s", str(SSE_CHUNKS)]
+            with Sampler(p.pid) as smp:
+                ch0 = children_cpu_s()
+                o = subprocess.run(argv, capture_output=True, text=True,
+                                   timeout=STREAMS_DURATION + 60)
+                smp.child_s = children_cpu_s() - ch0
+            if o.returncode != 0:
+                note("concurrent streams %s: %s" % (t, o.stderr[-300:]))
+                continue
+            s = json.loads(o.stdout.strip().splitlines()[-1])
+            r = smp.result()
+            q = s["seq"]
+            r.update({"streams": q["streams"], "bad_streams": q["bad_streams"],
+                      "frames": q["frames"], "lost": q["lost"], "reordered": q["reordered"],
+                      "errors": s["errors"] + s["connect_errors"], "rps": s["rps"],
+                      "ttfb_p50_ms": s["ttfb_us"]["p50"] / 1000.0,
+                      "ttfb_p99_ms": s["ttfb_us"]["p99"] / 1000.0,
+                      "total_p50_ms": s["total_us"]["p50"] / 1000.0,
+                      "total_p99_ms": s["total_us"]["p99"] / 1000.0})
+            out["targets"][t] = r
+            log("  streams  %-10s %d at once: %d streams, %d frames, lost %d, reordered %d, "
+                "errors %d, %.0f streams/s, CPU %.0f%%" % (
+                    t, n, q["streams"], q["frames"], q["lost"], q["reordered"], r["errors"],
+                    s["rps"], r["cpu_pct"]))
+    finally:
+        mock_config(mocks, chunks=None, chunk_interval_ms=None)
+    time.sleep(0.5)
+    return out
+
+
+def print_streams_table(st):
+    log("Concurrent SSE streams: %d at once, closed loop, %d numbered events %d ms apart per "
+        "stream, %d s; every stream checked" % (st["conns"], st["events"], st["interval_ms"],
+                                               st["duration_s"]))
+    log("%-10s %9s %10s %6s %10s %7s %10s %9s %9s %6s" % (
+        "target", "streams", "frames", "lost", "reordered", "errors", "streams/s",
+        "end p50", "end p99", "CPU%"))
+    log("-" * 96)
+    for t in TARGETS:
+        m = st["targets"].get(t)
+        if not m:
+            continue
+        log("%-10s %9d %10d %6d %10d %7d %10.0f %9.1f %9.1f %6.0f" % (
+            t, m["streams"], m["frames"], m["lost"], m["reordered"], m["errors"], m["rps"],
+            m["total_p50_ms"], m["total_p99_ms"], m["cpu_pct"]))
+    log("")
+
+
 def run_scale(targets, ups, bodies):
     """SCALE_STREAMS concurrent SSE streams that stay idle (the upstream
     sends one chunk, then waits 10 s), held for SCALE_HOLD s: how many were
@@ -1123,6 +1211,7 @@ def run_scale(targets, ups, bodies):
         for t, p in targets.items():
             time.sleep(1.0)          # let the previous run's connections close
             base = sum(rss_kb(q) for q in proc_tree(p.pid))
+            base_mocks = sum(rss_kb(q) for q in MOCK_PIDS if q != p.pid)
             argv = ["taskset", "-c", ",".join(map(str, LOAD_CPUS)), SSE_CLIENT, "-a", p.addr,
                     "-b", bodies["sse"], "-c", str(n), "-d", str(SCALE_HOLD), "-w", "0"]
             with Sampler(p.pid) as smp:
@@ -1138,12 +1227,19 @@ def run_scale(targets, ups, bodies):
             held = s["open_streams"]
             r.update({"held": held, "errors": s["errors"] + s["connect_errors"],
                       "rss_before_kb": base,
+                      "rss_before_with_mocks_kb": base + base_mocks,
+                      # the target and the upstream mocks together, at 10,000 streams
+                      "total_10k_mb": round((base + base_mocks) / 1024.0 + 10000 * (
+                          r["rss_with_mocks_kb"] - base - base_mocks) / 1024.0 / held, 1)
+                      if held else None,
                       "bytes_per_stream": round((r["rss_kb"] - base) * 1024 / held)
                       if held else None})
             out["targets"][t] = r
             log("  idle     %-10s %6d of %d streams held, errors %d, RSS %.1f -> %.1f MB, "
-                "%s bytes/stream" % (t, held, n, r["errors"], base / 1024.0, r["rss_kb"] / 1024.0,
-                                     r["bytes_per_stream"]))
+                "%s bytes/stream; with the mocks %.1f -> %.1f MB" % (
+                    t, held, n, r["errors"], base / 1024.0, r["rss_kb"] / 1024.0,
+                    r["bytes_per_stream"], (base + base_mocks) / 1024.0,
+                    r["rss_with_mocks_kb"] / 1024.0))
     finally:
         mock_config(mocks, chunks=None, chunk_interval_ms=None)
     time.sleep(1.0)
@@ -1556,6 +1652,8 @@ def print_all(results):
     print_main_table(results["summary"])
     if results.get("fixed_rate"):
         print_fixed_table(results["fixed_rate"])
+    if results.get("streams"):
+        print_streams_table(results["streams"])
     if results.get("scale"):
         print_scale_table(results["scale"])
     if results.get("workers"):

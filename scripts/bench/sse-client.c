@@ -4,7 +4,7 @@
  * streamed (SSE) response, as well as the time to its end.
  *
  *   sse-client -a HOST:PORT -b BODYFILE [-p PATH] [-c CONNS] [-d SECS]
- *              [-w WARMUP_SECS] [-r RATE] [-n MAX_REQUESTS]
+ *              [-w WARMUP_SECS] [-r RATE] [-n MAX_REQUESTS] [-s EVENTS]
  *
  * Every connection is kept alive and sends `POST PATH` with the body of
  * BODYFILE, again and again. With -r 0 (default) each connection sends its
@@ -25,6 +25,12 @@
  * "open_streams" counts the answers that had started (first body byte seen)
  * and had not ended when the run stopped: with a slow upstream (a chunk
  * every 10 s), -c 10000 and no -r, that is how many idle streams were held.
+ *
+ * -s EVENTS checks every recorded stream's frames: the mock numbers its
+ * chat deltas ("content":"tok0 ", "tok1 ", ...), so each `data:` line must
+ * carry the next number, EVENTS of them, then `data: [DONE]`. A number
+ * skipped (or missing at the end) counts as lost, one lower than expected
+ * as reordered; "seq" in the output sums them over the streams checked.
  *
  * Prints one JSON object on stdout. Loopback only by design: HOST must be
  * an IPv4 address. Depends on nothing but libc (Linux epoll).
@@ -72,6 +78,11 @@ struct conn {
     size_t      nline;
     char        head[HEAD_MAX];
     size_t      nhead;
+    char        sline[512];     /* -s: the SSE line being read */
+    size_t      nsline;
+    int         next_seq;       /* -s: the number the next delta must carry */
+    int         done_seen;      /* -s: data: [DONE] arrived */
+    uint64_t    lost, reordered;
 };
 
 struct lat {
@@ -87,6 +98,8 @@ static int    nconns = 64, epfd;
 static struct lat ttfb, total;
 static uint64_t n_ok, n_err, n_late, n_connect_err, bytes_in;
 static volatile sig_atomic_t stop_flag;
+static int    seq_events = -1;                /* -s */
+static uint64_t seq_streams, seq_bad, seq_frames, seq_lost, seq_reordered;
 
 static int64_t now_ns(void)
 {
@@ -196,6 +209,10 @@ static void start_req(struct conn *c, int64_t t, int record)
     c->record = record;
     c->status = 0;
     c->close_after = 0;
+    c->nsline = 0;
+    c->next_seq = 0;
+    c->done_seen = 0;
+    c->lost = c->reordered = 0;
     c->st = C_SENDING;
     try_send(c);
 }
@@ -205,6 +222,14 @@ static void finish(struct conn *c)
     int64_t t = now_ns();
 
     if (c->record) {
+        if (c->status == 200 && seq_events >= 0) {
+            if (!c->done_seen && c->next_seq < seq_events)
+                c->lost += (uint64_t)(seq_events - c->next_seq);
+            seq_streams++;
+            seq_lost += c->lost;
+            seq_reordered += c->reordered;
+            seq_bad += (c->lost || c->reordered || !c->done_seen);
+        }
         if (c->status == 200) {
             n_ok++;
             lat_add(&ttfb, (c->t_first ? c->t_first : t) - c->t_send);
@@ -271,6 +296,49 @@ static int parse_head(struct conn *c, size_t end)
     return 0;
 }
 
+/* -s: one complete SSE line of the stream. */
+static void seq_line(struct conn *c, const char *l, size_t n)
+{
+    static const char key[] = "\"content\":\"tok";
+    const char *k;
+    long v;
+
+    if (n < 6 || memcmp(l, "data: ", 6) != 0)
+        return;
+    if (n >= 12 && memcmp(l + 6, "[DONE]", 6) == 0) {
+        if (c->next_seq < seq_events)
+            c->lost += (uint64_t)(seq_events - c->next_seq);
+        c->next_seq = seq_events;
+        c->done_seen = 1;
+        return;
+    }
+    if ((k = memmem(l, n, key, sizeof(key) - 1)) == NULL)
+        return;
+    v = strtol(k + sizeof(key) - 1, NULL, 10);
+    seq_frames++;
+    if (c->done_seen || v < c->next_seq) {
+        c->reordered++;
+        return;
+    }
+    if (v > c->next_seq)
+        c->lost += (uint64_t)(v - c->next_seq);
+    c->next_seq = (int)v + 1;
+}
+
+static void seq_bytes(struct conn *c, const char *d, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (d[i] == '\n') {
+            seq_line(c, c->sline, c->nsline);
+            c->nsline = 0;
+        } else if (c->nsline < sizeof(c->sline)) {
+            c->sline[c->nsline++] = d[i];
+        }
+    }
+}
+
 /* Consumes body bytes; returns 1 when the answer is complete, -1 on error. */
 static int body_bytes(struct conn *c, const char *d, size_t n)
 {
@@ -306,6 +374,8 @@ static int body_bytes(struct conn *c, const char *d, size_t n)
         case K_DATA: {
             size_t take = (size_t)c->remaining < n - i ? (size_t)c->remaining : n - i;
             note_first(c);
+            if (seq_events >= 0)
+                seq_bytes(c, d + i, take);
             c->remaining -= (int64_t)take;
             i += take;
             if (c->remaining == 0) {
@@ -392,7 +462,7 @@ static void on_stop(int sig)
 static void usage(void)
 {
     fprintf(stderr, "usage: sse-client -a HOST:PORT -b BODYFILE [-p PATH] [-c CONNS] [-d SECS]\n"
-                    "                  [-w WARMUP_SECS] [-r RATE] [-n MAX_REQUESTS]\n");
+                    "                  [-w WARMUP_SECS] [-r RATE] [-n MAX_REQUESTS] [-s EVENTS]\n");
     exit(2);
 }
 
@@ -408,7 +478,7 @@ int main(int argc, char **argv)
     int64_t t0, t_rec, t_end, next_start;
     uint64_t k = 0;
 
-    while ((opt = getopt(argc, argv, "a:b:p:c:d:w:r:n:h")) != -1) {
+    while ((opt = getopt(argc, argv, "a:b:p:c:d:w:r:n:s:h")) != -1) {
         switch (opt) {
         case 'a': target = optarg; break;
         case 'b': bodyfile = optarg; break;
@@ -418,6 +488,7 @@ int main(int argc, char **argv)
         case 'w': warm = atof(optarg); break;
         case 'r': rate = atof(optarg); break;
         case 'n': max_req = strtoull(optarg, NULL, 10); break;
+        case 's': seq_events = atoi(optarg); break;
         default: usage();
         }
     }
@@ -566,12 +637,16 @@ int main(int argc, char **argv)
         qsort(ttfb.v, ttfb.n, sizeof(uint32_t), cmp_u32);
         qsort(total.v, total.n, sizeof(uint32_t), cmp_u32);
         printf("{\"requests\":%llu,\"errors\":%llu,\"connect_errors\":%llu,\"late_starts\":%llu,"
-               "\"open_streams\":%d,"
+               "\"open_streams\":%d,\"seq\":{\"events\":%d,\"streams\":%llu,\"bad_streams\":%llu,"
+               "\"frames\":%llu,\"lost\":%llu,\"reordered\":%llu},"
                "\"duration_s\":%.3f,\"rps\":%.1f,\"bytes_in\":%llu,\"conns\":%d,\"rate\":%.1f,"
                "\"ttfb_us\":{\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p99.9\":%.0f},"
                "\"total_us\":{\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p99.9\":%.0f}}\n",
                (unsigned long long)n_ok, (unsigned long long)n_err,
-               (unsigned long long)n_connect_err, (unsigned long long)n_late, open_streams, dur,
+               (unsigned long long)n_connect_err, (unsigned long long)n_late, open_streams,
+               seq_events, (unsigned long long)seq_streams, (unsigned long long)seq_bad,
+               (unsigned long long)seq_frames, (unsigned long long)seq_lost,
+               (unsigned long long)seq_reordered, dur,
                (double)n_ok / dur, (unsigned long long)bytes_in, nconns, rate,
                pct(&ttfb, 50), pct(&ttfb, 90), pct(&ttfb, 99), pct(&ttfb, 99.9),
                pct(&total, 50), pct(&total, 90), pct(&total, 99), pct(&total, 99.9));

@@ -1,0 +1,96 @@
+#!/usr/bin/python3
+"""A/B of two infergate binaries against HAProxy and the bare mock, in one run.
+
+Every target is pinned to the bench's target core, wrk and the two mocks to
+the load cores (as `make bench`); rounds are interleaved (each round runs
+every target once per cell), so slow drifts of a shared machine hit all
+targets alike. Prints, per cell, the median of the rounds: requests/s, p50,
+p99, CPU microseconds per request, and the ratios B/A and B/HAProxy.
+
+  scripts/bench/ab.py OLD_BIN NEW_BIN      (AB_ROUNDS=3 AB_SECONDS=5
+                                            AB_CELLS=json/64,sse/64,json/1,sse/1)
+"""
+import os
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import run as bench  # noqa: E402
+
+ROUNDS = int(os.environ.get("AB_ROUNDS", "3"))
+SECONDS = int(os.environ.get("AB_SECONDS", "5"))
+CELLS = [(c.split("/")[0], int(c.split("/")[1]))
+         for c in os.environ.get("AB_CELLS", "json/64,sse/64,json/1,sse/1").split(",")]
+
+
+def main():
+    if len(sys.argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    old, new = sys.argv[1], sys.argv[2]
+    tmp = tempfile.mkdtemp(prefix="infergate-ab-")
+    try:
+        ups = [bench.start_mock("up-%d" % i, bench.LOAD_CPUS) for i in range(2)]
+        addrs = [m.addr for m in ups]
+        targets = {"direct": bench.start_mock("direct", [bench.TARGET_CPU])}
+        if bench.HAPROXY:
+            targets["haproxy"] = bench.start_haproxy(tmp, addrs)
+        for name, b in (("A", old), ("B", new)):
+            bench.INFERGATE = b
+            conf = bench.infergate_conf_dir(tmp, "conf-" + name, addrs)
+            targets[name] = bench.start_infergate(tmp, "ig-" + name, conf)
+        bodies = {}
+        for scen in ("json", "sse"):
+            bodies[scen] = os.path.join(tmp, scen + ".json")
+            with open(bodies[scen], "w") as f:
+                f.write(bench.chat_body(scen == "sse"))
+        for t, p in targets.items():                      # warm-up
+            bench.run_wrk(p.addr, bodies["json"], 16, 2, p.pid)
+        res = {}
+        for rnd in range(ROUNDS):
+            for scen, conns in CELLS:
+                for t, p in targets.items():
+                    r = bench.run_wrk(p.addr, bodies[scen], conns, SECONDS, p.pid)
+                    res.setdefault((scen, conns, t), []).append(r)
+                    print("round %d %s/%d %-8s %8.0f req/s  p50 %6.2f  p99 %6.2f ms  "
+                          "%6.1f us/req  other %3.0f%%" % (
+                              rnd + 1, scen, conns, t, r["rps"], r["p50_ms"], r["p99_ms"],
+                              r["cpu_us_per_req"] or 0, r["other_cpu_pct"]), flush=True)
+        print()
+        print("%-8s %-8s %10s %8s %8s %9s" % ("cell", "target", "req/s", "p50 ms", "p99 ms",
+                                               "us/req"))
+        for scen, conns in CELLS:
+            med = {}
+            for t in targets:
+                rs = res[(scen, conns, t)]
+                med[t] = {k: statistics.median(r[k] or 0 for r in rs)
+                          for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+                print("%-8s %-8s %10.0f %8.2f %8.2f %9.1f" % (
+                    "%s/%d" % (scen, conns), t, med[t]["rps"], med[t]["p50_ms"],
+                    med[t]["p99_ms"], med[t]["cpu_us_per_req"]))
+            a, b = med["A"], med["B"]
+            line = "  B/A CPU/req %.2f" % (b["cpu_us_per_req"] / a["cpu_us_per_req"])
+            if "haproxy" in med:
+                h = med["haproxy"]
+                line += ", A/HAProxy %.2f, B/HAProxy %.2f" % (
+                    a["cpu_us_per_req"] / h["cpu_us_per_req"],
+                    b["cpu_us_per_req"] / h["cpu_us_per_req"])
+            if conns == 1:
+                d = med["direct"]
+                line += "; added over direct p50/p99 us: A %.0f/%.0f, B %.0f/%.0f" % (
+                    1000 * (a["p50_ms"] - d["p50_ms"]), 1000 * (a["p99_ms"] - d["p99_ms"]),
+                    1000 * (b["p50_ms"] - d["p50_ms"]), 1000 * (b["p99_ms"] - d["p99_ms"]))
+                if "haproxy" in med:
+                    line += ", HAProxy %.0f/%.0f" % (
+                        1000 * (med["haproxy"]["p50_ms"] - d["p50_ms"]),
+                        1000 * (med["haproxy"]["p99_ms"] - d["p99_ms"]))
+            print(line)
+    finally:
+        bench.PROCS.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
