@@ -28,6 +28,7 @@
 #include <event2/event.h>
 
 #include "alerts.h"
+#include "lock.h"
 #include "log.h"
 #include "metrics.h"
 #include "upstream.h"
@@ -918,6 +919,7 @@ void alerts_notify(struct alerts *a, const struct alerts_event *ev)
     char text[SUMMARY_LEN];
     size_t i;
 
+    lock_assert_held();
     summary(ev, text, sizeof(text));
     if (ev->firing)
         log_warn("alert %s", text);

@@ -22,6 +22,7 @@
 #include "snapshot.h"
 #include "health.h"
 #include "keys.h"
+#include "lock.h"
 #include "log.h"
 #include "upstream.h"
 
@@ -255,6 +256,7 @@ static void set_health(struct host_state *hs, enum host_health h, int64_t now_ms
 int health_record_probe(const struct config *c, struct host_state *hs, int ok,
                         const char *why, int64_t now_unix_ms, int64_t now_ms)
 {
+    lock_assert_held();
     hs->last_check_unix_ms = now_unix_ms;
     if (ok) {
         hs->probe_failures = 0;
@@ -302,6 +304,7 @@ int health_passive(const struct config *c, struct host_state *hs, int ok,
 {
     int64_t base = c->health.ejection_base_ms;
 
+    lock_assert_held();
     if (ok) {
         /* A request sent before the ejection proves nothing new; one sent
          * since (a breaker's half-open trial, panic mode) ends it. */
@@ -339,6 +342,7 @@ int health_refresh(struct host_state *hs, int64_t now_ms)
 {
     int was = hs->live.usable, what = 0;
 
+    lock_assert_held();
     if (hs->ejected_until_ms && now_ms >= hs->ejected_until_ms) {
         end_ejection(hs, now_ms);
         what |= HEALTH_REFRESH_RETURNED;
@@ -351,6 +355,7 @@ int health_refresh(struct host_state *hs, int64_t now_ms)
 
 enum host_health health_effective(const struct host_state *hs)
 {
+    lock_assert_held();
     if (hs->health == HEALTH_UNHEALTHY || hs->ejected_until_ms)
         return HEALTH_UNHEALTHY;
     if (hs->consecutive_failures > 0 || hs->probe_failures > 0)
@@ -370,6 +375,7 @@ const char *health_name(enum host_health h)
 
 int health_usable(const struct host_state *hs, int64_t now_ms)
 {
+    lock_assert_held();
     return hs->live.usable && hs->health != HEALTH_UNHEALTHY
            && breaker_state(&hs->br, now_ms) != BREAKER_OPEN;
 }
@@ -377,6 +383,7 @@ int health_usable(const struct host_state *hs, int64_t now_ms)
 int health_host_serves(const struct cfg_host *h, const struct host_state *hs,
                        const char *model)
 {
+    lock_assert_held();
     if (model == NULL || (h->models.n == 0 && hs->models_found.n == 0))
         return 1;
     return cfg_strlist_has(&h->models, model) || cfg_strlist_has(&hs->models_found, model);
@@ -385,6 +392,7 @@ int health_host_serves(const struct cfg_host *h, const struct host_state *hs,
 int health_host_runs(const struct cfg_host *h, const struct host_state *hs,
                      const char *id)
 {
+    lock_assert_held();
     return cfg_strlist_has(&h->containers, id) || cfg_strlist_has(&hs->containers_found, id);
 }
 
@@ -748,6 +756,7 @@ int health_set_snapshot(struct health *h, struct snapshot *s)
     struct snapshot *old = h->snap;
     int resched = c->health.interval_ms != h->interval_ms;
 
+    lock_assert_held();
     if (np == NULL || sorted == NULL)
         goto oom;
     if (h->n) {
@@ -831,11 +840,13 @@ void health_set_listener(struct health *h, health_change_fn fn, void *arg)
 
 size_t health_in_flight(const struct health *h)
 {
+    lock_assert_held();
     return h->in_flight;
 }
 
 uint64_t health_probes_sent(const struct health *h)
 {
+    lock_assert_held();
     return h->sent;
 }
 

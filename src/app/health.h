@@ -107,6 +107,14 @@ int health_parse_infernet(const char *body, size_t len,
 
 void health_strlist_free(struct cfg_strlist *l);
 
+/* The functions below read or change a host's shared state (state.h) or
+ * the prober: health_record_probe, health_passive, health_refresh,
+ * health_effective, health_usable, health_host_serves, health_host_runs,
+ * health_set_snapshot, health_in_flight and health_probes_sent: caller
+ * holds the state lock (lock.h; checked by lock_assert_held() in the asan
+ * and tsan builds). The prober's own callbacks run on the control thread,
+ * which holds it. */
+
 /* One probe outcome (`why` says what failed; NULL or "" on success) at
  * wall-clock `now_unix_ms` (monotonic `now_ms`): updates the streaks,
  * last_check_unix_ms and last_error, and flips health by the thresholds

@@ -21,6 +21,7 @@
 #include <event2/buffer.h>
 
 #include "hash.h"
+#include "lock.h"
 #include "metrics.h"
 #include "route.h"
 #include "utf8.h"
@@ -274,6 +275,7 @@ struct metrics_host *metrics_host_get(const char *name)
     struct metrics_host *h;
     size_t k;
 
+    lock_assert_held();
     if (hosts_idx.size) {
         for (h = hosts_idx.b[hash_str(name) & (hosts_idx.size - 1)]; h; h = h->hnext)
             if (strcmp(h->name, name) == 0) {
@@ -309,6 +311,7 @@ void metrics_host_put(struct metrics_host *h)
 {
     struct metrics_host **pp;
 
+    lock_assert_held();
     if (h == NULL || --h->refs > 0)
         return;
     for (pp = &hosts_idx.b[hash_str(h->name) & (hosts_idx.size - 1)]; *pp;
@@ -487,6 +490,7 @@ void metrics_route_requests(uint64_t out[METRICS_ROUTES])
 {
     size_t i;
 
+    lock_assert_held();
     memset(out, 0, sizeof(uint64_t) * METRICS_ROUTES);
     for (i = 0; i < METRICS_REQ_SERIES; i++)
         if (reg.req[i].used && reg.req[i].route < METRICS_ROUTES)
@@ -504,6 +508,7 @@ void metrics_tokens(struct metrics_host *h, const char *name, unsigned have,
     uint16_t model;
     size_t i;
 
+    lock_assert_held();
     if (h == NULL || have == 0)
         return;
     model = model_id(name);
@@ -529,6 +534,7 @@ void metrics_request(const struct metrics_req *r)
                ? r->status : 0;
     double overhead = r->total_ms - r->upstream_ms;
 
+    lock_assert_held();
     req_count(r->host, model_id(r->model), (uint16_t)code, (uint8_t)route);
     if (r->ttfb_ms >= 0)
         hist_observe(&reg.route_ttfb[route], latency_bounds,
@@ -542,6 +548,7 @@ void metrics_request(const struct metrics_req *r)
 void metrics_attempt(struct metrics_host *h, enum metrics_outcome o,
                      double ttfb_ms, double total_ms)
 {
+    lock_assert_held();
     if (h == NULL)
         return;
     h->attempts[(unsigned)o < METRICS_OUTCOMES ? o : METRICS_OUTCOME_PROTOCOL_ERROR]++;
@@ -575,32 +582,38 @@ enum metrics_outcome metrics_outcome_of(enum upstream_result res, int status)
 
 void metrics_retry(void)
 {
+    lock_assert_held();
     reg.retries++;
 }
 
 void metrics_retry_budget_exhausted(void)
 {
+    lock_assert_held();
     reg.budget_exhausted++;
 }
 
 void metrics_panic_pick(void)
 {
+    lock_assert_held();
     reg.panic_picks++;
 }
 
 void metrics_set_panic_tiers(uint64_t n)
 {
+    lock_assert_held();
     reg.panic_tiers = n;
 }
 
 void metrics_upstream_stall(struct metrics_host *h, int response)
 {
+    lock_assert_held();
     if (h)
         h->stalls[response != 0]++;
 }
 
 void metrics_stream_chunks(struct metrics_host *h, uint64_t n)
 {
+    lock_assert_held();
     if (h)
         h->chunks += n;
 }
@@ -638,6 +651,7 @@ void metrics_totals(struct metrics_totals *t)
     unsigned r;
     size_t i;
 
+    lock_assert_held();
     memset(t, 0, sizeof(*t));
     for (r = 0; r < METRICS_ROUTES; r++) {
         if (!route_inference(r))
@@ -664,28 +678,33 @@ const double *metrics_latency_bounds(size_t *n)
 
 void metrics_reload(int ok)
 {
+    lock_assert_held();
     reg.reloads[ok ? RELOAD_OK : RELOAD_FAILED]++;
     reg.last_reload_failed = !ok;
 }
 
 void metrics_set_generation(uint64_t generation)
 {
+    lock_assert_held();
     reg.generation = generation;
 }
 
 void metrics_set_start_time(int64_t unix_ms)
 {
+    lock_assert_held();
     reg.start_unix_ms = unix_ms;
 }
 
 void metrics_set_in_flight(uint64_t n)
 {
+    lock_assert_held();
     reg.in_flight = n;
 }
 
 void metrics_host_set_state(struct metrics_host *h, int breaker, int health,
                             uint64_t in_flight)
 {
+    lock_assert_held();
     if (h == NULL)
         return;
     h->breaker = breaker;
@@ -695,6 +714,7 @@ void metrics_host_set_state(struct metrics_host *h, int breaker, int health,
 
 void metrics_set_keys(uint64_t active, uint64_t cooling, uint64_t disabled)
 {
+    lock_assert_held();
     reg.keys[KEYS_ACTIVE] = active;
     reg.keys[KEYS_COOLING] = cooling;
     reg.keys[KEYS_DISABLED] = disabled;
@@ -702,18 +722,21 @@ void metrics_set_keys(uint64_t active, uint64_t cooling, uint64_t disabled)
 
 void metrics_set_redis_failovers(int sentinel, uint64_t followed)
 {
+    lock_assert_held();
     reg.redis_sentinel = sentinel;
     reg.redis_failovers = followed;
 }
 
 void metrics_set_redis(int configured, int up)
 {
+    lock_assert_held();
     reg.redis_configured = configured;
     reg.redis_up = up;
 }
 
 void metrics_set_alerts_firing(enum metrics_alert a, uint64_t n)
 {
+    lock_assert_held();
     if ((unsigned)a < METRICS_ALERTS)
         reg.alerts_firing[a] = n;
 }
@@ -721,6 +744,7 @@ void metrics_set_alerts_firing(enum metrics_alert a, uint64_t n)
 void metrics_set_alert_notifications(enum metrics_channel c, uint64_t sent,
                                      uint64_t failed)
 {
+    lock_assert_held();
     if ((unsigned)c >= METRICS_CHANNELS)
         return;
     reg.notify_sent[c] = sent;
@@ -729,6 +753,7 @@ void metrics_set_alert_notifications(enum metrics_channel c, uint64_t sent,
 
 void metrics_set_tls_cert(size_t i, const char *listener, int64_t not_after)
 {
+    lock_assert_held();
     if (i >= METRICS_TLS_MAX)
         return;
     snprintf(reg.tls_listener[i], sizeof(reg.tls_listener[i]), "%s", listener);
@@ -740,6 +765,7 @@ void metrics_set_tls_failures(size_t n, const char *const *reason, const uint64_
 {
     size_t i;
 
+    lock_assert_held();
     reg.tls_nfail = n < METRICS_TLS_MAX_REASONS ? n : METRICS_TLS_MAX_REASONS;
     for (i = 0; i < reg.tls_nfail; i++) {
         reg.tls_reason[i] = reason[i];
@@ -752,6 +778,7 @@ void metrics_reset(void)
     struct metrics_host *h;
     struct metrics_host *hosts = reg.hosts;
 
+    lock_assert_held();
     memset(&reg, 0, sizeof(reg));
     reg.hosts = hosts;
     for (h = hosts; h; h = h->next) {
@@ -1100,6 +1127,7 @@ int metrics_render(struct evbuffer *buf)
 {
     struct out o = { buf, 0 };
 
+    lock_assert_held();
     render_requests(&o);
     render_route_hist(&o, "infergate_request_duration_seconds",
                       "Time from a client request's arrival to its last byte sent, by route.",

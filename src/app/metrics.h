@@ -18,7 +18,11 @@
  * states, Redis, alerts) are set right before rendering by whoever renders
  * (admin.c), from the current snapshot.
  *
- * One registry per process, used from the loop thread only (like state.c).
+ * One registry per process, shared by the worker threads: every function
+ * that reads or changes it (all but the pure name and route helpers,
+ * metrics_route_of*, metrics_*_name, metrics_outcome_of and
+ * metrics_latency_bounds): caller holds the state lock (lock.h; checked by
+ * lock_assert_held() in the asan and tsan builds), like state.c.
  * A removed host's series vanish when its last reference is put.
  */
 #ifndef INFERGATE_METRICS_H

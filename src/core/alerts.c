@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "alerts.h"
+#include "lock.h"
 #include "log.h"
 #include "metrics.h"
 #include "alerts_int.h"
@@ -360,6 +361,7 @@ void alerts_observe(struct alerts *a, const char *host, int ok,
     struct scope *s;
     size_t i;
 
+    lock_assert_held();
     if (a == NULL || !any_rule_on(&a->set))
         return;
     s = host ? scope_get(a, host) : &a->global;
@@ -385,6 +387,7 @@ size_t alerts_tick(struct alerts *a, int64_t now_ms, int64_t unix_ms)
     size_t events = 0, b;
     int r;
 
+    lock_assert_held();
     if (a == NULL)
         return 0;
     scope_advance(a, &a->global, now_ms);
@@ -414,6 +417,7 @@ int alerts_value(struct alerts *a, const char *host, enum alerts_rule rule,
     struct scope *s = scope_find(a, host);
     int violates;
 
+    lock_assert_held();
     if (s == NULL || !rule_on(&a->set, rule))
         return 0;
     scope_advance(a, s, now_ms);
@@ -466,6 +470,7 @@ int alerts_configure(struct alerts *a, const struct config *cfg)
     size_t b;
     int reset;
 
+    lock_assert_held();
     if (chans == NULL)
         return -1;
     memset(&ns, 0, sizeof(ns));
@@ -527,6 +532,7 @@ json_t *alerts_status_json(const struct alerts *a)
     json_t *arr = json_array();
     size_t b;
 
+    lock_assert_held();
     if (arr == NULL || a == NULL)
         return arr;
     status_scope(&a->global, arr);
@@ -551,6 +557,7 @@ void alerts_get_counters(const struct alerts *a, struct alerts_counters *c)
 {
     size_t b;
 
+    lock_assert_held();
     *c = a->cnt;
     memset(c->firing, 0, sizeof(c->firing));
     count_firing(&a->global, c->firing);
@@ -563,6 +570,7 @@ void alerts_get_counters(const struct alerts *a, struct alerts_counters *c)
 
 void alerts_export_metrics(const struct alerts *a)
 {
+    lock_assert_held();
     static const enum metrics_alert rule_metric[ALERTS_RULES] = {
         METRICS_ALERT_AVAILABILITY, METRICS_ALERT_ERROR_RATE, METRICS_ALERT_LATENCY_P99
     };
@@ -584,5 +592,6 @@ void alerts_export_metrics(const struct alerts *a)
 
 size_t alerts_pending(const struct alerts *a)
 {
+    lock_assert_held();
     return a ? a->ndeliveries : 0;
 }

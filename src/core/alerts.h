@@ -16,6 +16,12 @@
  * receiver is retried ALERTS_NOTIFY_ATTEMPTS times with backoff, and each
  * failure is logged (never with a password or a webhook URL's path, which
  * holds Slack's token).
+ *
+ * Threads: the workers observe, the control thread ticks and notifies.
+ * alerts_configure, alerts_observe, alerts_tick, alerts_value,
+ * alerts_notify, alerts_status_json, alerts_get_counters,
+ * alerts_export_metrics and alerts_pending: caller holds the state lock
+ * (lock.h; checked by lock_assert_held() in the asan and tsan builds).
  */
 #ifndef INFERGATE_ALERTS_H
 #define INFERGATE_ALERTS_H

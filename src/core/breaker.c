@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "breaker.h"
+#include "lock.h"
 
 #define BITS_PER_WORD   64
 /* Slack for comparing a count with rate * total in floating point. */
@@ -229,6 +230,7 @@ int breaker_set_params(struct breaker *b, const struct breaker_params *p)
 {
     struct breaker_params np = *p;
 
+    lock_assert_held();
     params_sanitize(&np);
     if (np.window_size != b->win.size) {
         struct breaker_window nw;
@@ -256,6 +258,7 @@ int breaker_set_params(struct breaker *b, const struct breaker_params *p)
 
 int breaker_allow(struct breaker *b, int64_t now_ms, struct breaker_ticket *t)
 {
+    lock_assert_held();
     advance(b, now_ms);
     t->epoch = b->epoch;
     if (!b->p.enabled)
@@ -281,6 +284,7 @@ enum breaker_state breaker_record(struct breaker *b, struct breaker_ticket t,
     const struct breaker_params *p = &b->p;
     int failed, slow;
 
+    lock_assert_held();
     advance(b, now_ms);
     if (!p->enabled || t.epoch != b->epoch)
         return b->state;            /* disabled, or admitted before a change */
@@ -311,6 +315,7 @@ enum breaker_state breaker_record(struct breaker *b, struct breaker_ticket t,
 
 void breaker_release(struct breaker *b, struct breaker_ticket t)
 {
+    lock_assert_held();
     if (!b->p.enabled || t.epoch != b->epoch)
         return;
     if (b->state == BREAKER_HALF_OPEN && b->probes_in_flight > 0)
@@ -319,6 +324,7 @@ void breaker_release(struct breaker *b, struct breaker_ticket t)
 
 enum breaker_state breaker_state(const struct breaker *b, int64_t now_ms)
 {
+    lock_assert_held();
     if (!b->p.enabled)
         return BREAKER_CLOSED;
     if (b->state == BREAKER_OPEN && open_expired(b, now_ms))
@@ -338,6 +344,7 @@ const char *breaker_state_name(enum breaker_state s)
 
 int64_t breaker_open_until(const struct breaker *b)
 {
+    lock_assert_held();
     if (!b->p.enabled || b->state != BREAKER_OPEN)
         return 0;
     return b->opened_at + b->p.reset_timeout_ms;
@@ -368,6 +375,7 @@ double breaker_share(const struct breaker *b, int64_t now_ms)
 {
     const struct breaker_params *p = &b->p;
 
+    lock_assert_held();
     if (!p->enabled)
         return SHARE_FULL;
     switch (breaker_state(b, now_ms)) {

@@ -7,6 +7,11 @@
  * runtime state, so the breaker survives config reloads: a reload calls
  * breaker_set_params() with the new parameters and keeps the state.
  *
+ * Breakers live in state.c's shared host state: breaker_set_params,
+ * breaker_allow, breaker_record, breaker_release, breaker_state,
+ * breaker_open_until and breaker_share: caller holds the state lock
+ * (lock.h; checked by lock_assert_held() in the asan and tsan builds).
+ *
  * States:
  *   closed     every call passes; outcomes go into a sliding window of the
  *              last `window_size` calls. It opens on `failure_threshold`
