@@ -324,8 +324,9 @@ class Sampler:
     every 100 ms, how busy the load cores were, and how much CPU went to
     processes that are not part of the bench (a shared machine: noise)."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, rss_with=None):
         self.pid = pid
+        self.rss_with = rss_with  # pids whose RSS "rss_with_mocks_kb" adds (the mocks)
         self.child_s = 0.0      # CPU of the load client, set by the caller
         self.stop_ev = threading.Event()
         self.peak_rss = 0
@@ -337,7 +338,8 @@ class Sampler:
             kb = sum(rss_kb(p) for p in proc_tree(self.pid))
             self.rss.append(kb)
             self.peak_rss = max(self.peak_rss, kb)
-            self.peak_total = max(self.peak_total, kb + sum(rss_kb(p) for p in self.mocks))
+            self.peak_total = max(self.peak_total, kb + sum(
+                rss_kb(p) for p in (self.mocks if self.rss_with is None else self.rss_with)))
 
     def __enter__(self):
         self.pids = proc_tree(self.pid)
@@ -397,8 +399,8 @@ def mock_has_flag(flag):
         return False
 
 
-def start_mock(name, cpus, extra=()):
-    argv = [MOCK, "--listen", "127.0.0.1:0", "--name", name, "--quiet",
+def start_mock(name, cpus, extra=(), listen="127.0.0.1:0"):
+    argv = [MOCK, "--listen", listen, "--name", name, "--quiet",
             "--models", MODEL, "--chunks", str(SSE_CHUNKS), *extra]
     if CONTENT_BYTES > 0 and mock_has_flag("--content-bytes"):
         argv += ["--content-bytes", str(CONTENT_BYTES)]
@@ -408,8 +410,28 @@ def start_mock(name, cpus, extra=()):
     if not m:
         raise RuntimeError("mock %s did not start: %r" % (name, line))
     p.addr = "127.0.0.1:%s" % m.group(2)
+    p.cpus = cpus
     MOCK_PIDS.append(p.pid)
     return p
+
+
+def restart_mocks(ups):
+    """The upstream mocks again, fresh, on the same addresses (in place in
+    `ups`): a mock keeps the heap of the streams it held for the previous
+    target, which would blur the next target's "with the mocks" figure."""
+    for i, m in enumerate(ups):
+        addr = m.addr
+        PROCS.stop(m)
+        if m.pid in MOCK_PIDS:
+            MOCK_PIDS.remove(m.pid)
+        for _ in range(50):                      # the port may take a moment
+            try:
+                ups[i] = start_mock(m.bench_name, m.cpus, listen=addr)
+                break
+            except RuntimeError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("mock %s did not restart on %s" % (m.bench_name, addr))
 
 
 def mock_config(mocks, **conf):
@@ -1210,11 +1232,16 @@ def run_scale(targets, ups, bodies):
     try:
         for t, p in targets.items():
             time.sleep(1.0)          # let the previous run's connections close
+            if t != "direct":
+                restart_mocks(ups)
+                mock_config(ups, chunks=3, chunk_interval_ms=10000)
+                time.sleep(0.5)
             base = sum(rss_kb(q) for q in proc_tree(p.pid))
-            base_mocks = sum(rss_kb(q) for q in MOCK_PIDS if q != p.pid)
+            up_pids = [m.pid for m in ups]
+            base_mocks = sum(rss_kb(q) for q in up_pids)
             argv = ["taskset", "-c", ",".join(map(str, LOAD_CPUS)), SSE_CLIENT, "-a", p.addr,
                     "-b", bodies["sse"], "-c", str(n), "-d", str(SCALE_HOLD), "-w", "0"]
-            with Sampler(p.pid) as smp:
+            with Sampler(p.pid, rss_with=up_pids) as smp:
                 ch0 = children_cpu_s()
                 o = subprocess.run(argv, capture_output=True, text=True,
                                    timeout=SCALE_HOLD + 60)
@@ -1241,6 +1268,7 @@ def run_scale(targets, ups, bodies):
                     r["bytes_per_stream"], (base + base_mocks) / 1024.0,
                     r["rss_with_mocks_kb"] / 1024.0))
     finally:
+        mocks = ups + ([targets["direct"]] if "direct" in targets else [])
         mock_config(mocks, chunks=None, chunk_interval_ms=None)
     time.sleep(1.0)
     return out
