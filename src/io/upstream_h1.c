@@ -37,6 +37,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -311,7 +312,8 @@ static SSL_CTX *trust_ctx_new(const char *ca_file, int insecure)
     if (ctx == NULL)
         return NULL;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE
+                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_read_ahead(ctx, 1);     /* one read() for many records, see tls_drain */
     /* A peer that closes without close_notify (many do after Connection:
      * close) is a close, as allow_dirty_shutdown says, not a fatal error:
@@ -759,6 +761,31 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     finish(hx, UPSTREAM_ERR_TIMEOUT, msg);
 }
 
+/*
+ * A request on a kept TLS connection goes out with SSL_write right here,
+ * as the plain path writes at once: queued in the OpenSSL bufferevent's
+ * output it would cost a write event added and deleted (two epoll_ctl) per
+ * request. Returns how much was taken; the rest (a full socket: WANT_WRITE,
+ * or an error the bufferevent then meets and reports) is queued from there,
+ * which SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows.
+ */
+static size_t tls_write_now(struct h1_conn *c, const char *buf, size_t len)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    size_t done = 0;
+    int n;
+
+    while (ssl && done < len) {
+        ERR_clear_error();
+        n = SSL_write(ssl, buf + done, len - done > INT_MAX ? INT_MAX : (int)(len - done));
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
+    ERR_clear_error();
+    return done;
+}
+
 /* Takes a pooled connection to the peer or opens a new one, and writes
  * the request. -1 when no connection could be started. */
 static int send_request(struct h1_xfer *hx)
@@ -767,6 +794,7 @@ static int send_request(struct h1_xfer *hx)
     uint32_t hash = hx->tls ? hx->tls->hash : sa_hash(&hx->sa, hx->salen);
     struct h1_conn *c = hx->resent ? NULL : pool_get(p, &hx->sa, hx->salen, hash, hx->tls);
     struct evbuffer *out;
+    size_t done = 0;
 
     hx->reused = c != NULL;
     hx->connected = c != NULL;
@@ -821,9 +849,18 @@ static int send_request(struct h1_xfer *hx)
      * turns off again once the output is empty. */
     if (hx->connected && !c->tls)
         bufferevent_disable(c->bev, EV_WRITE);
+    if (hx->connected && c->tls && (done = tls_write_now(c, hx->head, hx->head_len)) == hx->head_len) {
+        if (bufferevent_enable(c->bev, EV_READ) < 0) {
+            hx->conn = NULL;
+            conn_close(c);
+            return -1;
+        }
+        arm_timer(hx);
+        return 0;
+    }
     /* Both by reference: the transfer outlives what is queued, or the
      * connection is closed before the transfer is freed. */
-    if (evbuffer_add_reference(out, hx->head, hx->head_len, NULL, NULL) < 0
+    if (evbuffer_add_reference(out, hx->head + done, hx->head_len - done, NULL, NULL) < 0
         || (hx->body_len
             && evbuffer_add_reference(out, hx->body, hx->body_len, NULL, NULL) < 0)
         || bufferevent_enable(c->bev, hx->connected && !c->tls ? EV_READ
@@ -909,6 +946,25 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     if (hx->head == NULL) {
         free(hx);
         return NULL;
+    }
+    if (tls && hx->body_len) {
+        /* One buffer, so one SSL_write and one record for small requests. */
+        char *all = malloc(hx->head_len + hx->body_len + 1);
+        if (all == NULL) {
+            explicit_bzero(hx->head, hx->head_len);
+            free(hx->head);
+            free(hx);
+            return NULL;
+        }
+        memcpy(all, hx->head, hx->head_len);
+        memcpy(all + hx->head_len, hx->body, hx->body_len);
+        explicit_bzero(hx->head, hx->head_len);
+        free(hx->head);
+        hx->head = all;
+        hx->head_len += hx->body_len;
+        hx->head[hx->head_len] = '\0';
+        hx->body = NULL;
+        hx->body_len = 0;
     }
     u->active++;
     if (send_request(hx) < 0) {
@@ -1242,9 +1298,11 @@ static void tls_drain(struct h1_conn *c)
     SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer_iovec v;
-    int r, e;
+    int r = 1, e;
 
-    for (;;) {
+    /* Only what the SSL holds: a read() that would find the socket empty
+     * is not made (the socket's own read event covers the rest). */
+    while (SSL_has_pending(ssl)) {
         if (evbuffer_reserve_space(in, 16384, &v, 1) < 1)
             return;
         ERR_clear_error();
@@ -1253,6 +1311,8 @@ static void tls_drain(struct h1_conn *c)
         v.iov_len = (size_t)r;
         evbuffer_commit_space(in, &v, 1);
     }
+    if (r > 0)
+        return;
     e = SSL_get_error(ssl, r);
     ERR_clear_error();
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)

@@ -170,3 +170,22 @@ def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, up):
     assert b"stream_timeout" in raw, raw
     assert b"tok2" not in raw, raw
     g.stop()
+
+
+def test_big_request_on_a_kept_tls_connection(gateway, up):
+    """A request written at once on a kept connection (tls_write_now) that
+    fills the socket: the rest goes through the bufferevent, whole."""
+    m = up()
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
+                policies="server:\n  max_body_bytes: 8MB\n")
+    st, _, body = g.chat()
+    assert st == 200, body
+    big = "y" * (3900 << 10)           # the mock keeps bodies up to 4 MB
+    for stream in (False, True):
+        st, _, body = g.chat(stream=stream, messages=[{"role": "user", "content": big}])
+        assert st == 200, body[:300]
+        assert len(m.stats()["last_body"]["messages"][0]["content"]) == len(big)
+    st, _, body = g.chat()
+    assert st == 200, body
+    assert m.stats()["tls_handshakes"] <= 4      # kept throughout (+ the test's own)
+    g.stop()
