@@ -398,6 +398,26 @@ enum jscan_find jscan_find(const char *buf, size_t len, const char *key, struct 
     return s.stop ? JSCAN_FIND_FOUND : JSCAN_FIND_NONE;
 }
 
+enum jscan_find jscan_value(const char *buf, size_t len, struct jscan_val *out)
+{
+    struct js s;
+    struct jscan_error err;
+
+    memset(&s, 0, sizeof(s));
+    s.buf = s.p = (const unsigned char *)buf;
+    s.end = s.buf + len;
+    s.err = &err;
+    s.prefix = 1;
+    ws(&s);
+    if (s.p >= s.end)
+        return JSCAN_FIND_MORE;
+    if (scan_value(&s, out, NULL, NULL) < 0)
+        return s.more ? JSCAN_FIND_MORE : JSCAN_FIND_NONE;
+    if (out->type == JSCAN_NUMBER && s.p >= s.end)
+        return JSCAN_FIND_MORE;         /* more digits may follow */
+    return JSCAN_FIND_FOUND;
+}
+
 /* q just after the opening quote of a valid string. Decoded text is never
  * longer than the escaped one. */
 static int decode_into(const unsigned char *q, const unsigned char *end, char *out,

@@ -61,6 +61,11 @@ enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member
 enum jscan_find { JSCAN_FIND_NONE = -1, JSCAN_FIND_MORE = 0, JSCAN_FIND_FOUND = 1 };
 enum jscan_find jscan_find(const char *buf, size_t len, const char *key, struct jscan_val *out);
 
+/* The same for the one value that starts buf (after blanks): FOUND with
+ * *out its span once it is whole (what follows is not looked at), MORE
+ * while it is cut short, NONE when it is not valid JSON. */
+enum jscan_find jscan_value(const char *buf, size_t len, struct jscan_val *out);
+
 /* Decodes a string value as jscan_top reported it (quotes included,
  * already valid) into a new NUL-terminated UTF-8 string (caller frees);
  * NULL when out of memory. *outlen may be NULL. */

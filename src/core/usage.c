@@ -97,40 +97,17 @@ int usage_parse_object(const char *obj, size_t len, struct usage *u)
 
 /* --- finding it -------------------------------------------------------- */
 
-/* The end (one past the '}') of the object starting at b, or NULL when it
- * does not end before e. */
-static const char *object_end(const char *b, const char *e)
-{
-    int depth = 0, in_str = 0;
-
-    for (; b < e; b++) {
-        char c = *b;
-        if (in_str) {
-            if (c == '\\')
-                b++;
-            else if (c == '"')
-                in_str = 0;
-            continue;
-        }
-        if (c == '"')
-            in_str = 1;
-        else if (c == '{' || c == '[')
-            depth++;
-        else if ((c == '}' || c == ']') && --depth == 0)
-            return b + 1;
-    }
-    return NULL;
-}
-
 static int is_ws(char c)
 {
     return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/* The usage object whose key starts at k, if complete and valid. */
+/* The usage object whose key starts at k, if complete and valid (its end
+ * found by jscan_value(), the one JSON reader). */
 static int try_at(const char *k, const char *e, struct usage *u)
 {
-    const char *b = k + KEYLEN, *end;
+    const char *b = k + KEYLEN;
+    struct jscan_val v;
 
     while (b < e && is_ws(*b))
         b++;
@@ -138,9 +115,9 @@ static int try_at(const char *k, const char *e, struct usage *u)
         return -1;
     for (b++; b < e && is_ws(*b); b++)
         ;
-    if (b >= e || *b != '{' || (end = object_end(b, e)) == NULL)
+    if (b >= e || *b != '{' || jscan_value(b, (size_t)(e - b), &v) != JSCAN_FIND_FOUND)
         return -1;
-    return usage_parse_object(b, (size_t)(end - b), u);
+    return usage_parse_object(v.start, v.len, u);
 }
 
 /* The last key that starts a valid usage object. The keys are found going

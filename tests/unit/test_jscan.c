@@ -3,9 +3,10 @@
  * the request path: fixed cases, the malformed-body corpus, and 300,000
  * seeded random mutations of realistic bodies must get the same verdict
  * (valid or not, top-level type) and the same decoded top-level strings.
- * jscan_find() (prefix scan, session ids): no prefix of a valid object is
- * ever NONE, more bytes never change NONE or FOUND, and the whole text
- * finds the member when jansson does.
+ * jscan_find() and jscan_value() (prefix scans: session ids, usage
+ * objects): no prefix of a valid text is ever NONE, more bytes never
+ * change NONE or FOUND, and the whole text finds the member (the value)
+ * when jansson does.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -251,11 +252,25 @@ static void test_random_mutations(void **state)
 static int find_consistent(const char *buf, size_t len, const char *key, int verbose)
 {
     json_t *j = json_loadb(buf, len, JSON_DECODE_ANY, NULL);
-    enum jscan_find r, whole;
-    struct jscan_val v, vw;
+    enum jscan_find r, whole, wv;
+    struct jscan_val v, vw, vv;
     size_t n;
     int ok = 1;
 
+    /* jscan_value: a valid text is one whole value (a number at the very
+     * end may go on); every prefix keeps its word too */
+    wv = jscan_value(buf, len, &vv);
+    if (j != NULL && !(wv == JSCAN_FIND_FOUND
+                       || (wv == JSCAN_FIND_MORE && json_is_number(j))))
+        ok = 0;
+    for (n = 0; ok && n < len; n++) {
+        r = jscan_value(buf, n, &v);
+        if (r == JSCAN_FIND_NONE && (j != NULL || wv != JSCAN_FIND_NONE))
+            ok = 0;
+        else if (r == JSCAN_FIND_FOUND
+                 && (wv != JSCAN_FIND_FOUND || v.start != vv.start || v.len != vv.len))
+            ok = 0;
+    }
     whole = jscan_find(buf, len, key, &vw);
     if (json_is_object(j) && (whole == JSCAN_FIND_FOUND) != (json_object_get(j, key) != NULL))
         ok = 0;
@@ -268,7 +283,8 @@ static int find_consistent(const char *buf, size_t len, const char *key, int ver
             ok = 0;
     }
     if (!ok && verbose)
-        fprintf(stderr, "jscan_find(%s) inconsistent at %zu of %zu bytes (whole: %d): %.*s\n",
+        fprintf(stderr, "jscan_value/jscan_find(%s) inconsistent at %zu of %zu bytes"
+                " (whole: %d): %.*s\n",
                 key, n, len, (int)whole, (int)(len < 300 ? len : 300), buf);
     json_decref(j);
     return ok ? 0 : -1;
@@ -302,6 +318,15 @@ static void test_find_fixed(void **state)
     assert_int_equal(jscan_find("{\"a\":\"\xff\",\"id\":\"x\"}", 20, "id", &v),
                      JSCAN_FIND_NONE);
     assert_int_equal(jscan_find("{\"a\":1}", 7, "id", &v), JSCAN_FIND_NONE);
+    /* jscan_value: one value, what follows it not looked at */
+    assert_int_equal(jscan_value(" {\"a\":[1]} x", 12, &v), JSCAN_FIND_FOUND);
+    assert_int_equal(v.type, JSCAN_OBJECT);
+    assert_int_equal(v.len, 9);
+    assert_int_equal(jscan_value("12", 2, &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_value("12,", 3, &v), JSCAN_FIND_FOUND);
+    assert_int_equal(jscan_value("{\"a\":tru", 8, &v), JSCAN_FIND_MORE);
+    assert_int_equal(jscan_value("{\"a\":01}", 8, &v), JSCAN_FIND_NONE);
+    assert_int_equal(jscan_value("", 0, &v), JSCAN_FIND_MORE);
 }
 
 static void test_find_prefixes(void **state)
