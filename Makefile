@@ -94,8 +94,11 @@ tsan: build/tsan/infergate
 deps:
 	@./scripts/deps.sh
 
+# The builds of make test take one job per core unless make was given -j.
+TEST_JOBS = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(shell nproc 2>/dev/null || echo 2))
+
 test: deps
-	@$(MAKE) --no-print-directory all asan tsan $(REL_UNIT) $(ASAN_UNIT)
+	@$(MAKE) --no-print-directory $(TEST_JOBS) all asan tsan $(REL_UNIT) $(ASAN_UNIT)
 	@$(MAKE) --no-print-directory check-layers
 	@PYTEST="$(PYTEST)" ./scripts/run-tests.sh
 

@@ -3,12 +3,22 @@
 # and once on the ASan+UBSan build, then the e2e tests once more on the
 # ThreadSanitizer build with two worker threads (server.workers: 2).
 # Ends with "N passed, N failed".
+#
+# The three e2e sessions run side by side, in the background, while the
+# unit tests run: they spend most of their time waiting for timers and
+# sockets, not on the CPU. Each has its own log (build/e2e-VARIANT.log,
+# shown at the end in the usual order) and its own range of ports for
+# conftest.free_port(), below the kernel's ephemeral range, so no session
+# picks a port another one is about to bind. E2E_SERIAL=1 runs them one
+# after another instead (a machine with one core, or to time one alone).
 set -u
 cd "$(dirname "$0")/.."
 PYTEST=${PYTEST:-/usr/bin/python3 -m pytest}
+VARIANTS="release asan tsan"
 passed=0
 failed=0
 failures=""
+pids=""
 
 record() {  # name rc npassed nfailed
     passed=$((passed + $3))
@@ -18,8 +28,56 @@ record() {  # name rc npassed nfailed
     return 0
 }
 
+# Ctrl-C reaches the foreground only (background jobs of a script ignore
+# SIGINT): the e2e sessions get SIGTERM, which conftest.py turns into an
+# interrupt, so their fixtures stop what they started.
+stop_e2e() {
+    trap - INT TERM HUP
+    for p in $pids; do kill -TERM "$p" 2>/dev/null; done
+    wait
+    echo "interrupted" >&2
+    exit 130
+}
+trap stop_e2e INT TERM HUP
+
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export TSAN_OPTIONS=halt_on_error=0:second_deadlock_stack=1
+
+start_e2e() {  # variant: starts its pytest session in the background
+    workers=
+    case $1 in
+    release) bin=infergate; mock=build/release/infergate-mock; san=0
+             ports=20000-23999 ;;
+    asan)    bin=build/asan/infergate; mock=build/asan/infergate-mock; san=1
+             ports=24000-27999 ;;
+    tsan)    bin=build/tsan/infergate; mock=build/release/infergate-mock; san=1
+             workers=2; ports=28000-31999 ;;
+    esac
+    INFERGATE_BIN=$bin MOCK_BIN=$mock INFERGATE_SANITIZED=$san INFERGATE_TEST_WORKERS=$workers \
+    INFERGATE_TEST_PORTS=$ports \
+        $PYTEST -q -p no:cacheprovider tests/e2e ${PYTEST_ARGS:-} >build/e2e-$1.log 2>&1 &
+    eval "pid_$1=$!"
+    pids="$pids $!"
+    e2e_start=${e2e_start:-$(date +%s)}
+}
+
+finish_e2e() {  # variant: waits for its session, shows and counts it
+    eval "pid=\$pid_$1"
+    wait "$pid"
+    rc=$?
+    log=build/e2e-$1.log
+    echo "== e2e ($1)"
+    tail -n 25 "$log"
+    np=$(tail -n 1 "$log" | sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p; s/^\([0-9][0-9]*\) passed.*/\1/p' | head -n 1)
+    nf=$(tail -n 1 "$log" | sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p; s/^\([0-9][0-9]*\) failed.*/\1/p' | head -n 1)
+    record "e2e-$1" $rc "${np:-0}" "${nf:-0}"
+}
+
+mkdir -p build
+if [ "${E2E_SERIAL:-0}" != 1 ]; then
+    for variant in $VARIANTS; do start_e2e "$variant"; done
+fi
 
 for variant in release asan; do
     for t in build/$variant/unit/test_*; do
@@ -33,26 +91,11 @@ for variant in release asan; do
     done
 done
 
-export TSAN_OPTIONS=halt_on_error=0:second_deadlock_stack=1
-
-for variant in release asan tsan; do
-    echo "== e2e ($variant)"
-    workers=
-    case $variant in
-    release) bin=infergate; mock=build/release/infergate-mock; san=0 ;;
-    asan)    bin=build/asan/infergate; mock=build/asan/infergate-mock; san=1 ;;
-    tsan)    bin=build/tsan/infergate; mock=build/release/infergate-mock; san=1
-             workers=2 ;;
-    esac
-    log=build/e2e-$variant.log
-    INFERGATE_BIN=$bin MOCK_BIN=$mock INFERGATE_SANITIZED=$san INFERGATE_TEST_WORKERS=$workers \
-        $PYTEST -q -p no:cacheprovider tests/e2e ${PYTEST_ARGS:-} >"$log" 2>&1
-    rc=$?
-    tail -n 25 "$log"
-    np=$(tail -n 1 "$log" | sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p; s/^\([0-9][0-9]*\) passed.*/\1/p' | head -n 1)
-    nf=$(tail -n 1 "$log" | sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p; s/^\([0-9][0-9]*\) failed.*/\1/p' | head -n 1)
-    record "e2e-$variant" $rc "${np:-0}" "${nf:-0}"
+for variant in $VARIANTS; do
+    [ "${E2E_SERIAL:-0}" = 1 ] && start_e2e "$variant"
+    finish_e2e "$variant"
 done
+echo "e2e: $(( $(date +%s) - e2e_start )) s"
 
 echo
 [ -n "$failures" ] && echo "failing:$failures"

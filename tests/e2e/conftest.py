@@ -60,12 +60,49 @@ def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
         time.sleep(interval)
 
 
+def _port_range():
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", os.environ.get("INFERGATE_TEST_PORTS", ""))
+    if not m or not 1024 <= int(m.group(1)) < int(m.group(2)) <= 65535:
+        return None
+    return int(m.group(1)), int(m.group(2))
+
+
+# INFERGATE_TEST_PORTS=LO-HI: free_port() hands out ports of that range
+# only. make test runs its e2e sessions side by side, each with its own
+# range below the kernel's ephemeral one (ip_local_port_range), so a port
+# one session picked is never picked, nor bound by a connect() or a mock's
+# port 0, by another before its server binds it (with server.workers > 1
+# the gateway binds with SO_REUSEPORT: two could even share a port).
+# Within the range, ports go round in order from a random start, so this
+# session reuses none before it went round. Unset: the kernel's choice.
+_PORTS = _port_range()
+_next_port = None
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    global _next_port
+    if _PORTS is None:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+    lo, hi = _PORTS
+    if _next_port is None:
+        import random
+        _next_port = random.randint(lo, hi)
+    for _ in range(hi - lo + 1):
+        port = _next_port
+        _next_port = lo if _next_port >= hi else _next_port + 1
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))   # no SO_REUSEADDR: in use or TIME_WAIT fails
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port in INFERGATE_TEST_PORTS=%d-%d" % (lo, hi))
 
 
 def http_request(port, method, path, body=None, headers=None, timeout=30):
@@ -107,6 +144,16 @@ def terminate(proc, timeout):
 # pytest_sessionfinish fails the run if any process the tests started is
 # still alive at the end.
 SPAWNED = []
+
+
+def _terminated(signum, frame):
+    """SIGTERM (make test stopping its sessions on Ctrl-C, where a session
+    in the background ignores SIGINT, or a CI job cancelled) ends the run
+    like Ctrl-C: fixtures tear down, nothing started is left running."""
+    raise KeyboardInterrupt("SIGTERM")
+
+
+signal.signal(signal.SIGTERM, _terminated)
 
 
 def spawn(argv, shared=False, **kw):
@@ -293,16 +340,27 @@ class Gateway:
         """Starts the gateway, appends it to `started` (the fixture's list)
         and only then waits for it to listen."""
         self.conf_dir = conf_dir
-        self.port = free_port()
         self.log_path = os.path.join(conf_dir, "gateway.log")
-        self.log = open(self.log_path, "w")
-        self.proc = spawn(
-            [INFERGATE_BIN, "-c", conf_dir, "-l", "127.0.0.1:%d" % self.port, *extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=dict(proc_env(), **(env or {})),
-            **popen)
-        if started is not None:
-            started.append(self)
-        wait_for(self._up, timeout=60 if SANITIZED else 15, what="gateway to listen")
+        for attempt in range(3):
+            self.port = free_port()
+            self.log = open(self.log_path, "w")
+            self.proc = spawn(
+                [INFERGATE_BIN, "-c", conf_dir, "-l", "127.0.0.1:%d" % self.port, *extra_args],
+                stdout=self.log, stderr=subprocess.STDOUT, env=dict(proc_env(), **(env or {})),
+                **popen)
+            if started is not None and attempt == 0:
+                started.append(self)
+            try:
+                wait_for(self._up, timeout=60 if SANITIZED else 15, what="gateway to listen")
+                return
+            except AssertionError:
+                # Someone else took the port between free_port() and the
+                # gateway's bind (another test session on this machine): a
+                # new port. Any other early exit fails the test.
+                if attempt == 2 or self.proc.poll() is None or \
+                        not re.search(r"cannot listen on \S+: Address already in use", self.output()):
+                    raise
+                self.log.close()
 
     def _up(self):
         if self.proc.poll() is not None:
