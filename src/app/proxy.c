@@ -43,6 +43,7 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <jansson.h>
 
 #include "admit.h"
@@ -153,8 +154,10 @@ struct proxy {
     int                   nlegs;         /* legs allocated */
     int                   active;        /* legs with a transfer */
     struct px_leg        *winner;        /* the leg answering the client */
-    struct event         *deadline_timer;
-    struct event         *backoff_timer; /* wait before the next attempt */
+    struct event         *deadline_timer;  /* &deadline_ev */
+    struct event         *backoff_timer; /* &backoff_ev: wait before the next attempt */
+    struct event          deadline_ev;   /* in the request: no event_new per request */
+    struct event          backoff_ev;
     int64_t               t_start, t_head;
     int64_t               t_up;          /* since when a leg has been out */
     int64_t               upstream_ms;   /* time with a leg out, for overhead */
@@ -404,10 +407,8 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     admit_req_free(&p->ad);                /* a plan may have been cut short */
     for (i = 0; i < PX_MAX_STEPS; i++)
         free(p->bodies[i].body);
-    if (p->deadline_timer)
-        event_free(p->deadline_timer);
-    if (p->backoff_timer)
-        event_free(p->backoff_timer);
+    event_del(p->deadline_timer);
+    event_del(p->backoff_timer);
     if (p->idscan)
         evbuffer_free(p->idscan);
     if (p->ctext)
@@ -1871,16 +1872,14 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->max_out = -1;
     px_concat(p->upath, sizeof(p->upath), upath, (const char *)NULL);
     px_concat(p->peer, sizeof(p->peer), http_req_peer(req), (const char *)NULL);
-    p->deadline_timer = evtimer_new(p->w->base, px_deadline, p);
-    p->backoff_timer = evtimer_new(p->w->base, px_backoff_done, p);
+    evtimer_assign(&p->deadline_ev, p->w->base, px_deadline, p);
+    evtimer_assign(&p->backoff_ev, p->w->base, px_backoff_done, p);
+    p->deadline_timer = &p->deadline_ev;
+    p->backoff_timer = &p->backoff_ev;
     p->next = p->w->inflight;
     if (p->next)
         p->next->prev = p;
     p->w->inflight = p;
-    if (p->deadline_timer == NULL || p->backoff_timer == NULL) {
-        px_free(p, NULL, 0);
-        return NULL;
-    }
     http_req_on_close(req, px_client_gone, p);
     return p;
 }
