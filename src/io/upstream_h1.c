@@ -1346,7 +1346,8 @@ static void tls_failure(struct h1_conn *c, const char *ip, unsigned port, short 
                         int err, char *msg, size_t len)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    /* verify: false runs the check too, and keeps its result: not a cause. */
+    long vr = ssl && !c->tls->trust->insecure ? SSL_get_verify_result(ssl) : X509_V_OK;
     unsigned long e, first = 0;
 
     while ((e = bufferevent_get_openssl_error(c->bev)) != 0)
