@@ -79,6 +79,61 @@ _PORTS = _port_range()
 _next_port = None
 
 
+def build_driver(cmd, out):
+    """subprocess.run(cmd) for a compiler command that writes `out` (a
+    test's driver), built once for a given command and inputs: a second
+    session of the same make test (the ASan and the TSan runs build the
+    same ASan drivers), or a later run, copies the one in
+    build/e2e-drivers/. The key: the command but `out`, the contents of
+    every file it names (sources, objects) and of the headers in src/ and
+    beside its sources. A command naming a file out of the tree (a source
+    the test wrote) runs as it is. Returns the compiler's CompletedProcess
+    (text)."""
+    import fcntl
+    import glob
+    import hashlib
+    import shutil
+    files = sorted({os.path.abspath(a) for a in cmd if a != out and os.path.isfile(a)})
+    if any(not f.startswith(ROOT + os.sep) for f in files):
+        return subprocess.run(cmd, capture_output=True, text=True)
+    dirs = {os.path.dirname(f) for f in files if f.endswith(".c")}
+    dirs |= {os.path.join(ROOT, "src", layer) for layer in SRC_LAYERS}
+    headers = sorted({h for d in dirs for h in glob.glob(os.path.join(d, "*.h"))})
+    key = hashlib.sha256("\0".join("@OUT@" if a == out else a for a in cmd).encode())
+    for f in files + headers:
+        with open(f, "rb") as fh:
+            key.update(b"\0%s\0%s" % (f.encode(), fh.read()))
+    cache = os.path.join(ROOT, "build", "e2e-drivers")
+    built = os.path.join(cache, "%s-%s" % (key.hexdigest()[:20], os.path.basename(out)))
+    try:
+        os.makedirs(cache, exist_ok=True)
+        lock = open(built + ".lock", "w")
+    except OSError:
+        return subprocess.run(cmd, capture_output=True, text=True)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # the other session may be building it
+        if not os.path.exists(built):
+            tmp = "%s.%d.tmp" % (built, os.getpid())
+            r = subprocess.run([tmp if a == out else a for a in cmd], capture_output=True, text=True)
+            if r.returncode != 0:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                return r
+            os.replace(tmp, built)
+            for old in os.listdir(cache):       # unused for a day: sources since changed
+                try:
+                    if time.time() - os.path.getmtime(os.path.join(cache, old)) > 86400:
+                        os.unlink(os.path.join(cache, old))
+                except OSError:
+                    pass
+        try:
+            os.utime(built)                     # used: kept
+            shutil.copy2(built, out)
+        except OSError:                         # pruned under us: build it here
+            return subprocess.run(cmd, capture_output=True, text=True)
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
 def free_port():
     global _next_port
     if _PORTS is None:

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import ROOT, SANITIZED, SRC_IQUOTE, src_path, free_port, proc_env, wait_for
+from conftest import build_driver
 
 SOURCES = [os.path.join(ROOT, "tests/alerts_driver/alerts_driver.c")] + [src_path(f) for f in (
     "alerts.c", "alerts_notify.c", "metrics.c", "upstream.c", "upstream_h1.c", "log.c", "config.c",
@@ -50,7 +51,7 @@ def driver(tmp_path_factory):
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + FLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
            + SRC_IQUOTE + SOURCES + pkg + ["-lm", "-o", out])
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = build_driver(cmd, out)   # once per make test (conftest)
     assert r.returncode == 0, r.stderr
     return out
 

@@ -32,6 +32,7 @@ import pytest
 
 from conftest import (ROOT, SANITIZED, SRC_IQUOTE, src_files, Gateway, assert_openai_error,
                       hosts_of, proc_env, wait_for, write_conf)
+from conftest import build_driver
 
 MALFORMED = os.path.join(ROOT, "tests", "malformed")
 FUZZ = os.path.join(ROOT, "tests", "fuzz")
@@ -617,7 +618,7 @@ def build_replay(out, harness, with_gateway):
     cmd = (["gcc"] + CFLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
            + SRC_IQUOTE + [harness, os.path.join(FUZZ, "replay.c")]
            + (gateway_objects() if with_gateway else []) + pkg + ["-lm", "-lpthread", "-o", out])
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = build_driver(cmd, out)   # once per make test (conftest)
     assert r.returncode == 0, r.stderr
     return out
 

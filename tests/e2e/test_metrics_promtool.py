@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, SANITIZED, SRC_IQUOTE, proc_env, src_path
+from conftest import build_driver
 
 DRIVER_SRC = [os.path.join(ROOT, "tests", "metrics_driver", "metrics_driver.c"),
               src_path("metrics.c")]
@@ -33,7 +34,7 @@ def driver(tmp_path_factory):
                          capture_output=True, text=True, check=True).stdout.split()
     cmd = (["gcc"] + FLAGS + (ASAN_FLAGS if SANITIZED else REL_FLAGS)
            + SRC_IQUOTE + DRIVER_SRC + pkg + ["-lm", "-o", out])
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = build_driver(cmd, out)   # once per make test (conftest)
     assert r.returncode == 0, r.stderr
     return out
 

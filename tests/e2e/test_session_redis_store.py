@@ -19,6 +19,7 @@ import time
 import pytest
 
 from conftest import ROOT, SANITIZED, SRC_IQUOTE, free_port, proc_env, spawn, src_path, wait_for
+from conftest import build_driver
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed")
@@ -165,7 +166,7 @@ def driver_bin(tmp_path_factory):
         os.path.join(ROOT, "tests/session_driver/session_driver.c")]
     cmd = (["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"] + flags
            + SRC_IQUOTE + src + ["-o", out] + pkgs + ["-lm"])
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = build_driver(cmd, out)   # once per make test (conftest)
     assert r.returncode == 0, r.stderr
     return out
 
