@@ -18,7 +18,7 @@
 #include "clients.h"
 #include "events.h"
 #include "metrics.h"
-#include "gateway.h"
+#include "gw.h"
 #include "health.h"
 #include "http.h"
 #include "keys.h"
@@ -505,7 +505,7 @@ static void tls_export_metrics(struct gateway *gw)
 {
     const struct tls_cert_info *ci = tls_ctx_cert(gw->snap->cfg->server.tls_ctx);
     struct cfg_listener ls[CFG_MAX_LISTENERS];
-    size_t n = gateway_listeners(gw, gw->snap->cfg, ls), i, k = 0;
+    size_t n = gw->listeners(gw, gw->snap->cfg, ls), i, k = 0;
     const char *names[TLS_FAILS];
     uint64_t counts[TLS_FAILS];
 
@@ -528,7 +528,7 @@ static json_t *listeners_json(struct gateway *gw)
     const struct config *cfg = gw->snap->cfg;
     const struct tls_cert_info *ci = tls_ctx_cert(cfg->server.tls_ctx);
     struct cfg_listener ls[CFG_MAX_LISTENERS];
-    size_t n = gateway_listeners(gw, cfg, ls), i;
+    size_t n = gw->listeners(gw, cfg, ls), i;
     json_t *out = json_array();
     int64_t now = gw_unix_ms() / 1000;
 
@@ -646,7 +646,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
 
 void admin_reload(struct gateway *gw, struct http_req *req)
 {
-    gateway_reload(gw, req);          /* answers when the reload is done */
+    gw->do_reload(gw, req);          /* answers when the reload is done */
 }
 
 /* GET /admin/clients: each client's counters and budgets, never its key. */

@@ -20,7 +20,7 @@
 #include <event2/event.h>
 
 #include "events.h"
-#include "gateway.h"
+#include "gw.h"
 #include "http.h"
 #include "log.h"
 #include "worker.h"

@@ -809,6 +809,9 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     size_t nls, i;
 
     memset(gw, 0, sizeof(*gw));
+    gw->do_reload = gateway_reload;
+    gw->listeners = gateway_listeners;
+    gw->health_moved = gateway_health_moved;
     http_set_error_body(gw_error_body);
     gw->base = base;
     gw->conf_dir = conf_dir;

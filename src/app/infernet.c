@@ -14,7 +14,7 @@
 
 #include <jansson.h>
 
-#include "gateway.h"
+#include "gw.h"
 #include "health.h"
 #include "http.h"
 #include "infernet.h"

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "events.h"
-#include "gateway.h"
+#include "gw.h"
 #include "health.h"
 #include "keys.h"
 #include "metrics.h"

@@ -52,7 +52,7 @@
 #include "cache.h"
 #include "cache_sse.h"
 #include "content.h"
-#include "gateway.h"
+#include "gw.h"
 #include "health.h"
 #include "http.h"
 #include "keys.h"
@@ -683,7 +683,7 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
         break;
     }
     if (hs->live.usable != was_usable)
-        gateway_health_moved(p->gw);
+        p->gw->health_moved(p->gw);
 }
 
 static void px_leg_record(struct px_leg *l, int failure, int answered)
