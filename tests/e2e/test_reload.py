@@ -284,7 +284,8 @@ def test_pidfile_and_sigusr1_reopens_logs(mocks, gateway, tmp_path):
     log = str(tmp_path / "infergate.log")
     pid = str(tmp_path / "infergate.pid")
     g = gateway(hosts_of(ms), policies="server:\n  log: {file: %s}\n" % log, extra_args=("-p", pid))
-    wait_for(lambda: os.path.exists(pid), what="pid file")
+    # the file exists from fopen() on, its number comes with fclose()
+    wait_for(lambda: os.path.exists(pid) and open(pid).read().endswith("\n"), what="pid file")
     with open(pid) as f:
         assert int(f.read()) == g.proc.pid
     wait_for(lambda: os.path.exists(log) and "started" in open(log).read(), what="log file")
