@@ -9,7 +9,8 @@ run, on the target core:
   h1 (own)     https://127.0.0.1:PORT  -- an address: upstream_h1.c, HTTP/1.1
                                           over TLS with a keep-alive pool
 wrk at 64 connections on the load core(s); reports req/s, infergate's CPU
-per request and the TCP connections open to the upstream after each run.
+per request and the most TCP connections to the upstream seen during a run
+(sampled every 0.5 s).
 
   INFERGATE_BIN=./infergate python3 scripts/bench/h2_upstream.py
 Knobs: BENCH_REPS (3), BENCH_DURATION (6), BENCH_SCENARIOS (json,sse),
@@ -17,6 +18,7 @@ BENCH_TARGET_CPU, BENCH_LOAD_CPUS as for scripts/bench/run.py.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +36,8 @@ pid %(tmp)s/nginx-h2.pid;
 error_log %(tmp)s/nginx-h2-error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    log_format proto $server_protocol;
+    access_log %(tmp)s/h2-access.log proto buffer=256k;
     client_body_temp_path %(tmp)s/h2-body;
     proxy_temp_path %(tmp)s/h2-proxy;
     fastcgi_temp_path %(tmp)s/h2-fcgi;
@@ -79,10 +82,23 @@ def answers():
     return json.dumps(msg), "".join(ev)
 
 
-def upstream_conns(port):
-    out = subprocess.run(["ss", "-Htn", "state", "established", "( dport = :%d )" % port],
+def upstream_conns(port, pid):
+    """TCP connections from process pid to the upstream port."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established", "( dport = :%d )" % port],
                          capture_output=True, text=True)
-    return len([l for l in out.stdout.splitlines() if l.strip()])
+    return len([l for l in out.stdout.splitlines() if "pid=%d," % pid in l])
+
+
+def protocols(tmp):
+    """Requests nginx logged, by protocol."""
+    n = {}
+    try:
+        with open(os.path.join(tmp, "h2-access.log")) as f:
+            for line in f:
+                n[line.strip()] = n.get(line.strip(), 0) + 1
+    except OSError:
+        pass
+    return n
 
 
 def main():
@@ -125,8 +141,13 @@ def main():
         for rep in range(REPS):
             for scen in B.SCENARIOS:
                 for name, p in procs.items():
-                    r = B.run_wrk(p.addr, bodies[scen], 64, DURATION, p.pid)
-                    r["upstream_conns"] = upstream_conns(ports[scen])
+                    seen = []
+
+                    def sample(stop, port=ports[scen], pid=p.pid):
+                        while not stop.wait(0.5):
+                            seen.append(upstream_conns(port, pid))
+                    r = B.run_wrk(p.addr, bodies[scen], 64, DURATION, p.pid, during=sample)
+                    r["upstream_conns"] = max(seen or [0])
                     cells.setdefault((scen, name), []).append(r)
                     B.log("  rep %d %-4s %-10s %9.0f req/s  err %d  CPU %s us/req  upstream "
                           "connections %d" % (rep + 1, scen, name, r["rps"], r["errors"],
@@ -138,12 +159,15 @@ def main():
     finally:
         B.PROCS.stop_all()
     B.log("")
+    B.log("requests nginx served, by protocol (buffered log, approximate): %s" % protocols(tmp))
     B.log("HTTP/2 upstream (nginx, TLS, fixed answers), 64 connections, median of %d x %gs"
           % (REPS, DURATION))
     B.log("%-5s %-10s %10s %7s %11s %12s" % ("", "infergate", "req/s", "errors", "CPU us/req",
                                              "upstream TCP"))
     for row in sorted(rows):
         B.log("%-5s %-10s %10.0f %7d %11s %12d" % row)
+    if not os.environ.get("BENCH_KEEP_TMP"):
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
