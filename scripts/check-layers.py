@@ -48,6 +48,9 @@ LAYER_EXCEPTIONS = {
     ("state.c", "lock.h"): "lock_assert_held()",
     ("breaker.c", "lock.h"): "lock_assert_held(): host and model breakers are shared state",
     ("alerts.c", "lock.h"): "lock_assert_held(): the rule windows are shared state",
+    ("keys.c", "lock.h"): "lock_assert_held(): key state and ring rotation are shared",
+    ("cache.c", "lock.h"): "lock_assert_held(): the response cache is shared by the workers",
+    ("retry.c", "lock.h"): "lock_assert_held(): the retry budget is shared",
     # the rules count and log their transitions
     ("alerts.c", "log.h"): "alert rules log their transitions",
     ("alerts.c", "metrics.h"): "alert rules read the metrics registry",

@@ -12,6 +12,7 @@
 #include "clients.h"
 #include "hash.h"
 #include "http.h"
+#include "lock.h"
 #include "session.h"
 
 #define CL_BUCKETS 1024
@@ -133,6 +134,7 @@ enum limits_verdict clients_admit(const struct config *c, const struct cfg_clien
     struct cl_entry *e = cl_get(cl->name, 1);
     struct limits_state tmp;
 
+    lock_assert_held();
     if (e == NULL) {                /* out of memory: admitted, not counted */
         memset(&tmp, 0, sizeof(tmp));
         return limits_admit(&cl->limits, &tmp, now_unix_ms, c->limits.window_ms,
@@ -148,6 +150,7 @@ void clients_view(const struct config *c, const struct cfg_client *cl, int64_t n
     struct cl_entry *e = cl_get(cl->name, 1);
     struct limits_state tmp;
 
+    lock_assert_held();
     memset(&tmp, 0, sizeof(tmp));
     limits_peek(&cl->limits, e ? &e->st : &tmp, now_unix_ms, c->limits.window_ms, v);
 }
@@ -157,6 +160,7 @@ void clients_settle(const char *name, const struct limits_ticket *t, int64_t win
 {
     struct cl_entry *e = cl_get(name, 0);
 
+    lock_assert_held();
     if (e == NULL)
         return;
     limits_settle(&e->st, t, now_unix_ms, window_ms, in, out);
@@ -168,6 +172,7 @@ void clients_note_refused(const char *name)
 {
     struct cl_entry *e = cl_get(name, 1);
 
+    lock_assert_held();
     if (e)
         e->st.limited++;
 }
@@ -182,6 +187,7 @@ json_t *clients_json(const struct config *c, int64_t now_unix_ms)
     json_t *a = json_array();
     size_t i;
 
+    lock_assert_held();
     if (a == NULL)
         return NULL;
     for (i = 0; i < c->nclients; i++) {
@@ -269,6 +275,7 @@ int clients_metrics(const struct config *c, struct evbuffer *out)
     size_t i, n = c->nclients < CLIENTS_METRICS_MAX ? c->nclients : CLIENTS_METRICS_MAX;
     int rc = 0, other = c->nclients > CLIENTS_METRICS_MAX;
 
+    lock_assert_held();
     if (c->nclients == 0)
         return 0;
     if ((sum = calloc(n + 1, sizeof(*sum))) == NULL)
@@ -374,6 +381,7 @@ struct session_call *clients_admit_shared(struct session *s, const struct config
     int64_t w = window_of(c);
     int i;
 
+    lock_assert_held();
     t->win = now_unix_ms / w;
     t->reserved = reserve;
     t->reserved_in = reserve_in < reserve ? reserve_in : reserve;
@@ -445,6 +453,7 @@ void clients_settle_shared(struct session *s, const struct config *c, const char
     struct cl_entry *e = cl_get(name, 0);
     int64_t d, m;
 
+    lock_assert_held();
     (void)c;
     if (in < 0)
         in = 0;
@@ -488,6 +497,7 @@ enum limits_verdict clients_admit_local(const struct config *c, const struct cfg
     struct limits_state tmp;
     int64_t n = share > 0 ? (int64_t)share : 1;
 
+    lock_assert_held();
 #define SHARE(x) ((x) > 0 ? ((x) / n > 0 ? (x) / n : 1) : 0)
     l.rpm = SHARE(l.rpm);
     l.tpm = SHARE(l.tpm);

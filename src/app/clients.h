@@ -6,8 +6,10 @@
  * counters live here, kept by client name, so they survive reloads: a
  * changed limit applies to the counts already made, a removed client is no
  * longer found (refused at once; its requests in flight still settle).
- * Every call but clients_find and clients_model_allowed is made under the
- * state lock (lock.h).
+ * Every call but clients_bearer, clients_find, clients_of_req and
+ * clients_model_allowed: caller holds the state lock (lock.h; the ones
+ * that reach the counters check it with lock_assert_held() in the asan
+ * and tsan builds).
  */
 #ifndef INFERGATE_CLIENTS_H
 #define INFERGATE_CLIENTS_H

@@ -12,6 +12,7 @@
 
 #include "cache.h"
 #include "hash.h"
+#include "lock.h"
 
 struct centry {
     struct centry *chain;
@@ -134,6 +135,7 @@ int cache_put(struct cache *c, const char *key, int status, const char *ctype,
     struct centry **pp, *e;
     size_t size = sizeof(*e) + len + (ctype ? strlen(ctype) + 1 : 0);
 
+    lock_assert_held();
     if (strlen(key) != CACHE_KEY_LEN || size > c->max_entry_bytes || size > c->max_bytes)
         return -1;
     if ((pp = find(c, key, h)) != NULL)
@@ -171,6 +173,7 @@ int cache_get(struct cache *c, const char *key, int64_t now_ms, struct cache_hit
 {
     struct centry **pp = find(c, key, hash_str(key)), *e;
 
+    lock_assert_held();
     if (pp == NULL)
         return 0;
     e = *pp;
@@ -191,12 +194,14 @@ int cache_get(struct cache *c, const char *key, int64_t now_ms, struct cache_hit
 
 void cache_count(struct cache *c, enum cache_result r)
 {
+    lock_assert_held();
     if ((unsigned)r < CACHE_RESULTS)
         c->st.requests[r]++;
 }
 
 void cache_stats(const struct cache *c, struct cache_stats *out)
 {
+    lock_assert_held();
     *out = c->st;
 }
 

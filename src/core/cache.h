@@ -9,7 +9,9 @@
  * entries go first) and max_entry_bytes (larger answers are not stored).
  *
  * Pure: no I/O; `now_ms` is the caller's monotonic clock. Not thread-safe:
- * the gateway calls it under the state lock (lock.h).
+ * cache_put, cache_get, cache_count and cache_stats: caller holds the
+ * state lock (lock.h; checked by lock_assert_held() in the asan and tsan
+ * builds).
  */
 #ifndef INFERGATE_CACHE_H
 #define INFERGATE_CACHE_H

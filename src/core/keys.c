@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "keys.h"
+#include "lock.h"
 
 #define KEYS_MAX_RING 65536
 #define KEYS_POOL_CACHE 256     /* pools whose rings are shared by their hosts */
@@ -131,6 +132,7 @@ enum keys_pick_result keys_pick(const struct keys_ring *ring,
 {
     size_t i;
 
+    lock_assert_held();
     if (ring->n == 0)
         return KEYS_NONE;
     for (i = 0; i < ring->n; i++) {
@@ -147,6 +149,7 @@ enum keys_pick_result keys_pick(const struct keys_ring *ring,
 int keys_report(struct key_state *k, int status, int64_t retry_after_ms,
                 int64_t now_ms)
 {
+    lock_assert_held();
     if (status == 401 || status == 403) {
         if (k->disabled)
             return 0;
@@ -166,6 +169,7 @@ int keys_report(struct key_state *k, int status, int64_t retry_after_ms,
 
 const char *keys_state_name(const struct key_state *k, int active, int64_t now_ms)
 {
+    lock_assert_held();
     if (!active || k->disabled)
         return "disabled";
     if (k->cooldown_until_ms > now_ms)

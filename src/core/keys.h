@@ -36,6 +36,10 @@ enum keys_pick_result {
 struct keys_ring *keys_build(const struct config *c);
 void keys_free(struct keys_ring *rings, size_t nhosts);
 
+/* keys_pick, keys_report and keys_state_name read or change the shared
+ * key state and rotation cursors: caller holds the state lock (lock.h;
+ * checked by lock_assert_held() in the asan and tsan builds). */
+
 /* Picks a key from a host's ring; *out is the key index. `cursor` is the
  * rotation cursor (advanced; one per host). `ks` is
  * the snapshot's key state array. */

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lock.h"
 #include "retry.h"
 
 #define MS_PER_S            1000
@@ -511,6 +512,7 @@ void retry_budget_set_params(struct retry_budget *b, const struct retry_params *
 {
     int64_t old_bucket = b->bucket_ms;
 
+    lock_assert_held();
     budget_params(b, p);
     if (b->bucket_ms != old_bucket)
         budget_reset(b);
@@ -559,6 +561,7 @@ void retry_budget_note_request(struct retry_budget *b, int64_t now_ms)
 {
     int i = budget_slot(b, now_ms);
 
+    lock_assert_held();
     b->requests[i]++;
     b->nrequests++;
 }
@@ -568,6 +571,7 @@ int retry_budget_try_spend(struct retry_budget *b, int64_t now_ms)
     int i = budget_slot(b, now_ms);
     double allowed = b->min_retries + b->ratio * (double)b->nrequests + RATIO_EPSILON;
 
+    lock_assert_held();
     if ((double)(b->nretries + 1) > allowed) {
         b->denied++;
         return 0;

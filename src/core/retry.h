@@ -148,6 +148,10 @@ struct retry_budget {
     uint64_t denied;                /* retries refused since init (metric) */
 };
 
+/* The gateway's budget is shared by the workers: retry_budget_set_params,
+ * retry_budget_note_request and retry_budget_try_spend: caller holds the
+ * state lock (lock.h; checked by lock_assert_held() in the asan and tsan
+ * builds). */
 void retry_budget_init(struct retry_budget *b, const struct retry_params *p);
 
 /* New parameters (config reload). Counts are kept if the window length is
