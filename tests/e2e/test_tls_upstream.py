@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import SANITIZED
+from conftest import SANITIZED, wait_for
+from test_stream_faults import metric, raw_stream_post, read_raw  # helpers, no tests
 from test_tls import TLSMock, https  # noqa: F401 -- helpers, no tests
 from tls_pki import Pki
 
@@ -187,5 +188,25 @@ def test_big_request_on_a_kept_tls_connection(gateway, up):
         assert len(m.stats()["last_body"]["messages"][0]["content"]) == len(big)
     st, _, body = g.chat()
     assert st == 200, body
-    assert m.stats()["tls_handshakes"] <= 4      # kept throughout (+ the test's own)
+    # Kept throughout: one connection per worker thread, plus the test's
+    # own three m.stats() connections.
+    workers = int(os.environ.get("INFERGATE_TEST_WORKERS") or 1)
+    assert m.stats()["tls_handshakes"] <= workers + 3
+    g.stop()
+
+
+def test_paused_tls_stream_completes_and_is_not_idle(gateway, up):
+    """A client that does not read pauses the TLS upstream (EV_READ off on
+    the OpenSSL bufferevent, records already read kept in the input): the
+    stream still completes, whole, and is not taken for a stall."""
+    m = up()
+    m.config(chunks=100000)             # ~15 MB: fills the client side, pauses the upstream
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
+                policies="retry:\n  stream_idle_timeout: 500ms\n")
+    s = raw_stream_post(g.port)
+    wait_for(lambda: m.stats()["requests"] == 1, what="stream to start")
+    time.sleep(1.2)  # the point of the test: a client that does not read for > idle
+    raw = read_raw(s, until=b"0\r\n\r\n")
+    assert raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), raw[-100:]
+    assert metric(g, "infergate_upstream_stalls_total", host="up", timeout="idle") == 0
     g.stop()
