@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <sys/random.h>
 
+#include "clock.h"
 #include "jscan.h"
 #include "lock.h"
 #include "log.h"
@@ -156,14 +157,6 @@ static void replica_id_make(char *out, size_t len)
     snprintf(out, len, "%s-%ld-%08x", host, (long)getpid(), (unsigned)rnd);
 }
 
-static int64_t unix_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A memory store with a random hash seed of its own. */
 static struct session_mem *mem_new(size_t max_entries, int64_t ttl_ms)
 {
@@ -229,7 +222,7 @@ struct session *session_new(struct event_base *base, const struct config *cfg,
         return NULL;
     }
     replica_id_make(s->self.id, sizeof(s->self.id));
-    s->self.started_unix_ms = unix_now_ms();
+    s->self.started_unix_ms = gw_unix_ms();
     s->self.generation = generation;
     if (apply_redis(s, cfg, err, errlen) != 0) {
         session_free(s);
@@ -460,12 +453,12 @@ static void publish(struct session *s, enum session_shared_type type, const char
         s->m.shared_dropped++;
         return;
     }
-    if (until_unix_ms <= unix_now_ms()) {
+    if (until_unix_ms <= gw_unix_ms()) {
         if (type != SESSION_KEY_DISABLED) {
             s->m.shared_dropped++;
             return;
         }
-        until_unix_ms = unix_now_ms() + SESSION_DISABLED_SHARE_MS;
+        until_unix_ms = gw_unix_ms() + SESSION_DISABLED_SHARE_MS;
     }
     ev.type = type;
     ev.name = name;
