@@ -591,15 +591,9 @@ const char *upstream_result_name(enum upstream_result r)
  * through curl so that the proxy is used. */
 static int proxy_in_env(void)
 {
-    static const char *const vars[] = { "http_proxy", "all_proxy", "ALL_PROXY" };
-    size_t i;
+    static const char *const vars[] = { "http_proxy", "all_proxy", "ALL_PROXY", NULL };
 
-    for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v)
-            return 1;
-    }
-    return 0;
+    return upstream_env_set(vars);
 }
 
 struct upstream *upstream_new(struct event_base *base)

@@ -480,15 +480,10 @@ static void tls_peers_free(struct h1_pool *p)
  * so that the proxy is used. */
 static int https_proxy_in_env(void)
 {
-    static const char *const vars[] = { "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY" };
-    size_t i;
+    static const char *const vars[] = { "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                                        NULL };
 
-    for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v)
-            return 1;
-    }
-    return 0;
+    return upstream_env_set(vars);
 }
 
 struct h1_pool *h1_pool_new(struct event_base *base)

@@ -66,6 +66,18 @@ static inline void upstream_rh_clear(struct upstream_xfer *x)
     x->nresp = 0;
 }
 
+/* 1 when one of the NULL-terminated environment variables vars is set
+ * and not empty: a proxy curl would use (upstream.c, upstream_h1.c). */
+static inline int upstream_env_set(const char *const *vars)
+{
+    for (; *vars; vars++) {
+        const char *v = getenv(*vars);
+        if (v && *v)
+            return 1;
+    }
+    return 0;
+}
+
 /* upstream_h1.c */
 struct h1_pool *h1_pool_new(struct event_base *base);
 void h1_pool_free(struct h1_pool *p);

@@ -434,6 +434,11 @@ class TLSMock(Mock):
         assert st == 200, data
         return json.loads(data)
 
+    def control(self, path, body=None):
+        st, _, data = https(self.port, self.pki.ca, "POST", "/_mock/" + path, body=body or {})
+        assert st == 200, data
+        return json.loads(data)
+
 
 @pytest.fixture
 def tls_mock(tmp_path):

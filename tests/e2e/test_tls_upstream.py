@@ -2,54 +2,26 @@
 bufferevents): certificates verified by default, a certificate from another
 CA refused with a clear error, server_name used for SNI, the name check and
 Host, verify: false, connections kept and TLS sessions resumed, streams.
-The TLS mocks (test_tls.TLSMock) count handshakes and record the SNI."""
+The TLS mocks (test_tls.TLSMock, fixture tls_mock) count handshakes and record the SNI."""
 import json
 import os
 import time
 
-import pytest
-
 from conftest import SANITIZED, wait_for
 from test_stream_faults import metric, raw_stream_post, read_raw  # helpers, no tests
-from test_tls import TLSMock, https  # noqa: F401 -- helpers, no tests
+from test_tls import tls_mock  # noqa: F401 -- a fixture
 from tls_pki import Pki
 
 ONE_TRY = "retry:\n  max_attempts: 1\n"
 SLOW = 10 if SANITIZED else 1
 
 
-class Upstream(TLSMock):
-    def control(self, path, body):
-        st, _, data = https(self.port, self.pki.ca, "POST", "/_mock/" + path, body=body)
-        assert st == 200, data
-        return json.loads(data)
-
-    def config(self, **kw):
-        return self.control("config", kw)
-
-
-@pytest.fixture
-def up(tmp_path):
-    started = []
-
-    def make(pki=None):
-        pki = pki or Pki(tmp_path / ("upki%d" % len(started)), name="Upstream CA")
-        m = Upstream("u%d" % len(started), pki)
-        started.append(m)
-        return m
-
-    yield make
-    for m in started:
-        err = m.stop()
-        assert "Sanitizer" not in err and "runtime error" not in err, err
-
-
 def error_message(body):
     return json.loads(body)["error"]["message"]
 
 
-def test_certificate_from_another_ca_is_refused_clearly(gateway, up, tmp_path):
-    m = up()
+def test_certificate_from_another_ca_is_refused_clearly(gateway, tls_mock, tmp_path):
+    m = tls_mock()
     other = Pki(tmp_path / "other", name="Other CA")
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": other.ca}}], policies=ONE_TRY)
     st, _, body = g.chat()
@@ -63,8 +35,8 @@ def test_certificate_from_another_ca_is_refused_clearly(gateway, up, tmp_path):
     g.stop()
 
 
-def test_server_name_is_sent_as_sni_checked_and_used_as_host(gateway, up):
-    m = up()
+def test_server_name_is_sent_as_sni_checked_and_used_as_host(gateway, tls_mock):
+    m = tls_mock()
     # The URL names 127.0.0.1: checked against the certificate's IP entry, no SNI.
     g = gateway([{"name": "ip", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
     st, _, body = g.chat()
@@ -92,8 +64,8 @@ def test_server_name_is_sent_as_sni_checked_and_used_as_host(gateway, up):
     g.stop()
 
 
-def test_verify_false_accepts_any_certificate(gateway, up, tmp_path):
-    m = up()
+def test_verify_false_accepts_any_certificate(gateway, tls_mock, tmp_path):
+    m = tls_mock()
     g = gateway([{"name": "lab", "url": m.url,
                   "tls": {"verify": False, "server_name": "wrong.test"}}])
     for stream in (False, True):
@@ -104,8 +76,8 @@ def test_verify_false_accepts_any_certificate(gateway, up, tmp_path):
     assert "host lab: tls.verify is false" in out
 
 
-def test_connections_kept_and_sessions_resumed(gateway, up):
-    m = up()
+def test_connections_kept_and_sessions_resumed(gateway, tls_mock):
+    m = tls_mock()
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
     n = 30
     for i in range(n):
@@ -134,8 +106,8 @@ def test_connections_kept_and_sessions_resumed(gateway, up):
     g.stop()
 
 
-def test_long_stream_over_tls_upstream(gateway, up):
-    m = up()
+def test_long_stream_over_tls_upstream(gateway, tls_mock):
+    m = tls_mock()
     m.config(chunks=200, chunk_interval_ms=1, content_bytes=2000)
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
     st, hdrs, body = g.chat(stream=True)
@@ -151,11 +123,11 @@ def test_long_stream_over_tls_upstream(gateway, up):
     g.stop()
 
 
-def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, up):
+def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, tls_mock):
     """The records read ahead of the bufferevent (tls_drain) carry the end
     too: a stream the upstream cuts ends at once with the error event, a
     stalled one on stream_idle_timeout, and the cut event never leaks."""
-    m = up()
+    m = tls_mock()
     m.config(chunks=5, close_after_chunks=2, partial_bytes=40)
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
                 policies="retry:\n  max_attempts: 1\n  stream_idle_timeout: 500ms\n")
@@ -173,10 +145,10 @@ def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, up):
     g.stop()
 
 
-def test_big_request_on_a_kept_tls_connection(gateway, up):
+def test_big_request_on_a_kept_tls_connection(gateway, tls_mock):
     """A request written at once on a kept connection (tls_write_now) that
     fills the socket: the rest goes through the bufferevent, whole."""
-    m = up()
+    m = tls_mock()
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
                 policies="server:\n  max_body_bytes: 8MB\n")
     st, _, body = g.chat()
@@ -195,11 +167,11 @@ def test_big_request_on_a_kept_tls_connection(gateway, up):
     g.stop()
 
 
-def test_paused_tls_stream_completes_and_is_not_idle(gateway, up):
+def test_paused_tls_stream_completes_and_is_not_idle(gateway, tls_mock):
     """A client that does not read pauses the TLS upstream (EV_READ off on
     the OpenSSL bufferevent, records already read kept in the input): the
     stream still completes, whole, and is not taken for a stall."""
-    m = up()
+    m = tls_mock()
     m.config(chunks=100000)             # ~15 MB: fills the client side, pauses the upstream
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
                 policies="retry:\n  stream_idle_timeout: 500ms\n")
