@@ -5,7 +5,7 @@
 # Ends with "N passed, N failed".
 #
 # The three e2e sessions run side by side, in the background, while the
-# unit tests run: they spend most of their time waiting for timers and
+# unit tests are built (UNIT_BUILD, from make test) and run: they spend most of their time waiting for timers and
 # sockets, not on the CPU. Each has its own log (build/e2e-VARIANT.log,
 # shown at the end in the usual order) and its own range of ports for
 # conftest.free_port(), below the kernel's ephemeral range, so no session
@@ -77,6 +77,15 @@ finish_e2e() {  # variant: waits for its session, shows and counts it
 mkdir -p build
 if [ "${E2E_SERIAL:-0}" != 1 ]; then
     for variant in $VARIANTS; do start_e2e "$variant"; done
+fi
+
+# make test passes the unit tests' build here, to go while the e2e sessions
+# run; a failed build counts as a failure (its log: build/unit-build.log).
+if [ -n "${UNIT_BUILD:-}" ]; then
+    echo "== build (unit tests)"
+    $UNIT_BUILD >build/unit-build.log 2>&1; rc=$?
+    [ $rc -ne 0 ] && tail -n 30 build/unit-build.log
+    record unit-build $rc 0 0
 fi
 
 for variant in release asan; do
