@@ -116,6 +116,10 @@ struct px_leg {
     int                   lat_sampled;   /* latency sample taken (stream head) */
     int64_t               t_try;
     int64_t               t_head;        /* its response head, 0 = none yet */
+    int                   end_pending;   /* px_leg_end_locked() still to run */
+    enum metrics_outcome  end_o;         /* ... with the outcome */
+    int                   end_how;       /* ... and enum px_end */
+    int64_t               t_end;         /* ... and the time it ended */
     unsigned              reads;         /* reads after the head */
     unsigned              reads_seen;    /* `reads` at the last idle tick */
     int                   silent;        /* idle ticks in a row without a read */
@@ -252,6 +256,7 @@ static void px_start(struct proxy *p);
 static int px_cache_resume(struct proxy *p);
 static void px_cache_count(struct proxy *p, int res);
 static void px_leg_cancel(struct px_leg *l);
+static void px_leg_end_locked(struct px_leg *l);
 static void px_arm_answer_timer(struct px_leg *l, int64_t now);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
 static void px_scan_id(struct proxy *p, const struct px_leg *l,
@@ -365,6 +370,8 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     for (i = 0; i < p->nlegs; i++)
         px_leg_cancel(&p->legs[i]);
     lock_take();
+    for (i = 0; i < p->nlegs; i++)
+        px_leg_end_locked(&p->legs[i]);   /* nothing: each outcome did it */
     if (m) {
         if (p->usage.have && p->last_host >= 0) {
             struct host_state *hs = p->snap->hs[p->last_host];
@@ -578,11 +585,7 @@ static const char *px_leg_model(const struct px_leg *l)
     return m ? m : l->p->model;
 }
 
-/* Ends a leg's accounting: in-flight count, first-byte timer, metrics
- * and alert samples for its outcome, and the host's latency estimate when
- * the head did not give it (a whole answer; a failed or abandoned attempt
- * only as a lower bound: it may raise the estimate, never lower it),
- * and what `how` adds, in the same section of the state lock. */
+/* How a leg ended, besides its outcome (px_leg_end). */
 enum px_end {
     PX_END_OUTCOME = 0,   /* an outcome follows (px_leg_record, px_leg_failed) */
     PX_END_CANCEL,        /* none does: the breaker tickets go back */
@@ -590,17 +593,22 @@ enum px_end {
     PX_END_STALL_TOTAL    /* the answer took too long: likewise */
 };
 
-static void px_leg_end(struct px_leg *l, enum metrics_outcome o, enum px_end how)
+/* The shared half of px_leg_end(): the host's in-flight count, metrics and
+ * alert samples for the outcome, the host's latency estimate when the head
+ * did not give it (a whole answer; a failed or abandoned attempt only as a
+ * lower bound: it may raise the estimate, never lower it), and what the
+ * end adds. Nothing when it was done already. Caller holds the state lock. */
+static void px_leg_end_locked(struct px_leg *l)
 {
     struct proxy *p = l->p;
     struct host_state *hs = p->snap->hs[l->pk.host];
-    int64_t now = gw_now_ms();
+    enum metrics_outcome o = l->end_o;
+    int64_t now = l->t_end;
     double ttfb = l->t_head ? (double)(l->t_head - l->t_try) : -1;
 
-    evtimer_del(l->try_timer);
-    if (--p->active == 0)
-        p->upstream_ms += now - p->t_up;
-    lock_take();
+    if (!l->end_pending)
+        return;
+    l->end_pending = 0;
     if (hs->live.in_flight > 0)
         hs->live.in_flight--;
     if (!l->lat_sampled)
@@ -615,12 +623,34 @@ static void px_leg_end(struct px_leg *l, enum metrics_outcome o, enum px_end how
         alerts_observe(p->gw->alerts, p->snap->cfg->hosts[l->pk.host].name,
                        o == METRICS_OUTCOME_SUCCESS || o == METRICS_OUTCOME_CLIENT_ERROR,
                        ttfb >= 0 ? ttfb : (double)(now - l->t_try), now);
-    if (how == PX_END_CANCEL) {
+    if (l->end_how == PX_END_CANCEL) {
         struct admit_view v = px_view(p);
         admit_release(&v, &l->pk);
-    } else if (how != PX_END_OUTCOME) {
-        metrics_upstream_stall(p->snap->mh[l->pk.host], how == PX_END_STALL_TOTAL);
+    } else if (l->end_how != PX_END_OUTCOME) {
+        metrics_upstream_stall(p->snap->mh[l->pk.host], l->end_how == PX_END_STALL_TOTAL);
     }
+}
+
+/* Ends a leg: its first-byte timer and the request's legs out now; the
+ * shared half (px_leg_end_locked) goes with the section of the state lock
+ * that records the outcome (px_leg_record_locked), or, for a cancelled
+ * leg, in one of its own. */
+static void px_leg_end(struct px_leg *l, enum metrics_outcome o, enum px_end how)
+{
+    struct proxy *p = l->p;
+    int64_t now = gw_now_ms();
+
+    evtimer_del(l->try_timer);
+    if (--p->active == 0)
+        p->upstream_ms += now - p->t_up;
+    l->end_pending = 1;
+    l->end_o = o;
+    l->end_how = how;
+    l->t_end = now;
+    if (how != PX_END_CANCEL)
+        return;
+    lock_take();
+    px_leg_end_locked(l);
     lock_drop();
 }
 
@@ -652,6 +682,7 @@ static void px_leg_record_locked(struct px_leg *l, int failure, int answered)
     struct admit_recorded r;
     int was_usable;
 
+    px_leg_end_locked(l);             /* its accounting, in the same section */
     r = admit_record(&v, &l->pk, failure, answered, now - l->t_try, now);
     if (r.host_recorded) {
         if (r.host_after == BREAKER_OPEN && r.host_before != BREAKER_OPEN) {
@@ -1648,8 +1679,10 @@ static int px_start_leg(struct proxy *p, int si)
         got = -1;
         lock_take();
         v = px_view(p);
-        if (l)
+        if (l) {
+            px_leg_end_locked(l);         /* nothing: its outcome did it */
             got = admit_pick(&v, &p->ad, si, gw_now_ms(), &picks, &pk);
+        }
         if (got == 0 && pk.panic)
             metrics_panic_pick();           /* panic mode picked it */
         if (got < 0)
