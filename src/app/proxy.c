@@ -127,6 +127,8 @@ struct px_leg {
     int                   paused;        /* held for a slow client: not idle */
     struct event         *try_timer;     /* connect + first byte, then the
                                           * answer's idle and total limits */
+    struct event          try_ev;        /* try_timer points here: no
+                                          * event_new per leg */
     struct evbuffer      *buf;           /* buffered response body */
 };
 
@@ -407,7 +409,7 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         p->next->prev = p->prev;
     for (i = 0; i < p->nlegs; i++) {
         if (p->legs[i].try_timer)
-            event_free(p->legs[i].try_timer);
+            event_del(p->legs[i].try_timer);
         if (p->legs[i].buf)
             evbuffer_free(p->legs[i].buf);
     }
@@ -1539,16 +1541,10 @@ static struct px_leg *px_leg_get(struct proxy *p)
     memset(l, 0, sizeof(*l));
     l->p = p;
     l->buf = evbuffer_new();
-    l->try_timer = evtimer_new(p->w->base, px_try_timeout, l);
-    if (l->buf == NULL || l->try_timer == NULL) {
-        if (l->buf)
-            evbuffer_free(l->buf);
-        if (l->try_timer)
-            event_free(l->try_timer);
-        l->buf = NULL;
-        l->try_timer = NULL;
+    if (l->buf == NULL)
         return NULL;
-    }
+    evtimer_assign(&l->try_ev, p->w->base, px_try_timeout, l);
+    l->try_timer = &l->try_ev;
     p->nlegs++;
     return l;
 }
