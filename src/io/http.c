@@ -44,7 +44,6 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <sys/un.h>
 
 #include <event2/buffer.h>
@@ -60,6 +59,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "sockread.h"
 #include "tls.h"
 
 #define HTTP_MAX_HEADERS    100
@@ -1148,37 +1148,22 @@ static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct http_conn *c = arg;
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer_iovec v[2];
-    size_t len = evbuffer_get_length(in), cap = conn_input_cap(c->srv), want, left;
+    size_t len = evbuffer_get_length(in), cap = conn_input_cap(c->srv);
     ssize_t got;
-    int n, i;
 
     (void)what;
     if (len >= cap) {                  /* resumed by the next request */
         conn_read_off(c);
         return;
     }
-    want = cap - len < HTTP_READ_MAX ? cap - len : HTTP_READ_MAX;
-    /* A socket bufferevent keeps the end of its input frozen; its own
-     * read callback thaws it around the read, as this does. */
-    evbuffer_unfreeze(in, 0);
-    n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
-    if (n <= 0) {
-        evbuffer_freeze(in, 0);
-        conn_free(c);
-        return;
-    }
-    for (i = 0, left = want; i < n; i++) {
-        if (v[i].iov_len > left)
-            v[i].iov_len = left;
-        left -= v[i].iov_len;
-    }
-    got = readv(fd, (struct iovec *)v, n);
-    if (got <= 0)
-        evbuffer_freeze(in, 0);
+    got = sock_read_into(in, fd, cap - len < HTTP_READ_MAX ? cap - len : HTTP_READ_MAX);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
+        if (errno == ENOMEM) {
+            conn_free(c);
+            return;
+        }
         conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
         return;
     }
@@ -1186,14 +1171,6 @@ static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
         conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF, c);
         return;
     }
-    if ((size_t)got <= v[0].iov_len) {
-        v[0].iov_len = (size_t)got;
-        n = 1;
-    } else {
-        v[1].iov_len = (size_t)got - v[0].iov_len;
-    }
-    evbuffer_commit_space(in, v, n);
-    evbuffer_freeze(in, 0);
     conn_process(c);
 }
 

@@ -30,6 +30,11 @@
  * pooled connection before any response byte is sent again once on a new
  * connection.
  *
+ * Plain connections read their socket with their own read event, one readv
+ * per readable event (sockread.h: no ioctl(FIONREAD) before each read as a
+ * socket bufferevent makes); the bufferevent writes. The pool's idle
+ * timeout is one timer, for its least recently used connection.
+ *
  * Callbacks run with the transfer marked busy: upstream_cancel() on it
  * then only marks it and the transfer is freed when the callback returns.
  */
@@ -58,6 +63,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "sockread.h"
 #include "upstream_int.h"
 
 #define H1_MAX_HEAD        (64 * 1024)   /* response head */
@@ -67,6 +73,7 @@
 #define H1_BUCKETS         4096          /* power of two */
 #define H1_TLS_BUCKETS     256           /* TLS peers; power of two */
 #define H1_MAX_TLS_PEERS   4096          /* more: curl takes the rest */
+#define H1_READ_MAX        16384         /* plain: bytes per read */
 
 /* An SSL_CTX for one (ca_file, verify): the trust of some TLS peers. */
 struct h1_trust {
@@ -102,6 +109,9 @@ struct h1_conn {
     socklen_t           salen;
     struct h1_conn     *bnext, *bprev;  /* idle: same bucket */
     struct h1_conn     *lnext, *lprev;  /* idle: least recently used last */
+    struct event        rd_ev;          /* plain: the socket is readable */
+    int                 rd_on;          /* rd_ev added */
+    int64_t             idle_ms;        /* put in the pool at (mono ms) */
 };
 
 struct h1_pool {
@@ -109,6 +119,7 @@ struct h1_pool {
     struct h1_conn    *bucket[H1_BUCKETS];
     struct h1_conn    *lru_head, *lru_tail;
     size_t             nidle;
+    struct event       sweep;           /* closes the idle timed out, LRU first */
     int                no_tls;          /* https_proxy set: https:// via curl */
     struct h1_trust   *trusts;
     struct h1_tls_peer *tls_bucket[H1_TLS_BUCKETS];
@@ -150,6 +161,7 @@ struct h1_xfer {
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_recv_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void h1_process(struct h1_xfer *hx);
@@ -186,6 +198,8 @@ static void conn_close(struct h1_conn *c)
             SSL_shutdown(ssl);
         ERR_clear_error();
     }
+    if (c->rd_on)
+        event_del(&c->rd_ev);
     bufferevent_free(c->bev);
     free(c);
 }
@@ -210,6 +224,64 @@ static void pool_unlink(struct h1_pool *p, struct h1_conn *c)
         p->lru_tail = c->lprev;
     c->bnext = c->bprev = c->lnext = c->lprev = NULL;
     p->nidle--;
+}
+
+/* Reading on or off: plain connections have their own read event, one
+ * readv per readable event (a socket bufferevent makes an ioctl(FIONREAD)
+ * before each read); TLS ones read through the OpenSSL bufferevent. */
+static void conn_read_on(struct h1_conn *c)
+{
+    if (c->tls) {
+        bufferevent_enable(c->bev, EV_READ);
+        return;
+    }
+    if (!c->rd_on && event_add(&c->rd_ev, NULL) == 0)
+        c->rd_on = 1;
+}
+
+static void conn_read_off(struct h1_conn *c)
+{
+    if (c->tls) {
+        bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    if (c->rd_on)
+        event_del(&c->rd_ev);
+    c->rd_on = 0;
+}
+
+/* The idle timeout of plain connections is one timer for the pool, set
+ * for the least recently used one: putting a connection back or taking it
+ * costs no timer operation. A timer that fires early (its connection was
+ * taken) re-arms itself for the new least recently used one. */
+static void sweep_arm(struct h1_pool *p, int64_t now)
+{
+    struct timeval tv;
+    int64_t due;
+
+    if (p->lru_tail == NULL)
+        return;
+    due = p->lru_tail->idle_ms + H1_IDLE_TIMEOUT_S * 1000 - now;
+    if (due < 0)
+        due = 0;
+    tv.tv_sec = (time_t)(due / 1000);
+    tv.tv_usec = (suseconds_t)((due % 1000) * 1000);
+    evtimer_add(&p->sweep, &tv);
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1_pool *p = arg;
+    int64_t now = mono_ms();
+
+    (void)fd;
+    (void)what;
+    while (p->lru_tail && now - p->lru_tail->idle_ms >= H1_IDLE_TIMEOUT_S * 1000) {
+        struct h1_conn *c = p->lru_tail;
+        pool_unlink(p, c);
+        conn_close(c);
+    }
+    sweep_arm(p, now);
 }
 
 static void idle_read_cb(struct bufferevent *bev, void *arg)
@@ -238,9 +310,14 @@ static void pool_put(struct h1_pool *p, struct h1_conn *c)
         conn_close(old);
     }
     c->x = NULL;
-    bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
-    bufferevent_enable(c->bev, EV_READ);
-    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    if (c->tls) {
+        bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
+        bufferevent_enable(c->bev, EV_READ);
+        bufferevent_set_timeouts(c->bev, &idle, NULL);
+    } else {
+        conn_read_on(c);                /* conn_recv_cb: c->x NULL, idle */
+    }
+    c->idle_ms = mono_ms();
     c->bnext = *b;
     if (*b)
         (*b)->bprev = c;
@@ -252,6 +329,8 @@ static void pool_put(struct h1_pool *p, struct h1_conn *c)
         p->lru_tail = c;
     p->lru_head = c;
     p->nidle++;
+    if (!evtimer_pending(&p->sweep, NULL))
+        sweep_arm(p, c->idle_ms);
 }
 
 static struct h1_conn *pool_get(struct h1_pool *p, const struct sockaddr_storage *sa,
@@ -263,7 +342,8 @@ static struct h1_conn *pool_get(struct h1_pool *p, const struct sockaddr_storage
         if (c->hash == hash && c->tls == tls && c->salen == salen
             && memcmp(&c->sa, sa, salen) == 0) {
             pool_unlink(p, c);
-            bufferevent_set_timeouts(c->bev, NULL, NULL);
+            if (c->tls)
+                bufferevent_set_timeouts(c->bev, NULL, NULL);
             return c;
         }
     return NULL;
@@ -493,6 +573,7 @@ struct h1_pool *h1_pool_new(struct event_base *base)
     if (p == NULL)
         return NULL;
     p->base = base;
+    evtimer_assign(&p->sweep, base, sweep_cb, p);
     p->no_tls = https_proxy_in_env();
     pthread_once(&tls_once, tls_index_init);
     if (tls_peer_idx < 0)
@@ -509,6 +590,7 @@ void h1_pool_free(struct h1_pool *p)
         pool_unlink(p, c);
         conn_close(c);
     }
+    event_del(&p->sweep);
     tls_peers_free(p);
     free(p);
 }
@@ -829,6 +911,8 @@ static int send_request(struct h1_xfer *hx)
             return -1;
         }
         fd = bufferevent_getfd(c->bev);
+        if (!c->tls)        /* added once connected (conn_event_cb) */
+            event_assign(&c->rd_ev, p->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     } else {
@@ -858,13 +942,14 @@ static int send_request(struct h1_xfer *hx)
     if (evbuffer_add_reference(out, hx->head + done, hx->head_len - done, NULL, NULL) < 0
         || (hx->body_len
             && evbuffer_add_reference(out, hx->body, hx->body_len, NULL, NULL) < 0)
-        || bufferevent_enable(c->bev, hx->connected && !c->tls ? EV_READ
-                                                                : EV_READ | EV_WRITE) < 0) {
+        || bufferevent_enable(c->bev, c->tls ? EV_READ | EV_WRITE
+                                             : hx->connected ? 0 : EV_WRITE) < 0) {
         hx->conn = NULL;
         conn_close(c);
         return -1;
     }
     if (hx->connected && !c->tls) {
+        conn_read_on(c);                        /* on since it was pooled */
         evbuffer_unfreeze(out, 1);              /* see http.c's conn_flush() */
         evbuffer_write(out, bufferevent_getfd(c->bev));
         evbuffer_freeze(out, 1);
@@ -1327,6 +1412,34 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     h1_process(c->x);
 }
 
+/* A plain connection's socket is readable: one readv into the input (no
+ * FIONREAD first). An idle one has nothing to say: closed. The end of the
+ * stream or an error goes to conn_event_cb as the bufferevent's would. */
+static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1_conn *c = arg;
+    ssize_t got;
+
+    (void)what;
+    if (c->x == NULL) {
+        pool_unlink(c->pool, c);
+        conn_close(c);
+        return;
+    }
+    got = sock_read_into(bufferevent_get_input(c->bev), fd, H1_READ_MAX);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
+        return;
+    }
+    if (got == 0) {
+        conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF, c);
+        return;
+    }
+    h1_process(c->x);
+}
+
 /* TLS: OpenSSL's write event stays on only while there is output. */
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
@@ -1371,6 +1484,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
         hx->connected = 1;
+        if (!c->tls && !hx->x.paused)
+            conn_read_on(c);
         if (c->tls) {
             SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
             c->pool->handshakes++;
@@ -1433,7 +1548,7 @@ void h1_pause(struct upstream_xfer *x)
         return;
     x->paused = 1;
     if (hx->conn)
-        bufferevent_disable(hx->conn->bev, EV_READ);
+        conn_read_off(hx->conn);
 }
 
 /* Passes on what was held back right away, unless inside a callback. */
@@ -1446,7 +1561,8 @@ void h1_resume(struct upstream_xfer *x)
     x->paused = 0;
     if (hx->conn == NULL)
         return;
-    bufferevent_enable(hx->conn->bev, EV_READ);
+    if (hx->connected || hx->conn->tls)
+        conn_read_on(hx->conn);
     if (!hx->busy)
         h1_process(hx);
 }
