@@ -1265,7 +1265,25 @@ static ssize_t deliver(struct h1_xfer *hx, struct evbuffer *in, uint64_t max)
 static int read_line(struct evbuffer *in, char *buf, size_t cap)
 {
     size_t eol_len;
-    struct evbuffer_ptr pos = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
+    struct evbuffer_ptr pos;
+    struct evbuffer_iovec v;
+
+    /* The usual case, a chunk size line whole in the first chain: a
+     * memchr instead of evbuffer_search_eol + remove + drain (~500
+     * instructions per chunk, one chunk per SSE event). */
+    if (evbuffer_peek(in, -1, NULL, &v, 1) >= 1) {
+        const char *b = v.iov_base, *lf = memchr(b, '\n', v.iov_len);
+        size_t n = lf ? (size_t)(lf - b) : 0;
+        if (n > 0 && b[n - 1] == '\r' && memchr(b, '\r', n - 1) == NULL) {
+            if (n - 1 >= cap)
+                return -1;
+            memcpy(buf, b, n - 1);
+            buf[n - 1] = '\0';
+            evbuffer_drain(in, n + 1);
+            return 1;
+        }
+    }
+    pos = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
 
     if (pos.pos < 0)
         return evbuffer_get_length(in) > cap ? -1 : 0;
