@@ -97,12 +97,12 @@ deps:
 # The builds of make test take one job per core unless make was given -j.
 TEST_JOBS = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(shell nproc 2>/dev/null || echo 2))
 
-# The unit tests are built by run-tests.sh once the e2e sessions started.
+# The unit tests are built by run-tests.sh once the e2e sessions started
+# (no $(MAKE) on that line: make -n would run it).
 test: deps
 	@$(MAKE) --no-print-directory $(TEST_JOBS) all asan tsan
 	@$(MAKE) --no-print-directory check-layers
-	@PYTEST="$(PYTEST)" UNIT_BUILD="$(MAKE) --no-print-directory $(TEST_JOBS) $(REL_UNIT) $(ASAN_UNIT)" \
-		./scripts/run-tests.sh
+	@PYTEST="$(PYTEST)" UNIT_TARGETS="$(REL_UNIT) $(ASAN_UNIT)" ./scripts/run-tests.sh
 
 # No new cycle between modules, by includes and by calls (nm of the objects).
 check-layers: $(REL_OBJ)

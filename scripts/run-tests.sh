@@ -5,7 +5,7 @@
 # Ends with "N passed, N failed".
 #
 # The three e2e sessions run side by side, in the background, while the
-# unit tests are built (UNIT_BUILD, from make test) and run: they spend most of their time waiting for timers and
+# unit tests are built (UNIT_TARGETS, from make test) and run: they spend most of their time waiting for timers and
 # sockets, not on the CPU. Each has its own log (build/e2e-VARIANT.log,
 # shown at the end in the usual order) and its own range of ports for
 # conftest.free_port(), below the kernel's ephemeral range, so no session
@@ -79,11 +79,14 @@ if [ "${E2E_SERIAL:-0}" != 1 ]; then
     for variant in $VARIANTS; do start_e2e "$variant"; done
 fi
 
-# make test passes the unit tests' build here, to go while the e2e sessions
-# run; a failed build counts as a failure (its log: build/unit-build.log).
-if [ -n "${UNIT_BUILD:-}" ]; then
+# make test passes the unit tests (UNIT_TARGETS) to build here, while the
+# e2e sessions run; a failed build counts as a failure (its log:
+# build/unit-build.log). The parent make's flags are not passed on.
+if [ -n "${UNIT_TARGETS:-}" ]; then
     echo "== build (unit tests)"
-    $UNIT_BUILD >build/unit-build.log 2>&1; rc=$?
+    # shellcheck disable=SC2086
+    MAKEFLAGS= MFLAGS= make --no-print-directory -j"$(nproc 2>/dev/null || echo 2)" $UNIT_TARGETS \
+        >build/unit-build.log 2>&1; rc=$?
     [ $rc -ne 0 ] && tail -n 30 build/unit-build.log
     record unit-build $rc 0 0
 fi
