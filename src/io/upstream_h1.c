@@ -1355,13 +1355,20 @@ static void h1_process(struct h1_xfer *hx)
             break;
         case H1_CHUNK_CRLF: {
             unsigned char crlf[2];
+            struct evbuffer_iovec v;
             if (evbuffer_get_length(in) < 2)
                 return;
-            evbuffer_remove(in, crlf, 2);
+            /* Looked at in place when the first chain has both bytes (no
+             * copy out); the drain below takes them either way. */
+            if (evbuffer_peek(in, 2, NULL, &v, 1) >= 1 && v.iov_len >= 2)
+                memcpy(crlf, v.iov_base, 2);
+            else
+                evbuffer_copyout(in, crlf, 2);
             if (crlf[0] != '\r' || crlf[1] != '\n') {
                 finish(hx, UPSTREAM_ERR_PROTOCOL, "Malformed chunk end");
                 return;
             }
+            evbuffer_drain(in, 2);
             hx->st = H1_CHUNK_SIZE;
             break;
         }
