@@ -604,6 +604,7 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
     const struct snapshot *s = gw->snap;
     struct evbuffer *b = evbuffer_new();
     struct session_metrics sm;
+    struct alerts_counters ac;
     uint64_t nkey[3] = { 0, 0, 0 };
     int64_t now = gw_now_ms();
     size_t i;
@@ -632,7 +633,10 @@ void admin_metrics(struct gateway *gw, struct http_req *req)
     session_metrics_read(gw->sess, &sm);
     metrics_set_redis(sm.redis_configured, sm.redis_up);
     metrics_set_redis_failovers(sm.redis_sentinel, sm.redis_failovers);
-    alerts_export_metrics(gw->alerts);
+    if (gw->alerts) {
+        alerts_get_counters(gw->alerts, &ac);
+        alerts_export_metrics(&ac);
+    }
     tls_export_metrics(gw);
     if (metrics_render(b) < 0 || cache_metrics(gw, b) < 0 || clients_metrics(s->cfg, b) < 0) {
         evbuffer_free(b);

@@ -9,6 +9,10 @@
  * configured, never a shell), get the JSON on a non-blocking stdin pipe
  * written from a libevent write event, and are reaped by waitpid(WNOHANG)
  * on a short timer, killed (with their process group) at `timeout`.
+ *
+ * Also the export of the rules' counters (alerts_get_counters(), filled by
+ * the caller) into metrics.c's gauges: the rules (alerts.c, core) do not
+ * reach the metrics registry themselves.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -965,3 +969,21 @@ void alerts_notify(struct alerts *a, const struct alerts_event *ev)
     }
 }
 
+/* --- metrics --------------------------------------------------------- */
+
+void alerts_export_metrics(const struct alerts_counters *c)
+{
+    static const enum metrics_alert rule_metric[ALERTS_RULES] = {
+        METRICS_ALERT_AVAILABILITY, METRICS_ALERT_ERROR_RATE, METRICS_ALERT_LATENCY_P99
+    };
+    static const enum metrics_channel chan_metric[ALERTS_CHANNELS] = {
+        METRICS_CHANNEL_WEBHOOK, METRICS_CHANNEL_SLACK, METRICS_CHANNEL_COMMAND,
+        METRICS_CHANNEL_EMAIL
+    };
+    int i;
+
+    for (i = 0; i < ALERTS_RULES; i++)
+        metrics_set_alerts_firing(rule_metric[i], c->firing[i]);
+    for (i = 0; i < ALERTS_CHANNELS; i++)
+        metrics_set_alert_notifications(chan_metric[i], c->sent[i], c->failed[i]);
+}

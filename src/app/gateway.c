@@ -852,7 +852,7 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     }
     gateway_cache_apply(gw, NULL, cfg);
     gw->up = upstream_new(base);
-    gw->alerts = gw->up ? alerts_new(base, gw->up) : NULL;
+    gw->alerts = gw->up ? alerts_new(base, gw->up, log_msg) : NULL;
     gw->health = gw->up ? health_new(base, gw->up) : NULL;
     gw->rebalance = evtimer_new(base, gateway_rebalance, gw);
     gw->obs = observe_new();

@@ -15,6 +15,11 @@
  * event) -> RESOLVING (clear) -> OK (clear for max(for,
  * ALERTS_RESOLVE_MIN_MS): one event). A condition coming back while
  * resolving returns to FIRING silently.
+ *
+ * Nothing here logs or touches the metrics registry: the transitions go to
+ * the hook and alerts_notify() (which logs them), an allocation failure to
+ * the log function given to alerts_new(), and the counters are read by
+ * alerts_export_metrics() (alerts_notify.c).
  */
 #include <math.h>
 #include <stdio.h>
@@ -23,8 +28,6 @@
 
 #include "alerts.h"
 #include "lock.h"
-#include "log.h"
-#include "metrics.h"
 #include "alerts_int.h"
 
 const char *alerts_rule_name(enum alerts_rule r)
@@ -113,7 +116,7 @@ static void slot_clear(struct scope *s, size_t i)
 }
 
 /* Forgets every observation (new window or latency buckets). */
-static void scope_reset(struct scope *s, int want_lat)
+static void scope_reset(const struct alerts *a, struct scope *s, int want_lat)
 {
     memset(s->total, 0, sizeof(s->total));
     memset(s->ok, 0, sizeof(s->ok));
@@ -124,9 +127,9 @@ static void scope_reset(struct scope *s, int want_lat)
     s->lat = NULL;
     if (want_lat) {
         s->lat = calloc((size_t)ALERTS_SLOTS * LAT_BUCKETS, sizeof(*s->lat));
-        if (s->lat == NULL)
-            log_error("alerts: out of memory: latency_p99 not evaluated for %s",
-                      s->host ? s->host : "the global scope");
+        if (s->lat == NULL && a->log)
+            a->log(LOGL_ERROR, "alerts: out of memory: latency_p99 not evaluated for %s",
+                   s->host ? s->host : "the global scope");
     }
 }
 
@@ -176,7 +179,7 @@ static struct scope *scope_get(struct alerts *a, const char *host)
         free(s);
         return NULL;
     }
-    scope_reset(s, a->set.p99_ms > 0);
+    scope_reset(a, s, a->set.p99_ms > 0);
     b = config_hash(host) & (SCOPE_HASH_SLOTS - 1);
     s->next = a->hosts[b];
     a->hosts[b] = s;
@@ -428,7 +431,8 @@ int alerts_value(struct alerts *a, const char *host, enum alerts_rule rule,
 
 /* --- lifecycle and reports ------------------------------------------- */
 
-struct alerts *alerts_new(struct event_base *base, struct upstream *up)
+struct alerts *alerts_new(struct event_base *base, struct upstream *up,
+                          alerts_log_fn log_fn)
 {
     struct alerts *a = calloc(1, sizeof(*a));
 
@@ -436,6 +440,7 @@ struct alerts *alerts_new(struct event_base *base, struct upstream *up)
         return NULL;
     a->base = base;
     a->up = up;
+    a->log = log_fn;
     a->set.availability = -1;
     a->set.error_rate = -1;
     a->set.slot_ms = 1;
@@ -488,11 +493,11 @@ int alerts_configure(struct alerts *a, const struct config *cfg)
     a->chans = chans;
     if (!reset)
         return 0;
-    scope_reset(&a->global, ns.p99_ms > 0);
+    scope_reset(a, &a->global, ns.p99_ms > 0);
     for (b = 0; b < SCOPE_HASH_SLOTS; b++) {
         struct scope *s;
         for (s = a->hosts[b]; s; s = s->next)
-            scope_reset(s, ns.p99_ms > 0);
+            scope_reset(a, s, ns.p99_ms > 0);
     }
     return 0;
 }
@@ -566,28 +571,6 @@ void alerts_get_counters(const struct alerts *a, struct alerts_counters *c)
         for (s = a->hosts[b]; s; s = s->next)
             count_firing(s, c->firing);
     }
-}
-
-void alerts_export_metrics(const struct alerts *a)
-{
-    lock_assert_held();
-    static const enum metrics_alert rule_metric[ALERTS_RULES] = {
-        METRICS_ALERT_AVAILABILITY, METRICS_ALERT_ERROR_RATE, METRICS_ALERT_LATENCY_P99
-    };
-    static const enum metrics_channel chan_metric[ALERTS_CHANNELS] = {
-        METRICS_CHANNEL_WEBHOOK, METRICS_CHANNEL_SLACK, METRICS_CHANNEL_COMMAND,
-        METRICS_CHANNEL_EMAIL
-    };
-    struct alerts_counters c;
-    int i;
-
-    if (a == NULL)
-        return;
-    alerts_get_counters(a, &c);
-    for (i = 0; i < ALERTS_RULES; i++)
-        metrics_set_alerts_firing(rule_metric[i], c.firing[i]);
-    for (i = 0; i < ALERTS_CHANNELS; i++)
-        metrics_set_alert_notifications(chan_metric[i], c.sent[i], c.failed[i]);
 }
 
 size_t alerts_pending(const struct alerts *a)

@@ -19,8 +19,8 @@
  *
  * Threads: the workers observe, the control thread ticks and notifies.
  * alerts_configure, alerts_observe, alerts_tick, alerts_value,
- * alerts_notify, alerts_status_json, alerts_get_counters,
- * alerts_export_metrics and alerts_pending: caller holds the state lock
+ * alerts_notify, alerts_status_json, alerts_get_counters and
+ * alerts_pending: caller holds the state lock
  * (lock.h; checked by lock_assert_held() in the asan and tsan builds).
  */
 #ifndef INFERGATE_ALERTS_H
@@ -66,6 +66,11 @@ struct alerts_event {
 
 typedef void (*alerts_event_fn)(void *arg, const struct alerts_event *ev);
 
+/* Where the rules report what is not an event (an allocation failure):
+ * log.c's log_msg in the gateway; NULL says nothing. */
+typedef void (*alerts_log_fn)(enum cfg_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* Counters for metrics and status; channel index is enum cfg_notify_type. */
 #define ALERTS_CHANNELS 4
 struct alerts_counters {
@@ -80,8 +85,10 @@ struct alerts_counters {
 /*
  * `base` and `up` may be NULL: rules are evaluated and the hook called,
  * but nothing is sent. Otherwise free the alerts before `up` and `base`.
+ * `log_fn` may be NULL (see alerts_log_fn).
  */
-struct alerts *alerts_new(struct event_base *base, struct upstream *up);
+struct alerts *alerts_new(struct event_base *base, struct upstream *up,
+                          alerts_log_fn log_fn);
 /* Cancels pending notifications (kills running commands). NULL is ignored. */
 void alerts_free(struct alerts *a);
 
@@ -130,8 +137,10 @@ json_t *alerts_slack_json(const struct alerts_event *ev);
 json_t *alerts_status_json(const struct alerts *a);
 
 void alerts_get_counters(const struct alerts *a, struct alerts_counters *c);
-/* Copies the counters into metrics.c's gauges (call before rendering). */
-void alerts_export_metrics(const struct alerts *a);
+/* Copies counters from alerts_get_counters() into metrics.c's gauges
+ * (call before rendering; in alerts_notify.c, at the app layer: the rules
+ * do not reach the metrics registry). */
+void alerts_export_metrics(const struct alerts_counters *c);
 /* Notifications still in progress (for a graceful drain). */
 size_t alerts_pending(const struct alerts *a);
 

@@ -135,6 +135,7 @@ struct alerts {
     struct scope      *hosts[SCOPE_HASH_SLOTS];
     alerts_event_fn    hook;
     void              *hook_arg;
+    alerts_log_fn      log;         /* NULL: the rules say nothing */
     struct alerts_counters cnt;
     struct delivery   *deliveries;
     size_t             ndeliveries;

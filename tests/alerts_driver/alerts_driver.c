@@ -184,7 +184,7 @@ int main(int argc, char **argv)
     memset(&d, 0, sizeof(d));
     d.base = event_base_new();
     up = d.base ? upstream_new(d.base) : NULL;
-    d.alerts = up ? alerts_new(d.base, up) : NULL;
+    d.alerts = up ? alerts_new(d.base, up, log_msg) : NULL;
     if (d.alerts == NULL || alerts_configure(d.alerts, &cfg) < 0) {
         fprintf(stderr, "alerts_driver: setup failed\n");
         return 1;
