@@ -123,8 +123,7 @@ struct http_conn {
     int64_t             expire_ms;    /* the deadline (monotonic ms), 0: none */
     int64_t             timer_ms;     /* when `deadline` fires, 0: not armed */
     int                 in_req;       /* expire_ms is the request's deadline */
-    struct event        rd_ev;        /* plain: the socket is readable */
-    int                 rd_on;        /* rd_ev added */
+    struct sock_reader  rd;           /* plain: the socket is readable */
     int                 close_after;  /* close once output drained */
     int                 linger;       /* ...after discarding unread input */
     int                 loopback;     /* came in on a loopback listener */
@@ -609,23 +608,12 @@ static void conn_deadline_stop(struct http_conn *c)
 /* Reading on or off: plain connections have their own read event. */
 static void conn_read_on(struct http_conn *c)
 {
-    if (c->tls) {
-        bufferevent_enable(c->bev, EV_READ);
-        return;
-    }
-    if (!c->rd_on && event_add(&c->rd_ev, NULL) == 0)
-        c->rd_on = 1;
+    sock_reader_on(&c->rd, c->tls ? c->bev : NULL);
 }
 
 static void conn_read_off(struct http_conn *c)
 {
-    if (c->tls) {
-        bufferevent_disable(c->bev, EV_READ);
-        return;
-    }
-    if (c->rd_on)
-        event_del(&c->rd_ev);
-    c->rd_on = 0;
+    sock_reader_off(&c->rd, c->tls ? c->bev : NULL);
 }
 
 /* An error detected while reading a request: answer it and close. */
@@ -1370,8 +1358,7 @@ static void conn_free(struct http_conn *c)
     if (c->deadline)
         event_free(c->deadline);
     event_del(&c->flush_ev);
-    if (c->rd_on)
-        event_del(&c->rd_ev);
+    sock_reader_off(&c->rd, NULL);
     bufferevent_free(c->bev);
     free(c);
 }
@@ -1459,7 +1446,7 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
         return -1;
     }
     event_assign(&c->flush_ev, s->base, -1, 0, conn_flush_cb, c);
-    event_assign(&c->rd_ev, s->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
+    event_assign(&c->rd.ev, s->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
     c->deadline = evtimer_new(s->base, conn_deadline_cb, c);
     if (c->deadline == NULL) {
         bufferevent_free(c->bev);

@@ -3,7 +3,8 @@
  * reserved space, without the ioctl(FIONREAD) a socket bufferevent makes
  * before each read. Shared by the client (http.c) and the plain upstream
  * (upstream_h1.c) connections, which read their sockets with their own
- * read event and keep the bufferevent for the output.
+ * read event and keep the bufferevent for the output, and the switch that
+ * turns that reading on and off (struct sock_reader).
  */
 #ifndef INFERGATE_SOCKREAD_H
 #define INFERGATE_SOCKREAD_H
@@ -13,7 +14,40 @@
 #include <sys/uio.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/util.h>
+
+/* A connection's read side: plain sockets are read by their own event
+ * (`ev`, set up by the owner with event_assign(), EV_READ | EV_PERSIST);
+ * TLS ones through their OpenSSL bufferevent, passed as `tls_bev`
+ * (NULL for a plain connection). */
+struct sock_reader {
+    struct event ev;
+    int          on;                    /* ev added */
+};
+
+static inline void sock_reader_on(struct sock_reader *r, struct bufferevent *tls_bev)
+{
+    if (tls_bev != NULL) {
+        bufferevent_enable(tls_bev, EV_READ);
+        return;
+    }
+    if (!r->on && event_add(&r->ev, NULL) == 0)
+        r->on = 1;
+}
+
+static inline void sock_reader_off(struct sock_reader *r, struct bufferevent *tls_bev)
+{
+    if (tls_bev != NULL) {
+        bufferevent_disable(tls_bev, EV_READ);
+        return;
+    }
+    if (r->on)
+        event_del(&r->ev);
+    r->on = 0;
+}
 
 /* Reads at most `want` bytes from `fd` onto the end of `in` (a
  * bufferevent's input: its frozen end is thawed around the read). Returns

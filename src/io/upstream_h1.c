@@ -109,8 +109,7 @@ struct h1_conn {
     socklen_t           salen;
     struct h1_conn     *bnext, *bprev;  /* idle: same bucket */
     struct h1_conn     *lnext, *lprev;  /* idle: least recently used last */
-    struct event        rd_ev;          /* plain: the socket is readable */
-    int                 rd_on;          /* rd_ev added */
+    struct sock_reader  rd;             /* plain: the socket is readable */
     int64_t             idle_ms;        /* put in the pool at (mono ms) */
 };
 
@@ -198,8 +197,7 @@ static void conn_close(struct h1_conn *c)
             SSL_shutdown(ssl);
         ERR_clear_error();
     }
-    if (c->rd_on)
-        event_del(&c->rd_ev);
+    sock_reader_off(&c->rd, NULL);
     bufferevent_free(c->bev);
     free(c);
 }
@@ -231,23 +229,12 @@ static void pool_unlink(struct h1_pool *p, struct h1_conn *c)
  * before each read); TLS ones read through the OpenSSL bufferevent. */
 static void conn_read_on(struct h1_conn *c)
 {
-    if (c->tls) {
-        bufferevent_enable(c->bev, EV_READ);
-        return;
-    }
-    if (!c->rd_on && event_add(&c->rd_ev, NULL) == 0)
-        c->rd_on = 1;
+    sock_reader_on(&c->rd, c->tls ? c->bev : NULL);
 }
 
 static void conn_read_off(struct h1_conn *c)
 {
-    if (c->tls) {
-        bufferevent_disable(c->bev, EV_READ);
-        return;
-    }
-    if (c->rd_on)
-        event_del(&c->rd_ev);
-    c->rd_on = 0;
+    sock_reader_off(&c->rd, c->tls ? c->bev : NULL);
 }
 
 /* The idle timeout of plain connections is one timer for the pool, set
@@ -912,7 +899,7 @@ static int send_request(struct h1_xfer *hx)
         }
         fd = bufferevent_getfd(c->bev);
         if (!c->tls)        /* added once connected (conn_event_cb) */
-            event_assign(&c->rd_ev, p->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
+            event_assign(&c->rd.ev, p->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     } else {
