@@ -84,6 +84,7 @@
 #define PX_USER_AGENT       "infergate/" INFERGATE_VERSION
 #define PX_ID_SCAN          4096                /* stream bytes searched for an id */
 #define PX_SSE_HOLD_MAX     (1024 * 1024)       /* an event held back until its end */
+#define PX_CHUNKS_BATCH     64                  /* stream chunks counted per lock section */
 #define PX_IDLE_TICKS       4                   /* idle checks per stream_idle_timeout */
 #define PX_CONTENT_SCAN     (4 * 1024 * 1024)   /* stream bytes read for kept content */
 
@@ -122,6 +123,7 @@ struct px_leg {
     int64_t               t_end;         /* ... and the time it ended */
     unsigned              reads;         /* reads after the head */
     unsigned              reads_seen;    /* `reads` at the last idle tick */
+    unsigned              chunks;        /* streamed chunks not yet in the metrics */
     int                   silent;        /* idle ticks in a row without a read */
     int64_t               tick_at;       /* when the next idle tick is due */
     int                   paused;        /* held for a slow client: not idle */
@@ -621,6 +623,10 @@ static void px_leg_end_locked(struct px_leg *l)
     l->lat_sampled = 1;
     px_wake_one();
     metrics_attempt(p->snap->mh[l->pk.host], o, ttfb, (double)(now - l->t_try));
+    if (l->chunks) {
+        metrics_stream_chunks(p->snap->mh[l->pk.host], l->chunks);
+        l->chunks = 0;
+    }
     if (o != METRICS_OUTCOME_CANCELLED)
         alerts_observe(p->gw->alerts, p->snap->cfg->hosts[l->pk.host].name,
                        o == METRICS_OUTCOME_SUCCESS || o == METRICS_OUTCOME_CLIENT_ERROR,
@@ -1100,9 +1106,12 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
         size_t pending;
         if (!p->id_done && (p->route->flags & API_RECORD_ID))
             px_scan_id(p, l, data, len);
-        lock_take();
-        metrics_stream_chunks(p->snap->mh[l->pk.host], 1);
-        lock_drop();
+        if (++l->chunks >= PX_CHUNKS_BATCH) {
+            lock_take();
+            metrics_stream_chunks(p->snap->mh[l->pk.host], l->chunks);
+            lock_drop();
+            l->chunks = 0;
+        }
         if (p->ustream)
             usage_stream_feed(p->ustream, data, len);
         if (p->ctext && evbuffer_get_length(p->ctext) + len <= PX_CONTENT_SCAN)
