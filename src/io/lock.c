@@ -147,59 +147,54 @@ static void lock_resolve(void)
 int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
                  const struct timespec *timeout, const sigset_t *sigmask);
 
+/* The end of a wrapped sleep: the lock taken back, the sleep's errno kept. */
+static int lock_sleep_ret(int rc)
+{
+    int err = errno;
+
+    lock_sleep_end();
+    errno = err;
+    return rc;
+}
+
 /* libevent's epoll backend sleeps here. On the control thread the state
  * lock is let go for the sleep and taken back before any callback runs. */
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 {
     epoll_wait_fn real = (epoll_wait_fn)real_fn(0);
-    int rc, err;
 
     if (real == NULL) {
         errno = ENOSYS;
         return -1;
     }
     lock_sleep_begin();
-    rc = real(epfd, events, maxevents, timeout);
-    err = errno;
-    lock_sleep_end();
-    errno = err;
-    return rc;
+    return lock_sleep_ret(real(epfd, events, maxevents, timeout));
 }
 
 int epoll_pwait(int epfd, struct epoll_event *events, int maxevents, int timeout,
                 const sigset_t *sigmask)
 {
     epoll_pwait_fn real = (epoll_pwait_fn)real_fn(1);
-    int rc, err;
 
     if (real == NULL) {
         errno = ENOSYS;
         return -1;
     }
     lock_sleep_begin();
-    rc = real(epfd, events, maxevents, timeout, sigmask);
-    err = errno;
-    lock_sleep_end();
-    errno = err;
-    return rc;
+    return lock_sleep_ret(real(epfd, events, maxevents, timeout, sigmask));
 }
 
 int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
                  const struct timespec *timeout, const sigset_t *sigmask)
 {
     epoll_pwait2_fn real = (epoll_pwait2_fn)real_fn(2);
-    int rc, err;
 
     if (real == NULL) {
         errno = ENOSYS;
         return -1;
     }
     lock_sleep_begin();
-    rc = real(epfd, events, maxevents, timeout, sigmask);
-    err = errno;
-    lock_sleep_end();
-    errno = err;
-    return rc;
+    return lock_sleep_ret(real(epfd, events, maxevents, timeout, sigmask));
 }
 #endif
 
