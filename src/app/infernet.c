@@ -18,6 +18,7 @@
 #include "health.h"
 #include "http.h"
 #include "infernet.h"
+#include "utf8.h"
 
 #define INFERNET_NAME_MAX   32      /* longest parameter name we care about */
 #define INFERNET_HOSTPORT   300     /* "host:port" of a URL */
@@ -29,17 +30,6 @@
 static _Thread_local uint64_t infernet_cursor;
 
 /* --- query ------------------------------------------------------------ */
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Decodes s[0..len) into out (room for len + 1). Returns the decoded
  * length, or -1 on a bad escape or an encoded NUL. */
@@ -54,8 +44,8 @@ static long url_decode(const char *s, size_t len, char *out)
             int hi, lo;
             if (i + 2 >= len)
                 return -1;
-            hi = hexval((unsigned char)s[i + 1]);
-            lo = hexval((unsigned char)s[i + 2]);
+            hi = utf8_hexval((unsigned char)s[i + 1]);
+            lo = utf8_hexval((unsigned char)s[i + 2]);
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 return -1;
             out[w++] = (char)(hi * 16 + lo);

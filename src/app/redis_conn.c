@@ -78,6 +78,7 @@
 #include "log.h"
 #include "redis_conn.h"
 #include "session.h"     /* session_redis_url_problem() and the other checks */
+#include "utf8.h"
 
 #define BACKOFF_MIN_MS      100
 #define BACKOFF_MAX_MS      2000
@@ -113,7 +114,6 @@ static void timer_arm(struct event *ev, int64_t ms)
     evtimer_add(ev, &tv);
 }
 
-
 /* ---- URL ----------------------------------------------------------------------- */
 
 struct redis_url {
@@ -138,17 +138,6 @@ static void url_clear(struct redis_url *u)
     memset(u, 0, sizeof(*u));
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes [p, end) into a new string; NULL on a bad escape. */
 static char *pct_decode(const char *p, const char *end)
 {
@@ -162,7 +151,8 @@ static char *pct_decode(const char *p, const char *end)
             *o++ = *p++;
             continue;
         }
-        if (end - p < 3 || (hi = hexval(p[1])) < 0 || (lo = hexval(p[2])) < 0) {
+        if (end - p < 3 || (hi = utf8_hexval((unsigned char)p[1])) < 0
+            || (lo = utf8_hexval((unsigned char)p[2])) < 0) {
             free(out);
             return NULL;
         }

@@ -1,7 +1,8 @@
 /*
  * utf8.h -- what the two JSON readers (doc.c for the configuration,
  * jscan.c for request bodies) share to decode \uXXXX escapes: the four
- * hex digits and the UTF-8 encoding of a code point; and the check of a
+ * hex digits (and one hex digit, for the percent-decoders of infernet.c
+ * and redis_conn.c) and the UTF-8 encoding of a code point; and the check of a
  * multi-byte UTF-8 sequence (jscan.c, metrics.c labels). Inline: all are
  * built into test drivers that take single objects.
  */
@@ -11,25 +12,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The value of one hex digit, -1 if c is none. */
+static inline int utf8_hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* The four hex digits at p (no further than end) into *out; -1 if not. */
 static inline int utf8_hex4(const char *p, const char *end, uint32_t *out)
 {
     uint32_t v = 0;
-    int i;
+    int i, d;
 
     if (end - p < 4)
         return -1;
     for (i = 0; i < 4; i++) {
-        unsigned char c = (unsigned char)p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (uint32_t)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (uint32_t)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (uint32_t)(c - 'A' + 10);
-        else
+        if ((d = utf8_hexval((unsigned char)p[i])) < 0)
             return -1;
+        v = (v << 4) | (uint32_t)d;
     }
     *out = v;
     return 0;
