@@ -55,7 +55,47 @@ static void ws(struct js *s)
         s->p++;
 }
 
-/* s->p at the opening quote; leaves it after the closing one. */
+/* A byte that a string holds as it is: printable ASCII but '"' and '\\'. */
+static int plain_byte(unsigned c)
+{
+    return c - 0x20 < 0x60 && c != '"' && c != '\\';
+}
+
+/* The 8 bytes at p, the first in the low byte of the word (one load on
+ * the usual little-endian machine). */
+static uint64_t load_le64(const unsigned char *p)
+{
+    return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16
+           | (uint64_t)p[3] << 24 | (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40
+           | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+}
+
+/* The first byte in [p, end) that is not a plain_byte(), or end. Eight
+ * bytes are looked at at once: per byte x of the word, the high bit of
+ * x - 0x20 is set when x < 0x20, that of (x ^ '"') - 1 when x == '"', that
+ * of (x ^ '\\') - 1 when x == '\\', and x's own when x >= 0x80. A byte
+ * borrows from the next one up only when it is one of these, so the
+ * lowest byte flagged is exactly the first byte that is not plain. */
+static const unsigned char *skip_plain(const unsigned char *p, const unsigned char *end)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t x, m;
+
+    while (end - p >= 8) {
+        x = load_le64(p);
+        m = ((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) | x)
+            & highs;
+        if (m != 0)
+            return p + __builtin_ctzll(m) / 8;
+        p += 8;
+    }
+    while (p < end && plain_byte(*p))
+        p++;
+    return p;
+}
+
+/* s->p at the opening quote; leaves it after the closing one. The loop's
+ * body sees only the bytes that end a run of plain ones (skip_plain). */
 static int scan_string(struct js *s, int *escaped)
 {
     const unsigned char *p = s->p + 1, *end = s->end;
@@ -63,6 +103,7 @@ static int scan_string(struct js *s, int *escaped)
     *escaped = 0;
     for (;;) {
         unsigned c;
+        p = skip_plain(p, end);
         if (p >= end)
             return cut(s, p, "premature end of input in a string");
         c = *p;
@@ -101,10 +142,8 @@ static int scan_string(struct js *s, int *escaped)
         }
         if (c < 0x20)
             return fail(s, p, "control character in a string");
-        if (c < 0x80) {
-            p++;
-        } else {
-            int n = utf8_seq_len(p, end);
+        {
+            int n = utf8_seq_len(p, end);      /* c >= 0x80 */
             if (n == 0)
                 return (end - p < 4 ? cut : fail)(s, p, "invalid UTF-8");
             p += n;
@@ -117,7 +156,7 @@ static int scan_string(struct js *s, int *escaped)
 static int scan_number(struct js *s)
 {
     const unsigned char *p = s->p, *start = p, *digits;
-    int real = 0;
+    int real = 0;                       /* 1: a fraction, 2: an exponent */
     size_t nd;
 
     if (*p == '-')
@@ -140,7 +179,7 @@ static int scan_number(struct js *s)
             p++;
     }
     if (p < s->end && (*p == 'e' || *p == 'E')) {
-        real = 1;
+        real = 2;
         p++;
         if (p < s->end && (*p == '+' || *p == '-'))
             p++;
@@ -154,7 +193,10 @@ static int scan_number(struct js *s)
         const char *lim = *start == '-' ? "9223372036854775808" : "9223372036854775807";
         if (nd > 19 || (nd == 19 && memcmp(digits, lim, 19) > 0))
             return fail(s, start, "too big integer");
-    } else {
+    } else if (real == 2 || nd > 308) {
+        /* A real without an exponent and with at most 308 digits before
+         * its point is below 1e308 (DBL_MAX is 1.8e308): it cannot
+         * overflow, and strtod is spared. */
         char small[64], *tmp = small;
         size_t n = (size_t)(p - start);
         double d;
@@ -471,7 +513,13 @@ char *jscan_string(const struct jscan_val *v, size_t *outlen)
         return NULL;
     if ((out = malloc(v->len)) == NULL)
         return NULL;
-    decode_into(q + 1, q + v->len, out, v->len, &n);
+    n = v->len - 2;
+    if (memchr(q + 1, '\\', n) == NULL) {    /* no escape: the bytes as they are */
+        memcpy(out, q + 1, n);
+        out[n] = '\0';
+    } else {
+        decode_into(q + 1, q + v->len, out, v->len, &n);
+    }
     if (outlen)
         *outlen = n;
     return out;

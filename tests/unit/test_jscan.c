@@ -6,7 +6,9 @@
  * jscan_find() and jscan_value() (prefix scans: session ids, usage
  * objects): no prefix of a valid text is ever NONE, more bytes never
  * change NONE or FOUND, and the whole text finds the member (the value)
- * when jansson does.
+ * when jansson does. Strings with a special byte at every offset of a long
+ * run (the 8-byte skip) and reals of 300-312 integer digits (the strtod
+ * shortcut) are checked against jansson too.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -60,6 +62,8 @@ static enum jscan_type type_of(const json_t *j)
     }
     return JSCAN_INVALID;
 }
+
+static int find_consistent(const char *buf, size_t len, const char *key, int verbose);
 
 /* 0 when jscan and jansson agree on buf. */
 static int agree(const char *buf, size_t len, int verbose)
@@ -140,6 +144,65 @@ static void test_decoded_key_and_string(void **state)
     assert_int_equal(err.column, 3);
 }
 
+/* Strings are skipped 8 plain bytes at a time: every byte that ends a run
+ * (quote, backslash, control byte, DEL, UTF-8 lead, invalid byte), at
+ * every offset of a long string, must get jansson's verdict and decoded
+ * value, and every prefix jscan_find's consistent word. */
+static void test_string_runs(void **state)
+{
+    static const char *const specials[] = {
+        "\"", "\\n", "\\u00e9", "\\ud83d\\ude00", "\\x", "\\", "\x01", "\x1f", "\t", "\x7f",
+        "\xc3\xa9", "\xc3", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xff", "\x80", " ", "~", "!#",
+    };
+    static const char text[] = "The quarterly report shows revenue";
+    char buf[256];
+    size_t i, at, len, n;
+    int bad = 0;
+
+    (void)state;
+    for (i = 0; i < sizeof(specials) / sizeof(specials[0]); i++) {
+        for (at = 0; at <= 24; at++) {
+            len = 0;
+            memcpy(buf + len, "{\"model\":\"", 10);
+            len += 10;
+            memcpy(buf + len, text, at);
+            len += at;
+            n = strlen(specials[i]);
+            memcpy(buf + len, specials[i], n);
+            len += n;
+            memcpy(buf + len, text + at, 24 - at);
+            len += 24 - at;
+            memcpy(buf + len, "\",\"x\":1}", 9);
+            len += 9;
+            bad += agree(buf, len, bad < 5) != 0;
+            bad += find_consistent(buf, len, "x", bad < 5) != 0;
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* Reals without an exponent skip strtod when they cannot overflow. */
+static void test_real_digits(void **state)
+{
+    char buf[400];
+    size_t n;
+    int bad = 0;
+
+    (void)state;
+    for (n = 300; n <= 312; n++) {
+        memset(buf, '9', sizeof(buf));
+        memcpy(buf, "[-", 2);
+        buf[2 + n] = '.';
+        buf[2 + n + 2] = ']';
+        bad += agree(buf + 1, n + 3, 1) != 0;     /* 99...9.9 */
+        bad += agree(buf, n + 5, 1) != 0;         /* [-99...9.9] */
+        buf[2] = '1';
+        memset(buf + 3, '0', n - 1);
+        bad += agree(buf + 1, n + 3, 1) != 0;     /* 100...0.9 */
+    }
+    assert_int_equal(bad, 0);
+}
+
 static void test_depth_limit(void **state)
 {
     size_t n = JSCAN_MAX_DEPTH + 1, i;
@@ -207,6 +270,9 @@ static void test_random_mutations(void **state)
         "\"stream\":true,\"temperature\":0.7,\"max_tokens\":128,\"user\":\"u-1\"}",
         "{\"model\":\"m\",\"input\":[\"a\",\"b\"],\"x\":{\"y\":[1,-2.5e-3,null,false]}}",
         "[{\"a\":\"\\ud83d\\ude00\"},12345678901234567890,1e308]",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"Summarise the following paragraph"
+        " in one sentence: the report shows growth \xc3\xa9 in every region\\n\"}],"
+        "\"temperature\":12.75}",
     };
     static const char alphabet[] = "{}[]\",:\\u0123456789.eE+-tfnlrsa \n\t\xc3\xa9\xed\xff";
     char buf[512];
@@ -214,7 +280,7 @@ static void test_random_mutations(void **state)
 
     (void)state;
     for (i = 0; i < 300000; i++) {
-        const char *seed = seeds[rnd(3)];
+        const char *seed = seeds[rnd(4)];
         size_t len = strlen(seed);
         int k, muts = 1 + (int)rnd(4);
         memcpy(buf, seed, len);
@@ -368,6 +434,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixed_cases),
         cmocka_unit_test(test_decoded_key_and_string),
+        cmocka_unit_test(test_string_runs),
+        cmocka_unit_test(test_real_digits),
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_malformed_corpus),
         cmocka_unit_test(test_random_mutations),
