@@ -2,7 +2,9 @@
  * http.c -- the client-facing HTTP/1.1 server (see http.h).
  *
  * One `struct http_conn` per accepted socket, one `struct http_req` per
- * request on it. A connection reads a request head line by line, then its
+ * request on it. A connection reads a request head (a head that is whole
+ * in the input is copied out at once and parsed in place, one block for
+ * all its lines; one that trickles in is taken line by line), then its
  * body (Content-Length or chunked), hands the request to the handler and
  * reads nothing more until the reply is finished (no pipelining: extra
  * bytes wait in the input buffer, capped by a read watermark). While the
@@ -85,14 +87,18 @@ enum conn_state {
 #define HTTP_LINGER_MS 2000
 
 struct http_header {
-    char *name;
-    char *value;
+    char  *name;
+    size_t nlen;                      /* strlen(name) */
+    char  *value;
 };
 
 struct http_req {
     struct http_conn   *conn;         /* NULL once detached */
     struct http_server *srv;
-    char               *method;
+    char               *head;         /* the request line (method and target
+                                         point into it), or the whole head */
+    int                 head_whole;   /* head holds the header lines too */
+    const char         *method;
     char               *target;       /* path, NUL at the '?' */
     char               *query;
     int                 minor;        /* HTTP/1.x */
@@ -228,12 +234,12 @@ static void req_free(struct http_req *r)
 
     if (r == NULL)
         return;
-    for (i = 0; i < r->nhdr; i++)
-        free(r->hdr[i].name);              /* the line; value points into it */
+    if (!r->head_whole)
+        for (i = 0; i < r->nhdr; i++)
+            free(r->hdr[i].name);          /* the line; value points into it */
     if (r->hdr != r->hdr_in)
         free(r->hdr);
-    free(r->method);
-    free(r->target);
+    free(r->head);
     free(r->body);
     evbuffer_free(r->resp_hdrs);
     free(r);
@@ -257,12 +263,20 @@ void http_req_header_at(const struct http_req *r, size_t i,
     *value = r->hdr[i].value;
 }
 
+/* 1 when field h is called name (n bytes), case aside: the length and
+ * the first letter rule out most fields before strcasecmp. */
+static int header_is(const struct http_header *h, const char *name, size_t n)
+{
+    return h->nlen == n && (h->name[0] | 0x20) == (name[0] | 0x20)
+           && strcasecmp(h->name, name) == 0;
+}
+
 const char *http_req_header(const struct http_req *r, const char *name)
 {
-    size_t i;
+    size_t i, n = strlen(name);
 
     for (i = 0; i < r->nhdr; i++)
-        if (strcasecmp(r->hdr[i].name, name) == 0)
+        if (header_is(&r->hdr[i], name, n))
             return r->hdr[i].value;
     return NULL;
 }
@@ -632,7 +646,7 @@ static void conn_fail(struct http_conn *c, int status, const char *code,
         c->req = r;
     }
     if (r->method == NULL)
-        r->method = strdup("GET");
+        r->method = "GET";
     r->keepalive = 0;
     r->minor = 1;
     c->linger = 1;
@@ -648,7 +662,16 @@ static void conn_fail(struct http_conn *c, int status, const char *code,
 /* RFC 9110 token characters (methods, header names). */
 static int is_tchar(unsigned char ch)
 {
-    return ch > ' ' && ch < 0x7f && strchr("\"(),/:;<=>?@[\\]{}", ch) == NULL;
+    if (ch <= ' ' || ch >= 0x7f)
+        return 0;
+    switch (ch) {
+    case '"': case '(': case ')': case ',': case '/': case ':': case ';': case '<':
+    case '=': case '>': case '?': case '@': case '[': case '\\': case ']': case '{':
+    case '}':
+        return 0;
+    default:
+        return 1;
+    }
 }
 
 /* Length of the well-formed UTF-8 sequence at s (n bytes left), or 0:
@@ -679,6 +702,28 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return 0;
 }
 
+/* The number of bytes from s (n at most) that are printable ASCII (0x20 to
+ * 0x7e), 8 at a time: per byte x of a word, the high bit of x - 0x20 is
+ * set when x < 0x20, that of x + 1 when x == 0x7f, and x's own when
+ * x >= 0x80. A byte borrows or carries into the next one only when it is
+ * one of these, so a word with no high bit set is all printable. */
+static size_t printable_run(const unsigned char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+    uint64_t x;
+
+    while (n - i >= 8) {
+        memcpy(&x, s + i, sizeof(x));
+        if (((x - ones * 0x20) | (x + ones) | x) & highs)
+            break;
+        i += 8;
+    }
+    while (i < n && s[i] >= 0x20 && s[i] < 0x7f)
+        i++;
+    return i;
+}
+
 /* 1 when the n bytes are well-formed UTF-8 without control characters
  * (NUL, CR, DEL...); a tab is allowed when tab_ok. */
 static int text_ok(const char *p, size_t n, int tab_ok)
@@ -687,6 +732,9 @@ static int text_ok(const char *p, size_t n, int tab_ok)
     size_t i = 0, k;
 
     while (i < n) {
+        i += printable_run(s + i, n - i);
+        if (i == n)
+            break;
         if (s[i] < 0x20 || s[i] == 0x7f) {
             if (!(tab_ok && s[i] == '\t'))
                 return 0;
@@ -721,10 +769,8 @@ static const char *parse_request_line(struct http_req *r, char *line, size_t len
     for (m = line; *m; m++)
         if (!is_tchar((unsigned char)*m))
             return "malformed request line";
-    r->method = strdup(line);
-    r->target = strdup(sp1 + 1);
-    if (r->method == NULL || r->target == NULL)
-        return "out of memory";
+    r->method = line;                   /* the line is r->head */
+    r->target = sp1 + 1;
     q = strchr(r->target, '?');
     if (q) {
         *q = '\0';
@@ -740,7 +786,7 @@ static const char *parse_header_line(struct http_req *r, char *line, size_t len)
 
     if (!text_ok(line, len, 1))
         return "header line is not valid UTF-8 or holds control characters";
-    colon = strchr(line, ':');
+    colon = memchr(line, ':', len);
     if (colon == NULL || colon == line)
         return "malformed header line";
     *colon = '\0';
@@ -750,7 +796,7 @@ static const char *parse_header_line(struct http_req *r, char *line, size_t len)
     v = colon + 1;
     while (*v == ' ' || *v == '\t')
         v++;
-    end = v + strlen(v);
+    end = line + len;                   /* text_ok: no NUL in the line */
     while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
         *--end = '\0';
     if (r->nhdr == HTTP_HDR_INLINE && r->hdr == r->hdr_in) {
@@ -763,6 +809,7 @@ static const char *parse_header_line(struct http_req *r, char *line, size_t len)
     /* The field keeps the line: its name ends at the colon, its value
      * points into it (no copies). */
     r->hdr[r->nhdr].name = line;
+    r->hdr[r->nhdr].nlen = (size_t)(colon - line);
     r->hdr[r->nhdr].value = v;
     r->nhdr++;
     return NULL;
@@ -807,10 +854,10 @@ static void dispatch(struct http_conn *c)
 static int header_unique(const struct http_req *r, const char *name)
 {
     const char *first = NULL;
-    size_t i;
+    size_t i, n = strlen(name);
 
     for (i = 0; i < r->nhdr; i++) {
-        if (strcasecmp(r->hdr[i].name, name) != 0)
+        if (!header_is(&r->hdr[i], name, n))
             continue;
         if (first && strcmp(first, r->hdr[i].value) != 0)
             return 0;
@@ -971,6 +1018,75 @@ static int read_body(struct http_conn *c, struct evbuffer *in)
     return 0;
 }
 
+/*
+ * A request head that is whole in the input's first chain, taken in one
+ * block: one copy and one drain for all its lines, which are then parsed
+ * in place by the same steps as the line-by-line path (read_line), in the
+ * same order, so the answers are the same. Returns 0 when the head is not
+ * whole there, or is one the line-by-line path should judge (a stray
+ * empty line first, a line or the head over the limit, too many fields);
+ * 1 when the head was taken (parsed, the body next, or dispatched: see
+ * c->state); -1 when the request failed (c answered or freed: hands off).
+ */
+static int head_whole(struct http_conn *c, struct evbuffer *in)
+{
+    struct evbuffer_iovec v;
+    const char *data, *nl;
+    size_t avail, max = c->srv->lim.max_header_bytes, at = 0, n, nlines = 0;
+    struct http_req *r;
+    const char *why;
+    char *head, *line;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+        return 0;
+    data = v.iov_base;
+    avail = v.iov_len;
+    if (avail == 0 || data[0] == '\r' || data[0] == '\n')
+        return 0;
+    for (;;) {
+        if (at >= max || (nl = memchr(data + at, '\n', avail - at)) == NULL)
+            return 0;
+        n = (size_t)(nl - (data + at));
+        if (n > max - at)
+            return 0;
+        at += n + 1;
+        if (n == 0 || (n == 1 && nl[-1] == '\r'))
+            break;                            /* the empty line: the end */
+        if (++nlines > HTTP_MAX_HEADERS + 1)
+            return 0;
+    }
+    if ((head = malloc(at)) == NULL)
+        return 0;                             /* the other path says why */
+    memcpy(head, data, at);
+    evbuffer_drain(in, at);
+    c->line_scan = 0;
+    c->head_bytes = at;
+    if ((c->req = r = req_new(c)) == NULL) {
+        free(head);
+        conn_free(c);
+        return -1;
+    }
+    r->head = head;
+    r->head_whole = 1;
+    for (line = head; ; line = (char *)nl + 1) {
+        nl = memchr(line, '\n', (size_t)(head + at - line));
+        n = (size_t)(nl - line);
+        if (n > 0 && line[n - 1] == '\r')
+            n--;
+        line[n] = '\0';
+        if (n == 0)
+            break;
+        why = line == head ? parse_request_line(r, line, n) : parse_header_line(r, line, n);
+        if (why) {
+            conn_fail(c, 400, "bad_request", why);
+            return -1;
+        }
+    }
+    if (head_done(c) < 0)
+        return -1;
+    return 1;
+}
+
 /* Runs the read state machine as far as the buffered input allows. */
 static void conn_process(struct http_conn *c)
 {
@@ -993,6 +1109,13 @@ static void conn_process(struct http_conn *c)
                 conn_deadline(c, c->srv->lim.client_timeout_ms);
                 c->in_req = 1;
             }
+            if (c->req == NULL && c->head_bytes == 0) {
+                rc = head_whole(c, in);
+                if (rc < 0 || (rc > 0 && c->state == CONN_HANDLING))
+                    return;
+                if (rc > 0)
+                    continue;
+            }
             rc = read_line(c, in, &line, &len);
             if (rc <= 0) {
                 if (rc < 0)
@@ -1012,8 +1135,8 @@ static void conn_process(struct http_conn *c)
                     conn_free(c);
                     return;
                 }
+                c->req->head = line;       /* freed with the request */
                 why = parse_request_line(c->req, line, len);
-                free(line);
                 if (why) {
                     conn_fail(c, 400, "bad_request", why);
                     return;

@@ -40,15 +40,17 @@ CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_BYTES = json.dumps(CHAT).encode()
 
 
-def raw_exchange(port, data, timeout=10, pieces=None):
+def raw_exchange(port, data, timeout=10, pieces=None, pause=0):
     """Sends raw bytes on a fresh connection and reads one HTTP answer:
     (status, headers, body). A server that answers before reading all of
     the input (431, 413) may reset the rest of the send: that is fine as
-    long as the answer arrives."""
+    long as the answer arrives. `pause`: seconds between the pieces."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         try:
-            for p in (pieces or [data]):
+            for i, p in enumerate(pieces or [data]):
+                if i and pause:
+                    time.sleep(pause)
                 s.sendall(p)
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -95,7 +97,11 @@ def corpus(kind, ext):
 
 # --- the corpus of malformed requests --------------------------------------
 
-def test_malformed_http_corpus(mocks, gateway):
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "first-line-apart"])
+def test_malformed_http_corpus(mocks, gateway, split):
+    """Whole: the head arrives at once (parsed as one block). First line
+    apart: the request line comes 50 ms before the rest, so the head is
+    taken line by line; both ways must give the same answers."""
     ms = mocks(1)
     g = gateway(hosts_of(ms))
     wrong = []
@@ -103,8 +109,12 @@ def test_malformed_http_corpus(mocks, gateway):
         with open(path, "rb") as f:
             data = f.read()
         want = expected_status(path)
+        pieces = None
+        if split and b"\n" in data[:-1]:
+            cut = data.index(b"\n") + 1
+            pieces = [data[:cut], data[cut:]]
         try:
-            st, h, body = raw_exchange(g.port, data)
+            st, h, body = raw_exchange(g.port, data, pieces=pieces, pause=0.05)
             if st != want:
                 wrong.append("%s: got %d %r" % (os.path.basename(path), st, body[:200]))
             elif st >= 400:
