@@ -23,7 +23,8 @@
  * A transfer writes one prebuilt request head plus a reference to the
  * caller's body, parses the response head in place into the shared
  * "name\0value\0" form, and passes the body on as it comes: Content-Length,
- * chunked (decoded, trailers dropped) or up to the close. When a response
+ * chunked (decoded, trailers dropped; the whole chunks one read brought
+ * passed on in one call) or up to the close. When a response
  * ends cleanly the connection goes back to the idle pool (keyed by the
  * peer's address, LRU-capped, closed after H1_IDLE_TIMEOUT_S or when the
  * peer speaks or hangs up). As curl does, a request that meets a dead
@@ -65,6 +66,7 @@
 
 #include "sockread.h"
 #include "upstream_int.h"
+#include "utf8.h"
 
 #define H1_MAX_HEAD        (64 * 1024)   /* response head */
 #define H1_MAX_CHUNK_LINE  1024
@@ -74,6 +76,7 @@
 #define H1_TLS_BUCKETS     256           /* TLS peers; power of two */
 #define H1_MAX_TLS_PEERS   4096          /* more: curl takes the rest */
 #define H1_READ_MAX        16384         /* plain: bytes per read */
+#define H1_RUN_MAX         16384         /* chunk data joined for one on_data */
 
 /* An SSL_CTX for one (ca_file, verify): the trust of some TLS peers. */
 struct h1_trust {
@@ -1216,23 +1219,20 @@ static int read_head(struct h1_xfer *hx, struct evbuffer *in)
     return 1;
 }
 
-/* Passes up to `max` bytes from the front of `in` to on_data. Returns -1
- * when the transfer ended (cancelled or aborted), else the bytes passed. */
-static ssize_t deliver(struct h1_xfer *hx, struct evbuffer *in, uint64_t max)
+/* Hands `n` bytes at `data` to on_data, then drains `used` bytes (data is
+ * in `in` or a copy of it) from the input. Returns -1 when the transfer
+ * ended (cancelled or aborted), else 0. */
+static int pass_on(struct h1_xfer *hx, struct evbuffer *in, const char *data, size_t n,
+                   size_t used)
 {
-    struct evbuffer_iovec v;
     enum upstream_verdict verdict = UPSTREAM_CONTINUE;
-    size_t n;
 
-    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
-        return 0;
-    n = v.iov_len < max ? v.iov_len : (size_t)max;
     if (hx->x.cbs->on_data) {
         hx->busy++;
-        verdict = hx->x.cbs->on_data(hx->x.arg, v.iov_base, n);
+        verdict = hx->x.cbs->on_data(hx->x.arg, data, n);
         hx->busy--;
     }
-    evbuffer_drain(in, n);
+    evbuffer_drain(in, used);
     if (hx->x.cancelled) {
         xfer_free(hx);
         return -1;
@@ -1244,7 +1244,88 @@ static ssize_t deliver(struct h1_xfer *hx, struct evbuffer *in, uint64_t max)
     }
     if (verdict == UPSTREAM_PAUSE)
         h1_pause(&hx->x);
-    return (ssize_t)n;
+    return 0;
+}
+
+/* Passes up to `max` bytes from the front of `in` to on_data. Returns -1
+ * when the transfer ended (cancelled or aborted), else the bytes passed. */
+static ssize_t deliver(struct h1_xfer *hx, struct evbuffer *in, uint64_t max)
+{
+    struct evbuffer_iovec v;
+    size_t n;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+        return 0;
+    n = v.iov_len < max ? v.iov_len : (size_t)max;
+    return pass_on(hx, in, v.iov_base, n, n) < 0 ? -1 : (ssize_t)n;
+}
+
+/*
+ * A chunked body's usual shape: whole chunks with plain size lines (hex
+ * digits, CRLF) in the input's first chain, as one read brought them. Their
+ * data go to on_data in one call (joined in `run` when there are several)
+ * and leave the input with one drain, instead of a size line, a call and a
+ * drain per chunk: an SSE event is usually a chunk of its own, and each
+ * call costs a write to the client. Only bytes already here are joined, so
+ * nothing waits for a later read. The last chunk without trailers
+ * ("0" CRLF CRLF) ends the transfer here. Anything else (a chunk cut by the
+ * chain's end, an extension, trailers, a malformed line, `run` full) stops
+ * the run; h1_process's per-chunk path takes it from there. Returns -1 when
+ * the transfer ended, else the chunks passed on.
+ */
+static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, char *run, size_t cap)
+{
+    struct evbuffer_iovec v;
+    const char *b, *data = NULL;
+    size_t len, pos = 0, n = 0;
+    int chunks = 0;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+        return 0;
+    b = v.iov_base;
+    len = v.iov_len;
+    for (;;) {
+        size_t i = pos, size = 0;
+        int d;
+        while (i < len && i - pos < 15 && (d = utf8_hexval((unsigned char)b[i])) >= 0) {
+            size = size << 4 | (size_t)d;
+            i++;
+        }
+        if (i == pos || len - i < 2 || b[i] != '\r' || b[i + 1] != '\n')
+            break;
+        i += 2;
+        if (size == 0) {
+            /* The last chunk: the end unless the peer sends trailers. */
+            if (chunks > 0 || len - i < 2 || b[i] != '\r' || b[i + 1] != '\n')
+                break;
+            evbuffer_drain(in, i + 2);
+            finish(hx, UPSTREAM_OK, "");
+            return -1;
+        }
+        if (size > len - i || len - i - size < 2 || b[i + size] != '\r'
+            || b[i + size + 1] != '\n')
+            break;
+        if (chunks == 0) {
+            data = b + i;               /* one chunk: passed where it is */
+            n = size;
+        } else {
+            if (size > cap - n)
+                break;
+            if (data != run) {
+                memcpy(run, data, n);
+                data = run;
+            }
+            memcpy(run + n, b + i, size);
+            n += size;
+        }
+        chunks++;
+        pos = i + size + 2;
+    }
+    if (chunks == 0)
+        return 0;
+    if (pass_on(hx, in, data, n, pos) < 0)
+        return -1;
+    return chunks;
 }
 
 /* Reads a CRLF-terminated line of at most H1_MAX_CHUNK_LINE into buf.
@@ -1288,6 +1369,7 @@ static void h1_process(struct h1_xfer *hx)
 {
     struct evbuffer *in = bufferevent_get_input(hx->conn->bev);
     char line[H1_MAX_CHUNK_LINE + 1];
+    char run[H1_RUN_MAX];
     ssize_t n;
     int r;
 
@@ -1318,6 +1400,10 @@ static void h1_process(struct h1_xfer *hx)
             break;
         case H1_CHUNK_SIZE: {
             char *e;
+            if ((r = chunk_run(hx, in, run, sizeof(run))) < 0)
+                return;
+            if (r > 0)
+                continue;
             if ((r = read_line(in, line, H1_MAX_CHUNK_LINE)) == 0)
                 return;
             if (r > 0) {
