@@ -1,6 +1,7 @@
 /*
  * upstream_h1.c -- a small HTTP/1.1 client for http:// and https://
- * upstreams given by IP address, on bufferevents, with a keep-alive pool.
+ * upstreams given by IP address, on libevent and OpenSSL, with a
+ * keep-alive pool.
  *
  * Why: libcurl costs about half of a proxied request's CPU (its socket
  * callback churns epoll registrations, it polls pooled connections, builds
@@ -9,8 +10,9 @@
  * here: nginx's model. curl keeps host names (its threaded resolver),
  * proxies from the environment and SMTP (upstream.c).
  *
- * https:// runs on libevent's OpenSSL bufferevents (the same as the
- * listeners). Each distinct (address, name, ca_file, verify) is a "TLS
+ * https:// runs on OpenSSL directly (SSL_read / SSL_write on the socket,
+ * driven by the connection's own read and write events; see the TLS part
+ * below the response parser). Each distinct (address, name, ca_file, verify) is a "TLS
  * peer" with its own cached SSL_SESSION, so new connections resume; the
  * SSL_CTX per (ca_file, verify) is built on first use and rebuilt when
  * the file changes. Certificates are verified by default against the
@@ -31,10 +33,14 @@
  * pooled connection before any response byte is sent again once on a new
  * connection.
  *
- * Plain connections read their socket with their own read event, one readv
- * per readable event (sockread.h: no ioctl(FIONREAD) before each read as a
- * socket bufferevent makes); the bufferevent writes. The pool's idle
- * timeout is one timer, for its least recently used connection.
+ * Connections read their socket with their own read event: plain ones one
+ * readv per readable event (sockread.h: no ioctl(FIONREAD) before each
+ * read as a socket bufferevent makes), TLS ones every record the socket
+ * holds (SSL_read while the SSL has bytes). The bufferevent connects and
+ * holds the input; plain requests are written through it, TLS ones with
+ * SSL_write at once (a write event only when the socket is full). The
+ * pool's idle timeout is one timer, for its least recently used
+ * connection, plain and TLS alike.
  *
  * Callbacks run with the transfer marked busy: upstream_cancel() on it
  * then only marks it and the transfer is freed when the callback returns.
@@ -57,7 +63,6 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <openssl/err.h>
@@ -102,9 +107,12 @@ struct h1_tls_peer {
     SSL_SESSION            *sess;
 };
 
+/* A TLS connection's handshake. */
+enum h1_tls_hs { H1_HS_NONE = 0, H1_HS_SHAKING, H1_HS_UP };
+
 struct h1_conn {
     struct h1_pool     *pool;
-    struct bufferevent *bev;
+    struct bufferevent *bev;            /* connects, owns the fd; its input is read into */
     struct h1_xfer     *x;              /* the transfer on it; NULL when idle */
     struct h1_tls_peer *tls;            /* https://: part of the pool's key */
     uint32_t            hash;
@@ -112,8 +120,22 @@ struct h1_conn {
     socklen_t           salen;
     struct h1_conn     *bnext, *bprev;  /* idle: same bucket */
     struct h1_conn     *lnext, *lprev;  /* idle: least recently used last */
-    struct sock_reader  rd;             /* plain: the socket is readable */
+    struct sock_reader  rd;             /* the socket is readable (assigned once connecting) */
     int64_t             idle_ms;        /* put in the pool at (mono ms) */
+    /* TLS (https://): the SSL on the socket, driven by rd and wev. */
+    SSL                *ssl;
+    struct event        wev;            /* writable: handshake, a write the socket did not take */
+    const char         *wbuf;           /* the request not yet taken by SSL_write */
+    size_t              wlen;
+    unsigned long       end_ssl;        /* the end met (see tls_end): OpenSSL's error code, */
+    int                 end_err;        /* errno, */
+    short               end_what;       /* BEV_EVENT_* (0: none) */
+    unsigned char       hs;             /* enum h1_tls_hs */
+    unsigned char       hs_wants_write; /* the handshake waits for writable */
+    unsigned char       rd_wants_write; /* SSL_read said WANT_WRITE */
+    unsigned char       wr_wants_read;  /* SSL_write said WANT_READ */
+    unsigned char       wev_on;
+    unsigned char       ev_set;         /* rd (and wev) assigned */
 };
 
 struct h1_pool {
@@ -162,11 +184,14 @@ struct h1_xfer {
     unsigned char           keepalive;  /* the peer lets us reuse it */
 };
 
-static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_recv_cb(evutil_socket_t fd, short what, void *arg);
-static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void h1_process(struct h1_xfer *hx);
+static void tls_events(struct h1_conn *c);
+static void tls_handshake(struct h1_conn *c);
+static int tls_send(struct h1_conn *c);
+static void tls_err_clear(void);
+static void tls_write_cb(evutil_socket_t fd, short what, void *arg);
 
 static int64_t mono_ms(void)
 {
@@ -191,16 +216,20 @@ static uint32_t sa_hash(const struct sockaddr_storage *sa, socklen_t len)
 
 static void conn_close(struct h1_conn *c)
 {
-    if (c->tls) {
+    if (c->ssl) {
         /* A close_notify (one write, never waited on): without it
          * SSL_free() marks the session not resumable, and the peer's
-         * cached session with it. */
-        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-        if (ssl && SSL_is_init_finished(ssl))
-            SSL_shutdown(ssl);
+         * cached session with it. Not after an error or the peer's end. */
+        if (c->hs == H1_HS_UP && !c->end_what)
+            SSL_shutdown(c->ssl);
         ERR_clear_error();
+        SSL_free(c->ssl);               /* and its socket BIO, not the fd */
     }
-    sock_reader_off(&c->rd, NULL);
+    if (c->ev_set) {                    /* also when only made active */
+        event_del(&c->rd.ev);
+        if (c->tls)
+            event_del(&c->wev);
+    }
     bufferevent_free(c->bev);
     free(c);
 }
@@ -227,20 +256,28 @@ static void pool_unlink(struct h1_pool *p, struct h1_conn *c)
     p->nidle--;
 }
 
-/* Reading on or off: plain connections have their own read event, one
- * readv per readable event (a socket bufferevent makes an ioctl(FIONREAD)
- * before each read); TLS ones read through the OpenSSL bufferevent. */
+/* Reading on or off: connections have their own read event, one readv
+ * (plain) or SSL_reads (TLS) per readable event (a socket bufferevent
+ * makes an ioctl(FIONREAD) before each read). A TLS connection's events
+ * follow its state (tls_events): it may need to read to write, or be in
+ * its handshake. */
 static void conn_read_on(struct h1_conn *c)
 {
-    sock_reader_on(&c->rd, c->tls ? c->bev : NULL);
+    if (c->tls)
+        tls_events(c);
+    else
+        sock_reader_on(&c->rd, NULL);
 }
 
 static void conn_read_off(struct h1_conn *c)
 {
-    sock_reader_off(&c->rd, c->tls ? c->bev : NULL);
+    if (c->tls)
+        tls_events(c);
+    else
+        sock_reader_off(&c->rd, NULL);
 }
 
-/* The idle timeout of plain connections is one timer for the pool, set
+/* The idle timeout of pooled connections is one timer for the pool, set
  * for the least recently used one: putting a connection back or taking it
  * costs no timer operation. A timer that fires early (its connection was
  * taken) re-arms itself for the new least recently used one. */
@@ -274,25 +311,9 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
     sweep_arm(p, now);
 }
 
-static void idle_read_cb(struct bufferevent *bev, void *arg)
-{
-    struct h1_conn *c = arg;
-
-    (void)bev;
-    pool_unlink(c->pool, c);    /* an idle peer has nothing to say */
-    conn_close(c);
-}
-
-static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-    (void)what;
-    idle_read_cb(bev, arg);     /* closed, reset or timed out */
-}
-
 static void pool_put(struct h1_pool *p, struct h1_conn *c)
 {
     struct h1_conn **b = &p->bucket[c->hash & (H1_BUCKETS - 1)];
-    struct timeval idle = { H1_IDLE_TIMEOUT_S, 0 };
 
     if (p->nidle == H1_MAX_IDLE) {
         struct h1_conn *old = p->lru_tail;
@@ -300,13 +321,7 @@ static void pool_put(struct h1_pool *p, struct h1_conn *c)
         conn_close(old);
     }
     c->x = NULL;
-    if (c->tls) {
-        bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
-        bufferevent_enable(c->bev, EV_READ);
-        bufferevent_set_timeouts(c->bev, &idle, NULL);
-    } else {
-        conn_read_on(c);                /* conn_recv_cb: c->x NULL, idle */
-    }
+    conn_read_on(c);                    /* conn_recv_cb: c->x NULL, idle */
     c->idle_ms = mono_ms();
     c->bnext = *b;
     if (*b)
@@ -332,8 +347,6 @@ static struct h1_conn *pool_get(struct h1_pool *p, const struct sockaddr_storage
         if (c->hash == hash && c->tls == tls && c->salen == salen
             && memcmp(&c->sa, sa, salen) == 0) {
             pool_unlink(p, c);
-            if (c->tls)
-                bufferevent_set_timeouts(c->bev, NULL, NULL);
             return c;
         }
     return NULL;
@@ -384,7 +397,7 @@ static SSL_CTX *trust_ctx_new(const char *ca_file, int insecure)
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_read_ahead(ctx, 1);     /* one read() for many records, see tls_drain */
+    SSL_CTX_set_read_ahead(ctx, 1);     /* one read() for many records, see tls_recv */
     /* A peer that closes without close_notify (many do after Connection:
      * close) is a close, as allow_dirty_shutdown says, not a fatal error:
      * that would also mark the session not resumable. Bodies are framed,
@@ -776,7 +789,7 @@ static void finish(struct h1_xfer *hx, enum upstream_result res, const char *msg
 
     hx->conn = NULL;
     if (c) {
-        if (res == UPSTREAM_OK && hx->keepalive
+        if (res == UPSTREAM_OK && hx->keepalive && c->wlen == 0 && !c->end_what
             && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0
             && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
             pool_put(c->pool, c);
@@ -828,31 +841,6 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     finish(hx, UPSTREAM_ERR_TIMEOUT, msg);
 }
 
-/*
- * A request on a kept TLS connection goes out with SSL_write right here,
- * as the plain path writes at once: queued in the OpenSSL bufferevent's
- * output it would cost a write event added and deleted (two epoll_ctl) per
- * request. Returns how much was taken; the rest (a full socket: WANT_WRITE,
- * or an error the bufferevent then meets and reports) is queued from there,
- * which SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows.
- */
-static size_t tls_write_now(struct h1_conn *c, const char *buf, size_t len)
-{
-    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-    size_t done = 0;
-    int n;
-
-    while (ssl && done < len) {
-        ERR_clear_error();
-        n = SSL_write(ssl, buf + done, len - done > INT_MAX ? INT_MAX : (int)(len - done));
-        if (n <= 0)
-            break;
-        done += (size_t)n;
-    }
-    ERR_clear_error();
-    return done;
-}
-
 /* Takes a pooled connection to the peer or opens a new one, and writes
  * the request. -1 when no connection could be started. */
 static int send_request(struct h1_xfer *hx)
@@ -861,7 +849,6 @@ static int send_request(struct h1_xfer *hx)
     uint32_t hash = hx->tls ? hx->tls->hash : sa_hash(&hx->sa, hx->salen);
     struct h1_conn *c = hx->resent ? NULL : pool_get(p, &hx->sa, hx->salen, hash, hx->tls);
     struct evbuffer *out;
-    size_t done = 0;
 
     hx->reused = c != NULL;
     hx->connected = c != NULL;
@@ -875,70 +862,75 @@ static int send_request(struct h1_xfer *hx)
         c->sa = hx->sa;
         c->salen = hx->salen;
         c->tls = hx->tls;
-        if (hx->tls) {
-            SSL *ssl = tls_ssl_new(p, hx->tls);
-            /* The handshake runs once the connect completes; CONNECTED
-             * is reported when it is done (verified). */
-            c->bev = ssl ? bufferevent_openssl_socket_new(p->base, -1, ssl,
-                                                          BUFFEREVENT_SSL_CONNECTING,
-                                                          BEV_OPT_CLOSE_ON_FREE)
-                         : NULL;
-            if (c->bev)
-                bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-            else if (ssl)
-                SSL_free(ssl);
-        } else {
-            c->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
-        }
-        if (c->bev == NULL) {
+        /* TLS: the SSL goes on the socket once the connect completes
+         * (conn_event_cb); the handshake is then driven by rd and wev. */
+        if (hx->tls && (c->ssl = tls_ssl_new(p, hx->tls)) == NULL) {
             free(c);
             return -1;
         }
-        bufferevent_setcb(c->bev, conn_read_cb, c->tls ? conn_write_cb : NULL, conn_event_cb, c);
+        if ((c->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+            if (c->ssl)
+                SSL_free(c->ssl);
+            free(c);
+            return -1;
+        }
+        bufferevent_setcb(c->bev, NULL, NULL, conn_event_cb, c);
         if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&hx->sa,
                                        (int)hx->salen) < 0) {
             conn_close(c);
             return -1;
         }
         fd = bufferevent_getfd(c->bev);
-        if (!c->tls)        /* added once connected (conn_event_cb) */
-            event_assign(&c->rd.ev, p->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
+        /* Added once connected (conn_event_cb). */
+        event_assign(&c->rd.ev, p->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
+        if (c->tls) {
+            event_assign(&c->wev, p->base, fd, EV_WRITE | EV_PERSIST, tls_write_cb, c);
+            if (SSL_set_fd(c->ssl, fd) != 1) {
+                ERR_clear_error();
+                conn_close(c);
+                return -1;
+            }
+        }
+        c->ev_set = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     } else {
-        bufferevent_setcb(c->bev, conn_read_cb, c->tls ? conn_write_cb : NULL, conn_event_cb, c);
+        bufferevent_setcb(c->bev, NULL, NULL, conn_event_cb, c);
     }
     c->x = hx;
     hx->conn = c;
-    out = bufferevent_get_output(c->bev);
-    /* A pooled connection is written at once, EV_WRITE off, as http.c's
-     * conn_flush() does: no write event unless the socket is full. A new
-     * one is written by the bufferevent when the connect completes. Over
-     * TLS OpenSSL writes from its own write event, which conn_write_cb
-     * turns off again once the output is empty. */
-    if (hx->connected && !c->tls)
-        bufferevent_disable(c->bev, EV_WRITE);
-    if (hx->connected && c->tls && (done = tls_write_now(c, hx->head, hx->head_len)) == hx->head_len) {
-        if (bufferevent_enable(c->bev, EV_READ) < 0) {
-            hx->conn = NULL;
-            conn_close(c);
-            return -1;
+    if (c->tls) {
+        /* One buffer (head and body, see h1_start), written with SSL_write
+         * right here on a kept connection, as the plain path writes at
+         * once; on a new one after the handshake. A failure is reported
+         * from the next read event (tls_events): try_resend then. */
+        c->wbuf = hx->head;
+        c->wlen = hx->head_len;
+        if (hx->connected) {
+            tls_err_clear();
+            tls_send(c);
+            tls_events(c);
         }
         arm_timer(hx);
         return 0;
     }
+    out = bufferevent_get_output(c->bev);
+    /* A pooled connection is written at once, EV_WRITE off, as http.c's
+     * conn_flush() does: no write event unless the socket is full. A new
+     * one is written by the bufferevent when the connect completes. */
+    if (hx->connected)
+        bufferevent_disable(c->bev, EV_WRITE);
     /* Both by reference: the transfer outlives what is queued, or the
      * connection is closed before the transfer is freed. */
-    if (evbuffer_add_reference(out, hx->head + done, hx->head_len - done, NULL, NULL) < 0
+    if (evbuffer_add_reference(out, hx->head, hx->head_len, NULL, NULL) < 0
         || (hx->body_len
             && evbuffer_add_reference(out, hx->body, hx->body_len, NULL, NULL) < 0)
-        || bufferevent_enable(c->bev, c->tls ? EV_READ | EV_WRITE
-                                             : hx->connected ? 0 : EV_WRITE) < 0) {
+        || bufferevent_enable(c->bev, hx->connected ? 0 : EV_WRITE) < 0) {
         hx->conn = NULL;
         conn_close(c);
         return -1;
     }
-    if (hx->connected && !c->tls) {
+    if (hx->connected) {
         conn_read_on(c);                        /* on since it was pooled */
         evbuffer_unfreeze(out, 1);              /* see http.c's conn_flush() */
         evbuffer_write(out, bufferevent_getfd(c->bev));
@@ -1461,110 +1453,35 @@ static void h1_process(struct h1_xfer *hx)
     }
 }
 
-/*
- * The OpenSSL bufferevent decrypts one record per read event and calls
- * back for each: an SSE stream whose events came in one segment would cost
- * a callback, a client write and two read()s per event. So the rest is
- * taken here at once (read-ahead on: OpenSSL reads what the socket has in
- * one call): everything buffered in the SSL moves to the input, so nothing
- * waits there for a read event that will not come. An end met here (close,
- * error) is handed to the bufferevent's event callback, deferred, as its
- * own read would have.
- */
-static void tls_drain(struct h1_conn *c)
+/* --- the connection's I/O ------------------------------------------------ */
+
+/* Where the transfer's peer is, for messages: "IP" and port. */
+static unsigned xfer_peer(const struct h1_xfer *hx, char *ip, size_t len)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer_iovec v;
-    int r = 1, e;
-
-    /* Only what the SSL holds: a read() that would find the socket empty
-     * is not made (the socket's own read event covers the rest). */
-    while (SSL_has_pending(ssl)) {
-        if (evbuffer_reserve_space(in, 16384, &v, 1) < 1)
-            return;
-        ERR_clear_error();
-        if ((r = SSL_read(ssl, v.iov_base, (int)v.iov_len)) <= 0)
-            break;
-        v.iov_len = (size_t)r;
-        evbuffer_commit_space(in, &v, 1);
+    if (hx->sa.ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&hx->sa)->sin6_addr, ip,
+                  (socklen_t)len);
+        return ntohs(((const struct sockaddr_in6 *)&hx->sa)->sin6_port);
     }
-    if (r > 0)
-        return;
-    e = SSL_get_error(ssl, r);
-    ERR_clear_error();
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-        return;
-    bufferevent_trigger_event(c->bev, e == SSL_ERROR_ZERO_RETURN ? BEV_EVENT_EOF | BEV_EVENT_READING
-                                                               : BEV_EVENT_ERROR | BEV_EVENT_READING,
-                              BEV_TRIG_DEFER_CALLBACKS);
-}
-
-static void conn_read_cb(struct bufferevent *bev, void *arg)
-{
-    struct h1_conn *c = arg;
-
-    (void)bev;
-    if (c->tls)
-        tls_drain(c);
-    h1_process(c->x);
-}
-
-/* A plain connection's socket is readable: one readv into the input (no
- * FIONREAD first). An idle one has nothing to say: closed. The end of the
- * stream or an error goes to conn_event_cb as the bufferevent's would. */
-static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct h1_conn *c = arg;
-    ssize_t got;
-
-    (void)what;
-    if (c->x == NULL) {
-        pool_unlink(c->pool, c);
-        conn_close(c);
-        return;
-    }
-    got = sock_read_into(bufferevent_get_input(c->bev), fd, H1_READ_MAX);
-    if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
-        conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
-        return;
-    }
-    if (got == 0) {
-        conn_event_cb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF, c);
-        return;
-    }
-    h1_process(c->x);
-}
-
-/* TLS: OpenSSL's write event stays on only while there is output. */
-static void conn_write_cb(struct bufferevent *bev, void *arg)
-{
-    (void)arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        bufferevent_disable(bev, EV_WRITE);
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)&hx->sa)->sin_addr, ip, (socklen_t)len);
+    return ntohs(((const struct sockaddr_in *)&hx->sa)->sin_port);
 }
 
 /* Why a TLS connection failed before it was up: the certificate check
  * (in curl's words, which the docs quote), or OpenSSL's first error. */
 static void tls_failure(struct h1_conn *c, const char *ip, unsigned port, short what,
-                        int err, char *msg, size_t len)
+                        int err, unsigned long sslerr, char *msg, size_t len)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
     /* verify: false runs the check too, and keeps its result: not a cause. */
-    long vr = ssl && !c->tls->trust->insecure ? SSL_get_verify_result(ssl) : X509_V_OK;
-    unsigned long e, first = 0;
+    long vr = c->ssl && c->hs != H1_HS_NONE && !c->tls->trust->insecure
+              ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+    const char *why = sslerr ? ERR_reason_error_string(sslerr) : NULL;
 
-    while ((e = bufferevent_get_openssl_error(c->bev)) != 0)
-        if (first == 0)
-            first = e;
-    ERR_clear_error();
     if (vr != X509_V_OK)
         snprintf(msg, len, "SSL certificate problem: %s", X509_verify_cert_error_string(vr));
-    else if (first)
+    else if (sslerr)
         snprintf(msg, len, "TLS handshake with %s port %u failed: %s", ip, port,
-                 ERR_reason_error_string(first) ? ERR_reason_error_string(first) : "error");
+                 why ? why : "error");
     else if (what & BEV_EVENT_EOF || err == 0)
         snprintf(msg, len, "TLS handshake with %s port %u failed: connection closed", ip, port);
     else
@@ -1572,50 +1489,26 @@ static void tls_failure(struct h1_conn *c, const char *ip, unsigned port, short 
                  evutil_socket_error_to_string(err));
 }
 
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+/* The connection ended (closed, reset, a TLS error) or failed to come up:
+ * the transfer on it ends with the matching error, or is sent again once
+ * on a new connection (try_resend). sslerr: OpenSSL's error code, 0 for a
+ * socket error in err. */
+static void conn_failed(struct h1_conn *c, short what, int err, unsigned long sslerr)
 {
-    struct h1_conn *c = arg;
     struct h1_xfer *hx = c->x;
     char msg[320];
-    int err = EVUTIL_SOCKET_ERROR();
 
-    (void)bev;
-    if (what & BEV_EVENT_CONNECTED) {
-        hx->connected = 1;
-        if (!c->tls && !hx->x.paused)
-            conn_read_on(c);
-        if (c->tls) {
-            SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-            c->pool->handshakes++;
-            if (ssl && SSL_session_reused(ssl))
-                c->pool->resumed++;
-        }
-        arm_timer(hx);
-        return;
-    }
     if (!hx->connected) {
         char ip[INET6_ADDRSTRLEN] = "?";
-        unsigned port;
-        if (hx->sa.ss_family == AF_INET6) {
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&hx->sa)->sin6_addr, ip, sizeof(ip));
-            port = ntohs(((struct sockaddr_in6 *)&hx->sa)->sin6_port);
-        } else {
-            inet_ntop(AF_INET, &((struct sockaddr_in *)&hx->sa)->sin_addr, ip, sizeof(ip));
-            port = ntohs(((struct sockaddr_in *)&hx->sa)->sin_port);
-        }
+        unsigned port = xfer_peer(hx, ip, sizeof(ip));
         if (c->tls)
-            tls_failure(c, ip, port, what, err, msg, sizeof(msg));
+            tls_failure(c, ip, port, what, err, sslerr, msg, sizeof(msg));
         else
             snprintf(msg, sizeof(msg), "Failed to connect to %s port %u: %s", ip, port,
                      (what & BEV_EVENT_EOF) ? "Connection closed"
                                             : evutil_socket_error_to_string(err));
         finish(hx, UPSTREAM_ERR_CONNECT, msg);
         return;
-    }
-    if (c->tls) {                       /* no stale errors for the next SSL */
-        while (bufferevent_get_openssl_error(c->bev) != 0)
-            ;
-        ERR_clear_error();
     }
     if (try_resend(hx))
         return;
@@ -1634,8 +1527,307 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     }
     snprintf(msg, sizeof(msg), "%s failure: %s",
              (what & BEV_EVENT_WRITING) ? "Send" : "Recv",
-             evutil_socket_error_to_string(err));
+             sslerr && ERR_reason_error_string(sslerr) ? ERR_reason_error_string(sslerr)
+                                                       : evutil_socket_error_to_string(err));
     finish(hx, UPSTREAM_ERR_PROTOCOL, msg);
+}
+
+/* The bufferevent only connects: the TCP connect's end. A plain connection
+ * then reads with its own event and writes through the bufferevent; a TLS
+ * one starts its handshake (tls_handshake), both driven by its own events. */
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct h1_conn *c = arg;
+    struct h1_xfer *hx = c->x;
+    int err = EVUTIL_SOCKET_ERROR();
+
+    if (what & BEV_EVENT_CONNECTED) {
+        if (c->tls) {
+            bufferevent_disable(bev, EV_READ | EV_WRITE);
+            SSL_set_connect_state(c->ssl);
+            c->hs = H1_HS_SHAKING;
+            tls_handshake(c);
+            return;
+        }
+        hx->connected = 1;
+        if (!hx->x.paused)
+            conn_read_on(c);
+        arm_timer(hx);
+        return;
+    }
+    conn_failed(c, what, err, 0);
+}
+
+/*
+ * TLS: the SSL reads and writes the socket itself (a socket BIO), driven
+ * by the connection's own read event (rd) and write event (wev), which
+ * tls_events() keeps to what the SSL waits for. The error queue is
+ * emptied once per event or call from outside (SSL_get_error needs it
+ * empty), not before every SSL_read: ERR_clear_error costs ~800
+ * instructions, one SSL_read per record of ~200 bytes in an SSE stream;
+ * a successful SSL call leaves it empty, a failed one is followed by
+ * tls_wait(), which empties it.
+ */
+
+/* Empties the thread's error queue before SSL calls (SSL_get_error needs
+ * it empty): a look first, as it is empty but for another module's
+ * leftovers; ERR_clear_error itself walks all its slots. */
+static void tls_err_clear(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
+/* The read and write events a TLS connection needs now. */
+static void tls_events(struct h1_conn *c)
+{
+    int rd, wr;
+
+    if (!c->ev_set || c->hs == H1_HS_NONE)
+        return;                         /* connecting: the bufferevent's */
+    if (c->hs == H1_HS_SHAKING) {
+        rd = !c->hs_wants_write;
+        wr = c->hs_wants_write;
+    } else {
+        /* Idle: any byte or the end closes it. Busy: reading unless
+         * paused, or a write waits on a read. */
+        rd = c->x == NULL || !c->x->x.paused || c->wr_wants_read;
+        wr = c->rd_wants_write || (c->wlen > 0 && !c->wr_wants_read);
+    }
+    if (rd && !c->rd.on && event_add(&c->rd.ev, NULL) == 0)
+        c->rd.on = 1;
+    else if (!rd && c->rd.on) {
+        event_del(&c->rd.ev);
+        c->rd.on = 0;
+    }
+    if (wr && !c->wev_on && event_add(&c->wev, NULL) == 0)
+        c->wev_on = 1;
+    else if (!wr && c->wev_on) {
+        event_del(&c->wev);
+        c->wev_on = 0;
+    }
+    /* An end met with records still to pass on: reported from the next
+     * read event, once the transfer reads again (see tls_recv). */
+    if (rd && c->end_what && c->hs == H1_HS_UP)
+        event_active(&c->rd.ev, EV_READ, 1);
+}
+
+/* After an SSL call returned r <= 0: 1 when it waits for the socket
+ * (*want_write says which way), 0 when the connection ended (c->end_*
+ * set: close_notify or a close as EOF, else the error). The error queue
+ * is left empty. */
+static int tls_wait(struct h1_conn *c, int r, short dir, int *want_write)
+{
+    int err = errno;                    /* of the failed call, before anything else */
+    int e = SSL_get_error(c->ssl, r);
+    unsigned long first = 0, l;
+
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        *want_write = e == SSL_ERROR_WANT_WRITE;
+        ERR_clear_error();
+        return 1;
+    }
+    while ((l = ERR_get_error()) != 0)
+        if (first == 0)
+            first = l;
+    c->end_ssl = e == SSL_ERROR_SSL ? first : 0;
+    c->end_err = e == SSL_ERROR_SYSCALL ? err : 0;
+    if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && err == 0 && first == 0))
+        c->end_what = (short)(dir | BEV_EVENT_EOF);
+    else
+        c->end_what = (short)(dir | BEV_EVENT_ERROR);
+    return 0;
+}
+
+/* Reports the end tls_wait() recorded: the transfer ends (c with it). */
+static void tls_end(struct h1_conn *c)
+{
+    conn_failed(c, c->end_what, c->end_err, c->end_ssl);
+}
+
+/* The handshake, a step per event; the attempt's connect timeout bounds
+ * it (arm_timer: the transfer is not connected until it is done). Once
+ * up (certificate verified), the request goes out. */
+static void tls_handshake(struct h1_conn *c)
+{
+    struct h1_xfer *hx = c->x;
+    int r, ww = 0;
+
+    tls_err_clear();
+    r = SSL_do_handshake(c->ssl);
+    if (r != 1) {
+        if (!tls_wait(c, r, BEV_EVENT_READING, &ww)) {
+            tls_end(c);
+            return;
+        }
+        c->hs_wants_write = (unsigned char)ww;
+        tls_events(c);
+        return;
+    }
+    c->hs = H1_HS_UP;
+    c->pool->handshakes++;
+    if (SSL_session_reused(c->ssl))
+        c->pool->resumed++;
+    hx->connected = 1;
+    arm_timer(hx);
+    if (tls_send(c) < 0) {
+        tls_end(c);
+        return;
+    }
+    tls_events(c);
+}
+
+/* Writes what is left of the request with SSL_write (partial writes on:
+ * a record at a time; after WANT_WRITE the same bytes are offered again).
+ * 0: all taken, or waiting for an event; -1: the connection ended
+ * (c->end_* set). The caller empties the error queue before. */
+static int tls_send(struct h1_conn *c)
+{
+    int n, ww;
+
+    while (c->wlen > 0) {
+        n = SSL_write(c->ssl, c->wbuf, c->wlen > INT_MAX ? INT_MAX : (int)c->wlen);
+        if (n > 0) {
+            c->wbuf += n;
+            c->wlen -= (size_t)n;
+            continue;
+        }
+        if (!tls_wait(c, n, BEV_EVENT_WRITING, &ww))
+            return -1;
+        c->wr_wants_read = (unsigned char)!ww;
+        return 0;
+    }
+    c->wr_wants_read = 0;
+    return 0;
+}
+
+/*
+ * Every record the socket has, decrypted into the input with one SSL_read
+ * each (16 KB of space: a whole record), then one pass of the response
+ * state machine over them. With read-ahead one read() takes what the
+ * socket holds; more SSL_reads only while the SSL holds bytes, so no
+ * read() that finds the socket empty (the level-triggered read event
+ * covers what is left). An end met here after records were read is
+ * reported once they are passed on (tls_events re-arms the read event).
+ */
+static void tls_recv(struct h1_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer_iovec v;
+    int r, ww = 0, got = 0;
+
+    evbuffer_unfreeze(in, 0);           /* as sock_read_into() */
+    do {
+        if (evbuffer_reserve_space(in, H1_READ_MAX, &v, 1) < 1) {
+            evbuffer_freeze(in, 0);
+            c->end_what = BEV_EVENT_READING | BEV_EVENT_ERROR;
+            c->end_err = ENOMEM;
+            c->end_ssl = 0;
+            r = 0;
+            break;
+        }
+        r = SSL_read(c->ssl, v.iov_base, (int)v.iov_len);
+        if (r <= 0)
+            break;
+        v.iov_len = (size_t)r;
+        evbuffer_commit_space(in, &v, 1);
+        got = 1;
+    } while (SSL_has_pending(c->ssl));
+    evbuffer_freeze(in, 0);
+    if (r <= 0 && !c->end_what && tls_wait(c, r, BEV_EVENT_READING, &ww)) {
+        if (ww != c->rd_wants_write) {
+            c->rd_wants_write = (unsigned char)ww;      /* a renegotiation's write */
+            tls_events(c);
+        }
+    } else if (r > 0 && c->rd_wants_write) {
+        c->rd_wants_write = 0;
+        tls_events(c);
+    }
+    if (c->end_what) {
+        if (!got) {
+            tls_end(c);
+            return;
+        }
+        event_active(&c->rd.ev, EV_READ, 1);            /* after the records */
+    }
+    if (got)
+        h1_process(c->x);               /* may end the transfer: c may be gone */
+}
+
+/* A TLS connection's socket is writable: the handshake's next step, the
+ * read that waited for it, or the rest of the request. */
+static void tls_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1_conn *c = arg;
+
+    (void)fd;
+    (void)what;
+    if (c->hs == H1_HS_SHAKING) {
+        tls_handshake(c);
+        return;
+    }
+    tls_err_clear();
+    if (c->rd_wants_write) {
+        if (c->x == NULL)
+            return;
+        tls_recv(c);
+        return;
+    }
+    if (tls_send(c) < 0) {
+        tls_end(c);
+        return;
+    }
+    tls_events(c);
+}
+
+/* A connection's socket is readable. An idle one has nothing to say:
+ * closed. Plain: one readv into the input (no FIONREAD first); the end of
+ * the stream or an error goes to conn_failed as the bufferevent's would.
+ * TLS: the handshake's next step, a write that waited for it, the records. */
+static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1_conn *c = arg;
+    ssize_t got;
+
+    (void)what;
+    if (c->x == NULL) {
+        pool_unlink(c->pool, c);
+        conn_close(c);
+        return;
+    }
+    if (c->tls) {
+        if (c->hs == H1_HS_SHAKING) {
+            tls_handshake(c);
+            return;
+        }
+        if (c->end_what) {
+            if (!c->x->x.paused)
+                tls_end(c);
+            return;
+        }
+        tls_err_clear();
+        if (c->wr_wants_read) {
+            if (tls_send(c) < 0) {
+                tls_end(c);
+                return;
+            }
+            tls_events(c);
+        }
+        tls_recv(c);
+        return;
+    }
+    got = sock_read_into(bufferevent_get_input(c->bev), fd, H1_READ_MAX);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_ERROR, errno, 0);
+        return;
+    }
+    if (got == 0) {
+        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_EOF, 0, 0);
+        return;
+    }
+    h1_process(c->x);
 }
 
 void h1_pause(struct upstream_xfer *x)

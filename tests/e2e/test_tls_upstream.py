@@ -1,10 +1,12 @@
-"""HTTPS upstreams through the own HTTP/1.1 client (upstream_h1.c on OpenSSL
-bufferevents): certificates verified by default, a certificate from another
+"""HTTPS upstreams through the own HTTP/1.1 client (upstream_h1.c on OpenSSL,
+its own read and write events): certificates verified by default, a certificate from another
 CA refused with a clear error, server_name used for SNI, the name check and
 Host, verify: false, connections kept and TLS sessions resumed, streams.
 The TLS mocks (test_tls.TLSMock, fixture tls_mock) count handshakes and record the SNI."""
 import json
 import os
+import socket
+import threading
 import time
 
 from conftest import SANITIZED, wait_for
@@ -124,7 +126,7 @@ def test_long_stream_over_tls_upstream(gateway, tls_mock):
 
 
 def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, tls_mock):
-    """The records read ahead of the bufferevent (tls_drain) carry the end
+    """The records read in the same event as the end (tls_recv) carry it
     too: a stream the upstream cuts ends at once with the error event, a
     stalled one on stream_idle_timeout, and the cut event never leaks."""
     m = tls_mock()
@@ -146,8 +148,8 @@ def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, tls_moc
 
 
 def test_big_request_on_a_kept_tls_connection(gateway, tls_mock):
-    """A request written at once on a kept connection (tls_write_now) that
-    fills the socket: the rest goes through the bufferevent, whole."""
+    """A request written at once on a kept connection (tls_send) that
+    fills the socket: the rest goes from the write event, whole."""
     m = tls_mock()
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
                 policies="server:\n  max_body_bytes: 8MB\n")
@@ -169,7 +171,7 @@ def test_big_request_on_a_kept_tls_connection(gateway, tls_mock):
 
 def test_paused_tls_stream_completes_and_is_not_idle(gateway, tls_mock):
     """A client that does not read pauses the TLS upstream (EV_READ off on
-    the OpenSSL bufferevent, records already read kept in the input): the
+    the connection, records already read kept in the input): the
     stream still completes, whole, and is not taken for a stall."""
     m = tls_mock()
     m.config(chunks=100000)             # ~15 MB: fills the client side, pauses the upstream
@@ -182,3 +184,112 @@ def test_paused_tls_stream_completes_and_is_not_idle(gateway, tls_mock):
     assert raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), raw[-100:]
     assert metric(g, "infergate_upstream_stalls_total", host="up", timeout="idle") == 0
     g.stop()
+
+
+def test_large_answers_across_many_tls_records(gateway, tls_mock):
+    """A 1 MB JSON answer (~64 full 16 KB records, several read events of
+    many records each) and a stream of 3000 events arrive whole and in
+    order over one kept connection."""
+    m = tls_mock()
+    m.config(content_bytes=1 << 20)
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
+    for _ in range(2):
+        st, _, body = g.chat()
+        assert st == 200, body[:300]
+        content = json.loads(body)["choices"][0]["message"]["content"]
+        head = "Hello from " + m.name
+        want = head + "".join(" lorem ipsum"[i % 12] for i in range((1 << 20) - len(head)))
+        assert len(content) == len(want) and content == want, len(content)
+    m.config(content_bytes=0, chunks=3000)
+    st, _, body = g.chat(stream=True)
+    assert st == 200, body[-300:]
+    toks = [json.loads(l[6:])["choices"][0]["delta"].get("content")
+            for l in body.split(b"\n") if l.startswith(b"data: {")]
+    assert [t for t in toks if t] == ["tok%d " % i for i in range(3000)], toks[-3:]
+    assert body.rstrip().endswith(b"data: [DONE]"), body[-100:]
+    workers = int(os.environ.get("INFERGATE_TEST_WORKERS") or 1)
+    # One connection per worker thread, plus the test's own (2 config, 1 stats).
+    assert m.stats()["tls_handshakes"] <= workers + 3
+    g.stop()
+
+
+class RawServer:
+    """A TCP listener on loopback that answers a connection with `reply`
+    (then closes it), or, with reply None, accepts and never says a word."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.conns = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(c)
+            if self.reply is not None:
+                try:
+                    c.settimeout(5)
+                    c.recv(4096)                # the ClientHello
+                    c.sendall(self.reply)
+                except OSError:
+                    pass
+                c.close()
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_garbage_instead_of_a_tls_handshake_fails_clearly(gateway):
+    """An https:// upstream that answers the ClientHello with plain HTTP:
+    a 502 naming the handshake and OpenSSL's reason, no crash, and the
+    gateway keeps serving."""
+    srv = RawServer(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" + b"\x00garbage" * 64)
+    try:
+        g = gateway([{"name": "up", "url": "https://127.0.0.1:%d" % srv.port,
+                      "tls": {"verify": False}}], policies=ONE_TRY)
+        for stream in (False, True):
+            st, _, body = g.chat(stream=stream)
+            assert st == 502, body
+            msg = error_message(body)
+            assert "TLS handshake with 127.0.0.1 port %d failed: " % srv.port in msg, msg
+            assert not msg.endswith("failed: "), msg
+        assert srv.accepted >= 2
+        st, _, _ = g.request("GET", "/health")
+        assert st == 200
+        g.stop()
+    finally:
+        srv.stop()
+
+
+def test_stalled_tls_handshake_is_bounded_by_the_attempt_timeout(gateway):
+    """An upstream that accepts and never answers the ClientHello: the
+    attempt ends at its connect timeout (retry.per_try_timeout), not never."""
+    srv = RawServer(None)
+    try:
+        g = gateway([{"name": "up", "url": "https://127.0.0.1:%d" % srv.port,
+                      "tls": {"verify": False}}],
+                    policies="retry:\n  max_attempts: 1\n  per_try_timeout: 700ms\n")
+        t0 = time.monotonic()
+        st, _, body = g.chat()
+        took = time.monotonic() - t0
+        assert st in (502, 504), body
+        assert "timed out" in error_message(body), body
+        assert 0.6 <= took < 5 * SLOW, took
+        assert srv.accepted == 1
+        g.stop()
+    finally:
+        srv.stop()
