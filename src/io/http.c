@@ -110,7 +110,9 @@ struct http_req {
     size_t              body_len;
     size_t              body_cap;
     size_t              chunk_left;
-    struct evbuffer    *resp_hdrs;    /* extra response header lines */
+    char               *rh;           /* extra response header lines, until */
+    size_t              rh_len;       /* the head is written */
+    size_t              rh_cap;
     int                 streaming;    /* chunked reply started */
     http_req_cb         close_cb;
     void               *close_arg;
@@ -220,11 +222,6 @@ static struct http_req *req_new(struct http_conn *c)
     r->conn = c;
     r->srv = c->srv;
     r->hdr = r->hdr_in;
-    r->resp_hdrs = evbuffer_new();
-    if (r->resp_hdrs == NULL) {
-        free(r);
-        return NULL;
-    }
     return r;
 }
 
@@ -241,7 +238,7 @@ static void req_free(struct http_req *r)
         free(r->hdr);
     free(r->head);
     free(r->body);
-    evbuffer_free(r->resp_hdrs);
+    free(r->rh);
     free(r);
 }
 
@@ -308,34 +305,6 @@ size_t http_req_pending_output(const struct http_req *r)
 
 /* --- responses ------------------------------------------------------ */
 
-/* Response heads are put together with memcpy: printf-style formatting
- * was a visible share of a proxied request's CPU time. */
-#define HEAD_MAX 1024
-
-/* Appends `a` to buf at *len if it fits; returns 0 when it did not. */
-static int head_put(char *buf, size_t *len, const char *a, size_t n)
-{
-    if (*len + n > HEAD_MAX)
-        return 0;
-    memcpy(buf + *len, a, n);
-    *len += n;
-    return 1;
-}
-
-/* "name: value\r\n" */
-static void head_field(struct evbuffer *b, const char *name, const char *value)
-{
-    char line[HEAD_MAX];
-    size_t len = 0;
-
-    if (!(head_put(line, &len, name, strlen(name)) && head_put(line, &len, ": ", 2)
-          && head_put(line, &len, value, strlen(value)) && head_put(line, &len, "\r\n", 2))) {
-        evbuffer_add_printf(b, "%s: %s\r\n", name, value);
-        return;
-    }
-    evbuffer_add(b, line, len);
-}
-
 /* Decimal (base 10) or hexadecimal (16) digits of v into buf[24]; returns the length. */
 static size_t head_num(char *buf, unsigned long long v, unsigned base)
 {
@@ -354,42 +323,107 @@ static size_t head_num(char *buf, unsigned long long v, unsigned base)
 void http_resp_header(struct http_req *r, const char *name, const char *value)
 {
     /* CR/LF in a value would split the header: drop such values. */
-    if (strpbrk(value, "\r\n") || strpbrk(name, "\r\n:"))
+    size_t nlen = strcspn(name, "\r\n:"), vlen = strcspn(value, "\r\n");
+    size_t need = nlen + 2 + vlen + 2;
+    char *w;
+
+    if (name[nlen] != '\0' || value[vlen] != '\0')
         return;
-    head_field(r->resp_hdrs, name, value);
+    if (r->rh_len + need > r->rh_cap) {
+        size_t cap = r->rh_cap ? 2 * r->rh_cap : 512;
+        char *nb;
+        while (cap < r->rh_len + need)
+            cap *= 2;
+        if ((nb = realloc(r->rh, cap)) == NULL)
+            return;
+        r->rh = nb;
+        r->rh_cap = cap;
+    }
+    w = r->rh + r->rh_len;
+    memcpy(w, name, nlen);
+    memcpy(w + nlen, ": ", 2);
+    memcpy(w + nlen + 2, value, vlen);
+    memcpy(w + nlen + 2 + vlen, "\r\n", 2);
+    r->rh_len += need;
 }
 
+/* Appends the n bytes at a to the head being built at *w. */
+static char *head_put(char *w, const char *a, size_t n)
+{
+    memcpy(w, a, n);
+    return w + n;
+}
+
+/*
+ * The response head, then `len` bytes of body (clen < 0: none, chunked or
+ * to the close), into the output with one reservation: one pass through
+ * the output's callbacks and, for a small answer, one chain, where adding
+ * the status line, each field and the body one by one took a pass each.
+ * Response heads are put together with memcpy: printf-style formatting
+ * was a visible share of a proxied request's CPU time.
+ */
+#define HEAD_MAX   1024         /* room for the head's own lines */
+#define HEAD_JOIN  65536        /* a larger body is added on its own */
+
 static void write_head(struct http_req *r, int status, const char *ctype,
-                       long long clen)
+                       long long clen, const char *body, size_t len)
 {
     struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+    struct evbuffer_iovec v;
     const char *text = http_status_text(status);
-    char head[HEAD_MAX], num[24];
-    size_t len = 0;
+    size_t tlen = strnlen(text, 64), clen_ct = ctype ? strlen(ctype) : 0;
+    size_t cap = HEAD_MAX + clen_ct + r->rh_len, n;
+    char small[HEAD_MAX + 1024], *head = small, *w, num[24];
     static const char server[] = "\r\nServer: infergate\r\n";
 
-    head_put(head, &len, "HTTP/1.1 ", 9);
-    head_put(head, &len, num, head_num(num, (unsigned)status % 1000, 10));
-    head_put(head, &len, " ", 1);
-    head_put(head, &len, text, strnlen(text, 64));
-    head_put(head, &len, server, sizeof(server) - 1);
-    evbuffer_add(out, head, len);
-    if (ctype)
-        head_field(out, "Content-Type", ctype);
-    if (clen >= 0) {
-        len = 0;
-        head_put(head, &len, "Content-Length: ", 16);
-        head_put(head, &len, num, head_num(num, (unsigned long long)clen, 10));
-        head_put(head, &len, "\r\n", 2);
-        evbuffer_add(out, head, len);
-    } else if (r->minor >= 1) {
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    if (cap > sizeof(small) && (head = malloc(cap)) == NULL) {
+        head = small;                       /* drop what does not fit */
+        r->rh_len = 0;
+        clen_ct = 0;
+        ctype = NULL;
     }
-    evbuffer_add_buffer(out, r->resp_hdrs);
+    w = head_put(head, "HTTP/1.1 ", 9);
+    w = head_put(w, num, head_num(num, (unsigned)status % 1000, 10));
+    w = head_put(w, " ", 1);
+    w = head_put(w, text, tlen);
+    w = head_put(w, server, sizeof(server) - 1);
+    if (ctype) {
+        w = head_put(w, "Content-Type: ", 14);
+        w = head_put(w, ctype, clen_ct);
+        w = head_put(w, "\r\n", 2);
+    }
+    if (clen >= 0) {
+        w = head_put(w, "Content-Length: ", 16);
+        w = head_put(w, num, head_num(num, (unsigned long long)clen, 10));
+        w = head_put(w, "\r\n", 2);
+    } else if (r->minor >= 1) {
+        w = head_put(w, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    if (r->rh_len)
+        w = head_put(w, r->rh, r->rh_len);
     if (r->keepalive)
-        evbuffer_add(out, "Connection: keep-alive\r\n\r\n", 26);
+        w = head_put(w, "Connection: keep-alive\r\n\r\n", 26);
     else
-        evbuffer_add(out, "Connection: close\r\n\r\n", 21);
+        w = head_put(w, "Connection: close\r\n\r\n", 21);
+    n = (size_t)(w - head);
+    if (len > HEAD_JOIN
+        || evbuffer_reserve_space(out, (ev_ssize_t)(n + len), &v, 1) != 1
+        || v.iov_len < n + len) {
+        evbuffer_add(out, head, n);
+        if (len)
+            evbuffer_add(out, body, len);
+    } else {
+        memcpy(v.iov_base, head, n);
+        if (len)
+            memcpy((char *)v.iov_base + n, body, len);
+        v.iov_len = n + len;
+        evbuffer_commit_space(out, &v, 1);
+    }
+    if (head != small)
+        free(head);
+    free(r->rh);                            /* later fields would be too late */
+    r->rh = NULL;
+    r->rh_len = r->rh_cap = 0;
 }
 
 /*
@@ -461,11 +495,9 @@ static void req_finish(struct http_req *r)
 void http_reply(struct http_req *r, int status, const char *ctype,
                 const char *body, size_t len)
 {
-    if (r->conn && !r->streaming) {
-        write_head(r, status, ctype, (long long)len);
-        if (len && strcmp(r->method, "HEAD") != 0)
-            evbuffer_add(bufferevent_get_output(r->conn->bev), body, len);
-    }
+    if (r->conn && !r->streaming)
+        write_head(r, status, ctype, (long long)len, body,
+                   len && strcmp(r->method, "HEAD") != 0 ? len : 0);
     req_finish(r);
 }
 
@@ -515,7 +547,7 @@ void http_stream_start(struct http_req *r, int status, const char *ctype)
     if (r->minor == 0)
         r->keepalive = 0;   /* HTTP/1.0: the end of the body is the close */
     if (r->conn) {
-        write_head(r, status, ctype, -1);
+        write_head(r, status, ctype, -1, NULL, 0);
         event_active(&r->conn->flush_ev, EV_WRITE, 0);
     }
 }

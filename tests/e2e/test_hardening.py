@@ -574,6 +574,25 @@ def test_upstream_garbage_gets_a_clear_answer(mocks, gateway, kind):
         up.stop()
 
 
+def test_upstream_fields_fill_a_large_answer_head(mocks, gateway):
+    """40 upstream fields of ~100 bytes (a 4 KB head, more than the head's
+    stack room): every one reaches the client, with the gateway's own."""
+    fields = b"".join(b"X-H%d: %d-%s\r\n" % (i, i, b"v" * 100) for i in range(40))
+    up = RawUpstream(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + fields
+                     + b"Content-Length: 2\r\n\r\n{}")
+    try:
+        ms = mocks(1)
+        g = gateway([{"name": "raw", "url": up.url}], policies="retry:\n  max_attempts: 1\n")
+        st, h, body = g.request("POST", "/v1/chat/completions", CHAT)
+        assert st == 200 and body == b"{}", (st, body[:200])
+        for i in range(40):
+            assert h.get("x-h%d" % i) == "%d-%s" % (i, "v" * 100), i
+        assert h["x-upstream-host"] == "raw" and h["x-request-id"]
+        still_serving(gateway(hosts_of(ms)))
+    finally:
+        up.stop()
+
+
 def test_mock_garbage_and_truncated_streams(mocks, gateway):
     ms = mocks(2)
     for m in ms:
