@@ -28,6 +28,7 @@
 #include "notify.h"
 #include "observe.h"
 #include "proxy.h"
+#include "resolve.h"
 #include "route.h"
 #include "session.h"
 #include "cache.h"
@@ -588,6 +589,91 @@ static void apply_limits(struct gateway *gw)
     }
 }
 
+/* server.resolver*: the settings of each loop's resolver (resolve.h), at
+ * start and at each reload; a worker thread gets its own copy. */
+struct resolver_msg {
+    struct upstream    *up;
+    int                 id;             /* the worker; -1: the main loop */
+    struct resolve_conf conf;
+    char               *servers[8];
+};
+
+static void resolver_msg_free(struct resolver_msg *m)
+{
+    size_t i;
+
+    for (i = 0; i < m->conf.nservers; i++)
+        free(m->servers[i]);
+    free(m);
+}
+
+static struct resolver_msg *resolver_msg_new(const struct config *c, struct upstream *up, int id)
+{
+    struct resolver_msg *m = calloc(1, sizeof(*m));
+    size_t i;
+
+    if (m == NULL)
+        return NULL;
+    m->up = up;
+    m->id = id;
+    m->conf.servers = (const char *const *)m->servers;
+    m->conf.timeout_ms = c->server.resolver_timeout_ms;
+    m->conf.min_ttl_ms = c->server.resolver_min_ttl_ms;
+    m->conf.max_ttl_ms = c->server.resolver_max_ttl_ms;
+    m->conf.negative_ttl_ms = c->server.resolver_negative_ttl_ms;
+    for (i = 0; i < c->server.resolver.n && i < 8; i++) {
+        if ((m->servers[i] = strdup(c->server.resolver.v[i])) == NULL) {
+            resolver_msg_free(m);
+            return NULL;
+        }
+        m->conf.nservers = i + 1;
+    }
+    return m;
+}
+
+/* On the loop of m->up. -1: it keeps its previous settings. */
+static int resolver_set(struct resolver_msg *m)
+{
+    char err[256];
+    int rc = upstream_set_resolver(m->up, &m->conf, err, sizeof(err));
+
+    if (rc < 0 && m->id >= 0)
+        log_error("worker %d: %s", m->id, err);
+    else if (rc < 0)
+        log_error("%s", err);
+    resolver_msg_free(m);
+    return rc;
+}
+
+static void resolver_run(void *arg)
+{
+    resolver_set(arg);
+}
+
+static int apply_resolver(struct gateway *gw, const struct config *c)
+{
+    struct resolver_msg *m;
+    int i, rc = 0;
+
+    for (i = -1; i < gw->nworkers; i++) {
+        struct worker *w = i >= 0 ? &gw->workers[i] : NULL;
+        struct upstream *up = w ? w->up : gw->up;
+        if (up == NULL || (w && up == gw->up))
+            continue;                   /* one worker: the main loop's, done at -1 */
+        if ((m = resolver_msg_new(c, up, i)) == NULL) {
+            log_error("out of memory: a resolver keeps its old settings");
+            rc = -1;
+        } else if (w == NULL || !remote(w)) {
+            if (resolver_set(m) < 0)
+                rc = -1;
+        } else if (worker_post(w, resolver_run, m) < 0) {
+            resolver_msg_free(m);
+            log_error("out of memory: worker %d keeps its old resolver settings", w->id);
+        }
+    }
+    return rc;
+}
+
 /* An answer to a request that may belong to another worker's thread. */
 struct answer_msg {
     struct http_req *req;
@@ -873,6 +959,8 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     tls_install(cfg);
     if (workers_init(gw, cfg) < 0)
         return -1;
+    if (apply_resolver(gw, cfg) < 0)
+        return -1;
     apply_limits(gw);
     nls = gateway_listeners(gw, cfg, ls);
     for (i = 0; i < nls; i++)
@@ -1044,6 +1132,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
         log_error("out of memory: health checks still follow the previous configuration");
     retry_budget_set_params(&gw->budget, &s->rp);
     apply_limits(gw);
+    apply_resolver(gw, cfg);
     cfg_errors_free(&gw->reload_errs);
     gw->reload_ok = 1;
     gw->reloads_ok++;

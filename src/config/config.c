@@ -166,6 +166,7 @@ void config_free(struct config *c)
     free(c->keys);
     free(c->server.listen);
     cfg_listeners_free(c);
+    cfg_strlist_free(&c->server.resolver);
     free(c->server.tls.cert);
     free(c->server.tls.key);
     free(c->server.tls.client_ca);

@@ -202,6 +202,9 @@ struct config {
         enum cfg_log_format log_format;
         char    *access_log;         /* NULL = off, "-" = stdout */
         enum cfg_log_format access_log_format;
+        struct cfg_strlist resolver; /* nameservers; empty = /etc/resolv.conf's */
+        int64_t  resolver_timeout_ms;
+        int64_t  resolver_min_ttl_ms, resolver_max_ttl_ms, resolver_negative_ttl_ms;
     } server;
 
     struct {

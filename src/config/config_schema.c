@@ -17,6 +17,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
 #include <openssl/sha.h>
 
 /* ---- the table of keys ------------------------------------------------- */
@@ -84,6 +87,7 @@ static const char *check_smtp_url(const char *s);
 static const char *check_header(const char *s);
 static int sp_access_log(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_listen(struct loader *, const struct field *, const struct cur *, void *);
+static int sp_resolver(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_tls_version(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_models(struct loader *, const struct field *, const struct cur *, void *);
 static int sp_retry_on(struct loader *, const struct field *, const struct cur *, void *);
@@ -135,6 +139,11 @@ const struct field cfg_fields[] = {
     {S_POLICY, "server.access_log",                 T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_access_log},
     {S_POLICY, "server.access_log.file",            T_STR,     OFF(server.access_log),              NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_POLICY, "server.access_log.format",          T_ENUM,    OFF(server.access_log_format),       "text",          0, 0, .names = log_formats},
+    {S_POLICY, "server.resolver",                   T_SPECIAL, 0,                                   NULL,            0, 0, .special = sp_resolver},
+    {S_POLICY, "server.resolver_timeout",           T_DUR,     OFF(server.resolver_timeout_ms),     "5s",            100 * MS, MIN, .flags = 0},
+    {S_POLICY, "server.resolver_min_ttl",           T_DUR,     OFF(server.resolver_min_ttl_ms),     "1s",            0,     DAY, .flags = 0},
+    {S_POLICY, "server.resolver_max_ttl",           T_DUR,     OFF(server.resolver_max_ttl_ms),     "5m",            0,     DAY, .flags = 0},
+    {S_POLICY, "server.resolver_negative_ttl",      T_DUR,     OFF(server.resolver_negative_ttl_ms), "2s",           0,     HOUR, .flags = 0},
 
     {S_POLICY, "routing.strategy",                  T_ENUM,    OFF(routing.strategy),               "round-robin",   0, 0, .names = strategies},
     {S_POLICY, "routing.hosts_template",            T_STR,     OFF(routing.hosts_template),         "https://{name}.gaia.domains", 0, 0, .check = check_template},
@@ -605,6 +614,90 @@ static int sp_listen(struct loader *ld, const struct field *f, const struct cur 
     cfg->server.nlisteners = n;
     free(cfg->server.listen);
     cfg->server.listen = cfg_xstrdup(ls[0].address);
+    return 0;
+}
+
+/* One nameserver of server.resolver: "IP", "IP:PORT" or "[V6]:PORT"; NULL
+ * when fine, else what is wrong. */
+static const char *check_nameserver(const char *s)
+{
+    char host[64];
+    const char *port = NULL, *end;
+    unsigned char a[16];
+    size_t n;
+
+    if (s[0] == '[') {
+        if ((end = strchr(s, ']')) == NULL || (end[1] != '\0' && end[1] != ':'))
+            return "expected an IP address, \"IP:PORT\" or \"[V6ADDR]:PORT\"";
+        n = (size_t)(end - s - 1);
+        s++;
+        port = end[1] == ':' ? end + 2 : NULL;
+    } else if ((end = strchr(s, ':')) != NULL && strchr(end + 1, ':') == NULL) {
+        n = (size_t)(end - s);
+        port = end + 1;
+    } else {
+        n = strlen(s);                  /* "IP", or a bare IPv6 address */
+    }
+    if (n == 0 || n >= sizeof(host))
+        return "expected an IP address, \"IP:PORT\" or \"[V6ADDR]:PORT\" (a nameserver is"
+               " given by address, not by name)";
+    memcpy(host, s, n);
+    host[n] = '\0';
+    if (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1)
+        return "not an IP address (a nameserver is given by address, not by name)";
+    if (port) {
+        char *e;
+        unsigned long p;
+        errno = 0;
+        p = strtoul(port, &e, 10);
+        if (*port == '\0' || *e != '\0' || errno || p == 0 || p > 65535)
+            return "the port must be 1 to 65535";
+    }
+    return NULL;
+}
+
+/* server.resolver: one nameserver or a list of them (at most 8). */
+static int sp_resolver(struct loader *ld, const struct field *f, const struct cur *c, void *base)
+{
+    struct config *cfg = base;
+    size_t i, n = json_is_array(c->v) ? json_array_size(c->v) : 1;
+    const char *msg;
+    int bad = 0;
+
+    (void)f;
+    if (!json_is_array(c->v) && !json_is_string(c->v)) {
+        cerr(ld, c, "%s", cfg_want_string(c));
+        return -1;
+    }
+    if (n > 8) {
+        cerr(ld, c, "at most 8 nameservers");
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        struct cur ec;
+        if (json_is_array(c->v))
+            cfg_cur_elem(c, i, &ec);
+        else
+            ec = *c;
+        if (!json_is_string(ec.v)) {
+            cerr(ld, &ec, "%s", cfg_want_string(&ec));
+            bad = 1;
+        } else if ((msg = check_nameserver(json_string_value(ec.v))) != NULL) {
+            cerr(ld, &ec, "%s", msg);
+            bad = 1;
+        }
+    }
+    if (bad)
+        return -1;
+    cfg_strlist_free(&cfg->server.resolver);
+    if (n == 0)
+        return 0;
+    cfg->server.resolver.v = cfg_xcalloc(n, sizeof(char *));
+    for (i = 0; i < n; i++) {
+        json_t *v = json_is_array(c->v) ? json_array_get(c->v, i) : c->v;
+        cfg->server.resolver.v[i] = cfg_xstrdup(json_string_value(v));
+    }
+    cfg->server.resolver.n = n;
     return 0;
 }
 

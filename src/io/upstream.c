@@ -1,8 +1,11 @@
 /*
  * upstream.c -- outgoing transfers (see upstream.h): the facade that sends
- * http:// and https:// to an IP address through upstream_h1.c, and
- * everything else (host names, proxies from the environment, SMTP) through
- * libcurl's multi interface on the libevent loop.
+ * http:// and https:// through upstream_h1.c (host names resolved by the
+ * loop's resolver, resolve.c), and what that client does not do
+ * through libcurl's multi interface on the libevent loop: proxies from the
+ * environment (http_proxy, https_proxy, all_proxy), SMTP for alerts, URLs
+ * with user info, methods other than GET/POST/PUT/PATCH/DELETE, a CA file
+ * that cannot be read, host names while no resolver is set up.
  *
  * The curl glue follows curl's own multi-event.c/hiperfifo.c examples: curl
  * tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to
@@ -18,6 +21,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include "resolve.h"
 #include "upstream_int.h"
 
 #define UPSTREAM_MAX_CONNECTS   4096   /* connection cache size */
@@ -633,6 +637,17 @@ struct upstream *upstream_new(struct event_base *base)
     return u;
 }
 
+int upstream_set_resolver(struct upstream *u, const struct resolve_conf *conf,
+                          char *err, size_t errlen)
+{
+    if (u->h1 == NULL)
+        return 0;                       /* a proxy in the environment: all via curl */
+    if (u->dns)
+        return resolver_configure(u->dns, conf, err, errlen);
+    u->dns = resolver_new(u->base, conf, err, errlen);
+    return u->dns ? 0 : -1;
+}
+
 size_t upstream_active(const struct upstream *u)
 {
     return u->active;
@@ -663,5 +678,6 @@ void upstream_free(struct upstream *u)
         event_free(uc->timer);
     free(uc);
     h1_pool_free(u->h1);
+    resolver_free(u->dns);              /* after h1: its transfers are gone */
     free(u);
 }

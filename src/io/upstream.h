@@ -2,9 +2,12 @@
  * upstream.h -- outgoing HTTP transfers: libcurl's multi interface driven
  * by the libevent loop.
  *
- * One `struct upstream` per event loop owns a curl multi handle, whose
- * connection cache keeps upstream connections alive and reuses them; DNS
- * goes through curl's threaded resolver, so nothing blocks the loop.
+ * One `struct upstream` per event loop: http:// and https:// go through
+ * the own HTTP/1.1 client (upstream_h1.c, a keep-alive pool), host names
+ * resolved by the loop's resolver (resolve.h, evdns: nothing blocks the
+ * loop) once upstream_set_resolver() set it up. libcurl's multi handle
+ * takes what that client does not do: a proxy set in the environment,
+ * SMTP (upstream_start_easy), names before a resolver is set up.
  *
  * Callbacks: on_headers and on_data run inside curl callbacks and must not
  * call upstream_cancel() on their own transfer (return UPSTREAM_ABORT
@@ -64,7 +67,14 @@ struct upstream_req {
     const char *server_name;
 };
 
+struct resolve_conf;
+
 struct upstream *upstream_new(struct event_base *base);
+/* Sets up (first call) or reconfigures the resolver of u's loop; call it
+ * on u's loop thread, never on the request path. -1 with err: the
+ * previous settings stay (none: host names go through curl). */
+int upstream_set_resolver(struct upstream *u, const struct resolve_conf *conf,
+                          char *err, size_t errlen);
 void upstream_free(struct upstream *u);     /* cancels what is left */
 size_t upstream_active(const struct upstream *u);
 

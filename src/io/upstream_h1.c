@@ -1,14 +1,21 @@
 /*
  * upstream_h1.c -- a small HTTP/1.1 client for http:// and https://
- * upstreams given by IP address, on libevent and OpenSSL, with a
- * keep-alive pool.
+ * upstreams, given by IP address or host name, on libevent and OpenSSL,
+ * with a keep-alive pool.
  *
  * Why: libcurl costs about half of a proxied request's CPU (its socket
  * callback churns epoll registrations, it polls pooled connections, builds
  * and parses heads in general-purpose ways) and 20 KB per open stream.
  * Upstreams on a LAN or loopback are mostly plain HTTP/1.1, so those go
- * here: nginx's model. curl keeps host names (its threaded resolver),
- * proxies from the environment and SMTP (upstream.c).
+ * here: nginx's model. curl keeps proxies from the environment, SMTP and
+ * the few other cases upstream.c lists.
+ *
+ * A host name is looked up through the loop's resolver (resolve.c: evdns,
+ * a cache with TTLs, never a blocking call) before the connect; the
+ * lookup counts against the connect timeout. A failed connect goes on to
+ * the name's next address. Connections, pooled ones and TLS peers are
+ * keyed by the address, so when a name moves new connections go to the
+ * new address while pooled ones to the old one live out their idle time.
  *
  * https:// runs on OpenSSL directly (SSL_read / SSL_write on the socket,
  * driven by the connection's own read and write events; see the TLS part
@@ -69,6 +76,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "resolve.h"
 #include "sockread.h"
 #include "upstream_int.h"
 #include "utf8.h"
@@ -168,6 +176,16 @@ struct h1_xfer {
     struct sockaddr_storage sa;
     socklen_t               salen;
     struct h1_tls_peer     *tls;        /* https://; NULL for http:// */
+    /* A URL with a host name: its addresses, the one in use (sa), and
+     * what the TLS peer of each address needs. */
+    char                   *name;       /* NULL: the URL has an address */
+    struct resolve_wait    *wait;       /* the lookup under way */
+    struct resolve_addrs    addrs;
+    size_t                  ai;         /* addrs.a[ai] is in sa */
+    uint16_t                port;
+    unsigned char           want_tls, insecure;
+    char                   *tls_name, *ca_file;
+    char                   *fail;       /* fails from the timer (see fail_soon) */
     char                   *head;       /* request head; holds the key: zeroed */
     size_t                  head_len;
     const char             *body;       /* the caller's: kept alive until done */
@@ -610,7 +628,9 @@ struct h1_url {
     struct sockaddr_storage sa;
     socklen_t               salen;
     int                     tls;        /* https:// */
-    char                    host[64];   /* the address, without brackets */
+    char                    host[256];  /* the address or name, without brackets */
+    int                     is_name;    /* host is a name: sa not set */
+    uint16_t                portnum;
     const char             *auth;       /* host[:port] as written */
     size_t                  auth_len;
     const char             *port;       /* ":port" as written, or "" */
@@ -618,14 +638,29 @@ struct h1_url {
     const char             *path;
 };
 
-/* http[s]://IP[:port][/path]: fills u. 0 when the URL is not one for this
- * client. */
+/* A DNS name as resolve.c can ask for it. */
+static int host_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 253 || s[0] == '.' || s[0] == '-')
+        return 0;
+    for (; *s; s++)
+        if (!(((*s | 32) >= 'a' && (*s | 32) <= 'z') || (*s >= '0' && *s <= '9')
+              || *s == '-' || *s == '.' || *s == '_'))
+            return 0;
+    return 1;
+}
+
+/* http[s]://HOST[:port][/path], HOST an address or a name: fills u. 0
+ * when the URL is not one for this client. */
 static int parse_url(const char *url, struct h1_url *u)
 {
     const char *h, *hend, *p, *port = NULL;
     unsigned long pn;
 
     memset(&u->sa, 0, sizeof(u->sa));
+    u->is_name = 0;
     if (strncasecmp(url, "http://", 7) == 0) {
         h = url + 7;
         u->tls = 0;
@@ -682,9 +717,13 @@ static int parse_url(const char *url, struct h1_url *u)
         s6->sin6_family = AF_INET6;
         s6->sin6_port = htons((uint16_t)pn);
         u->salen = sizeof(*s6);
+    } else if (host_name_ok(u->host)) {
+        u->is_name = 1;                         /* resolved by h1_start */
+        u->salen = 0;
     } else {
-        return 0;                               /* a name: curl resolves it */
+        return 0;
     }
+    u->portnum = (uint16_t)pn;
     if (*p == '#')
         return 0;
     u->path = p;
@@ -772,10 +811,15 @@ static void xfer_free(struct h1_xfer *hx)
         hx->conn = NULL;
     }
     event_del(&hx->timer);
+    resolver_cancel(hx->wait);
     if (hx->head) {
         explicit_bzero(hx->head, hx->head_len);
         free(hx->head);
     }
+    free(hx->name);
+    free(hx->tls_name);
+    free(hx->ca_file);
+    free(hx->fail);
     upstream_rh_clear(&hx->x);
     hx->x.u->active--;
     free(hx);
@@ -831,6 +875,17 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    if (hx->fail) {
+        finish(hx, UPSTREAM_ERR_CONNECT, hx->fail);    /* freed after on_done */
+        return;
+    }
+    if (hx->wait) {
+        char m2[400];
+        snprintf(m2, sizeof(m2), "Could not resolve host: %s (no answer after %lld milliseconds)",
+                 hx->name, (long long)(mono_ms() - hx->t_start_ms));
+        finish(hx, UPSTREAM_ERR_CONNECT, m2);
+        return;
+    }
     if (!hx->connected && hx->connect_ms > 0
         && mono_ms() - hx->t_start_ms >= hx->connect_ms)
         snprintf(msg, sizeof(msg), "Connection timed out after %lld milliseconds",
@@ -959,6 +1014,113 @@ static int try_resend(struct h1_xfer *hx)
     return 1;
 }
 
+/* --- host names ------------------------------------------------------------ */
+
+/* Puts addrs.a[i] in sa; https:// takes the TLS peer of that address, so
+ * pooled connections and sessions stay per address when a name moves.
+ * -1: too many TLS peers or the CA file went away. */
+static int addr_use(struct h1_xfer *hx, size_t i)
+{
+    const struct resolve_addr *a = &hx->addrs.a[i];
+
+    hx->ai = i;
+    memset(&hx->sa, 0, sizeof(hx->sa));
+    if (a->family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&hx->sa;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(hx->port);
+        memcpy(&s6->sin6_addr, a->a, 16);
+        hx->salen = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&hx->sa;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(hx->port);
+        memcpy(&s4->sin_addr, a->a, 4);
+        hx->salen = sizeof(*s4);
+    }
+    if (!hx->want_tls)
+        return 0;
+    hx->tls = tls_peer_get(hx->x.u->h1, &hx->sa, hx->salen, hx->tls_name, hx->ca_file,
+                           hx->insecure);
+    return hx->tls ? 0 : -1;
+}
+
+/* Fails the transfer from its timer, soon: never inside h1_start. */
+static void fail_soon(struct h1_xfer *hx, const char *msg)
+{
+    struct timeval now = { 0, 0 };
+
+    free(hx->fail);
+    hx->fail = strdup(msg);
+    if (hx->fail == NULL)
+        hx->fail = strdup("out of memory");
+    evtimer_add(&hx->timer, &now);
+}
+
+/* The first address that takes a connection, from i on: 0, or -1. */
+static int connect_from(struct h1_xfer *hx, size_t i)
+{
+    for (; i < hx->addrs.n; i++)
+        if (addr_use(hx, i) == 0 && send_request(hx) == 0)
+            return 0;
+    return -1;
+}
+
+static void on_resolved(void *arg, int ok, const struct resolve_addrs *addrs, const char *msg)
+{
+    struct h1_xfer *hx = arg;
+
+    hx->wait = NULL;
+    if (!ok) {
+        finish(hx, UPSTREAM_ERR_CONNECT, msg);
+        return;
+    }
+    hx->addrs = *addrs;
+    if (connect_from(hx, 0) < 0)
+        finish(hx, UPSTREAM_ERR_CONNECT, "Failed to open a new connection");
+}
+
+/* A connect to one of a name's addresses failed: the next one, if any.
+ * 1 when the transfer goes on there. */
+static int connect_next(struct h1_xfer *hx)
+{
+    if (hx->name == NULL || hx->ai + 1 >= hx->addrs.n)
+        return 0;
+    conn_close(hx->conn);
+    hx->conn = NULL;
+    if (connect_from(hx, hx->ai + 1) < 0) {
+        finish(hx, UPSTREAM_ERR_CONNECT, "Failed to open a new connection");
+        return 1;
+    }
+    return 1;
+}
+
+/* The URL names a host: its addresses from the cache (then connected at
+ * once) or a lookup (connected from on_resolved). -1: out of memory. */
+static int start_by_name(struct h1_xfer *hx, const struct h1_url *url,
+                         const struct upstream_req *req, const char *tls_name)
+{
+    char msg[400];
+    int rc;
+
+    hx->port = url->portnum;
+    hx->want_tls = (unsigned char)url->tls;
+    hx->insecure = (unsigned char)(req->insecure != 0);
+    if ((hx->name = strdup(url->host)) == NULL
+        || (url->tls && (hx->tls_name = strdup(tls_name)) == NULL)
+        || (url->tls && req->ca_file && (hx->ca_file = strdup(req->ca_file)) == NULL))
+        return -1;
+    rc = resolver_lookup(hx->x.u->dns, hx->name, &hx->addrs, msg, sizeof(msg), on_resolved,
+                         hx, &hx->wait);
+    if (rc < 0)
+        fail_soon(hx, msg);
+    else if (rc == 0)
+        arm_timer(hx);                  /* connect_timeout covers the lookup */
+    else if (connect_from(hx, 0) < 0)
+        fail_soon(hx, "Failed to open a new connection");
+    return 0;
+}
+
 struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *req,
                                const struct upstream_cbs *cbs, void *arg,
                                int *mine)
@@ -966,7 +1128,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     struct h1_xfer *hx;
     struct h1_tls_peer *tls = NULL;
     struct h1_url url;
-    const char *auth, *port = "";
+    const char *auth, *port = "", *name = NULL;
     size_t auth_len, port_len = 0;
 
     *mine = 0;
@@ -974,15 +1136,19 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
         return NULL;
     if (strcmp(req->method, "GET") != 0 && !h1_has_body(req->method))
         return NULL;
+    if (url.is_name && u->dns == NULL)
+        return NULL;                    /* no resolver set up: curl's */
     auth = url.auth;
     auth_len = url.auth_len;
     if (url.tls) {
-        const char *name = req->server_name && *req->server_name ? req->server_name : url.host;
+        name = req->server_name && *req->server_name ? req->server_name : url.host;
         if (u->h1->no_tls || has_crlf(name) || strchr(name, ' '))
             return NULL;
-        /* NULL: the CA file cannot be read, too many peers: curl's turn. */
-        if ((tls = tls_peer_get(u->h1, &url.sa, url.salen, name, req->ca_file,
-                                req->insecure)) == NULL)
+        /* NULL: the CA file cannot be read, too many peers: curl's turn.
+         * A name's peers come once its addresses are known. */
+        if (url.is_name ? trust_get(u->h1, req->ca_file, req->insecure) == NULL
+                        : (tls = tls_peer_get(u->h1, &url.sa, url.salen, name, req->ca_file,
+                                              req->insecure)) == NULL)
             return NULL;
         if (name != url.host) {         /* Host: the name, the URL's port */
             auth = name;
@@ -1009,7 +1175,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
         free(hx);
         return NULL;
     }
-    if (tls && hx->body_len) {
+    if (url.tls && hx->body_len) {
         /* One buffer, so one SSL_write and one record for small requests. */
         char *all = malloc(hx->head_len + hx->body_len + 1);
         if (all == NULL) {
@@ -1029,7 +1195,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
         hx->body_len = 0;
     }
     u->active++;
-    if (send_request(hx) < 0) {
+    if (url.is_name ? start_by_name(hx, &url, req, name) < 0 : send_request(hx) < 0) {
         xfer_free(hx);
         return NULL;
     }
@@ -1496,17 +1662,23 @@ static void tls_failure(struct h1_conn *c, const char *ip, unsigned port, short 
 static void conn_failed(struct h1_conn *c, short what, int err, unsigned long sslerr)
 {
     struct h1_xfer *hx = c->x;
-    char msg[320];
+    char msg[640];
 
     if (!hx->connected) {
-        char ip[INET6_ADDRSTRLEN] = "?";
+        char ip[INET6_ADDRSTRLEN] = "?", where[INET6_ADDRSTRLEN + 260];
         unsigned port = xfer_peer(hx, ip, sizeof(ip));
+        if (hx->name)                   /* "name (address)" */
+            snprintf(where, sizeof(where), "%s (%s)", hx->name, ip);
         if (c->tls)
-            tls_failure(c, ip, port, what, err, sslerr, msg, sizeof(msg));
+            tls_failure(c, hx->name ? where : ip, port, what, err, sslerr, msg, sizeof(msg));
         else
-            snprintf(msg, sizeof(msg), "Failed to connect to %s port %u: %s", ip, port,
+            snprintf(msg, sizeof(msg), "Failed to connect to %s port %u: %s",
+                     hx->name ? where : ip, port,
                      (what & BEV_EVENT_EOF) ? "Connection closed"
                                             : evutil_socket_error_to_string(err));
+        /* Not the handshake or the certificate: the name's next address. */
+        if (strncmp(msg, "Failed to connect", 17) == 0 && connect_next(hx))
+            return;
         finish(hx, UPSTREAM_ERR_CONNECT, msg);
         return;
     }

@@ -16,6 +16,7 @@
 #include "upstream.h"
 
 struct h1_pool;
+struct resolver;
 struct upstream_curl;
 
 enum upstream_kind { UPSTREAM_KIND_CURL = 0, UPSTREAM_KIND_H1 };
@@ -23,8 +24,9 @@ enum upstream_kind { UPSTREAM_KIND_CURL = 0, UPSTREAM_KIND_H1 };
 struct upstream {
     struct event_base    *base;
     size_t                active;   /* transfers started and not yet freed */
-    struct upstream_curl *curl;     /* names, proxies, SMTP */
-    struct h1_pool       *h1;       /* http(s):// to an IP; NULL: all via curl */
+    struct upstream_curl *curl;     /* proxies from the environment, SMTP */
+    struct h1_pool       *h1;       /* http(s)://; NULL: all via curl */
+    struct resolver      *dns;      /* host names for h1 (resolve.h); NULL: via curl */
 };
 
 struct upstream_xfer {

@@ -30,7 +30,7 @@ from conftest import ROOT, SANITIZED, SRC_IQUOTE, src_path, free_port, proc_env,
 from conftest import build_driver
 
 SOURCES = [os.path.join(ROOT, "tests/alerts_driver/alerts_driver.c")] + [src_path(f) for f in (
-    "alerts.c", "alerts_notify.c", "metrics.c", "upstream.c", "upstream_h1.c", "log.c", "config.c",
+    "alerts.c", "alerts_notify.c", "metrics.c", "upstream.c", "upstream_h1.c", "resolve.c", "log.c", "config.c",
     "doc.c", "session.c", "session_mem.c", "session_redis.c", "redis_conn.c", "replicas.c", "clock.c",
     "jscan.c", "tls.c")]
 FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
