@@ -359,9 +359,9 @@ def test_sigterm_exits_zero_and_client_auth(mocks, gateway):
 
 
 def test_host_names_and_ip_hosts_both_proxy(mocks, gateway):
-    # http:// to an IP address goes through infergate's own HTTP/1.1
-    # client, a name through libcurl (its resolver): both must carry JSON
-    # and SSE the same way, keys and all.
+    # http:// to an IP address and to a name (localhost: /etc/hosts through
+    # the loop's resolver) both go through the own HTTP/1.1 client: both
+    # must carry JSON and SSE the same way, keys and all.
     ms = mocks(2, "--chunks", "4")
     hosts = [{"name": "by-ip", "url": ms[0].url},
              {"name": "by-name", "url": ms[1].url.replace("127.0.0.1", "localhost")}]

@@ -3,8 +3,10 @@ retry.response_timeout, and a stream that breaks mid-event.
 
 Every stream a client gets must end, and end as a stream an SSE parser
 reads: whole events, then (on a fault) one `event: error`. Each case runs
-through both upstream clients: http:// to an IP address (upstream_h1.c) and
-a host name (libcurl).
+through both ways to an upstream: http:// to an IP address and to a host
+name (localhost, from /etc/hosts through the loop's resolver, resolve.c).
+Both run through upstream_h1.c now; the path is still called "curl" here,
+which it was until names moved to the own client.
 """
 import http.client
 import json

@@ -27,7 +27,8 @@ class Pki:
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def issue(self, cn="localhost", days=30, client=False, serial=None):
+    def issue(self, cn="localhost", days=30, client=False, serial=None,
+              san="DNS:localhost,IP:127.0.0.1"):
         """Signs a new key's certificate; returns (cert path, key path, serial hex)."""
         self.n += 1
         base = "%s-%d" % ("client" if client else "server", self.n)
@@ -37,7 +38,7 @@ class Pki:
             if client:
                 f.write("extendedKeyUsage=clientAuth\n")
             else:
-                f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+                f.write("subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % san)
         serial = serial or "%08X" % (0x10000000 + self.n + (abs(hash(self.dir)) % 1000) * 1000)
         _run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", key, "-out", csr, "-subj", "/CN=" + cn, cwd=self.dir)
