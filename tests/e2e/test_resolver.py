@@ -212,3 +212,70 @@ def test_reload_moves_to_new_nameservers_without_failing_requests(mocks, gateway
         g.stop()
     finally:
         other.stop()
+
+
+def test_next_address_after_a_refused_connect(mocks, gateway, dns):
+    m = mocks(1)[0]
+    # 127.0.0.3 first: nothing listens there on that port (refused), then
+    # the mock's address.
+    dns.set("two.test", "127.0.0.3", "127.0.0.1")
+    g = gateway([{"name": "two", "url": "http://two.test:%d" % m.port}],
+                policies=policies(dns, "retry:\n  max_attempts: 1\n"))
+    for _ in range(3):
+        st, _, body = g.chat()
+        assert st == 200, body
+    g.stop()
+
+
+def test_ipv6_answer(mocks, gateway, dns):
+    try:
+        m = Mock("m6", "--listen", "[::1]:0")
+    except RuntimeError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        dns.set("six.test", "::1")              # AAAA only: the A query finds none
+        g = gateway([{"name": "six", "url": "http://six.test:%d" % m.port}],
+                    policies=policies(dns, "retry:\n  max_attempts: 1\n"))
+        st, _, body = g.chat()
+        assert st == 200 and content(body).startswith("Hello from m6"), body
+        assert dns.count("six.test", "AAAA") >= 1
+        g.stop()
+    finally:
+        m.stop()
+
+
+def test_negative_answers_are_cached(mocks, gateway, dns):
+    m = mocks(1)[0]
+    g = gateway([{"name": "nx", "url": "http://gone.test:%d" % m.port}],
+                policies=policies(dns, "  resolver_negative_ttl: 1h\n"
+                                  "retry:\n  max_attempts: 1\n"))
+    for _ in range(10):
+        assert g.chat()[0] in (502, 503)        # 503: the breaker took it out
+    # One failed lookup per worker loop, remembered: not one per request.
+    assert 1 <= dns.count("gone.test", "A") <= WORKERS, dns.queries
+    g.stop()
+
+
+def test_probes_of_a_name_that_never_resolves_do_not_block(mocks, gateway, dns):
+    ms = mocks(1)
+    dns.drop = True
+    g = gateway([{"name": "dead", "url": "http://silent.test:%d" % ms[0].port},
+                 {"name": "ip", "url": ms[0].url}],
+                policies=policies(dns, "  resolver_timeout: 300ms\n"
+                                  "health_check:\n  interval: 200ms\n  timeout: 150ms\n"
+                                  "  unhealthy_threshold: 1\n"))
+
+    def dead_down():
+        hosts = json.loads(g.request("GET", "/status")[2])["hosts"]
+        return [h for h in hosts if h["name"] == "dead"][0]["health"] == "unhealthy"
+    wait_for(dead_down, timeout=10 * SLOW, what="the unresolvable host marked unhealthy")
+    assert dns.count("silent.test", "A") >= 1
+    # The loop that probes it keeps answering, at once.
+    for _ in range(5):
+        t0 = time.monotonic()
+        st, h, body = g.chat()
+        assert st == 200 and h["x-upstream-host"] == "ip", body
+        assert time.monotonic() - t0 < 2 * SLOW
+    st, _, body = g.request("GET", "/health")
+    assert st == 200, body
+    g.stop()
