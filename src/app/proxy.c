@@ -475,8 +475,15 @@ static void px_add_headers(struct proxy *p)
         if (h->address)
             http_resp_header(p->req, "X-Provider-Address", h->address);
     }
-    snprintf(n, sizeof(n), "%d", p->ad.attempts);
-    http_resp_header(p->req, "X-Attempts", n);
+    if (p->ad.attempts >= 0 && p->ad.attempts < 100) {    /* no printf on every answer */
+        n[0] = (char)('0' + p->ad.attempts / 10);
+        n[1] = (char)('0' + p->ad.attempts % 10);
+        n[2] = '\0';
+        http_resp_header(p->req, "X-Attempts", n + (p->ad.attempts < 10));
+    } else {
+        snprintf(n, sizeof(n), "%d", p->ad.attempts);
+        http_resp_header(p->req, "X-Attempts", n);
+    }
     if (p->cache_res >= 0)
         http_resp_header(p->req, "X-Cache", px_cache_label(p->cache_res));
 }

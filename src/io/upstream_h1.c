@@ -735,6 +735,14 @@ static int has_crlf(const char *s)
     return strpbrk(s, "\r\n") != NULL;
 }
 
+/* strlen(s), or SIZE_MAX when s holds a CR or LF (it would split the head). */
+static size_t field_len(const char *s)
+{
+    size_t n = strcspn(s, "\r\n");
+
+    return s[n] ? SIZE_MAX : n;
+}
+
 /* Methods sent with a body (and its Content-Length): what infergate
  * proxies besides GET (POST, DELETE, PUT, PATCH). */
 static int h1_has_body(const char *method)
@@ -749,27 +757,39 @@ static char *build_head(const struct upstream_req *req, const char *auth,
                         size_t auth_len, const char *port, size_t port_len,
                         const char *path, size_t *lenp)
 {
-    size_t mlen = strlen(req->method), plen = strlen(path), len, i;
+    size_t mlen = field_len(req->method), plen = strcspn(path, "\r\n "), len, i, n, v;
     int has_host = 0;
-    char clen[32] = "";
+    char clen[40], digits[24];
+    size_t clen_len = 0;
     char *buf, *w;
 
-    if (has_crlf(req->method) || has_crlf(path) || strchr(path, ' '))
+    if (mlen == SIZE_MAX || path[plen] != '\0')
         return NULL;
     len = mlen + 1 + 1 + plen + 11;                     /* " /" " HTTP/1.1\r\n" */
     for (i = 0; i < req->nheaders; i++) {
         const struct upstream_header *hd = &req->headers[i];
-        if (has_crlf(hd->name) || has_crlf(hd->value))
+        if ((n = field_len(hd->name)) == SIZE_MAX || (v = field_len(hd->value)) == SIZE_MAX)
             return NULL;
-        if (strcasecmp(hd->name, "Host") == 0)
+        if (n == 4 && strcasecmp(hd->name, "Host") == 0)
             has_host = 1;
-        len += strlen(hd->name) + 2 + strlen(hd->value) + 2;
+        len += n + 2 + v + 2;
     }
     if (!has_host)
         len += 6 + auth_len + port_len + 2;
-    if (h1_has_body(req->method))
-        len += (size_t)snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n",
-                                req->body_len);
+    if (h1_has_body(req->method)) {
+        size_t b = req->body_len;
+        n = 0;
+        do {                                            /* the digits, last first */
+            digits[n++] = (char)('0' + b % 10);
+            b /= 10;
+        } while (b);
+        memcpy(clen, "Content-Length: ", 16);
+        for (clen_len = 16; n > 0; )
+            clen[clen_len++] = digits[--n];
+        memcpy(clen + clen_len, "\r\n", 2);
+        clen_len += 2;
+        len += clen_len;
+    }
     len += 2;
     if ((buf = malloc(len + 1)) == NULL)
         return NULL;
@@ -794,7 +814,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
         PUT(hd->value, strlen(hd->value));
         PUT("\r\n", 2);
     }
-    PUT(clen, strlen(clen));
+    PUT(clen, clen_len);
     PUT("\r\n", 2);
 #undef PUT
     *w = '\0';
@@ -1267,7 +1287,7 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
         w[nlen] = '\0';
         memmove(w + nlen + 1, v, vlen);
         w[nlen + 1 + vlen] = '\0';
-        if (strcasecmp(w, "Content-Length") == 0) {
+        if (nlen == 14 && strcasecmp(w, "Content-Length") == 0) {
             char *e;
             uint64_t n;
             const char *val = w + nlen + 1;
@@ -1279,7 +1299,7 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
                 return -1;
             clen = n;
             have_len = 1;
-        } else if (strcasecmp(w, "Transfer-Encoding") == 0) {
+        } else if (nlen == 17 && strcasecmp(w, "Transfer-Encoding") == 0) {
             const char *val = w + nlen + 1, *last = strrchr(val, ',');
             last = last ? last + 1 : val;
             while (*last == ' ' || *last == '\t')
@@ -1287,7 +1307,7 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
             te = 1;
             chunked = strncasecmp(last, "chunked", 7) == 0
                       && (last[7] == '\0' || last[7] == ' ' || last[7] == '\t');
-        } else if (strcasecmp(w, "Connection") == 0) {
+        } else if (nlen == 10 && strcasecmp(w, "Connection") == 0) {
             close |= token_has(w + nlen + 1, "close");
             keep |= token_has(w + nlen + 1, "keep-alive");
         }
