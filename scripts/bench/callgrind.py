@@ -21,8 +21,13 @@ user-space instructions per request.
 new connections of a short run under callgrind are not what a request costs
 on kept connections.
 
+With CG_INTERVAL_MS=N the mocks pause N ms between SSE events, so that each
+event arrives in a read of its own (the usual shape of a model's stream)
+instead of the whole answer in one.
+
   scripts/bench/callgrind.py [OUTDIR]      (INFERGATE_BIN, MOCK_BIN, BENCH_SECONDS,
-                                            BENCH_UPSTREAM_TLS, BENCH_CALLGRIND_NGINX)
+                                            BENCH_UPSTREAM_TLS, BENCH_CALLGRIND_NGINX,
+                                            CG_INTERVAL_MS)
 """
 import os
 import re
@@ -38,6 +43,7 @@ import run as bench  # noqa: E402  (the bench's mocks, configuration and wrk run
 SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
 UPSTREAM_TLS = os.environ.get("BENCH_UPSTREAM_TLS", "") not in ("", "0")
 NGINX = os.environ.get("BENCH_CALLGRIND_NGINX", "") not in ("", "0")
+INTERVAL_MS = int(os.environ.get("CG_INTERVAL_MS", "0"))
 
 
 def wrk(addr, body, seconds, conns=8):
@@ -77,6 +83,8 @@ def main():
         if UPSTREAM_TLS:
             pki = bench.make_test_ca(tmp)
             extra = ("--tls-cert", pki["up"], "--tls-key", pki["key"])
+        if INTERVAL_MS:
+            extra += ("--chunk-interval-ms", str(INTERVAL_MS))
         ups = [bench.start_mock("up-%d" % i, None, extra) for i in range(2)]
         conf = bench.infergate_conf_dir(tmp, "conf", [m.addr for m in ups],
                                         https_ca=pki["ca"] if pki else None)

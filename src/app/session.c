@@ -83,8 +83,12 @@ static enum session_id_result sse_id(const char *p, const char *end, char *out, 
     enum session_id_result r;
 
     while (p < end) {
-        for (eol = p; eol < end && *eol != '\n' && *eol != '\r'; eol++)
-            ;
+        /* The line's end: its first CR or LF (memchr, not a byte loop:
+         * the first line is a whole JSON chunk). */
+        const char *lf = memchr(p, '\n', (size_t)(end - p));
+        eol = memchr(p, '\r', (size_t)((lf ? lf : end) - p));
+        if (eol == NULL)
+            eol = lf ? lf : end;
         if ((size_t)(eol - p) >= SSE_DATA_LEN && memcmp(p, SSE_DATA, SSE_DATA_LEN) == 0) {
             v = p + SSE_DATA_LEN;
             if (v < eol && *v == ' ')

@@ -1580,8 +1580,11 @@ static void h1_process(struct h1_xfer *hx)
             char *e;
             if ((r = chunk_run(hx, in, run, sizeof(run))) < 0)
                 return;
-            if (r > 0)
+            if (r > 0) {
+                if (evbuffer_get_length(in) == 0)
+                    return;             /* the usual end of a read */
                 continue;
+            }
             if ((r = read_line(in, line, H1_MAX_CHUNK_LINE)) == 0)
                 return;
             if (r > 0) {
