@@ -88,7 +88,8 @@
 #define H1_BUCKETS         4096          /* power of two */
 #define H1_TLS_BUCKETS     256           /* TLS peers; power of two */
 #define H1_MAX_TLS_PEERS   4096          /* more: curl takes the rest */
-#define H1_READ_MAX        16384         /* plain: bytes per read */
+#define H1_READ_MAX        16384         /* plain: bytes per read; TLS: a whole record */
+#define H1_TLS_RESERVE     (2 * H1_READ_MAX) /* TLS: input space taken per reservation */
 #define H1_RUN_MAX         16384         /* chunk data joined for one on_data */
 
 /* An SSL_CTX for one (ca_file, verify): the trust of some TLS peers. */
@@ -1898,8 +1899,9 @@ static int tls_send(struct h1_conn *c)
 
 /*
  * Every record the socket has, decrypted into the input with one SSL_read
- * each (16 KB of space: a whole record), then one pass of the response
- * state machine over them. With read-ahead one read() takes what the
+ * each (at least 16 KB of room: a whole record; one reservation of 32 KB
+ * for many small ones), then one pass of the response state machine
+ * over them. With read-ahead one read() takes what the
  * socket holds; more SSL_reads only while the SSL holds bytes, so no
  * read() that finds the socket empty (the level-triggered read event
  * covers what is left). An end met here after records were read is
@@ -1908,26 +1910,42 @@ static int tls_send(struct h1_conn *c)
 static void tls_recv(struct h1_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer_iovec v;
+    struct evbuffer_iovec v = { NULL, 0 };
+    size_t used = 0;
     int r, ww = 0, got = 0;
 
     evbuffer_unfreeze(in, 0);           /* as sock_read_into() */
-    do {
-        if (evbuffer_reserve_space(in, H1_READ_MAX, &v, 1) < 1) {
-            evbuffer_freeze(in, 0);
-            c->end_what = BEV_EVENT_READING | BEV_EVENT_ERROR;
-            c->end_err = ENOMEM;
-            c->end_ssl = 0;
-            r = 0;
-            break;
+    for (;;) {
+        /* One reservation for many records (an SSE event is a record of
+         * ~200 bytes), committed once: a new one only when less than a
+         * whole record's room is left. */
+        if (v.iov_len - used < H1_READ_MAX) {
+            if (used) {
+                v.iov_len = used;
+                evbuffer_commit_space(in, &v, 1);
+                used = 0;
+            }
+            if (evbuffer_reserve_space(in, H1_TLS_RESERVE, &v, 1) < 1) {
+                c->end_what = BEV_EVENT_READING | BEV_EVENT_ERROR;
+                c->end_err = ENOMEM;
+                c->end_ssl = 0;
+                r = 0;
+                break;
+            }
         }
-        r = SSL_read(c->ssl, v.iov_base, (int)v.iov_len);
+        r = SSL_read(c->ssl, (char *)v.iov_base + used,
+                     v.iov_len - used > INT_MAX ? INT_MAX : (int)(v.iov_len - used));
         if (r <= 0)
             break;
-        v.iov_len = (size_t)r;
-        evbuffer_commit_space(in, &v, 1);
+        used += (size_t)r;
         got = 1;
-    } while (SSL_has_pending(c->ssl));
+        if (!SSL_has_pending(c->ssl))
+            break;
+    }
+    if (used) {
+        v.iov_len = used;
+        evbuffer_commit_space(in, &v, 1);
+    }
     evbuffer_freeze(in, 0);
     if (r <= 0 && !c->end_what && tls_wait(c, r, BEV_EVENT_READING, &ww)) {
         if (ww != c->rd_wants_write) {
