@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -25,6 +26,7 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 
+#include "log.h"
 #include "resolve.h"
 
 #define RESOLVE_MAX_NAMES   1024        /* cached names, /etc/hosts apart */
@@ -322,10 +324,29 @@ static int settings_keep(struct resolver *r, const struct resolve_conf *c)
     return 0;
 }
 
+/* evdns's own messages ("Nameserver 10.0.0.2:53 has failed: request timed
+ * out") go to the error log, warnings as warnings, the rest at debug. */
+static void evdns_log(int is_warning, const char *msg)
+{
+    if (is_warning)
+        log_warn("resolver: %s", msg);
+    else
+        log_debug("resolver: %s", msg);
+}
+
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+static void log_init(void)
+{
+    evdns_set_log_fn(evdns_log);
+}
+
 struct resolver *resolver_new(struct event_base *base, const struct resolve_conf *conf,
                               char *err, size_t errlen)
 {
     struct resolver *r = calloc(1, sizeof(*r));
+
+    pthread_once(&log_once, log_init);
 
     if (r == NULL || (r->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE)) == NULL) {
         snprintf(err, errlen, "resolver: out of memory");
