@@ -416,6 +416,11 @@ uint64_t resolver_queries(const struct resolver *r)
     return r ? r->queries : 0;
 }
 
+size_t resolver_names(const struct resolver *r)
+{
+    return r ? r->nnames : 0;
+}
+
 /* --- lookups ---------------------------------------------------------------- */
 
 static const char *dns_err_name(int e)

@@ -71,7 +71,9 @@ int resolver_lookup(struct resolver *r, const char *name, struct resolve_addrs *
                     struct resolve_wait **wait);
 void resolver_cancel(struct resolve_wait *w);
 
-/* Queries sent so far (A and AAAA count one each), for the tests' logs. */
+/* Queries sent so far (A and AAAA count one each), and names cached
+ * (/etc/hosts apart): for tests and logs. */
 uint64_t resolver_queries(const struct resolver *r);
+size_t resolver_names(const struct resolver *r);
 
 #endif
