@@ -104,7 +104,9 @@ struct h1_trust {
 
 /* One https:// peer: its address, the name checked (and sent as SNI when
  * it is not an address) and its trust. Its last session resumes the next
- * connection. Kept until the pool is freed (bounded by H1_MAX_TLS_PEERS). */
+ * connection. Kept until the pool is freed; at H1_MAX_TLS_PEERS one that
+ * no connection or transfer uses (refs 0) makes room, so a name whose
+ * addresses keep changing does not run out of peers. */
 struct h1_tls_peer {
     struct h1_tls_peer     *next;
     uint32_t                hash;
@@ -114,6 +116,7 @@ struct h1_tls_peer {
     int                     name_is_ip;
     struct h1_trust        *trust;
     SSL_SESSION            *sess;
+    size_t                  refs;       /* connections and transfers on it */
 };
 
 /* A TLS connection's handshake. */
@@ -249,6 +252,8 @@ static void conn_close(struct h1_conn *c)
         if (c->tls)
             event_del(&c->wev);
     }
+    if (c->tls)
+        c->tls->refs--;
     bufferevent_free(c->bev);
     free(c);
 }
@@ -493,6 +498,29 @@ static int is_ip(const char *s)
     return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
+/* At the bound: the first peer nothing uses goes, its session with it.
+ * 0 when every one is in use. */
+static int tls_peer_evict(struct h1_pool *p)
+{
+    size_t i;
+
+    for (i = 0; i < H1_TLS_BUCKETS; i++) {
+        struct h1_tls_peer **pp = &p->tls_bucket[i];
+        for (; *pp; pp = &(*pp)->next)
+            if ((*pp)->refs == 0) {
+                struct h1_tls_peer *peer = *pp;
+                *pp = peer->next;
+                if (peer->sess)
+                    SSL_SESSION_free(peer->sess);
+                free(peer->name);
+                free(peer);
+                p->ntls--;
+                return 1;
+            }
+    }
+    return 0;
+}
+
 /* The peer for this address, name and trust settings, made on first use.
  * Its trust context is looked up (and refreshed) for every new connection
  * in send_request; here only the key. */
@@ -512,7 +540,8 @@ static struct h1_tls_peer *tls_peer_get(struct h1_pool *p, const struct sockaddr
                                        && strcmp(peer->trust->ca_file, ca_file) == 0
                                      : peer->trust->ca_file == NULL)))
             return peer;
-    if (p->ntls >= H1_MAX_TLS_PEERS || (t = trust_get(p, ca_file, insecure)) == NULL)
+    if ((p->ntls >= H1_MAX_TLS_PEERS && !tls_peer_evict(p))
+        || (t = trust_get(p, ca_file, insecure)) == NULL)
         return NULL;
     if ((peer = calloc(1, sizeof(*peer))) == NULL || (peer->name = strdup(name)) == NULL) {
         free(peer);
@@ -833,6 +862,8 @@ static void xfer_free(struct h1_xfer *hx)
     }
     event_del(&hx->timer);
     resolver_cancel(hx->wait);
+    if (hx->tls)
+        hx->tls->refs--;
     if (hx->head) {
         explicit_bzero(hx->head, hx->head_len);
         free(hx->head);
@@ -950,6 +981,8 @@ static int send_request(struct h1_xfer *hx)
             free(c);
             return -1;
         }
+        if (c->tls)
+            c->tls->refs++;             /* conn_close lets go of it */
         bufferevent_setcb(c->bev, NULL, NULL, conn_event_cb, c);
         if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&hx->sa,
                                        (int)hx->salen) < 0) {
@@ -1061,9 +1094,14 @@ static int addr_use(struct h1_xfer *hx, size_t i)
     }
     if (!hx->want_tls)
         return 0;
+    if (hx->tls)
+        hx->tls->refs--;                /* the previous address's */
     hx->tls = tls_peer_get(hx->x.u->h1, &hx->sa, hx->salen, hx->tls_name, hx->ca_file,
                            hx->insecure);
-    return hx->tls ? 0 : -1;
+    if (hx->tls == NULL)
+        return -1;
+    hx->tls->refs++;
+    return 0;
 }
 
 /* Fails the transfer from its timer, soon: never inside h1_start. */
@@ -1185,6 +1223,8 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     hx->sa = url.sa;
     hx->salen = url.salen;
     hx->tls = tls;
+    if (tls)
+        tls->refs++;
     hx->body = req->body;
     hx->body_len = h1_has_body(req->method) ? req->body_len : 0;
     hx->connect_ms = req->connect_timeout_ms;
