@@ -6,6 +6,7 @@ The TLS mocks (test_tls.TLSMock, fixture tls_mock) count handshakes and record t
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -148,8 +149,9 @@ def test_tls_upstream_cut_or_stalled_mid_stream_ends_the_stream(gateway, tls_moc
 
 
 def test_big_request_on_a_kept_tls_connection(gateway, tls_mock):
-    """A request written at once on a kept connection (tls_send) that
-    fills the socket: the rest goes from the write event, whole."""
+    """3.9 MB requests written at once on a kept connection (tls_send)
+    arrive whole at the mock (which reads at once: the loopback socket
+    usually takes them; the write event's part is the next test's)."""
     m = tls_mock()
     g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
                 policies="server:\n  max_body_bytes: 8MB\n")
@@ -293,3 +295,98 @@ def test_stalled_tls_handshake_is_bounded_by_the_attempt_timeout(gateway):
         g.stop()
     finally:
         srv.stop()
+
+
+class SlowReadingTLSUpstream:
+    """An HTTPS upstream (Python's ssl) with a 32 KB receive buffer that
+    waits `delay` s before reading a request: a big request fills the
+    socket, so SSL_write says WANT_WRITE and the rest goes from the write
+    event. Answers a fixed chat completion; records each body's length."""
+
+    ANSWER = json.dumps({"id": "chatcmpl-slow", "object": "chat.completion", "created": 0,
+                         "model": "mock-model", "choices": [{"index": 0, "message": {
+                             "role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                   "total_tokens": 2}}).encode()
+
+    def __init__(self, pki, delay):
+        cert, key, _ = pki.issue()
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.delay = delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.bodies = []
+        self.accepted = 0
+        self.stopped = False
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while not self.stopped:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
+
+    def serve(self, raw):
+        try:
+            raw.settimeout(30)
+            s = self.ctx.wrap_socket(raw, server_side=True)
+            while True:
+                time.sleep(self.delay)          # let the client fill the socket
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                n = int([l.split(b":", 1)[1] for l in head.split(b"\r\n")
+                         if l.lower().startswith(b"content-length:")][0])
+                while len(rest) < n:
+                    d = s.recv(1 << 20)
+                    if not d:
+                        return
+                    rest += d
+                self.bodies.append(len(rest))
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(self.ANSWER), self.ANSWER))
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            raw.close()
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
+def test_request_larger_than_the_socket_goes_out_from_the_write_event(gateway, tmp_path):
+    """A 6 MB request to an upstream that reads late with a small receive
+    buffer: SSL_write takes part of it (WANT_WRITE), the write event sends
+    the rest, whole, on a new and on a kept connection; then the
+    connection is kept for a small request."""
+    pki = Pki(tmp_path / "slow", name="Slow CA")
+    up = SlowReadingTLSUpstream(pki, delay=0.3)
+    try:
+        g = gateway([{"name": "up", "url": "https://127.0.0.1:%d" % up.port,
+                      "tls": {"ca_file": pki.ca}}],
+                    policies=ONE_TRY + "server:\n  max_body_bytes: 8MB\n")
+        big = "z" * (6 << 20)
+        for _ in range(2):
+            st, _, body = g.chat(messages=[{"role": "user", "content": big}])
+            assert st == 200, body[:300]
+            assert up.bodies[-1] > len(big), up.bodies
+        st, _, body = g.chat()
+        assert st == 200, body[:300]
+        assert len(up.bodies) == 3
+        workers = int(os.environ.get("INFERGATE_TEST_WORKERS") or 1)
+        assert up.accepted <= workers, up.accepted        # kept
+        g.stop()
+    finally:
+        up.stop()
