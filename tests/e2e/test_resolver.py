@@ -6,13 +6,15 @@ asked. curl would not use server.resolver, so a name answered only by the
 mock shows that the own client and resolver did the work."""
 import json
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import SANITIZED, Mock, wait_for, write_conf
+from conftest import INFERGATE_BIN, SANITIZED, Mock, proc_env, wait_for, write_conf
 from mock_dns import MockDNS
 from test_tls import TLSMock
 from tls_pki import Pki
@@ -279,3 +281,27 @@ def test_probes_of_a_name_that_never_resolves_do_not_block(mocks, gateway, dns):
     st, _, body = g.request("GET", "/health")
     assert st == 200, body
     g.stop()
+
+
+def test_check_names_bad_nameservers_by_position(tmp_path):
+    d = str(tmp_path / "conf")
+    write_conf(d, [{"name": "up", "url": "http://up.test:8000"}],
+               policies="server:\n  resolver: [\"127.0.0.1:5353\", \"dns.example\", \"10.0.0.1:0\"]\n"
+                        "  resolver_timeout: 1ms\n")
+    r = subprocess.run([INFERGATE_BIN, "-t", "-c", d], capture_output=True, text=True,
+                       timeout=60, env=proc_env())
+    assert r.returncode != 0
+    out = r.stderr + r.stdout
+    pol = os.path.join(d, "policies.yaml")
+    lines = out.splitlines()
+    assert any(l.startswith(pol + ":") and "server.resolver[1]: not an IP address" in l
+               for l in lines), out
+    assert any("server.resolver[2]: the port must be 1 to 65535" in l for l in lines), out
+    assert any("server.resolver_timeout: must be between 100ms and 1m" in l for l in lines), out
+    assert re.search(r"policies\.yaml:\d+:32: server\.resolver\[1\]", out), out
+    # A good list (one string, or IPv6 with a port) passes.
+    write_conf(d, [{"name": "up", "url": "http://up.test:8000"}],
+               policies="server:\n  resolver: \"[::1]:5353\"\n")
+    r = subprocess.run([INFERGATE_BIN, "-t", "-c", d], capture_output=True, text=True,
+                       timeout=60, env=proc_env())
+    assert r.returncode == 0, r.stderr
