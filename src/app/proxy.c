@@ -151,6 +151,8 @@ struct proxy {
     char                 *prev_rid;      /* "previous_response_id", decoded */
     char                 *model;         /* NULL when the body has none */
     char                 *user;          /* body's "user", for consistent-hash */
+    char                  model_in[64];  /* model and user when short (px_string) */
+    char                  user_in[64];
     int                   want_stream;
     char                  id[PX_MAX_REQUEST_ID + 1];
     char                  peer[64];      /* copied: req may be gone at log time */
@@ -437,8 +439,10 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     free(p->pinned);
     json_decref(p->doc);
     free(p->prev_rid);
-    free(p->model);
-    free(p->user);
+    if (p->model != p->model_in)
+        free(p->model);
+    if (p->user != p->user_in)
+        free(p->user);
     free(p);
 }
 
@@ -2475,6 +2479,21 @@ static char *px_conversation_id(const struct jscan_val *v)
     return jscan_string(&id, NULL);
 }
 
+/* A string value decoded into in[cap] when it is short and has no escape
+ * (no allocation), else into a new string (jscan_string); NULL when out of
+ * memory. */
+static char *px_string(const struct jscan_val *v, char *in, size_t cap)
+{
+    size_t n = v->len - 2;
+
+    if (n < cap && memchr(v->start + 1, '\\', n) == NULL) {
+        memcpy(in, v->start + 1, n);
+        in[n] = '\0';
+        return in;
+    }
+    return jscan_string(v, NULL);
+}
+
 /* A JSON body: an object, with a string "model" and a boolean "stream"
  * when present (chat: "messages" an array of objects). Returns -1 after
  * answering the error. */
@@ -2513,7 +2532,7 @@ static int px_read_json(struct proxy *p)
         return -1;
     }
     if (f.model.type)
-        p->model = jscan_string(&f.model, NULL);
+        p->model = px_string(&f.model, p->model_in, sizeof(p->model_in));
     if (f.stream.type && f.stream.type != JSCAN_TRUE && f.stream.type != JSCAN_FALSE
         && f.stream.type != JSCAN_NULL) {
         px_error(p, 400, "invalid_request_error", "invalid_stream",
@@ -2536,7 +2555,7 @@ static int px_read_json(struct proxy *p)
         return -1;
     }
     if (f.user.type == JSCAN_STRING)
-        p->user = jscan_string(&f.user, NULL);
+        p->user = px_string(&f.user, p->user_in, sizeof(p->user_in));
     if (f.max_tokens.type == JSCAN_NUMBER) {
         long long n = strtoll(f.max_tokens.start, NULL, 10);
         p->max_out = n > 0 ? (int64_t)n : 0;

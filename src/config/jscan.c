@@ -48,11 +48,15 @@ static int cut(struct js *s, const unsigned char *at, const char *msg)
     return fail(s, at, msg);
 }
 
+/* Skips blanks. Every byte that may follow them in JSON is above ' ', so
+ * one compare settles the usual case (none). */
 static void ws(struct js *s)
 {
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r'
-                             || *s->p == '\t'))
-        s->p++;
+    const unsigned char *p = s->p, *end = s->end;
+
+    while (p < end && *p <= ' ' && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    s->p = p;
 }
 
 /* A byte that a string holds as it is: printable ASCII but '"' and '\\'. */
@@ -442,6 +446,12 @@ enum jscan_find jscan_find(const char *buf, size_t len, const char *key, struct 
 
 enum jscan_find jscan_value(const char *buf, size_t len, struct jscan_val *out)
 {
+    return jscan_object(buf, len, NULL, NULL, out);
+}
+
+enum jscan_find jscan_object(const char *buf, size_t len, jscan_member_fn on_member,
+                             void *arg, struct jscan_val *out)
+{
     struct js s;
     struct jscan_error err;
 
@@ -453,7 +463,7 @@ enum jscan_find jscan_value(const char *buf, size_t len, struct jscan_val *out)
     ws(&s);
     if (s.p >= s.end)
         return JSCAN_FIND_MORE;
-    if (scan_value(&s, out, NULL, NULL) < 0)
+    if (scan_value(&s, out, on_member, arg) < 0)
         return s.more ? JSCAN_FIND_MORE : JSCAN_FIND_NONE;
     if (out->type == JSCAN_NUMBER && s.p >= s.end)
         return JSCAN_FIND_MORE;         /* more digits may follow */

@@ -66,6 +66,14 @@ enum jscan_find jscan_find(const char *buf, size_t len, const char *key, struct 
  * while it is cut short, NONE when it is not valid JSON. */
 enum jscan_find jscan_value(const char *buf, size_t len, struct jscan_val *out);
 
+/* jscan_value() whose top-level object members (when the value is an
+ * object) go to on_member as jscan_top() reports them, each once it is
+ * whole: the members are the object's only when the answer is FOUND (the
+ * rest may still prove cut short or invalid). One pass where jscan_value()
+ * then jscan_top() on its span took two. */
+enum jscan_find jscan_object(const char *buf, size_t len, jscan_member_fn on_member,
+                             void *arg, struct jscan_val *out);
+
 /* Decodes a string value as jscan_top reported it (quotes included,
  * already valid) into a new NUL-terminated UTF-8 string (caller frees);
  * NULL when out of memory. *outlen may be NULL. */

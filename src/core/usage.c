@@ -70,6 +70,24 @@ static void on_usage(void *arg, const char *key, size_t klen, const struct jscan
 #undef IS
 }
 
+/* The counts of f's object, read: 0 when it had any. */
+static int fields_done(struct usage_fields *f)
+{
+    struct usage *u = f->u;
+
+    if (f->anthropic) {
+        /* Messages: input_tokens leaves out what was read from or written
+         * to the cache; `input` counts them all, as OpenAI's does. */
+        if (u->have & USAGE_HAVE_INPUT)
+            u->input += f->cache_read + f->cache_creation;
+        if (f->anthropic & 1) {
+            u->cached = f->cache_read;
+            u->have |= USAGE_HAVE_CACHED;
+        }
+    }
+    return u->have ? 0 : -1;
+}
+
 int usage_parse_object(const char *obj, size_t len, struct usage *u)
 {
     struct usage_fields f;
@@ -82,17 +100,7 @@ int usage_parse_object(const char *obj, size_t len, struct usage *u)
         memset(u, 0, sizeof(*u));
         return -1;
     }
-    if (f.anthropic) {
-        /* Messages: input_tokens leaves out what was read from or written
-         * to the cache; `input` counts them all, as OpenAI's does. */
-        if (u->have & USAGE_HAVE_INPUT)
-            u->input += f.cache_read + f.cache_creation;
-        if (f.anthropic & 1) {
-            u->cached = f.cache_read;
-            u->have |= USAGE_HAVE_CACHED;
-        }
-    }
-    return u->have ? 0 : -1;
+    return fields_done(&f);
 }
 
 /* --- finding it -------------------------------------------------------- */
@@ -102,12 +110,16 @@ static int is_ws(char c)
     return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/* The usage object whose key starts at k, if complete and valid (its end
- * found by jscan_value(), the one JSON reader). */
+/* The usage object whose key starts at k, if complete and valid: read in
+ * the same pass that finds its end (jscan_object(), the one JSON reader),
+ * into *u only once it proves whole (*u zeroed when it holds no count, as
+ * usage_parse_object() does). */
 static int try_at(const char *k, const char *e, struct usage *u)
 {
     const char *b = k + KEYLEN;
     struct jscan_val v;
+    struct usage_fields f;
+    struct usage got;
 
     while (b < e && is_ws(*b))
         b++;
@@ -115,9 +127,19 @@ static int try_at(const char *k, const char *e, struct usage *u)
         return -1;
     for (b++; b < e && is_ws(*b); b++)
         ;
-    if (b >= e || *b != '{' || jscan_value(b, (size_t)(e - b), &v) != JSCAN_FIND_FOUND)
+    if (b >= e || *b != '{')
         return -1;
-    return usage_parse_object(v.start, v.len, u);
+    memset(&got, 0, sizeof(got));
+    memset(&f, 0, sizeof(f));
+    f.u = &got;
+    if (jscan_object(b, (size_t)(e - b), on_usage, &f, &v) != JSCAN_FIND_FOUND)
+        return -1;
+    if (fields_done(&f) < 0) {
+        memset(u, 0, sizeof(*u));
+        return -1;
+    }
+    *u = got;
+    return 0;
 }
 
 /* The first KEY in [k, e), or NULL. memchr for its 'g' (rarer than the

@@ -91,6 +91,7 @@
 #define H1_READ_MAX        16384         /* plain: bytes per read; TLS: a whole record */
 #define H1_TLS_RESERVE     (2 * H1_READ_MAX) /* TLS: input space taken per reservation */
 #define H1_RUN_MAX         16384         /* chunk data joined for one on_data */
+#define H1_JOIN_MAX        16384         /* plain: a body copied into the head's block */
 
 /* An SSL_CTX for one (ca_file, verify): the trust of some TLS peers. */
 struct h1_trust {
@@ -782,10 +783,12 @@ static int h1_has_body(const char *method)
 }
 
 /* "METHOD target HTTP/1.1" + Host + the caller's headers + Content-Length,
- * in one block. NULL on a header that would break the head. */
+ * then the `body_len` bytes of `body` (the caller's choice: none, or the
+ * request body), in one block. NULL on a header that would break the head. */
 static char *build_head(const struct upstream_req *req, const char *auth,
                         size_t auth_len, const char *port, size_t port_len,
-                        const char *path, size_t *lenp)
+                        const char *path, const char *body, size_t body_len,
+                        size_t *lenp)
 {
     size_t mlen = field_len(req->method), plen = strcspn(path, "\r\n "), len, i, n, v;
     int has_host = 0;
@@ -821,7 +824,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
         len += clen_len;
     }
     len += 2;
-    if ((buf = malloc(len + 1)) == NULL)
+    if ((buf = malloc(len + body_len + 1)) == NULL)
         return NULL;
     w = buf;
 #define PUT(s, n) do { memcpy(w, (s), (n)); w += (n); } while (0)
@@ -846,6 +849,8 @@ static char *build_head(const struct upstream_req *req, const char *auth,
     }
     PUT(clen, clen_len);
     PUT("\r\n", 2);
+    if (body_len)
+        PUT(body, body_len);
 #undef PUT
     *w = '\0';
     *lenp = (size_t)(w - buf);
@@ -1189,6 +1194,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     struct h1_url url;
     const char *auth, *port = "", *name = NULL;
     size_t auth_len, port_len = 0;
+    int join;
 
     *mine = 0;
     if (!parse_url(req->url, &url))
@@ -1231,27 +1237,17 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     hx->total_ms = req->total_timeout_ms;
     hx->t_start_ms = mono_ms();
     evtimer_assign(&hx->timer, u->base, timer_cb, hx);
-    hx->head = build_head(req, auth, auth_len, port, port_len, url.path, &hx->head_len);
+    /* The body goes in the head's block: TLS, so one SSL_write and one
+     * record for small requests; plain, when small, so one reference in
+     * the output instead of two (each a chain allocated and freed). */
+    join = url.tls || hx->body_len <= H1_JOIN_MAX;
+    hx->head = build_head(req, auth, auth_len, port, port_len, url.path,
+                          join ? hx->body : NULL, join ? hx->body_len : 0, &hx->head_len);
     if (hx->head == NULL) {
         free(hx);
         return NULL;
     }
-    if (url.tls && hx->body_len) {
-        /* One buffer, so one SSL_write and one record for small requests. */
-        char *all = malloc(hx->head_len + hx->body_len + 1);
-        if (all == NULL) {
-            explicit_bzero(hx->head, hx->head_len);
-            free(hx->head);
-            free(hx);
-            return NULL;
-        }
-        memcpy(all, hx->head, hx->head_len);
-        memcpy(all + hx->head_len, hx->body, hx->body_len);
-        explicit_bzero(hx->head, hx->head_len);
-        free(hx->head);
-        hx->head = all;
-        hx->head_len += hx->body_len;
-        hx->head[hx->head_len] = '\0';
+    if (join) {
         hx->body = NULL;
         hx->body_len = 0;
     }

@@ -126,3 +126,23 @@ def test_include_in_stream_is_invisible(mocks, gateway):
     assert tokens(g, "m0", "mock-model", until=lambda t: t.get("output") == 20)["output"] == 20
     del prompt
     g.stop()
+
+
+def test_model_names_short_long_and_escaped_reach_the_log(mocks, gateway, tmp_path):
+    """"model" and "user" are copied into the request when short and plain,
+    allocated when long or escaped: every way gives the decoded name."""
+    ms = mocks(1)
+    log = str(tmp_path / "access.json")
+    g = gateway(hosts_of(ms), policies="server:\n  access_log: {file: %s, format: json}\n" % log)
+    names = ["m" * 63, "m" * 64, "m" * 100, "mock-model"]
+    for name in names:
+        st, _, body = g.chat(model=name, user="u" * len(name))
+        assert st == 200, body
+    raw = (b'{"model": "mock\\u002dmodel", "user": "\\u0075", '
+           b'"messages": [{"role": "user", "content": "hi"}]}')
+    st, _, body = g.request("POST", "/v1/chat/completions", raw,
+                            headers={"Content-Type": "application/json"})
+    assert st == 200, body
+    lines = [json.loads(l) for l in read_lines(log, len(names) + 1)]
+    assert [l["model"] for l in lines] == names + ["mock-model"]
+    g.stop()

@@ -6,7 +6,8 @@
  * jscan_find() and jscan_value() (prefix scans: session ids, usage
  * objects): no prefix of a valid text is ever NONE, more bytes never
  * change NONE or FOUND, and the whole text finds the member (the value)
- * when jansson does. Strings with a special byte at every offset of a long
+ * when jansson does; jscan_object() gives jscan_value()'s word and, once
+ * FOUND, jscan_top()'s members. Strings with a special byte at every offset of a long
  * run (the 8-byte skip) and reals of 300-312 integer digits (the strtod
  * shortcut) are checked against jansson too.
  */
@@ -335,6 +336,25 @@ static int find_consistent(const char *buf, size_t len, const char *key, int ver
             ok = 0;
         else if (r == JSCAN_FIND_FOUND
                  && (wv != JSCAN_FIND_FOUND || v.start != vv.start || v.len != vv.len))
+            ok = 0;
+    }
+    /* jscan_object: jscan_value's word and span, and when FOUND the
+     * members jscan_top reports for that span */
+    for (n = 0; ok && n <= len; n++) {
+        struct jscan_error err;
+        struct seen a, b;
+        struct jscan_val vo, vv2;
+        enum jscan_find ro, rv;
+        memset(&a, 0, sizeof(a));
+        memset(&b, 0, sizeof(b));
+        ro = jscan_object(buf, n, on_member, &a, &vo);
+        rv = jscan_value(buf, n, &vv2);
+        if (ro != rv || (ro == JSCAN_FIND_FOUND && (vo.start != vv2.start || vo.len != vv2.len)))
+            ok = 0;
+        else if (ro == JSCAN_FIND_FOUND && vo.type == JSCAN_OBJECT
+                 && (jscan_top(vo.start, vo.len, on_member, &b, &err) != JSCAN_OBJECT
+                     || a.nmembers != b.nmembers || a.has_model != b.has_model
+                     || strcmp(a.model, b.model) != 0))
             ok = 0;
     }
     whole = jscan_find(buf, len, key, &vw);
