@@ -30,6 +30,7 @@
 #include <event2/listener.h>
 
 #include "upstream.h"
+#include "upstream_int.h"   /* a transfer's kind: which client took it */
 
 /* --- the scripted server ------------------------------------------------ */
 
@@ -189,6 +190,7 @@ struct got {
     int                    cancel_in_data;/* cancel itself from on_data */
     int                    again;         /* start one more from on_done */
     const char            *url;
+    char                   msg[256];      /* on_done's */
 };
 
 static void got_start(struct got *g, const char *url);
@@ -239,6 +241,7 @@ static void on_done(void *arg, enum upstream_result res, const char *msg)
         fprintf(stderr, "done: %d %s\n", (int)res, msg);
     g->x = NULL;
     g->res = res;
+    snprintf(g->msg, sizeof(g->msg), "%s", msg ? msg : "");
     g->done++;
     if (g->again) {
         g->again = 0;
@@ -682,6 +685,38 @@ static void test_names_go_through_curl(void **state)
     fix_free(f);
 }
 
+/* More distinct TLS peers than H1_MAX_TLS_PEERS (4096): the unused ones
+ * make room, so the own client keeps taking the transfers (curl took them
+ * before). A name whose addresses keep changing makes a peer per address. */
+static void test_tls_peers_make_room(void **state)
+{
+    struct fix *f = fix_new("");
+    char url[128], name[32];
+    int i, port = f->srv.port;
+
+    (void)state;
+    evconnlistener_free(f->srv.lis);               /* refused: quick */
+    f->srv.lis = NULL;
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d/", port);
+    for (i = 0; i < 4200; i++) {
+        struct upstream_req r;
+        memset(&r, 0, sizeof(r));
+        snprintf(name, sizeof(name), "n%d.test", i);
+        r.url = url;
+        r.method = "GET";
+        r.server_name = name;
+        r.insecure = 1;
+        r.connect_timeout_ms = 1000;
+        f->g.x = upstream_start(f->up, &r, &cbs, &f->g);
+        assert_non_null(f->g.x);
+        if (f->g.x->kind != UPSTREAM_KIND_H1)
+            fail_msg("transfer %d went through curl", i);
+        run(&f->g);
+        assert_int_equal(f->g.res, UPSTREAM_ERR_CONNECT);
+    }
+    fix_free(f);
+}
+
 /* With http_proxy set, plain http:// goes through curl and so through the
  * proxy: the request reaches the proxy in absolute form. */
 static void test_proxy_from_environment(void **state)
@@ -731,6 +766,7 @@ int main(void)
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_cancel_inside_callback),
         cmocka_unit_test(test_names_go_through_curl),
+        cmocka_unit_test(test_tls_peers_make_room),
         cmocka_unit_test(test_proxy_from_environment),
     };
 
