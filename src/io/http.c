@@ -24,7 +24,8 @@
  * Plain connections read the socket themselves: one readv straight into the
  * input buffer per readable event (a bufferevent asks the kernel how much
  * is there with an ioctl before each read); writes go through the
- * bufferevent's output. Timers are lazy: a connection has one deadline
+ * bufferevent's output, except a streamed chunk that finds it empty: that
+ * one goes to the socket at once (stream_send()). Timers are lazy: a connection has one deadline
  * (first request, request head + body, keep-alive idle, linger) whose
  * moves to later times cost no timer operation (conn_deadline()).
  *
@@ -46,6 +47,7 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 
 #include <event2/buffer.h>
@@ -552,10 +554,52 @@ void http_stream_start(struct http_req *r, int status, const char *ctype)
     }
 }
 
+/*
+ * A streamed chunk on a plain connection with nothing queued goes to the
+ * socket at once: one writev of its size line, data and CRLF, instead of a
+ * copy into the output, a flush event and a write from there (for a stream
+ * that comes an event per read, the output's chain was allocated and freed
+ * for each). What the socket does not take (full, or an error the write
+ * path meets again) is queued and written as any output. Returns what is
+ * queued.
+ */
+static size_t stream_send(struct http_conn *c, struct evbuffer *out, const char *size,
+                          size_t n, const char *data, size_t len)
+{
+    struct iovec v[3];
+    int nv = 0, i;
+    ssize_t w;
+
+    if (n > 0)
+        v[nv++] = (struct iovec){ (char *)size, n };
+    v[nv++] = (struct iovec){ (char *)data, len };
+    if (n > 0)
+        v[nv++] = (struct iovec){ (char *)"\r\n", 2 };
+    do
+        w = writev(bufferevent_getfd(c->bev), v, nv);
+    while (w < 0 && errno == EINTR);
+    if (w < 0)
+        w = 0;
+    for (i = 0; i < nv; i++) {
+        if ((size_t)w >= v[i].iov_len) {
+            w -= (ssize_t)v[i].iov_len;
+            continue;
+        }
+        evbuffer_add(out, (char *)v[i].iov_base + w, v[i].iov_len - (size_t)w);
+        w = 0;
+    }
+    if (evbuffer_get_length(out) == 0)
+        return 0;
+    bufferevent_enable(c->bev, EV_WRITE);       /* see conn_flush() */
+    return evbuffer_get_length(out);
+}
+
 size_t http_stream_write(struct http_req *r, const char *data, size_t len)
 {
     struct evbuffer *out;
     struct evbuffer_iovec v;
+    char size[24 + 2];
+    size_t n = 0;
 
     if (r->conn == NULL)
         return 0;
@@ -563,10 +607,15 @@ size_t http_stream_write(struct http_req *r, const char *data, size_t len)
     if (len == 0)
         return evbuffer_get_length(out);
     if (r->minor >= 1) {
-        char size[24 + 2];
-        size_t n = head_num(size, len, 16);
+        n = head_num(size, len, 16);
         size[n++] = '\r';
         size[n++] = '\n';
+    }
+    /* A paused stream waiting for the drain callback is left to the
+     * usual path, which calls it. */
+    if (!r->conn->tls && r->drain_cb == NULL && evbuffer_get_length(out) == 0)
+        return stream_send(r->conn, out, size, n, data, len);
+    if (n > 0) {
         /* One reservation for size line, data and CRLF: one pass through
          * the output's callbacks instead of three. */
         if (evbuffer_reserve_space(out, (ev_ssize_t)(n + len + 2), &v, 1) == 1

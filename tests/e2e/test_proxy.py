@@ -5,6 +5,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from conftest import SANITIZED, SAN_ENV, assert_openai_error, hosts_of, wait_for  # noqa: F401
 
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -150,6 +152,59 @@ def test_slow_client_backpressure_bounds_memory(mocks, gateway):
     s.close()
     assert b"[DONE]" in tail
     assert total > 60 * 1024 * 1024
+
+
+def dechunk(body):
+    """The data of a chunked body, its framing checked strictly."""
+    out, i = b"", 0
+    while True:
+        eol = body.index(b"\r\n", i)
+        size = int(body[i:eol], 16)
+        i = eol + 2
+        if size == 0:
+            assert body[i:] == b"\r\n", body[i:i + 64]
+            return out
+        out += body[i:i + size]
+        assert body[i + size:i + size + 2] == b"\r\n", (i, size)
+        i += size + 2
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_paused_client_gets_every_event_in_order(mocks, gateway, version):
+    # A client that stops reading, then reads: the chunks written straight
+    # to the socket, those queued behind it once full, and those after the
+    # upstream was paused and resumed arrive whole and in order (HTTP/1.1:
+    # in valid chunked framing; HTTP/1.0: the bare stream up to the close).
+    n = 30000
+    ms = mocks(1, "--chunks", str(n))
+    g = gateway(hosts_of(ms))
+    s = socket.create_connection(("127.0.0.1", g.port))
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/%s\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (version.encode(), len(body), body))
+    wait_for(lambda: ms[0].stats()["requests"] == 1, what="stream to start")
+    time.sleep(1.0)  # the point of the test is a client that does not read
+    s.settimeout(30)
+    got = b""
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        got += chunk
+        if version == "1.1" and got.endswith(b"\r\n0\r\n\r\n"):
+            break
+    s.close()
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    if version == "1.1":
+        assert b"\r\ntransfer-encoding: chunked" in head.lower()
+        rest = dechunk(rest)
+    else:
+        assert b"transfer-encoding" not in head.lower()
+    events = sse_events(rest)
+    assert events[-1] == "[DONE]" and len(events) == n + 1, len(events)
+    for i, ev in enumerate(events[:-1]):
+        assert json.loads(ev)["choices"][0]["delta"]["content"] == "tok%d " % i
 
 
 def test_embeddings_and_completions(mocks, gateway):
