@@ -891,6 +891,7 @@ static void finish(struct h1_xfer *hx, enum upstream_result res, const char *msg
     hx->conn = NULL;
     if (c) {
         if (res == UPSTREAM_OK && hx->keepalive && c->wlen == 0 && !c->end_what
+            && !c->rd_wants_write && !c->wr_wants_read      /* TLS: not mid-renegotiation */
             && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0
             && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
             pool_put(c->pool, c);
@@ -2015,10 +2016,13 @@ static void tls_write_cb(evutil_socket_t fd, short what, void *arg)
         tls_handshake(c);
         return;
     }
+    if (c->x == NULL) {                 /* idle: nothing to write */
+        pool_unlink(c->pool, c);
+        conn_close(c);
+        return;
+    }
     tls_err_clear();
     if (c->rd_wants_write) {
-        if (c->x == NULL)
-            return;
         tls_recv(c);
         return;
     }
