@@ -928,11 +928,10 @@ static int hop_by_hop(const char *name)
 
 static void px_copy_headers(struct proxy *p, const struct upstream_xfer *x)
 {
-    size_t i, n = upstream_resp_nheaders(x);
+    const char *name, *value;
+    size_t pos = 0;
 
-    for (i = 0; i < n; i++) {
-        const char *name, *value;
-        upstream_resp_header_at(x, i, &name, &value);
+    while (upstream_resp_header_next(x, &pos, &name, &value)) {
         if (p->client && strncasecmp(name, "x-ratelimit-", 12) == 0)
             continue;                /* the client's own limits say it */
         if (!hop_by_hop(name))

@@ -577,6 +577,20 @@ void upstream_resp_header_at(const struct upstream_xfer *x, size_t i,
     *value = rh_at(x, i, name);
 }
 
+int upstream_resp_header_next(const struct upstream_xfer *x, size_t *pos,
+                              const char **name, const char **value)
+{
+    const char *p;
+
+    if (*pos >= x->rh_len)
+        return 0;
+    p = x->rh + *pos;
+    *name = p;
+    *value = p + strlen(p) + 1;
+    *pos = (size_t)(*value - x->rh) + strlen(*value) + 1;
+    return 1;
+}
+
 const char *upstream_result_name(enum upstream_result r)
 {
     switch (r) {

@@ -99,6 +99,10 @@ const char *upstream_resp_header(const struct upstream_xfer *x, const char *name
 size_t upstream_resp_nheaders(const struct upstream_xfer *x);
 void upstream_resp_header_at(const struct upstream_xfer *x, size_t i,
                              const char **name, const char **value);
+/* The fields in order, each in one step (_at walks from the first): *pos
+ * starts at 0; returns 0 after the last. */
+int upstream_resp_header_next(const struct upstream_xfer *x, size_t *pos,
+                              const char **name, const char **value);
 const char *upstream_result_name(enum upstream_result r);
 
 #endif

@@ -791,6 +791,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
                         size_t *lenp)
 {
     size_t mlen = field_len(req->method), plen = strcspn(path, "\r\n "), len, i, n, v;
+    size_t lens[2 * 16];                /* the first 16 fields' name and value lengths */
     int has_host = 0;
     char clen[40], digits[24];
     size_t clen_len = 0;
@@ -805,6 +806,10 @@ static char *build_head(const struct upstream_req *req, const char *auth,
             return NULL;
         if (n == 4 && strcasecmp(hd->name, "Host") == 0)
             has_host = 1;
+        if (i < 16) {
+            lens[2 * i] = n;
+            lens[2 * i + 1] = v;
+        }
         len += n + 2 + v + 2;
     }
     if (!has_host)
@@ -842,9 +847,9 @@ static char *build_head(const struct upstream_req *req, const char *auth,
     }
     for (i = 0; i < req->nheaders; i++) {
         const struct upstream_header *hd = &req->headers[i];
-        PUT(hd->name, strlen(hd->name));
+        PUT(hd->name, i < 16 ? lens[2 * i] : strlen(hd->name));
         PUT(": ", 2);
-        PUT(hd->value, strlen(hd->value));
+        PUT(hd->value, i < 16 ? lens[2 * i + 1] : strlen(hd->value));
         PUT("\r\n", 2);
     }
     PUT(clen, clen_len);

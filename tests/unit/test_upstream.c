@@ -181,6 +181,7 @@ struct got {
     char                   xa[64];       /* X-A, by name */
     char                   second[64];   /* "name=value" of header 1 */
     size_t                 nh;
+    int                    iter_ok;       /* _next gave what _at gives */
     char                   body[8192];
     size_t                 len;
     int                    done;
@@ -209,6 +210,23 @@ static enum upstream_verdict on_headers(void *arg, struct upstream_xfer *x, int 
     if (g->nh > 1)
         upstream_resp_header_at(x, 1, &n, &v);
     snprintf(g->second, sizeof(g->second), "%s=%s", n ? n : "", v ? v : "");
+    {
+        size_t pos = 0, i = 0;
+        const char *in, *iv;
+        g->iter_ok = 1;
+        while (upstream_resp_header_next(x, &pos, &in, &iv)) {
+            if (i >= g->nh)
+                g->iter_ok = 0;
+            else {
+                upstream_resp_header_at(x, i, &n, &v);
+                if (n != in || v != iv)
+                    g->iter_ok = 0;
+            }
+            i++;
+        }
+        if (i != g->nh)
+            g->iter_ok = 0;
+    }
     return UPSTREAM_CONTINUE;
 }
 
@@ -363,6 +381,7 @@ static void test_headers_accessors(void **state)
     assert_int_equal(f->g.res, UPSTREAM_OK);
     assert_int_equal(f->g.status, 201);
     assert_int_equal(f->g.nh, 3);
+    assert_true(f->g.iter_ok);
     assert_string_equal(f->g.xa, "spaced value");  /* trimmed, found by any case */
     assert_string_equal(f->g.second, "x-b=2");
     assert_int_equal(f->g.len, 0);
