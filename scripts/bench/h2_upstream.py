@@ -4,8 +4,9 @@
 nginx serves fixed chat answers (JSON, and an SSE body of SSE_CHUNKS events)
 over TLS with http2 and ALPN h2; infergate proxies to it twice, in the same
 run, on the target core:
-  h2 (curl)    https://localhost:PORT  -- a host name: libcurl, which offers
-                                          h2 by ALPN and multiplexes transfers
+  h2 (curl)    https://localhost:PORT  -- a host name with server.resolver:
+                                          libc: libcurl, which offers h2 by
+                                          ALPN and multiplexes transfers
   h1 (own)     https://127.0.0.1:PORT  -- an address: upstream_h1.c, HTTP/1.1
                                           over TLS with a keep-alive pool
 wrk at 64 connections on the load core(s); reports req/s, infergate's CPU
@@ -129,6 +130,12 @@ def main():
         for name, host in (("h2 (curl)", "localhost"), ("h1 (own)", "127.0.0.1")):
             d = os.path.join(tmp, "conf-" + host)
             B.infergate_conf_dir(tmp, "conf-" + host, [], health=False)
+            if host == "localhost":     # names through curl, not the own client
+                pol = os.path.join(d, "policies.yaml")
+                with open(pol) as f:
+                    text = f.read().replace("server:\n", "server:\n  resolver: libc\n", 1)
+                with open(pol, "w") as f:
+                    f.write(text)
             with open(os.path.join(d, "hosts.json"), "w") as f:
                 json.dump({"hosts": [{"name": "up-" + scen, "url": "https://%s:%d" % (host, port),
                                       "models": ["h2-" + scen], "tls": {"ca_file": pki["ca"]}}

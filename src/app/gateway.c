@@ -595,6 +595,7 @@ struct resolver_msg {
     struct upstream    *up;
     int                 id;             /* the worker; -1: the main loop */
     struct resolve_conf conf;
+    int                 libc;           /* server.resolver: libc */
     char               *servers[8];
 };
 
@@ -616,6 +617,7 @@ static struct resolver_msg *resolver_msg_new(const struct config *c, struct upst
         return NULL;
     m->up = up;
     m->id = id;
+    m->libc = c->server.resolver_libc;
     m->conf.servers = (const char *const *)m->servers;
     m->conf.timeout_ms = c->server.resolver_timeout_ms;
     m->conf.min_ttl_ms = c->server.resolver_min_ttl_ms;
@@ -635,7 +637,7 @@ static struct resolver_msg *resolver_msg_new(const struct config *c, struct upst
 static int resolver_set(struct resolver_msg *m)
 {
     char err[256];
-    int rc = upstream_set_resolver(m->up, &m->conf, err, sizeof(err));
+    int rc = upstream_set_resolver(m->up, m->libc ? NULL : &m->conf, err, sizeof(err));
 
     if (rc < 0 && m->id >= 0)
         log_error("worker %d: %s", m->id, err);

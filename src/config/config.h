@@ -203,6 +203,7 @@ struct config {
         char    *access_log;         /* NULL = off, "-" = stdout */
         enum cfg_log_format access_log_format;
         struct cfg_strlist resolver; /* nameservers; empty = /etc/resolv.conf's */
+        int      resolver_libc;      /* "libc": names through curl's getaddrinfo */
         int64_t  resolver_timeout_ms;
         int64_t  resolver_min_ttl_ms, resolver_max_ttl_ms, resolver_negative_ttl_ms;
     } server;

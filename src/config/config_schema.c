@@ -656,7 +656,8 @@ static const char *check_nameserver(const char *s)
     return NULL;
 }
 
-/* server.resolver: one nameserver or a list of them (at most 8). */
+/* server.resolver: one nameserver or a list of them (at most 8), or
+ * "libc": host names through libcurl (getaddrinfo on its thread). */
 static int sp_resolver(struct loader *ld, const struct field *f, const struct cur *c, void *base)
 {
     struct config *cfg = base;
@@ -668,6 +669,12 @@ static int sp_resolver(struct loader *ld, const struct field *f, const struct cu
     if (!json_is_array(c->v) && !json_is_string(c->v)) {
         cerr(ld, c, "%s", cfg_want_string(c));
         return -1;
+    }
+    cfg->server.resolver_libc = json_is_string(c->v)
+                                && strcmp(json_string_value(c->v), "libc") == 0;
+    if (cfg->server.resolver_libc) {
+        cfg_strlist_free(&cfg->server.resolver);
+        return 0;
     }
     if (n > 8) {
         cerr(ld, c, "at most 8 nameservers");

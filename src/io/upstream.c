@@ -3,7 +3,8 @@
  * http:// and https:// through upstream_h1.c (host names resolved by the
  * loop's resolver, resolve.c), and what that client does not do
  * through libcurl's multi interface on the libevent loop: proxies from the
- * environment (http_proxy, https_proxy, all_proxy), SMTP for alerts, URLs
+ * environment (http_proxy, https_proxy, all_proxy), host names with
+ * server.resolver: libc (curl's threaded getaddrinfo), SMTP for alerts, URLs
  * with user info, methods other than GET/POST/PUT/PATCH/DELETE, a CA file
  * that cannot be read, host names while no resolver is set up.
  *
@@ -656,6 +657,9 @@ int upstream_set_resolver(struct upstream *u, const struct resolve_conf *conf,
 {
     if (u->h1 == NULL)
         return 0;                       /* a proxy in the environment: all via curl */
+    u->names_curl = conf == NULL;
+    if (conf == NULL)
+        return 0;
     if (u->dns)
         return resolver_configure(u->dns, conf, err, errlen);
     u->dns = resolver_new(u->base, conf, err, errlen);

@@ -72,7 +72,9 @@ struct resolve_conf;
 struct upstream *upstream_new(struct event_base *base);
 /* Sets up (first call) or reconfigures the resolver of u's loop; call it
  * on u's loop thread, never on the request path. -1 with err: the
- * previous settings stay (none: host names go through curl). */
+ * previous settings stay (none: host names go through curl). conf NULL:
+ * host names go through curl (its threaded getaddrinfo), a resolver set
+ * up before stays for the lookups it still has. */
 int upstream_set_resolver(struct upstream *u, const struct resolve_conf *conf,
                           char *err, size_t errlen);
 void upstream_free(struct upstream *u);     /* cancels what is left */

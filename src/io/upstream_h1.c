@@ -1207,8 +1207,8 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
         return NULL;
     if (strcmp(req->method, "GET") != 0 && !h1_has_body(req->method))
         return NULL;
-    if (url.is_name && u->dns == NULL)
-        return NULL;                    /* no resolver set up: curl's */
+    if (url.is_name && (u->dns == NULL || u->names_curl))
+        return NULL;                    /* no resolver, or resolver: libc: curl's */
     auth = url.auth;
     auth_len = url.auth_len;
     if (url.tls) {

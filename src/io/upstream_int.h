@@ -27,6 +27,7 @@ struct upstream {
     struct upstream_curl *curl;     /* proxies from the environment, SMTP */
     struct h1_pool       *h1;       /* http(s)://; NULL: all via curl */
     struct resolver      *dns;      /* host names for h1 (resolve.h); NULL: via curl */
+    int                   names_curl;  /* server.resolver: libc: names via curl */
 };
 
 struct upstream_xfer {

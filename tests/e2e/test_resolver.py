@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import INFERGATE_BIN, SANITIZED, Mock, proc_env, wait_for, write_conf
+from conftest import INFERGATE_BIN, SANITIZED, Mock, free_port, proc_env, wait_for, write_conf
 from mock_dns import MockDNS
 from test_tls import TLSMock
 from tls_pki import Pki
@@ -305,3 +305,26 @@ def test_check_names_bad_nameservers_by_position(tmp_path):
     r = subprocess.run([INFERGATE_BIN, "-t", "-c", d], capture_output=True, text=True,
                        timeout=60, env=proc_env())
     assert r.returncode == 0, r.stderr
+
+
+def test_resolver_libc_sends_names_through_curl(mocks, gateway):
+    # localhost: /etc/hosts either way, no nameserver is asked. A refused
+    # connect tells the clients apart: the own one names the address it
+    # resolved ("localhost (127.0.0.1)"), curl does not.
+    m = mocks(1)[0]
+    closed = free_port()
+    hosts = [{"name": "up", "url": "http://localhost:%d" % m.port},
+             {"name": "off", "url": "http://localhost:%d" % closed}]
+    pol = "routing:\n  strategy: round-robin\nretry:\n  max_attempts: 1\n"
+    for libc in (True, False):
+        g = gateway(hosts, policies=("server:\n  resolver: libc\n" if libc else "") + pol)
+        msgs = set()
+        for _ in range(4):
+            st, _, body = g.chat()
+            if st == 200:
+                continue
+            msgs.add(error_message(body))
+        assert msgs, "the closed port was never tried"
+        own = any("localhost (127.0.0.1)" in x for x in msgs)
+        assert own != libc, msgs
+        g.stop()

@@ -3,10 +3,8 @@ retry.response_timeout, and a stream that breaks mid-event.
 
 Every stream a client gets must end, and end as a stream an SSE parser
 reads: whole events, then (on a fault) one `event: error`. Each case runs
-through both ways to an upstream: http:// to an IP address and to a host
-name (localhost, from /etc/hosts through the loop's resolver, resolve.c).
-Both run through upstream_h1.c now; the path is still called "curl" here,
-which it was until names moved to the own client.
+through both upstream clients: http:// to an IP address (upstream_h1.c) and
+a host name with `server.resolver: libc` (libcurl).
 """
 import http.client
 import json
@@ -19,6 +17,11 @@ from conftest import hosts_of, wait_for
 from test_proxy import CHAT
 
 PATHS = ["h1", "curl"]
+
+
+def pol(path, policies=""):
+    """The curl path: host names through libcurl (server.resolver: libc)."""
+    return ("server:\n  resolver: libc\n" if path == "curl" else "") + policies
 
 
 def hosts_for(ms, path):
@@ -140,7 +143,7 @@ IDLE = "retry:\n  stream_idle_timeout: 500ms\n"
 @pytest.mark.parametrize("path", PATHS)
 def test_stall_after_first_chunk_ends_with_error_event(mocks, gateway, path):
     ms = mocks(1, "--chunks", "5", "--stall-after-chunks", "1")
-    g = gateway(hosts_for(ms, path), policies=IDLE)
+    g = gateway(hosts_for(ms, path), policies=pol(path, IDLE))
     st, h, raw, took = stream(g)
     assert st == 200
     err = check_whole_events_then_error(raw, 1, "stream_timeout")
@@ -162,7 +165,7 @@ def test_stall_after_first_chunk_ends_with_error_event(mocks, gateway, path):
 def test_stall_right_after_the_stream_head(mocks, gateway, path):
     # The head went to the client already: no retry, an error event.
     ms = mocks(2, "--stall-body")
-    g = gateway(hosts_for(ms[:1], path), policies=IDLE)
+    g = gateway(hosts_for(ms[:1], path), policies=pol(path, IDLE))
     st, _, raw, took = stream(g)
     assert st == 200
     check_whole_events_then_error(raw, 0, "stream_timeout")
@@ -176,7 +179,7 @@ def test_stall_mid_json_body_fails_over(mocks, gateway, path):
     ms[0].config(stall_body=True)
     hosts = hosts_for(ms, path)
     hosts[0]["priority"], hosts[1]["priority"] = 0, 1     # m0 first
-    g = gateway(hosts, policies=IDLE + "  backoff: {type: fixed, initial: 1ms}\n")
+    g = gateway(hosts, policies=pol(path, IDLE + "  backoff: {type: fixed, initial: 1ms}\n"))
     t0 = time.monotonic()
     st, h, body = g.chat(timeout=20)
     assert st == 200, body
@@ -191,8 +194,8 @@ def test_stall_mid_json_body_fails_over(mocks, gateway, path):
 @pytest.mark.parametrize("path", PATHS)
 def test_stall_mid_json_body_alone_gives_504(mocks, gateway, path):
     ms = mocks(1, "--stall-body")
-    g = gateway(hosts_for(ms, path), policies="retry:\n  stream_idle_timeout: 500ms\n"
-                "  max_attempts: 2\n  backoff: {type: fixed, initial: 1ms}\n")
+    g = gateway(hosts_for(ms, path), policies=pol(path, "retry:\n  stream_idle_timeout: 500ms\n"
+                "  max_attempts: 2\n  backoff: {type: fixed, initial: 1ms}\n"))
     t0 = time.monotonic()
     st, h, body = g.chat(timeout=20)
     assert st == 504, body
@@ -206,7 +209,7 @@ def test_stall_mid_json_body_alone_gives_504(mocks, gateway, path):
 def test_slow_but_steady_stream_is_not_cut(mocks, gateway, path):
     # One chunk every idle/2: never idle for idle, whatever the total.
     ms = mocks(1, "--chunks", "6", "--chunk-interval-ms", "250")
-    g = gateway(hosts_for(ms, path), policies=IDLE)
+    g = gateway(hosts_for(ms, path), policies=pol(path, IDLE))
     st, _, raw, took = stream(g)
     assert st == 200
     events = sse_parse(raw)
@@ -235,7 +238,7 @@ def test_idle_timeout_off_waits(mocks, gateway):
 @pytest.mark.parametrize("path", PATHS)
 def test_response_timeout_caps_a_steady_stream(mocks, gateway, path):
     ms = mocks(1, "--chunks", "50", "--chunk-interval-ms", "100")
-    g = gateway(hosts_for(ms, path), policies=IDLE + "  response_timeout: 1s\n")
+    g = gateway(hosts_for(ms, path), policies=pol(path, IDLE + "  response_timeout: 1s\n"))
     st, _, raw, took = stream(g)
     assert st == 200
     events = sse_parse(raw)
@@ -272,7 +275,7 @@ OFFSETS = [3, 6, 40, EVENT_LEN - 1]
 @pytest.mark.parametrize("offset", OFFSETS)
 def test_break_mid_event_ends_on_a_boundary(mocks, gateway, path, offset):
     ms = mocks(1, "--chunks", "5", "--close-after-chunks", "2", "--partial-bytes", str(offset))
-    g = gateway(hosts_for(ms, path))
+    g = gateway(hosts_for(ms, path), policies=pol(path))
     st, _, raw, _ = stream(g)
     assert st == 200
     check_whole_events_then_error(raw, 2, "stream_interrupted")
@@ -283,7 +286,7 @@ def test_break_mid_event_ends_on_a_boundary(mocks, gateway, path, offset):
 @pytest.mark.parametrize("offset", OFFSETS)
 def test_stall_mid_event_ends_on_a_boundary(mocks, gateway, path, offset):
     ms = mocks(1, "--chunks", "5", "--stall-after-chunks", "2", "--partial-bytes", str(offset))
-    g = gateway(hosts_for(ms, path), policies="retry:\n  stream_idle_timeout: 500ms\n")
+    g = gateway(hosts_for(ms, path), policies=pol(path, "retry:\n  stream_idle_timeout: 500ms\n"))
     st, _, raw, _ = stream(g)
     assert st == 200
     check_whole_events_then_error(raw, 2, "stream_timeout")
