@@ -357,8 +357,10 @@ def test_passthrough_and_apis_filter(mocks, gateway):
         assert st == 200 and h["x-upstream-host"] == "m1"
     st, _, body = g.request("POST", "/v1/moderations", {"input": "x"})
     assert assert_openai_error(st, body, 404)["code"] == "api_not_served"
-    wait_for(lambda: json.loads(g.request("GET", "/status")[2])["routes"].get("moderations"),
-             timeout=10, what="route counts")    # with workers: just after the answer
+    def counted():     # with workers: each recorded just after its answer, on its worker
+        r = json.loads(g.request("GET", "/status")[2])["routes"]
+        return r.get("moderations") and r.get("responses") == 3 and r.get("messages") == 3
+    wait_for(counted, timeout=10, what="route counts")
     status = json.loads(g.request("GET", "/status")[2])
     hosts = {h["name"]: h for h in status["hosts"]}
     assert hosts["m0"]["apis"] == ["chat", "responses"] and hosts["m1"]["auth"] == "bearer"
