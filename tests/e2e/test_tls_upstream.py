@@ -279,20 +279,24 @@ def test_garbage_instead_of_a_tls_handshake_fails_clearly(gateway):
 
 def test_stalled_tls_handshake_is_bounded_by_the_attempt_timeout(gateway):
     """An upstream that accepts and never answers the ClientHello: the
-    attempt ends at its connect timeout (retry.per_try_timeout), not never."""
+    attempt ends at its connect timeout (retry.per_try_timeout: the
+    handshake is part of the connect), not never."""
     srv = RawServer(None)
     try:
         g = gateway([{"name": "up", "url": "https://127.0.0.1:%d" % srv.port,
                       "tls": {"verify": False}}],
                     policies="retry:\n  max_attempts: 1\n  per_try_timeout: 700ms\n")
         t0 = time.monotonic()
-        st, _, body = g.chat()
+        # A stream: no total deadline, so only the connect timeout can end it.
+        st, _, body = g.chat(stream=True)
         took = time.monotonic() - t0
         assert st in (502, 504), body
         assert "timed out" in error_message(body), body
         assert 0.6 <= took < 5 * SLOW, took
         assert srv.accepted == 1
-        g.stop()
+        out = g.stop()
+        # The connect timeout (the handshake is part of the connect), not the total.
+        assert "Connection timed out after 700 milliseconds" in out, out[-2000:]
     finally:
         srv.stop()
 
