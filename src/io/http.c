@@ -74,6 +74,7 @@
 #define HTTP_LOG_EVERY_MS   10000   /* rate of the "connection limit" log line */
 #define HTTP_ACCEPT_PAUSE_MS 200    /* listeners rest this long after EMFILE */
 #define HTTP_READ_MAX       4000    /* bytes per read (one 4 KB chain) */
+#define HTTP_BODY_INLINE    16384   /* body room in a whole head's block */
 
 enum conn_state {
     CONN_READ_HEAD = 0,   /* waiting for / reading a request head */
@@ -111,6 +112,8 @@ struct http_req {
     char               *body;
     size_t              body_len;
     size_t              body_cap;
+    char               *body_in;      /* head_whole: room for the body in the */
+    size_t              body_in_cap;  /* request's own block, NUL included */
     size_t              chunk_left;
     char               *rh;           /* extra response header lines, until */
     size_t              rh_len;       /* the head is written */
@@ -215,15 +218,21 @@ const char *http_status_text(int status)
 
 /* --- requests ------------------------------------------------------- */
 
-static struct http_req *req_new(struct http_conn *c)
+static void req_init(struct http_req *r, struct http_conn *c)
 {
-    struct http_req *r = calloc(1, sizeof(*r));
-
-    if (r == NULL)
-        return NULL;
+    memset(r, 0, sizeof(*r));
     r->conn = c;
     r->srv = c->srv;
     r->hdr = r->hdr_in;
+}
+
+static struct http_req *req_new(struct http_conn *c)
+{
+    struct http_req *r = malloc(sizeof(*r));
+
+    if (r == NULL)
+        return NULL;
+    req_init(r, c);
     return r;
 }
 
@@ -238,8 +247,10 @@ static void req_free(struct http_req *r)
             free(r->hdr[i].name);          /* the line; value points into it */
     if (r->hdr != r->hdr_in)
         free(r->hdr);
-    free(r->head);
-    free(r->body);
+    if (!r->head_whole)
+        free(r->head);                     /* else in r's own block */
+    if (r->body != r->body_in)
+        free(r->body);
     free(r->rh);
     free(r);
 }
@@ -898,15 +909,23 @@ static const char *parse_header_line(struct http_req *r, char *line, size_t len)
 
 static int body_append(struct http_req *r, struct evbuffer *in, size_t n)
 {
+    if (r->body == NULL && r->body_in) {
+        r->body = r->body_in;
+        r->body_cap = r->body_in_cap;
+    }
     if (r->body_len + n + 1 > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 1024;
         char *nb;
 
         while (cap < r->body_len + n + 1)
             cap *= 2;
-        nb = realloc(r->body, cap);
-        if (nb == NULL)
+        if (r->body != NULL && r->body == r->body_in) {
+            if ((nb = malloc(cap)) == NULL)     /* out of the request's block */
+                return -1;
+            memcpy(nb, r->body, r->body_len);
+        } else if ((nb = realloc(r->body, cap)) == NULL) {
             return -1;
+        }
         r->body = nb;
         r->body_cap = cap;
     }
@@ -1101,7 +1120,9 @@ static int read_body(struct http_conn *c, struct evbuffer *in)
 
 /*
  * A request head that is whole in the input's first chain, taken in one
- * block: one copy and one drain for all its lines, which are then parsed
+ * block with the request itself and room for what follows the head in that
+ * chain (usually the body, see body_append): one allocation, one copy and
+ * one drain for all its lines, which are then parsed
  * in place by the same steps as the line-by-line path (read_line), in the
  * same order, so the answers are the same. Returns 0 when the head is not
  * whole there, or is one the line-by-line path should judge (a stray
@@ -1113,7 +1134,7 @@ static int head_whole(struct http_conn *c, struct evbuffer *in)
 {
     struct evbuffer_iovec v;
     const char *data, *nl;
-    size_t avail, max = c->srv->lim.max_header_bytes, at = 0, n, nlines = 0;
+    size_t avail, max = c->srv->lim.max_header_bytes, at = 0, n, nlines = 0, room;
     struct http_req *r;
     const char *why;
     char *head, *line;
@@ -1136,19 +1157,22 @@ static int head_whole(struct http_conn *c, struct evbuffer *in)
         if (++nlines > HTTP_MAX_HEADERS + 1)
             return 0;
     }
-    if ((head = malloc(at)) == NULL)
+    room = avail - at < HTTP_BODY_INLINE ? avail - at : HTTP_BODY_INLINE;
+    if ((r = malloc(sizeof(*r) + at + room + 1)) == NULL)
         return 0;                             /* the other path says why */
+    req_init(r, c);
+    head = (char *)(r + 1);
     memcpy(head, data, at);
     evbuffer_drain(in, at);
     c->line_scan = 0;
     c->head_bytes = at;
-    if ((c->req = r = req_new(c)) == NULL) {
-        free(head);
-        conn_free(c);
-        return -1;
-    }
+    c->req = r;
     r->head = head;
     r->head_whole = 1;
+    if (room > 0) {
+        r->body_in = head + at;
+        r->body_in_cap = room + 1;
+    }
     for (line = head; ; line = (char *)nl + 1) {
         nl = memchr(line, '\n', (size_t)(head + at - line));
         n = (size_t)(nl - line);

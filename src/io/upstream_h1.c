@@ -784,8 +784,10 @@ static int h1_has_body(const char *method)
 
 /* "METHOD target HTTP/1.1" + Host + the caller's headers + Content-Length,
  * then the `body_len` bytes of `body` (the caller's choice: none, or the
- * request body), in one block. NULL on a header that would break the head. */
-static char *build_head(const struct upstream_req *req, const char *auth,
+ * request body), in one new block after `front` bytes left to the caller
+ * (the transfer itself); *lenp: the head's length, body included. NULL on
+ * a header that would break the head. */
+static char *build_head(size_t front, const struct upstream_req *req, const char *auth,
                         size_t auth_len, const char *port, size_t port_len,
                         const char *path, const char *body, size_t body_len,
                         size_t *lenp)
@@ -829,9 +831,9 @@ static char *build_head(const struct upstream_req *req, const char *auth,
         len += clen_len;
     }
     len += 2;
-    if ((buf = malloc(len + body_len + 1)) == NULL)
+    if ((buf = malloc(front + len + body_len + 1)) == NULL)
         return NULL;
-    w = buf;
+    w = buf + front;
 #define PUT(s, n) do { memcpy(w, (s), (n)); w += (n); } while (0)
     PUT(req->method, mlen);
     PUT(" ", 1);
@@ -858,7 +860,7 @@ static char *build_head(const struct upstream_req *req, const char *auth,
         PUT(body, body_len);
 #undef PUT
     *w = '\0';
-    *lenp = (size_t)(w - buf);
+    *lenp = (size_t)(w - (buf + front));
     return buf;
 }
 
@@ -874,10 +876,7 @@ static void xfer_free(struct h1_xfer *hx)
     resolver_cancel(hx->wait);
     if (hx->tls)
         hx->tls->refs--;
-    if (hx->head) {
-        explicit_bzero(hx->head, hx->head_len);
-        free(hx->head);
-    }
+    explicit_bzero(hx->head, hx->head_len);  /* in hx's block (h1_start) */
     free(hx->name);
     free(hx->tls_name);
     free(hx->ca_file);
@@ -1202,7 +1201,8 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     struct h1_tls_peer *tls = NULL;
     struct h1_url url;
     const char *auth, *port = "", *name = NULL;
-    size_t auth_len, port_len = 0;
+    size_t auth_len, port_len = 0, body_len, head_len;
+    char *block;
     int join;
 
     *mine = 0;
@@ -1232,34 +1232,33 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
         }
     }
     *mine = 1;
-    if ((hx = calloc(1, sizeof(*hx))) == NULL)
+    /* The transfer and its head (the body in it: TLS, so one SSL_write
+     * and one record for small requests; plain, when small, so one
+     * reference in the output instead of two, each a chain allocated and
+     * freed) in one block. */
+    body_len = h1_has_body(req->method) ? req->body_len : 0;
+    join = url.tls || body_len <= H1_JOIN_MAX;
+    if ((block = build_head(sizeof(*hx), req, auth, auth_len, port, port_len, url.path,
+                            join ? req->body : NULL, join ? body_len : 0, &head_len)) == NULL)
         return NULL;
+    hx = (struct h1_xfer *)(void *)block;
+    memset(hx, 0, sizeof(*hx));
+    hx->head = block + sizeof(*hx);
+    hx->head_len = head_len;
     upstream_xfer_init(&hx->x, u, cbs, arg, UPSTREAM_KIND_H1);
     hx->sa = url.sa;
     hx->salen = url.salen;
     hx->tls = tls;
     if (tls)
         tls->refs++;
-    hx->body = req->body;
-    hx->body_len = h1_has_body(req->method) ? req->body_len : 0;
+    if (!join) {
+        hx->body = req->body;
+        hx->body_len = body_len;
+    }
     hx->connect_ms = req->connect_timeout_ms;
     hx->total_ms = req->total_timeout_ms;
     hx->t_start_ms = mono_ms();
     evtimer_assign(&hx->timer, u->base, timer_cb, hx);
-    /* The body goes in the head's block: TLS, so one SSL_write and one
-     * record for small requests; plain, when small, so one reference in
-     * the output instead of two (each a chain allocated and freed). */
-    join = url.tls || hx->body_len <= H1_JOIN_MAX;
-    hx->head = build_head(req, auth, auth_len, port, port_len, url.path,
-                          join ? hx->body : NULL, join ? hx->body_len : 0, &hx->head_len);
-    if (hx->head == NULL) {
-        free(hx);
-        return NULL;
-    }
-    if (join) {
-        hx->body = NULL;
-        hx->body_len = 0;
-    }
     u->active++;
     if (url.is_name ? start_by_name(hx, &url, req, name) < 0 : send_request(hx) < 0) {
         xfer_free(hx);
