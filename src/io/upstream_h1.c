@@ -42,7 +42,9 @@
  *
  * Connections read their socket with their own read event: plain ones one
  * readv per readable event (sockread.h: no ioctl(FIONREAD) before each
- * read as a socket bufferevent makes), TLS ones every record the socket
+ * read as a socket bufferevent makes; between two chunks of a chunked body
+ * with nothing buffered, one recv into a stack buffer whose whole chunks
+ * go on from there: recv_chunks), TLS ones every record the socket
  * holds (SSL_read while the SSL has bytes). The bufferevent connects and
  * holds the input; plain requests are written through it, TLS ones with
  * SSL_write at once (a write event only when the socket is full). The
@@ -1483,30 +1485,43 @@ static ssize_t deliver(struct h1_xfer *hx, struct evbuffer *in, uint64_t max)
     return pass_on(hx, in, v.iov_base, n, n) < 0 ? -1 : (ssize_t)n;
 }
 
+/* Appends to a plain connection's input, whose end the bufferevent keeps
+ * frozen (as sock_read_into()). 0, or -1 when out of memory. */
+static int input_add(struct evbuffer *in, const char *p, size_t n)
+{
+    int r;
+
+    evbuffer_unfreeze(in, 0);
+    r = evbuffer_add(in, p, n);
+    evbuffer_freeze(in, 0);
+    return r;
+}
+
 /*
  * A chunked body's usual shape: whole chunks with plain size lines (hex
- * digits, CRLF) in the input's first chain, as one read brought them. Their
- * data go to on_data in one call (joined in `run` when there are several)
- * and leave the input with one drain, instead of a size line, a call and a
- * drain per chunk: an SSE event is usually a chunk of its own, and each
- * call costs a write to the client. Only bytes already here are joined, so
- * nothing waits for a later read. The last chunk without trailers
- * ("0" CRLF CRLF) ends the transfer here. Anything else (a chunk cut by the
- * chain's end, an extension, trailers, a malformed line, `run` full) stops
- * the run; h1_process's per-chunk path takes it from there. Returns -1 when
- * the transfer ended, else the chunks passed on.
+ * digits, CRLF), as one read brought them. Their data go to on_data in one
+ * call (joined in `run` when there are several) instead of a size line, a
+ * call and a drain per chunk: an SSE event is usually a chunk of its own,
+ * and each call costs a write to the client. Only bytes already here are
+ * joined, so nothing waits for a later read. The last chunk without
+ * trailers ("0" CRLF CRLF) ends the transfer here. Anything else (a chunk
+ * cut by the end of b, an extension, trailers, a malformed line, `run`
+ * full) stops the run; h1_process's per-chunk path takes it from there.
+ *
+ * b is either the input's first chain (front: what the run takes is
+ * drained) or bytes just read into a buffer of the caller (not front: what
+ * the run leaves is appended to the input, before on_data, which may end
+ * the transfer). `run` may be b itself when b is writable: the data move
+ * down over the size lines. Returns -1 when the transfer ended, else the
+ * chunks passed on.
  */
-static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, char *run, size_t cap)
+static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, const char *b, size_t len,
+                     int front, char *run, size_t cap)
 {
-    struct evbuffer_iovec v;
-    const char *b, *data = NULL;
-    size_t len, pos = 0, n = 0;
+    const char *data = NULL;
+    size_t pos = 0, n = 0;
     int chunks = 0;
 
-    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-        return 0;
-    b = v.iov_base;
-    len = v.iov_len;
     for (;;) {
         size_t i = pos, size = 0;
         int d;
@@ -1521,8 +1536,14 @@ static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, char *run, size_t 
             /* The last chunk: the end unless the peer sends trailers. */
             if (chunks > 0 || len - i < 2 || b[i] != '\r' || b[i + 1] != '\n')
                 break;
-            evbuffer_drain(in, i + 2);
-            finish(hx, UPSTREAM_OK, "");
+            i += 2;
+            if (front)
+                evbuffer_drain(in, i);
+            else if (i < len && input_add(in, b + i, len - i) < 0) {
+                finish(hx, UPSTREAM_ERR_PROTOCOL, "Out of memory");
+                return -1;
+            }
+            finish(hx, UPSTREAM_OK, "");    /* pooled only when nothing followed */
             return -1;
         }
         if (size > len - i || len - i - size < 2 || b[i + size] != '\r'
@@ -1535,18 +1556,22 @@ static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, char *run, size_t 
             if (size > cap - n)
                 break;
             if (data != run) {
-                memcpy(run, data, n);
+                memmove(run, data, n);
                 data = run;
             }
-            memcpy(run + n, b + i, size);
+            memmove(run + n, b + i, size);
             n += size;
         }
         chunks++;
         pos = i + size + 2;
     }
+    if (!front && pos < len && input_add(in, b + pos, len - pos) < 0) {
+        finish(hx, UPSTREAM_ERR_PROTOCOL, "Out of memory");
+        return -1;
+    }
     if (chunks == 0)
         return 0;
-    if (pass_on(hx, in, data, n, pos) < 0)
+    if (pass_on(hx, in, data, n, front ? pos : 0) < 0)
         return -1;
     return chunks;
 }
@@ -1623,7 +1648,10 @@ static void h1_process(struct h1_xfer *hx)
             break;
         case H1_CHUNK_SIZE: {
             char *e;
-            if ((r = chunk_run(hx, in, run, sizeof(run))) < 0)
+            struct evbuffer_iovec v;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                return;
+            if ((r = chunk_run(hx, in, v.iov_base, v.iov_len, 1, run, sizeof(run))) < 0)
                 return;
             if (r > 0) {
                 if (evbuffer_get_length(in) == 0)
@@ -2040,6 +2068,40 @@ static void tls_write_cb(evutil_socket_t fd, short what, void *arg)
     tls_events(c);
 }
 
+/*
+ * A plain connection between two chunks with nothing buffered, a stream's
+ * usual state between events: the read goes to a buffer on the stack and
+ * its whole chunks straight to on_data, joined in place (chunk_run), so no
+ * chain of the input is allocated and freed per read; only what they leave
+ * (a chunk cut by the read's end, anything unusual) goes into the input,
+ * for h1_process.
+ */
+static void recv_chunks(struct h1_conn *c, evutil_socket_t fd)
+{
+    char buf[H1_READ_MAX];
+    struct h1_xfer *hx = c->x;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    ssize_t got;
+
+    do
+        got = recv(fd, buf, sizeof(buf), 0);
+    while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return;
+        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_ERROR, errno, 0);
+        return;
+    }
+    if (got == 0) {
+        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_EOF, 0, 0);
+        return;
+    }
+    if (chunk_run(hx, in, buf, (size_t)got, 0, buf, sizeof(buf)) < 0)
+        return;
+    if (evbuffer_get_length(in) > 0 && !hx->x.paused)
+        h1_process(hx);                 /* may end the transfer */
+}
+
 /* A connection's socket is readable. An idle one has nothing to say:
  * closed. Plain: one readv into the input (no FIONREAD first); the end of
  * the stream or an error goes to conn_failed as the bufferevent's would.
@@ -2074,6 +2136,10 @@ static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
             tls_events(c);
         }
         tls_recv(c);
+        return;
+    }
+    if (c->x->st == H1_CHUNK_SIZE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+        recv_chunks(c, fd);
         return;
     }
     got = sock_read_into(bufferevent_get_input(c->bev), fd, H1_READ_MAX);

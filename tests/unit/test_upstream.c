@@ -2,8 +2,8 @@
  * test_upstream.c -- the plain HTTP/1.1 upstream client (src/io/upstream_h1.c)
  * through upstream.h, against a scripted server on a loopback socket in
  * the same event loop: framing (Content-Length, chunked with extensions
- * and trailers, chunks joined per read and chunks cut anywhere across
- * reads, until close, 1xx, 204), keep-alive reuse, a pooled
+ * and trailers, chunks joined per read, chunks cut anywhere across
+ * reads and reads between chunks, until close, 1xx, 204), keep-alive reuse, a pooled
  * connection that died, garbage and truncation, refused connections,
  * timeouts, pause/resume, cancel from inside a callback, and the curl
  * path for names.
@@ -485,6 +485,46 @@ static void test_chunks_cut_across_reads(void **state)
     fix_free(f);
 }
 
+/* Reads that start between chunks (a stream's usual rhythm) go through a
+ * buffer of their own: whole chunks passed on, a chunk the read cuts kept
+ * for the next one, the last chunk ending the transfer; the connection is
+ * pooled after a clean end and not when bytes followed the last chunk. */
+static void test_chunks_read_apart(void **state)
+{
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n\001"
+                            "2\r\ncd\r\n3\r\nef\001" "g\r\n2\r\nhi\r\n\001"
+                            "2\r\njk\r\n0\r\n\r\n");
+
+    (void)state;
+    f->srv.watch = &f->g.len;
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_string_equal(f->g.body, "abcdefghijk");
+    assert_int_equal(f->srv.seen[0], 2);
+    assert_int_equal(f->srv.seen[1], 6);            /* "cd" and the "ef" of "efg" */
+    assert_int_equal(f->srv.seen[2], 9);
+    f->g.len = 0;
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_string_equal(f->g.body, "abcdefghijk");
+    assert_int_equal(f->srv.accepted, 1);           /* pooled after the clean end */
+    fix_free(f);
+
+    f = fix_new("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n\001"
+                "0\r\n\r\nXYZ");
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_string_equal(f->g.body, "ab");
+    f->g.len = 0;
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_int_equal(f->srv.accepted, 2);           /* stray bytes: not pooled */
+    fix_free(f);
+}
+
 static void test_until_close(void **state)
 {
     struct fix *f = fix_new("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it");
@@ -776,6 +816,7 @@ int main(void)
         cmocka_unit_test(test_chunked_extensions_trailers),
         cmocka_unit_test(test_chunks_joined_per_read),
         cmocka_unit_test(test_chunks_cut_across_reads),
+        cmocka_unit_test(test_chunks_read_apart),
         cmocka_unit_test(test_until_close),
         cmocka_unit_test(test_interim_and_no_content),
         cmocka_unit_test(test_garbage_and_truncation),
