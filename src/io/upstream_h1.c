@@ -1388,26 +1388,54 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
 
 /* 1: a head was handled; 0: more bytes needed; -1: the transfer ended
  * (hx is gone). */
+/* The length of the head (its blank line included) when it ends in the
+ * input's first chain, else 0: one memchr per line, where evbuffer_search
+ * walks the buffer through its pointer API. *at: the chain's bytes. */
+static size_t head_in_first_chain(struct evbuffer *in, const char **at)
+{
+    struct evbuffer_iovec v;
+    const char *p, *e, *q, *nl;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+        return 0;
+    p = v.iov_base;
+    e = p + v.iov_len;
+    for (q = p; q < e && (nl = memchr(q, '\n', (size_t)(e - q))) != NULL; q = nl + 1)
+        if (nl - p >= 3 && nl[-1] == '\r' && nl[-2] == '\n' && nl[-3] == '\r') {
+            *at = p;
+            return (size_t)(nl + 1 - p);
+        }
+    return 0;
+}
+
 static int read_head(struct h1_xfer *hx, struct evbuffer *in)
 {
-    struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-    size_t len;
+    const char *at = NULL;
+    size_t len = head_in_first_chain(in, &at);
     char *head;
     int status, minor;
 
-    if (pos.pos < 0) {
-        if (evbuffer_get_length(in) > H1_MAX_HEAD) {
-            finish(hx, UPSTREAM_ERR_PROTOCOL, "Response head too large");
-            return -1;
+    if (len == 0) {
+        struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (pos.pos < 0) {
+            if (evbuffer_get_length(in) > H1_MAX_HEAD) {
+                finish(hx, UPSTREAM_ERR_PROTOCOL, "Response head too large");
+                return -1;
+            }
+            return 0;
         }
-        return 0;
+        len = (size_t)pos.pos + 4;
     }
-    len = (size_t)pos.pos + 4;
     if (len > H1_MAX_HEAD || (head = malloc(len + 1)) == NULL) {
         finish(hx, UPSTREAM_ERR_PROTOCOL, "Response head too large");
         return -1;
     }
-    evbuffer_remove(in, head, len);
+    if (at) {
+        memcpy(head, at, len);
+        evbuffer_drain(in, len);
+    } else {
+        evbuffer_remove(in, head, len);
+    }
     head[len] = '\0';
     upstream_rh_clear(&hx->x);
     status = parse_head(hx, head, len, &minor);

@@ -3,7 +3,8 @@
  * through upstream.h, against a scripted server on a loopback socket in
  * the same event loop: framing (Content-Length, chunked with extensions
  * and trailers, chunks joined per read, chunks cut anywhere across
- * reads and reads between chunks, until close, 1xx, 204), keep-alive reuse, a pooled
+ * reads and reads between chunks, until close, 1xx, 204, a head cut in its
+ * blank line), keep-alive reuse, a pooled
  * connection that died, garbage and truncation, refused connections,
  * timeouts, pause/resume, cancel from inside a callback, and the curl
  * path for names.
@@ -525,6 +526,39 @@ static void test_chunks_read_apart(void **state)
     fix_free(f);
 }
 
+/* A head whose blank line is cut across reads (in its CR LF CR LF, and a
+ * 100 Continue in front in the same read): found whatever the cut. */
+static void test_head_cut_across_reads(void **state)
+{
+    static const char *const resps[] = {
+        "HTTP/1.1 201 Created\r\nX-A: 1\r\nx-b: 2\r\n\r\001\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 201 Created\r\nX-A: 1\r\nx-b: 2\r\nContent-Length: 2\r\n\r\001\nhi",
+        "HTTP/1.1 201 Created\r\nX-A: 1\r\nx-b: 2\r\nContent-Length: 2\r\n\001\r\nhi",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nX-A: 1\r\nx-b: 2\r\n"
+        "Content-Length: 2\r\n\r\001\nhi",
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(resps) / sizeof(resps[0]); i++) {
+        struct fix *f = fix_new(resps[i]);
+        got_start(&f->g, f->url);
+        run(&f->g);
+        assert_int_equal(f->g.status, 201);
+        assert_string_equal(f->g.xa, "1");
+        assert_string_equal(f->g.second, "x-b=2");
+        assert_true(f->g.iter_ok);
+        if (i == 0) {
+            /* the blank line ended the head: the rest is body until close */
+            assert_int_equal(f->g.nh, 2);
+        } else {
+            assert_int_equal(f->g.res, UPSTREAM_OK);
+            assert_string_equal(f->g.body, "hi");
+        }
+        fix_free(f);
+    }
+}
+
 static void test_until_close(void **state)
 {
     struct fix *f = fix_new("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it");
@@ -824,6 +858,7 @@ int main(void)
         cmocka_unit_test(test_refused_and_timeout),
         cmocka_unit_test(test_target_without_path),
         cmocka_unit_test(test_pause_resume),
+        cmocka_unit_test(test_head_cut_across_reads),
         cmocka_unit_test(test_cancel_inside_callback),
         cmocka_unit_test(test_names_go_through_curl),
         cmocka_unit_test(test_tls_peers_make_room),
