@@ -50,7 +50,7 @@ static int cut(struct js *s, const unsigned char *at, const char *msg)
 
 /* Skips blanks. Every byte that may follow them in JSON is above ' ', so
  * one compare settles the usual case (none). */
-static void ws(struct js *s)
+static inline void ws(struct js *s)
 {
     const unsigned char *p = s->p, *end = s->end;
 
