@@ -21,7 +21,8 @@ void proxy_handle(struct gateway *gw, struct http_req *req);
 void proxy_handle_get(struct gateway *gw, struct http_req *req, const char *path);
 
 /* At exit after the drain timeout: ends every request of worker w still
- * in flight (on w's thread, or after it ended). */
+ * in flight (on w's thread, or after it ended), and frees the memory of a
+ * finished one that w kept for its next. */
 void proxy_abort_all(struct worker *w);
 
 #endif

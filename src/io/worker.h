@@ -34,6 +34,8 @@ struct worker {
     struct http_server *http;        /* set and freed by gateway.c */
     struct upstream    *up;          /* set and freed by gateway.c */
     void               *inflight;    /* proxy.c's requests of this worker */
+    void               *px_spare;    /* proxy.c: freed requests' memory, kept */
+    int                 px_nspare;   /* ... how many (a list through ->next) */
     void               *events;      /* events.c's watchers of this worker */
     uint64_t            served;      /* requests handed over (atomic) */
     int                 threaded;
