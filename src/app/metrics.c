@@ -110,6 +110,7 @@ static struct {
     struct model_slot    models[METRICS_MAX_MODELS];
     size_t               nmodels;
     uint16_t             model_hash[MODEL_HASH_SLOTS];  /* model id, 0 = empty */
+    uint16_t             last_model;    /* model_id()'s last answer, 0: none */
     struct req_series    req[METRICS_REQ_SERIES];
     size_t               nreq;
     uint64_t             req_overflow;
@@ -379,13 +380,18 @@ static int utf8_valid(const unsigned char *s, size_t n)
     return 1;
 }
 
-/* The model's id, interning it while there is room. */
+/* The model's id, interning it while there is room. The last model
+ * looked up is tried first (a request's metrics ask twice, and traffic
+ * mostly runs on few models): one strcmp instead of a hash and a probe. */
 static uint16_t model_id(const char *model)
 {
     size_t n, b;
 
     if (model == NULL)
         return MODEL_NONE;
+    if (reg.last_model >= MODEL_FIRST
+        && strcmp(reg.models[reg.last_model - MODEL_FIRST].name, model) == 0)
+        return reg.last_model;
     n = strlen(model);
     if (n >= METRICS_MODEL_NAME_MAX)
         return MODEL_OTHER;
@@ -393,7 +399,7 @@ static uint16_t model_id(const char *model)
          reg.model_hash[b] != 0; b = (b + 1) & (MODEL_HASH_SLOTS - 1)) {
         uint16_t id = reg.model_hash[b];
         if (strcmp(reg.models[id - MODEL_FIRST].name, model) == 0)
-            return id;
+            return reg.last_model = id;
     }
     if (reg.nmodels == METRICS_MAX_MODELS
         || !utf8_valid((const unsigned char *)model, n))
@@ -401,7 +407,7 @@ static uint16_t model_id(const char *model)
     memcpy(reg.models[reg.nmodels].name, model, n + 1);
     reg.model_hash[b] = (uint16_t)(MODEL_FIRST + reg.nmodels);
     reg.nmodels++;
-    return reg.model_hash[b];
+    return reg.last_model = reg.model_hash[b];
 }
 
 static const char *model_name(uint16_t id)
