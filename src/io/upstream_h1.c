@@ -153,6 +153,12 @@ struct h1_conn {
     unsigned char       ev_set;         /* rd (and wev) assigned */
 };
 
+/* The scheme and authority of the last URLs seen, parsed (url_get): a
+ * host's URL begins each of its requests' URLs, so it is parsed once, not
+ * per request. */
+#define H1_URL_SLOTS 16
+struct h1_url_slot;
+
 struct h1_pool {
     struct event_base *base;
     struct h1_conn    *bucket[H1_BUCKETS];
@@ -164,6 +170,8 @@ struct h1_pool {
     struct h1_tls_peer *tls_bucket[H1_TLS_BUCKETS];
     size_t             ntls;
     uint64_t           handshakes, resumed;
+    struct h1_url_slot *urls[H1_URL_SLOTS];  /* parsed URLs (url_get) */
+    unsigned           url_next;        /* the slot a new URL takes */
 };
 
 enum h1_state {
@@ -646,6 +654,8 @@ void h1_pool_free(struct h1_pool *p)
     }
     event_del(&p->sweep);
     tls_peers_free(p);
+    for (size_t i = 0; i < H1_URL_SLOTS; i++)
+        free(p->urls[i]);
     free(p);
 }
 
@@ -761,6 +771,49 @@ static int parse_url(const char *url, struct h1_url *u)
         return 0;
     u->path = p;
     return 1;
+}
+
+/* A URL's scheme and authority, parsed, its pointers into its own copy. */
+struct h1_url_slot {
+    struct h1_url u;
+    int           ok;                   /* parse_url() took it */
+    size_t        len;
+    char          url[];                /* "http[s]://HOST[:port]" */
+};
+
+/* parse_url(url) with the scheme and authority parsed once per pool: a
+ * request's URL is its host's URL (the same string request after request)
+ * and the request's path. NULL when the URL is not one for this client;
+ * else the pool's parse of the authority, valid until the next call, and
+ * *path the URL's path and query. */
+static const struct h1_url *url_get(struct h1_pool *p, const char *url, const char **path)
+{
+    struct h1_url_slot *s;
+    const char *h;
+    size_t i, n;
+
+    for (i = 0; i < H1_URL_SLOTS && (s = p->urls[i]) != NULL; i++)
+        if (strncmp(url, s->url, s->len) == 0
+            && (url[s->len] == '\0' || url[s->len] == '/' || url[s->len] == '?'
+                || url[s->len] == '#'))
+            goto found;
+    h = strstr(url, "://");
+    n = h ? (size_t)(h + 3 - url) + strcspn(h + 3, "/?#") : strlen(url);
+    if ((s = malloc(sizeof(*s) + n + 1)) == NULL)
+        return NULL;
+    memcpy(s->url, url, n);
+    s->url[n] = '\0';
+    s->len = n;
+    s->ok = parse_url(s->url, &s->u);
+    if (i == H1_URL_SLOTS)
+        i = p->url_next++ % H1_URL_SLOTS;
+    free(p->urls[i]);
+    p->urls[i] = s;
+found:
+    if (!s->ok || url[s->len] == '#')
+        return NULL;
+    *path = url + s->len;
+    return &s->u;
 }
 
 static int has_crlf(const char *s)
@@ -1201,36 +1254,36 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
 {
     struct h1_xfer *hx;
     struct h1_tls_peer *tls = NULL;
-    struct h1_url url;
-    const char *auth, *port = "", *name = NULL;
+    const struct h1_url *url;
+    const char *auth, *port = "", *name = NULL, *path;
     size_t auth_len, port_len = 0, body_len, head_len;
     char *block;
     int join;
 
     *mine = 0;
-    if (!parse_url(req->url, &url))
+    if ((url = url_get(u->h1, req->url, &path)) == NULL)
         return NULL;
     if (strcmp(req->method, "GET") != 0 && !h1_has_body(req->method))
         return NULL;
-    if (url.is_name && (u->dns == NULL || u->names_curl))
+    if (url->is_name && (u->dns == NULL || u->names_curl))
         return NULL;                    /* no resolver, or resolver: libc: curl's */
-    auth = url.auth;
-    auth_len = url.auth_len;
-    if (url.tls) {
-        name = req->server_name && *req->server_name ? req->server_name : url.host;
+    auth = url->auth;
+    auth_len = url->auth_len;
+    if (url->tls) {
+        name = req->server_name && *req->server_name ? req->server_name : url->host;
         if (u->h1->no_tls || has_crlf(name) || strchr(name, ' '))
             return NULL;
         /* NULL: the CA file cannot be read, too many peers: curl's turn.
          * A name's peers come once its addresses are known. */
-        if (url.is_name ? trust_get(u->h1, req->ca_file, req->insecure) == NULL
-                        : (tls = tls_peer_get(u->h1, &url.sa, url.salen, name, req->ca_file,
+        if (url->is_name ? trust_get(u->h1, req->ca_file, req->insecure) == NULL
+                        : (tls = tls_peer_get(u->h1, &url->sa, url->salen, name, req->ca_file,
                                               req->insecure)) == NULL)
             return NULL;
-        if (name != url.host) {         /* Host: the name, the URL's port */
+        if (name != url->host) {        /* Host: the name, the URL's port */
             auth = name;
             auth_len = strlen(name);
-            port = url.port;
-            port_len = url.port_len;
+            port = url->port;
+            port_len = url->port_len;
         }
     }
     *mine = 1;
@@ -1239,8 +1292,8 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
      * reference in the output instead of two, each a chain allocated and
      * freed) in one block. */
     body_len = h1_has_body(req->method) ? req->body_len : 0;
-    join = url.tls || body_len <= H1_JOIN_MAX;
-    if ((block = build_head(sizeof(*hx), req, auth, auth_len, port, port_len, url.path,
+    join = url->tls || body_len <= H1_JOIN_MAX;
+    if ((block = build_head(sizeof(*hx), req, auth, auth_len, port, port_len, path,
                             join ? req->body : NULL, join ? body_len : 0, &head_len)) == NULL)
         return NULL;
     hx = (struct h1_xfer *)(void *)block;
@@ -1248,8 +1301,8 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     hx->head = block + sizeof(*hx);
     hx->head_len = head_len;
     upstream_xfer_init(&hx->x, u, cbs, arg, UPSTREAM_KIND_H1);
-    hx->sa = url.sa;
-    hx->salen = url.salen;
+    hx->sa = url->sa;
+    hx->salen = url->salen;
     hx->tls = tls;
     if (tls)
         tls->refs++;
@@ -1262,7 +1315,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     hx->t_start_ms = mono_ms();
     evtimer_assign(&hx->timer, u->base, timer_cb, hx);
     u->active++;
-    if (url.is_name ? start_by_name(hx, &url, req, name) < 0 : send_request(hx) < 0) {
+    if (url->is_name ? start_by_name(hx, url, req, name) < 0 : send_request(hx) < 0) {
         xfer_free(hx);
         return NULL;
     }

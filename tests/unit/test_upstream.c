@@ -710,6 +710,39 @@ static void test_target_without_path(void **state)
     fix_free(f);
 }
 
+/* The scheme and authority of a URL are parsed once and kept: the next
+ * URL of that host sends its own path, and a host whose port begins with
+ * a kept one's digits is not taken for it. */
+static void test_kept_url_parse(void **state)
+{
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    char url[128];
+
+    (void)state;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/a", f->srv.port);
+    got_start(&f->g, url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_non_null(strstr(f->srv.last, "POST /a HTTP/1.1\r\n"));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/b?c=d", f->srv.port);
+    got_start(&f->g, url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_non_null(strstr(f->srv.last, "POST /b?c=d HTTP/1.1\r\n"));
+    fix_free(f);
+
+    f = fix_new("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", f->srv.port / 10);
+    got_start(&f->g, url);                  /* kept: "http://127.0.0.1:" + 4 digits */
+    run(&f->g);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/c", f->srv.port);
+    got_start(&f->g, url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_non_null(strstr(f->srv.last, "POST /c HTTP/1.1\r\n"));
+    fix_free(f);
+}
+
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct got *g = arg;
@@ -857,6 +890,7 @@ int main(void)
         cmocka_unit_test(test_dead_pooled_connection_resent),
         cmocka_unit_test(test_refused_and_timeout),
         cmocka_unit_test(test_target_without_path),
+        cmocka_unit_test(test_kept_url_parse),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_head_cut_across_reads),
         cmocka_unit_test(test_cancel_inside_callback),
