@@ -93,7 +93,7 @@
 #define H1_READ_MAX        16384         /* plain: bytes per read; TLS: a whole record */
 #define H1_TLS_RESERVE     (2 * H1_READ_MAX) /* TLS: input space taken per reservation */
 #define H1_RUN_MAX         16384         /* chunk data joined for one on_data */
-#define H1_JOIN_MAX        16384         /* plain: a body copied into the head's block */
+#define H1_JOIN_MAX        16384         /* a body copied into the head's block */
 
 /* An SSL_CTX for one (ca_file, verify): the trust of some TLS peers. */
 struct h1_trust {
@@ -142,6 +142,8 @@ struct h1_conn {
     struct event        wev;            /* writable: handshake, a write the socket did not take */
     const char         *wbuf;           /* the request not yet taken by SSL_write */
     size_t              wlen;
+    const char         *wnext;          /* then this (a body not joined to the head) */
+    size_t              wnext_len;
     unsigned long       end_ssl;        /* the end met (see tls_end): OpenSSL's error code, */
     int                 end_err;        /* errno, */
     short               end_what;       /* BEV_EVENT_* (0: none) */
@@ -949,7 +951,8 @@ static void finish(struct h1_xfer *hx, enum upstream_result res, const char *msg
 
     hx->conn = NULL;
     if (c) {
-        if (res == UPSTREAM_OK && hx->keepalive && c->wlen == 0 && !c->end_what
+        if (res == UPSTREAM_OK && hx->keepalive && c->wlen == 0 && c->wnext_len == 0
+            && !c->end_what
             && !c->rd_wants_write && !c->wr_wants_read      /* TLS: not mid-renegotiation */
             && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0
             && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
@@ -1077,12 +1080,15 @@ static int send_request(struct h1_xfer *hx)
     c->x = hx;
     hx->conn = c;
     if (c->tls) {
-        /* One buffer (head and body, see h1_start), written with SSL_write
-         * right here on a kept connection, as the plain path writes at
-         * once; on a new one after the handshake. A failure is reported
-         * from the next read event (tls_events): try_resend then. */
+        /* The head (the body in it when small, see h1_start), then a
+         * body not joined, written with SSL_write right here on a kept
+         * connection, as the plain path writes at once; on a new one after
+         * the handshake. A failure is reported from the next read event
+         * (tls_events): try_resend then. */
         c->wbuf = hx->head;
         c->wlen = hx->head_len;
+        c->wnext = hx->body;
+        c->wnext_len = hx->body_len;
         if (hx->connected) {
             tls_err_clear();
             tls_send(c);
@@ -1287,12 +1293,13 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
         }
     }
     *mine = 1;
-    /* The transfer and its head (the body in it: TLS, so one SSL_write
-     * and one record for small requests; plain, when small, so one
-     * reference in the output instead of two, each a chain allocated and
-     * freed) in one block. */
+    /* The transfer and its head (the body in it when small: TLS, one
+     * SSL_write and one record; plain, one reference in the output
+     * instead of two, each a chain allocated and freed) in one block. A
+     * larger body is sent after the head from the caller's memory, no
+     * copy (TLS: tls_send goes on from wbuf to wnext). */
     body_len = h1_has_body(req->method) ? req->body_len : 0;
-    join = url->tls || body_len <= H1_JOIN_MAX;
+    join = body_len <= H1_JOIN_MAX;
     if ((block = build_head(sizeof(*hx), req, auth, auth_len, port, port_len, path,
                             join ? req->body : NULL, join ? body_len : 0, &head_len)) == NULL)
         return NULL;
@@ -2039,6 +2046,11 @@ static int tls_send(struct h1_conn *c)
         if (n > 0) {
             c->wbuf += n;
             c->wlen -= (size_t)n;
+            if (c->wlen == 0 && c->wnext_len > 0) {
+                c->wbuf = c->wnext;             /* the body after the head */
+                c->wlen = c->wnext_len;
+                c->wnext_len = 0;
+            }
             continue;
         }
         if (!tls_wait(c, n, BEV_EVENT_WRITING, &ww))

@@ -166,6 +166,15 @@ def test_https_name_host_verified_against_its_name(gateway, dns, tmp_path):
         assert s["tls_sni"].get("secure.test", 0) >= 1, s
         assert s["last_headers"]["host"] == "secure.test:%d" % m.port
         assert dns.count("secure.test", "A") >= 1
+        # Bodies beyond the join limit (16 KB) on new connections (the
+        # mock closes after each answer): the request waits for the name
+        # and the handshake, head and body arrive whole.
+        m.config(close_connection=True)
+        for stream in (False, True):
+            big = "n" * (40 << 10)
+            st, _, body = g.chat(stream=stream, messages=[{"role": "user", "content": big}])
+            assert st == 200, body[:300]
+            assert len(m.stats()["last_body"]["messages"][0]["content"]) == len(big)
         g.stop()
         # A name the certificate does not carry: refused by the check.
         g = gateway([{"name": "bad", "url": "https://wrong.test:%d" % m.port,

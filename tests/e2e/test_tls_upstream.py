@@ -171,6 +171,26 @@ def test_big_request_on_a_kept_tls_connection(gateway, tls_mock):
     g.stop()
 
 
+def test_body_beyond_the_join_limit_on_new_tls_connections(gateway, tls_mock):
+    """Bodies larger than H1_JOIN_MAX (16 KB: head and body no longer one
+    block) on NEW TLS connections (the mock closes after each answer), so
+    the request waits for the handshake: head and body both reach the
+    mock and the answer comes back (a body left behind would hang until
+    the timeout). By name: test_resolver's https test does the same."""
+    m = tls_mock()
+    m.config(close_connection=True)
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}],
+                policies="retry:\n  max_attempts: 1\n  per_try_timeout: %ds\n"
+                         "server:\n  max_body_bytes: 1MB\n" % (5 * SLOW))
+    for size, stream in ((17 << 10, False), (17 << 10, True), (300 << 10, False)):
+        big = "b" * size
+        st, _, body = g.chat(stream=stream, messages=[{"role": "user", "content": big}])
+        assert st == 200, body[:300]
+        assert len(m.stats()["last_body"]["messages"][0]["content"]) == size
+    assert m.stats()["tls_handshakes"] >= 3
+    g.stop()
+
+
 def test_paused_tls_stream_completes_and_is_not_idle(gateway, tls_mock):
     """A client that does not read pauses the TLS upstream (EV_READ off on
     the connection, records already read kept in the input): the
