@@ -217,6 +217,7 @@ struct h1_xfer {
     unsigned char           resent;     /* already sent again once */
     unsigned char           got_bytes;  /* a response byte arrived */
     unsigned char           keepalive;  /* the peer lets us reuse it */
+    unsigned char           timer_on;   /* timer added, not yet fired or deleted */
 };
 
 static void conn_recv_cb(evutil_socket_t fd, short what, void *arg);
@@ -923,13 +924,23 @@ static char *build_head(size_t front, const struct upstream_req *req, const char
 
 /* --- transfers ------------------------------------------------------------ */
 
+/* The transfer's timer off; no library call when it is not on (it is not
+ * for most transfers' ends: one event_del where there were two or three). */
+static void timer_off(struct h1_xfer *hx)
+{
+    if (hx->timer_on) {
+        hx->timer_on = 0;
+        event_del(&hx->timer);
+    }
+}
+
 static void xfer_free(struct h1_xfer *hx)
 {
     if (hx->conn) {             /* mid-response: the connection cannot be reused */
         conn_close(hx->conn);
         hx->conn = NULL;
     }
-    event_del(&hx->timer);
+    timer_off(hx);
     resolver_cancel(hx->wait);
     if (hx->tls)
         hx->tls->refs--;
@@ -960,7 +971,7 @@ static void finish(struct h1_xfer *hx, enum upstream_result res, const char *msg
         else
             conn_close(c);
     }
-    event_del(&hx->timer);
+    timer_off(hx);
     if (!hx->x.cancelled && hx->x.cbs->on_done) {
         hx->busy++;
         hx->x.cbs->on_done(hx->x.arg, res, msg);
@@ -979,12 +990,13 @@ static void arm_timer(struct h1_xfer *hx)
     if (hx->total_ms > 0 && (due < 0 || hx->t_start_ms + hx->total_ms < due))
         due = hx->t_start_ms + hx->total_ms;
     if (due < 0) {
-        event_del(&hx->timer);
+        timer_off(hx);
         return;
     }
     due = due > now ? due - now : 0;
     tv.tv_sec = (time_t)(due / 1000);
     tv.tv_usec = (suseconds_t)((due % 1000) * 1000);
+    hx->timer_on = 1;
     evtimer_add(&hx->timer, &tv);
 }
 
@@ -995,6 +1007,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    hx->timer_on = 0;
     if (hx->fail) {
         finish(hx, UPSTREAM_ERR_CONNECT, hx->fail);    /* freed after on_done */
         return;
@@ -1187,6 +1200,7 @@ static void fail_soon(struct h1_xfer *hx, const char *msg)
     hx->fail = strdup(msg);
     if (hx->fail == NULL)
         hx->fail = strdup("out of memory");
+    hx->timer_on = 1;
     evtimer_add(&hx->timer, &now);
 }
 
@@ -1395,14 +1409,18 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
         memmove(w + nlen + 1, v, vlen);
         w[nlen + 1 + vlen] = '\0';
         if (nlen == 14 && strcasecmp(w, "Content-Length") == 0) {
-            char *e;
+            const char *e;
             uint64_t n;
             const char *val = w + nlen + 1;
             if (vlen == 0 || val[0] < '0' || val[0] > '9')
                 return -1;
-            errno = 0;
-            n = strtoull(val, &e, 10);
-            if (*e || errno || (have_len && n != clen))
+            n = 0;              /* digits only; strtoull's range */
+            for (e = val; *e >= '0' && *e <= '9'; e++) {
+                if (n > (UINT64_MAX - (uint64_t)(*e - '0')) / 10)
+                    return -1;
+                n = n * 10 + (uint64_t)(*e - '0');
+            }
+            if (*e || (have_len && n != clen))
                 return -1;
             clen = n;
             have_len = 1;
