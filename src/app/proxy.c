@@ -132,6 +132,8 @@ struct px_leg {
                                           * answer's idle and total limits */
     struct event          try_ev;        /* try_timer points here: no
                                           * event_new per leg */
+    int                   try_on;        /* try_timer added, not yet fired
+                                          * or deleted (px_try_off) */
     struct evbuffer      *buf;           /* buffered response body */
 };
 
@@ -169,6 +171,8 @@ struct proxy {
     struct event         *backoff_timer; /* &backoff_ev: wait before the next attempt */
     struct event          deadline_ev;   /* in the request: no event_new per request */
     struct event          backoff_ev;
+    int                   deadline_on;   /* deadline_timer added, not fired
+                                          * or deleted */
     int64_t               t_start, t_head;
     int64_t               t_up;          /* since when a leg has been out */
     int64_t               upstream_ms;   /* time with a leg out, for overhead */
@@ -265,6 +269,7 @@ static void px_cache_count(struct proxy *p, int res);
 static void px_leg_cancel(struct px_leg *l);
 static void px_leg_end_locked(struct px_leg *l);
 static void px_arm_answer_timer(struct px_leg *l, int64_t now);
+static void px_try_off(struct px_leg *l);
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id);
 static void px_scan_id(struct proxy *p, const struct px_leg *l,
                        const char *data, size_t len);
@@ -413,16 +418,17 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     if (p->next)
         p->next->prev = p->prev;
     for (i = 0; i < p->nlegs; i++) {
-        if (p->legs[i].try_timer)
-            event_del(p->legs[i].try_timer);
+        px_try_off(&p->legs[i]);
         if (p->legs[i].buf)
             evbuffer_free(p->legs[i].buf);
     }
     admit_req_free(&p->ad);                /* a plan may have been cut short */
     for (i = 0; i < PX_MAX_STEPS; i++)
         free(p->bodies[i].body);
-    event_del(p->deadline_timer);
-    event_del(p->backoff_timer);
+    if (p->deadline_on)
+        event_del(p->deadline_timer);
+    if (evtimer_pending(p->backoff_timer, NULL))   /* added by other workers too */
+        event_del(p->backoff_timer);
     if (p->idscan)
         evbuffer_free(p->idscan);
     if (p->ctext)
@@ -669,7 +675,7 @@ static void px_leg_end(struct px_leg *l, enum metrics_outcome o, enum px_end how
     struct proxy *p = l->p;
     int64_t now = gw_now_ms();
 
-    evtimer_del(l->try_timer);
+    px_try_off(l);
     if (--p->active == 0)
         p->upstream_ms += now - p->t_up;
     l->end_pending = 1;
@@ -1012,6 +1018,7 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
         /* The first byte goes to the client now: no retry after this. */
         p->st = PX_STREAMING;
         l->streaming = 1;
+        p->deadline_on = 0;
         event_del(p->deadline_timer);
         p->resp_status = status;
         px_add_headers(p);
@@ -1408,11 +1415,22 @@ static const struct upstream_cbs px_cbs = { px_on_headers, px_on_data, px_on_don
 
 /* --- timers and client events ---------------------------------------- */
 
-static void px_timer_ms(struct event *ev, int64_t ms)
+/* A leg's try_timer on in ms, or off: no library call when it is off
+ * already (a request's end would delete it a second time). */
+static void px_try_arm(struct px_leg *l, int64_t ms)
 {
     struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 
-    evtimer_add(ev, &tv);
+    l->try_on = 1;
+    evtimer_add(l->try_timer, &tv);
+}
+
+static void px_try_off(struct px_leg *l)
+{
+    if (l->try_on) {
+        l->try_on = 0;
+        evtimer_del(l->try_timer);
+    }
 }
 
 /* The first-byte limit of an attempt: its step's, or retry.per_try_timeout. */
@@ -1445,9 +1463,9 @@ static void px_arm_answer_timer(struct px_leg *l, int64_t now)
     if (total > 0 && (at < 0 || l->t_try + total < at))
         at = l->t_try + total;
     if (at >= 0)
-        px_timer_ms(l->try_timer, at > now ? at - now : 0);
+        px_try_arm(l, at > now ? at - now : 0);
     else
-        evtimer_del(l->try_timer);
+        px_try_off(l);
 }
 
 /*
@@ -1487,6 +1505,7 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    l->try_on = 0;
     if (l->xfer == NULL)
         return;
     c = l->p->snap->cfg;
@@ -1518,7 +1537,7 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
         }
         l->reads_seen = l->reads;
     } else if (idle > 0) {
-        px_timer_ms(l->try_timer, l->tick_at - now);   /* woken for the cap */
+        px_try_arm(l, l->tick_at - now);   /* woken for the cap */
         return;
     }
     px_arm_answer_timer(l, now);
@@ -1530,6 +1549,7 @@ static void px_deadline(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    p->deadline_on = 0;
     if (p->st == PX_STREAMING || p->st == PX_DONE)
         return;
     px_error(p, 504, "upstream_error", "deadline_exceeded",
@@ -1682,7 +1702,7 @@ static int px_send(struct px_leg *l)
         p->t_up = now;
     if (c->retry.response_timeout_ms > 0 && c->retry.response_timeout_ms < first)
         first = c->retry.response_timeout_ms;
-    px_timer_ms(l->try_timer, first);
+    px_try_arm(l, first);
     return 0;
 }
 
@@ -2348,6 +2368,7 @@ static void px_start_rest(struct proxy *p)
 
     tv.tv_sec = (time_t)(p->ad.deadline_ms / 1000);
     tv.tv_usec = (suseconds_t)((p->ad.deadline_ms % 1000) * 1000);
+    p->deadline_on = 1;
     evtimer_add(p->deadline_timer, &tv);
     lock_take();
     retry_budget_note_request(&p->gw->budget, p->t_start);
