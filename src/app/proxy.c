@@ -1139,6 +1139,8 @@ static enum upstream_verdict px_on_data(void *arg, const char *data, size_t len)
             lock_drop();
             l->chunks = 0;
         }
+        if (l->xfer && upstream_ending(l->xfer))
+            http_stream_last(p->req);   /* one client write with the end's */
         if (p->ustream)
             usage_stream_feed(p->ustream, data, len);
         if (p->ctext && evbuffer_get_length(p->ctext) + len <= PX_CONTENT_SCAN)

@@ -119,6 +119,7 @@ struct http_req {
     size_t              rh_len;       /* the head is written */
     size_t              rh_cap;
     int                 streaming;    /* chunked reply started */
+    int                 stream_last;  /* the stream's last writes: queued (http_stream_last) */
     http_req_cb         close_cb;
     void               *close_arg;
     http_req_cb         drain_cb;
@@ -623,8 +624,10 @@ size_t http_stream_write(struct http_req *r, const char *data, size_t len)
         size[n++] = '\n';
     }
     /* A paused stream waiting for the drain callback is left to the
-     * usual path, which calls it. */
-    if (!r->conn->tls && r->drain_cb == NULL && evbuffer_get_length(out) == 0)
+     * usual path, which calls it; so is the stream's last piece, which the
+     * flush writes with the end's chunk. */
+    if (!r->conn->tls && r->drain_cb == NULL && !r->stream_last
+        && evbuffer_get_length(out) == 0)
         return stream_send(r->conn, out, size, n, data, len);
     if (n > 0) {
         /* One reservation for size line, data and CRLF: one pass through
@@ -646,6 +649,11 @@ size_t http_stream_write(struct http_req *r, const char *data, size_t len)
     }
     event_active(&r->conn->flush_ev, EV_WRITE, 0);
     return evbuffer_get_length(out);
+}
+
+void http_stream_last(struct http_req *r)
+{
+    r->stream_last = 1;
 }
 
 void http_stream_end(struct http_req *r)

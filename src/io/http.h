@@ -118,6 +118,10 @@ void   http_reply_error(struct http_req *r, int status, const char *type,
 void   http_stream_start(struct http_req *r, int status, const char *ctype);
 /* Queues data; returns bytes now waiting to go to the client. */
 size_t http_stream_write(struct http_req *r, const char *data, size_t len);
+/* The stream's end follows before anything else can arrive: what is
+ * written until http_stream_end() is queued instead of written at once,
+ * so that it leaves with the end's chunk in one write. */
+void   http_stream_last(struct http_req *r);
 void   http_stream_end(struct http_req *r);
 /* Called once when all queued output has been written. */
 void   http_req_on_drain(struct http_req *r, http_req_cb cb, void *arg);

@@ -567,6 +567,11 @@ const char *upstream_resp_header(const struct upstream_xfer *x, const char *name
     return NULL;
 }
 
+int upstream_ending(const struct upstream_xfer *x)
+{
+    return x->ending;
+}
+
 size_t upstream_resp_nheaders(const struct upstream_xfer *x)
 {
     return x->nresp;

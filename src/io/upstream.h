@@ -96,6 +96,11 @@ void upstream_pause(struct upstream_xfer *x);
 void upstream_resume(struct upstream_xfer *x);
 void upstream_cancel(struct upstream_xfer *x);
 
+/* Inside on_data: 1 when the body's end came with these bytes, so that
+ * on_done follows before the next read (the caller may queue its last
+ * write to go with what it writes at the end); else 0. */
+int upstream_ending(const struct upstream_xfer *x);
+
 /* Response headers of the final head, valid until the transfer is freed. */
 const char *upstream_resp_header(const struct upstream_xfer *x, const char *name);
 size_t upstream_resp_nheaders(const struct upstream_xfer *x);

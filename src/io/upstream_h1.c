@@ -1563,6 +1563,7 @@ static int pass_on(struct h1_xfer *hx, struct evbuffer *in, const char *data, si
         verdict = hx->x.cbs->on_data(hx->x.arg, data, n);
         hx->busy--;
     }
+    hx->x.ending = 0;
     evbuffer_drain(in, used);
     if (hx->x.cancelled) {
         xfer_free(hx);
@@ -1611,22 +1612,37 @@ static int input_add(struct evbuffer *in, const char *p, size_t n)
  * and each call costs a write to the client. Only bytes already here are
  * joined, so nothing waits for a later read. The last chunk without
  * trailers ("0" CRLF CRLF) ends the transfer here. Anything else (a chunk
- * cut by the end of b, an extension, trailers, a malformed line, `run`
+ * cut by the end of b before any whole one, an extension, trailers, a malformed line, `run`
  * full) stops the run; h1_process's per-chunk path takes it from there.
  *
  * b is either the input's first chain (front: what the run takes is
  * drained) or bytes just read into a buffer of the caller (not front: what
  * the run leaves is appended to the input, before on_data, which may end
  * the transfer). `run` may be b itself when b is writable: the data move
- * down over the size lines. Returns -1 when the transfer ended, else the
- * chunks passed on.
+ * down over the size lines. `rest` > 0: b starts with the last `rest` bytes
+ * of a chunk a previous read cut (then its CRLF), passed on with the whole
+ * chunks after them. A chunk cut by the end of b after whole ones goes
+ * with them as far as it came (H1_CHUNK_DATA for the rest). Data followed
+ * by the last chunk set x.ending for on_data: the end comes from the next
+ * pass, before any read. Returns -1 when the transfer ended, else the
+ * chunks passed on (0: none taken).
  */
 static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, const char *b, size_t len,
-                     int front, char *run, size_t cap)
+                     int front, char *run, size_t cap, size_t rest)
 {
     const char *data = NULL;
     size_t pos = 0, n = 0;
     int chunks = 0;
+
+    if (rest > 0) {
+        if (rest > len || len - rest < 2 || b[rest] != '\r' || b[rest + 1] != '\n')
+            return 0;
+        data = b;
+        n = rest;
+        chunks = 1;
+        pos = rest + 2;
+        hx->st = H1_CHUNK_SIZE;
+    }
 
     for (;;) {
         size_t i = pos, size = 0;
@@ -1640,8 +1656,12 @@ static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, const char *b, siz
         i += 2;
         if (size == 0) {
             /* The last chunk: the end unless the peer sends trailers. */
-            if (chunks > 0 || len - i < 2 || b[i] != '\r' || b[i + 1] != '\n')
+            if (len - i < 2 || b[i] != '\r' || b[i + 1] != '\n')
                 break;
+            if (chunks > 0) {
+                hx->x.ending = 1;       /* the data first, the end next pass */
+                break;
+            }
             i += 2;
             if (front)
                 evbuffer_drain(in, i);
@@ -1651,6 +1671,20 @@ static int chunk_run(struct h1_xfer *hx, struct evbuffer *in, const char *b, siz
             }
             finish(hx, UPSTREAM_OK, "");    /* pooled only when nothing followed */
             return -1;
+        }
+        if (size > len - i && chunks > 0 && len - i <= cap - n) {
+            /* A chunk the end of b cuts, after whole ones: its first
+             * bytes go with them; the rest comes as H1_CHUNK_DATA. */
+            if (data != run) {
+                memmove(run, data, n);
+                data = run;
+            }
+            memmove(run + n, b + i, len - i);
+            n += len - i;
+            hx->left = size - (len - i);
+            hx->st = H1_CHUNK_DATA;
+            pos = len;
+            break;
         }
         if (size > len - i || len - i - size < 2 || b[i + size] != '\r'
             || b[i + size + 1] != '\n')
@@ -1757,7 +1791,7 @@ static void h1_process(struct h1_xfer *hx)
             struct evbuffer_iovec v;
             if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
                 return;
-            if ((r = chunk_run(hx, in, v.iov_base, v.iov_len, 1, run, sizeof(run))) < 0)
+            if ((r = chunk_run(hx, in, v.iov_base, v.iov_len, 1, run, sizeof(run), 0)) < 0)
                 return;
             if (r > 0) {
                 if (evbuffer_get_length(in) == 0)
@@ -1779,13 +1813,28 @@ static void h1_process(struct h1_xfer *hx)
             hx->st = hx->left ? H1_CHUNK_DATA : H1_TRAILERS;
             break;
         }
-        case H1_CHUNK_DATA:
+        case H1_CHUNK_DATA: {
+            /* The rest of a chunk a read cut, whole here: passed on with
+             * the whole chunks after it, in one call. */
+            struct evbuffer_iovec v;
+            if (hx->left <= H1_RUN_MAX && evbuffer_peek(in, -1, NULL, &v, 1) >= 1
+                && v.iov_len >= hx->left + 2) {
+                if ((r = chunk_run(hx, in, v.iov_base, v.iov_len, 1, run, sizeof(run),
+                                   (size_t)hx->left)) < 0)
+                    return;
+                if (r > 0) {
+                    if (evbuffer_get_length(in) == 0)
+                        return;
+                    continue;
+                }
+            }
             if ((n = deliver(hx, in, hx->left)) <= 0)
                 return;
             hx->left -= (uint64_t)n;
             if (hx->left == 0)
                 hx->st = H1_CHUNK_CRLF;
             break;
+        }
         case H1_CHUNK_CRLF: {
             unsigned char crlf[2];
             struct evbuffer_iovec v;
@@ -2207,7 +2256,7 @@ static void recv_chunks(struct h1_conn *c, evutil_socket_t fd)
         conn_failed(c, BEV_EVENT_READING | BEV_EVENT_EOF, 0, 0);
         return;
     }
-    if (chunk_run(hx, in, buf, (size_t)got, 0, buf, sizeof(buf)) < 0)
+    if (chunk_run(hx, in, buf, (size_t)got, 0, buf, sizeof(buf), 0) < 0)
         return;
     if (evbuffer_get_length(in) > 0 && !hx->x.paused)
         h1_process(hx);                 /* may end the transfer */

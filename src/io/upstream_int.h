@@ -39,6 +39,7 @@ struct upstream_xfer {
     unsigned char              cancelled;  /* owner is gone: no more callbacks */
     unsigned char              aborted;    /* a callback said UPSTREAM_ABORT */
     unsigned char              paused;
+    unsigned char              ending;     /* in on_data: the end is in hand, on_done follows */
     char                      *rh;         /* response head, see above (owned) */
     size_t                     rh_len, rh_cap;
     size_t                     nresp;

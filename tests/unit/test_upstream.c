@@ -188,6 +188,7 @@ struct got {
     int                    done;
     enum upstream_result   res;
     int                    ndata;
+    int                    nending;       /* on_data calls told the end is here */
     int                    pause_first;   /* PAUSE on the first data */
     int                    cancel_in_data;/* cancel itself from on_data */
     int                    again;         /* start one more from on_done */
@@ -241,6 +242,8 @@ static enum upstream_verdict on_data(void *arg, const char *data, size_t len)
         g->body[g->len] = '\0';
     }
     g->ndata++;
+    if (g->x && upstream_ending(g->x))
+        g->nending++;
     if (g->cancel_in_data) {
         upstream_cancel(g->x);
         g->x = NULL;
@@ -439,6 +442,7 @@ static void test_chunks_joined_per_read(void **state)
         assert_int_equal(f->g.res, UPSTREAM_OK);
         assert_string_equal(f->g.body, want);
         assert_int_equal(f->g.ndata, 1);            /* one read: one call */
+        assert_int_equal(f->g.nending, 1);          /* told the end came with it */
         f->g.len = 0;                               /* the connection is reused */
         got_start(&f->g, f->url);
         run(&f->g);
@@ -454,7 +458,10 @@ static void test_chunks_joined_per_read(void **state)
         run(&f->g);
         assert_int_equal(f->g.res, UPSTREAM_OK);
         assert_string_equal(f->g.body, "abcdefghij");
-        assert_int_equal(f->g.ndata, 3);            /* "abcd", "ef", "ghij" */
+        /* "abcd", then the extension's chunk by itself up to its data,
+         * whose rest goes with the whole chunks after it: "efghij". */
+        assert_int_equal(f->g.ndata, 2);
+        assert_int_equal(f->g.nending, 1);
         fix_free(f);
     }
 }
@@ -483,6 +490,31 @@ static void test_chunks_cut_across_reads(void **state)
     assert_int_equal(f->srv.seen[3], 30);           /* + "fg" "hi" */
     assert_int_equal(f->srv.seen[4], 32);           /* + "jk" */
     assert_int_equal(f->srv.seen[5], 32);
+    assert_int_equal(f->g.nending, 0);              /* the last chunk came alone */
+    fix_free(f);
+}
+
+/* The rest of a chunk a read cut goes to on_data with the whole chunks
+ * after it and the start of a chunk cut again, in one call per read;
+ * when the last chunk follows in the same read, that call is told the end
+ * is here (upstream_ending), and a read without the end is not. */
+static void test_cut_chunk_rest_joined(void **state)
+{
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "6\r\nabc\001def\r\n2\r\ngh\r\n3\r\nij\001k\r\n0\r\n\r\n");
+
+    (void)state;
+    f->srv.watch = &f->g.len;
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_string_equal(f->g.body, "abcdefghijk");
+    assert_int_equal(f->srv.seen[0], 3);            /* "abc" */
+    assert_int_equal(f->srv.seen[1], 10);           /* "def" "gh" "ij" */
+    /* "abc", "defghij" (the rest, a whole chunk, the start of a cut
+     * one: one call), "k" with the end. */
+    assert_int_equal(f->g.ndata, 3);
+    assert_int_equal(f->g.nending, 1);
     fix_free(f);
 }
 
@@ -885,6 +917,7 @@ int main(void)
         cmocka_unit_test(test_headers_accessors),
         cmocka_unit_test(test_chunked_extensions_trailers),
         cmocka_unit_test(test_chunks_joined_per_read),
+        cmocka_unit_test(test_cut_chunk_rest_joined),
         cmocka_unit_test(test_chunks_cut_across_reads),
         cmocka_unit_test(test_chunks_read_apart),
         cmocka_unit_test(test_until_close),
