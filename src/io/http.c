@@ -108,6 +108,7 @@ struct http_req {
     int                 keepalive;
     struct http_header *hdr;          /* hdr_in, or up to HTTP_MAX_HEADERS */
     size_t              nhdr;
+    uint64_t            hmask;        /* header_bit() of each field's name */
     struct http_header  hdr_in[HTTP_HDR_INLINE];
     char               *body;
     size_t              body_len;
@@ -276,6 +277,14 @@ void http_req_header_at(const struct http_req *r, size_t i,
 
 /* 1 when field h is called name (n bytes), case aside: the length and
  * the first letter rule out most fields before strcasecmp. */
+/* A bit for a field name's length and first letter: a lookup whose bit no
+ * field of the request set has nothing to find (most lookups of a request
+ * are for fields it does not have). */
+static uint64_t header_bit(const char *name, size_t n)
+{
+    return (uint64_t)1 << ((n * 7 + ((unsigned char)name[0] | 0x20)) & 63);
+}
+
 static int header_is(const struct http_header *h, const char *name, size_t n)
 {
     return h->nlen == n && (h->name[0] | 0x20) == (name[0] | 0x20)
@@ -286,6 +295,8 @@ const char *http_req_header(const struct http_req *r, const char *name)
 {
     size_t i, n = strlen(name);
 
+    if (n == 0 || !(r->hmask & header_bit(name, n)))
+        return NULL;
     for (i = 0; i < r->nhdr; i++)
         if (header_is(&r->hdr[i], name, n))
             return r->hdr[i].value;
@@ -911,6 +922,7 @@ static const char *parse_header_line(struct http_req *r, char *line, size_t len)
     r->hdr[r->nhdr].name = line;
     r->hdr[r->nhdr].nlen = (size_t)(colon - line);
     r->hdr[r->nhdr].value = v;
+    r->hmask |= header_bit(line, (size_t)(colon - line));
     r->nhdr++;
     return NULL;
 }
@@ -964,6 +976,8 @@ static int header_unique(const struct http_req *r, const char *name)
     const char *first = NULL;
     size_t i, n = strlen(name);
 
+    if (!(r->hmask & header_bit(name, n)))
+        return 1;
     for (i = 0; i < r->nhdr; i++) {
         if (!header_is(&r->hdr[i], name, n))
             continue;

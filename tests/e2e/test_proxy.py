@@ -51,6 +51,9 @@ def test_request_id_kept_and_generated(mocks, gateway):
     st, h, _ = g.chat(headers={"X-Request-Id": "client-req-42"})
     assert st == 200 and h["x-request-id"] == "client-req-42"
     assert ms[0].stats()["last_headers"]["x-request-id"] == "client-req-42"
+    # Field names match in any case (the first letter too).
+    st, h, _ = g.chat(headers={"x-REQUEST-id": "client-req-43"})
+    assert st == 200 and h["x-request-id"] == "client-req-43"
     st, h1, _ = g.chat()
     st, h2, _ = g.chat()
     assert h1["x-request-id"] != h2["x-request-id"]
