@@ -22,6 +22,7 @@
 
 #include "config.h"
 #include "config_check.h"
+#include "evmem.h"
 #include "gateway.h"
 #include "http.h"
 #include "log.h"
@@ -213,6 +214,7 @@ int main(int argc, char **argv)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     memset(&a, 0, sizeof(a));
+    evmem_init();                     /* before any other libevent call */
     evthread_use_pthreads();          /* reloads parse in a thread; workers */
     a.base = main_base(cfg->server.workers > 1);
     if (a.base == NULL) {
