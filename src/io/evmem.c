@@ -21,7 +21,7 @@
 #include "evmem.h"
 
 #define EVMEM_HDR   16          /* keeps libevent's blocks 16-byte aligned */
-#define EVMEM_MIN   1024        /* smaller: glibc's per-thread cache */
+#define EVMEM_MIN   1016        /* up to this, with the header: glibc's per-thread cache (1032) */
 #define EVMEM_SIZES 4
 #define EVMEM_KEEP  8
 
