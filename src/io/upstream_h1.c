@@ -2228,6 +2228,19 @@ static void tls_write_cb(evutil_socket_t fd, short what, void *arg)
     tls_events(c);
 }
 
+/* A plain read's result: 0 when bytes came; otherwise 1, the connection
+ * failed on an error or the peer's close, or nothing to do (EAGAIN). */
+static int read_ended(struct h1_conn *c, ssize_t got)
+{
+    if (got > 0)
+        return 0;
+    if (got == 0)
+        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_EOF, 0, 0);
+    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_ERROR, errno, 0);
+    return 1;
+}
+
 /*
  * A plain connection between two chunks with nothing buffered, a stream's
  * usual state between events: the read goes to a buffer on the stack and
@@ -2246,16 +2259,8 @@ static void recv_chunks(struct h1_conn *c, evutil_socket_t fd)
     do
         got = recv(fd, buf, sizeof(buf), 0);
     while (got < 0 && errno == EINTR);
-    if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return;
-        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_ERROR, errno, 0);
+    if (read_ended(c, got))
         return;
-    }
-    if (got == 0) {
-        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_EOF, 0, 0);
-        return;
-    }
     if (chunk_run(hx, in, buf, (size_t)got, 0, buf, sizeof(buf), 0) < 0)
         return;
     if (evbuffer_get_length(in) > 0 && !hx->x.paused)
@@ -2303,16 +2308,8 @@ static void conn_recv_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     got = sock_read_into(bufferevent_get_input(c->bev), fd, H1_READ_MAX);
-    if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
-        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_ERROR, errno, 0);
+    if (read_ended(c, got))
         return;
-    }
-    if (got == 0) {
-        conn_failed(c, BEV_EVENT_READING | BEV_EVENT_EOF, 0, 0);
-        return;
-    }
     h1_process(c->x);
 }
 
