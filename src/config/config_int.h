@@ -168,6 +168,7 @@ void cfg_cur_member(const struct cur *p, const char *key, json_t *v, struct cur 
 int cfg_cur_get(const struct cur *p, const char *key, struct cur *out);
 int cfg_cur_lookup(const struct cur *p, const char *dotted, struct cur *out);
 void cfg_cur_elem(const struct cur *p, size_t i, struct cur *out);
+void cfg_cur_item(const struct cur *p, size_t i, struct cur *out);
 const char *cfg_want_map(const struct cur *c);
 const char *cfg_want_list(const struct cur *c);
 const char *cfg_want_string(const struct cur *c);

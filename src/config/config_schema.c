@@ -586,10 +586,7 @@ static int sp_listen(struct loader *ld, const struct field *f, const struct cur 
     ls = cfg_xcalloc(n, sizeof(*ls));
     for (i = 0; i < n; i++) {
         struct cur ec;
-        if (json_is_array(c->v))
-            cfg_cur_elem(c, i, &ec);
-        else
-            ec = *c;
+        cfg_cur_item(c, i, &ec);
         if (listen_entry(ld, &ec, &ls[i]) < 0)
             bad = 1;
     }
@@ -682,10 +679,7 @@ static int sp_resolver(struct loader *ld, const struct field *f, const struct cu
     }
     for (i = 0; i < n; i++) {
         struct cur ec;
-        if (json_is_array(c->v))
-            cfg_cur_elem(c, i, &ec);
-        else
-            ec = *c;
+        cfg_cur_item(c, i, &ec);
         if (!json_is_string(ec.v)) {
             cerr(ld, &ec, "%s", cfg_want_string(&ec));
             bad = 1;

@@ -416,6 +416,16 @@ void cfg_cur_elem(const struct cur *p, size_t i, struct cur *out)
     doc_path_index(out->path, sizeof(out->path), p->path, i);
 }
 
+/* A value that may be one entry or a list of entries: entry i (the value
+ * itself when it is not a list). */
+void cfg_cur_item(const struct cur *p, size_t i, struct cur *out)
+{
+    if (json_is_array(p->v))
+        cfg_cur_elem(p, i, out);
+    else
+        *out = *p;
+}
+
 const char *cfg_want_map(const struct cur *c)
 {
     return c->doc->yaml ? "expected a mapping" : "expected an object";
