@@ -268,6 +268,7 @@ out:
         event_base_free(a.base);
     curl_global_cleanup();
     libevent_global_shutdown();
+    evmem_release();                  /* after the last libevent free */
     log_close();
     return rc;
 }

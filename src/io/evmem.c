@@ -10,7 +10,8 @@
  * exact size (EVMEM_SIZES sizes, EVMEM_KEEP blocks each; an empty list
  * takes the next size freed) and the next allocation of that size takes
  * it back. Every block carries its size in
- * a 16-byte header. A thread's lists are freed when it ends.
+ * a 16-byte header. A thread's lists are freed when it ends; the main
+ * thread's (no destructor runs for it at exit) by evmem_release().
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -142,4 +143,9 @@ static void *evmem_realloc(void *p, size_t size)
 void evmem_init(void)
 {
     event_set_mem_functions(evmem_malloc, evmem_realloc, evmem_free);
+}
+
+void evmem_release(void)
+{
+    evmem_drop(&cache);
 }

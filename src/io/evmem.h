@@ -7,4 +7,8 @@
  * other libevent call (event_set_mem_functions' rule). */
 void evmem_init(void);
 
+/* Frees the calling thread's kept blocks: main() at exit, after the last
+ * libevent call. */
+void evmem_release(void);
+
 #endif
