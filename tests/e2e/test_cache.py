@@ -231,6 +231,8 @@ def test_two_replicas_share_hits_through_redis(mocks, gateway, redis_server):
     st, h, body = ask(g2, stream=True)            # the stored answer as a stream
     assert h["x-cache"] == "HIT" and events(body)[0]["id"] == json.loads(b1)["id"]
     assert chats(ms[0]) == 1
+    # with workers a hit is counted just after its answer (a stream's at its end), on its worker
+    wait_for(lambda: status_cache(g2)["hits"] == 2, timeout=10, what="two hits counted")
     assert status_cache(g2)["store"] == "redis" and status_cache(g2)["hits"] == 2
     # a stream stored by one replica is a JSON hit on the other
     st, h, _ = ask(g1, seed=3, stream=True)
