@@ -75,7 +75,9 @@ def test_stream_measured_by_first_byte_json_whole(mocks, gateway):
     t0 = time.monotonic()
     st, hdrs, body = g.chat(stream=True)
     assert st == 200 and b"[DONE]" in body, body[:300]
-    assert time.monotonic() - t0 >= 1.2
+    # 4 gaps of 300 ms; the mock's timers may fire a little early (a coarse
+    # clock: 1.1993 s seen once), so "well over the 250 ms estimate" is the bound
+    assert time.monotonic() - t0 >= 1.1
     lat = status_hosts(g)[1][streamer.name]["latency_ms"]
     assert 0 < lat < 250, lat
 
