@@ -9,9 +9,14 @@ p99, CPU microseconds per request, and the ratios B/A and B/HAProxy.
 
   scripts/bench/ab.py OLD_BIN NEW_BIN      (AB_ROUNDS=3 AB_SECONDS=5
                                             AB_CELLS=json/64,sse/64,json/1,sse/1)
+
+AB_FLOOR=1 adds "fwd" (scripts/bench/fwd.c, compiled here): a bare epoll
+byte forwarder to the first mock, the floor any one-hop proxy's added
+latency has on this machine.
 """
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -19,10 +24,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run as bench  # noqa: E402
 
+FLOOR = os.environ.get("AB_FLOOR", "") not in ("", "0")
 ROUNDS = int(os.environ.get("AB_ROUNDS", "3"))
 SECONDS = int(os.environ.get("AB_SECONDS", "5"))
 CELLS = [(c.split("/")[0], int(c.split("/")[1]))
          for c in os.environ.get("AB_CELLS", "json/64,sse/64,json/1,sse/1").split(",")]
+
+
+def start_fwd(tmp, upstream):
+    """The byte forwarder (fwd.c) on the target core, in front of one mock."""
+    exe = os.path.join(tmp, "fwd")
+    subprocess.run(["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe,
+                    os.path.join(HERE, "fwd.c")], check=True)
+    port = bench.free_port()
+    host, uport = upstream.rsplit(":", 1)
+    errf = open(os.path.join(tmp, "fwd.log"), "w")
+    p = bench.PROCS.start("fwd", [exe, str(port), host, uport], cpus=[bench.TARGET_CPU],
+                          stdout=errf, stderr=errf)
+    p.addr = "127.0.0.1:%d" % port
+    if not bench.wait_http("http://%s/" % p.addr, proc=p):
+        raise RuntimeError("fwd did not start: see %s" % errf.name)
+    return p
 
 
 def main():
@@ -37,6 +59,8 @@ def main():
         targets = {"direct": bench.start_mock("direct", [bench.TARGET_CPU])}
         if bench.HAPROXY:
             targets["haproxy"] = bench.start_haproxy(tmp, addrs)
+        if FLOOR:
+            targets["fwd"] = start_fwd(tmp, ups[0].addr)
         for name, b in (("A", old), ("B", new)):
             bench.INFERGATE = b
             conf = bench.infergate_conf_dir(tmp, "conf-" + name, addrs)
@@ -82,10 +106,11 @@ def main():
                 line += "; added over direct p50/p99 us: A %.0f/%.0f, B %.0f/%.0f" % (
                     1000 * (a["p50_ms"] - d["p50_ms"]), 1000 * (a["p99_ms"] - d["p99_ms"]),
                     1000 * (b["p50_ms"] - d["p50_ms"]), 1000 * (b["p99_ms"] - d["p99_ms"]))
-                if "haproxy" in med:
-                    line += ", HAProxy %.0f/%.0f" % (
-                        1000 * (med["haproxy"]["p50_ms"] - d["p50_ms"]),
-                        1000 * (med["haproxy"]["p99_ms"] - d["p99_ms"]))
+                for t, label in (("haproxy", "HAProxy"), ("fwd", "fwd")):
+                    if t in med:
+                        line += ", %s %.0f/%.0f" % (
+                            label, 1000 * (med[t]["p50_ms"] - d["p50_ms"]),
+                            1000 * (med[t]["p99_ms"] - d["p99_ms"]))
             print(line)
     finally:
         bench.PROCS.stop_all()
