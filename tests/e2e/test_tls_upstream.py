@@ -414,3 +414,69 @@ def test_request_larger_than_the_socket_goes_out_from_the_write_event(gateway, t
         g.stop()
     finally:
         up.stop()
+
+
+def test_tls_mock_sends_each_reply_as_one_record_without_stalls(tls_mock):
+    """The bench's TLS mock (infergate-mock --tls-cert): a reply written in
+    one go (a JSON answer, a stream of 20 events without pauses) leaves as
+    one TLS record, as the plain mock's leaves in one write(), and a kept
+    connection is not held up by Nagle's algorithm behind the client's
+    delayed ACK (~40 ms per reply when head and body left as two records)."""
+    m = tls_mock()
+    m.config(chunks=20)
+    ctx = ssl.create_default_context(cafile=m.pki.ca)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    sock = socket.create_connection(("127.0.0.1", m.port), timeout=10 * SLOW)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw = b""
+
+    def records():
+        """Feeds whole records received so far to TLS; returns how many
+        application-data records (type 23) they were."""
+        nonlocal raw
+        n = 0
+        while len(raw) >= 5 and len(raw) >= 5 + int.from_bytes(raw[3:5], "big"):
+            size = 5 + int.from_bytes(raw[3:5], "big")
+            n += raw[0] == 23
+            inc.write(raw[:size])
+            raw = raw[size:]
+        return n
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(out.read())
+            raw += sock.recv(65536)
+            records()
+    sock.sendall(out.read())
+
+    def ask(stream):
+        nonlocal raw
+        body = json.dumps({"model": "mock-model", "stream": stream,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        tls.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(out.read())
+        got, n = b"", 0
+        end = b"0\r\n\r\n" if stream else b"}"
+        while not got.endswith(end):
+            raw += sock.recv(65536)
+            n += records()
+            try:
+                while True:
+                    got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        return n
+
+    ask(False)                  # the session tickets come along with the first
+    t0 = time.monotonic()
+    counts = [ask(stream) for stream in [False, True] * 10]
+    took = time.monotonic() - t0
+    sock.close()
+    assert counts == [1] * 20, counts
+    assert took < 0.6 * SLOW, took

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -372,15 +373,78 @@ static int parse_args(int argc, char **argv, const char **listen_spec)
     return 0;
 }
 
+/*
+ * One TLS record per reply. evhttp puts a reply's head, body and each SSE
+ * chunk into separate chains of the bufferevent's output, and the OpenSSL
+ * bufferevent makes one SSL_write, i.e. one record and one send(), of each
+ * chain. So output that arrives in an empty buffer is noted here and, still
+ * in this loop iteration (before the next epoll tells the socket writable),
+ * made contiguous: what the plain mock writes in one write() then leaves as
+ * one record in one send(), as from a TLS server that writes whole
+ * replies. The noted bufferevents are held by a reference, as evhttp may
+ * free one in between.
+ */
+#define TLS_COALESCE_MAX 16384          /* one record's worth of plaintext */
+
+static struct {
+    struct event *ev;
+    struct bufferevent **bev;
+    size_t n, cap;
+} tls_pend;
+
+static void tls_coalesce(evutil_socket_t fd, short what, void *arg)
+{
+    size_t i;
+
+    (void)fd;
+    (void)what;
+    (void)arg;
+    for (i = 0; i < tls_pend.n; i++) {
+        struct evbuffer *out = bufferevent_get_output(tls_pend.bev[i]);
+        size_t len = evbuffer_get_length(out);
+
+        evbuffer_pullup(out, (ev_ssize_t)(len < TLS_COALESCE_MAX ? len : TLS_COALESCE_MAX));
+        bufferevent_decref(tls_pend.bev[i]);
+    }
+    tls_pend.n = 0;
+}
+
+static void tls_outbuf_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct bufferevent *bev = arg;
+
+    (void)buf;
+    if (info->n_added == 0 || info->orig_size != 0 || tls_pend.ev == NULL)
+        return;
+    if (tls_pend.n == tls_pend.cap) {
+        size_t cap = tls_pend.cap ? tls_pend.cap * 2 : 64;
+        struct bufferevent **b = realloc(tls_pend.bev, cap * sizeof(*b));
+
+        if (b == NULL)
+            return;                     /* only records split as before */
+        tls_pend.bev = b;
+        tls_pend.cap = cap;
+    }
+    bufferevent_incref(bev);
+    tls_pend.bev[tls_pend.n++] = bev;
+    if (tls_pend.n == 1)
+        event_active(tls_pend.ev, 0, 0);
+}
+
 /* HTTPS: evhttp asks for each connection's bufferevent (libevent's
  * https-server sample). /_mock/stats counts the handshakes. */
 static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
 {
     SSL *ssl = SSL_new(arg);
+    struct bufferevent *bev;
 
-    return ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                                BEV_OPT_CLOSE_ON_FREE)
-               : NULL;
+    if (ssl == NULL)
+        return NULL;
+    bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                         BEV_OPT_CLOSE_ON_FREE);
+    if (bev)
+        evbuffer_add_cb(bufferevent_get_output(bev), tls_outbuf_cb, bev);
+    return bev;
 }
 
 /* Counts the handshakes by SNI ("" when none was sent). */
@@ -469,6 +533,14 @@ int main(int argc, char **argv)
             goto out;
         }
         evhttp_set_bevcb(mock.http, tls_bevcb, mock.tls);
+        /* accepted sockets inherit it (Linux): an SSE event or a reply
+         * is not held back by Nagle behind the previous one's ACK */
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int)) != 0
+            || (tls_pend.ev = event_new(mock.base, -1, 0, tls_coalesce, NULL)) == NULL) {
+            fprintf(stderr, "infergate-mock: TLS setup: %s\n", strerror(errno));
+            close(fd);
+            goto out;
+        }
     }
     if (evhttp_accept_socket_with_handle(mock.http, fd) == NULL) {
         fprintf(stderr, "infergate-mock: cannot accept on %s\n", bound);
@@ -498,6 +570,10 @@ out:
     sigaddset(&block, SIGINT);
     sigprocmask(SIG_BLOCK, &block, NULL);
     mock_api_shutdown();
+    tls_coalesce(-1, 0, NULL);          /* the references of a last round */
+    if (tls_pend.ev)
+        event_free(tls_pend.ev);
+    free(tls_pend.bev);
     if (mock.http)
         evhttp_free(mock.http);
     SSL_CTX_free(mock.tls);
