@@ -512,6 +512,8 @@ static int is_ip(const char *s)
     return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
+static void url_forget_peer(struct h1_pool *p, const struct h1_tls_peer *peer);
+
 /* At the bound: the first peer nothing uses goes, its session with it.
  * 0 when every one is in use. */
 static int tls_peer_evict(struct h1_pool *p)
@@ -524,6 +526,7 @@ static int tls_peer_evict(struct h1_pool *p)
             if ((*pp)->refs == 0) {
                 struct h1_tls_peer *peer = *pp;
                 *pp = peer->next;
+                url_forget_peer(p, peer);
                 if (peer->sess)
                     SSL_SESSION_free(peer->sess);
                 free(peer->name);
@@ -535,25 +538,38 @@ static int tls_peer_evict(struct h1_pool *p)
     return 0;
 }
 
+/* Whether peer is the one for this address, name and trust settings. */
+static int tls_peer_is(const struct h1_tls_peer *peer, const struct sockaddr_storage *sa,
+                       socklen_t salen, const char *name, const char *ca_file, int insecure)
+{
+    return peer->salen == salen && memcmp(&peer->sa, sa, salen) == 0
+           && strcmp(peer->name, name) == 0 && peer->trust->insecure == insecure
+           && (insecure || (ca_file ? peer->trust->ca_file
+                                      && strcmp(peer->trust->ca_file, ca_file) == 0
+                                    : peer->trust->ca_file == NULL));
+}
+
 /* The peer for this address, name and trust settings, made on first use.
  * Its trust context is looked up (and refreshed) for every new connection
- * in send_request; here only the key. */
+ * in send_request; here only the key. memo (may be NULL): the peer this
+ * caller found last (a URL's, see url_get), checked first, which spares
+ * hashing the name and CA path per request; set to the one returned. */
 static struct h1_tls_peer *tls_peer_get(struct h1_pool *p, const struct sockaddr_storage *sa,
                                         socklen_t salen, const char *name,
-                                        const char *ca_file, int insecure)
+                                        const char *ca_file, int insecure,
+                                        struct h1_tls_peer **memo)
 {
-    uint32_t h = sa_hash(sa, salen);
+    uint32_t h;
     struct h1_tls_peer *peer;
     struct h1_trust *t;
 
-    h = str_hash(str_hash(h, name), insecure ? NULL : ca_file) ^ (uint32_t)insecure;
+    if (memo && *memo && tls_peer_is(*memo, sa, salen, name, ca_file, insecure))
+        return *memo;
+    h = str_hash(str_hash(sa_hash(sa, salen), name), insecure ? NULL : ca_file)
+        ^ (uint32_t)insecure;
     for (peer = p->tls_bucket[h & (H1_TLS_BUCKETS - 1)]; peer; peer = peer->next)
-        if (peer->hash == h && peer->salen == salen && memcmp(&peer->sa, sa, salen) == 0
-            && strcmp(peer->name, name) == 0 && peer->trust->insecure == insecure
-            && (insecure || (ca_file ? peer->trust->ca_file
-                                       && strcmp(peer->trust->ca_file, ca_file) == 0
-                                     : peer->trust->ca_file == NULL)))
-            return peer;
+        if (peer->hash == h && tls_peer_is(peer, sa, salen, name, ca_file, insecure))
+            goto found;
     if ((p->ntls >= H1_MAX_TLS_PEERS && !tls_peer_evict(p))
         || (t = trust_get(p, ca_file, insecure)) == NULL)
         return NULL;
@@ -569,6 +585,9 @@ static struct h1_tls_peer *tls_peer_get(struct h1_pool *p, const struct sockaddr
     peer->next = p->tls_bucket[h & (H1_TLS_BUCKETS - 1)];
     p->tls_bucket[h & (H1_TLS_BUCKETS - 1)] = peer;
     p->ntls++;
+found:
+    if (memo)
+        *memo = peer;
     return peer;
 }
 
@@ -780,16 +799,25 @@ static int parse_url(const char *url, struct h1_url *u)
 struct h1_url_slot {
     struct h1_url u;
     int           ok;                   /* parse_url() took it */
+    struct h1_tls_peer *peer;           /* https:// to an address: the last request's */
     size_t        len;
     char          url[];                /* "http[s]://HOST[:port]" */
 };
 
+/* A peer about to be freed is no URL's memo any more. */
+static void url_forget_peer(struct h1_pool *p, const struct h1_tls_peer *peer)
+{
+    for (size_t i = 0; i < H1_URL_SLOTS; i++)
+        if (p->urls[i] && p->urls[i]->peer == peer)
+            p->urls[i]->peer = NULL;
+}
+
 /* parse_url(url) with the scheme and authority parsed once per pool: a
  * request's URL is its host's URL (the same string request after request)
  * and the request's path. NULL when the URL is not one for this client;
- * else the pool's parse of the authority, valid until the next call, and
- * *path the URL's path and query. */
-static const struct h1_url *url_get(struct h1_pool *p, const char *url, const char **path)
+ * else the pool's slot with the parse of the authority, valid until the
+ * next call, and *path the URL's path and query. */
+static struct h1_url_slot *url_get(struct h1_pool *p, const char *url, const char **path)
 {
     struct h1_url_slot *s;
     const char *h;
@@ -807,6 +835,7 @@ static const struct h1_url *url_get(struct h1_pool *p, const char *url, const ch
     memcpy(s->url, url, n);
     s->url[n] = '\0';
     s->len = n;
+    s->peer = NULL;
     s->ok = parse_url(s->url, &s->u);
     if (i == H1_URL_SLOTS)
         i = p->url_next++ % H1_URL_SLOTS;
@@ -816,7 +845,7 @@ found:
     if (!s->ok || url[s->len] == '#')
         return NULL;
     *path = url + s->len;
-    return &s->u;
+    return s;
 }
 
 static int has_crlf(const char *s)
@@ -1184,7 +1213,7 @@ static int addr_use(struct h1_xfer *hx, size_t i)
     if (hx->tls)
         hx->tls->refs--;                /* the previous address's */
     hx->tls = tls_peer_get(hx->x.u->h1, &hx->sa, hx->salen, hx->tls_name, hx->ca_file,
-                           hx->insecure);
+                           hx->insecure, NULL);
     if (hx->tls == NULL)
         return -1;
     hx->tls->refs++;
@@ -1274,6 +1303,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
 {
     struct h1_xfer *hx;
     struct h1_tls_peer *tls = NULL;
+    struct h1_url_slot *slot;
     const struct h1_url *url;
     const char *auth, *port = "", *name = NULL, *path;
     size_t auth_len, port_len = 0, body_len, head_len;
@@ -1281,8 +1311,9 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     int join;
 
     *mine = 0;
-    if ((url = url_get(u->h1, req->url, &path)) == NULL)
+    if ((slot = url_get(u->h1, req->url, &path)) == NULL)
         return NULL;
+    url = &slot->u;
     if (strcmp(req->method, "GET") != 0 && !h1_has_body(req->method))
         return NULL;
     if (url->is_name && (u->dns == NULL || u->names_curl))
@@ -1297,7 +1328,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
          * A name's peers come once its addresses are known. */
         if (url->is_name ? trust_get(u->h1, req->ca_file, req->insecure) == NULL
                         : (tls = tls_peer_get(u->h1, &url->sa, url->salen, name, req->ca_file,
-                                              req->insecure)) == NULL)
+                                              req->insecure, &slot->peer)) == NULL)
             return NULL;
         if (name != url->host) {        /* Host: the name, the URL's port */
             auth = name;

@@ -10,8 +10,9 @@ import ssl
 import threading
 import time
 
-from conftest import SANITIZED, wait_for
+from conftest import SANITIZED, wait_for, write_conf
 from test_stream_faults import metric, raw_stream_post, read_raw  # helpers, no tests
+from test_reload import reload_and_wait  # a helper, no tests
 from test_tls import tls_mock  # noqa: F401 -- a fixture
 from tls_pki import Pki
 
@@ -63,6 +64,32 @@ def test_server_name_is_sent_as_sni_checked_and_used_as_host(gateway, tls_mock):
     st, _, body = g.chat()
     assert st == 502, body
     assert "SSL certificate problem: hostname mismatch" in error_message(body), body
+    assert m.stats()["tls_sni"].get("wrong.test", 0) >= 1
+    g.stop()
+
+
+def test_tls_settings_changed_by_reload_apply_to_the_same_url(gateway, tls_mock):
+    """A URL's TLS peer (address, server_name, CA) is matched against the
+    request's settings every time, not taken from the URL's last request:
+    after a reload that changes server_name for the same URL the new name
+    is sent and checked (refused: the certificate does not carry it), and
+    after changing it back the requests go through again."""
+    m = tls_mock()
+
+    def hosts(name):
+        return [{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca, "server_name": name}}]
+
+    g = gateway(hosts("localhost"), policies=ONE_TRY)
+    for _ in range(3):
+        assert g.chat()[0] == 200
+    for gen, name, want in ((1, "wrong.test", 502), (2, "localhost", 200)):
+        write_conf(g.conf_dir, hosts(name), policies=ONE_TRY)
+        reload_and_wait(g, gen)
+        for _ in range(3):
+            st, _, body = g.chat()
+            assert st == want, (name, body)
+        if want == 502:
+            assert "SSL certificate problem: hostname mismatch" in error_message(body), body
     assert m.stats()["tls_sni"].get("wrong.test", 0) >= 1
     g.stop()
 
