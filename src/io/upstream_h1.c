@@ -69,6 +69,7 @@
 #include <time.h>
 
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -1061,6 +1062,36 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     finish(hx, UPSTREAM_ERR_TIMEOUT, msg);
 }
 
+/* A kept plain connection: the head and body with one writev; what the
+ * socket does not take goes into the bufferevent's output, by reference
+ * (the transfer outlives it, or the connection is closed first). 0 when
+ * all went, 1 when some is queued (the caller enables EV_WRITE), -1 when
+ * it could not be queued. */
+static int send_direct(struct h1_conn *c, struct h1_xfer *hx)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct iovec v[2] = { { hx->head, hx->head_len }, { (void *)hx->body, hx->body_len } };
+    int nv = hx->body_len ? 2 : 1, i;
+    ssize_t w;
+
+    do
+        w = writev(bufferevent_getfd(c->bev), v, nv);
+    while (w < 0 && errno == EINTR);
+    if (w < 0)
+        w = 0;
+    for (i = 0; i < nv; i++) {
+        if ((size_t)w >= v[i].iov_len) {
+            w -= (ssize_t)v[i].iov_len;
+            continue;
+        }
+        if (evbuffer_add_reference(out, (char *)v[i].iov_base + w,
+                                   v[i].iov_len - (size_t)w, NULL, NULL) < 0)
+            return -1;
+        w = 0;
+    }
+    return evbuffer_get_length(out) > 0;
+}
+
 /* Takes a pooled connection to the peer or opens a new one, and writes
  * the request. -1 when no connection could be started. */
 static int send_request(struct h1_xfer *hx)
@@ -1139,29 +1170,34 @@ static int send_request(struct h1_xfer *hx)
         arm_timer(hx);
         return 0;
     }
+    /* A pooled connection is written at once, with one writev and
+     * without the bufferevent (as http.c's stream_send()): its output and
+     * write event get only what the socket did not take (a failed write
+     * queues it all: the bufferevent's own write then reports the error,
+     * as before). A new one is written by the bufferevent when the connect
+     * completes. */
+    if (hx->connected) {
+        int r;
+        conn_read_on(c);                        /* on since it was pooled */
+        r = send_direct(c, hx);
+        if (r < 0 || (r > 0 && bufferevent_enable(c->bev, EV_WRITE) < 0)) {
+            hx->conn = NULL;
+            conn_close(c);
+            return -1;
+        }
+        arm_timer(hx);
+        return 0;
+    }
     out = bufferevent_get_output(c->bev);
-    /* A pooled connection is written at once, EV_WRITE off, as http.c's
-     * conn_flush() does: no write event unless the socket is full. A new
-     * one is written by the bufferevent when the connect completes. */
-    if (hx->connected)
-        bufferevent_disable(c->bev, EV_WRITE);
     /* Both by reference: the transfer outlives what is queued, or the
      * connection is closed before the transfer is freed. */
     if (evbuffer_add_reference(out, hx->head, hx->head_len, NULL, NULL) < 0
         || (hx->body_len
             && evbuffer_add_reference(out, hx->body, hx->body_len, NULL, NULL) < 0)
-        || bufferevent_enable(c->bev, hx->connected ? 0 : EV_WRITE) < 0) {
+        || bufferevent_enable(c->bev, EV_WRITE) < 0) {
         hx->conn = NULL;
         conn_close(c);
         return -1;
-    }
-    if (hx->connected) {
-        conn_read_on(c);                        /* on since it was pooled */
-        evbuffer_unfreeze(out, 1);              /* see http.c's conn_flush() */
-        evbuffer_write(out, bufferevent_getfd(c->bev));
-        evbuffer_freeze(out, 1);
-        if (evbuffer_get_length(out) > 0)
-            bufferevent_enable(c->bev, EV_WRITE);
     }
     arm_timer(hx);
     return 0;

@@ -51,6 +51,8 @@ struct srv {
     int                    accepted;
     int                    requests;
     char                   last[4096];  /* the last request, head and body */
+    size_t                 body_len;    /* the last request's body length, */
+    unsigned long          body_sum;    /* ... and its bytes' weighted sum */
     struct bufferevent    *conns[16];   /* open server sides, freed at the end */
 };
 
@@ -103,6 +105,14 @@ static void srv_read(struct bufferevent *bev, void *arg)
     if (evbuffer_get_length(in) < head + body)
         return;
     s->last[head + body < n ? head + body : n] = '\0';
+    {
+        const unsigned char *b = evbuffer_pullup(in, (ssize_t)(head + body));
+        size_t i;
+        s->body_len = body;
+        s->body_sum = 0;
+        for (i = 0; i < body; i++)
+            s->body_sum += (unsigned long)b[head + i] * (i % 251 + 1);
+    }
     evbuffer_drain(in, head + body);
     s->requests++;
     if (s->silent)
@@ -192,6 +202,8 @@ struct got {
     int                    pause_first;   /* PAUSE on the first data */
     int                    cancel_in_data;/* cancel itself from on_data */
     int                    again;         /* start one more from on_done */
+    const char            *req_body;      /* NULL: {"a":1} */
+    size_t                 req_body_len;
     const char            *url;
     char                   msg[256];      /* on_done's */
 };
@@ -288,8 +300,8 @@ static void got_start(struct got *g, const char *url)
     r.method = "POST";
     r.headers = hdrs;
     r.nheaders = 2;
-    r.body = "{\"a\":1}";
-    r.body_len = 7;
+    r.body = g->req_body ? g->req_body : "{\"a\":1}";
+    r.body_len = g->req_body ? g->req_body_len : 7;
     r.connect_timeout_ms = 1000;
     r.total_timeout_ms = 3000;
     g->url = url;
@@ -690,6 +702,46 @@ static void test_dead_pooled_connection_resent(void **state)
     fix_free(f);
 }
 
+/* A kept connection is written with one writev; a body the socket cannot
+ * take at once goes on from the write event, whole and in order, and the
+ * connection is kept for the next request. */
+static void test_big_body_on_kept_connection(void **state)
+{
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    size_t n = 8u << 20, i;
+    unsigned long sum = 0;
+    char *big = malloc(n);
+
+    (void)state;
+    assert_non_null(big);
+    for (i = 0; i < n; i++) {
+        big[i] = (char)('a' + i % 26);
+        sum += (unsigned long)(unsigned char)big[i] * (i % 251 + 1);
+    }
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    f->g.len = 0;
+    f->g.req_body = big;
+    f->g.req_body_len = n;
+    got_start(&f->g, f->url);       /* on the kept connection */
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_string_equal(f->g.body, "ok");
+    assert_int_equal(f->srv.body_len, n);
+    assert_int_equal(f->srv.body_sum, sum);
+    f->g.len = 0;
+    f->g.req_body = NULL;
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_int_equal(f->srv.body_len, 7);
+    assert_int_equal(f->srv.requests, 3);
+    assert_int_equal(f->srv.accepted, 1);          /* kept all along */
+    free(big);
+    fix_free(f);
+}
+
 static void test_refused_and_timeout(void **state)
 {
     struct fix *f = fix_new("");
@@ -924,6 +976,7 @@ int main(void)
         cmocka_unit_test(test_interim_and_no_content),
         cmocka_unit_test(test_garbage_and_truncation),
         cmocka_unit_test(test_dead_pooled_connection_resent),
+        cmocka_unit_test(test_big_body_on_kept_connection),
         cmocka_unit_test(test_refused_and_timeout),
         cmocka_unit_test(test_target_without_path),
         cmocka_unit_test(test_kept_url_parse),
