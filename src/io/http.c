@@ -390,8 +390,35 @@ static char *head_put(char *w, const char *a, size_t n)
 #define HEAD_MAX   1024         /* room for the head's own lines */
 #define HEAD_JOIN  65536        /* a larger body is added on its own */
 
+/* A whole reply on a plain connection with nothing queued: head and body
+ * go to the socket with one writev, as stream_send() does, without the
+ * output's reservation, copy and evbuffer_write; only what the socket does
+ * not take is queued (req_finish()'s conn_flush() goes on with it, a
+ * failed write included: the write callback then reports it). */
+static void send_whole(struct http_conn *c, struct evbuffer *out, const char *head,
+                       size_t n, const char *body, size_t len)
+{
+    struct iovec v[2] = { { (void *)head, n }, { (void *)body, len } };
+    int nv = len ? 2 : 1, i;
+    ssize_t w;
+
+    do
+        w = writev(bufferevent_getfd(c->bev), v, nv);
+    while (w < 0 && errno == EINTR);
+    if (w < 0)
+        w = 0;
+    for (i = 0; i < nv; i++) {
+        if ((size_t)w >= v[i].iov_len) {
+            w -= (ssize_t)v[i].iov_len;
+            continue;
+        }
+        evbuffer_add(out, (char *)v[i].iov_base + w, v[i].iov_len - (size_t)w);
+        w = 0;
+    }
+}
+
 static void write_head(struct http_req *r, int status, const char *ctype,
-                       long long clen, const char *body, size_t len)
+                       long long clen, const char *body, size_t len, int whole)
 {
     struct evbuffer *out = bufferevent_get_output(r->conn->bev);
     struct evbuffer_iovec v;
@@ -431,7 +458,9 @@ static void write_head(struct http_req *r, int status, const char *ctype,
     else
         w = head_put(w, "Connection: close\r\n\r\n", 21);
     n = (size_t)(w - head);
-    if (len > HEAD_JOIN
+    if (whole && !r->conn->tls && evbuffer_get_length(out) == 0) {
+        send_whole(r->conn, out, head, n, body, len);
+    } else if (len > HEAD_JOIN
         || evbuffer_reserve_space(out, (ev_ssize_t)(n + len), &v, 1) != 1
         || v.iov_len < n + len) {
         evbuffer_add(out, head, n);
@@ -522,7 +551,7 @@ void http_reply(struct http_req *r, int status, const char *ctype,
 {
     if (r->conn && !r->streaming)
         write_head(r, status, ctype, (long long)len, body,
-                   len && strcmp(r->method, "HEAD") != 0 ? len : 0);
+                   len && strcmp(r->method, "HEAD") != 0 ? len : 0, 1);
     req_finish(r);
 }
 
@@ -572,7 +601,7 @@ void http_stream_start(struct http_req *r, int status, const char *ctype)
     if (r->minor == 0)
         r->keepalive = 0;   /* HTTP/1.0: the end of the body is the close */
     if (r->conn) {
-        write_head(r, status, ctype, -1, NULL, 0);
+        write_head(r, status, ctype, -1, NULL, 0, 0);
         event_active(&r->conn->flush_ev, EV_WRITE, 0);
     }
 }
