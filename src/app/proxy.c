@@ -1689,6 +1689,10 @@ static int px_send(struct px_leg *l)
     ur.server_name = ch->tls.server_name;
     /* A whole (non-streamed) answer must come within the deadline. */
     ur.total_timeout_ms = p->want_stream ? 0 : (left > 0 ? left : 1);
+    /* No CR or LF anywhere: the method and the client's fields passed
+     * http.c's checks (no control characters), keys cfg_check_secret(),
+     * the request id valid_request_id() or px_make_id(), the rest is ours. */
+    ur.fields_checked = 1;
 
     l->status = 0;
     l->streaming = 0;

@@ -65,6 +65,11 @@ struct upstream_req {
     const char *ca_file;
     int         insecure;
     const char *server_name;
+    /* The method and every header name and value hold no CR or LF: the
+     * caller took them from where they were checked as they came in (a
+     * parsed request, a checked configuration) or wrote them itself. The
+     * plain client then measures them instead of searching each. */
+    int         fields_checked;
 };
 
 struct resolve_conf;

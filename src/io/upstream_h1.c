@@ -880,7 +880,8 @@ static char *build_head(size_t front, const struct upstream_req *req, const char
                         const char *path, const char *body, size_t body_len,
                         size_t *lenp)
 {
-    size_t mlen = field_len(req->method), plen = strcspn(path, "\r\n "), len, i, n, v;
+#define FIELD_LEN(s) (req->fields_checked ? strlen(s) : field_len(s))
+    size_t mlen = FIELD_LEN(req->method), plen = strcspn(path, "\r\n "), len, i, n, v;
     size_t lens[2 * 16];                /* the first 16 fields' name and value lengths */
     int has_host = 0;
     char clen[40], digits[24];
@@ -892,7 +893,7 @@ static char *build_head(size_t front, const struct upstream_req *req, const char
     len = mlen + 1 + 1 + plen + 11;                     /* " /" " HTTP/1.1\r\n" */
     for (i = 0; i < req->nheaders; i++) {
         const struct upstream_header *hd = &req->headers[i];
-        if ((n = field_len(hd->name)) == SIZE_MAX || (v = field_len(hd->value)) == SIZE_MAX)
+        if ((n = FIELD_LEN(hd->name)) == SIZE_MAX || (v = FIELD_LEN(hd->value)) == SIZE_MAX)
             return NULL;
         if (n == 4 && strcasecmp(hd->name, "Host") == 0)
             has_host = 1;
@@ -947,6 +948,7 @@ static char *build_head(size_t front, const struct upstream_req *req, const char
     if (body_len)
         PUT(body, body_len);
 #undef PUT
+#undef FIELD_LEN
     *w = '\0';
     *lenp = (size_t)(w - (buf + front));
     return buf;

@@ -742,6 +742,39 @@ static void test_big_body_on_kept_connection(void **state)
     fix_free(f);
 }
 
+/* A CR or LF in a field's name or value would split the head: refused
+ * (the plain client only knows methods without them); a caller whose
+ * fields were checked where they came in says so (fields_checked: then
+ * they are only measured). */
+static void test_fields_with_crlf_refused(void **state)
+{
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    static const struct upstream_header bad_value[] = { { "X-A", "1\r\nX-Evil: 1" } };
+    static const struct upstream_header bad_name[] = { { "X-A\nX-Evil", "1" } };
+    static const struct upstream_header good[] = { { "X-A", "1" } };
+    struct upstream_req r;
+
+    (void)state;
+    memset(&r, 0, sizeof(r));
+    r.url = f->url;
+    r.method = "GET";
+    r.connect_timeout_ms = 1000;
+    r.total_timeout_ms = 3000;
+    r.nheaders = 1;
+    r.headers = bad_value;
+    assert_null(upstream_start(f->up, &r, &cbs, &f->g));
+    r.headers = bad_name;
+    assert_null(upstream_start(f->up, &r, &cbs, &f->g));
+    r.headers = good;
+    r.fields_checked = 1;
+    f->g.x = upstream_start(f->up, &r, &cbs, &f->g);
+    assert_non_null(f->g.x);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_non_null(strstr(f->srv.last, "\r\nX-A: 1\r\n"));
+    fix_free(f);
+}
+
 static void test_refused_and_timeout(void **state)
 {
     struct fix *f = fix_new("");
@@ -977,6 +1010,7 @@ int main(void)
         cmocka_unit_test(test_garbage_and_truncation),
         cmocka_unit_test(test_dead_pooled_connection_resent),
         cmocka_unit_test(test_big_body_on_kept_connection),
+        cmocka_unit_test(test_fields_with_crlf_refused),
         cmocka_unit_test(test_refused_and_timeout),
         cmocka_unit_test(test_target_without_path),
         cmocka_unit_test(test_kept_url_parse),
