@@ -1639,7 +1639,7 @@ static int px_send(struct px_leg *l)
     const char *av = http_req_header(p->req, "anthropic-version");
     const char *ab = http_req_header(p->req, "anthropic-beta");
     size_t nh = 0, auth_len = 0;
-    int64_t now = gw_now_ms(), left = p->t_start + p->ad.deadline_ms - now;
+    int64_t now = gw_now_ms();
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
     int64_t first = per_try;
 
@@ -1687,8 +1687,14 @@ static int px_send(struct px_leg *l)
     ur.ca_file = ch->tls.ca_file;
     ur.insecure = !ch->tls.verify;
     ur.server_name = ch->tls.server_name;
-    /* A whole (non-streamed) answer must come within the deadline. */
-    ur.total_timeout_ms = p->want_stream ? 0 : (left > 0 ? left : 1);
+    /* No total timeout of the transfer's own: a whole (non-streamed)
+     * answer must come within the request's deadline, and its timer
+     * (px_deadline) ends the request then, legs cancelled. A transfer
+     * timer for the same moment only repeated it (and was added and
+     * deleted on every attempt); it fired second when both were due at
+     * once, the usual case (added later for the same time), and first only
+     * when the coarse clock had ticked between the two. */
+    ur.total_timeout_ms = 0;
     /* No CR or LF anywhere: the method and the client's fields passed
      * http.c's checks (no control characters), keys cfg_check_secret(),
      * the request id valid_request_id() or px_make_id(), the rest is ours. */

@@ -67,6 +67,10 @@ def test_deadline_gives_504(mocks, gateway):
     st, _, body = g.chat()
     assert_openai_error(st, body, 504)
     assert time.monotonic() - t0 < 3
+    # The request's deadline ends it (the attempt is cancelled): not a
+    # failure of the host, which was not given its per-try time.
+    assert json.loads(body)["error"]["code"] == "deadline_exceeded"
+    assert host_status(g, "m0")["failures"] == 0
 
 
 def test_per_try_timeout_then_next_host(mocks, gateway):
