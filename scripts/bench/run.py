@@ -35,6 +35,12 @@ Environment (all optional):
   BENCH_LIMITS=0       skip the client-limits run (clients off vs on with Redis, JSON,
                        64 and 1 connections; needs redis-server)
   BENCH_HTTPS_ONLY=1   only the HTTPS-upstream run
+  BENCH_HTTPS_MOCK     the TLS upstreams of that run: "nginx" (the default:
+                       infergate-mock's answers, static, served by nginx over TLS,
+                       ~3 x cheaper per request than the mock, so the proxies run
+                       near a full core; an SSE answer is one HTTP chunk) or "mock"
+                       (infergate-mock --tls-cert: SSE in 21 chunks, as the plain
+                       rows, but the load core caps the proxies at ~40% of theirs)
   BENCH_NGINX_UPSTREAM_TLS  nginx's proxy_ssl_protocols there ("TLSv1.2 TLSv1.3":
                        TLS 1.3 as infergate negotiates; nginx 1.22's default is
                        at most TLSv1.2)
@@ -170,6 +176,7 @@ INFERGATE = find_bin("INFERGATE_BIN", "./infergate")
 MOCK = find_bin("MOCK_BIN", "build/release/infergate-mock")
 NGINX = find_bin("NGINX_BIN", "nginx", "/usr/sbin/nginx")
 NGINX_UPSTREAM_TLS = os.environ.get("BENCH_NGINX_UPSTREAM_TLS", "TLSv1.2 TLSv1.3")
+HTTPS_MOCK = os.environ.get("BENCH_HTTPS_MOCK", "nginx")
 HAPROXY = find_bin("HAPROXY_BIN", "haproxy", "/usr/sbin/haproxy")
 WRK = find_bin("WRK_BIN", "wrk")
 SSE_CLIENT = os.environ.get("SSE_CLIENT", "")
@@ -602,7 +609,8 @@ def sanity(target, addr, tmp):
     st, body, _ = http("POST", "http://%s/v1/chat/completions" % addr, chat_body(False))
     if st != 200 or '"chat.completion"' not in body:
         raise RuntimeError("%s: JSON answer %d %s" % (target, st, body[:300]))
-    st2, sse, hdrs = http("POST", "http://%s/v1/chat/completions" % addr, chat_body(True))
+    st2, sse, hdrs = http("POST", "http://%s/v1/chat/completions" % addr, chat_body(True),
+                          headers={"Accept": "text/event-stream"})
     if st2 != 200 or "data: [DONE]" not in sse or sse.count("data: ") != SSE_CHUNKS + 1:
         raise RuntimeError("%s: SSE answer %d %s" % (target, st2, sse[:300]))
     return {"json_body_bytes": len(body.encode()), "sse_body_bytes": len(sse.encode())}
@@ -1558,16 +1566,90 @@ def make_test_ca(tmp):
 
 
 def tls_mock_stats(mocks, ca):
-    """(requests, TLS handshakes, resumed) summed over the TLS mocks."""
+    """(requests, TLS handshakes, resumed) summed over the TLS mocks
+    (infergate-mock or nginx, see start_nginx_tls_mock), without the
+    stats queries' own (each a new connection, a full handshake)."""
     req = hs = res = 0
     for m in mocks:
+        done = getattr(m, "stat_queries", 0)
+        m.stat_queries = done + 1
+        if getattr(m, "handshake_log", None):
+            with open(m.handshake_log) as f:       # before the query: it logs its own
+                lines = f.read().split()
+            out = subprocess.run(["curl", "-s", "--cacert", ca, "https://%s/_status" % m.addr],
+                                 capture_output=True, text=True, timeout=10)
+            n = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", out.stdout, re.M)
+            if not n:
+                raise RuntimeError("nginx TLS mock status: %r" % out.stdout[:200])
+            req += int(n.group(3)) - done - 1
+            hs += len(lines) - done
+            res += lines.count("r")
+            continue
         out = subprocess.run(["curl", "-s", "--cacert", ca, "https://%s/_mock/stats" % m.addr],
                              capture_output=True, text=True, timeout=10)
         s = json.loads(out.stdout)
         req += s["requests"]
-        hs += s.get("tls_handshakes", 0)
+        hs += s.get("tls_handshakes", 0) - done - 1
         res += s.get("tls_resumed", 0)
     return req, hs, res
+
+
+def mock_answers():
+    """A JSON and an SSE answer of infergate-mock with the bench's options."""
+    m = start_mock("answers", LOAD_CPUS)
+    try:
+        url = "http://%s/v1/chat/completions" % m.addr
+        st, js, _ = http("POST", url, chat_body(False))
+        st2, sse, _ = http("POST", url, chat_body(True), headers={"Accept": "text/event-stream"})
+    finally:
+        PROCS.stop(m)
+        MOCK_PIDS.remove(m.pid)
+    if st != 200 or st2 != 200:
+        raise RuntimeError("mock answers: %d %d" % (st, st2))
+    return js, sse
+
+
+def nginx_quoted(text):
+    if any(c in text for c in "'\\$"):
+        raise RuntimeError("the mock's answer cannot be an nginx string as is")
+    return "'" + text + "'"
+
+
+def start_nginx_tls_mock(tmp, name, pki, answers):
+    """nginx on LOAD_CPUS serving the mock's answers over TLS
+    (nginx-tls-mock.conf.in); handshakes counted in its log."""
+    d = os.path.join(tmp, name)
+    os.makedirs(d, exist_ok=True)
+    port = free_port()
+    with open(os.path.join(HERE, "nginx-tls-mock.conf.in")) as f:
+        conf = f.read()
+    nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
+    for k, v in (("@TMP@", d), ("@PORT@", str(port)), ("@NOFILE@", str(nofile)),
+                 ("@CERT@", pki["up"]), ("@KEY@", pki["key"]),
+                 ("@JSON@", nginx_quoted(answers[0])), ("@SSE@", nginx_quoted(answers[1]))):
+        conf = conf.replace(k, v)
+    path = os.path.join(d, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    chk = subprocess.run([NGINX, "-t", "-q", "-p", d, "-c", path], capture_output=True, text=True)
+    if chk.returncode != 0:
+        raise RuntimeError("nginx TLS mock: nginx -t failed:\n" + chk.stderr)
+    errf = open(os.path.join(d, "nginx-stderr.log"), "w")
+    p = PROCS.start(name, [NGINX, "-p", d, "-c", path], cpus=LOAD_CPUS, stdout=errf, stderr=errf)
+    p.addr = "127.0.0.1:%d" % port
+    p.cpus = LOAD_CPUS
+    p.handshake_log = os.path.join(d, "handshakes.log")
+    t_end = time.time() + 15
+    while time.time() < t_end and p.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        raise RuntimeError("nginx TLS mock did not start: see %s" % d)
+    MOCK_PIDS.append(p.pid)
+    return p
 
 
 def run_https(tmp, bodies):
@@ -1584,9 +1666,14 @@ def run_https(tmp, bodies):
         return {}
     mocks, procs, runs, seen = [], {}, {}, {}
     try:
-        mocks = [start_mock("tls-%d" % i, LOAD_CPUS,
-                            ("--tls-cert", pki["up"], "--tls-key", pki["key"]))
-                 for i in range(NMOCKS)]
+        if HTTPS_MOCK == "nginx":
+            answers = mock_answers()
+            mocks = [start_nginx_tls_mock(tmp, "tls-%d" % i, pki, answers)
+                     for i in range(NMOCKS)]
+        else:
+            mocks = [start_mock("tls-%d" % i, LOAD_CPUS,
+                                ("--tls-cert", pki["up"], "--tls-key", pki["key"]))
+                     for i in range(NMOCKS)]
         addrs = [m.addr for m in mocks]
         ntmp = os.path.join(tmp, "nginx-https")
         os.makedirs(ntmp, exist_ok=True)
@@ -1636,15 +1723,16 @@ def run_https(tmp, bodies):
             ratios[scen] = {"rps_vs_nginx": ratio(ig["rps"], ng["rps"]),
                             "cpu_per_req_vs_nginx": ratio(ig.get("cpu_us_per_req"),
                                                           ng.get("cpu_us_per_req"))}
-    return {"cells": cells, "runs": runs, "ratios": ratios, "upstream_tls": seen}
+    return {"cells": cells, "runs": runs, "ratios": ratios, "upstream_tls": seen,
+            "mock": HTTPS_MOCK}
 
 
 def print_https_table(hs):
     if not hs or not hs.get("cells"):
         return
-    log("HTTPS upstreams: %d TLS mocks (certificates from a test CA, verified by both), "
+    log("HTTPS upstreams: %d TLS mocks (%s; certificates from a test CA, verified by both), "
         "64 connections; nginx: proxy_pass https://, keepalive, proxy_ssl_session_reuse on"
-        % NMOCKS)
+        % (NMOCKS, "nginx, static answers" if HTTPS_MOCK == "nginx" else "infergate-mock"))
     log("%-6s %-10s %10s %8s %8s %7s %6s %10s %16s" % (
         "", "target", "req/s", "p50 ms", "p99 ms", "errors", "CPU%", "CPU us/req",
         "handshakes/req"))
