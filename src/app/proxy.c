@@ -134,6 +134,10 @@ struct px_leg {
                                           * event_new per leg */
     int                   try_on;        /* try_timer added, not yet fired
                                           * or deleted (px_try_off) */
+    int64_t               try_due;       /* ... when it fires (gw_now_ms) */
+    int                   try_early;     /* ... at the first idle tick, before
+                                          * first_due (px_send) */
+    int64_t               first_due;     /* the first-byte limit (gw_now_ms) */
     struct evbuffer      *buf;           /* buffered response body */
 };
 
@@ -1419,11 +1423,12 @@ static const struct upstream_cbs px_cbs = { px_on_headers, px_on_data, px_on_don
 
 /* A leg's try_timer on in ms, or off: no library call when it is off
  * already (a request's end would delete it a second time). */
-static void px_try_arm(struct px_leg *l, int64_t ms)
+static void px_try_arm(struct px_leg *l, int64_t now, int64_t ms)
 {
     struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 
     l->try_on = 1;
+    l->try_due = now + ms;
     evtimer_add(l->try_timer, &tv);
 }
 
@@ -1450,7 +1455,11 @@ static int64_t px_per_try_ms(const struct px_leg *l)
  * per chunk); the timer ticks PX_IDLE_TICKS times per idle timeout and the
  * answer is idle after that many ticks in a row without a read: never
  * before a silence of the whole timeout, at most a tick after it. The
- * response cap, when sooner, is the next firing.
+ * response cap, when sooner, is the next firing. A timer that is on and
+ * fires no later stays (px_send arms the first-byte timer for the first
+ * idle tick when that is sooner): px_try_timeout() then arms the next
+ * firing, so an answer whose head and end come in one read costs no timer
+ * operation here.
  */
 static void px_arm_answer_timer(struct px_leg *l, int64_t now)
 {
@@ -1464,10 +1473,10 @@ static void px_arm_answer_timer(struct px_leg *l, int64_t now)
     }
     if (total > 0 && (at < 0 || l->t_try + total < at))
         at = l->t_try + total;
-    if (at >= 0)
-        px_try_arm(l, at > now ? at - now : 0);
-    else
+    if (at < 0)
         px_try_off(l);
+    else if (!l->try_on || l->try_due > at)
+        px_try_arm(l, now, at > now ? at - now : 0);
 }
 
 /*
@@ -1514,6 +1523,13 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
     now = gw_now_ms();
     total = c->retry.response_timeout_ms;
     idle = c->retry.stream_idle_timeout_ms;
+    if (l->status == 0 && l->try_early) {
+        /* The first idle tick (px_send), before any head: on to the
+         * first-byte limit. */
+        l->try_early = 0;
+        px_try_arm(l, now, l->first_due > now ? l->first_due - now : 0);
+        return;
+    }
     if (l->status == 0) {
         if (total > 0 && total < px_per_try_ms(l)) {
             px_answer_expired(l, 1, "no complete answer within retry.response_timeout");
@@ -1539,7 +1555,7 @@ static void px_try_timeout(evutil_socket_t fd, short what, void *arg)
         }
         l->reads_seen = l->reads;
     } else if (idle > 0) {
-        px_try_arm(l, l->tick_at - now);   /* woken for the cap */
+        px_try_arm(l, now, l->tick_at - now);   /* woken early */
         return;
     }
     px_arm_answer_timer(l, now);
@@ -1641,7 +1657,7 @@ static int px_send(struct px_leg *l)
     size_t nh = 0, auth_len = 0;
     int64_t now = gw_now_ms();
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
-    int64_t first = per_try;
+    int64_t first = per_try, tick;
 
     px_concat(url, sizeof(url), ch->url, p->upath, p->query ? "?" : "",
               p->query ? p->query : "", (const char *)NULL);
@@ -1714,7 +1730,15 @@ static int px_send(struct px_leg *l)
         p->t_up = now;
     if (c->retry.response_timeout_ms > 0 && c->retry.response_timeout_ms < first)
         first = c->retry.response_timeout_ms;
-    px_try_arm(l, first);
+    /* Armed for the first idle tick when it is sooner than the first-byte
+     * limit (fired before a head, it goes on to first_due): a head then
+     * finds it due no later than its own first tick and leaves it
+     * (px_arm_answer_timer), instead of an event_add per answer. */
+    l->first_due = now + first;
+    tick = c->retry.stream_idle_timeout_ms / PX_IDLE_TICKS;
+    tick = tick > 0 ? tick : 1;
+    l->try_early = c->retry.stream_idle_timeout_ms > 0 && tick < first;
+    px_try_arm(l, now, l->try_early ? tick : first);
     return 0;
 }
 

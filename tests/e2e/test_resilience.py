@@ -73,6 +73,25 @@ def test_deadline_gives_504(mocks, gateway):
     assert host_status(g, "m0")["failures"] == 0
 
 
+def test_first_byte_limit_outlasts_the_idle_tick(mocks, gateway):
+    # The attempt's timer first fires at the first idle tick (50 ms here),
+    # then goes on to the first-byte limit (600 ms): a head later than the
+    # tick is waited for, and a missing one ends the attempt at the limit.
+    ms = mocks(1)
+    g = gateway(hosts_of(ms), policies="retry:\n  max_attempts: 1\n  per_try_timeout: 600ms\n"
+                "  stream_idle_timeout: 200ms\n")
+    ms[0].config(delay_ms=300)
+    st, h, body = g.chat()
+    assert st == 200, body
+    assert h["x-attempts"] == "1"
+    ms[0].config(delay_ms=0, hang=True)
+    t0 = time.monotonic()
+    st, _, body = g.chat()
+    took = time.monotonic() - t0
+    assert st == 504, body
+    assert 0.55 <= took < 5, took
+
+
 def test_per_try_timeout_then_next_host(mocks, gateway):
     ms = mocks(2)
     ms[0].config(delay_ms=3000)
