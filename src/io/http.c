@@ -1464,8 +1464,11 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
     struct http_conn *c = arg;
 
     (void)bev;
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        bufferevent_disable(c->bev, EV_WRITE);     /* see conn_flush() */
+    /* See conn_flush(); no call (an event_del) when it is off already, as
+     * after a reply the socket took at once. */
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0
+        && (bufferevent_get_enabled(c->bev) & EV_WRITE))
+        bufferevent_disable(c->bev, EV_WRITE);
     if (c->state == CONN_HANDLING) {
         struct http_req *r = c->req;
         if (r && r->drain_cb) {
