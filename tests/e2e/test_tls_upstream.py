@@ -506,4 +506,4 @@ def test_tls_mock_sends_each_reply_as_one_record_without_stalls(tls_mock):
     took = time.monotonic() - t0
     sock.close()
     assert counts == [1] * 20, counts
-    assert took < 0.6 * SLOW, took
+    assert took < 1.0 * SLOW, took     # ~40 ms per answer stalled by Nagle before: 1.2 s
