@@ -12,6 +12,10 @@
  * it back. Every block carries its size in
  * a 16-byte header. A thread's lists are freed when it ends; the main
  * thread's (no destructor runs for it at exit) by evmem_release().
+ *
+ * evmem_block() gives the gateway's own short-lived blocks (a request's,
+ * a transfer's) the same lists: their sizes vary with the request, so
+ * they are rounded up to a power of two (2 KB to 32 KB) to share a few.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -23,7 +27,9 @@
 
 #define EVMEM_HDR   16          /* keeps libevent's blocks 16-byte aligned */
 #define EVMEM_MIN   1016        /* up to this, with the header: glibc's per-thread cache (1032) */
-#define EVMEM_SIZES 4
+#define EVMEM_SIZES 8
+#define EVMEM_BLOCK_MIN 2048    /* evmem_block(): the smallest size class, */
+#define EVMEM_BLOCK_MAX 32768   /* ... and the largest */
 #define EVMEM_KEEP  8
 
 struct evmem_list {
@@ -148,4 +154,29 @@ void evmem_init(void)
 void evmem_release(void)
 {
     evmem_drop(&cache);
+}
+
+void *evmem_block(size_t size)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return malloc(size);        /* a use after free stays caught */
+#else
+    size_t c = EVMEM_BLOCK_MIN;
+
+    if (size <= EVMEM_BLOCK_MAX) {
+        while (c < size)
+            c <<= 1;
+        size = c;
+    }
+    return evmem_malloc(size);
+#endif
+}
+
+void evmem_block_free(void *p)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    free(p);
+#else
+    evmem_free(p);
+#endif
 }

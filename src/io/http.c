@@ -61,6 +61,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "evmem.h"
 #include "http.h"
 #include "log.h"
 #include "sockread.h"
@@ -254,7 +255,10 @@ static void req_free(struct http_req *r)
     if (r->body != r->body_in)
         free(r->body);
     free(r->rh);
-    free(r);
+    if (r->head_whole)
+        evmem_block_free(r);               /* head_whole()'s block */
+    else
+        free(r);
 }
 
 const char *http_req_method(const struct http_req *r) { return r->method; }
@@ -1209,7 +1213,7 @@ static int head_whole(struct http_conn *c, struct evbuffer *in)
             return 0;
     }
     room = avail - at < HTTP_BODY_INLINE ? avail - at : HTTP_BODY_INLINE;
-    if ((r = malloc(sizeof(*r) + at + room + 1)) == NULL)
+    if ((r = evmem_block(sizeof(*r) + at + room + 1)) == NULL)
         return 0;                             /* the other path says why */
     req_init(r, c);
     head = (char *)(r + 1);

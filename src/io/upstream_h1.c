@@ -79,6 +79,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "evmem.h"
 #include "resolve.h"
 #include "sockread.h"
 #include "upstream_int.h"
@@ -920,7 +921,7 @@ static char *build_head(size_t front, const struct upstream_req *req, const char
         len += clen_len;
     }
     len += 2;
-    if ((buf = malloc(front + len + body_len + 1)) == NULL)
+    if ((buf = evmem_block(front + len + body_len + 1)) == NULL)
         return NULL;
     w = buf + front;
 #define PUT(s, n) do { memcpy(w, (s), (n)); w += (n); } while (0)
@@ -983,7 +984,7 @@ static void xfer_free(struct h1_xfer *hx)
     free(hx->fail);
     upstream_rh_clear(&hx->x);
     hx->x.u->active--;
-    free(hx);
+    evmem_block_free(hx);                   /* build_head()'s block */
 }
 
 /* Ends the transfer: the connection goes back to the pool when the

@@ -32,7 +32,7 @@ from conftest import build_driver
 SOURCES = [os.path.join(ROOT, "tests/alerts_driver/alerts_driver.c")] + [src_path(f) for f in (
     "alerts.c", "alerts_notify.c", "metrics.c", "upstream.c", "upstream_h1.c", "resolve.c", "log.c", "config.c",
     "doc.c", "session.c", "session_mem.c", "session_redis.c", "redis_conn.c", "replicas.c", "clock.c",
-    "jscan.c", "tls.c")]
+    "jscan.c", "tls.c", "evmem.c")]
 FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
 REL_FLAGS = ["-O2", "-g"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
