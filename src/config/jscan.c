@@ -273,6 +273,39 @@ static int literal(struct js *s, const char *word, size_t n)
 static int decode_into(const unsigned char *q, const unsigned char *end, char *out,
                        size_t cap, size_t *outlen);
 
+/* An object member's value: the usual ones, a string or an integer of up
+ * to 18 digits (within int64) that a byte other than a digit, '.', 'e' or
+ * 'E' ends, without scan_value()'s call; anything else through it. */
+static inline int member_value(struct js *s, struct jscan_val *v)
+{
+    const unsigned char *p = s->p, *q, *lim;
+    int esc;
+
+    if (p < s->end && *p == '"') {
+        v->type = JSCAN_STRING;
+        v->start = (const char *)p;
+        v->all_objects = 0;
+        if (scan_string(s, &esc) < 0)
+            return -1;
+        v->len = (size_t)(s->p - p);
+        return 0;
+    }
+    if (p < s->end && *p >= '1' && *p <= '9') {
+        lim = s->end - p > 18 ? p + 18 : s->end;
+        for (q = p + 1; q < lim && *q >= '0' && *q <= '9'; q++)
+            ;
+        if (q < s->end && !(*q >= '0' && *q <= '9') && *q != '.' && *q != 'e' && *q != 'E') {
+            v->type = JSCAN_NUMBER;
+            v->start = (const char *)p;
+            v->len = (size_t)(q - p);
+            v->all_objects = 0;
+            s->p = q;
+            return 0;
+        }
+    }
+    return scan_value(s, v, NULL, NULL);
+}
+
 static int scan_object(struct js *s, jscan_member_fn fn, void *arg)
 {
     struct jscan_val child;
@@ -298,18 +331,8 @@ static int scan_object(struct js *s, jscan_member_fn fn, void *arg)
             return (s->p >= s->end ? cut : fail)(s, s->p, "':' expected");
         s->p++;
         ws(s);
-        if (s->p < s->end && *s->p == '"') {
-            /* The usual member value, without scan_value()'s call. */
-            int esc;
-            child.type = JSCAN_STRING;
-            child.start = (const char *)s->p;
-            child.all_objects = 0;
-            if (scan_string(s, &esc) < 0)
-                return -1;
-            child.len = (size_t)(s->p - (const unsigned char *)child.start);
-        } else if (scan_value(s, &child, NULL, NULL) < 0) {
+        if (member_value(s, &child) < 0)
             return -1;
-        }
         if (s->prefix && child.type == JSCAN_NUMBER && s->p >= s->end)
             return cut(s, s->p, "',' or '}' expected");      /* more digits may follow */
         if (fn) {
