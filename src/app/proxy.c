@@ -929,21 +929,24 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
 
 /* --- upstream callbacks ---------------------------------------------- */
 
+/* Fields the answer does not pass on (hop-by-hop, or set by infergate):
+ * one compare or two, chosen by the name's length. */
 static int hop_by_hop(const char *name)
 {
-#define S(x) { x, sizeof(x) - 1 }
-    static const struct { const char *s; size_t n; } skip[] = {
-        S("connection"), S("keep-alive"), S("transfer-encoding"), S("content-length"),
-        S("te"), S("trailer"), S("upgrade"), S("proxy-authenticate"), S("proxy-connection"),
-        S("content-type"), S("server"), S("date"), S("x-request-id"),
-    };
-#undef S
-    size_t i, n = strlen(name);
-
-    for (i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
-        if (skip[i].n == n && strcasecmp(name, skip[i].s) == 0)
-            return 1;
-    return 0;
+    switch (strlen(name)) {
+    case 2:  return strcasecmp(name, "te") == 0;
+    case 4:  return strcasecmp(name, "date") == 0;
+    case 6:  return strcasecmp(name, "server") == 0;
+    case 7:  return strcasecmp(name, "trailer") == 0 || strcasecmp(name, "upgrade") == 0;
+    case 10: return strcasecmp(name, "connection") == 0 || strcasecmp(name, "keep-alive") == 0;
+    case 12: return strcasecmp(name, "content-type") == 0
+                    || strcasecmp(name, "x-request-id") == 0;
+    case 14: return strcasecmp(name, "content-length") == 0;
+    case 16: return strcasecmp(name, "proxy-connection") == 0;
+    case 17: return strcasecmp(name, "transfer-encoding") == 0;
+    case 18: return strcasecmp(name, "proxy-authenticate") == 0;
+    default: return 0;
+    }
 }
 
 static void px_copy_headers(struct proxy *p, const struct upstream_xfer *x)

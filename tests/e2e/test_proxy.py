@@ -3,6 +3,7 @@ import http.client
 import json
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -43,6 +44,67 @@ def test_chat_round_robin_and_headers(mocks, gateway):
         assert sorted(seen[i:i + 3]) == ["m0", "m1", "m2"], seen
     for m in ms:
         assert m.stats()["requests"] == 3
+
+
+def test_hop_by_hop_and_own_fields_not_passed_on(gateway):
+    """An answer's hop-by-hop fields and those infergate sets itself are
+    dropped; the others are passed on once each."""
+    answer = (b'{"id":"chatcmpl-hop","object":"chat.completion","choices":[]}')
+    head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            "Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
+            "Proxy-Authenticate: Basic\r\nProxy-Connection: keep-alive\r\n"
+            "Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nServer: upstream\r\n"
+            "X-Request-Id: upstream-id\r\nX-Custom: kept\r\nCache-Control: no-store\r\n"
+            "X-Custom-Field-18a: kept too\r\nX-Custom-One: 12\r\n\r\n" % len(answer)).encode()
+    lis = socket.socket()
+    lis.bind(("127.0.0.1", 0))
+    lis.listen(4)
+    lis.settimeout(20)
+
+    def serve():
+        try:
+            c, _ = lis.accept()
+            c.settimeout(20)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += c.recv(65536)
+            hdr, _, rest = got.partition(b"\r\n\r\n")
+            n = int([ln.split(b":")[1] for ln in hdr.split(b"\r\n")
+                     if ln.lower().startswith(b"content-length:")][0])
+            while len(rest) < n:
+                rest += c.recv(65536)
+            c.sendall(head + answer)
+            c.close()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        g = gateway([{"name": "raw", "url": "http://127.0.0.1:%d" % lis.getsockname()[1]}],
+                    policies="retry:\n  max_attempts: 1\n")
+        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+            headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        fields = [(k.lower(), v) for k, v in r.getheaders()]
+        conn.close()
+    finally:
+        t.join(timeout=30)
+        lis.close()
+    assert r.status == 200, fields
+    names = [k for k, _ in fields]
+    for gone in ("keep-alive", "te", "trailer", "upgrade", "proxy-authenticate",
+                 "proxy-connection", "date"):
+        assert gone not in names, fields
+    for once in ("content-type", "content-length", "server", "x-request-id", "connection",
+                 "x-custom", "cache-control", "x-custom-field-18a", "x-custom-one"):
+        assert names.count(once) == 1, (once, fields)
+    d = dict(fields)
+    assert d["server"] == "infergate" and d["x-request-id"] != "upstream-id"
+    assert d["x-custom"] == "kept" and d["cache-control"] == "no-store"
 
 
 def test_request_id_kept_and_generated(mocks, gateway):
