@@ -25,6 +25,7 @@
 #include "evmem.h"
 #include "gateway.h"
 #include "http.h"
+#include "lock.h"
 #include "log.h"
 #include "notify.h"
 
@@ -121,22 +122,29 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     }
 }
 
-/* With worker threads the main loop must sleep in epoll_wait() (lock.h). */
+/* With worker threads the main loop must sleep in epoll_wait() (lock.h).
+ * Its wake-ups are marked for the loop's time (clock.h). */
 static struct event_base *main_base(int threaded)
 {
     struct event_config *ec;
     struct event_base *b;
 
-    if (!threaded)
-        return event_base_new();
-    if ((ec = event_config_new()) == NULL)
+    if (!threaded) {
+        b = event_base_new();
+    } else {
+        if ((ec = event_config_new()) == NULL)
+            return NULL;
+        event_config_avoid_method(ec, "select");
+        event_config_avoid_method(ec, "poll");
+        b = event_base_new_with_config(ec);
+        event_config_free(ec);
+        if (b == NULL)
+            fprintf(stderr, "infergate: server.workers > 1 needs libevent's epoll backend\n");
+    }
+    if (b && lock_loop_clock(b) < 0) {
+        event_base_free(b);
         return NULL;
-    event_config_avoid_method(ec, "select");
-    event_config_avoid_method(ec, "poll");
-    b = event_base_new_with_config(ec);
-    event_config_free(ec);
-    if (b == NULL)
-        fprintf(stderr, "infergate: server.workers > 1 needs libevent's epoll backend\n");
+    }
     return b;
 }
 
@@ -251,6 +259,7 @@ int main(int argc, char **argv)
                 (unsigned long long)a.gw.snap->generation);
 
     event_base_dispatch(a.base);
+    gw_clock_loop_left();           /* what follows reads the clock */
 
 out:
     if (pidfile)

@@ -863,6 +863,7 @@ int gateway_start(struct gateway *gw)
      * lock; check that its loop really lets go of it while it sleeps. */
     lock_as_loop_owner(gw->base);
     event_base_loop(gw->base, EVLOOP_NONBLOCK);
+    gw_clock_loop_left();
     if (lock_loop_hooked() == 0) {
         log_error("server.workers: the main loop (libevent method %s) does not let go"
                   " of the state lock while it sleeps (%s), so it cannot share state"
@@ -1016,7 +1017,7 @@ static void reload_check_redis(struct reload_job *job)
 static void *reload_thread(void *arg)
 {
     struct reload_job *job = arg;
-    int64_t t0 = gw_now_ms();
+    int64_t t0 = gw_clock_now_ms();
 
     setpriority(PRIO_PROCESS, (id_t)gettid(), RELOAD_NICE);
 
@@ -1031,7 +1032,7 @@ static void *reload_thread(void *arg)
      * configuration's own strings, so only a trim returns them (10,000
      * hosts + 100,000 keys: 59 MB idle instead of 120; docs/benchmarks.md). */
     malloc_trim(0);
-    job->parse_ms = gw_now_ms() - t0;
+    job->parse_ms = gw_clock_now_ms() - t0;
     {
         struct timespec ts;
         if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
@@ -1047,7 +1048,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     struct cfg_errors errs = job->errs;
     struct config *cfg = job->cfg;
     struct snapshot *s, *old;
-    int64_t t0 = gw_now_ms();
+    int64_t t0 = gw_clock_now_ms();
     size_t i;
 
     job->errs.msg = NULL;
@@ -1148,7 +1149,7 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
              " %lld ms of CPU, off the loop; installed in %lld ms on it)",
              (unsigned long long)s->generation, cfg->nhosts, cfg->nkeys,
              (long long)job->parse_ms, (long long)job->parse_cpu_ms,
-             (long long)(gw_now_ms() - t0));
+             (long long)(gw_clock_now_ms() - t0));
     return 0;
 }
 

@@ -4,7 +4,8 @@
  * libevent's prepare/check watchers where libevent has them (2.2 and
  * later), else wrappers of epoll_wait(), epoll_pwait() and epoll_pwait2()
  * that call the C library's through dlsym(RTLD_NEXT) (libevent 2.1, the one
- * Debian 12 ships, has no before-sleep hook).
+ * Debian 12 ships, has no before-sleep hook). The same hooks mark every
+ * loop's wake-ups for the loop's time of clock.h (lock_loop_clock()).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -22,6 +23,7 @@
 #define LOCK_EVWATCH 1
 #endif
 
+#include "clock.h"
 #include "lock.h"
 
 static pthread_mutex_t lock_mu = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;  /* spins a little first */
@@ -99,6 +101,30 @@ static void lock_unwatch(void)
 static void lock_resolve(void)
 {
 }
+
+static void clock_on_prepare(struct evwatch *w, const struct evwatch_prepare_cb_info *i, void *arg)
+{
+    (void)w;
+    (void)i;
+    (void)arg;
+    gw_clock_loop_left();
+}
+
+static void clock_on_check(struct evwatch *w, const struct evwatch_check_cb_info *i, void *arg)
+{
+    (void)w;
+    (void)i;
+    (void)arg;
+    gw_clock_loop_woke();
+}
+
+int lock_loop_clock(struct event_base *base)
+{
+    if (evwatch_prepare_new(base, clock_on_prepare, NULL) == NULL
+        || evwatch_check_new(base, clock_on_check, NULL) == NULL)
+        return -1;
+    return 0;                       /* event_base_free() frees the watchers */
+}
 #else
 /*
  * libevent 2.1: its epoll backend sleeps in epoll_wait(), which this file
@@ -144,21 +170,38 @@ static void lock_resolve(void)
         real_fn(i);
 }
 
+/* The wrappers serve every loop of the process. */
+int lock_loop_clock(struct event_base *base)
+{
+    (void)base;
+    return 0;
+}
+
 int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
                  const struct timespec *timeout, const sigset_t *sigmask);
 
-/* The end of a wrapped sleep: the lock taken back, the sleep's errno kept. */
+/* The start of a wrapped sleep: the loop's time ends, the lock let go. */
+static void lock_sleep_pre(void)
+{
+    gw_clock_loop_left();
+    lock_sleep_begin();
+}
+
+/* The end of a wrapped sleep: the lock taken back, a new loop time
+ * (clock.h), the sleep's errno kept. */
 static int lock_sleep_ret(int rc)
 {
     int err = errno;
 
     lock_sleep_end();
+    gw_clock_loop_woke();
     errno = err;
     return rc;
 }
 
 /* libevent's epoll backend sleeps here. On the control thread the state
- * lock is let go for the sleep and taken back before any callback runs. */
+ * lock is let go for the sleep and taken back before any callback runs;
+ * on every thread the loop's time (clock.h) is renewed. */
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 {
     epoll_wait_fn real = (epoll_wait_fn)real_fn(0);
@@ -167,7 +210,7 @@ int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
         errno = ENOSYS;
         return -1;
     }
-    lock_sleep_begin();
+    lock_sleep_pre();
     return lock_sleep_ret(real(epfd, events, maxevents, timeout));
 }
 
@@ -180,7 +223,7 @@ int epoll_pwait(int epfd, struct epoll_event *events, int maxevents, int timeout
         errno = ENOSYS;
         return -1;
     }
-    lock_sleep_begin();
+    lock_sleep_pre();
     return lock_sleep_ret(real(epfd, events, maxevents, timeout, sigmask));
 }
 
@@ -193,7 +236,7 @@ int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
         errno = ENOSYS;
         return -1;
     }
-    lock_sleep_begin();
+    lock_sleep_pre();
     return lock_sleep_ret(real(epfd, events, maxevents, timeout, sigmask));
 }
 #endif

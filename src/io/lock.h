@@ -70,6 +70,11 @@ void lock_as_loop_owner(struct event_base *base);
 void lock_loop_owner_end(void);
 /* How often a loop-owner thread let go of the lock to sleep. */
 uint64_t lock_loop_hooked(void);
+/* Marks `base`'s wake-ups and sleeps for the loop's time of clock.h
+ * (gw_now_ms() read once per wake-up): prepare/check watchers on `base`
+ * with libevent 2.2, nothing to do with the epoll wrappers, which mark
+ * every loop of the process. Once per base, before its loop runs. */
+int lock_loop_clock(struct event_base *base);
 /* The hand-over built in: "libevent prepare/check watchers" or
  * "epoll_wait wrapper". */
 const char *lock_loop_mechanism(void);

@@ -7,6 +7,8 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
+#include "lock.h"
 #include "worker.h"
 
 struct worker_msg {
@@ -64,6 +66,8 @@ int worker_init(struct worker *w, struct gateway *gw, int id,
     w->base = base ? base : event_base_new();
     if (w->base == NULL)
         return -1;
+    if (base == NULL && lock_loop_clock(w->base) < 0)
+        return -1;
     pthread_mutex_init(&w->mu, NULL);
     w->mail_ev = event_new(w->base, -1, 0, mail_cb, w);
     return w->mail_ev ? 0 : -1;
@@ -75,6 +79,7 @@ static void *worker_main(void *arg)
 
     worker_set_self(w);
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    gw_clock_loop_left();
     return NULL;
 }
 
