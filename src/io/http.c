@@ -61,6 +61,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "clock.h"
 #include "evmem.h"
 #include "http.h"
 #include "log.h"
@@ -1667,12 +1668,10 @@ static int sockaddr_loopback(const struct sockaddr *sa)
     return 0;
 }
 
+/* The loop's time (clock.h): one clock read per wake-up. */
 static int64_t mono_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return gw_now_ms();
 }
 
 /* Over max_conns: the socket is closed at once, logged at most every

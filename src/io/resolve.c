@@ -26,6 +26,7 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 
+#include "clock.h"
 #include "log.h"
 #include "resolve.h"
 
@@ -76,12 +77,10 @@ struct resolver {
     uint64_t              queries;
 };
 
+/* The loop's time (clock.h): one clock read per wake-up. */
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return gw_now_ms();
 }
 
 static uint32_t name_hash(const char *s)

@@ -79,6 +79,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "clock.h"
 #include "evmem.h"
 #include "resolve.h"
 #include "sockread.h"
@@ -231,12 +232,10 @@ static int tls_send(struct h1_conn *c);
 static void tls_err_clear(void);
 static void tls_write_cb(evutil_socket_t fd, short what, void *arg);
 
+/* The loop's time (clock.h): one clock read per wake-up. */
 static int64_t mono_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return gw_now_ms();
 }
 
 /* --- the idle pool ----------------------------------------------------- */
