@@ -800,6 +800,29 @@ static void tls_install(const struct config *cfg)
                  when, (long long)((ci->not_after - now) / 86400));
 }
 
+static void busy_on_run(void *arg)
+{
+    struct worker *w = arg;
+
+    if (worker_busy_poll(w, 1) < 0)
+        log_error("out of memory: worker %d sleeps between events (server.busy_polling)", w->id);
+}
+
+static void busy_off_run(void *arg)
+{
+    worker_busy_poll(arg, 0);
+}
+
+/* server.busy_polling: each loop that serves requests (with one worker,
+ * the main loop; with more, the workers', not the control thread's) polls
+ * without sleeping, or sleeps again. */
+static void apply_busy_polling(struct gateway *gw, int on)
+{
+    each_worker(gw, on ? busy_on_run : busy_off_run, "change server.busy_polling");
+    log_info("server.busy_polling %s: %d event loop(s) %s", on ? "on" : "off",
+             gw->nworkers, on ? "poll without sleeping (100% of a core each)" : "sleep when idle");
+}
+
 /* server.workers: 1 serves on the main loop as worker 0; more start a
  * loop, listener (SO_REUSEPORT) and upstream per worker thread. */
 static int workers_init(struct gateway *gw, const struct config *cfg)
@@ -965,6 +988,8 @@ int gateway_init(struct gateway *gw, struct event_base *base,
     if (apply_resolver(gw, cfg) < 0)
         return -1;
     apply_limits(gw);
+    if (cfg->server.busy_polling)
+        apply_busy_polling(gw, 1);      /* the worker threads have not started */
     nls = gateway_listeners(gw, cfg, ls);
     for (i = 0; i < nls; i++)
         log_info("listening on %s%s", ls[i].address, ls[i].tls ? " (TLS)" : "");
@@ -1129,6 +1154,8 @@ static int reload_apply(struct gateway *gw, struct reload_job *job)
     if (cfg->server.workers != gw->nworkers && (cfg->server.workers > 1 || gw->threaded))
         log_warn("reload: server.workers changes from %d to %d at the next restart",
                  gw->nworkers, cfg->server.workers);
+    if (cfg->server.busy_polling != old->cfg->server.busy_polling)
+        apply_busy_polling(gw, cfg->server.busy_polling);
     panic_rebuilt(gw, old, old->bal);
     snapshot_unref(old);
     if (health_set_snapshot(gw->health, s) < 0)

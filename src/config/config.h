@@ -193,6 +193,7 @@ struct config {
         struct cfg_tls tls;          /* paths resolved against the -c directory */
         struct tls_ctx *tls_ctx;     /* built and checked from tls; NULL without */
         int      workers;
+        int      busy_polling;       /* the worker loops poll, never sleep */
         size_t   max_body_bytes;
         size_t   max_header_bytes;
         int64_t  client_timeout_ms;

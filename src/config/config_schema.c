@@ -129,6 +129,7 @@ const struct field cfg_fields[] = {
     {S_POLICY, "server.tls.ciphersuites",           T_STR,     OFF(server.tls.ciphersuites),        NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_POLICY, "server.tls.client_ca",              T_STR,     OFF(server.tls.client_ca),           NULL,            0, 0, .flags = FL_NONEMPTY},
     {S_POLICY, "server.workers",                    T_INT,     OFF(server.workers),                 "1",             1,     64, .flags = 0},
+    {S_POLICY, "server.busy_polling",               T_BOOL,    OFF(server.busy_polling),            "false",         0, 0, .flags = 0},
     {S_POLICY, "server.max_body_bytes",             T_SIZE,    OFF(server.max_body_bytes),          "4MB",           KB,    GB, .flags = 0},
     {S_POLICY, "server.max_header_bytes",           T_SIZE,    OFF(server.max_header_bytes),        "16KB",          KB,    MB, .flags = 0},
     {S_POLICY, "server.client_timeout",             T_DUR,     OFF(server.client_timeout_ms),       "60s",           100 * MS, HOUR, .flags = 0},

@@ -73,6 +73,40 @@ int worker_init(struct worker *w, struct gateway *gw, int id,
     return w->mail_ev ? 0 : -1;
 }
 
+/* Re-armed with a zero timeout in its own callback (never made active
+ * from inside it: that would run again within the same pass): each pass
+ * of the loop then polls with a null timeout (libevent's timeout_next()). */
+static void busy_cb(evutil_socket_t fd, short what, void *arg)
+{
+    static const struct timeval zero = { 0, 0 };
+    struct worker *w = arg;
+
+    (void)fd;
+    (void)what;
+    if (w->busy_ev)
+        event_add(w->busy_ev, &zero);
+}
+
+int worker_busy_poll(struct worker *w, int on)
+{
+    static const struct timeval zero = { 0, 0 };
+
+    if (!on) {
+        if (w->busy_ev) {
+            event_free(w->busy_ev);
+            w->busy_ev = NULL;
+        }
+        return 0;
+    }
+    if (w->busy_ev)
+        return 0;
+    w->busy_ev = evtimer_new(w->base, busy_cb, w);
+    if (w->busy_ev == NULL)
+        return -1;
+    event_add(w->busy_ev, &zero);
+    return 0;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -135,6 +169,7 @@ void worker_join(struct worker *w)
 void worker_free(struct worker *w)
 {
     worker_join(w);
+    worker_busy_poll(w, 0);
     if (w->mail_ev) {
         event_free(w->mail_ev);
         w->mail_ev = NULL;

@@ -44,6 +44,7 @@ struct worker {
     pthread_mutex_t     mu;          /* guards the mailbox */
     struct worker_msg  *mail, *mail_tail;
     struct event       *mail_ev;
+    struct event       *busy_ev;     /* busy polling: a zero timer, NULL: off */
 };
 
 /* The worker whose thread this is, NULL on a thread that serves none. */
@@ -59,6 +60,12 @@ int  worker_start(struct worker *w);
  * (fn is not called). Messages still queued when w is freed are run
  * then, on the freeing thread. */
 int  worker_post(struct worker *w, worker_fn fn, void *arg);
+/* Busy polling (on: 1) or sleeping (0) in w's loop; on w's thread (or
+ * before it starts). On, a timer that re-arms itself with a zero timeout
+ * keeps libevent's poll from sleeping: the loop never waits for the
+ * wake-up of an idle CPU, and its core runs at 100% even when idle. -1:
+ * out of memory (it stays off). */
+int  worker_busy_poll(struct worker *w, int on);
 /* Ends a threaded worker's loop and waits for its thread; messages left
  * in the mailbox then run on the calling thread. Afterwards w's server,
  * upstream and requests may be freed from the calling thread. */
