@@ -51,9 +51,9 @@ static struct cl_entry *cl_get(const char *name, int create)
 
 const char *clients_bearer(const struct http_req *req)
 {
-    const char *a = http_req_header(req, "Authorization");
+    const char *a = http_req_known(req, HTTP_H_AUTHORIZATION);
 
-    if (a == NULL && (a = http_req_header(req, "x-api-key")) != NULL)
+    if (a == NULL && (a = http_req_known(req, HTTP_H_X_API_KEY)) != NULL)
         return *a ? a : NULL;       /* Anthropic's clients send their key so */
     if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0)
         return NULL;

@@ -181,7 +181,7 @@ static void note_rejected(struct http_req *req, const char *path, int status)
 {
     struct metrics_req m;
     struct log_access a;
-    const char *rid = http_req_header(req, "X-Request-Id");
+    const char *rid = http_req_known(req, HTTP_H_X_REQUEST_ID);
 
     memset(&m, 0, sizeof(m));
     m.route = metrics_route_of(path);

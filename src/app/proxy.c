@@ -1653,10 +1653,10 @@ static int px_send(struct px_leg *l)
     struct upstream_header hdr[12];
     struct upstream_req ur;
     char url[4096], auth[4096];
-    const char *accept = http_req_header(p->req, "Accept");
-    const char *ctype = http_req_header(p->req, "Content-Type");
-    const char *av = http_req_header(p->req, "anthropic-version");
-    const char *ab = http_req_header(p->req, "anthropic-beta");
+    const char *accept = http_req_known(p->req, HTTP_H_ACCEPT);
+    const char *ctype = http_req_known(p->req, HTTP_H_CONTENT_TYPE);
+    const char *av = http_req_known(p->req, HTTP_H_ANTHROPIC_VERSION);
+    const char *ab = http_req_known(p->req, HTTP_H_ANTHROPIC_BETA);
     size_t nh = 0, auth_len = 0;
     int64_t now = gw_now_ms();
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
@@ -1937,7 +1937,7 @@ static int valid_request_id(const char *s)
 
 static void px_make_id(struct proxy *p)
 {
-    const char *cid = http_req_header(p->req, "X-Request-Id");
+    const char *cid = http_req_known(p->req, HTTP_H_X_REQUEST_ID);
     uint64_t z;
     int i;
 
@@ -2260,9 +2260,9 @@ static int px_cache_streams(const struct proxy *p)
 static int px_cache_begin(struct proxy *p)
 {
     const struct config *c = p->snap->cfg;
-    const char *cc = http_req_header(p->req, "Cache-Control");
+    const char *cc = http_req_known(p->req, HTTP_H_CACHE_CONTROL);
     const char *model = p->ad.steps[0].model ? p->ad.steps[0].model : p->model;
-    const char *client = c->cache.per_client ? http_req_header(p->req, "Authorization") : NULL;
+    const char *client = c->cache.per_client ? http_req_known(p->req, HTTP_H_AUTHORIZATION) : NULL;
     struct cache_hit hit;
     char *body = NULL, *ctype = NULL;
     int det = 0, res, found = 0, status = 0, answered;
@@ -2576,7 +2576,7 @@ static int px_read_json(struct proxy *p)
     struct jscan_error jerr;
     struct px_fields f;
     enum jscan_type top;
-    const char *ctype = http_req_header(p->req, "Content-Type");
+    const char *ctype = http_req_known(p->req, HTTP_H_CONTENT_TYPE);
 
     if (p->route->family != API_CHAT && p->route->family != API_COMPLETIONS
         && p->route->family != API_EMBEDDINGS && p->route->family != API_VERIFY
@@ -2663,7 +2663,7 @@ static int px_read_json(struct proxy *p)
 static int px_read_form(struct proxy *p)
 {
     char model[256];
-    const char *ctype = http_req_header(p->req, "Content-Type");
+    const char *ctype = http_req_known(p->req, HTTP_H_CONTENT_TYPE);
     const char *why;
 
     if (ctype == NULL || strncasecmp(ctype, "multipart/form-data", 19) != 0) {

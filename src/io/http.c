@@ -111,6 +111,8 @@ struct http_req {
     struct http_header *hdr;          /* hdr_in, or up to HTTP_MAX_HEADERS */
     size_t              nhdr;
     uint64_t            hmask;        /* header_bit() of each field's name */
+    uint8_t             known[HTTP_H_NKNOWN]; /* 1 + index of the first such field, 0: none */
+    uint16_t            known_rep;    /* bit h: field h came more than once */
     struct http_header  hdr_in[HTTP_HDR_INLINE];
     char               *body;
     size_t              body_len;
@@ -306,6 +308,73 @@ const char *http_req_header(const struct http_req *r, const char *name)
         if (header_is(&r->hdr[i], name, n))
             return r->hdr[i].value;
     return NULL;
+}
+
+const char *http_req_known(const struct http_req *r, enum http_known h)
+{
+    unsigned i = r->known[h];
+
+    return i ? r->hdr[i - 1].value : NULL;
+}
+
+static const char *const known_names[HTTP_H_NKNOWN] = {
+    [HTTP_H_HOST] = "host", [HTTP_H_CONTENT_LENGTH] = "content-length",
+    [HTTP_H_TRANSFER_ENCODING] = "transfer-encoding",
+    [HTTP_H_CONNECTION] = "connection", [HTTP_H_EXPECT] = "expect",
+    [HTTP_H_CONTENT_TYPE] = "content-type", [HTTP_H_ACCEPT] = "accept",
+    [HTTP_H_AUTHORIZATION] = "authorization", [HTTP_H_X_API_KEY] = "x-api-key",
+    [HTTP_H_X_REQUEST_ID] = "x-request-id", [HTTP_H_CACHE_CONTROL] = "cache-control",
+    [HTTP_H_ANTHROPIC_VERSION] = "anthropic-version",
+    [HTTP_H_ANTHROPIC_BETA] = "anthropic-beta",
+};
+
+_Static_assert(HTTP_H_NKNOWN <= 16, "known_rep has a bit per known field");
+
+const char *http_known_name(enum http_known h) { return known_names[h]; }
+
+/* 1 when the n bytes at s, a field name (tchars only), are `lower` case
+ * aside: OR-ing 0x20 into a tchar gives a lower-case letter or '-' only
+ * for that letter in either case or for '-' itself, so whole words are
+ * compared at a time. */
+static int name_is_lower(const char *s, const char *lower, size_t n)
+{
+    uint64_t a, b;
+    size_t i = 0;
+
+    if (n < 8) {
+        for (; i < n; i++)
+            if (((unsigned char)s[i] | 0x20) != (unsigned char)lower[i])
+                return 0;
+        return 1;
+    }
+    for (;;) {
+        memcpy(&a, s + i, 8);
+        memcpy(&b, lower + i, 8);
+        if ((a | 0x2020202020202020ULL) != b)
+            return 0;
+        if (i + 8 == n)
+            return 1;
+        i = i + 16 <= n ? i + 8 : n - 8;   /* the last word may overlap */
+    }
+}
+
+/* Which known field the name (n bytes of tchars) is, or -1. */
+static int known_of(const char *name, size_t n)
+{
+    int h;
+
+    switch (n) {
+    case 4:  h = HTTP_H_HOST; break;
+    case 6:  h = (name[0] | 0x20) == 'a' ? HTTP_H_ACCEPT : HTTP_H_EXPECT; break;
+    case 9:  h = HTTP_H_X_API_KEY; break;
+    case 10: h = HTTP_H_CONNECTION; break;
+    case 12: h = (name[0] | 0x20) == 'c' ? HTTP_H_CONTENT_TYPE : HTTP_H_X_REQUEST_ID; break;
+    case 13: h = (name[0] | 0x20) == 'a' ? HTTP_H_AUTHORIZATION : HTTP_H_CACHE_CONTROL; break;
+    case 14: h = (name[0] | 0x20) == 'c' ? HTTP_H_CONTENT_LENGTH : HTTP_H_ANTHROPIC_BETA; break;
+    case 17: h = (name[0] | 0x20) == 't' ? HTTP_H_TRANSFER_ENCODING : HTTP_H_ANTHROPIC_VERSION; break;
+    default: return -1;
+    }
+    return name_is_lower(name, known_names[h], n) ? h : -1;
 }
 
 const char *http_req_body(const struct http_req *r, size_t *len)
@@ -957,6 +1026,16 @@ static const char *parse_header_line(struct http_req *r, char *line, size_t len)
     r->hdr[r->nhdr].nlen = (size_t)(colon - line);
     r->hdr[r->nhdr].value = v;
     r->hmask |= header_bit(line, (size_t)(colon - line));
+    {
+        int h = known_of(line, (size_t)(colon - line));
+
+        if (h >= 0) {
+            if (r->known[h] == 0)
+                r->known[h] = (uint8_t)(r->nhdr + 1);
+            else
+                r->known_rep |= (uint16_t)(1u << h);
+        }
+    }
     r->nhdr++;
     return NULL;
 }
@@ -1005,13 +1084,13 @@ static void dispatch(struct http_conn *c)
 
 /* Every value of header `name` must be the same (a repeated
  * Content-Length that disagrees is how requests get smuggled). */
-static int header_unique(const struct http_req *r, const char *name)
+static int header_unique(const struct http_req *r, enum http_known h)
 {
-    const char *first = NULL;
+    const char *first = NULL, *name = known_names[h];
     size_t i, n = strlen(name);
 
-    if (!(r->hmask & header_bit(name, n)))
-        return 1;
+    if (!(r->known_rep & (1u << h)))
+        return 1;                          /* none, or just one */
     for (i = 0; i < r->nhdr; i++) {
         if (!header_is(&r->hdr[i], name, n))
             continue;
@@ -1026,10 +1105,10 @@ static int header_unique(const struct http_req *r, const char *name)
 static int head_done(struct http_conn *c)
 {
     struct http_req *r = c->req;
-    const char *te = http_req_header(r, "Transfer-Encoding");
-    const char *cl = http_req_header(r, "Content-Length");
-    const char *conn = http_req_header(r, "Connection");
-    const char *expect = http_req_header(r, "Expect");
+    const char *te = http_req_known(r, HTTP_H_TRANSFER_ENCODING);
+    const char *cl = http_req_known(r, HTTP_H_CONTENT_LENGTH);
+    const char *conn = http_req_known(r, HTTP_H_CONNECTION);
+    const char *expect = http_req_known(r, HTTP_H_EXPECT);
     size_t max = c->srv->lim.max_body_bytes;
 
     if (conn) {
@@ -1038,7 +1117,7 @@ static int head_done(struct http_conn *c)
         else if (strcasecmp(conn, "keep-alive") == 0)
             r->keepalive = 1;
     }
-    if (r->minor == 1 && http_req_header(r, "Host") == NULL) {
+    if (r->minor == 1 && http_req_known(r, HTTP_H_HOST) == NULL) {
         conn_fail(c, 400, "bad_request", "missing Host header");
         return -1;
     }
@@ -1047,8 +1126,8 @@ static int head_done(struct http_conn *c)
                   "both Transfer-Encoding and Content-Length");
         return -1;
     }
-    if (!header_unique(r, "Content-Length")
-        || !header_unique(r, "Transfer-Encoding")) {
+    if (!header_unique(r, HTTP_H_CONTENT_LENGTH)
+        || !header_unique(r, HTTP_H_TRANSFER_ENCODING)) {
         conn_fail(c, 400, "bad_request",
                   "conflicting Content-Length or Transfer-Encoding headers");
         return -1;

@@ -89,6 +89,20 @@ const char *http_req_method(const struct http_req *r);
 const char *http_req_path(const struct http_req *r);   /* without query */
 const char *http_req_query(const struct http_req *r);  /* NULL if none */
 const char *http_req_header(const struct http_req *r, const char *name);
+/* The fields the gateway itself reads, indexed while the head is parsed
+ * (as nginx's headers_in): http_req_known(r, HTTP_H_X) answers what
+ * http_req_header(r, "X") answers (the first such field's value, or NULL)
+ * without a search. */
+enum http_known {
+    HTTP_H_HOST, HTTP_H_CONTENT_LENGTH, HTTP_H_TRANSFER_ENCODING,
+    HTTP_H_CONNECTION, HTTP_H_EXPECT, HTTP_H_CONTENT_TYPE, HTTP_H_ACCEPT,
+    HTTP_H_AUTHORIZATION, HTTP_H_X_API_KEY, HTTP_H_X_REQUEST_ID,
+    HTTP_H_CACHE_CONTROL, HTTP_H_ANTHROPIC_VERSION, HTTP_H_ANTHROPIC_BETA,
+    HTTP_H_NKNOWN
+};
+const char *http_req_known(const struct http_req *r, enum http_known h);
+/* Its lower-case name ("content-type"). */
+const char *http_known_name(enum http_known h);
 size_t      http_req_nheaders(const struct http_req *r);
 void        http_req_header_at(const struct http_req *r, size_t i,
                                const char **name, const char **value);

@@ -134,6 +134,10 @@ static void handler(struct http_req *req, void *arg)
         if (strlen(name) == 0)
             abort();                      /* the parser refuses empty names */
     }
+    for (i = 0; i < HTTP_H_NKNOWN; i++)     /* the index answers as the search */
+        if (http_req_known(req, (enum http_known)i)
+            != http_req_header(req, http_known_name((enum http_known)i)))
+            abort();
     (void)http_req_query(req);
     (void)http_req_peer(req);
     (void)http_req_local_loopback(req);
