@@ -228,6 +228,42 @@ def test_content_length_mismatch(mocks, gateway):
     still_serving(g)
 
 
+def test_framing_fields_repeated_and_in_any_case(mocks, gateway):
+    """The fields that frame a request are found in any case and wherever
+    they come; a repeat must agree with the first (smuggling)."""
+    ms = mocks(1)
+    g = gateway(hosts_of(ms))
+    body = b'{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}'
+    req = b"POST /v1/chat/completions HTTP/1.1\r\n"
+    ct = b"Content-Type: application/json\r\n"
+    n = b"%d" % len(body)
+    # The same length twice, the second after other fields: fine.
+    st, _, _ = raw_exchange(g.port, req + b"hOST: gw\r\ncontent-LENGTH: " + n + b"\r\n" + ct
+                            + b"X-A: 1\r\nContent-Length: " + n + b"\r\n\r\n" + body)
+    assert st == 200
+    # Two lengths that disagree, in any case: 400.
+    st, _, b = raw_exchange(g.port, req + b"Host: gw\r\n" + ct + b"Content-Length: " + n
+                            + b"\r\nCONTENT-length: 3\r\n\r\n" + body)
+    err = assert_openai_error(st, b, 400)
+    assert "conflicting" in err["message"]
+    # Transfer-Encoding twice, the second different: 400 (before 501).
+    st, _, b = raw_exchange(g.port, req + b"Host: gw\r\ntransfer-encoding: chunked\r\n"
+                            b"Transfer-Encoding: gzip\r\n\r\n0\r\n\r\n")
+    assert_openai_error(st, b, 400)
+    # Both framings, the second in lower case: 400.
+    st, _, b = raw_exchange(g.port, req + b"Host: gw\r\nContent-Length: " + n
+                            + b"\r\ntransfer-ENCODING: chunked\r\n\r\n" + body)
+    err = assert_openai_error(st, b, 400)
+    assert "both" in err["message"]
+    # No Host in HTTP/1.1 (a field that merely starts like it does not count).
+    st, _, b = raw_exchange(g.port, b"GET /health HTTP/1.1\r\nHosts: gw\r\n\r\n")
+    err = assert_openai_error(st, b, 400)
+    assert "Host" in err["message"]
+    st, _, _ = raw_exchange(g.port, b"GET /health HTTP/1.1\r\nX: 1\r\nHOST: gw\r\n\r\n")
+    assert st == 200
+    assert ms[0].stats()["requests"] == 1
+
+
 def test_header_count_limit_and_floods(mocks, gateway):
     ms = mocks(1)
     g = gateway(hosts_of(ms))
