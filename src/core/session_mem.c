@@ -43,48 +43,57 @@ static uint64_t rotl64(uint64_t x, int b)
     return (x << b) | (x >> (64 - b));
 }
 
-static void sip_round(uint64_t v[4])
-{
-    v[0] += v[1]; v[1] = rotl64(v[1], 13); v[1] ^= v[0]; v[0] = rotl64(v[0], 32);
-    v[2] += v[3]; v[3] = rotl64(v[3], 16); v[3] ^= v[2];
-    v[0] += v[3]; v[3] = rotl64(v[3], 21); v[3] ^= v[0];
-    v[2] += v[1]; v[1] = rotl64(v[1], 17); v[1] ^= v[2]; v[2] = rotl64(v[2], 32);
-}
+/* On four locals (kept in registers), not on an array behind a pointer. */
+#define SIP_ROUND(v0, v1, v2, v3) do {                                         \
+        v0 += v1; v1 = rotl64(v1, 13); v1 ^= v0; v0 = rotl64(v0, 32);         \
+        v2 += v3; v3 = rotl64(v3, 16); v3 ^= v2;                               \
+        v0 += v3; v3 = rotl64(v3, 21); v3 ^= v0;                               \
+        v2 += v1; v1 = rotl64(v1, 17); v1 ^= v2; v2 = rotl64(v2, 32);         \
+    } while (0)
 
 static uint64_t load_le64(const unsigned char *p)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t x;
+
+    memcpy(&x, p, 8);                   /* one unaligned load */
+    return x;
+#else
     uint64_t x = 0;
     int i;
 
     for (i = 7; i >= 0; i--)
         x = (x << 8) | p[i];
     return x;
+#endif
 }
 
 static uint64_t siphash(const void *data, size_t len, uint64_t k0, uint64_t k1)
 {
     const unsigned char *in = data;
-    uint64_t v[4] = { SIP_V0 ^ k0, SIP_V1 ^ k1, SIP_V2 ^ k0, SIP_V3 ^ k1 };
+    uint64_t v0 = SIP_V0 ^ k0, v1 = SIP_V1 ^ k1, v2 = SIP_V2 ^ k0, v3 = SIP_V3 ^ k1;
     uint64_t m, last = (uint64_t)len << 56;
     size_t i, end = len - len % 8;
 
     for (i = 0; i < end; i += 8) {
         m = load_le64(in + i);
-        v[3] ^= m;
-        sip_round(v);
-        sip_round(v);
-        v[0] ^= m;
+        v3 ^= m;
+        SIP_ROUND(v0, v1, v2, v3);
+        SIP_ROUND(v0, v1, v2, v3);
+        v0 ^= m;
     }
     for (i = 0; i < len % 8; i++)
         last |= (uint64_t)in[end + i] << (8 * i);
-    v[3] ^= last;
-    sip_round(v);
-    sip_round(v);
-    v[0] ^= last;
-    v[2] ^= SIP_FINAL;
-    for (i = 0; i < 4; i++)
-        sip_round(v);
-    return v[0] ^ v[1] ^ v[2] ^ v[3];
+    v3 ^= last;
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    v0 ^= last;
+    v2 ^= SIP_FINAL;
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* ---- the store -------------------------------------------------------------- */
