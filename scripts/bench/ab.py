@@ -13,6 +13,13 @@ p99, CPU microseconds per request, and the ratios B/A and B/HAProxy.
 AB_FLOOR=1 adds "fwd" (scripts/bench/fwd.c, compiled here): a bare epoll
 byte forwarder to the first mock, the floor any one-hop proxy's added
 latency has on this machine.
+
+AB_BUSY=1 adds, after those rounds, a phase for the c=1 cells with busy
+polling (issue 24): HAProxy with `busy-polling` and infergate B with
+`server.busy_polling: true`, each started, measured and stopped in turn, so
+no spinning target shares the target core while another is measured; the
+phase's rounds also measure direct, HAProxy and B as they are (interleaved),
+and it prints the added p50/p99 over direct of each.
 """
 import os
 import statistics
@@ -25,6 +32,7 @@ sys.path.insert(0, HERE)
 import run as bench  # noqa: E402
 
 FLOOR = os.environ.get("AB_FLOOR", "") not in ("", "0")
+BUSY = os.environ.get("AB_BUSY", "") not in ("", "0")
 ROUNDS = int(os.environ.get("AB_ROUNDS", "3"))
 SECONDS = int(os.environ.get("AB_SECONDS", "5"))
 CELLS = [(c.split("/")[0], int(c.split("/")[1]))
@@ -45,6 +53,65 @@ def start_fwd(tmp, upstream):
     if not bench.wait_http("http://%s/" % p.addr, proc=p):
         raise RuntimeError("fwd did not start: see %s" % errf.name)
     return p
+
+
+def busy_conf(tmp, addrs):
+    """infergate B's configuration with server.busy_polling: true."""
+    conf = bench.infergate_conf_dir(tmp, "conf-B-busy", addrs)
+    path = os.path.join(conf, "policies.yaml")
+    with open(path) as f:
+        pol = f.read()
+    with open(path, "w") as f:
+        f.write(pol.replace("\nserver:\n", "\nserver:\n  busy_polling: true\n", 1))
+    return conf
+
+
+def measure(res, rnd, label, t, addr, pid, bodies, cells):
+    for scen, conns in cells:
+        r = bench.run_wrk(addr, bodies[scen], conns, SECONDS, pid)
+        res.setdefault((scen, conns, t), []).append(r)
+        print("%s %d %s/%d %-8s %8.0f req/s  p50 %6.2f  p99 %6.2f ms  "
+              "%6.1f us/req  other %3.0f%%" % (
+                  label, rnd + 1, scen, conns, t, r["rps"], r["p50_ms"], r["p99_ms"],
+                  r["cpu_us_per_req"] or 0, r["other_cpu_pct"]), flush=True)
+
+
+def busy_phase(tmp, addrs, targets, bodies, new):
+    """The c=1 cells with busy-polling targets, each alone on the target
+    core: started, warmed up, measured and stopped in turn, every round."""
+    cells = [(scen, conns) for scen, conns in CELLS if conns == 1] or [("json", 1), ("sse", 1)]
+    bench.INFERGATE = new
+    conf = busy_conf(tmp, addrs)
+    starters = []
+    if bench.HAPROXY:
+        starters.append(("hap-busy", lambda: bench.start_haproxy(tmp, addrs, busy=True)))
+    starters.append(("B-busy", lambda: bench.start_infergate(tmp, "ig-B-busy", conf)))
+    still = [t for t in ("direct", "haproxy", "B") if t in targets]
+    res = {}
+    print()
+    for rnd in range(ROUNDS):
+        for t in still:
+            measure(res, rnd, "busy-phase round", t, targets[t].addr, targets[t].pid,
+                    bodies, cells)
+        for t, start in starters:
+            p = start()
+            try:
+                bench.run_wrk(p.addr, bodies["json"], 1, 2, p.pid)       # warm-up
+                measure(res, rnd, "busy-phase round", t, p.addr, p.pid, bodies, cells)
+            finally:
+                bench.PROCS.stop(p)
+    print()
+    print("busy polling (each busy target alone on the target core), c=1, medians:")
+    for scen, conns in cells:
+        med = {t: {k: statistics.median(r[k] or 0 for r in res[(scen, conns, t)])
+                   for k in ("p50_ms", "p99_ms")}
+               for t in still + [t for t, _ in starters]}
+        d = med["direct"]
+        print("%s/%d direct p50 %.3f p99 %.3f ms; added over direct p50/p99 us: %s" % (
+            scen, conns, d["p50_ms"], d["p99_ms"], ", ".join(
+                "%s %.0f/%.0f" % (t, 1000 * (m["p50_ms"] - d["p50_ms"]),
+                                  1000 * (m["p99_ms"] - d["p99_ms"]))
+                for t, m in med.items() if t != "direct")))
 
 
 def main():
@@ -112,6 +179,8 @@ def main():
                             label, 1000 * (med[t]["p50_ms"] - d["p50_ms"]),
                             1000 * (med[t]["p99_ms"] - d["p99_ms"]))
             print(line)
+        if BUSY:
+            busy_phase(tmp, addrs, targets, bodies, new)
     finally:
         bench.PROCS.stop_all()
     return 0

@@ -493,8 +493,9 @@ def start_nginx(tmp, upstreams, https_ca=None):
     return p
 
 
-def start_haproxy(tmp, upstreams):
-    """HAProxy (scripts/bench/haproxy.cfg.in): nbthread 1, http-reuse always."""
+def start_haproxy(tmp, upstreams, busy=False):
+    """HAProxy (scripts/bench/haproxy.cfg.in): nbthread 1, http-reuse always;
+    busy: with `busy-polling` in its global section (its own file)."""
     port = free_port()
     listen = "127.0.0.1:%d" % port
     with open(os.path.join(HERE, "haproxy.cfg.in")) as f:
@@ -504,13 +505,15 @@ def start_haproxy(tmp, upstreams):
     # Each proxied connection takes two descriptors.
     conf = conf.replace("@LISTEN@", listen).replace("@SERVERS@", servers)
     conf = conf.replace("@MAXCONN@", str(max(256, nofile // 2 - 100)))
-    path = os.path.join(tmp, "haproxy.cfg")
+    if busy:
+        conf = conf.replace("\nglobal\n", "\nglobal\n    busy-polling\n", 1)
+    path = os.path.join(tmp, "haproxy-busy.cfg" if busy else "haproxy.cfg")
     with open(path, "w") as f:
         f.write(conf)
     chk = subprocess.run([HAPROXY, "-c", "-q", "-f", path], capture_output=True, text=True)
     if chk.returncode != 0:
         raise RuntimeError("haproxy -c failed:\n" + chk.stdout + chk.stderr)
-    errf = open(os.path.join(tmp, "haproxy-stderr.log"), "w")
+    errf = open(os.path.join(tmp, "haproxy%s-stderr.log" % ("-busy" if busy else "")), "w")
     p = PROCS.start("haproxy", [HAPROXY, "-db", "-f", path], cpus=[TARGET_CPU],
                     stdout=errf, stderr=errf)
     p.addr = listen
