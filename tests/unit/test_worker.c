@@ -114,6 +114,115 @@ static void test_messages_left_run_at_join(void **state)
     pthread_mutex_destroy(&s.mu);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void never(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+/* With busy polling a pass of the loop does not sleep (the poll's timeout
+ * is zero), and ends (the timer re-arms, it does not run again within the
+ * pass); off again, the pass sleeps until the next event. */
+static void test_busy_poll_pass_does_not_sleep(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct event *later = evtimer_new(base, never, NULL);
+    struct timeval tv = { 0, 200 * 1000 };
+    struct worker w;
+    int64_t t0;
+
+    (void)state;
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(worker_init(&w, NULL, 0, base), 0);
+    evtimer_add(later, &tv);
+    assert_int_equal(worker_busy_poll(&w, 1), 0);
+    assert_int_equal(worker_busy_poll(&w, 1), 0);          /* once is enough */
+    t0 = mono_ms();
+    for (int i = 0; i < 100; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_true(mono_ms() - t0 < 150);
+    assert_int_equal(worker_busy_poll(&w, 0), 0);
+    assert_null(w.busy_ev);
+    t0 = mono_ms();
+    event_base_loop(base, EVLOOP_ONCE);                     /* sleeps until `later` */
+    assert_true(mono_ms() - t0 >= 20);
+    event_free(later);
+    worker_free(&w);
+    event_base_free(base);
+}
+
+static void busy_off(void *arg)
+{
+    worker_busy_poll(arg, 0);
+}
+
+/* CPU time of w's thread over ~100 ms of wall time, in ms: the best of a
+ * few tries in the direction wanted (the machine may be shared). */
+static int64_t worker_cpu_ms(struct worker *w, int want_busy)
+{
+    clockid_t cid;
+    int64_t best = want_busy ? 0 : 1000;
+
+    assert_int_equal(pthread_getcpuclockid(w->thread, &cid), 0);
+    for (int i = 0; i < 5; i++) {
+        struct timespec a, b;
+        int64_t d;
+
+        clock_gettime(cid, &a);
+        sleep_ms(100);
+        clock_gettime(cid, &b);
+        d = (int64_t)(b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
+        if (want_busy ? d > best : d < best)
+            best = d;
+        if (want_busy ? best >= 50 : best < 20)
+            break;
+    }
+    return best;
+}
+
+/* A busy-polling worker thread spins (its CPU time follows the wall
+ * clock), still runs what is posted to it, is switched off by a message
+ * and is joined as any other. */
+static void test_busy_poll_worker_spins_and_serves(void **state)
+{
+    struct worker w;
+    struct seen s;
+    int i, waited = 0;
+
+    (void)state;
+    memset(&w, 0, sizeof(w));
+    memset(&s, 0, sizeof(s));
+    pthread_mutex_init(&s.mu, NULL);
+    assert_int_equal(worker_init(&w, NULL, 1, NULL), 0);
+    assert_int_equal(worker_busy_poll(&w, 1), 0);          /* before the start */
+    assert_int_equal(worker_start(&w), 0);
+    assert_true(worker_cpu_ms(&w, 1) >= 50);
+    for (i = 0; i < 16; i++) {
+        msgs[i].s = &s;
+        msgs[i].i = i;
+        assert_int_equal(worker_post(&w, record, &msgs[i]), 0);
+    }
+    while (count(&s) < 16 && waited++ < 5000)
+        sleep_ms(1);
+    assert_int_equal(count(&s), 16);
+    assert_int_equal(worker_post(&w, busy_off, &w), 0);
+    waited = 0;
+    while (worker_cpu_ms(&w, 0) >= 20 && waited++ < 20)
+        ;
+    assert_true(worker_cpu_ms(&w, 0) < 20);
+    worker_free(&w);
+    pthread_mutex_destroy(&s.mu);
+}
+
 /* The control thread of the test: owns the lock, runs a loop that sleeps. */
 struct owner {
     struct event_base *base;
@@ -279,6 +388,8 @@ int main(void)
         cmocka_unit_test(test_messages_left_run_at_join),
         cmocka_unit_test(test_loop_owner_lets_go_only_while_sleeping),
         cmocka_unit_test(test_lock_assert_held),
+        cmocka_unit_test(test_busy_poll_pass_does_not_sleep),
+        cmocka_unit_test(test_busy_poll_worker_spins_and_serves),
     };
 
     evthread_use_pthreads();
