@@ -491,9 +491,12 @@ static void px_add_headers(struct proxy *p)
 {
     const struct cfg_host *h = p->last_host >= 0 ? &p->snap->cfg->hosts[p->last_host]
                                                  : NULL;
+    const char *cl;
     char n[16];
 
-    http_resp_header(p->req, "X-Request-Id", p->id);
+    /* Our own fields need no CR/LF search: the id passed valid_request_id()
+     * or is px_make_id()'s, the rest are digits and constants. */
+    http_resp_header_n(p->req, "X-Request-Id", 12, p->id, strlen(p->id));
     if (h) {
         http_resp_header(p->req, "X-Upstream-Host", h->name);
         if (h->address)
@@ -503,13 +506,16 @@ static void px_add_headers(struct proxy *p)
         n[0] = (char)('0' + p->ad.attempts / 10);
         n[1] = (char)('0' + p->ad.attempts % 10);
         n[2] = '\0';
-        http_resp_header(p->req, "X-Attempts", n + (p->ad.attempts < 10));
+        http_resp_header_n(p->req, "X-Attempts", 10, n + (p->ad.attempts < 10),
+                           1 + (p->ad.attempts >= 10));
     } else {
         snprintf(n, sizeof(n), "%d", p->ad.attempts);
-        http_resp_header(p->req, "X-Attempts", n);
+        http_resp_header_n(p->req, "X-Attempts", 10, n, strlen(n));
     }
-    if (p->cache_res >= 0)
-        http_resp_header(p->req, "X-Cache", px_cache_label(p->cache_res));
+    if (p->cache_res >= 0) {
+        cl = px_cache_label(p->cache_res);
+        http_resp_header_n(p->req, "X-Cache", 7, cl, strlen(cl));
+    }
 }
 
 static void px_error(struct proxy *p, int status, const char *type,

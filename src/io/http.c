@@ -38,6 +38,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +78,7 @@
 #define HTTP_ACCEPT_PAUSE_MS 200    /* listeners rest this long after EMFILE */
 #define HTTP_READ_MAX       4000    /* bytes per read (one 4 KB chain) */
 #define HTTP_BODY_INLINE    16384   /* body room in a whole head's block */
+#define HTTP_RH_INLINE      320     /* extra response lines held in the request itself */
 
 enum conn_state {
     CONN_READ_HEAD = 0,   /* waiting for / reading a request head */
@@ -129,6 +131,8 @@ struct http_req {
     void               *close_arg;
     http_req_cb         drain_cb;
     void               *drain_arg;
+    /* Not cleared by req_init(): the extra response lines' first room. */
+    char                rh_in[HTTP_RH_INLINE];
 };
 
 struct http_conn {
@@ -226,7 +230,7 @@ const char *http_status_text(int status)
 
 static void req_init(struct http_req *r, struct http_conn *c)
 {
-    memset(r, 0, sizeof(*r));
+    memset(r, 0, offsetof(struct http_req, rh_in));
     r->conn = c;
     r->srv = c->srv;
     r->hdr = r->hdr_in;
@@ -257,7 +261,8 @@ static void req_free(struct http_req *r)
         free(r->head);                     /* else in r's own block */
     if (r->body != r->body_in)
         free(r->body);
-    free(r->rh);
+    if (r->rh != r->rh_in)
+        free(r->rh);
     if (r->head_whole)
         evmem_block_free(r);               /* head_whole()'s block */
     else
@@ -423,18 +428,34 @@ void http_resp_header(struct http_req *r, const char *name, const char *value)
 {
     /* CR/LF in a value would split the header: drop such values. */
     size_t nlen = strcspn(name, "\r\n:"), vlen = strcspn(value, "\r\n");
-    size_t need = nlen + 2 + vlen + 2;
-    char *w;
 
     if (name[nlen] != '\0' || value[vlen] != '\0')
         return;
+    http_resp_header_n(r, name, nlen, value, vlen);
+}
+
+void http_resp_header_n(struct http_req *r, const char *name, size_t nlen,
+                        const char *value, size_t vlen)
+{
+    size_t need = nlen + 2 + vlen + 2;
+    char *w;
+
+    if (r->rh == NULL) {
+        r->rh = r->rh_in;                  /* no allocation for the usual few */
+        r->rh_cap = sizeof(r->rh_in);
+    }
     if (r->rh_len + need > r->rh_cap) {
-        size_t cap = r->rh_cap ? 2 * r->rh_cap : 512;
+        size_t cap = 2 * r->rh_cap;
         char *nb;
         while (cap < r->rh_len + need)
             cap *= 2;
-        if ((nb = realloc(r->rh, cap)) == NULL)
+        if (r->rh == r->rh_in) {
+            if ((nb = malloc(cap)) == NULL)
+                return;
+            memcpy(nb, r->rh, r->rh_len);
+        } else if ((nb = realloc(r->rh, cap)) == NULL) {
             return;
+        }
         r->rh = nb;
         r->rh_cap = cap;
     }
@@ -549,7 +570,8 @@ static void write_head(struct http_req *r, int status, const char *ctype,
     }
     if (head != small)
         free(head);
-    free(r->rh);                            /* later fields would be too late */
+    if (r->rh != r->rh_in)
+        free(r->rh);                        /* later fields would be too late */
     r->rh = NULL;
     r->rh_len = r->rh_cap = 0;
 }

@@ -122,6 +122,11 @@ void http_req_on_close(struct http_req *r, http_req_cb cb, void *arg);
 
 /* Response. Headers are added before http_reply or http_stream_start. */
 void   http_resp_header(struct http_req *r, const char *name, const char *value);
+/* The same for a field the caller vouches for: the name (nlen bytes) has no
+ * CR, LF or ':', the value (vlen bytes) no CR or LF (the gateway's own
+ * fields: request ids checked or made, numbers, constants). */
+void   http_resp_header_n(struct http_req *r, const char *name, size_t nlen,
+                          const char *value, size_t vlen);
 void   http_reply(struct http_req *r, int status, const char *ctype,
                   const char *body, size_t len);
 /* {"error": {"message", "type", "code"}} with the given status. */

@@ -55,7 +55,9 @@ def test_hop_by_hop_and_own_fields_not_passed_on(gateway):
             "Proxy-Authenticate: Basic\r\nProxy-Connection: keep-alive\r\n"
             "Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nServer: upstream\r\n"
             "X-Request-Id: upstream-id\r\nX-Custom: kept\r\nCache-Control: no-store\r\n"
-            "X-Custom-Field-18a: kept too\r\nX-Custom-One: 12\r\n\r\n" % len(answer)).encode()
+            "X-Custom-Field-18a: kept too\r\nX-Custom-One: 12\r\n"
+            "X-Long: %s\r\nX-After-Long: 1\r\n\r\n"        # past the request's own room
+            % (len(answer), "L" * 700)).encode()
     lis = socket.socket()
     lis.bind(("127.0.0.1", 0))
     lis.listen(4)
@@ -105,6 +107,8 @@ def test_hop_by_hop_and_own_fields_not_passed_on(gateway):
     d = dict(fields)
     assert d["server"] == "infergate" and d["x-request-id"] != "upstream-id"
     assert d["x-custom"] == "kept" and d["cache-control"] == "no-store"
+    assert d["x-long"] == "L" * 700 and d["x-after-long"] == "1"
+    assert d["x-attempts"] == "1" and d["x-upstream-host"] == "raw"
 
 
 def test_request_id_kept_and_generated(mocks, gateway):
