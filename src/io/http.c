@@ -895,19 +895,14 @@ static void conn_fail(struct http_conn *c, int status, const char *code,
 
 /* --- request parsing ------------------------------------------------ */
 
-/* RFC 9110 token characters (methods, header names). */
-static int is_tchar(unsigned char ch)
+/* RFC 9110's tchar (methods, field names): a bit per byte below 0x80, tested inline (this runs
+ * for every byte of every field name). The set: the visible ASCII
+ * characters but the delimiters "(),/:;<=>?@[\]{}. */
+static const uint64_t tchar_bits[2] = { 0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL };
+
+static inline int is_tchar(unsigned char ch)
 {
-    if (ch <= ' ' || ch >= 0x7f)
-        return 0;
-    switch (ch) {
-    case '"': case '(': case ')': case ',': case '/': case ':': case ';': case '<':
-    case '=': case '>': case '?': case '@': case '[': case '\\': case ']': case '{':
-    case '}':
-        return 0;
-    default:
-        return 1;
-    }
+    return ch < 128 && (tchar_bits[ch >> 6] >> (ch & 63)) & 1;
 }
 
 /* Length of the well-formed UTF-8 sequence at s (n bytes left), or 0:
