@@ -1631,6 +1631,19 @@ static struct px_leg *px_leg_get(struct proxy *p)
  * NULL-ended list one after the other, cut at size - 1, always ended.
  * Returns the length written.
  */
+/* src into dst (size bytes, NUL included), cut to fit; its length.
+ * px_concat()'s one-part case without the variadic call. */
+static size_t px_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+
+    if (n > size - 1)
+        n = size - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
 static size_t px_concat(char *dst, size_t size, ...)
 {
     va_list ap;
@@ -1671,7 +1684,7 @@ static int px_send(struct px_leg *l)
     px_concat(url, sizeof(url), ch->url, p->upath, p->query ? "?" : "",
               p->query ? p->query : "", (const char *)NULL);
     if (l->pk.has_key && ch->auth == HOST_AUTH_X_API_KEY) {
-        auth_len = px_concat(auth, sizeof(auth), c->keys[l->pk.key].secret, (const char *)NULL);
+        auth_len = px_copy(auth, sizeof(auth), c->keys[l->pk.key].secret);
         hdr[nh].name = "x-api-key";
         hdr[nh++].value = auth;
     } else if (l->pk.has_key) {
@@ -1948,7 +1961,7 @@ static void px_make_id(struct proxy *p)
     int i;
 
     if (cid && valid_request_id(cid)) {
-        px_concat(p->id, sizeof(p->id), cid, (const char *)NULL);
+        px_copy(p->id, sizeof(p->id), cid);
         return;
     }
     z = p->gw->id_seed + 0x9e3779b97f4a7c15ULL * ++p->gw->next_id;  /* splitmix64 */
@@ -1994,12 +2007,12 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->last_key = -1;
     p->fail_host = -1;
     admit_req_init(&p->ad, NULL, 0);
-    px_concat(p->method, sizeof(p->method), method, (const char *)NULL);
+    px_copy(p->method, sizeof(p->method), method);
     p->route = &px_default_route;
     p->t_start = gw_now_ms();
     p->max_out = -1;
-    px_concat(p->upath, sizeof(p->upath), upath, (const char *)NULL);
-    px_concat(p->peer, sizeof(p->peer), http_req_peer(req), (const char *)NULL);
+    px_copy(p->upath, sizeof(p->upath), upath);
+    px_copy(p->peer, sizeof(p->peer), http_req_peer(req));
     evtimer_assign(&p->deadline_ev, p->w->base, px_deadline, p);
     evtimer_assign(&p->backoff_ev, p->w->base, px_backoff_done, p);
     p->deadline_timer = &p->deadline_ev;
