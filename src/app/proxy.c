@@ -147,10 +147,8 @@ struct proxy {
     struct snapshot      *snap;          /* one reference, dropped at the end */
     struct http_req      *req;
     struct proxy         *prev, *next;   /* all requests in flight */
-    char                  upath[512];    /* upstream path */
     char                 *query;         /* the client's query string, or NULL */
     const struct api_route *route;       /* endpoint family and its rules */
-    char                  method[8];
     const char           *body;          /* the client's bytes, owned by req */
     size_t                body_len;
     json_t               *doc;           /* parsed body, only for model rewrites */
@@ -158,11 +156,7 @@ struct proxy {
     char                 *prev_rid;      /* "previous_response_id", decoded */
     char                 *model;         /* NULL when the body has none */
     char                 *user;          /* body's "user", for consistent-hash */
-    char                  model_in[64];  /* model and user when short (px_string) */
-    char                  user_in[64];
     int                   want_stream;
-    char                  id[PX_MAX_REQUEST_ID + 1];
-    char                  peer[64];      /* copied: req may be gone at log time */
 
     enum px_state         st;
     struct admit_req      ad;            /* plan, tried hosts, attempts (admit.h) */
@@ -202,13 +196,11 @@ struct proxy {
     int                   cache_store;   /* store a 2xx answer under cache_key */
     int                   cache_wait;    /* the lookup out is the cache's (redis) */
     char                 *cache_val;     /* what Redis answered for it */
-    char                  cache_key[CACHE_KEY_LEN + 1];
     struct evbuffer      *idscan;        /* stream prefix searched for the id */
 
     enum px_fail          fail;          /* last failure */
     int                   fail_status;
     int                   fail_host;
-    char                  fail_msg[160];
 
     struct proxy         *wait_next;     /* routing.when_full: queue */
     struct proxy         *wait_prev;
@@ -232,13 +224,24 @@ struct proxy {
     int                   admit_shared;  /* ... in Redis (settle there) */
     int                   admit_wait;    /* Redis's admission answer pending */
     char                 *admit_ans;     /* that answer; NULL = failed */
-    char                  admit_member[160]; /* in the client's in-flight set */
     int64_t               max_out;       /* max_tokens & co in the body; -1 none */
 
     /* A stream goes to the client in whole SSE events (sse.h). */
     struct sse_track      sse;
     struct evbuffer      *sse_hold;      /* an event's start, until its end */
     int                   sse_mid;       /* part of an oversized event went out */
+
+    /* Strings, kept out of px_new()'s clearing (most of the struct's bytes):
+     * each is written there, or emptied (its first byte), before any use. */
+    char                  upath[512];    /* upstream path */
+    char                  method[8];
+    char                  model_in[64];  /* model and user when short (px_string) */
+    char                  user_in[64];
+    char                  id[PX_MAX_REQUEST_ID + 1];
+    char                  peer[64];      /* copied: req may be gone at log time */
+    char                  cache_key[CACHE_KEY_LEN + 1];
+    char                  fail_msg[160];
+    char                  admit_member[160]; /* in the client's in-flight set */
 };
 
 /* Requests waiting for a free host (routing.when_full: queue), from
@@ -1992,7 +1995,9 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     /* All but the legs (most of the struct, usually one used): a leg is
      * cleared when px_leg_get() first hands it out. */
     memset(p, 0, offsetof(struct proxy, legs));
-    memset(&p->nlegs, 0, sizeof(*p) - offsetof(struct proxy, nlegs));
+    memset(&p->nlegs, 0, offsetof(struct proxy, upath) - offsetof(struct proxy, nlegs));
+    p->model_in[0] = p->user_in[0] = p->cache_key[0] = '\0';
+    p->fail_msg[0] = p->admit_member[0] = '\0';   /* upath, method, id, peer: below */
     p->gw = gw;
     p->w = w;
     p->req = req;
