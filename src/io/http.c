@@ -138,6 +138,7 @@ struct http_req {
 struct http_conn {
     struct http_server *srv;
     struct bufferevent *bev;
+    evutil_socket_t     fd;           /* bev's socket (no bufferevent_getfd lock) */
     enum conn_state     state;
     struct http_req    *req;
     size_t              head_bytes;
@@ -498,7 +499,7 @@ static void send_whole(struct http_conn *c, struct evbuffer *out, const char *he
     ssize_t w;
 
     do
-        w = writev(bufferevent_getfd(c->bev), v, nv);
+        w = writev(c->fd, v, nv);
     while (w < 0 && errno == EINTR);
     if (w < 0)
         w = 0;
@@ -598,7 +599,7 @@ static void conn_flush(struct http_conn *c)
     /* A socket bufferevent keeps the front of its output frozen; its own
      * write callback thaws it around the write, as this does. */
     evbuffer_unfreeze(out, 1);
-    evbuffer_write(out, bufferevent_getfd(c->bev));
+    evbuffer_write(out, c->fd);
     evbuffer_freeze(out, 1);
     if (evbuffer_get_length(out) > 0)
         bufferevent_enable(c->bev, EV_WRITE);
@@ -724,7 +725,7 @@ static size_t stream_send(struct http_conn *c, struct evbuffer *out, const char 
     if (n > 0)
         v[nv++] = (struct iovec){ (char *)"\r\n", 2 };
     do
-        w = writev(bufferevent_getfd(c->bev), v, nv);
+        w = writev(c->fd, v, nv);
     while (w < 0 && errno == EINTR);
     if (w < 0)
         w = 0;
@@ -1827,6 +1828,7 @@ static int conn_new(struct http_server *s, evutil_socket_t fd,
         return -1;
     }
     event_assign(&c->flush_ev, s->base, -1, 0, conn_flush_cb, c);
+    c->fd = fd;
     event_assign(&c->rd.ev, s->base, fd, EV_READ | EV_PERSIST, conn_recv_cb, c);
     c->deadline = evtimer_new(s->base, conn_deadline_cb, c);
     if (c->deadline == NULL) {

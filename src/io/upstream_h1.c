@@ -1076,8 +1076,8 @@ static int send_direct(struct h1_conn *c, struct h1_xfer *hx)
     int nv = hx->body_len ? 2 : 1, i;
     ssize_t w;
 
-    do
-        w = writev(bufferevent_getfd(c->bev), v, nv);
+    do                          /* rd is assigned once connected: its fd, no lock */
+        w = writev(event_get_fd(&c->rd.ev), v, nv);
     while (w < 0 && errno == EINTR);
     if (w < 0)
         w = 0;
