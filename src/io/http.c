@@ -495,22 +495,8 @@ static void send_whole(struct http_conn *c, struct evbuffer *out, const char *he
                        size_t n, const char *body, size_t len)
 {
     struct iovec v[2] = { { (void *)head, n }, { (void *)body, len } };
-    int nv = len ? 2 : 1, i;
-    ssize_t w;
 
-    do
-        w = writev(c->fd, v, nv);
-    while (w < 0 && errno == EINTR);
-    if (w < 0)
-        w = 0;
-    for (i = 0; i < nv; i++) {
-        if ((size_t)w >= v[i].iov_len) {
-            w -= (ssize_t)v[i].iov_len;
-            continue;
-        }
-        evbuffer_add(out, (char *)v[i].iov_base + w, v[i].iov_len - (size_t)w);
-        w = 0;
-    }
+    sock_write_direct(c->fd, v, len ? 2 : 1, out, 0);
 }
 
 static void write_head(struct http_req *r, int status, const char *ctype,
@@ -716,27 +702,14 @@ static size_t stream_send(struct http_conn *c, struct evbuffer *out, const char 
                           size_t n, const char *data, size_t len)
 {
     struct iovec v[3];
-    int nv = 0, i;
-    ssize_t w;
+    int nv = 0;
 
     if (n > 0)
         v[nv++] = (struct iovec){ (char *)size, n };
     v[nv++] = (struct iovec){ (char *)data, len };
     if (n > 0)
         v[nv++] = (struct iovec){ (char *)"\r\n", 2 };
-    do
-        w = writev(c->fd, v, nv);
-    while (w < 0 && errno == EINTR);
-    if (w < 0)
-        w = 0;
-    for (i = 0; i < nv; i++) {
-        if ((size_t)w >= v[i].iov_len) {
-            w -= (ssize_t)v[i].iov_len;
-            continue;
-        }
-        evbuffer_add(out, (char *)v[i].iov_base + w, v[i].iov_len - (size_t)w);
-        w = 0;
-    }
+    sock_write_direct(c->fd, v, nv, out, 0);
     if (evbuffer_get_length(out) == 0)
         return 0;
     bufferevent_enable(c->bev, EV_WRITE);       /* see conn_flush() */

@@ -4,7 +4,8 @@
  * before each read. Shared by the client (http.c) and the plain upstream
  * (upstream_h1.c) connections, which read their sockets with their own
  * read event and keep the bufferevent for the output, and the switch that
- * turns that reading on and off (struct sock_reader).
+ * turns that reading on and off (struct sock_reader); and the one writev
+ * both make of a reply or request when nothing is queued before it.
  */
 #ifndef INFERGATE_SOCKREAD_H
 #define INFERGATE_SOCKREAD_H
@@ -90,6 +91,42 @@ static inline ssize_t sock_read_into(struct evbuffer *in, evutil_socket_t fd, si
     evbuffer_freeze(in, 0);
     errno = i;
     return got;
+}
+
+/* Writes the `nv` pieces in `v` to `fd` with one writev (the caller has
+ * nothing queued before them); what the socket does not take, a failed
+ * write included (the write path meets the error again), goes onto the end
+ * of `out`: copied, or by reference when `by_ref` (the memory outlives the
+ * output). 0 when all went, 1 when some is queued (the caller enables its
+ * write event), -1 when it could not be queued. */
+static inline int sock_write_direct(evutil_socket_t fd, const struct iovec *v, int nv,
+                                    struct evbuffer *out, int by_ref)
+{
+    ssize_t w;
+    int i, queued = 0;
+
+    do
+        w = writev(fd, v, nv);
+    while (w < 0 && errno == EINTR);
+    if (w < 0)
+        w = 0;
+    for (i = 0; i < nv; i++) {
+        const char *p;
+        size_t n;
+
+        if ((size_t)w >= v[i].iov_len) {
+            w -= (ssize_t)v[i].iov_len;
+            continue;
+        }
+        p = (const char *)v[i].iov_base + w;
+        n = v[i].iov_len - (size_t)w;
+        w = 0;
+        if ((by_ref ? evbuffer_add_reference(out, p, n, NULL, NULL)
+                    : evbuffer_add(out, p, n)) < 0)
+            return -1;
+        queued = 1;
+    }
+    return queued;
 }
 
 #endif

@@ -1073,25 +1073,9 @@ static int send_direct(struct h1_conn *c, struct h1_xfer *hx)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     struct iovec v[2] = { { hx->head, hx->head_len }, { (void *)hx->body, hx->body_len } };
-    int nv = hx->body_len ? 2 : 1, i;
-    ssize_t w;
 
-    do                          /* rd is assigned once connected: its fd, no lock */
-        w = writev(event_get_fd(&c->rd.ev), v, nv);
-    while (w < 0 && errno == EINTR);
-    if (w < 0)
-        w = 0;
-    for (i = 0; i < nv; i++) {
-        if ((size_t)w >= v[i].iov_len) {
-            w -= (ssize_t)v[i].iov_len;
-            continue;
-        }
-        if (evbuffer_add_reference(out, (char *)v[i].iov_base + w,
-                                   v[i].iov_len - (size_t)w, NULL, NULL) < 0)
-            return -1;
-        w = 0;
-    }
-    return evbuffer_get_length(out) > 0;
+    /* rd is assigned once connected: its fd, no lock */
+    return sock_write_direct(event_get_fd(&c->rd.ev), v, hx->body_len ? 2 : 1, out, 1);
 }
 
 /* Takes a pooled connection to the peer or opens a new one, and writes
