@@ -159,6 +159,12 @@ def test_reloads_under_load_lose_nothing_then_drain(mocks, gateway):
     assert errors == [] and done[0] > 20, (errors[:3], done[0])
 
     # A stream in flight when SIGTERM comes is finished, then the process exits 0.
+    # The load's last answers can reach their clients before the gateway has
+    # counted them out (a whole reply leaves with one writev): wait for none
+    # in flight, then for the stream at a mock, so SIGTERM cannot come while
+    # the stream's connection is still unaccepted (the closed listener would
+    # reset it).
+    wait_for(lambda: status_doc(g)["in_flight"] == 0, what="the load's requests counted out")
     ms[0].config(chunks=6, chunk_interval_ms=100)
     ms[1].config(chunks=6, chunk_interval_ms=100)
     got = {}
@@ -168,7 +174,9 @@ def test_reloads_under_load_lose_nothing_then_drain(mocks, gateway):
 
     t = threading.Thread(target=stream)
     t.start()
-    wait_for(lambda: status_doc(g)["in_flight"] == 1, what="stream in flight")
+    wait_for(lambda: status_doc(g)["in_flight"] == 1
+             and ms[0].stats()["in_flight"] + ms[1].stats()["in_flight"] == 1,
+             what="stream in flight at a mock")
     g.signal(signal.SIGTERM)
     t.join()
     st, _, body = got["r"]
