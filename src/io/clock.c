@@ -27,27 +27,27 @@ int64_t gw_clock_now_ms(void)
 }
 
 /* The first reading of a wake-up is taken when first asked for: a
- * wake-up whose callbacks never ask costs no clock_gettime(). */
+ * wake-up whose callbacks never ask costs no clock_gettime(). Outside a
+ * loop's dispatch every call reads the clock. */
+static inline int64_t clock_cached(unsigned bit, int64_t *v, clockid_t id)
+{
+    if (clock_state & bit)
+        return *v;
+    if (!(clock_state & CLOCK_LOOP))
+        return clock_read(id);
+    *v = clock_read(id);
+    clock_state |= bit;
+    return *v;
+}
+
 int64_t gw_now_ms(void)
 {
-    if (clock_state & CLOCK_MONO)
-        return clock_mono;
-    if (!(clock_state & CLOCK_LOOP))
-        return clock_read(CLOCK_MONOTONIC);
-    clock_mono = clock_read(CLOCK_MONOTONIC);
-    clock_state |= CLOCK_MONO;
-    return clock_mono;
+    return clock_cached(CLOCK_MONO, &clock_mono, CLOCK_MONOTONIC);
 }
 
 int64_t gw_unix_ms(void)
 {
-    if (clock_state & CLOCK_UNIX)
-        return clock_unix;
-    if (!(clock_state & CLOCK_LOOP))
-        return clock_read(CLOCK_REALTIME);
-    clock_unix = clock_read(CLOCK_REALTIME);
-    clock_state |= CLOCK_UNIX;
-    return clock_unix;
+    return clock_cached(CLOCK_UNIX, &clock_unix, CLOCK_REALTIME);
 }
 
 void gw_clock_loop_woke(void)
