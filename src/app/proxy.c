@@ -77,6 +77,7 @@
 #endif
 
 #define PX_MAX_LEGS         ADMIT_MAX_RACE      /* parallel race width cap */
+#define PX_LEGS_IN          1                   /* legs inside struct proxy */
 #define PX_MAX_STEPS        ADMIT_MAX_STEPS
 #define PX_STREAM_HIGH      (256 * 1024)        /* pause upstream above this */
 #define PX_MAX_BUFFERED     (64 * 1024 * 1024)  /* non-streamed response cap */
@@ -161,7 +162,10 @@ struct proxy {
     enum px_state         st;
     struct admit_req      ad;            /* plan, tried hosts, attempts (admit.h) */
     struct px_body        bodies[PX_MAX_STEPS];
-    struct px_leg         legs[PX_MAX_LEGS];
+    struct px_leg        *legs[PX_MAX_LEGS]; /* the first PX_LEGS_IN in leg_in, a
+                                                race's others allocated (a held
+                                                stream keeps one leg, not 16) */
+    struct px_leg         leg_in[PX_LEGS_IN];
     int                   nlegs;         /* legs allocated */
     int                   active;        /* legs with a transfer */
     struct px_leg        *winner;        /* the leg answering the client */
@@ -387,10 +391,10 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     int i;
 
     for (i = 0; i < p->nlegs; i++)
-        px_leg_cancel(&p->legs[i]);
+        px_leg_cancel(p->legs[i]);
     lock_take();
     for (i = 0; i < p->nlegs; i++)
-        px_leg_end_locked(&p->legs[i]);   /* nothing: each outcome did it */
+        px_leg_end_locked(p->legs[i]);   /* nothing: each outcome did it */
     if (m) {
         if (p->usage.have && p->last_host >= 0) {
             struct host_state *hs = p->snap->hs[p->last_host];
@@ -425,9 +429,11 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     if (p->next)
         p->next->prev = p->prev;
     for (i = 0; i < p->nlegs; i++) {
-        px_try_off(&p->legs[i]);
-        if (p->legs[i].buf)
-            evbuffer_free(p->legs[i].buf);
+        px_try_off(p->legs[i]);
+        if (p->legs[i]->buf)
+            evbuffer_free(p->legs[i]->buf);
+        if (i >= PX_LEGS_IN)
+            free(p->legs[i]);
     }
     admit_req_free(&p->ad);                /* a plan may have been cut short */
     for (i = 0; i < PX_MAX_STEPS; i++)
@@ -527,7 +533,7 @@ static void px_error(struct proxy *p, int status, const char *type,
     int i;
 
     for (i = 0; i < p->nlegs; i++)
-        px_leg_cancel(&p->legs[i]);
+        px_leg_cancel(p->legs[i]);
     p->resp_status = status;
     px_add_headers(p);
     if (p->route->flags & API_ANTHROPIC) {
@@ -990,12 +996,12 @@ static void px_take_winner(struct proxy *p, struct px_leg *l)
     p->last_host = l->pk.host;
     p->last_key = l->pk.has_key ? (int)l->pk.key : -1;
     for (i = 0; i < p->nlegs; i++)
-        if (&p->legs[i] != l && p->legs[i].xfer) {
+        if (p->legs[i] != l && p->legs[i]->xfer) {
             log_debug("request %s: race won by %s, cancelling %s", p->id,
                       p->snap->cfg->hosts[l->pk.host].name,
-                      p->snap->cfg->hosts[p->legs[i].pk.host].name);
+                      p->snap->cfg->hosts[p->legs[i]->pk.host].name);
             /* Not from inside l's own curl callback: legs are distinct. */
-            px_leg_cancel(&p->legs[i]);
+            px_leg_cancel(p->legs[i]);
         }
 }
 
@@ -1594,7 +1600,7 @@ static void px_client_gone(struct http_req *req, void *arg)
     (void)req;
     log_debug("request %s: client went away", p->id);
     for (i = 0; i < p->nlegs; i++)
-        px_leg_cancel(&p->legs[i]);
+        px_leg_cancel(p->legs[i]);
     if (p->resp_status == 0)
         p->resp_status = 499;        /* nginx's "client closed request" */
     if (p->st == PX_STREAMING)
@@ -1612,16 +1618,22 @@ static struct px_leg *px_leg_get(struct proxy *p)
     int i;
 
     for (i = 0; i < p->nlegs; i++)
-        if (p->legs[i].xfer == NULL && &p->legs[i] != p->winner)
-            return &p->legs[i];
+        if (p->legs[i]->xfer == NULL && p->legs[i] != p->winner)
+            return p->legs[i];
     if (p->nlegs == PX_MAX_LEGS)
         return NULL;
-    l = &p->legs[p->nlegs];
+    l = p->nlegs < PX_LEGS_IN ? &p->leg_in[p->nlegs] : malloc(sizeof(*l));
+    if (l == NULL)
+        return NULL;
     memset(l, 0, sizeof(*l));
     l->p = p;
     l->buf = evbuffer_new();
-    if (l->buf == NULL)
+    if (l->buf == NULL) {
+        if (p->nlegs >= PX_LEGS_IN)
+            free(l);
         return NULL;
+    }
+    p->legs[p->nlegs] = l;
     evtimer_assign(&l->try_ev, p->w->base, px_try_timeout, l);
     l->try_timer = &l->try_ev;
     p->nlegs++;
@@ -2937,7 +2949,7 @@ void proxy_abort_all(struct worker *w)
     while (w->inflight) {
         struct proxy *p = w->inflight;
         for (i = 0; i < p->nlegs; i++)
-            px_leg_cancel(&p->legs[i]);
+            px_leg_cancel(p->legs[i]);
         if (p->st == PX_STREAMING) {
             px_stream_error(p, "stream_interrupted", "gateway shutting down");
             http_stream_end(p->req);
