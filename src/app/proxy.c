@@ -1752,6 +1752,7 @@ static int px_send(struct px_leg *l)
      * http.c's checks (no control characters), keys cfg_check_secret(),
      * the request id valid_request_id() or px_make_id(), the rest is ours. */
     ur.fields_checked = 1;
+    ur.streaming = p->want_stream;
 
     l->status = 0;
     l->streaming = 0;

@@ -70,6 +70,12 @@ struct upstream_req {
      * parsed request, a checked configuration) or wrote them itself. The
      * plain client then measures them instead of searching each. */
     int         fields_checked;
+    /* The answer is expected to stream (an SSE request): a TLS connection
+     * then frees its record buffers whenever it waits, as an idle stream
+     * may wait long (see upstream_h1.c, "record buffers"). 0: kept for
+     * the transfer; an answer that turns out not to be length-framed
+     * switches to freeing them at its head. */
+    int         streaming;
 };
 
 struct resolve_conf;

@@ -51,6 +51,17 @@
  * pool's idle timeout is one timer, for its least recently used
  * connection, plain and TLS alike.
  *
+ * Record buffers: a TLS connection's SSL holds ~33 KB of them (a read and
+ * a write buffer). SSL_MODE_RELEASE_BUFFERS frees them after each write
+ * and each drained read, which costs ~1.3k instructions a request (setup,
+ * malloc and free of 17 KB blocks each time) and saves that memory on an
+ * idle stream. So a transfer keeps them unless it streams: one that asks
+ * for a stream (upstream_req.streaming) or whose answer turns out not to
+ * be length-framed runs with the mode on (tls_lean) and holds none while
+ * it waits. A pooled connection keeps them only among the first
+ * H1_TLS_WARM idle ones of its pool; beyond, SSL_free_buffers (memory
+ * bound: H1_TLS_WARM x 33 KB a serving loop).
+ *
  * Callbacks run with the transfer marked busy: upstream_cancel() on it
  * then only marks it and the transfer is freed when the callback returns.
  */
@@ -89,6 +100,7 @@
 #define H1_MAX_HEAD        (64 * 1024)   /* response head */
 #define H1_MAX_CHUNK_LINE  1024
 #define H1_MAX_IDLE        4096          /* pooled connections, all peers */
+#define H1_TLS_WARM        32            /* idle TLS ones keeping record buffers */
 #define H1_IDLE_TIMEOUT_S  60
 #define H1_BUCKETS         4096          /* power of two */
 #define H1_TLS_BUCKETS     256           /* TLS peers; power of two */
@@ -156,6 +168,7 @@ struct h1_conn {
     unsigned char       wr_wants_read;  /* SSL_write said WANT_READ */
     unsigned char       wev_on;
     unsigned char       ev_set;         /* rd (and wev) assigned */
+    unsigned char       lean;           /* SSL_MODE_RELEASE_BUFFERS on (tls_lean) */
 };
 
 /* The scheme and authority of the last URLs seen, parsed (url_get): a
@@ -204,6 +217,7 @@ struct h1_xfer {
     size_t                  ai;         /* addrs.a[ai] is in sa */
     uint16_t                port;
     unsigned char           want_tls, insecure;
+    unsigned char           lean;       /* TLS: record buffers freed while waiting */
     char                   *tls_name, *ca_file;
     char                   *fail;       /* fails from the timer (see fail_soon) */
     char                   *head;       /* request head; holds the key: zeroed */
@@ -236,6 +250,23 @@ static void tls_write_cb(evutil_socket_t fd, short what, void *arg);
 static int64_t mono_ms(void)
 {
     return gw_now_ms();
+}
+
+/* TLS record buffers (see the header): lean, SSL_MODE_RELEASE_BUFFERS on
+ * and what is held now freed (SSL_free_buffers refuses, harmlessly, while
+ * bytes wait in them: the mode frees them once drained); else the mode
+ * off, buffers kept from one record to the next. */
+static void tls_lean(struct h1_conn *c, int lean)
+{
+    if (c->lean == lean)
+        return;                         /* SSL_free_buffers costs ~500 */
+    c->lean = (unsigned char)lean;
+    if (!lean) {
+        SSL_clear_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+        return;
+    }
+    SSL_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+    SSL_free_buffers(c->ssl);
 }
 
 /* --- the idle pool ----------------------------------------------------- */
@@ -360,6 +391,8 @@ static void pool_put(struct h1_pool *p, struct h1_conn *c)
         conn_close(old);
     }
     c->x = NULL;
+    if (c->ssl && p->nidle >= H1_TLS_WARM)
+        tls_lean(c, 1);
     conn_read_on(c);                    /* conn_recv_cb: c->x NULL, idle */
     c->idle_ms = mono_ms();
     c->bnext = *b;
@@ -434,8 +467,8 @@ static SSL_CTX *trust_ctx_new(const char *ca_file, int insecure)
     if (ctx == NULL)
         return NULL;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE
-                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Not SSL_MODE_RELEASE_BUFFERS: tls_lean() sets it per transfer. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_read_ahead(ctx, 1);     /* one read() for many records, see tls_recv */
     /* A peer that closes without close_notify (many do after Connection:
      * close) is a close, as allow_dirty_shutdown says, not a fatal error:
@@ -1144,6 +1177,7 @@ static int send_request(struct h1_xfer *hx)
          * connection, as the plain path writes at once; on a new one after
          * the handshake. A failure is reported from the next read event
          * (tls_events): try_resend then. */
+        tls_lean(c, hx->lean);
         c->wbuf = hx->head;
         c->wlen = hx->head_len;
         c->wnext = hx->body;
@@ -1374,6 +1408,7 @@ struct upstream_xfer *h1_start(struct upstream *u, const struct upstream_req *re
     memset(hx, 0, sizeof(*hx));
     hx->head = block + sizeof(*hx);
     hx->head_len = head_len;
+    hx->lean = req->streaming != 0;
     upstream_xfer_init(&hx->x, u, cbs, arg, UPSTREAM_KIND_H1);
     hx->sa = url->sa;
     hx->salen = url->salen;
@@ -1513,6 +1548,10 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
     } else {
         hx->st = H1_BODY_CLOSE;
         hx->keepalive = 0;
+    }
+    if (hx->st != H1_BODY_LEN && !hx->lean && hx->conn && hx->conn->ssl) {
+        hx->lean = 1;                   /* a stream after all */
+        tls_lean(hx->conn, 1);
     }
     return status;
 }

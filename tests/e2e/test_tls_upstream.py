@@ -507,3 +507,56 @@ def test_tls_mock_sends_each_reply_as_one_record_without_stalls(tls_mock):
     sock.close()
     assert counts == [1] * 20, counts
     assert took < 1.0 * SLOW, took     # ~40 ms per answer stalled by Nagle before: 1.2 s
+
+
+
+def test_streams_and_whole_answers_share_kept_tls_connections(gateway, tls_mock):
+    """A TLS connection keeps its record buffers through a whole answer and
+    frees them while a stream waits (upstream_h1.c, tls_lean): the mode
+    switches per transfer on kept connections. Streams of records that
+    fill a buffer (~15 KB events) waiting between events, whole answers of
+    many records, and streams again, all on the same few connections, come
+    whole; a pool beyond H1_TLS_WARM idle connections frees theirs."""
+    m = tls_mock()
+    g = gateway([{"name": "up", "url": m.url, "tls": {"ca_file": m.pki.ca}}])
+    m.config(chunks=3, chunk_interval_ms=100 * SLOW, event_bytes=15000, content_bytes=40000)
+    results = []
+
+    def one(i):
+        st, _, body = g.chat(stream=i % 2 == 0)
+        results.append((i, st, body))
+
+    for rnd in range(3):
+        threads = [threading.Thread(target=one, args=(rnd * 8 + i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60 * SLOW)
+    assert len(results) == 24, len(results)
+    for i, st, body in results:
+        assert st == 200, (i, body[:300])
+        if i % 2:
+            assert len(json.loads(body)["choices"][0]["message"]["content"]) >= 40000
+        else:
+            events = [l for l in body.split(b"\n") if l.startswith(b"data: ")]
+            assert events[-1] == b"data: [DONE]", body[-300:]
+            deltas = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-1]]
+            assert len(deltas) == 3 and all(len(d) >= 15000 for d in deltas), body[-300:]
+    # Kept: far fewer handshakes than transfers.
+    assert m.stats()["tls_handshakes"] <= 8 * 2 + 4, m.stats()
+    # More idle connections than H1_TLS_WARM (32): the ones beyond free
+    # their buffers when pooled, and still serve.
+    m.config(chunks=1, chunk_interval_ms=300 * SLOW, event_bytes=0, content_bytes=0)
+    results.clear()
+    threads = [threading.Thread(target=one, args=(i * 2,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60 * SLOW)
+    assert len(results) == 40 and all(st == 200 for _, st, _ in results), \
+        [(i, st) for i, st, _ in results if st != 200]
+    m.config(chunk_interval_ms=0)
+    for i in range(50):
+        st, _, body = g.chat(stream=i % 2 == 0)
+        assert st == 200, body
+    g.stop()

@@ -34,6 +34,7 @@ struct mock_conf {
     int chunks;              /* SSE data chunks per stream */
     int chunk_interval_ms;   /* pause between two SSE chunks */
     int content_bytes;       /* 0 = "Hello from NAME"; N = padded to N bytes */
+    int event_bytes;         /* 0 = "tokI "; N = a chat stream event's delta padded by N */
     int close_after_chunks;  /* 0 = off; K = drop a stream after K chunks */
     int stall_after_chunks;  /* 0 = off; K = a stream goes silent after K chunks */
     int stall_body;          /* an answer goes silent after its head (stream) or

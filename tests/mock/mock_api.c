@@ -796,8 +796,9 @@ static void add_event(struct op *op, struct evbuffer *b, int i)
         evbuffer_add_printf(b, "data: {\"id\":\"chatcmpl-%s-%llu\","
                             "\"object\":\"chat.completion.chunk\",\"model\":%s,"
                             "\"choices\":[{\"index\":0,\"delta\":{\"content\":"
-                            "\"tok%d \"}}]}\n\n",
-                            mock.name, op->seq, op->model_json, i);
+                            "\"tok%d %*s\"}}]}\n\n",
+                            mock.name, op->seq, op->model_json, i,
+                            mock.conf.event_bytes, "");
     else
         evbuffer_add_printf(b, "data: {\"id\":\"cmpl-%s-%llu\","
                             "\"object\":\"text_completion\",\"model\":%s,"

@@ -47,6 +47,7 @@ static const struct field fields[] = {
     INT_FIELD(chunks, 0, 1000000),
     INT_FIELD(chunk_interval_ms, 0, 3600000),
     INT_FIELD(content_bytes, 0, 1 << 20),
+    INT_FIELD(event_bytes, 0, 1 << 20),
     INT_FIELD(close_after_chunks, 0, 1000000),
     INT_FIELD(stall_after_chunks, 0, 1000000),
     BOOL_FIELD(stall_body),
