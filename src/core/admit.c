@@ -23,6 +23,8 @@ void admit_req_free(struct admit_req *r)
     int i;
 
     for (i = 0; i < ADMIT_MAX_STEPS; i++) {
+        if (r->steps[i].hosts == NULL)
+            continue;                   /* most steps: no set, no call */
         free(r->steps[i].hosts);
         r->steps[i].hosts = NULL;
         r->steps[i].nhosts = 0;

@@ -135,6 +135,7 @@ struct balance {
     size_t       all_pool;
     size_t       any_pool;          /* NO_POS: every node lists models */
     struct name_table models;       /* model -> pool index */
+    const struct name_slot *last_model; /* balance_pick()'s last model found */
     struct name_table regions;      /* region -> id (from 1) */
     struct group **group;           /* every group, owned here */
     size_t       ngroup;
@@ -1238,6 +1239,24 @@ static size_t pool_for(const struct balance *b, const char *model)
     return s ? s->id : b->any_pool;
 }
 
+/* pool_for() for a pick: the model of the last pick is compared before the
+ * table is searched (requests mostly name the same model, and hashing its
+ * name byte by byte costs more). The table never changes after
+ * balance_new(); the caller holds the state lock. */
+static size_t pool_for_pick(struct balance *b, const char *model)
+{
+    const struct name_slot *s = b->last_model;
+
+    if (model == NULL)
+        return b->all_pool;
+    if (s != NULL && strcmp(s->name, model) == 0)
+        return s->id;
+    if ((s = names_find(&b->models, model)) == NULL)
+        return b->any_pool;
+    b->last_model = s;
+    return s->id;
+}
+
 static struct group *tier_region(const struct tier *t, uint32_t id)
 {
     size_t lo = 0, hi = t->nregion;
@@ -1294,7 +1313,7 @@ int balance_pick(struct balance *b, struct balance_live *const *live,
     *status = BALANCE_NONE_USABLE;
     if (b == NULL || (live == NULL && b->n > 0))
         return -1;
-    pi = pool_for(b, q->model);
+    pi = pool_for_pick(b, q->model);
     if (pi == NO_POS) {
         *status = BALANCE_NO_MODEL;
         return -1;

@@ -37,6 +37,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -634,7 +635,7 @@ void http_reply(struct http_req *r, int status, const char *ctype,
 {
     if (r->conn && !r->streaming)
         write_head(r, status, ctype, (long long)len, body,
-                   len && strcmp(r->method, "HEAD") != 0 ? len : 0, 1);
+                   len && !(r->method[0] == 'H' && strcmp(r->method, "HEAD") == 0) ? len : 0, 1);
     req_finish(r);
 }
 
@@ -924,6 +925,12 @@ static size_t printable_run(const unsigned char *s, size_t n)
             break;
         i += 8;
     }
+    if (i < n && n >= 8 && n - i < 8) {
+        /* The tail in one word that overlaps the last one checked. */
+        memcpy(&x, s + n - 8, sizeof(x));
+        if (!(((x - ones * 0x20) | (x + ones) | x) & highs))
+            return n;
+    }
     while (i < n && s[i] >= 0x20 && s[i] < 0x7f)
         i++;
     return i;
@@ -988,16 +995,21 @@ static const char *parse_request_line(struct http_req *r, char *line, size_t len
 static const char *parse_header_line(struct http_req *r, char *line, size_t len)
 {
     char *colon, *v, *end;
+    size_t nlen;
 
-    if (!text_ok(line, len, 1))
-        return "header line is not valid UTF-8 or holds control characters";
-    colon = memchr(line, ':', len);
-    if (colon == NULL || colon == line)
-        return "malformed header line";
+    /* The name: tchars up to the colon (printable ASCII, so text_ok() need
+     * only read the value). A line that fails is judged as a whole, for
+     * the same answer as the checks in their order: text, then form. */
+    for (nlen = 0; nlen < len && is_tchar((unsigned char)line[nlen]); nlen++)
+        ;
+    if (nlen == 0 || nlen == len || line[nlen] != ':'
+        || !text_ok(line + nlen + 1, len - nlen - 1, 1)) {
+        if (!text_ok(line, len, 1))
+            return "header line is not valid UTF-8 or holds control characters";
+        return "malformed header line";   /* no colon, no name, white space in it */
+    }
+    colon = line + nlen;
     *colon = '\0';
-    for (v = line; v < colon; v++)
-        if (!is_tchar((unsigned char)*v))
-            return "malformed header line";   /* also white space in the name */
     v = colon + 1;
     while (*v == ' ' || *v == '\t')
         v++;
@@ -1130,12 +1142,17 @@ static int head_done(struct http_conn *c)
         }
         c->state = CONN_READ_CHUNK_SIZE;
     } else if (cl) {
-        char *end;
-        unsigned long long n;
+        unsigned long long n = 0;
+        const char *d = cl;
 
-        errno = 0;
-        n = strtoull(cl, &end, 10);
-        if (errno || end == cl || *end != '\0' || !isdigit((unsigned char)cl[0])) {
+        /* Digits only, at least one, within unsigned long long (what
+         * strtoull() took, without its sign and white space). */
+        for (; *d >= '0' && *d <= '9'; d++) {
+            if (n > (ULLONG_MAX - (unsigned)(*d - '0')) / 10)
+                break;
+            n = n * 10 + (unsigned)(*d - '0');
+        }
+        if (d == cl || *d != '\0') {
             conn_fail(c, 400, "bad_request", "malformed Content-Length");
             return -1;
         }

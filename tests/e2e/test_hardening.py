@@ -264,6 +264,43 @@ def test_framing_fields_repeated_and_in_any_case(mocks, gateway):
     assert ms[0].stats()["requests"] == 1
 
 
+def test_header_line_refusals_say_why(mocks, gateway):
+    """A header line is read name first (tchars up to the colon), then its
+    value's text: a line that fails either way gets the answer of the
+    checks in their order (its text anywhere, then its form), whole head or
+    line by line; a name that is valid UTF-8 but not a token is
+    malformed."""
+    ms = mocks(1)
+    g = gateway(hosts_of(ms))
+    text = "not valid UTF-8 or holds control characters"
+    form = "malformed header line"
+    cases = [
+        (b"X-A\x01: 1", text),                    # control byte in the name
+        (b"X-A: 1\x01", text),                    # ... in the value
+        (b"X A\x01: 1", text),                    # both kinds: the text first
+        (b"X-A\xff: 1", text),                    # not UTF-8 in the name
+        (b"X-A: \xc3", text),                     # a cut sequence in the value
+        (b"X-\xc3\xa9: 1", form),                  # UTF-8, not a token
+        (b"X A: 1", form),
+        (b": 1", form),
+        (b"X-A 1", form),                         # no colon
+        (b"X-A", form),
+    ]
+    for split in (False, True):
+        for line, why in cases:
+            head = b"GET /health HTTP/1.1\r\n"
+            rest = b"Host: gw\r\n" + line + b"\r\n\r\n"
+            st, _, b = raw_exchange(g.port, head + rest,
+                                    pieces=[head, rest] if split else None, pause=0.05)
+            err = assert_openai_error(st, b, 400)
+            assert why in err["message"], (line, split, err)
+        # Tabs and UTF-8 in a value, white space around it: fine.
+        st, _, _ = raw_exchange(g.port, b"GET /health HTTP/1.1\r\nHost: gw\r\n"
+                                b"X-A: \t caf\xc3\xa9 \t\r\nX-Long-Name-Of-Many-Bytes: 12345678\r\n\r\n")
+        assert st == 200
+    still_serving(g)
+
+
 def test_header_count_limit_and_floods(mocks, gateway):
     ms = mocks(1)
     g = gateway(hosts_of(ms))

@@ -863,6 +863,24 @@ static void rule_model(enum cfg_strategy s, size_t n)
     q.model = "m3";                         /* only nodes listing none */
     for (int i = 0; i < PICKS; i++)
         assert_int_equal(pick_ok(b, &q, i) % 4, 3);
+    /* Models that alternate, each in a buffer of its own: the last pick's
+     * model is compared by its text, not its address or a prefix. */
+    for (int i = 0; i < PICKS; i++) {
+        char name[8];
+        int h;
+
+        snprintf(name, sizeof(name), "m%d", 1 + i % 3);
+        q.model = name;
+        h = pick_ok(b, &q, i) % 4;
+        if (i % 3 == 0)
+            assert_int_not_equal(h, 1);
+        else if (i % 3 == 1)
+            assert_int_not_equal(h, 0);
+        else
+            assert_int_equal(h, 3);
+        q.model = i % 2 ? "m" : "m12";      /* neither is listed: the nodes listing none */
+        assert_int_equal(pick_ok(b, &q, i) % 4, 3);
+    }
     q.model = NULL;
     for (int i = 0; i < PICKS; i++)
         seen[pick_ok(b, &q, i) % 4] = 1;
