@@ -47,6 +47,7 @@
 #include <jansson.h>
 
 #include "admit.h"
+#include "ascii.h"
 #include "balance.h"
 #include "breaker.h"
 #include "cache.h"
@@ -119,6 +120,9 @@ struct px_leg {
     int                   lat_sampled;   /* latency sample taken (stream head) */
     int64_t               t_try;
     int64_t               t_head;        /* its response head, 0 = none yet */
+    int                   has_head;      /* px_on_headers ran for its transfer */
+    const char           *ctype;         /* ... and found this Content-Type
+                                          * (in the transfer's head), or NULL */
     int                   end_pending;   /* px_leg_end_locked() still to run */
     enum metrics_outcome  end_o;         /* ... with the outcome */
     int                   end_how;       /* ... and enum px_end */
@@ -253,6 +257,11 @@ struct proxy {
  * state lock. A request whose pick found every host full queues only if
  * no slot was freed since (another worker may have freed one meanwhile). */
 static struct proxy *waitq, *waitq_tail;
+
+/* px_new() clears all before ad and from bodies on: nothing in between. */
+_Static_assert(offsetof(struct proxy, bodies)
+               == offsetof(struct proxy, ad) + sizeof(struct admit_req),
+               "bodies follows ad");
 static uint64_t px_freed;
 
 static void px_attempt(struct proxy *p);
@@ -496,6 +505,16 @@ static void px_done(struct proxy *p)
     px_free(p, &m, now);
 }
 
+/* http_resp_header() for one of our own names (nlen bytes, no CR, LF or
+ * ':'): only the value is searched; one holding CR or LF is dropped. */
+static void px_resp_value(struct proxy *p, const char *name, size_t nlen, const char *value)
+{
+    size_t vlen = strcspn(value, "\r\n");
+
+    if (value[vlen] == '\0')
+        http_resp_header_n(p->req, name, nlen, value, vlen);
+}
+
 static void px_add_headers(struct proxy *p)
 {
     const struct cfg_host *h = p->last_host >= 0 ? &p->snap->cfg->hosts[p->last_host]
@@ -507,9 +526,9 @@ static void px_add_headers(struct proxy *p)
      * or is px_make_id()'s, the rest are digits and constants. */
     http_resp_header_n(p->req, "X-Request-Id", 12, p->id, strlen(p->id));
     if (h) {
-        http_resp_header(p->req, "X-Upstream-Host", h->name);
+        px_resp_value(p, "X-Upstream-Host", 15, h->name);
         if (h->address)
-            http_resp_header(p->req, "X-Provider-Address", h->address);
+            px_resp_value(p, "X-Provider-Address", 18, h->address);
     }
     if (p->ad.attempts >= 0 && p->ad.attempts < 100) {    /* no printf on every answer */
         n[0] = (char)('0' + p->ad.attempts / 10);
@@ -945,34 +964,36 @@ static void px_leg_failed(struct px_leg *l, enum retry_fault fault, int status,
 /* --- upstream callbacks ---------------------------------------------- */
 
 /* Fields the answer does not pass on (hop-by-hop, or set by infergate):
- * one compare or two, chosen by the name's length. */
-static int hop_by_hop(const char *name)
+ * one compare or two, chosen by the name's length (n bytes). */
+static int hop_by_hop(const char *name, size_t n)
 {
-    switch (strlen(name)) {
-    case 2:  return strcasecmp(name, "te") == 0;
-    case 4:  return strcasecmp(name, "date") == 0;
-    case 6:  return strcasecmp(name, "server") == 0;
-    case 7:  return strcasecmp(name, "trailer") == 0 || strcasecmp(name, "upgrade") == 0;
-    case 10: return strcasecmp(name, "connection") == 0 || strcasecmp(name, "keep-alive") == 0;
-    case 12: return strcasecmp(name, "content-type") == 0
-                    || strcasecmp(name, "x-request-id") == 0;
-    case 14: return strcasecmp(name, "content-length") == 0;
-    case 16: return strcasecmp(name, "proxy-connection") == 0;
-    case 17: return strcasecmp(name, "transfer-encoding") == 0;
-    case 18: return strcasecmp(name, "proxy-authenticate") == 0;
+    switch (n) {
+    case 2:  return ascii_lower_eq(name, "te", 2);
+    case 4:  return ascii_lower_eq(name, "date", 4);
+    case 6:  return ascii_lower_eq(name, "server", 6);
+    case 7:  return ascii_lower_eq(name, "trailer", 7) || ascii_lower_eq(name, "upgrade", 7);
+    case 10: return ascii_lower_eq(name, "connection", 10)
+                    || ascii_lower_eq(name, "keep-alive", 10);
+    case 12: return ascii_lower_eq(name, "content-type", 12)
+                    || ascii_lower_eq(name, "x-request-id", 12);
+    case 14: return ascii_lower_eq(name, "content-length", 14);
+    case 16: return ascii_lower_eq(name, "proxy-connection", 16);
+    case 17: return ascii_lower_eq(name, "transfer-encoding", 17);
+    case 18: return ascii_lower_eq(name, "proxy-authenticate", 18);
     default: return 0;
     }
 }
 
 static void px_copy_headers(struct proxy *p, const struct upstream_xfer *x)
 {
+    struct upstream_rh_iter it = { 0, 0 };
     const char *name, *value;
-    size_t pos = 0;
+    size_t n;
 
-    while (upstream_resp_header_next(x, &pos, &name, &value)) {
-        if (p->client && strncasecmp(name, "x-ratelimit-", 12) == 0)
+    while (upstream_resp_header_next(x, &it, &name, &n, &value)) {
+        if (p->client && n >= 12 && ascii_lower_eq(name, "x-ratelimit-", 12))
             continue;                /* the client's own limits say it */
-        if (!hop_by_hop(name))
+        if (!hop_by_hop(name, n))
             http_resp_header(p->req, name, value);
     }
 }
@@ -1019,6 +1040,8 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
 
     l->status = status;
     l->t_head = now;
+    l->has_head = 1;
+    l->ctype = ctype;
     l->reads = l->reads_seen = 0;
     l->silent = 0;
     l->paused = 0;
@@ -1328,7 +1351,9 @@ static void px_remember_buffered(struct proxy *p, struct px_leg *l)
 static void px_reply_buffered(struct proxy *p, struct px_leg *l,
                               const struct upstream_xfer *x)
 {
-    const char *ctype = upstream_resp_header(x, "Content-Type");
+    /* The head's own lookup when it was this transfer's (it is: a whole
+     * answer had a head), else the search again. */
+    const char *ctype = l->has_head ? l->ctype : upstream_resp_header(x, "Content-Type");
     size_t len = evbuffer_get_length(l->buf);
 
     p->last_host = l->pk.host;
@@ -1685,6 +1710,7 @@ static int px_send(struct px_leg *l)
     const struct admit_step *s = &p->ad.steps[l->step];
     const struct cfg_host *ch = &c->hosts[l->pk.host];
     struct upstream_header hdr[12];
+    size_t lens[2 * 12];
     struct upstream_req ur;
     char url[4096], auth[4096];
     const char *accept = http_req_known(p->req, HTTP_H_ACCEPT);
@@ -1698,41 +1724,42 @@ static int px_send(struct px_leg *l)
 
     px_concat(url, sizeof(url), ch->url, p->upath, p->query ? "?" : "",
               p->query ? p->query : "", (const char *)NULL);
+/* A field with a literal name (its length known) and a value of vl bytes
+ * (0: build_head() measures it). */
+#define PX_HDR(n, v, vl) (lens[2 * nh] = sizeof(n) - 1, lens[2 * nh + 1] = (vl), \
+                          hdr[nh++] = (struct upstream_header){ (n), (v) })
     if (l->pk.has_key && ch->auth == HOST_AUTH_X_API_KEY) {
         auth_len = px_copy(auth, sizeof(auth), c->keys[l->pk.key].secret);
-        hdr[nh].name = "x-api-key";
-        hdr[nh++].value = auth;
+        PX_HDR("x-api-key", auth, auth_len);
     } else if (l->pk.has_key) {
         auth_len = px_concat(auth, sizeof(auth), "Bearer ", c->keys[l->pk.key].secret,
                              (const char *)NULL);
-        hdr[nh].name = "Authorization";
-        hdr[nh++].value = auth;
+        PX_HDR("Authorization", auth, auth_len);
     }
     if (p->body_len) {
         /* JSON routes send JSON; forms and pass-through keep the client's. */
-        hdr[nh].name = "Content-Type";
-        hdr[nh++].value = (p->route->flags & API_BODY_JSON) || ctype == NULL
-                              ? "application/json" : ctype;
+        if ((p->route->flags & API_BODY_JSON) || ctype == NULL)
+            PX_HDR("Content-Type", "application/json", 16);
+        else
+            PX_HDR("Content-Type", ctype, 0);
     }
-    if (av) {
-        hdr[nh].name = "anthropic-version";
-        hdr[nh++].value = av;
-    }
-    if (ab) {
-        hdr[nh].name = "anthropic-beta";
-        hdr[nh++].value = ab;
-    }
-    hdr[nh].name = "Accept";
-    hdr[nh++].value = accept ? accept : "*/*";
-    hdr[nh].name = "X-Request-Id";
-    hdr[nh++].value = p->id;
-    hdr[nh].name = "User-Agent";
-    hdr[nh++].value = PX_USER_AGENT;
+    if (av)
+        PX_HDR("anthropic-version", av, 0);
+    if (ab)
+        PX_HDR("anthropic-beta", ab, 0);
+    if (accept)
+        PX_HDR("Accept", accept, 0);
+    else
+        PX_HDR("Accept", "*/*", 3);
+    PX_HDR("X-Request-Id", p->id, 0);
+    PX_HDR("User-Agent", PX_USER_AGENT, sizeof(PX_USER_AGENT) - 1);
+#undef PX_HDR
 
     memset(&ur, 0, sizeof(ur));
     ur.url = url;
     ur.method = p->method;
     ur.headers = hdr;
+    ur.header_lens = lens;
     ur.nheaders = nh;
     ur.body = p->bodies[l->step].body ? p->bodies[l->step].body : p->body;
     ur.body_len = p->bodies[l->step].body ? p->bodies[l->step].len : p->body_len;
@@ -1760,6 +1787,8 @@ static int px_send(struct px_leg *l)
     l->lat_sampled = 0;
     l->t_try = now;
     l->t_head = 0;
+    l->has_head = 0;
+    l->ctype = NULL;
     l->xfer = upstream_start(p->w->up, &ur, &px_cbs, l);
     explicit_bzero(auth, auth_len);       /* the key does not outlive the call */
     if (l->xfer == NULL)
@@ -2007,7 +2036,8 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     }
     /* All but the legs (most of the struct, usually one used): a leg is
      * cleared when px_leg_get() first hands it out. */
-    memset(p, 0, offsetof(struct proxy, legs));
+    memset(p, 0, offsetof(struct proxy, ad));     /* ad: admit_req_init() below */
+    memset(&p->bodies, 0, offsetof(struct proxy, legs) - offsetof(struct proxy, bodies));
     memset(&p->nlegs, 0, offsetof(struct proxy, upath) - offsetof(struct proxy, nlegs));
     p->model_in[0] = p->user_in[0] = p->cache_key[0] = '\0';
     p->fail_msg[0] = p->admit_member[0] = '\0';   /* upath, method, id, peer: below */

@@ -180,6 +180,7 @@ int upstream_rh_add(struct upstream_xfer *x, const char *name, size_t nlen,
     memcpy(x->rh + x->rh_len + nlen + 1, value, vlen);
     x->rh[x->rh_len + nlen + 1 + vlen] = '\0';
     x->rh_len = need;
+    upstream_rh_note(x, nlen, vlen);
     x->nresp++;
     return 0;
 }
@@ -544,25 +545,26 @@ static const char *rh_at(const struct upstream_xfer *x, size_t i,
                          const char **name)
 {
     const char *p = x->rh;
+    size_t j;
 
-    for (; i > 0; i--) {
-        p += strlen(p) + 1;
-        p += strlen(p) + 1;
+    for (j = 0; j < i; j++) {
+        p += upstream_rh_strlen(x, 2 * j, p) + 1;
+        p += upstream_rh_strlen(x, 2 * j + 1, p) + 1;
     }
     *name = p;
-    return p + strlen(p) + 1;
+    return p + upstream_rh_strlen(x, 2 * i, p) + 1;
 }
 
 const char *upstream_resp_header(const struct upstream_xfer *x, const char *name)
 {
     const char *p = x->rh;
-    size_t i;
+    size_t i, n = strlen(name), k;
 
     for (i = 0; i < x->nresp; i++) {
-        const char *value = p + strlen(p) + 1;
-        if (strcasecmp(p, name) == 0)
+        const char *value = p + (k = upstream_rh_strlen(x, 2 * i, p)) + 1;
+        if (k == n && strcasecmp(p, name) == 0)     /* the length first */
             return value;
-        p = value + strlen(value) + 1;
+        p = value + upstream_rh_strlen(x, 2 * i + 1, value) + 1;
     }
     return NULL;
 }
@@ -583,17 +585,19 @@ void upstream_resp_header_at(const struct upstream_xfer *x, size_t i,
     *value = rh_at(x, i, name);
 }
 
-int upstream_resp_header_next(const struct upstream_xfer *x, size_t *pos,
-                              const char **name, const char **value)
+int upstream_resp_header_next(const struct upstream_xfer *x, struct upstream_rh_iter *it,
+                              const char **name, size_t *nlen, const char **value)
 {
     const char *p;
 
-    if (*pos >= x->rh_len)
+    if (it->i >= x->nresp)
         return 0;
-    p = x->rh + *pos;
+    p = x->rh + it->at;
     *name = p;
-    *value = p + strlen(p) + 1;
-    *pos = (size_t)(*value - x->rh) + strlen(*value) + 1;
+    *nlen = upstream_rh_strlen(x, 2 * it->i, p);
+    *value = p + *nlen + 1;
+    it->at = (size_t)(*value - x->rh) + upstream_rh_strlen(x, 2 * it->i + 1, *value) + 1;
+    it->i++;
     return 1;
 }
 

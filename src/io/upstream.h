@@ -76,6 +76,10 @@ struct upstream_req {
      * the transfer; an answer that turns out not to be length-framed
      * switches to freeing them at its head. */
     int         streaming;
+    /* With fields_checked, optionally: strlen() of header i's name at
+     * [2i] and of its value at [2i + 1] where the caller knows them, 0
+     * where not (measured then). NULL: all measured. */
+    const size_t *header_lens;
 };
 
 struct resolve_conf;
@@ -117,10 +121,11 @@ const char *upstream_resp_header(const struct upstream_xfer *x, const char *name
 size_t upstream_resp_nheaders(const struct upstream_xfer *x);
 void upstream_resp_header_at(const struct upstream_xfer *x, size_t i,
                              const char **name, const char **value);
-/* The fields in order, each in one step (_at walks from the first): *pos
- * starts at 0; returns 0 after the last. */
-int upstream_resp_header_next(const struct upstream_xfer *x, size_t *pos,
-                              const char **name, const char **value);
+/* The fields in order, each in one step (_at walks from the first): `it`
+ * starts zeroed; returns 0 after the last. *nlen: strlen(*name). */
+struct upstream_rh_iter { size_t at, i; };
+int upstream_resp_header_next(const struct upstream_xfer *x, struct upstream_rh_iter *it,
+                              const char **name, size_t *nlen, const char **value);
 const char *upstream_result_name(enum upstream_result r);
 
 #endif

@@ -90,6 +90,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "ascii.h"
 #include "clock.h"
 #include "evmem.h"
 #include "resolve.h"
@@ -897,10 +898,23 @@ static size_t field_len(const char *s)
 
 /* Methods sent with a body (and its Content-Length): what infergate
  * proxies besides GET (POST, DELETE, PUT, PATCH). */
-static int h1_has_body(const char *method)
+static int h1_has_body(const char *m)
 {
-    return strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0
-           || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
+    /* Byte by byte (each test only after the ones before it held, so
+     * nothing past the NUL is read), no strcmp() calls. */
+    switch (m[0]) {
+    case 'P':
+        if (m[1] == 'O')
+            return m[2] == 'S' && m[3] == 'T' && m[4] == '\0';
+        if (m[1] == 'U')
+            return m[2] == 'T' && m[3] == '\0';
+        return m[1] == 'A' && m[2] == 'T' && m[3] == 'C' && m[4] == 'H' && m[5] == '\0';
+    case 'D':
+        return m[1] == 'E' && m[2] == 'L' && m[3] == 'E' && m[4] == 'T' && m[5] == 'E'
+               && m[6] == '\0';
+    default:
+        return 0;
+    }
 }
 
 /* "METHOD target HTTP/1.1" + Host + the caller's headers + Content-Length,
@@ -926,7 +940,11 @@ static char *build_head(size_t front, const struct upstream_req *req, const char
     len = mlen + 1 + 1 + plen + 11;                     /* " /" " HTTP/1.1\r\n" */
     for (i = 0; i < req->nheaders; i++) {
         const struct upstream_header *hd = &req->headers[i];
-        if ((n = FIELD_LEN(hd->name)) == SIZE_MAX || (v = FIELD_LEN(hd->value)) == SIZE_MAX)
+        const size_t *known = req->fields_checked && req->header_lens
+                              ? req->header_lens + 2 * i : NULL;
+        n = known && known[0] ? known[0] : FIELD_LEN(hd->name);
+        v = known && known[1] ? known[1] : FIELD_LEN(hd->value);
+        if (n == SIZE_MAX || v == SIZE_MAX)
             return NULL;
         if (n == 4 && strcasecmp(hd->name, "Host") == 0)
             has_host = 1;
@@ -1496,7 +1514,7 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
         w[nlen] = '\0';
         memmove(w + nlen + 1, v, vlen);
         w[nlen + 1 + vlen] = '\0';
-        if (nlen == 14 && strcasecmp(w, "Content-Length") == 0) {
+        if (nlen == 14 && ascii_lower_eq(w, "content-length", 14)) {
             const char *e;
             uint64_t n;
             const char *val = w + nlen + 1;
@@ -1512,7 +1530,7 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
                 return -1;
             clen = n;
             have_len = 1;
-        } else if (nlen == 17 && strcasecmp(w, "Transfer-Encoding") == 0) {
+        } else if (nlen == 17 && ascii_lower_eq(w, "transfer-encoding", 17)) {
             const char *val = w + nlen + 1, *last = strrchr(val, ',');
             last = last ? last + 1 : val;
             while (*last == ' ' || *last == '\t')
@@ -1520,11 +1538,19 @@ static int parse_head(struct h1_xfer *hx, char *head, size_t len, int *minor)
             te = 1;
             chunked = strncasecmp(last, "chunked", 7) == 0
                       && (last[7] == '\0' || last[7] == ' ' || last[7] == '\t');
-        } else if (nlen == 10 && strcasecmp(w, "Connection") == 0) {
-            close |= token_has(w + nlen + 1, "close");
-            keep |= token_has(w + nlen + 1, "keep-alive");
+        } else if (nlen == 10 && ascii_lower_eq(w, "connection", 10)) {
+            const char *val = w + nlen + 1;
+            if (vlen == 10 && ascii_lower_eq(val, "keep-alive", 10)) {
+                keep = 1;                       /* the usual one token */
+            } else if (vlen == 5 && ascii_lower_eq(val, "close", 5)) {
+                close = 1;
+            } else {
+                close |= token_has(val, "close");
+                keep |= token_has(val, "keep-alive");
+            }
         }
         w += nlen + 1 + vlen + 1;
+        upstream_rh_note(&hx->x, nlen, vlen);
         hx->x.nresp++;
         r = eol + 1;
     }

@@ -5,13 +5,17 @@
  * A transfer is a `struct upstream_xfer` as the first member of a
  * backend's own struct; `kind` says which backend owns it. The final
  * response head is kept the same way by both: `rh` holds
- * "name\0value\0" pairs, `nresp` of them.
+ * "name\0value\0" pairs, `nresp` of them, and `rh_lens` the lengths of
+ * the first UPSTREAM_RH_LENS pairs' names and values (upstream_rh_note()),
+ * so that walking them measures nothing.
  */
 #ifndef INFERGATE_UPSTREAM_INT_H
 #define INFERGATE_UPSTREAM_INT_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "upstream.h"
 
@@ -20,6 +24,8 @@ struct resolver;
 struct upstream_curl;
 
 enum upstream_kind { UPSTREAM_KIND_CURL = 0, UPSTREAM_KIND_H1 };
+
+#define UPSTREAM_RH_LENS 16     /* response fields whose lengths are kept */
 
 struct upstream {
     struct event_base    *base;
@@ -43,7 +49,27 @@ struct upstream_xfer {
     char                      *rh;         /* response head, see above (owned) */
     size_t                     rh_len, rh_cap;
     size_t                     nresp;
+    uint16_t                   rh_lens[2 * UPSTREAM_RH_LENS]; /* name, value; see above */
 };
+
+/* Pair nresp (about to be counted) has a name of nlen bytes and a value of
+ * vlen: kept for the walkers (a length that does not fit is measured). */
+static inline void upstream_rh_note(struct upstream_xfer *x, size_t nlen, size_t vlen)
+{
+    if (x->nresp < UPSTREAM_RH_LENS) {
+        x->rh_lens[2 * x->nresp] = nlen < UINT16_MAX ? (uint16_t)nlen : UINT16_MAX;
+        x->rh_lens[2 * x->nresp + 1] = vlen < UINT16_MAX ? (uint16_t)vlen : UINT16_MAX;
+    }
+}
+
+/* The length of string j of the pairs (2i: pair i's name, 2i + 1: its
+ * value), which starts at s. */
+static inline size_t upstream_rh_strlen(const struct upstream_xfer *x, size_t j, const char *s)
+{
+    if (j < 2 * UPSTREAM_RH_LENS && x->rh_lens[j] != UINT16_MAX)
+        return x->rh_lens[j];
+    return strlen(s);
+}
 
 /* Fills the common part of a new transfer (the rest zeroed by calloc). */
 static inline void upstream_xfer_init(struct upstream_xfer *x, struct upstream *u,

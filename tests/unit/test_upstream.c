@@ -225,15 +225,16 @@ static enum upstream_verdict on_headers(void *arg, struct upstream_xfer *x, int 
         upstream_resp_header_at(x, 1, &n, &v);
     snprintf(g->second, sizeof(g->second), "%s=%s", n ? n : "", v ? v : "");
     {
-        size_t pos = 0, i = 0;
+        struct upstream_rh_iter it = { 0, 0 };
+        size_t i = 0, inlen;
         const char *in, *iv;
         g->iter_ok = 1;
-        while (upstream_resp_header_next(x, &pos, &in, &iv)) {
+        while (upstream_resp_header_next(x, &it, &in, &inlen, &iv)) {
             if (i >= g->nh)
                 g->iter_ok = 0;
             else {
                 upstream_resp_header_at(x, i, &n, &v);
-                if (n != in || v != iv)
+                if (n != in || v != iv || inlen != strlen(in))
                     g->iter_ok = 0;
             }
             i++;
@@ -401,6 +402,32 @@ static void test_headers_accessors(void **state)
     assert_string_equal(f->g.xa, "spaced value");  /* trimmed, found by any case */
     assert_string_equal(f->g.second, "x-b=2");
     assert_int_equal(f->g.len, 0);
+    fix_free(f);
+}
+
+/* More fields than those whose lengths are kept (UPSTREAM_RH_LENS): the
+ * later ones are measured, lookups and both walks still agree. */
+static void test_many_fields(void **state)
+{
+    char resp[2048];
+    size_t n;
+    struct fix *f;
+    int i;
+
+    (void)state;
+    n = (size_t)snprintf(resp, sizeof(resp), "HTTP/1.1 200 OK\r\n");
+    for (i = 0; i < 20; i++)
+        n += (size_t)snprintf(resp + n, sizeof(resp) - n, "X-F%d: value %d\r\n", i, i);
+    snprintf(resp + n, sizeof(resp) - n, "x-A: late\r\nContent-Length: 2\r\n\r\nok");
+    f = fix_new(resp);
+    got_start(&f->g, f->url);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_int_equal(f->g.nh, 22);
+    assert_true(f->g.iter_ok);
+    assert_string_equal(f->g.xa, "late");
+    assert_string_equal(f->g.second, "X-F1=value 1");
+    assert_string_equal(f->g.body, "ok");
     fix_free(f);
 }
 
@@ -620,6 +647,39 @@ static void test_until_close(void **state)
     fix_free(f);
 }
 
+/* The Connection field decides reuse: its usual one token in any case
+ * (taken without a token search), a list (searched), and a value that
+ * only looks like the token ("Keep\rAlive": a bare CR is not a '-'). */
+static void test_connection_field(void **state)
+{
+    static const struct { const char *resp; int accepted; } cases[] = {
+        { "HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok", 1 },
+        { "HTTP/1.1 200 OK\r\nCONNECTION: Close\r\nContent-Length: 2\r\n\r\nok", 2 },
+        { "HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok", 2 },
+        { "HTTP/1.0 200 OK\r\nconnection: KEEP-ALIVE\r\nContent-Length: 2\r\n\r\nok", 1 },
+        { "HTTP/1.0 200 OK\r\nConnection: Keep\rAlive\r\nContent-Length: 2\r\n\r\nok", 2 },
+        { "HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 2\r\n\r\nok", 2 },
+        { "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 2 },
+    };
+    size_t i;
+    int k;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct fix *f = fix_new(cases[i].resp);
+        for (k = 0; k < 2; k++) {
+            f->g.len = 0;
+            got_start(&f->g, f->url);
+            run(&f->g);
+            assert_int_equal(f->g.res, UPSTREAM_OK);
+            assert_string_equal(f->g.body, "ok");
+        }
+        if (f->srv.accepted != cases[i].accepted)
+            fail_msg("case %zu: %d connections", i, f->srv.accepted);
+        fix_free(f);
+    }
+}
+
 static void test_interim_and_no_content(void **state)
 {
     struct fix *f = fix_new("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
@@ -772,6 +832,71 @@ static void test_fields_with_crlf_refused(void **state)
     run(&f->g);
     assert_int_equal(f->g.res, UPSTREAM_OK);
     assert_non_null(strstr(f->srv.last, "\r\nX-A: 1\r\n"));
+    fix_free(f);
+}
+
+/* The methods sent with a body get its Content-Length, GET none. */
+static void test_methods_with_body(void **state)
+{
+    static const char *const methods[] = { "POST", "PUT", "PATCH", "DELETE", "GET" };
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    struct upstream_req r;
+    char line[32];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        memset(&r, 0, sizeof(r));
+        r.url = f->url;
+        r.method = methods[i];
+        r.body = "{\"a\":1}";
+        r.body_len = 7;
+        r.connect_timeout_ms = 1000;
+        r.total_timeout_ms = 3000;
+        f->g.len = 0;
+        f->g.x = upstream_start(f->up, &r, &cbs, &f->g);
+        assert_non_null(f->g.x);
+        run(&f->g);
+        assert_int_equal(f->g.res, UPSTREAM_OK);
+        snprintf(line, sizeof(line), "%s /v1/chat/", methods[i]);
+        assert_true(strncmp(f->srv.last, line, strlen(line)) == 0);
+        if (i < 4)
+            assert_non_null(strstr(f->srv.last, "\r\nContent-Length: 7\r\n\r\n{\"a\":1}"));
+        else
+            assert_null(strstr(f->srv.last, "Content-Length"));
+    }
+    assert_int_equal(f->srv.accepted, 1);          /* all on the own client */
+    fix_free(f);
+}
+
+/* header_lens: the lengths a caller knows are taken as they are (so a
+ * shorter one cuts the field: it is used, not checked), 0 is measured. */
+static void test_known_field_lengths(void **state)
+{
+    struct fix *f = fix_new("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    static const struct upstream_header hdrs[] = {
+        { "Authorization", "Bearer sk-test" }, { "X-B", "two" }, { "X-Cut", "abcdef" },
+    };
+    static const size_t lens[] = { 13, 14, 0, 0, 5, 3 };
+    struct upstream_req r;
+
+    (void)state;
+    memset(&r, 0, sizeof(r));
+    r.url = f->url;
+    r.method = "GET";
+    r.connect_timeout_ms = 1000;
+    r.total_timeout_ms = 3000;
+    r.headers = hdrs;
+    r.nheaders = 3;
+    r.header_lens = lens;
+    r.fields_checked = 1;
+    f->g.x = upstream_start(f->up, &r, &cbs, &f->g);
+    assert_non_null(f->g.x);
+    run(&f->g);
+    assert_int_equal(f->g.res, UPSTREAM_OK);
+    assert_non_null(strstr(f->srv.last, "\r\nAuthorization: Bearer sk-test\r\n"));
+    assert_non_null(strstr(f->srv.last, "\r\nX-B: two\r\n"));
+    assert_non_null(strstr(f->srv.last, "\r\nX-Cut: abc\r\n"));
     fix_free(f);
 }
 
@@ -1000,17 +1125,21 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_content_length_and_reuse),
         cmocka_unit_test(test_headers_accessors),
+        cmocka_unit_test(test_many_fields),
         cmocka_unit_test(test_chunked_extensions_trailers),
         cmocka_unit_test(test_chunks_joined_per_read),
         cmocka_unit_test(test_cut_chunk_rest_joined),
         cmocka_unit_test(test_chunks_cut_across_reads),
         cmocka_unit_test(test_chunks_read_apart),
         cmocka_unit_test(test_until_close),
+        cmocka_unit_test(test_connection_field),
         cmocka_unit_test(test_interim_and_no_content),
         cmocka_unit_test(test_garbage_and_truncation),
         cmocka_unit_test(test_dead_pooled_connection_resent),
         cmocka_unit_test(test_big_body_on_kept_connection),
         cmocka_unit_test(test_fields_with_crlf_refused),
+        cmocka_unit_test(test_known_field_lengths),
+        cmocka_unit_test(test_methods_with_body),
         cmocka_unit_test(test_refused_and_timeout),
         cmocka_unit_test(test_target_without_path),
         cmocka_unit_test(test_kept_url_parse),
