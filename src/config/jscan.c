@@ -1,8 +1,11 @@
 /*
  * jscan.c -- one-pass JSON validation with top-level member spans (see
  * jscan.h). Recursive descent over the buffer; nothing is allocated.
- * In prefix mode (jscan_find()) the buffer may stop anywhere: every
- * failure that more bytes could cure goes through cut() and says so.
+ * The position goes from call to call as a pointer (NULL once the text
+ * failed), so it stays in a register; the usual tokens (a string, a short
+ * integer, no blank or one) are read inline. In prefix mode (jscan_find())
+ * the buffer may stop anywhere: every failure that more bytes could cure
+ * goes through cut() and says so.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -17,8 +20,10 @@
 #include <emmintrin.h>
 #endif
 
+typedef const unsigned char *pos;     /* a place in the text; NULL: it failed */
+
 struct js {
-    const unsigned char *buf, *p, *end;
+    pos                  buf, end;
     int                  depth;
     struct jscan_error  *err;
     int                  prefix;    /* jscan_find(): the text may go on */
@@ -26,9 +31,9 @@ struct js {
     int                  stop;      /* prefix: the member was found */
 };
 
-static int fail(struct js *s, const unsigned char *at, const char *msg)
+static __attribute__((cold, noinline)) pos fail(struct js *s, pos at, const char *msg)
 {
-    const unsigned char *q, *bol = s->buf;
+    pos q, bol = s->buf;
     int line = 1;
 
     if (at > s->end)
@@ -41,26 +46,27 @@ static int fail(struct js *s, const unsigned char *at, const char *msg)
     snprintf(s->err->text, sizeof(s->err->text), "%s", msg);
     s->err->line = line;
     s->err->column = (int)(at - bol) + 1;
-    return -1;
+    return NULL;
 }
 
 /* A failure that more bytes could cure (the buffer ends in a token). */
-static int cut(struct js *s, const unsigned char *at, const char *msg)
+static __attribute__((cold, noinline)) pos cut(struct js *s, pos at, const char *msg)
 {
     if (s->prefix)
         s->more = 1;
     return fail(s, at, msg);
 }
 
-/* Skips blanks. Every byte that may follow them in JSON is above ' ', so
- * one compare settles the usual case (none). */
-static inline void ws(struct js *s)
-{
-    const unsigned char *p = s->p, *end = s->end;
+/* Past the blanks at p. Every byte that may follow them in JSON is above
+ * ' ', so one compare settles the usual case (none); a blank is told from
+ * the other bytes up to ' ' by one bit test. */
+#define WS_BITS ((1ULL << ' ') | (1ULL << '\n') | (1ULL << '\r') | (1ULL << '\t'))
 
-    while (p < end && *p <= ' ' && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+static inline pos ws(pos p, pos end)
+{
+    while (p < end && *p <= ' ' && ((WS_BITS >> *p) & 1))
         p++;
-    s->p = p;
+    return p;
 }
 
 /* A byte that a string holds as it is: printable ASCII but '"' and '\\'. */
@@ -71,41 +77,24 @@ static int plain_byte(unsigned c)
 
 /* The 8 bytes at p, the first in the low byte of the word (one load on
  * the usual little-endian machine). */
-static uint64_t load_le64(const unsigned char *p)
+static uint64_t load_le64(pos p)
 {
     return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16
            | (uint64_t)p[3] << 24 | (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40
            | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
 }
 
-/* The first byte in [p, end) that is not a plain_byte(), or end. Eight
+/* skip_plain() without SSE2, or in a text of fewer than 16 bytes. Eight
  * bytes are looked at at once: per byte x of the word, the high bit of
  * x - 0x20 is set when x < 0x20, that of (x ^ '"') - 1 when x == '"', that
  * of (x ^ '\\') - 1 when x == '\\', and x's own when x >= 0x80. A byte
  * borrows from the next one up only when it is one of these, so the
  * lowest byte flagged is exactly the first byte that is not plain. */
-static const unsigned char *skip_plain(const unsigned char *p, const unsigned char *end)
+static pos skip_plain_short(pos p, pos end)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     uint64_t x, m;
 
-#if defined(__SSE2__)
-    /* 16 at a time where SSE2 is (every x86-64): compared as signed
-     * bytes, those >= 0x80 are below 0x20 too. */
-    {
-        const __m128i lo = _mm_set1_epi8(0x20), q = _mm_set1_epi8('"');
-        const __m128i bs = _mm_set1_epi8('\\');
-        while (end - p >= 16) {
-            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-            int k = _mm_movemask_epi8(_mm_or_si128(_mm_cmplt_epi8(v, lo),
-                                                   _mm_or_si128(_mm_cmpeq_epi8(v, q),
-                                                                _mm_cmpeq_epi8(v, bs))));
-            if (k != 0)
-                return p + __builtin_ctz((unsigned)k);
-            p += 16;
-        }
-    }
-#endif
     while (end - p >= 8) {
         x = load_le64(p);
         m = ((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) | x)
@@ -119,16 +108,56 @@ static const unsigned char *skip_plain(const unsigned char *p, const unsigned ch
     return p;
 }
 
+#if defined(__SSE2__)
+/* One bit per byte of the 16 at p that is not a plain_byte(): the high
+ * bit of x - 0x20 in signed saturating bytes is set exactly when x < 0x20
+ * or x >= 0x80, that of the compares when x is '"' or '\\'. */
+static inline unsigned special16(pos p)
+{
+    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+
+    return (unsigned)_mm_movemask_epi8(
+        _mm_or_si128(_mm_subs_epi8(v, _mm_set1_epi8(0x20)),
+                     _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                  _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')))));
+}
+#endif
+
+/* The first byte in [p, end) that is not a plain_byte(), or end; buf is
+ * where the text starts. 16 bytes at a time where SSE2 is (every x86-64);
+ * the last fewer than 16 of the text in one more look, at the 16 that end
+ * it (those before p left out), never past its end. */
+static inline pos skip_plain(pos p, pos end, pos buf)
+{
+#if defined(__SSE2__)
+    unsigned k;
+
+    if (end - p >= 16) {
+        pos lim = end - 15;
+        do {
+            if ((k = special16(p)) != 0)
+                return p + __builtin_ctz(k);
+            p += 16;
+        } while (p < lim);
+    }
+    if (end - buf >= 16) {
+        k = special16(end - 16) >> (16 - (end - p));
+        return k != 0 ? p + __builtin_ctz(k) : end;
+    }
+#endif
+    (void)buf;
+    return skip_plain_short(p, end);
+}
+
 /* scan_string() past its first run of plain bytes, at p: escapes, UTF-8,
  * the errors. */
-static __attribute__((noinline)) int scan_string_rest(struct js *s, const unsigned char *p,
-                                                     int *escaped)
+static __attribute__((noinline)) pos scan_string_rest(struct js *s, pos p, int *escaped)
 {
-    const unsigned char *end = s->end;
+    pos end = s->end;
 
     for (;;) {
         unsigned c;
-        p = skip_plain(p, end);
+        p = skip_plain(p, end, s->buf);
         if (p >= end)
             return cut(s, p, "premature end of input in a string");
         c = *p;
@@ -174,58 +203,77 @@ static __attribute__((noinline)) int scan_string_rest(struct js *s, const unsign
             p += n;
         }
     }
-    s->p = p + 1;
-    return 0;
+    return p + 1;
 }
 
-/* s->p at the opening quote; leaves it after the closing one. The loop's
- * body sees only the bytes that end a run of plain ones (skip_plain); a
- * string of plain bytes only (most) ends here, without a call. */
-static inline int scan_string(struct js *s, int *escaped)
+/* The string whose opening quote is at p: past its closing one. A string
+ * of plain bytes only (most) ends here, without a call: skip_plain()
+ * inline, where the byte it stops at is known to be in the text. */
+static inline pos scan_string(struct js *s, pos p, pos end, int *escaped)
 {
-    const unsigned char *p = skip_plain(s->p + 1, s->end);
+    pos q = p + 1;
 
     *escaped = 0;
-    if (p < s->end && *p == '"') {
-        s->p = p + 1;
-        return 0;
+#if defined(__SSE2__)
+    {
+        unsigned k;
+        if (end - q >= 16) {
+            pos lim = end - 15;
+            do {
+                if ((k = special16(q)) != 0) {
+                    q += __builtin_ctz(k);
+                    goto stop;
+                }
+                q += 16;
+            } while (q < lim);
+        }
+        if (end - s->buf < 16)
+            return scan_string_rest(s, q, escaped);
+        k = special16(end - 16) >> (16 - (end - q));
+        if (k == 0)
+            return scan_string_rest(s, end, escaped);
+        q += __builtin_ctz(k);
     }
-    return scan_string_rest(s, p, escaped);
+stop:
+    if (*q == '"')
+        return q + 1;
+#endif
+    return scan_string_rest(s, q, escaped);
 }
 
-static int scan_number(struct js *s)
+static pos scan_number(struct js *s, pos p)
 {
-    const unsigned char *p = s->p, *start = p, *digits;
+    pos start = p, end = s->end, digits;
     int real = 0;                       /* 1: a fraction, 2: an exponent */
     size_t nd;
 
     if (*p == '-')
         p++;
     digits = p;
-    if (p < s->end && *p == '0') {
+    if (p < end && *p == '0') {
         p++;
-    } else if (p < s->end && *p >= '1' && *p <= '9') {
-        while (p < s->end && *p >= '0' && *p <= '9')
+    } else if (p < end && *p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9')
             p++;
     } else {
-        return (p >= s->end ? cut : fail)(s, start, "invalid number");
+        return (p >= end ? cut : fail)(s, start, "invalid number");
     }
     nd = (size_t)(p - digits);
-    if (p < s->end && *p == '.') {
+    if (p < end && *p == '.') {
         real = 1;
-        if (++p >= s->end || *p < '0' || *p > '9')
-            return (p >= s->end ? cut : fail)(s, start, "invalid number");
-        while (p < s->end && *p >= '0' && *p <= '9')
+        if (++p >= end || *p < '0' || *p > '9')
+            return (p >= end ? cut : fail)(s, start, "invalid number");
+        while (p < end && *p >= '0' && *p <= '9')
             p++;
     }
-    if (p < s->end && (*p == 'e' || *p == 'E')) {
+    if (p < end && (*p == 'e' || *p == 'E')) {
         real = 2;
         p++;
-        if (p < s->end && (*p == '+' || *p == '-'))
+        if (p < end && (*p == '+' || *p == '-'))
             p++;
-        if (p >= s->end || *p < '0' || *p > '9')
-            return (p >= s->end ? cut : fail)(s, start, "invalid number");
-        while (p < s->end && *p >= '0' && *p <= '9')
+        if (p >= end || *p < '0' || *p > '9')
+            return (p >= end ? cut : fail)(s, start, "invalid number");
+        while (p < end && *p >= '0' && *p <= '9')
             p++;
     }
     if (!real) {
@@ -251,209 +299,277 @@ static int scan_number(struct js *s)
         if (errno == ERANGE && (d > 1.0 || d < -1.0))
             return fail(s, start, "real number overflow");
     }
-    s->p = p;
-    return 0;
+    return p;
 }
 
-static int scan_value(struct js *s, struct jscan_val *v, jscan_member_fn fn, void *arg);
-
-static int literal(struct js *s, const char *word, size_t n)
+/* true, false or null (word, n bytes) at p. */
+static inline pos literal(struct js *s, pos p, const char *word, size_t n)
 {
-    size_t have = (size_t)(s->end - s->p);
+    size_t have = (size_t)(s->end - p);
 
-    if (have < n && memcmp(s->p, word, have) == 0)
-        return cut(s, s->p, "invalid token");
-    if (have < n || memcmp(s->p, word, n) != 0)
-        return fail(s, s->p, "invalid token");
-    s->p += n;
-    return 0;
+    if (have >= n && memcmp(p, word, n) == 0)
+        return p + n;
+    if (have < n && memcmp(p, word, have) == 0)
+        return cut(s, p, "invalid token");
+    return fail(s, p, "invalid token");
 }
 
 /* Decodes a key with escapes into out[0..cap); -1 when it does not fit. */
-static int decode_into(const unsigned char *q, const unsigned char *end, char *out,
-                       size_t cap, size_t *outlen);
+static int decode_into(pos q, pos end, char *out, size_t cap, size_t *outlen);
 
-/* An object member's value: the usual ones, a string or an integer of up
- * to 18 digits (within int64) that a byte other than a digit, '.', 'e' or
- * 'E' ends, without scan_value()'s call; anything else through it. */
-static inline int member_value(struct js *s, struct jscan_val *v)
+static pos scan_object(struct js *s, pos p, jscan_member_fn fn, void *arg);
+static pos scan_array(struct js *s, pos p, int *all_objects);
+static pos scan_value(struct js *s, pos p, struct jscan_val *v, jscan_member_fn fn, void *arg);
+
+/* p past one ' ', if there is one there: the usual blank of ", " and ": ".
+ * What else may follow is ws()'s. */
+static inline pos sp1(pos p, pos end)
 {
-    const unsigned char *p = s->p, *q, *lim;
+    return p < end && *p == ' ' ? p + 1 : p;
+}
+
+/* The object or array at p (c, its first byte), with scan_value()'s depth
+ * limit and *v. */
+static inline __attribute__((always_inline)) pos container(struct js *s, pos p, unsigned c,
+                                                         struct jscan_val *v,
+                                                         jscan_member_fn fn, void *arg)
+{
+    pos q;
+
+    v->all_objects = 0;
+    v->type = c == '{' ? JSCAN_OBJECT : JSCAN_ARRAY;
+    if (++s->depth > JSCAN_MAX_DEPTH)
+        q = fail(s, p, "maximum parsing depth reached");
+    else if ((q = c == '{' ? scan_object(s, p, fn, arg) : scan_array(s, p, &v->all_objects)) != NULL)
+        s->depth--;
+    v->start = q ? (const char *)p : NULL;
+    v->len = q ? (size_t)(q - p) : 0;
+    return q;
+}
+
+/* The bytes that may go on a number after its digits: a digit, '.', 'e'
+ * or 'E' (what may end it is the rest). */
+static const unsigned char number_goes_on[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1,
+    ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['.'] = 1, ['e'] = 1, ['E'] = 1,
+};
+
+/* A value in an object or an array, blanks before it skipped: as
+ * scan_value() without members. The usual ones are read here without its
+ * call: a string, an object or an array (straight to theirs), a number
+ * without an exponent whose integer part has at most 18 digits (within
+ * int64, far from a real's overflow) that a byte other than a digit, '.',
+ * 'e' or 'E' ends; anything else (and every error) through it. */
+static inline __attribute__((always_inline)) pos member_value(struct js *s, pos p, pos end,
+                                                            struct jscan_val *v)
+{
+    pos q, lim;
+    unsigned c;
     int esc;
 
-    if (p < s->end && *p == '"') {
+    p = sp1(p, end);
+    if (p >= end)
+        return scan_value(s, p, v, NULL, NULL);
+    c = *p;
+    if (c <= ' ') {
+        p = ws(p, end);
+        if (p >= end)
+            return scan_value(s, p, v, NULL, NULL);
+        c = *p;
+    }
+    if (c == '"') {
         v->type = JSCAN_STRING;
         v->start = (const char *)p;
         v->all_objects = 0;
-        if (scan_string(s, &esc) < 0)
-            return -1;
-        v->len = (size_t)(s->p - p);
-        return 0;
+        if ((q = scan_string(s, p, end, &esc)) != NULL)
+            v->len = (size_t)(q - p);
+        return q;
     }
-    if (p < s->end && *p >= '1' && *p <= '9') {
-        lim = s->end - p > 18 ? p + 18 : s->end;
-        for (q = p + 1; q < lim && *q >= '0' && *q <= '9'; q++)
+    if (c - '1' < 9) {                          /* the usual: a count */
+        lim = end - p > 18 ? p + 18 : end;
+        for (q = p + 1; q < lim && (unsigned)*q - '0' < 10; q++)
             ;
-        if (q < s->end && !(*q >= '0' && *q <= '9') && *q != '.' && *q != 'e' && *q != 'E') {
+        if (q < end && !number_goes_on[*q])
+            goto number;
+        if (q >= end || *q != '.')
+            goto other;
+        goto fraction;
+    }
+    if (c == '-' || c == '0') {
+        q = p + (c == '-');
+        if (q < end && *q == '0') {
+            q++;
+        } else if (q < end && (unsigned)*q - '1' < 9) {
+            lim = end - q > 18 ? q + 18 : end;
+            for (q++; q < lim && (unsigned)*q - '0' < 10; q++)
+                ;
+        } else {
+            goto other;
+        }
+        if (q < end && *q == '.') {
+        fraction:
+            if (++q >= end || (unsigned)*q - '0' >= 10)
+                goto other;
+            while (++q < end && (unsigned)*q - '0' < 10)
+                ;
+        }
+        if (q < end && !number_goes_on[*q]) {
+        number:
             v->type = JSCAN_NUMBER;
             v->start = (const char *)p;
             v->len = (size_t)(q - p);
             v->all_objects = 0;
-            s->p = q;
-            return 0;
+            return q;
         }
     }
-    return scan_value(s, v, NULL, NULL);
+    if (c == '{' || c == '[')
+        return container(s, p, c, v, NULL, NULL);
+other:
+    return scan_value(s, p, v, NULL, NULL);
 }
 
-static int scan_object(struct js *s, jscan_member_fn fn, void *arg)
+/* The object whose '{' is at p: past its '}'; fn (if any) gets each
+ * member. Compact text and json.dumps()'s ", " and ": " take no call of
+ * ws(): it skips what else may be there when the expected byte is not. */
+static pos scan_object(struct js *s, pos p, jscan_member_fn fn, void *arg)
 {
+    pos end = s->end, k;
     struct jscan_val child;
+    size_t klen;
+    int escaped;
 
-    s->p++;
-    ws(s);
-    if (s->p < s->end && *s->p == '}') {
-        s->p++;
-        return 0;
-    }
+    p = ws(p + 1, end);
+    if (p < end && *p == '}')
+        return p + 1;
     for (;;) {
-        const unsigned char *k;
-        size_t kspan;
-        int escaped;
-        if (s->p >= s->end || *s->p != '"')
-            return (s->p >= s->end ? cut : fail)(s, s->p, "string or '}' expected");
-        k = s->p;
-        if (scan_string(s, &escaped) < 0)
-            return -1;
-        kspan = (size_t)(s->p - k);             /* quotes included */
-        ws(s);
-        if (s->p >= s->end || *s->p != ':')
-            return (s->p >= s->end ? cut : fail)(s, s->p, "':' expected");
-        s->p++;
-        ws(s);
-        if (member_value(s, &child) < 0)
-            return -1;
-        if (s->prefix && child.type == JSCAN_NUMBER && s->p >= s->end)
-            return cut(s, s->p, "',' or '}' expected");      /* more digits may follow */
+        if (p >= end || *p != '"') {
+            p = ws(p, end);
+            if (p >= end || *p != '"')
+                return (p >= end ? cut : fail)(s, p, "string or '}' expected");
+        }
+        k = p;
+        if ((p = scan_string(s, p, end, &escaped)) == NULL)
+            return NULL;
+        klen = (size_t)(p - k) - 2;             /* without the quotes */
+        if (p >= end || *p != ':') {
+            p = ws(p, end);
+            if (p >= end || *p != ':')
+                return (p >= end ? cut : fail)(s, p, "':' expected");
+        }
+        if ((p = member_value(s, p + 1, end, &child)) == NULL)
+            return NULL;
+        if (p >= end && s->prefix && child.type == JSCAN_NUMBER)
+            return cut(s, p, "',' or '}' expected");      /* more digits may follow */
         if (fn) {
             if (!escaped) {
-                fn(arg, (const char *)k + 1, kspan - 2, &child);
+                fn(arg, (const char *)k + 1, klen, &child);
             } else {
                 char key[64];
-                size_t klen;
-                if (decode_into(k + 1, s->end, key, sizeof(key), &klen) == 0)
+                if (decode_into(k + 1, end, key, sizeof(key), &klen) == 0)
                     fn(arg, key, klen, &child);
             }
             if (s->stop)
-                return 0;
+                return p;
         }
-        ws(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            ws(s);
-            continue;
+        if (p >= end || *p != ',') {
+            p = ws(p, end);
+            if (p < end && *p == '}')
+                return p + 1;
+            if (p >= end || *p != ',')
+                return (p >= end ? cut : fail)(s, p, "',' or '}' expected");
         }
-        if (s->p < s->end && *s->p == '}') {
-            s->p++;
-            return 0;
-        }
-        return (s->p >= s->end ? cut : fail)(s, s->p, "',' or '}' expected");
+        p = sp1(p + 1, end);
     }
 }
 
-static int scan_array(struct js *s, int *all_objects)
+/* The array whose '[' is at p: past its ']'. */
+static pos scan_array(struct js *s, pos p, int *all_objects)
 {
+    pos end = s->end;
     struct jscan_val child;
 
     *all_objects = 1;
-    s->p++;
-    ws(s);
-    if (s->p < s->end && *s->p == ']') {
-        s->p++;
-        return 0;
-    }
+    p = ws(p + 1, end);
+    if (p < end && *p == ']')
+        return p + 1;
     for (;;) {
-        if (scan_value(s, &child, NULL, NULL) < 0)
-            return -1;
+        if ((p = member_value(s, p, end, &child)) == NULL)
+            return NULL;
         if (child.type != JSCAN_OBJECT)
             *all_objects = 0;
-        ws(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            ws(s);
-            continue;
+        if (p >= end || *p != ',') {
+            p = ws(p, end);
+            if (p < end && *p == ']')
+                return p + 1;
+            if (p >= end || *p != ',')
+                return (p >= end ? cut : fail)(s, p, "',' or ']' expected");
         }
-        if (s->p < s->end && *s->p == ']') {
-            s->p++;
-            return 0;
-        }
-        return (s->p >= s->end ? cut : fail)(s, s->p, "',' or ']' expected");
+        p++;
     }
 }
 
-static int scan_value(struct js *s, struct jscan_val *v, jscan_member_fn fn, void *arg)
+/* The value at p into *v: past it. */
+static pos scan_value(struct js *s, pos p, struct jscan_val *v, jscan_member_fn fn, void *arg)
 {
-    const unsigned char *start = s->p;
-    int r, escaped;
+    pos start = p, end = s->end;
+    int escaped;
 
-    v->all_objects = 0;
-    if (s->p >= s->end) {
+    if (p >= end) {
         v->type = JSCAN_INVALID;
-        r = cut(s, s->p, "premature end of input");
-        goto failed;
+        p = cut(s, p, "premature end of input");
+        goto done;
     }
-    switch (*s->p) {
+    switch (*p) {
     case '{':
     case '[':
-        if (++s->depth > JSCAN_MAX_DEPTH) {
-            v->type = *s->p == '{' ? JSCAN_OBJECT : JSCAN_ARRAY;
-            r = fail(s, s->p, "maximum parsing depth reached");
-            goto failed;
-        }
-        if (*s->p == '{') {
-            v->type = JSCAN_OBJECT;
-            r = scan_object(s, fn, arg);
-        } else {
-            v->type = JSCAN_ARRAY;
-            r = scan_array(s, &v->all_objects);
-        }
-        s->depth--;
-        break;
+        return container(s, p, *p, v, fn, arg);
     case '"':
         v->type = JSCAN_STRING;
-        r = scan_string(s, &escaped);
+        p = scan_string(s, p, end, &escaped);
         break;
     case 't':
         v->type = JSCAN_TRUE;
-        r = literal(s, "true", 4);
+        p = literal(s, p, "true", 4);
         break;
     case 'f':
         v->type = JSCAN_FALSE;
-        r = literal(s, "false", 5);
+        p = literal(s, p, "false", 5);
         break;
     case 'n':
         v->type = JSCAN_NULL;
-        r = literal(s, "null", 4);
+        p = literal(s, p, "null", 4);
         break;
     default:
-        if (*s->p == '-' || (*s->p >= '0' && *s->p <= '9')) {
+        if (*p == '-' || (*p >= '0' && *p <= '9')) {
             v->type = JSCAN_NUMBER;
-            r = scan_number(s);
+            p = scan_number(s, p);
         } else {
             v->type = JSCAN_INVALID;
-            r = fail(s, s->p, "invalid token");
+            p = fail(s, p, "invalid token");
         }
         break;
     }
-    if (r < 0)
-        goto failed;
+done:
+    v->all_objects = 0;
+    if (p == NULL) {
+        v->start = NULL;            /* as a cleared value: no span */
+        v->len = 0;
+        return NULL;
+    }
     v->start = (const char *)start;
-    v->len = (size_t)(s->p - start);
-    return 0;
-failed:
-    v->start = NULL;            /* as a cleared value: no span */
-    v->len = 0;
-    return -1;
+    v->len = (size_t)(p - start);
+    return p;
+}
+
+static void js_init(struct js *s, const char *buf, size_t len, struct jscan_error *err,
+                    int prefix)
+{
+    memset(s, 0, sizeof(*s));
+    s->buf = (pos)buf;
+    s->end = s->buf + len;
+    s->err = err;
+    s->prefix = prefix;
 }
 
 enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member,
@@ -461,21 +577,19 @@ enum jscan_type jscan_top(const char *buf, size_t len, jscan_member_fn on_member
 {
     struct js s;
     struct jscan_val v;
+    pos p;
 
-    memset(&s, 0, sizeof(s));
-    s.buf = s.p = (const unsigned char *)buf;
-    s.end = s.buf + len;
-    s.err = err;
-    ws(&s);
-    if (s.p >= s.end) {
-        fail(&s, s.p, "'[' or '{' expected near end of file");
+    js_init(&s, buf, len, err, 0);
+    p = ws(s.buf, s.end);
+    if (p >= s.end) {
+        fail(&s, p, "'[' or '{' expected near end of file");
         return JSCAN_INVALID;
     }
-    if (scan_value(&s, &v, on_member, arg) < 0)
+    if ((p = scan_value(&s, p, &v, on_member, arg)) == NULL)
         return JSCAN_INVALID;
-    ws(&s);
-    if (s.p != s.end) {
-        fail(&s, s.p, "end of file expected");
+    p = ws(p, s.end);
+    if (p != s.end) {
+        fail(&s, p, "end of file expected");
         return JSCAN_INVALID;
     }
     return v.type;
@@ -498,28 +612,54 @@ static void find_member(void *arg, const char *key, size_t klen, const struct js
     }
 }
 
+/* jscan_find() when the member is the object's first (an answer's "id"):
+ * FOUND with *out when it is whole, else 0 and jscan_find() goes the
+ * whole way, from the start (what this looked at comes to the same). */
+static int find_first(struct js *s, pos p, const char *key, size_t klen,
+                      struct jscan_val *out)
+{
+    pos end = s->end, q;
+    size_t i;
+    int escaped;
+
+    p = ws(p + 1, end);
+    if (p >= end || *p != '"' || (q = scan_string(s, p, end, &escaped)) == NULL || escaped
+        || (size_t)(q - p) - 2 != klen)
+        return 0;
+    for (i = 0; i < klen; i++)          /* a short key: no call */
+        if (p[1 + i] != (unsigned char)key[i])
+            return 0;
+    q = ws(q, end);
+    if (q >= end || *q != ':' || (q = member_value(s, q + 1, end, out)) == NULL
+        || (q >= end && out->type == JSCAN_NUMBER))
+        return 0;
+    return 1;
+}
+
 enum jscan_find jscan_find(const char *buf, size_t len, const char *key, struct jscan_val *out)
 {
     struct js s;
     struct jscan_val v;
     struct jscan_error err;
     struct find f;
+    pos p;
 
-    memset(&s, 0, sizeof(s));
-    s.buf = s.p = (const unsigned char *)buf;
-    s.end = s.buf + len;
-    s.err = &err;
-    s.prefix = 1;
+    js_init(&s, buf, len, &err, 1);
     f.s = &s;
     f.key = key;
     f.klen = strlen(key);
     f.out = out;
-    ws(&s);
-    if (s.p >= s.end)
+    p = ws(s.buf, s.end);
+    if (p >= s.end)
         return JSCAN_FIND_MORE;
-    if (*s.p != '{')
+    if (*p != '{')
         return JSCAN_FIND_NONE;
-    if (scan_value(&s, &v, find_member, &f) < 0)
+    if (find_first(&s, p, key, f.klen, &v)) {
+        *out = v;
+        return JSCAN_FIND_FOUND;
+    }
+    js_init(&s, buf, len, &err, 1);
+    if (scan_value(&s, p, &v, find_member, &f) == NULL)
         return s.more ? JSCAN_FIND_MORE : JSCAN_FIND_NONE;
     return s.stop ? JSCAN_FIND_FOUND : JSCAN_FIND_NONE;
 }
@@ -534,18 +674,15 @@ enum jscan_find jscan_object(const char *buf, size_t len, jscan_member_fn on_mem
 {
     struct js s;
     struct jscan_error err;
+    pos p;
 
-    memset(&s, 0, sizeof(s));
-    s.buf = s.p = (const unsigned char *)buf;
-    s.end = s.buf + len;
-    s.err = &err;
-    s.prefix = 1;
-    ws(&s);
-    if (s.p >= s.end)
+    js_init(&s, buf, len, &err, 1);
+    p = ws(s.buf, s.end);
+    if (p >= s.end)
         return JSCAN_FIND_MORE;
-    if (scan_value(&s, out, on_member, arg) < 0)
+    if ((p = scan_value(&s, p, out, on_member, arg)) == NULL)
         return s.more ? JSCAN_FIND_MORE : JSCAN_FIND_NONE;
-    if (out->type == JSCAN_NUMBER && s.p >= s.end)
+    if (out->type == JSCAN_NUMBER && p >= s.end)
         return JSCAN_FIND_MORE;         /* more digits may follow */
     return JSCAN_FIND_FOUND;
 }

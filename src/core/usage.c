@@ -162,19 +162,50 @@ static const char *find_key(const char *k, const char *e)
     return NULL;
 }
 
-/* The last key that starts a valid usage object. The keys are found going
- * forward with find_key() (a stream's tail usually has none or one; a byte by
+/* The last KEY in [b, e), or NULL: memrchr for its 'g' from the end (a
+ * JSON answer's usage is its last member, a few bytes back). */
+static const char *find_last_key(const char *b, const char *e)
+{
+    const char *g, *lim;
+
+    if (e - b < (ptrdiff_t)KEYLEN)
+        return NULL;
+    lim = e - (KEYLEN - 1 - KEY_PIVOT);       /* a 'g' from here on ends no key by e */
+    while (lim > b + KEY_PIVOT
+           && (g = memrchr(b + KEY_PIVOT, KEY[KEY_PIVOT], (size_t)(lim - b - KEY_PIVOT))) != NULL) {
+        if (memcmp(g - KEY_PIVOT, KEY, KEYLEN) == 0)
+            return g - KEY_PIVOT;
+        lim = g;
+    }
+    return NULL;
+}
+
+/* The last key that starts a valid usage object. The last key is found
+ * from the end and tried first: in an answer it is the one (its usage is
+ * its last member). When it is none, the keys are found going forward
+ * with find_key() (a stream's tail usually has none or one; a byte by
  * byte walk back from the end cost ~5 instructions per byte), the last
  * SCAN_KEEP of them tried from the last; with more keys than that and none
  * of those valid, the earlier ones are tried the slow way. */
 #define SCAN_KEEP 16
 
-/* usage_scan_last(), also telling how many keys were found. */
+/* usage_scan_last(), also telling whether any key was found (*nkeys 0
+ * when none). */
 static int scan_last(const char *buf, size_t len, struct usage *u, size_t *nkeys)
 {
     const char *at[SCAN_KEEP], *k = buf, *e = buf + len;
     size_t n = 0, i;
 
+    if ((k = find_last_key(buf, e)) == NULL) {
+        *nkeys = 0;
+        return -1;
+    }
+    *nkeys = 1;
+    if (try_at(k, e, u) == 0)
+        return 0;
+    /* Not valid: the earlier keys, as if that one had not been tried
+     * (trying it again comes to the same). */
+    k = buf;
     while (e - k >= (ptrdiff_t)KEYLEN && (k = find_key(k, e)) != NULL) {
         at[n++ % SCAN_KEEP] = k;
         k += KEYLEN - 1;               /* its closing quote may open the next */

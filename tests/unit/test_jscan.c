@@ -400,8 +400,8 @@ static void test_find_fixed(void **state)
     /* settled: not an object, invalid before the member, closed without it */
     assert_int_equal(jscan_find("[1]", 3, "id", &v), JSCAN_FIND_NONE);
     assert_int_equal(jscan_find("{\"a\":tru,", 10, "id", &v), JSCAN_FIND_NONE);
-    assert_int_equal(jscan_find("{\"a\":01,\"id\":\"x\"}", 19, "id", &v), JSCAN_FIND_NONE);
-    assert_int_equal(jscan_find("{\"a\":\"\xff\",\"id\":\"x\"}", 20, "id", &v),
+    assert_int_equal(jscan_find("{\"a\":01,\"id\":\"x\"}", 17, "id", &v), JSCAN_FIND_NONE);
+    assert_int_equal(jscan_find("{\"a\":\"\xff\",\"id\":\"x\"}", 18, "id", &v),
                      JSCAN_FIND_NONE);
     assert_int_equal(jscan_find("{\"a\":1}", 7, "id", &v), JSCAN_FIND_NONE);
     /* jscan_value: one value, what follows it not looked at */
@@ -449,6 +449,282 @@ static void test_find_prefixes(void **state)
     assert_int_equal(bad, 0);
 }
 
+
+/* ---- the fast paths: errors, 16-byte blocks, blanks, numbers --------------- */
+
+/* The texts and places of errors that 400 answers quote (proxy.c: "invalid
+ * JSON body: TEXT (line L, column C)"), pinned: the scanner's fast paths
+ * must fail where and as the plain one did. */
+static void test_error_texts(void **state)
+{
+    static const struct {
+        const char *in, *text;
+        int line, column;
+    } cases[] = {
+        { "", "'[' or '{' expected near end of file", 1, 1 },
+        { "  ", "'[' or '{' expected near end of file", 1, 3 },
+        { "{", "string or '}' expected", 1, 2 },
+        { "{\"a\"", "':' expected", 1, 5 },
+        { "{\"a\" 1}", "':' expected", 1, 6 },
+        { "{\"a\":}", "invalid token", 1, 6 },
+        { "{\"a\":1,}", "string or '}' expected", 1, 8 },
+        { "{\"a\":1 \"b\":2}", "',' or '}' expected", 1, 8 },
+        { "[1 2]", "',' or ']' expected", 1, 4 },
+        { "[1,]", "invalid token", 1, 4 },
+        { "{\"a\":\"x", "premature end of input in a string", 1, 8 },
+        { "{\"a\":\"\\", "premature end of input in a string", 1, 7 },
+        { "{\"a\":\"\\q\"}", "invalid escape", 1, 7 },
+        { "{\"a\":\"\\u12\"}", "invalid escape", 1, 7 },
+        { "{\"a\":\"\\u0000\"}", "\\u0000 is not allowed", 1, 7 },
+        { "{\"a\":\"\\udc00\"}", "invalid Unicode: a lone low surrogate", 1, 7 },
+        { "{\"a\":\"\\ud800\\u0041\"}", "invalid Unicode: a lone high surrogate", 1, 7 },
+        { "{\"a\":\"\t\"}", "control character in a string", 1, 7 },
+        { "{\"a\":\"\xff\"}", "invalid UTF-8", 1, 7 },
+        { "{\"a\":01}", "',' or '}' expected", 1, 7 },
+        { "{\"a\":1.}", "invalid number", 1, 6 },
+        { "{\"a\":-}", "invalid number", 1, 6 },
+        { "{\"a\":1e}", "invalid number", 1, 6 },
+        { "{\"a\":9223372036854775808}", "too big integer", 1, 6 },
+        { "{\"a\":1e999}", "real number overflow", 1, 6 },
+        { "{\"a\":tru}", "invalid token", 1, 6 },
+        { "{\"a\":nul", "invalid token", 1, 6 },
+        { "{\"a\":x}", "invalid token", 1, 6 },
+        { "{\"a\":1} x", "end of file expected", 1, 9 },
+        { "{\"a\":1}}", "end of file expected", 1, 8 },
+        { "{\n  \"model\": \"m\",\n  \"messages\": [\n    {\"role\": \"user\", \"content\": \"a\tb\"}\n  ]\n}",
+          "control character in a string", 4, 35 },
+        { "{\"model\": \"llama\", \"messages\": [{\"role\": \"user\", \"content\": "
+          "\"0123456789abcdef0123456789\\x\"}]}", "invalid escape", 1, 88 },
+        { "{\"model\": \"llama\", \"temperature\": 0.7.1}", "',' or '}' expected", 1, 38 },
+        { "{\"model\": \"llama\", \"n\": -01}", "',' or '}' expected", 1, 27 },
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct jscan_error err;
+        size_t n = strlen(cases[i].in);
+        char *buf = malloc(n + 1);          /* exactly the text: no byte past it to read */
+        memcpy(buf, cases[i].in, n);
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(jscan_top(buf, n, NULL, NULL, &err), JSCAN_INVALID);
+        assert_string_equal(err.text, cases[i].text);
+        assert_int_equal(err.line, cases[i].line);
+        assert_int_equal(err.column, cases[i].column);
+        free(buf);
+    }
+}
+
+/* A copy of buf[0..len) in a heap block of exactly len bytes (ASan sees a
+ * read past the text). */
+static char *exact(const char *buf, size_t len)
+{
+    char *b = malloc(len ? len : 1);
+    assert_non_null(b);
+    memcpy(b, buf, len);
+    return b;
+}
+
+/* Strings are read 16 bytes at a time, their last bytes (fewer than 16
+ * before the text's end) in one look at the 16 that end the text: every
+ * special byte at every place of strings of 0 to 72 bytes, in an object and
+ * as a whole text (the closing quote its last byte), gets jansson's word;
+ * near the block edges every prefix keeps jscan_find's and jscan_value's. */
+static void test_string_blocks(void **state)
+{
+    static const char *const specials[] = {
+        "\"", "\\n", "\\\\", "\\u00e9", "\\ud83d\\ude00", "\\x", "\\", "\x01", "\x1f", "\x7f",
+        "\xc3\xa9", "\xc3", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xff", "\x80", "\\u0000",
+    };
+    static const char text[] = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-_.;!?()[]<>=+*";
+    char buf[160];
+    size_t i, len, at, n, o;
+    int bad = 0;
+
+    (void)state;
+    for (len = 0; len <= 72; len++) {
+        for (i = 0; i < sizeof(specials) / sizeof(specials[0]); i++) {
+            for (at = 0; at <= len; at++) {
+                for (o = 0; o < 2; o++) {
+                    const char *head = o ? "\"" : "{\"k\":\"";
+                    char *b;
+                    n = strlen(head);
+                    memcpy(buf, head, n);
+                    memcpy(buf + n, text, at);
+                    n += at;
+                    memcpy(buf + n, specials[i], strlen(specials[i]));
+                    n += strlen(specials[i]);
+                    memcpy(buf + n, text + at, len - at);
+                    n += len - at;
+                    buf[n++] = '"';
+                    if (!o)
+                        buf[n++] = '}';
+                    b = exact(buf, n);
+                    bad += agree(b, n, bad < 5) != 0;
+                    if (!o && (at % 16 == 0 || at % 16 == 15 || at % 16 == 1 || len - at < 2))
+                        bad += find_consistent(b, n, "k", bad < 5) != 0;
+                    free(b);
+                }
+            }
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* The members as a text: key, type and raw value of each. */
+struct members {
+    char text[2048];
+    size_t n;
+};
+
+static void on_record(void *arg, const char *key, size_t klen, const struct jscan_val *v)
+{
+    struct members *m = arg;
+    int k = snprintf(m->text + m->n, sizeof(m->text) - m->n, "%.*s=%d:%.*s:%d;", (int)klen, key,
+                     (int)v->type, (int)v->len, v->start, v->all_objects);
+    if (k > 0 && m->n + (size_t)k < sizeof(m->text))
+        m->n += (size_t)k;
+}
+
+/* Members of obj with its blanks taken out of the raw values (the same text
+ * with other blanks between tokens must report the same). */
+static void members_of(const char *obj, struct members *m)
+{
+    struct jscan_error err;
+    char *b = exact(obj, strlen(obj));
+    size_t i, j;
+
+    memset(m, 0, sizeof(*m));
+    assert_int_equal(jscan_top(b, strlen(obj), on_record, m, &err), JSCAN_OBJECT);
+    for (i = j = 0; i < m->n; i++)      /* no blank in the strings of these texts */
+        if (m->text[i] != ' ' && m->text[i] != '\n' && m->text[i] != '\t' && m->text[i] != '\r')
+            m->text[j++] = m->text[i];
+    m->text[j] = '\0';
+    m->n = j;
+    free(b);
+}
+
+/* Compact text, json.dumps()'s ", " and ": ", blanks before ':' and ',',
+ * newlines, tabs and CRs: the same members; a blank JSON has not (\f, \v)
+ * is an error there as in jansson. */
+static void test_blanks(void **state)
+{
+    static const char *const same[] = {
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{}],"
+        "\"t\":0.7,\"n\":256,\"s\":true,\"o\":{\"a\":[1,-2,null]},\"e\":[]}",
+        "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {}], "
+        "\"t\": 0.7, \"n\": 256, \"s\": true, \"o\": {\"a\": [1, -2, null]}, \"e\": []}",
+        " { \"model\" : \"m\" , \"messages\" : [ { \"role\" : \"user\" , \"content\" : \"hi\" } , { } ] ,"
+        " \"t\" : 0.7 , \"n\" : 256 , \"s\" : true , \"o\" : { \"a\" : [ 1 , -2 , null ] } , \"e\" : [ ] } ",
+        "{\n  \"model\": \"m\",\n  \"messages\": [\n    {\n      \"role\": \"user\",\n"
+        "      \"content\": \"hi\"\n    },\n    {}\n  ],\n  \"t\": 0.7,\n  \"n\": 256,\n"
+        "  \"s\": true,\n  \"o\": {\n    \"a\": [\n      1,\n      -2,\n      null\n    ]\n  },\n"
+        "  \"e\": []\n}\n",
+        "\r\n{\t\"model\"\t:\t\"m\"\r\n,\"messages\":\t[{\"role\":\r\n\"user\",\"content\":\"hi\"}\t,{\r\n}],"
+        "\"t\":\t0.7\t,\"n\":256\r\n,\"s\":true,\"o\":{\"a\":[1\t,\t-2,null\n]\n},\"e\":[\n\n]}\t",
+    };
+    static const char *const not_blank[] = {
+        "{\f\"a\":1}", "{\"a\":\v1}", "{\"a\":1\f}", "[1,\f2]", "\f{}", "{}\v",
+    };
+    struct members first, m;
+    size_t i;
+
+    (void)state;
+    members_of(same[0], &first);
+    for (i = 1; i < sizeof(same) / sizeof(same[0]); i++) {
+        members_of(same[i], &m);
+        assert_string_equal(m.text, first.text);
+        assert_int_equal(agree(same[i], strlen(same[i]), 1), 0);
+    }
+    for (i = 0; i < sizeof(not_blank) / sizeof(not_blank[0]); i++) {
+        struct jscan_error err;
+        assert_int_equal(jscan_top(not_blank[i], strlen(not_blank[i]), NULL, NULL, &err),
+                         JSCAN_INVALID);
+        assert_int_equal(agree(not_blank[i], strlen(not_blank[i]), 1), 0);
+    }
+}
+
+/* Numbers in objects and arrays (the inline path: a count, a negative, a
+ * fraction; the rest through the full reader): jansson's word, and a valid
+ * one's span is the whole number, whatever ends it. */
+static void test_numbers(void **state)
+{
+    static const char *const nums[] = {
+        "0", "-0", "7", "131", "-12", "0.7", "-0.5", "12.75", "1.0e3", "1e5", "-1E-5", "2e+3",
+        "123456789012345678", "999999999999999999", "1234567890123456789",
+        "9223372036854775807", "-9223372036854775808", "9223372036854775808",
+        "123456789012345678.5", "1234567890123456789.25", "0.000001", "10",
+        "01", "-01", "00", "1.", "-", "-.5", ".5", "1..2", "1.2.3", "1e", "1e+", "+1", "0x10",
+        "1-2", "--1", "1ee2", "12a", "-a", "0.a", "1.5e",
+    };
+    static const char *const ends[] = { "}", ",\"x\":1}", " }", "\n}", "\t,\"y\":2}" };
+    char buf[128];
+    size_t i, j;
+    int bad = 0;
+
+    (void)state;
+    for (i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        for (j = 0; j < sizeof(ends) / sizeof(ends[0]); j++) {
+            struct members m;
+            struct jscan_error err;
+            char *b;
+            int n = snprintf(buf, sizeof(buf), "{\"n\":%s%s", nums[i], ends[j]);
+            b = exact(buf, (size_t)n);
+            bad += agree(b, (size_t)n, 1) != 0;
+            memset(&m, 0, sizeof(m));
+            if (jscan_top(b, (size_t)n, on_record, &m, &err) == JSCAN_OBJECT) {
+                char want[64];
+                snprintf(want, sizeof(want), "n=%d:%s:0;", (int)JSCAN_NUMBER, nums[i]);
+                if (strncmp(m.text, want, strlen(want)) != 0) {
+                    fprintf(stderr, "%s: %s\n", buf, m.text);
+                    bad++;
+                }
+            }
+            bad += find_consistent(b, (size_t)n, "n", bad < 5) != 0;
+            free(b);
+            n = snprintf(buf, sizeof(buf), "[%s,%s]", nums[i], nums[i]);
+            b = exact(buf, (size_t)n);
+            bad += agree(b, (size_t)n, 1) != 0;
+            free(b);
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* jscan_find() reads a first member that is the key asked for without the
+ * whole walk: the same answers as when it comes later, for every prefix. */
+static void test_find_first_member(void **state)
+{
+    static const char *const texts[] = {
+        "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\"}",
+        "{ \"id\" : \"resp_0123456789abcdef0123456789\" , \"x\":1}",
+        "{\"id\":12,\"x\":1}", "{\"id\":{\"a\":[1,2]},\"x\":1}", "{\"id\":\"a\\u00e9\"}",
+        "{\"i\\u0064\":\"x\"}", "{\"idx\":\"x\",\"id\":\"y\"}", "{\"i\":\"x\",\"id\":\"y\"}",
+        "{\"id\":\"\xff\",\"x\":1}", "{\"id\":tru}", "{\"id\":01,\"x\":1}", "{\"id\"\"x\"}",
+    };
+    struct jscan_val v;
+    size_t i;
+    int bad = 0;
+
+    (void)state;
+    for (i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        char *b = exact(texts[i], strlen(texts[i]));
+        bad += find_consistent(b, strlen(texts[i]), "id", 1) != 0;
+        free(b);
+    }
+    assert_int_equal(bad, 0);
+    assert_int_equal(jscan_find(texts[1], strlen(texts[1]), "id", &v), JSCAN_FIND_FOUND);
+    assert_int_equal(v.type, JSCAN_STRING);
+    assert_int_equal(v.len, 33);
+    assert_int_equal(jscan_find(texts[3], strlen(texts[3]), "id", &v), JSCAN_FIND_FOUND);
+    assert_int_equal(v.type, JSCAN_OBJECT);
+    assert_int_equal(v.len, 11);
+    assert_int_equal(jscan_find(texts[7], strlen(texts[7]), "id", &v), JSCAN_FIND_FOUND);
+    assert_memory_equal(v.start, "\"y\"", 3);
+    assert_int_equal(jscan_find(texts[8], strlen(texts[8]), "id", &v), JSCAN_FIND_NONE);
+    assert_int_equal(jscan_find("{\"id\":12", 8, "id", &v), JSCAN_FIND_MORE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -461,6 +737,11 @@ int main(void)
         cmocka_unit_test(test_random_mutations),
         cmocka_unit_test(test_find_fixed),
         cmocka_unit_test(test_find_prefixes),
+        cmocka_unit_test(test_error_texts),
+        cmocka_unit_test(test_string_blocks),
+        cmocka_unit_test(test_blanks),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_find_first_member),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -102,6 +102,47 @@ static void test_scan_last_many_keys(void **st)
     assert_int_equal(u.input, 5);
 }
 
+/* The last key is found from the end and tried first; when it starts no
+ * valid usage object (a string value "usage", a nested key, a cut tail) the
+ * earlier keys are tried as before. 'g's after the usage, a key at the very
+ * start or cut at the very end, a "usage" inside a string's escaped quotes. */
+static void test_scan_last_from_end(void **st)
+{
+    static const struct {
+        const char *text;
+        int ok;
+        uint64_t input, output;
+    } cases[] = {
+        { "{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1},\"kind\":\"usage\"}", 0, 3, 1 },
+        { "{\"usage\":{\"prompt_tokens\":4},\"meta\":{\"usage\":\"n/a\"}}", 0, 4, 0 },
+        { "{\"usage\":{\"prompt_tokens\":5},\"tag\":\"gggg\",\"g\":\"usag\"}", 0, 5, 0 },
+        { "\"usage\":{\"prompt_tokens\":6}", 0, 6, 0 },
+        { "{\"usage\":{\"prompt_tokens\":7}}\"usage\"", 0, 7, 0 },
+        { "{\"usage\":{\"prompt_tokens\":8}}\"usa", 0, 8, 0 },
+        { "{\"usage\":{\"prompt_tokens\":9}}{\"usage\":{\"prompt_tokens\":10", 0, 9, 0 },
+        { "{\"x\":\"say \\\"usage\\\": {\\\"prompt_tokens\\\": 1}\"}", -1, 0, 0 },
+        { "{\"usage\" : {\"prompt_tokens\" : 11}, \"x\":\"say \\\"usage\\\"\"}", 0, 11, 0 },
+        { "\"usage\"", -1, 0, 0 },
+        { "usage\"", -1, 0, 0 },
+        { "g", -1, 0, 0 },
+    };
+    size_t i;
+
+    (void)st;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t n = strlen(cases[i].text);
+        char *b = malloc(n ? n : 1);            /* exactly the text: no byte past it */
+        struct usage u;
+        memcpy(b, cases[i].text, n);
+        assert_int_equal(usage_scan_last(b, n, &u), cases[i].ok);
+        if (cases[i].ok == 0) {
+            assert_int_equal(u.input, cases[i].input);
+            assert_int_equal(u.output, cases[i].output);
+        }
+        free(b);
+    }
+}
+
 /* A new stream reads back only what was fed (its buffers are not zeroed). */
 static void test_stream_new_short(void **st)
 {
@@ -252,6 +293,7 @@ int main(void)
         cmocka_unit_test(test_anthropic_json),
         cmocka_unit_test(test_none_and_broken),
         cmocka_unit_test(test_scan_last_many_keys),
+        cmocka_unit_test(test_scan_last_from_end),
         cmocka_unit_test(test_stream_new_short),
         cmocka_unit_test(test_stream_key_across_feeds),
         cmocka_unit_test(test_stream_chat_long),
