@@ -34,7 +34,6 @@
  * in the small functions below and never across socket I/O.
  */
 #include <ctype.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,8 +174,6 @@ struct proxy {
     struct px_leg        *winner;        /* the leg answering the client */
     struct event         *deadline_timer;  /* &deadline_ev */
     struct event         *backoff_timer; /* &backoff_ev: wait before the next attempt */
-    struct event          deadline_ev;   /* in the request: no event_new per request */
-    struct event          backoff_ev;
     int                   deadline_on;   /* deadline_timer added, not fired
                                           * or deleted */
     int64_t               t_start, t_head;
@@ -250,6 +247,12 @@ struct proxy {
     char                  cache_key[CACHE_KEY_LEN + 1];
     char                  fail_msg[160];
     char                  admit_member[160]; /* in the client's in-flight set */
+
+    /* Nor cleared: the timers, in the request (no event_new per request),
+     * assigned when its memory is new; a worker's spare keeps them
+     * assigned to that worker's loop, for the same request memory. */
+    struct event          deadline_ev;
+    struct event          backoff_ev;
 };
 
 /* Requests waiting for a free host (routing.when_full: queue), from
@@ -446,7 +449,8 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     }
     admit_req_free(&p->ad);                /* a plan may have been cut short */
     for (i = 0; i < PX_MAX_STEPS; i++)
-        free(p->bodies[i].body);
+        if (p->bodies[i].body)          /* most requests: none, no call */
+            free(p->bodies[i].body);
     if (p->deadline_on)
         event_del(p->deadline_timer);
     if (evtimer_pending(p->backoff_timer, NULL))   /* added by other workers too */
@@ -1666,41 +1670,26 @@ static struct px_leg *px_leg_get(struct proxy *p)
 }
 
 /*
- * snprintf(dst, size, "%s%s...", ...) without the format engine (a few
- * hundred instructions a call on the request path): the strings of the
- * NULL-ended list one after the other, cut at size - 1, always ended.
- * Returns the length written.
+ * snprintf(dst, size, "%s%s", dst, src) without the format engine (a few
+ * hundred instructions a call on the request path) or a variadic call (its
+ * va_start saves every argument register): src after the n bytes in dst
+ * (n < size), cut at size - 1, always ended. Returns the new length.
  */
-/* src into dst (size bytes, NUL included), cut to fit; its length.
- * px_concat()'s one-part case without the variadic call. */
-static size_t px_copy(char *dst, size_t size, const char *src)
+static size_t px_append(char *dst, size_t size, size_t n, const char *src)
 {
-    size_t n = strlen(src);
+    size_t k = strlen(src);
 
-    if (n > size - 1)
-        n = size - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-    return n;
+    if (k > size - 1 - n)
+        k = size - 1 - n;
+    memcpy(dst + n, src, k);
+    dst[n + k] = '\0';
+    return n + k;
 }
 
-static size_t px_concat(char *dst, size_t size, ...)
+/* src into dst (size bytes, NUL included), cut to fit; its length. */
+static size_t px_copy(char *dst, size_t size, const char *src)
 {
-    va_list ap;
-    const char *sp;
-    size_t n = 0, k;
-
-    va_start(ap, size);
-    while ((sp = va_arg(ap, const char *)) != NULL) {
-        k = strlen(sp);
-        if (k > size - 1 - n)
-            k = size - 1 - n;
-        memcpy(dst + n, sp, k);
-        n += k;
-    }
-    va_end(ap);
-    dst[n] = '\0';
-    return n;
+    return px_append(dst, size, 0, src);
 }
 
 static int px_send(struct px_leg *l)
@@ -1717,13 +1706,14 @@ static int px_send(struct px_leg *l)
     const char *ctype = http_req_known(p->req, HTTP_H_CONTENT_TYPE);
     const char *av = http_req_known(p->req, HTTP_H_ANTHROPIC_VERSION);
     const char *ab = http_req_known(p->req, HTTP_H_ANTHROPIC_BETA);
-    size_t nh = 0, auth_len = 0;
+    size_t nh = 0, auth_len = 0, n;
     int64_t now = gw_now_ms();
     int64_t per_try = s->timeout_ms ? s->timeout_ms : c->retry.per_try_timeout_ms;
     int64_t first = per_try, tick;
 
-    px_concat(url, sizeof(url), ch->url, p->upath, p->query ? "?" : "",
-              p->query ? p->query : "", (const char *)NULL);
+    n = px_append(url, sizeof(url), px_copy(url, sizeof(url), ch->url), p->upath);
+    if (p->query)
+        px_append(url, sizeof(url), px_append(url, sizeof(url), n, "?"), p->query);
 /* A field with a literal name (its length known) and a value of vl bytes
  * (0: build_head() measures it). */
 #define PX_HDR(n, v, vl) (lens[2 * nh] = sizeof(n) - 1, lens[2 * nh + 1] = (vl), \
@@ -1732,8 +1722,8 @@ static int px_send(struct px_leg *l)
         auth_len = px_copy(auth, sizeof(auth), c->keys[l->pk.key].secret);
         PX_HDR("x-api-key", auth, auth_len);
     } else if (l->pk.has_key) {
-        auth_len = px_concat(auth, sizeof(auth), "Bearer ", c->keys[l->pk.key].secret,
-                             (const char *)NULL);
+        memcpy(auth, "Bearer ", 7);
+        auth_len = px_append(auth, sizeof(auth), 7, c->keys[l->pk.key].secret);
         PX_HDR("Authorization", auth, auth_len);
     }
     if (p->body_len) {
@@ -2027,6 +2017,7 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
 {
     struct worker *w = worker_self();
     struct proxy *p = w->px_spare;
+    int spare = p != NULL;
 
     if (p != NULL) {
         w->px_spare = p->next;
@@ -2061,8 +2052,10 @@ static struct proxy *px_new(struct gateway *gw, struct http_req *req,
     p->max_out = -1;
     px_copy(p->upath, sizeof(p->upath), upath);
     px_copy(p->peer, sizeof(p->peer), http_req_peer(req));
-    evtimer_assign(&p->deadline_ev, p->w->base, px_deadline, p);
-    evtimer_assign(&p->backoff_ev, p->w->base, px_backoff_done, p);
+    if (!spare) {                   /* a spare's are this worker's, not pending */
+        evtimer_assign(&p->deadline_ev, p->w->base, px_deadline, p);
+        evtimer_assign(&p->backoff_ev, p->w->base, px_backoff_done, p);
+    }
     p->deadline_timer = &p->deadline_ev;
     p->backoff_timer = &p->backoff_ev;
     p->next = p->w->inflight;
