@@ -165,6 +165,7 @@ struct proxy {
     enum px_state         st;
     struct admit_req      ad;            /* plan, tried hosts, attempts (admit.h) */
     struct px_body        bodies[PX_MAX_STEPS];
+    int                   rewrites;      /* some bodies[i].body is set */
     struct px_leg        *legs[PX_MAX_LEGS]; /* the first PX_LEGS_IN in leg_in, a
                                                 race's others allocated (a held
                                                 stream keeps one leg, not 16) */
@@ -398,6 +399,14 @@ static void px_settle(struct proxy *p)
 /* Frees p: its legs are cancelled, then one section under the state lock
  * ends its shared life (metrics `m` when not NULL, the queue, the session
  * lookup, the snapshot reference), then its own memory goes. */
+/* free() for the request's strings, most of them never set: no call for
+ * those. */
+static inline void px_free_set(void *m)
+{
+    if (m != NULL)
+        free(m);
+}
+
 static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
 {
     int i;
@@ -448,9 +457,8 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
             free(p->legs[i]);
     }
     admit_req_free(&p->ad);                /* a plan may have been cut short */
-    for (i = 0; i < PX_MAX_STEPS; i++)
-        if (p->bodies[i].body)          /* most requests: none, no call */
-            free(p->bodies[i].body);
+    for (i = 0; p->rewrites && i < PX_MAX_STEPS; i++)  /* most requests: none */
+        free(p->bodies[i].body);
     if (p->deadline_on)
         event_del(p->deadline_timer);
     if (evtimer_pending(p->backoff_timer, NULL))   /* added by other workers too */
@@ -459,19 +467,19 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
         evbuffer_free(p->idscan);
     if (p->ctext)
         evbuffer_free(p->ctext);
-    free(p->rid);
-    free(p->content);
-    free(p->cache_val);
+    px_free_set(p->rid);
+    px_free_set(p->content);
+    px_free_set(p->cache_val);
     if (p->sse_hold)
         evbuffer_free(p->sse_hold);
     usage_stream_free(p->ustream);
-    free(p->body_own);
-    free(p->admit_ans);
-    free(p->query);
-    free(p->lookup_key);
-    free(p->pinned);
+    px_free_set(p->body_own);
+    px_free_set(p->admit_ans);
+    px_free_set(p->query);
+    px_free_set(p->lookup_key);
+    px_free_set(p->pinned);
     json_decref(p->doc);
-    free(p->prev_rid);
+    px_free_set(p->prev_rid);
     if (p->model != p->model_in)
         free(p->model);
     if (p->user != p->user_in)
@@ -1039,7 +1047,8 @@ static enum upstream_verdict px_on_headers(void *arg, struct upstream_xfer *x,
     struct host_state *hs = p->snap->hs[l->pk.host];
     int64_t now = gw_now_ms();
     /* Passed on as it arrives: an event stream, or a raw answer (audio). */
-    int stream = (ctype && strncasecmp(ctype, "text/event-stream", 17) == 0)
+    int stream = (ctype && strnlen(ctype, 17) == 17
+                  && ascii_lower_eq(ctype, "text/event-stream", 17))
                  || (p->route->flags & API_ANSWER_RAW);
 
     l->status = status;
@@ -1264,14 +1273,18 @@ static int px_garbage(const struct px_leg *l)
 static void px_remember(struct proxy *p, const struct px_leg *l, const char *id)
 {
     const char *host = p->snap->cfg->hosts[l->pk.host].name;
-    int64_t now = gw_now_ms();
+    int sticky = p->lookup_key && p->lookup_kind == SESSION_STICKY && !p->verify && !id;
+    int64_t now;
 
+    if (!id && !sticky)
+        return;                       /* nothing to remember: no lock */
+    now = gw_now_ms();
     if (id && p->rid == NULL)
         p->rid = strdup(id);
     lock_take();
     if (id)
         session_put(p->gw->sess, SESSION_RID, id, host, now);
-    if (p->lookup_key && p->lookup_kind == SESSION_STICKY && !p->verify && !id)
+    if (sticky)
         session_put(p->gw->sess, SESSION_STICKY, p->lookup_key, host, now);
     lock_drop();
 }
@@ -1929,6 +1942,7 @@ static int px_step_rewrite(struct proxy *p, int si)
         return -1;
     json_object_set_new(copy, "model", json_string(model));
     b->body = json_dumps(copy, JSON_COMPACT);
+    p->rewrites = 1;
     json_decref(copy);
     if (b->body == NULL)
         return -1;

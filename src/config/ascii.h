@@ -5,7 +5,8 @@
  * Exact for any bytes in s (control characters and bytes >= 0x80
  * included): only a letter may differ from `lower` in case, so "\r" never
  * passes for "-" as it would with a plain OR of 0x20. `lower` holds only
- * lower-case letters, digits and '-' (the names of HTTP fields).
+ * lower-case letters and bytes below 0x40 (digits, '-', '/', ...: the names
+ * of HTTP fields, media types): a byte of it with 0x40 set is a letter.
  */
 #ifndef INFERGATE_ASCII_H
 #define INFERGATE_ASCII_H

@@ -1,8 +1,8 @@
 /*
  * test_ascii.c -- src/config/ascii.h: ascii_lower_eq() against a plain
  * byte-by-byte ASCII case fold, for every length of the known field names
- * used with it and every byte value at every offset (the word path must
- * not let "\r" pass for "-", nor '@' or '[' for a letter).
+ * used with it (and a media type) and every byte value at every offset (the
+ * word path must not let "\r" pass for "-", nor '@' or '[' for a letter).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,6 +31,7 @@ static void test_every_byte_at_every_offset(void **state)
         "te", "date", "close", "server", "upgrade", "connection", "keep-alive",
         "content-type", "x-request-id", "x-ratelimit-", "content-length",
         "proxy-connection", "transfer-encoding", "proxy-authenticate",
+        "text/event-stream",
     };
     char buf[32];
 
@@ -53,6 +54,8 @@ static void test_every_byte_at_every_offset(void **state)
     assert_false(ascii_lower_eq("Keep\rAlive", "keep-alive", 10));
     assert_false(ascii_lower_eq("content\rlength", "content-length", 14));
     assert_true(ascii_lower_eq("Content-LENGTH", "content-length", 14));
+    assert_true(ascii_lower_eq("Text/Event-Stream; charset=utf-8", "text/event-stream", 17));
+    assert_false(ascii_lower_eq("text\x0f" "event-stream", "text/event-stream", 17));
 }
 
 int main(void)
