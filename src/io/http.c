@@ -1301,7 +1301,8 @@ static int head_whole(struct http_conn *c, struct evbuffer *in)
 {
     struct evbuffer_iovec v;
     const char *data, *nl;
-    size_t avail, max = c->srv->lim.max_header_bytes, at = 0, n, nlines = 0, room;
+    size_t avail, max = c->srv->lim.max_header_bytes, at = 0, n, nlines = 0, room, i;
+    size_t ends[HTTP_MAX_HEADERS + 2];      /* each line's LF, the empty line's last */
     struct http_req *r;
     const char *why;
     char *head, *line;
@@ -1318,6 +1319,7 @@ static int head_whole(struct http_conn *c, struct evbuffer *in)
         n = (size_t)(nl - (data + at));
         if (n > max - at)
             return 0;
+        ends[nlines] = at + n;                /* nlines <= HTTP_MAX_HEADERS + 1 */
         at += n + 1;
         if (n == 0 || (n == 1 && nl[-1] == '\r'))
             break;                            /* the empty line: the end */
@@ -1340,9 +1342,8 @@ static int head_whole(struct http_conn *c, struct evbuffer *in)
         r->body_in = head + at;
         r->body_in_cap = room + 1;
     }
-    for (line = head; ; line = (char *)nl + 1) {
-        nl = memchr(line, '\n', (size_t)(head + at - line));
-        n = (size_t)(nl - line);
+    for (i = 0, line = head; ; line = head + ends[i++] + 1) {
+        n = (size_t)(head + ends[i] - line);  /* the LFs found above: no search */
         if (n > 0 && line[n - 1] == '\r')
             n--;
         line[n] = '\0';
