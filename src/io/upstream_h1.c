@@ -58,9 +58,9 @@
  * idle stream. So a transfer keeps them unless it streams: one that asks
  * for a stream (upstream_req.streaming) or whose answer turns out not to
  * be length-framed runs with the mode on (tls_lean) and holds none while
- * it waits. A pooled connection keeps them only among the first
- * H1_TLS_WARM idle ones of its pool; beyond, SSL_free_buffers (memory
- * bound: H1_TLS_WARM x 33 KB a serving loop).
+ * it waits. A pooled connection keeps them for H1_TLS_WARM_MS, then
+ * SSL_free_buffers (the pool's timer, oldest first): only connections
+ * used within the last two seconds hold any.
  *
  * Callbacks run with the transfer marked busy: upstream_cancel() on it
  * then only marks it and the transfer is freed when the callback returns.
@@ -101,7 +101,7 @@
 #define H1_MAX_HEAD        (64 * 1024)   /* response head */
 #define H1_MAX_CHUNK_LINE  1024
 #define H1_MAX_IDLE        4096          /* pooled connections, all peers */
-#define H1_TLS_WARM        32            /* idle TLS ones keeping record buffers */
+#define H1_TLS_WARM_MS     2000          /* idle TLS ones keep record buffers this long */
 #define H1_IDLE_TIMEOUT_S  60
 #define H1_BUCKETS         4096          /* power of two */
 #define H1_TLS_BUCKETS     256           /* TLS peers; power of two */
@@ -182,8 +182,11 @@ struct h1_pool {
     struct event_base *base;
     struct h1_conn    *bucket[H1_BUCKETS];
     struct h1_conn    *lru_head, *lru_tail;
+    struct h1_conn    *warm;            /* the oldest idle one that may hold TLS
+                                         * record buffers: all older hold none */
     size_t             nidle;
-    struct event       sweep;           /* closes the idle timed out, LRU first */
+    struct event       sweep;           /* closes the idle timed out, LRU first;
+                                         * frees the buffers of the warm ones */
     int                no_tls;          /* https_proxy set: https:// via curl */
     struct h1_trust   *trusts;
     struct h1_tls_peer *tls_bucket[H1_TLS_BUCKETS];
@@ -315,6 +318,8 @@ static void pool_unlink(struct h1_pool *p, struct h1_conn *c)
         *b = c->bnext;
     if (c->bnext)
         c->bnext->bprev = c->bprev;
+    if (c == p->warm)
+        p->warm = c->lprev;             /* newer; all older hold none */
     if (c->lprev)
         c->lprev->lnext = c->lnext;
     else
@@ -349,7 +354,8 @@ static void conn_read_off(struct h1_conn *c)
 }
 
 /* The idle timeout of pooled connections is one timer for the pool, set
- * for the least recently used one: putting a connection back or taking it
+ * for the least recently used one (or the oldest warm one's
+ * H1_TLS_WARM_MS, when sooner): putting a connection back or taking it
  * costs no timer operation. A timer that fires early (its connection was
  * taken) re-arms itself for the new least recently used one. */
 static void sweep_arm(struct h1_pool *p, int64_t now)
@@ -360,6 +366,8 @@ static void sweep_arm(struct h1_pool *p, int64_t now)
     if (p->lru_tail == NULL)
         return;
     due = p->lru_tail->idle_ms + H1_IDLE_TIMEOUT_S * 1000 - now;
+    if (p->warm && p->warm->idle_ms + H1_TLS_WARM_MS - now < due)
+        due = p->warm->idle_ms + H1_TLS_WARM_MS - now;
     if (due < 0)
         due = 0;
     tv.tv_sec = (time_t)(due / 1000);
@@ -374,6 +382,11 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    while (p->warm && now - p->warm->idle_ms >= H1_TLS_WARM_MS) {
+        if (p->warm->ssl)
+            tls_lean(p->warm, 1);
+        p->warm = p->warm->lprev;
+    }
     while (p->lru_tail && now - p->lru_tail->idle_ms >= H1_IDLE_TIMEOUT_S * 1000) {
         struct h1_conn *c = p->lru_tail;
         pool_unlink(p, c);
@@ -392,8 +405,6 @@ static void pool_put(struct h1_pool *p, struct h1_conn *c)
         conn_close(old);
     }
     c->x = NULL;
-    if (c->ssl && p->nidle >= H1_TLS_WARM)
-        tls_lean(c, 1);
     conn_read_on(c);                    /* conn_recv_cb: c->x NULL, idle */
     c->idle_ms = mono_ms();
     c->bnext = *b;
@@ -407,8 +418,12 @@ static void pool_put(struct h1_pool *p, struct h1_conn *c)
         p->lru_tail = c;
     p->lru_head = c;
     p->nidle++;
-    if (!evtimer_pending(&p->sweep, NULL))
+    if (p->warm == NULL && c->ssl && !c->lean) {
+        p->warm = c;                    /* sooner than the armed timeout */
         sweep_arm(p, c->idle_ms);
+    } else if (!evtimer_pending(&p->sweep, NULL)) {
+        sweep_arm(p, c->idle_ms);
+    }
 }
 
 static struct h1_conn *pool_get(struct h1_pool *p, const struct sockaddr_storage *sa,
