@@ -19,6 +19,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__SSE2__) && defined(__x86_64__) && defined(__GNUC__)
+#define JSCAN_AVX2 1            /* long strings 32 bytes at a time where the CPU can */
+#include <immintrin.h>
+#endif
 
 typedef const unsigned char *pos;     /* a place in the text; NULL: it failed */
 
@@ -149,6 +153,58 @@ static inline pos skip_plain(pos p, pos end, pos buf)
     return skip_plain_short(p, end);
 }
 
+#if JSCAN_AVX2
+static int use_avx2;            /* set before main (no thread reads it earlier) */
+
+__attribute__((constructor)) static void jscan_cpu(void)
+{
+    __builtin_cpu_init();
+    use_avx2 = __builtin_cpu_supports("avx2");
+}
+
+void jscan_use_avx2(int on)
+{
+    use_avx2 = on && __builtin_cpu_supports("avx2");
+}
+
+/* skip_plain() 32 bytes at a time while 32 are left: the first byte that
+ * is not plain, or where fewer than 32 are left (none before it). */
+__attribute__((target("avx2"))) static pos skip_plain32(pos p, pos end)
+{
+    const __m256i lo = _mm256_set1_epi8(0x20), quote = _mm256_set1_epi8('"');
+    const __m256i bs = _mm256_set1_epi8('\\');
+
+    for (; end - p >= 32; p += 32) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)p);
+        unsigned k = (unsigned)_mm256_movemask_epi8(
+            _mm256_or_si256(_mm256_subs_epi8(v, lo),
+                            _mm256_or_si256(_mm256_cmpeq_epi8(v, quote), _mm256_cmpeq_epi8(v, bs))));
+        if (k != 0)
+            return p + __builtin_ctz(k);
+    }
+    return p;
+}
+#else
+void jscan_use_avx2(int on)
+{
+    (void)on;
+}
+#endif
+
+/* skip_plain() for the rest of a string that went on for 32 bytes (a
+ * message's text): 32 bytes at a time where AVX2 is. */
+static __attribute__((noinline)) pos skip_long(pos p, pos end, pos buf)
+{
+#if JSCAN_AVX2
+    if (use_avx2) {
+        p = skip_plain32(p, end);
+        if (end - p >= 32)
+            return p;                   /* stopped at it */
+    }
+#endif
+    return skip_plain(p, end, buf);
+}
+
 /* scan_string() past its first run of plain bytes, at p: escapes, UTF-8,
  * the errors. */
 static __attribute__((noinline)) pos scan_string_rest(struct js *s, pos p, int *escaped)
@@ -207,9 +263,12 @@ static __attribute__((noinline)) pos scan_string_rest(struct js *s, pos p, int *
 }
 
 /* The string whose opening quote is at p: past its closing one. A string
- * of plain bytes only (most) ends here, without a call: skip_plain()
- * inline, where the byte it stops at is known to be in the text. */
-static inline pos scan_string(struct js *s, pos p, pos end, int *escaped)
+ * of plain bytes only (most) ends here, without a call: its first 32
+ * bytes in two looks, its last fewer than 16 before the text's end in one
+ * at the 16 that end it (never past the end); only a longer one calls
+ * skip_long(). */
+static inline __attribute__((always_inline)) pos scan_string(struct js *s, pos p, pos end,
+                                                            int *escaped)
 {
     pos q = p + 1;
 
@@ -217,15 +276,22 @@ static inline pos scan_string(struct js *s, pos p, pos end, int *escaped)
 #if defined(__SSE2__)
     {
         unsigned k;
+        if (end - q >= 32) {
+            if ((k = special16(q)) != 0 || (k = special16(q + 16) << 16) != 0) {
+                q += __builtin_ctz(k);
+                goto stop;
+            }
+            q = skip_long(q + 32, end, s->buf);
+            if (q < end && *q == '"')
+                return q + 1;
+            return scan_string_rest(s, q, escaped);
+        }
         if (end - q >= 16) {
-            pos lim = end - 15;
-            do {
-                if ((k = special16(q)) != 0) {
-                    q += __builtin_ctz(k);
-                    goto stop;
-                }
-                q += 16;
-            } while (q < lim);
+            if ((k = special16(q)) != 0) {
+                q += __builtin_ctz(k);
+                goto stop;
+            }
+            q += 16;
         }
         if (end - s->buf < 16)
             return scan_string_rest(s, q, escaped);

@@ -74,6 +74,11 @@ enum jscan_find jscan_value(const char *buf, size_t len, struct jscan_val *out);
 enum jscan_find jscan_object(const char *buf, size_t len, jscan_member_fn on_member,
                              void *arg, struct jscan_val *out);
 
+/* Tests: whether long strings may be read 32 bytes at a time (AVX2, where
+ * the CPU has it: the default); 0 reads them 16 at a time, as a CPU
+ * without it does. */
+void jscan_use_avx2(int on);
+
 /* Decodes a string value as jscan_top reported it (quotes included,
  * already valid) into a new NUL-terminated UTF-8 string (caller frees);
  * NULL when out of memory. *outlen may be NULL. */

@@ -526,48 +526,59 @@ static char *exact(const char *buf, size_t len)
 }
 
 /* Strings are read 16 bytes at a time, their last bytes (fewer than 16
- * before the text's end) in one look at the 16 that end the text: every
- * special byte at every place of strings of 0 to 72 bytes, in an object and
- * as a whole text (the closing quote its last byte), gets jansson's word;
- * near the block edges every prefix keeps jscan_find's and jscan_value's. */
+ * before the text's end) in one look at the 16 that end the text, and
+ * past their first 32 bytes 32 at a time where the CPU has AVX2: every
+ * special byte at every place of strings of 0 to 48 bytes (and at places
+ * around the block edges of strings up to 150), in an object and as a
+ * whole text (the closing quote its last byte), with and without AVX2,
+ * gets jansson's word; near the block edges every prefix keeps
+ * jscan_find's and jscan_value's. */
 static void test_string_blocks(void **state)
 {
     static const char *const specials[] = {
         "\"", "\\n", "\\\\", "\\u00e9", "\\ud83d\\ude00", "\\x", "\\", "\x01", "\x1f", "\x7f",
         "\xc3\xa9", "\xc3", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xff", "\x80", "\\u0000",
     };
-    static const char text[] = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-_.;!?()[]<>=+*";
-    char buf[160];
+    char text[160], buf[200];
     size_t i, len, at, n, o;
-    int bad = 0;
+    int bad = 0, avx2;
 
     (void)state;
-    for (len = 0; len <= 72; len++) {
-        for (i = 0; i < sizeof(specials) / sizeof(specials[0]); i++) {
-            for (at = 0; at <= len; at++) {
-                for (o = 0; o < 2; o++) {
-                    const char *head = o ? "\"" : "{\"k\":\"";
-                    char *b;
-                    n = strlen(head);
-                    memcpy(buf, head, n);
-                    memcpy(buf + n, text, at);
-                    n += at;
-                    memcpy(buf + n, specials[i], strlen(specials[i]));
-                    n += strlen(specials[i]);
-                    memcpy(buf + n, text + at, len - at);
-                    n += len - at;
-                    buf[n++] = '"';
-                    if (!o)
-                        buf[n++] = '}';
-                    b = exact(buf, n);
-                    bad += agree(b, n, bad < 5) != 0;
-                    if (!o && (at % 16 == 0 || at % 16 == 15 || at % 16 == 1 || len - at < 2))
-                        bad += find_consistent(b, n, "k", bad < 5) != 0;
-                    free(b);
+    for (i = 0; i < sizeof(text); i++)
+        text[i] = (char)('!' + 3 + i % 56);     /* plain bytes, no '"' or '\\' */
+    for (avx2 = 1; avx2 >= 0; avx2--) {
+        jscan_use_avx2(avx2);
+        for (len = 0; len <= 150; len++) {
+            for (i = 0; i < sizeof(specials) / sizeof(specials[0]); i++) {
+                for (at = 0; at <= len; at++) {
+                    int edge = at % 16 <= 1 || at % 16 == 15 || len - at < 2;
+                    if (len > 48 && !edge)
+                        continue;
+                    for (o = 0; o < 2; o++) {
+                        const char *head = o ? "\"" : "{\"k\":\"";
+                        char *b;
+                        n = strlen(head);
+                        memcpy(buf, head, n);
+                        memcpy(buf + n, text, at);
+                        n += at;
+                        memcpy(buf + n, specials[i], strlen(specials[i]));
+                        n += strlen(specials[i]);
+                        memcpy(buf + n, text + at, len - at);
+                        n += len - at;
+                        buf[n++] = '"';
+                        if (!o)
+                            buf[n++] = '}';
+                        b = exact(buf, n);
+                        bad += agree(b, n, bad < 5) != 0;
+                        if (!o && avx2 && edge && (len <= 34 || (len % 16 == 0 && at % 32 == 0)))
+                            bad += find_consistent(b, n, "k", bad < 5) != 0;
+                        free(b);
+                    }
                 }
             }
         }
     }
+    jscan_use_avx2(1);
     assert_int_equal(bad, 0);
 }
 
