@@ -35,39 +35,95 @@ static int read_count(const struct jscan_val *v, uint64_t *out)
     return 0;
 }
 
+/* What a usage object's member is for, by its name (the one place that
+ * names them); KNOWN: one of the usual others, nothing to read. */
+enum slot {
+    SLOT_UNKNOWN = -1, SLOT_KNOWN, SLOT_INPUT, SLOT_OUTPUT, SLOT_DETAILS, SLOT_CACHE_READ,
+    SLOT_CACHE_CREATION, SLOT_CACHED,
+};
+
+/* The slot of member key[0..klen) of a usage object, or (details) of one
+ * of its *_tokens_details objects. */
+static enum slot slot_of(const char *key, size_t klen, int details)
+{
+#define IS(name) (klen == sizeof(name) - 1 && memcmp(key, name, sizeof(name) - 1) == 0)
+    if (details) {
+        if (IS("cached_tokens"))
+            return SLOT_CACHED;
+        if (IS("audio_tokens") || IS("reasoning_tokens") || IS("accepted_prediction_tokens")
+            || IS("rejected_prediction_tokens"))
+            return SLOT_KNOWN;
+        return SLOT_UNKNOWN;
+    }
+    if (IS("prompt_tokens") || IS("input_tokens"))
+        return SLOT_INPUT;
+    if (IS("completion_tokens") || IS("output_tokens"))
+        return SLOT_OUTPUT;
+    if (IS("total_tokens"))
+        return SLOT_KNOWN;
+    if (IS("prompt_tokens_details") || IS("input_tokens_details"))
+        return SLOT_DETAILS;
+    if (IS("completion_tokens_details") || IS("output_tokens_details"))
+        return SLOT_KNOWN;
+    if (IS("cache_read_input_tokens"))
+        return SLOT_CACHE_READ;
+    if (IS("cache_creation_input_tokens"))
+        return SLOT_CACHE_CREATION;
+    return SLOT_UNKNOWN;
+#undef IS
+}
+
+/* Count n of a member in slot (the others read nothing). */
+static void put_count(struct usage_fields *f, enum slot slot, uint64_t n)
+{
+    struct usage *u = f->u;
+
+    switch (slot) {
+    case SLOT_INPUT:
+        u->input = n;
+        u->have |= USAGE_HAVE_INPUT;
+        break;
+    case SLOT_OUTPUT:
+        u->output = n;
+        u->have |= USAGE_HAVE_OUTPUT;
+        break;
+    case SLOT_CACHED:
+        u->cached = n;
+        u->have |= USAGE_HAVE_CACHED;
+        break;
+    case SLOT_CACHE_READ:
+        f->cache_read = n;
+        f->anthropic |= 1;
+        break;
+    case SLOT_CACHE_CREATION:
+        f->cache_creation = n;
+        f->anthropic |= 2;
+        break;
+    default:
+        break;
+    }
+}
+
 static void on_details(void *arg, const char *key, size_t klen, const struct jscan_val *v)
 {
-    struct usage_fields *f = arg;
+    uint64_t n;
 
-    if (klen == 13 && memcmp(key, "cached_tokens", 13) == 0
-        && read_count(v, &f->u->cached) == 0)
-        f->u->have |= USAGE_HAVE_CACHED;
+    if (slot_of(key, klen, 1) == SLOT_CACHED && read_count(v, &n) == 0)
+        put_count(arg, SLOT_CACHED, n);
 }
 
 static void on_usage(void *arg, const char *key, size_t klen, const struct jscan_val *v)
 {
-    struct usage_fields *f = arg;
-    struct usage *u = f->u;
     struct jscan_error err;
+    enum slot slot = slot_of(key, klen, 0);
+    uint64_t n;
 
-#define IS(name) (klen == sizeof(name) - 1 && memcmp(key, name, klen) == 0)
-    if (IS("prompt_tokens") || IS("input_tokens")) {
-        if (read_count(v, &u->input) == 0)
-            u->have |= USAGE_HAVE_INPUT;
-    } else if (IS("completion_tokens") || IS("output_tokens")) {
-        if (read_count(v, &u->output) == 0)
-            u->have |= USAGE_HAVE_OUTPUT;
-    } else if (IS("prompt_tokens_details") || IS("input_tokens_details")) {
+    if (slot == SLOT_DETAILS) {
         if (v->type == JSCAN_OBJECT)
-            jscan_top(v->start, v->len, on_details, f, &err);
-    } else if (IS("cache_read_input_tokens")) {
-        if (read_count(v, &f->cache_read) == 0)
-            f->anthropic |= 1;
-    } else if (IS("cache_creation_input_tokens")) {
-        if (read_count(v, &f->cache_creation) == 0)
-            f->anthropic |= 2;
+            jscan_top(v->start, v->len, on_details, arg, &err);
+    } else if (slot > SLOT_KNOWN && read_count(v, &n) == 0) {
+        put_count(arg, slot, n);
     }
-#undef IS
 }
 
 /* The counts of f's object, read: 0 when it had any. */
@@ -110,8 +166,84 @@ static int is_ws(char c)
     return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
+static inline __attribute__((always_inline)) const char *skip_ws(const char *p, const char *e)
+{
+    while (p < e && (unsigned char)*p <= ' ' && is_ws(*p))     /* none: one compare */
+        p++;
+    return p;
+}
+
+/*
+ * A usage object read in one pass without the JSON reader when it is one
+ * of the usual ones: every member named in slot_of() (no escape), its
+ * value a count of up to 18 digits or, for a *_details member, an object
+ * of the same kind one level down; blanks anywhere between. Such a text is
+ * valid JSON and these are the members jscan_object() reports, so each
+ * count goes where on_usage() puts it. p at the '{'; level 0: the usage
+ * object, 1: details read, 2: details only checked. Returns the byte past
+ * the '}', or NULL when the text is anything else (a name not in the
+ * table, another value, cut short): the reader then reads it, from the
+ * start.
+ */
+#define NAME_MAX_LEN 32                 /* longer than every name in slot_of() */
+
+static const char *quick_object(const char *p, const char *e, struct usage_fields *f, int level)
+{
+    p = skip_ws(p + 1, e);
+    if (p < e && *p == '}')
+        return p + 1;
+    for (;;) {
+        const char *k, *q, *lim;
+        enum slot slot;
+        uint64_t n = 0;
+
+        if (p >= e || *p != '"')
+            return NULL;
+        k = p + 1;
+        lim = e - k > NAME_MAX_LEN ? k + NAME_MAX_LEN : e;
+        if ((q = memchr(k, '"', (size_t)(lim - k))) == NULL
+            || (slot = slot_of(k, (size_t)(q - k), level != 0)) == SLOT_UNKNOWN)
+            return NULL;
+        p = skip_ws(q + 1, e);
+        if (p >= e || *p != ':')
+            return NULL;
+        p = skip_ws(p + 1, e);
+        if (p >= e)
+            return NULL;
+        if (*p == '{') {
+            if (level != 0 || (slot != SLOT_DETAILS && slot != SLOT_KNOWN)
+                || (q = quick_object(p, e, f, slot == SLOT_DETAILS ? 1 : 2)) == NULL)
+                return NULL;
+        } else {
+            if (*p == '0') {
+                q = p + 1;
+            } else if (*p >= '1' && *p <= '9') {
+                lim = e - p > 18 ? p + 18 : e;
+                for (q = p; q < lim && *q >= '0' && *q <= '9'; q++)
+                    n = n * 10 + (uint64_t)(*q - '0');
+            } else {
+                return NULL;
+            }
+            /* what ends a count here: a blank, ',' or '}' (a digit, '.'
+             * or 'e' would go on with it) */
+            if (q >= e || !(*q == ',' || *q == '}' || is_ws(*q)))
+                return NULL;
+            if (level != 2)
+                put_count(f, slot, n);
+        }
+        p = skip_ws(q, e);
+        if (p < e && *p == ',') {
+            p = skip_ws(p + 1, e);
+            continue;
+        }
+        if (p < e && *p == '}')
+            return p + 1;
+        return NULL;
+    }
+}
+
 /* The usage object whose key starts at k, if complete and valid: read in
- * the same pass that finds its end (jscan_object(), the one JSON reader),
+ * the same pass that finds its end (quick_object(), else jscan_object()),
  * into *u only once it proves whole (*u zeroed when it holds no count, as
  * usage_parse_object() does). */
 static int try_at(const char *k, const char *e, struct usage *u)
@@ -132,8 +264,13 @@ static int try_at(const char *k, const char *e, struct usage *u)
     memset(&got, 0, sizeof(got));
     memset(&f, 0, sizeof(f));
     f.u = &got;
-    if (jscan_object(b, (size_t)(e - b), on_usage, &f, &v) != JSCAN_FIND_FOUND)
-        return -1;
+    if (quick_object(b, e, &f, 0) == NULL) {
+        memset(&got, 0, sizeof(got));
+        memset(&f, 0, sizeof(f));
+        f.u = &got;
+        if (jscan_object(b, (size_t)(e - b), on_usage, &f, &v) != JSCAN_FIND_FOUND)
+            return -1;
+    }
     if (fields_done(&f) < 0) {
         memset(u, 0, sizeof(*u));
         return -1;

@@ -143,6 +143,68 @@ static void test_scan_last_from_end(void **st)
     }
 }
 
+/* The usual usage objects are read without the JSON reader (quick_object):
+ * OpenAI's pretty-printed one with both details objects, Anthropic's, a
+ * compact one; anything else goes through the reader and gets its word:
+ * an unknown or escaped name, a string, a negative, a real, 19 digits, a
+ * leading zero, an object too deep, a cut. */
+static void test_quick_and_fallback(void **st)
+{
+    static const struct {
+        const char *usage;      /* the value of "usage" */
+        int ok;
+        uint64_t input, output, cached;
+        unsigned have;
+    } cases[] = {
+        { "{\n    \"prompt_tokens\": 131,\n    \"completion_tokens\": 3,\n    \"total_tokens\": 134,\n"
+          "    \"prompt_tokens_details\": {\n      \"cached_tokens\": 5,\n      \"audio_tokens\": 0\n"
+          "    },\n    \"completion_tokens_details\": {\n      \"reasoning_tokens\": 0,\n"
+          "      \"audio_tokens\": 0,\n      \"accepted_prediction_tokens\": 0,\n"
+          "      \"rejected_prediction_tokens\": 0\n    }\n  }", 0, 131, 3, 5, 7 },
+        { "{\"input_tokens\":10,\"cache_creation_input_tokens\":1,\"cache_read_input_tokens\":6,"
+          "\"output_tokens\":4}", 0, 17, 4, 6, 7 },
+        { "{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":2},\"output_tokens\":5,"
+          "\"output_tokens_details\":{\"reasoning_tokens\":1}}", 0, 9, 5, 2, 7 },
+        { "{\"prompt_tokens\":0,\"completion_tokens\":123456789012345678}", 0, 0,
+          123456789012345678ULL, 0, 3 },
+        { "{\"prompt_tokens\":3,\"prompt_tokens\":4,\"prompt_tokens_details\":{\"cached_tokens\":1},"
+          "\"prompt_tokens_details\":{\"audio_tokens\":1}}", 0, 4, 0, 1, 5 },
+        { "{\"prompt_tokens\":1,\"completion_tokens_details\":{\"cached_tokens\":9}}", 0, 1, 0, 0,
+          1 },
+        /* through the reader */
+        { "{\"prompt_tokens\":7,\"server_tool_use\":{\"web_search_requests\":0}}", 0, 7, 0, 0, 1 },
+        { "{\"prompt_\\u0074okens\":8}", 0, 8, 0, 0, 1 },
+        { "{\"prompt_tokens\":9,\"service_tier\":\"standard\"}", 0, 9, 0, 0, 1 },
+        { "{\"prompt_tokens\":-1,\"completion_tokens\":2}", 0, 0, 2, 0, 2 },
+        { "{\"prompt_tokens\":1.5,\"completion_tokens\":2e0}", -1, 0, 0, 0, 0 },
+        { "{\"prompt_tokens\":1234567890123456789,\"completion_tokens\":2}", 0, 0, 2, 0, 2 },
+        { "{\"prompt_tokens\":01}", -1, 0, 0, 0, 0 },
+        { "{\"prompt_tokens_details\":{\"cached_tokens\":{\"x\":1}},\"prompt_tokens\":3}", 0, 3, 0,
+          0, 1 },
+        { "{\"prompt_tokens\":3,\"completion_tokens\":", -1, 0, 0, 0, 0 },
+        { "{\"prompt_tokens\":3 \"completion_tokens\":1}", -1, 0, 0, 0, 0 },
+        { "{\"prompt_tokens\":3,}", -1, 0, 0, 0, 0 },
+    };
+    char b[1024];
+    size_t i;
+
+    (void)st;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct usage u;
+        int n = snprintf(b, sizeof(b), "{\"id\":\"x\",\n  \"usage\": %s\n}", cases[i].usage);
+        char *t = malloc((size_t)n);           /* exactly the text: no byte past it */
+        memcpy(t, b, (size_t)n);
+        assert_int_equal(usage_scan_last(t, (size_t)n, &u), cases[i].ok);
+        if (cases[i].ok == 0) {
+            assert_int_equal(u.input, cases[i].input);
+            assert_int_equal(u.output, cases[i].output);
+            assert_int_equal(u.cached, cases[i].cached);
+            assert_int_equal(u.have, cases[i].have);
+        }
+        free(t);
+    }
+}
+
 /* A new stream reads back only what was fed (its buffers are not zeroed). */
 static void test_stream_new_short(void **st)
 {
@@ -294,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_none_and_broken),
         cmocka_unit_test(test_scan_last_many_keys),
         cmocka_unit_test(test_scan_last_from_end),
+        cmocka_unit_test(test_quick_and_fallback),
         cmocka_unit_test(test_stream_new_short),
         cmocka_unit_test(test_stream_key_across_feeds),
         cmocka_unit_test(test_stream_chat_long),
