@@ -384,6 +384,7 @@ static inline pos literal(struct js *s, pos p, const char *word, size_t n)
 static int decode_into(pos q, pos end, char *out, size_t cap, size_t *outlen);
 
 static pos scan_object(struct js *s, pos p, jscan_member_fn fn, void *arg);
+static pos scan_object_plain(struct js *s, pos p);
 static pos scan_array(struct js *s, pos p, int *all_objects);
 static pos scan_value(struct js *s, pos p, struct jscan_val *v, jscan_member_fn fn, void *arg);
 
@@ -406,7 +407,8 @@ static inline __attribute__((always_inline)) pos container(struct js *s, pos p, 
     v->type = c == '{' ? JSCAN_OBJECT : JSCAN_ARRAY;
     if (++s->depth > JSCAN_MAX_DEPTH)
         q = fail(s, p, "maximum parsing depth reached");
-    else if ((q = c == '{' ? scan_object(s, p, fn, arg) : scan_array(s, p, &v->all_objects)) != NULL)
+    else if ((q = c == '[' ? scan_array(s, p, &v->all_objects)
+                  : fn ? scan_object(s, p, fn, arg) : scan_object_plain(s, p)) != NULL)
         s->depth--;
     v->start = q ? (const char *)p : NULL;
     v->len = q ? (size_t)(q - p) : 0;
@@ -498,7 +500,8 @@ other:
 /* The object whose '{' is at p: past its '}'; fn (if any) gets each
  * member. Compact text and json.dumps()'s ", " and ": " take no call of
  * ws(): it skips what else may be there when the expected byte is not. */
-static pos scan_object(struct js *s, pos p, jscan_member_fn fn, void *arg)
+static inline __attribute__((always_inline)) pos object(struct js *s, pos p, jscan_member_fn fn,
+                                                       void *arg)
 {
     pos end = s->end, k;
     struct jscan_val child;
@@ -547,6 +550,18 @@ static pos scan_object(struct js *s, pos p, jscan_member_fn fn, void *arg)
         }
         p = sp1(p + 1, end);
     }
+}
+
+static pos scan_object(struct js *s, pos p, jscan_member_fn fn, void *arg)
+{
+    return object(s, p, fn, arg);
+}
+
+/* scan_object() without members to report (every object but the top
+ * one): compiled apart, without what only they need. */
+static pos scan_object_plain(struct js *s, pos p)
+{
+    return object(s, p, NULL, NULL);
 }
 
 /* The array whose '[' is at p: past its ']'. */
