@@ -526,12 +526,16 @@ def test_streams_and_whole_answers_share_kept_tls_connections(gateway, tls_mock)
         st, _, body = g.chat(stream=i % 2 == 0)
         results.append((i, st, body))
 
-    for rnd in range(3):
-        threads = [threading.Thread(target=one, args=(rnd * 8 + i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60 * SLOW)
+    def rounds(n):
+        """n rounds of 8 requests at once, numbered 0 .. 8n-1."""
+        for rnd in range(n):
+            threads = [threading.Thread(target=one, args=(rnd * 8 + i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60 * SLOW)
+
+    rounds(3)
     assert len(results) == 24, len(results)
     for i, st, body in results:
         assert st == 200, (i, body[:300])
@@ -551,12 +555,7 @@ def test_streams_and_whole_answers_share_kept_tls_connections(gateway, tls_mock)
     hs = m.stats()["tls_handshakes"]
     time.sleep(2.5)                     # the idle time is what is tested
     results.clear()
-    for rnd in range(2):
-        threads = [threading.Thread(target=one, args=(rnd * 8 + i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60 * SLOW)
+    rounds(2)
     assert len(results) == 16 and all(st == 200 for _, st, _ in results), \
         [(i, st) for i, st, _ in results if st != 200]
     assert all(len(json.loads(b)["choices"][0]["message"]["content"]) >= 20000
