@@ -48,6 +48,15 @@ SAN_ENV = {
 }
 
 
+def fresh_window(margin=12):
+    """Waits for a new minute when fewer than `margin` s are left in this
+    one: the clients' rpm/tpm windows (limits.window, 60 s) are aligned on
+    the clock, so counts made across a minute's end start again."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
 def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
     """Polls cond() until it returns a truthy value; fails after timeout."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 
-from conftest import INFERGATE_BIN, hosts_of, wait_for, write_conf
+from conftest import INFERGATE_BIN, fresh_window, hosts_of, wait_for, write_conf
 
 KA, KB, KC, KD = "sk-alice-0123456789", "sk-bob-0123456789", "sk-carol-0123456789", "sk-dave-0123456789"
 
@@ -86,6 +86,7 @@ clients:
   - {name: default, limits: {rpm: 2}}
 """
     g = gateway(hosts_of(ms), policies=pol % (log, KA, KB))
+    fresh_window(20)                    # counts across a reload: one window
     for i in range(3):
         st, h, _ = g.chat(headers=auth(KA))
         assert st == 200
@@ -175,7 +176,11 @@ clients:
     for t in ts:
         t.join()
     assert sorted(res) == [200, 429], res
-    # tpm: reservations (prompt estimate + max_tokens) fill the window
+    # tpm: reservations (prompt estimate + max_tokens) fill the window. The
+    # windows are aligned on the clock (limits.window, 60 s): the two
+    # requests go in one, not across a minute's end (a failed run had the
+    # second one in a new window).
+    fresh_window()
     st, h, _ = g.chat(headers=auth(KC), max_tokens=60)
     assert st == 200 and h["x-ratelimit-limit-tokens"] == "100"
     st, h, body = g.chat(headers=auth(KC), max_tokens=90)

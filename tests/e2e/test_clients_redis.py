@@ -6,7 +6,7 @@ import json
 import threading
 import time
 
-from conftest import SANITIZED, hosts_of, wait_for
+from conftest import SANITIZED, fresh_window, hosts_of, wait_for
 from test_sessions import redis_policies, redis_server  # noqa: F401
 
 KA = "sk-alice-redis-0123456789"
@@ -128,14 +128,6 @@ def test_store_failure_closed_refuses_without_5xx(mocks, gateway, redis_server):
     g.stop()
 
 
-def _fresh_window(margin=12):
-    """Waits for a new minute when fewer than `margin` s are left in this
-    one (the default 60 s windows are aligned on the clock)."""
-    left = 60 - time.time() % 60
-    if left < margin:
-        time.sleep(left + 0.05)
-
-
 def test_replicas_share_tokens_budget_headers_and_reload(mocks, gateway, redis_server, tmp_path):
     import hashlib
     import signal
@@ -153,7 +145,7 @@ clients:
     for i in range(3):
         gs.append(gateway(hosts_of(ms), policies="server:\n  access_log: {file: %s}\n" % logs[i] + pol))
     wait_for(lambda: all(redis_up(g) for g in gs), timeout=20, what="redis up")
-    _fresh_window()
+    fresh_window()
     # rpm 3 over three replicas; the headers count the shared window
     rem = []
     for g in gs:
@@ -251,7 +243,7 @@ def test_slow_redis_adds_at_most_its_timeout_then_open(mocks, gateway, redis_ser
                                   "clients:\n  - {name: alice, key: %s, limits: {rpm: 1}}\n" % KA)
     g = gateway(hosts_of(ms), policies=pol)
     wait_for(lambda: redis_up(g), timeout=20, what="redis up")
-    _fresh_window()
+    fresh_window()
     assert g.chat(headers=AUTH)[0] == 200
     assert g.chat(headers=AUTH)[0] == 429          # Redis counts: rpm 1
     procs[0].send_signal(signal.SIGSTOP)           # Redis stalls: answers nothing
