@@ -227,6 +227,7 @@ struct proxy {
     const struct cfg_client *client;     /* NULL = the gateway is open */
     struct limits_ticket  ticket;
     int                   admitted;      /* ticket holds a reservation */
+    int                   accounted;     /* px_account() done */
     int                   admit_shared;  /* ... in Redis (settle there) */
     int                   admit_wait;    /* Redis's admission answer pending */
     char                 *admit_ans;     /* that answer; NULL = failed */
@@ -407,7 +408,8 @@ static inline void px_free_set(void *m)
         free(m);
 }
 
-static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
+/* Frees p once px_account() has counted it. */
+static void px_free(struct proxy *p)
 {
     int i;
 
@@ -416,29 +418,6 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
     lock_take();
     for (i = 0; i < p->nlegs; i++)
         px_leg_end_locked(p->legs[i]);   /* nothing: each outcome did it */
-    if (m) {
-        if (p->usage.have && p->last_host >= 0) {
-            struct host_state *hs = p->snap->hs[p->last_host];
-            uint64_t n[METRICS_TOKEN_KINDS] = { p->usage.input, p->usage.output,
-                                                p->usage.cached };
-            for (i = 0; i < METRICS_TOKEN_KINDS; i++)
-                hs->tokens[i] += n[i];
-            metrics_tokens(m->host, m->model, p->usage.have, n);
-        }
-        metrics_request(m);
-        alerts_observe(p->gw->alerts, NULL, m->status < 500,
-                       m->ttfb_ms >= 0 ? m->ttfb_ms : m->total_ms, now);
-    }
-    if (p->admitted)
-        px_settle(p);
-    else if (p->admit_wait && p->client) {
-        struct limits_ticket t = p->ticket;     /* gone before Redis answered */
-        t.reserved = -1;
-        clients_settle_shared(p->gw->sess, p->snap->cfg, p->client->name, &t,
-                              p->admit_member, gw_unix_ms(), 0, 0);
-    }
-    px_unqueue(p);
-    p->gw->active--;
     session_cancel(p->call);    /* before backoff_timer goes: see px_lookup_done */
     p->call = NULL;
     snapshot_unref(p->snap);
@@ -497,11 +476,23 @@ static void px_free(struct proxy *p, const struct metrics_req *m, int64_t now)
 }
 
 /* The common exit: the reply was sent (or the client left). */
-static void px_done(struct proxy *p)
+/*
+ * The request's end as others see it: its access log line, metrics and
+ * alerts, the client's limits settled, its queue place and in_flight. A
+ * reply site calls it just before the answer's last bytes go out (a whole
+ * answer leaves with one writev, before the handler returns), so a client
+ * that has its answer finds it counted everywhere; px_done() calls it for
+ * the others. Once.
+ */
+static void px_account(struct proxy *p)
 {
     int64_t now = gw_now_ms();
     struct metrics_req m;
+    int i;
 
+    if (p->accounted)
+        return;
+    p->accounted = 1;
     if (p->active > 0)
         p->upstream_ms += now - p->t_up;
     memset(&m, 0, sizeof(m));
@@ -513,8 +504,36 @@ static void px_done(struct proxy *p)
     m.total_ms = (double)(now - p->t_start);
     m.upstream_ms = (double)p->upstream_ms;
     px_access_log(p);
+    lock_take();
+    if (p->usage.have && p->last_host >= 0) {
+        struct host_state *hs = p->snap->hs[p->last_host];
+        uint64_t n[METRICS_TOKEN_KINDS] = { p->usage.input, p->usage.output,
+                                            p->usage.cached };
+        for (i = 0; i < METRICS_TOKEN_KINDS; i++)
+            hs->tokens[i] += n[i];
+        metrics_tokens(m.host, m.model, p->usage.have, n);
+    }
+    metrics_request(&m);
+    alerts_observe(p->gw->alerts, NULL, m.status < 500,
+                   m.ttfb_ms >= 0 ? m.ttfb_ms : m.total_ms, now);
+    if (p->admitted)
+        px_settle(p);
+    else if (p->admit_wait && p->client) {
+        struct limits_ticket t = p->ticket;     /* gone before Redis answered */
+        t.reserved = -1;
+        clients_settle_shared(p->gw->sess, p->snap->cfg, p->client->name, &t,
+                              p->admit_member, gw_unix_ms(), 0, 0);
+    }
+    px_unqueue(p);
+    p->gw->active--;
+    lock_drop();
+}
+
+static void px_done(struct proxy *p)
+{
+    px_account(p);
     p->st = PX_DONE;
-    px_free(p, &m, now);
+    px_free(p);
 }
 
 /* http_resp_header() for one of our own names (nlen bytes, no CR, LF or
@@ -567,6 +586,7 @@ static void px_error(struct proxy *p, int status, const char *type,
         px_leg_cancel(p->legs[i]);
     p->resp_status = status;
     px_add_headers(p);
+    px_account(p);
     if (p->route->flags & API_ANTHROPIC) {
         char *b = route_error_body(p->route->flags, status, type, code, msg);
         if (b)
@@ -1384,6 +1404,7 @@ static void px_reply_buffered(struct proxy *p, struct px_leg *l,
                             + (len > USAGE_TAIL ? len - USAGE_TAIL : 0),
                         len > USAGE_TAIL ? USAGE_TAIL : len, &p->usage);
     px_cache_store(p, l, ctype);
+    px_account(p);
     http_reply(p->req, l->status, ctype ? ctype : "application/json",
                (const char *)evbuffer_pullup(l->buf, -1), len);
 }
@@ -1407,6 +1428,7 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
              * the body cut short. */
             log_warn("request %s: stream from %s broke: %s", p->id,
                      p->snap->cfg->hosts[l->pk.host].name, err);
+            px_account(p);
             http_req_abort(p->req);
             px_done(p);
             return;
@@ -1423,6 +1445,7 @@ static void px_on_done(void *arg, enum upstream_result res, const char *err)
                             evbuffer_get_length(p->ctext), 1);
         if (res == UPSTREAM_OK && p->ctext)
             px_cache_store_stream(p);
+        px_account(p);
         http_stream_end(p->req);
         px_done(p);
         return;
@@ -1560,9 +1583,11 @@ static void px_answer_expired(struct px_leg *l, int response, const char *msg)
     }
     px_leg_lost(l, FAIL_TIMEOUT, msg);
     if (p->route->flags & API_ANSWER_RAW) {
+        px_account(p);
         http_req_abort(p->req);       /* binary: cut short, no error event */
     } else {
         px_stream_error(p, "stream_timeout", msg);
+        px_account(p);
         http_stream_end(p->req);
     }
     px_done(p);
@@ -1645,6 +1670,7 @@ static void px_client_gone(struct http_req *req, void *arg)
         px_leg_cancel(p->legs[i]);
     if (p->resp_status == 0)
         p->resp_status = 499;        /* nginx's "client closed request" */
+    px_account(p);
     if (p->st == PX_STREAMING)
         http_stream_end(p->req);     /* frees the detached request */
     else
@@ -2260,17 +2286,19 @@ static int px_cache_serve(struct proxy *p, int status, const char *ctype,
         p->st = PX_STREAMING;
         http_stream_start(p->req, status, "text/event-stream");
         px_write(p, sse, n);
-        http_stream_end(p->req);
         free(sse);
         px_cache_count(p, CACHE_HIT);
+        px_account(p);
+        http_stream_end(p->req);
         px_done(p);
         return 1;
     }
     p->bytes_out = len;
     px_add_headers(p);
     http_resp_header(p->req, "Age", age);
-    http_reply(p->req, status, ctype ? ctype : "application/json", body, len);
     px_cache_count(p, CACHE_HIT);
+    px_account(p);
+    http_reply(p->req, status, ctype ? ctype : "application/json", body, len);
     px_done(p);
     return 1;
 }
@@ -2988,6 +3016,7 @@ void proxy_abort_all(struct worker *w)
             px_leg_cancel(p->legs[i]);
         if (p->st == PX_STREAMING) {
             px_stream_error(p, "stream_interrupted", "gateway shutting down");
+            px_account(p);
             http_stream_end(p->req);
             px_done(p);
         } else {

@@ -262,3 +262,29 @@ def test_second_stop_signal_ends_streams_on_every_worker(mocks, gateway):
         assert st == 200 and b"[DONE]" not in body and body.count(b"data: ") < 20
     out = g.stop()
     assert "second stop signal: exiting now" in out
+
+
+def test_an_answer_is_counted_before_it_arrives(mocks, gateway):
+    """A request is counted (in_flight, metrics, the client's limits, cache
+    counts: proxy.c px_account()) before the answer's last bytes leave, so
+    whatever the client asks next, on any worker, finds it counted: no
+    waiting for it. Whole answers, streams and errors, on new connections
+    spread over both workers."""
+    ms = mocks(1)
+    g = gateway(hosts_of(ms), policies=WORKERS)
+    for i in range(60):
+        kind = i % 3
+        if kind == 2:
+            st, _, _ = g.request("POST", "/v1/chat/completions", body=b"{not json")
+            assert st == 400
+        else:
+            st, _, _ = g.chat(stream=kind == 1)
+            assert st == 200
+        doc = status_doc(g)
+        assert doc["in_flight"] == 0, (i, doc["in_flight"])
+        st, _, text = g.request("GET", "/metrics")
+        total = sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines()
+                    if l.startswith("infergate_requests_total{"))
+        assert total == i + 1, (i, total)
+    assert all(n > 0 for n in served(g).values()), served(g)
+    g.stop()
