@@ -63,6 +63,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "ascii.h"
 #include "clock.h"
 #include "evmem.h"
 #include "http.h"
@@ -339,32 +340,6 @@ _Static_assert(HTTP_H_NKNOWN <= 16, "known_rep has a bit per known field");
 
 const char *http_known_name(enum http_known h) { return known_names[h]; }
 
-/* 1 when the n bytes at s, a field name (tchars only), are `lower` case
- * aside: OR-ing 0x20 into a tchar gives a lower-case letter or '-' only
- * for that letter in either case or for '-' itself, so whole words are
- * compared at a time. */
-static int name_is_lower(const char *s, const char *lower, size_t n)
-{
-    uint64_t a, b;
-    size_t i = 0;
-
-    if (n < 8) {
-        for (; i < n; i++)
-            if (((unsigned char)s[i] | 0x20) != (unsigned char)lower[i])
-                return 0;
-        return 1;
-    }
-    for (;;) {
-        memcpy(&a, s + i, 8);
-        memcpy(&b, lower + i, 8);
-        if ((a | 0x2020202020202020ULL) != b)
-            return 0;
-        if (i + 8 == n)
-            return 1;
-        i = i + 16 <= n ? i + 8 : n - 8;   /* the last word may overlap */
-    }
-}
-
 /* Which known field the name (n bytes of tchars) is, or -1. */
 static int known_of(const char *name, size_t n)
 {
@@ -381,7 +356,7 @@ static int known_of(const char *name, size_t n)
     case 17: h = (name[0] | 0x20) == 't' ? HTTP_H_TRANSFER_ENCODING : HTTP_H_ANTHROPIC_VERSION; break;
     default: return -1;
     }
-    return name_is_lower(name, known_names[h], n) ? h : -1;
+    return ascii_lower_eq(name, known_names[h], n) ? h : -1;
 }
 
 const char *http_req_body(const struct http_req *r, size_t *len)
